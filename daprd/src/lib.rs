@@ -1,0 +1,1 @@
+//! The Dapr sidecar. The service invocation path lands with its issue.

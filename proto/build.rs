@@ -1,0 +1,26 @@
+//! Compiles `proto/**/*.proto` with protox (no system `protoc`), writes the descriptor set for
+//! reflection and the compatibility test, and generates tonic clients and servers.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const FILES: &[&str] = &[
+    "dapr/proto/common/v1/common.proto",
+    "dapr/proto/runtime/v1/dapr.proto",
+    "dapr/proto/runtime/v1/appcallback.proto",
+    "dapr/proto/internals/v1/service_invocation.proto",
+    "dapr/proto/sentry/v1/sentry.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(FILES, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

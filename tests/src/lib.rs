@@ -1,0 +1,1 @@
+//! Harness for tests that run the real binaries: processes, network namespaces, DNS.
