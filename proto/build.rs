@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // `bytes` fields as `Bytes`, so body chunks are passed on without copying.
+        .bytes(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -1,1 +1,217 @@
-//! The Dapr sidecar. The service invocation path lands with its issue.
+//! The Dapr sidecar: the app-facing HTTP and gRPC APIs ([`outbound`]), the peer-facing internal
+//! API that calls the local app ([`inbound`]), and name resolution ([`resolve`]).
+
+pub mod config;
+pub mod error;
+pub mod inbound;
+pub mod outbound;
+pub mod resolve;
+pub mod state;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dapr_proto::internals::v1::service_invocation_server::ServiceInvocationServer;
+use dapr_proto::runtime::v1::dapr_server::DaprServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::Error;
+
+use inbound::app_channel::HttpChannel;
+use outbound::invoker::{Caller, Invoker};
+use state::{Health, Shared, Shutdown};
+
+/// The version reported in metadata and logs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT or a shutdown request, then drains in-flight calls
+/// within the configured grace period.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
+    tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
+
+    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
+    tracing::info!("Initialized name resolution to {}", resolver.name());
+
+    let shutdown = Shutdown::default();
+    let shared = Arc::new(Shared {
+        invoker: Invoker::new(
+            Caller {
+                app_id: config.app_id.clone(),
+                namespace: config.namespace.clone(),
+            },
+            Arc::clone(&resolver),
+        ),
+        config: Arc::clone(&config),
+        health: Health::default(),
+        resolver_name: resolver.name(),
+        extended: Mutex::new(Default::default()),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut servers = JoinSet::new();
+    let stop = shutdown.graceful.clone();
+
+    for ip in &config.api_listen_addresses {
+        let addr = SocketAddr::new(*ip, config.grpc_port);
+        let listener = bind(addr).await?;
+        let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(&shared)))
+            .max_decoding_message_size(config.max_body_size)
+            .max_encoding_message_size(usize::MAX);
+        let stop = stop.clone();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| format!("gRPC API server on {addr}: {e}"))
+        });
+        tracing::info!("gRPC API server listening on {addr}");
+    }
+    for ip in &config.api_listen_addresses {
+        let addr = SocketAddr::new(*ip, config.http_port);
+        let listener = bind(addr).await?;
+        let router = outbound::http::router(Arc::clone(&shared));
+        servers.spawn(serve_http(listener, router, stop.clone(), addr));
+        tracing::info!("HTTP server listening on {addr}");
+    }
+    if let Some(port) = config.public_port {
+        let addr = SocketAddr::new(config.public_listen_address, port);
+        let listener = bind(addr).await?;
+        let router = outbound::http::public_router(Arc::clone(&shared));
+        servers.spawn(serve_http(listener, router, stop.clone(), addr));
+        tracing::info!("public HTTP server listening on {addr}");
+    }
+    {
+        let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
+        let listener = bind(addr).await?;
+        let internal = ServiceInvocationServer::from_arc(inbound::server(&config))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let stop = stop.clone();
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(internal)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+                .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
+        });
+        tracing::info!("internal gRPC server listening on {addr}");
+    }
+    shared.health.set_outbound_ready();
+
+    let registration = {
+        let resolver = Arc::clone(&resolver);
+        let stop = stop.clone();
+        tokio::spawn(async move { resolver.register(stop).await })
+    };
+
+    wait_for_app(&shared, &stop).await;
+    tracing::info!(
+        "dapr initialized. Status: Running. Init Elapsed {}ms",
+        started.elapsed().as_millis()
+    );
+
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = termination_signal() => {
+            tracing::info!("received termination signal, shutting down gracefully");
+            stop.cancel();
+        }
+    }
+    shared.health.set_app_ready(false);
+    let grace = config.graceful_shutdown;
+    let drained = async {
+        while let Some(result) = servers.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!("{e}");
+            }
+        }
+    };
+    tokio::select! {
+        _ = drained => tracing::info!("all in-flight calls finished"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {}s over, stopping with calls in flight", grace.as_secs()),
+        _ = shutdown.force.cancelled() => tracing::warn!("forced shutdown"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
+    tracing::info!("dapr shutdown complete");
+    Ok(())
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .map_err(|e| format!("HTTP server on {addr}: {e}"))
+}
+
+/// Blocks readiness until the app port accepts TCP connections (dial every 100ms), as upstream.
+async fn wait_for_app(shared: &Shared, stop: &CancellationToken) {
+    let config = &shared.config;
+    let Some(port) = config.app_port else {
+        shared.health.set_app_ready(true);
+        return;
+    };
+    tracing::info!("waiting for the app on port {port}");
+    loop {
+        if HttpChannel::reachable(&config.app_channel_address, port).await {
+            tracing::info!("application discovered on port {port}");
+            shared.health.set_app_ready(true);
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,546 @@
+//! Flags and environment, named as upstream daprd, turned into a validated [`Config`].
+//!
+//! This is the only module that reads the environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dapr_crds::Configuration;
+
+use crate::Error;
+
+/// Upstream daprd's flags (the subset this sidecar acts on; see the README for the full list).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "daprd", version, about = "Dapr-compatible sidecar")]
+pub struct Flags {
+    /// Runtime mode: standalone or kubernetes.
+    #[arg(long, default_value = "standalone")]
+    pub mode: String,
+    /// The id of the app this sidecar serves.
+    #[arg(long = "app-id", default_value = "")]
+    pub app_id: String,
+    /// The port the app listens on; empty for apps that only call out.
+    #[arg(long = "app-port", default_value = "")]
+    pub app_port: String,
+    /// http, https, grpc, grpcs or h2c.
+    #[arg(long = "app-protocol", default_value = "http")]
+    pub app_protocol: String,
+    /// The address the app listens on.
+    #[arg(long = "app-channel-address", default_value = "127.0.0.1")]
+    pub app_channel_address: String,
+    /// Maximum concurrent calls into the app; -1 for unlimited.
+    #[arg(long = "app-max-concurrency", default_value_t = -1, allow_negative_numbers = true)]
+    pub app_max_concurrency: i64,
+    /// Deprecated: use --app-protocol https or grpcs.
+    #[arg(long = "app-ssl", default_value_t = false)]
+    pub app_ssl: bool,
+    #[arg(long = "dapr-http-port", default_value_t = 3500)]
+    pub dapr_http_port: u16,
+    #[arg(long = "dapr-grpc-port", default_value_t = 50001)]
+    pub dapr_grpc_port: u16,
+    /// Sidecar-to-sidecar port; empty picks a stable port derived from the app id.
+    #[arg(long = "dapr-internal-grpc-port", default_value = "")]
+    pub dapr_internal_grpc_port: String,
+    #[arg(long = "dapr-internal-grpc-listen-address", default_value = "")]
+    pub dapr_internal_grpc_listen_address: String,
+    /// Port serving only healthz and metadata, without API token; empty disables it.
+    #[arg(long = "dapr-public-port", default_value = "")]
+    pub dapr_public_port: String,
+    #[arg(long = "dapr-public-listen-address", default_value = "")]
+    pub dapr_public_listen_address: String,
+    /// Comma-separated addresses for the HTTP and gRPC APIs; empty means all interfaces.
+    #[arg(long = "dapr-listen-addresses", default_value = "")]
+    pub dapr_listen_addresses: String,
+    #[arg(long = "metrics-port", default_value_t = 9090)]
+    pub metrics_port: u16,
+    #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
+    pub metrics_listen_address: String,
+    #[arg(long = "enable-metrics", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_metrics: bool,
+    /// Configuration file (standalone) or name (kubernetes); repeatable, the first is used.
+    #[arg(long = "config")]
+    pub config: Vec<String>,
+    #[arg(long = "resources-path", alias = "components-path")]
+    pub resources_path: Vec<PathBuf>,
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+    #[arg(long = "log-as-json", default_value_t = false)]
+    pub log_as_json: bool,
+    #[arg(long = "enable-api-logging", num_args = 0..=1, default_missing_value = "true")]
+    pub enable_api_logging: Option<bool>,
+    /// Largest request body accepted, as a quantity (4Mi, 16M, 1Gi).
+    #[arg(long = "max-body-size", default_value = "4Mi")]
+    pub max_body_size: String,
+    /// Deprecated: body limit in MB; --max-body-size wins when both are set.
+    #[arg(long = "dapr-http-max-request-size")]
+    pub dapr_http_max_request_size: Option<u64>,
+    #[arg(
+        long = "dapr-graceful-shutdown-seconds",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
+    pub dapr_graceful_shutdown_seconds: i64,
+    #[arg(long = "enable-app-health-check", default_value_t = false)]
+    pub enable_app_health_check: bool,
+    #[arg(long = "app-health-check-path", default_value = "/healthz")]
+    pub app_health_check_path: String,
+    /// Seconds between app health probes.
+    #[arg(long = "app-health-probe-interval", default_value_t = 5)]
+    pub app_health_probe_interval: u64,
+    /// Milliseconds before a probe counts as failed.
+    #[arg(long = "app-health-probe-timeout", default_value_t = 500)]
+    pub app_health_probe_timeout: u64,
+    #[arg(long = "app-health-threshold", default_value_t = 3)]
+    pub app_health_threshold: u32,
+    #[arg(long = "enable-mtls", default_value_t = false)]
+    pub enable_mtls: bool,
+    #[arg(long = "sentry-address", default_value = "")]
+    pub sentry_address: String,
+    #[arg(long = "control-plane-namespace")]
+    pub control_plane_namespace: Option<String>,
+    #[arg(long = "control-plane-trust-domain")]
+    pub control_plane_trust_domain: Option<String>,
+}
+
+/// How daprd reaches its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    H2c,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Https => "https",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::Grpcs => "grpcs",
+            AppProtocol::H2c => "h2c",
+        }
+    }
+
+    pub fn is_grpc(self) -> bool {
+        matches!(self, AppProtocol::Grpc | AppProtocol::Grpcs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Standalone,
+    Kubernetes,
+}
+
+/// App health probing (`--enable-app-health-check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub threshold: u32,
+}
+
+/// The validated settings daprd runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub app_id: String,
+    pub namespace: String,
+    pub app_port: Option<u16>,
+    pub app_protocol: AppProtocol,
+    pub app_channel_address: String,
+    /// `None` for unlimited.
+    pub app_max_concurrency: Option<usize>,
+    pub app_health_check: Option<AppHealthCheck>,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub internal_grpc_port: u16,
+    pub internal_listen_address: IpAddr,
+    pub public_port: Option<u16>,
+    pub public_listen_address: IpAddr,
+    pub api_listen_addresses: Vec<IpAddr>,
+    pub metrics: Option<(IpAddr, u16)>,
+    pub max_body_size: usize,
+    pub graceful_shutdown: Duration,
+    pub log_level: String,
+    pub log_as_json: bool,
+    pub api_logging: bool,
+    /// The Configuration resource from `--config`, or the defaults.
+    pub configuration: Configuration,
+    /// `DAPR_API_TOKEN`: required on the app-facing APIs when set.
+    pub api_token: Option<String>,
+    /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
+    pub app_api_token: Option<String>,
+    /// `DAPR_HOST_IP`: the address peers reach this sidecar on, when known.
+    pub host_ip: Option<IpAddr>,
+}
+
+/// Environment variables daprd reads, named as upstream.
+pub mod env {
+    pub const NAMESPACE: &str = "NAMESPACE";
+    pub const DAPR_API_TOKEN: &str = "DAPR_API_TOKEN";
+    pub const APP_API_TOKEN: &str = "APP_API_TOKEN";
+    pub const DAPR_HOST_IP: &str = "DAPR_HOST_IP";
+}
+
+/// Values read from the environment, passed in so config building stays pure.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub namespace: Option<String>,
+    pub api_token: Option<String>,
+    pub app_api_token: Option<String>,
+    pub host_ip: Option<String>,
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        Env {
+            namespace: get(env::NAMESPACE),
+            api_token: get(env::DAPR_API_TOKEN),
+            app_api_token: get(env::APP_API_TOKEN),
+            host_ip: get(env::DAPR_HOST_IP),
+        }
+    }
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn parse_port(flag: &'static str, value: &str) -> Result<Option<u16>, Error> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    match value.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad(flag, format!("{value:?} is not a port (1-65535)"))),
+        Ok(port) => Ok(Some(port)),
+    }
+}
+
+fn parse_ip(flag: &'static str, value: &str, default: IpAddr) -> Result<IpAddr, Error> {
+    let value = value.trim().trim_start_matches('[').trim_end_matches(']');
+    if value.is_empty() {
+        return Ok(default);
+    }
+    if value == "localhost" {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    value
+        .parse()
+        .map_err(|_| bad(flag, format!("{value:?} is not an IP address")))
+}
+
+/// Parses a Kubernetes-style quantity (`4Mi`, `16M`, `1Gi`, `1024`) into bytes.
+pub fn parse_quantity(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, suffix) = value.split_at(split);
+    let number: u64 = digits.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A stable internal port for an app id, so a restarted sidecar comes back on the same port
+/// (upstream derives it from the app id too, starting at 47300).
+pub fn derived_internal_port(app_id: &str) -> u16 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = app_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    47300 + (hash % 1000) as u16
+}
+
+impl Config {
+    /// Validates flags and environment into a config; reads the `--config` file if given.
+    pub fn from_flags(flags: Flags, env: Env) -> Result<Config, Error> {
+        let mode = match flags.mode.as_str() {
+            "standalone" => Mode::Standalone,
+            "kubernetes" => Mode::Kubernetes,
+            other => {
+                return Err(bad(
+                    "--mode",
+                    format!("{other:?} is not standalone or kubernetes"),
+                ));
+            }
+        };
+        let app_id = flags.app_id.trim().to_owned();
+        if app_id.is_empty() {
+            return Err(bad("--app-id", "must not be empty"));
+        }
+        if app_id.contains('.') {
+            return Err(bad("--app-id", format!("{app_id:?} must not contain dots")));
+        }
+        let app_protocol = match flags.app_protocol.to_ascii_lowercase().as_str() {
+            "http" if flags.app_ssl => AppProtocol::Https,
+            "grpc" if flags.app_ssl => AppProtocol::Grpcs,
+            "http" => AppProtocol::Http,
+            "https" => AppProtocol::Https,
+            "grpc" => AppProtocol::Grpc,
+            "grpcs" => AppProtocol::Grpcs,
+            "h2c" => AppProtocol::H2c,
+            other => {
+                return Err(bad(
+                    "--app-protocol",
+                    format!("{other:?} is not one of http, https, grpc, grpcs, h2c"),
+                ));
+            }
+        };
+        let app_port = parse_port("--app-port", &flags.app_port)?;
+        if let Some(port) = app_port
+            && (port == flags.dapr_http_port || port == flags.dapr_grpc_port)
+        {
+            return Err(bad(
+                "--app-port",
+                format!("{port} is also the Dapr HTTP or gRPC port"),
+            ));
+        }
+        let internal_grpc_port =
+            parse_port("--dapr-internal-grpc-port", &flags.dapr_internal_grpc_port)?
+                .unwrap_or_else(|| derived_internal_port(&app_id));
+        let unspecified = IpAddr::from([0, 0, 0, 0]);
+        let api_listen_addresses = flags
+            .dapr_listen_addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| parse_ip("--dapr-listen-addresses", a, unspecified))
+            .collect::<Result<Vec<_>, _>>()?;
+        let api_listen_addresses = if api_listen_addresses.is_empty() {
+            vec![unspecified]
+        } else {
+            api_listen_addresses
+        };
+        let max_body_size = match flags.dapr_http_max_request_size {
+            Some(mb) if flags.max_body_size == "4Mi" => mb.saturating_mul(1 << 20),
+            _ => parse_quantity(&flags.max_body_size).ok_or_else(|| {
+                bad(
+                    "--max-body-size",
+                    format!("{:?} is not a quantity such as 4Mi", flags.max_body_size),
+                )
+            })?,
+        };
+        let max_body_size = usize::try_from(max_body_size)
+            .map_err(|_| bad("--max-body-size", "too large for this platform"))?;
+        let app_max_concurrency = match flags.app_max_concurrency {
+            n if n <= 0 => None,
+            n => Some(usize::try_from(n).map_err(|_| bad("--app-max-concurrency", "too large"))?),
+        };
+        let app_health_check = if flags.enable_app_health_check {
+            if flags.app_health_probe_interval == 0 {
+                return Err(bad(
+                    "--app-health-probe-interval",
+                    "must be at least 1 second",
+                ));
+            }
+            if flags.app_health_probe_timeout > flags.app_health_probe_interval * 1000 {
+                return Err(bad(
+                    "--app-health-probe-timeout",
+                    "must not exceed --app-health-probe-interval",
+                ));
+            }
+            Some(AppHealthCheck {
+                path: flags.app_health_check_path.clone(),
+                interval: Duration::from_secs(flags.app_health_probe_interval),
+                timeout: Duration::from_millis(flags.app_health_probe_timeout),
+                threshold: flags.app_health_threshold.max(1),
+            })
+        } else {
+            None
+        };
+        let graceful = if flags.dapr_graceful_shutdown_seconds < 0 {
+            5
+        } else {
+            flags.dapr_graceful_shutdown_seconds.unsigned_abs()
+        };
+        let configuration = match (mode, flags.config.first()) {
+            (Mode::Standalone, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("--config", format!("cannot read {path}: {e}")))?;
+                Configuration::from_yaml(&text)
+                    .map_err(|e| bad("--config", format!("{path}: {e}")))?
+            }
+            // Kubernetes mode reads the named Configuration from the API server (mTLS issue).
+            _ => Configuration::default(),
+        };
+        let api_logging = flags.enable_api_logging.unwrap_or(false);
+        let host_ip = env
+            .host_ip
+            .as_deref()
+            .map(|ip| parse_ip("DAPR_HOST_IP", ip, unspecified))
+            .transpose()?;
+        Ok(Config {
+            mode,
+            namespace: env.namespace.unwrap_or_else(|| "default".to_owned()),
+            app_id,
+            app_port,
+            app_protocol,
+            app_channel_address: flags.app_channel_address,
+            app_max_concurrency,
+            app_health_check,
+            http_port: flags.dapr_http_port,
+            grpc_port: flags.dapr_grpc_port,
+            internal_grpc_port,
+            internal_listen_address: parse_ip(
+                "--dapr-internal-grpc-listen-address",
+                &flags.dapr_internal_grpc_listen_address,
+                unspecified,
+            )?,
+            public_port: parse_port("--dapr-public-port", &flags.dapr_public_port)?,
+            public_listen_address: parse_ip(
+                "--dapr-public-listen-address",
+                &flags.dapr_public_listen_address,
+                unspecified,
+            )?,
+            api_listen_addresses,
+            metrics: flags
+                .enable_metrics
+                .then(|| {
+                    parse_ip(
+                        "--metrics-listen-address",
+                        &flags.metrics_listen_address,
+                        unspecified,
+                    )
+                    .map(|ip| (ip, flags.metrics_port))
+                })
+                .transpose()?,
+            max_body_size,
+            graceful_shutdown: Duration::from_secs(graceful),
+            log_level: flags.log_level,
+            log_as_json: flags.log_as_json,
+            api_logging,
+            configuration,
+            api_token: env.api_token,
+            app_api_token: env.app_api_token,
+            host_ip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, Error> {
+        let mut argv = vec!["daprd"];
+        argv.extend_from_slice(args);
+        Config::from_flags(
+            Flags::try_parse_from(argv).expect("flags parse"),
+            Env::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_upstream() {
+        let c = config(&["--app-id", "orders"]).unwrap();
+        assert_eq!(c.mode, Mode::Standalone);
+        assert_eq!((c.http_port, c.grpc_port), (3500, 50001));
+        assert_eq!(c.app_protocol, AppProtocol::Http);
+        assert_eq!(c.app_channel_address, "127.0.0.1");
+        assert_eq!(c.app_port, None);
+        assert_eq!(c.app_max_concurrency, None);
+        assert_eq!(c.max_body_size, 4 << 20);
+        assert_eq!(c.graceful_shutdown, Duration::from_secs(5));
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.metrics, Some((IpAddr::from([0, 0, 0, 0]), 9090)));
+        assert_eq!(c.internal_grpc_port, derived_internal_port("orders"));
+    }
+
+    #[test]
+    fn the_derived_internal_port_is_stable_and_in_upstreams_range() {
+        let port = derived_internal_port("orders");
+        assert_eq!(port, derived_internal_port("orders"));
+        assert!((47300..48300).contains(&port));
+        assert_ne!(port, derived_internal_port("checkout"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_flag() {
+        for (args, flag) in [
+            (vec!["--app-id", "a.b"], "--app-id"),
+            (vec!["--app-id", ""], "--app-id"),
+            (
+                vec!["--app-id", "a", "--app-protocol", "ftp"],
+                "--app-protocol",
+            ),
+            (vec!["--app-id", "a", "--app-port", "70000"], "--app-port"),
+            (vec!["--app-id", "a", "--app-port", "3500"], "--app-port"),
+            (vec!["--app-id", "a", "--mode", "cloud"], "--mode"),
+            (
+                vec!["--app-id", "a", "--max-body-size", "4Xi"],
+                "--max-body-size",
+            ),
+            (
+                vec!["--app-id", "a", "--dapr-listen-addresses", "nope"],
+                "--dapr-listen-addresses",
+            ),
+            (
+                vec!["--app-id", "a", "--config", "/does/not/exist.yaml"],
+                "--config",
+            ),
+        ] {
+            let err = config(&args).unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn protocols_are_case_insensitive_and_app_ssl_upgrades_them() {
+        assert_eq!(
+            config(&["--app-id", "a", "--app-protocol", "GRPC"])
+                .unwrap()
+                .app_protocol,
+            AppProtocol::Grpc
+        );
+        assert_eq!(
+            config(&["--app-id", "a", "--app-ssl"])
+                .unwrap()
+                .app_protocol,
+            AppProtocol::Https
+        );
+    }
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        assert_eq!(parse_quantity("16Mi"), Some(16 << 20));
+        assert_eq!(parse_quantity("2M"), Some(2_000_000));
+        assert_eq!(parse_quantity("1024"), Some(1024));
+        assert_eq!(parse_quantity("Mi"), None);
+        assert_eq!(parse_quantity("-1"), None);
+    }
+
+    #[test]
+    fn the_legacy_body_size_flag_applies_only_when_the_new_one_is_default() {
+        let c = config(&["--app-id", "a", "--dapr-http-max-request-size", "16"]).unwrap();
+        assert_eq!(c.max_body_size, 16 << 20);
+        let c = config(&[
+            "--app-id",
+            "a",
+            "--dapr-http-max-request-size",
+            "16",
+            "--max-body-size",
+            "1Mi",
+        ])
+        .unwrap();
+        assert_eq!(c.max_body_size, 1 << 20);
+    }
+}

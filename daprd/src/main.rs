@@ -1,0 +1,63 @@
+//! `daprd`: parse flags, set up logging, run the sidecar. Exit 64 on bad configuration.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use daprd::config::{Env, Flags};
+use daprd::{Config, Error};
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(flags) => flags,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = match Config::from_flags(flags, Env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("daprd: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("daprd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(daprd::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::Config { .. }) => {
+            tracing::error!("{e}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            tracing::error!("fatal error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},h2=warn,hyper=warn,tower=warn",
+        config.log_level
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if config.log_as_json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,200 @@
+//! The app-facing gRPC API (port 50001): `dapr.proto.runtime.v1.Dapr`.
+
+use std::sync::Arc;
+
+use dapr_proto::common::v1::InvokeResponse;
+use dapr_proto::internals::v1::{ApiVersion, InternalInvokeRequest};
+use dapr_proto::runtime::v1::dapr_server::Dapr;
+use dapr_proto::runtime::v1::{
+    AppConnectionHealthProperties, AppConnectionProperties, GetMetadataRequest,
+    GetMetadataResponse, InvokeServiceRequest, SetMetadataRequest, ShutdownRequest,
+};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use super::invoker::parse_target;
+use crate::Error;
+use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
+use crate::state::Shared;
+use crate::wire::{Metadata, names};
+
+pub struct DaprApi {
+    shared: Arc<Shared>,
+}
+
+impl DaprApi {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        DaprApi { shared }
+    }
+
+    /// Checks `dapr-api-token` when `DAPR_API_TOKEN` is set.
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        match self.shared.config.api_token.as_deref() {
+            None => Ok(()),
+            Some(expected) => match metadata.get(names::API_TOKEN).map(|v| v.as_bytes()) {
+                Some(given) if given == expected.as_bytes() => Ok(()),
+                _ => Err(Error::Unauthorized.into()),
+            },
+        }
+    }
+}
+
+/// Incoming gRPC metadata → invocation metadata (ASCII entries; the token never travels on).
+fn grpc_metadata(metadata: &MetadataMap) -> Metadata {
+    let mut out = Metadata::new();
+    for (name, value) in metadata.clone().into_headers().iter() {
+        let name = name.as_str();
+        if name == names::API_TOKEN
+            || name.starts_with("grpc-")
+            || name == "te"
+            || name == "content-type"
+        {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            out.entry(name.to_owned())
+                .or_default()
+                .values
+                .push(value.to_owned());
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl Dapr for DaprApi {
+    async fn invoke_service(
+        &self,
+        request: Request<InvokeServiceRequest>,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        self.authorize(request.metadata())?;
+        let metadata = grpc_metadata(request.metadata());
+        let request = request.into_inner();
+        let target = parse_target(&request.id, &self.shared.config.namespace)?;
+        let message = request
+            .message
+            .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
+        super::http::check_method(&message.method)?;
+        let internal = InternalInvokeRequest {
+            ver: ApiVersion::V1 as i32,
+            metadata,
+            message: Some(message),
+            actor: None,
+        };
+        let response = self.shared.invoker.invoke_unary(&target, internal).await?;
+        let code = response.status.as_ref().map_or(200, |s| s.code);
+        let mut headers = MetadataMap::new();
+        for (name, values) in &response.headers {
+            let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
+            else {
+                continue;
+            };
+            for value in &values.values {
+                if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+                    headers.append(key.clone(), value);
+                }
+            }
+        }
+        // An HTTP app's non-2xx status becomes a gRPC error, as upstream.
+        let grpc_code = if (0..100).contains(&code) {
+            tonic::Code::from(code)
+        } else {
+            http_to_grpc(u16::try_from(code).unwrap_or(500))
+        };
+        if grpc_code != tonic::Code::Ok {
+            let body = response
+                .message
+                .as_ref()
+                .and_then(|m| m.data.as_ref())
+                .map(|d| String::from_utf8_lossy(&d.value).into_owned())
+                .unwrap_or_default();
+            let mut status = Status::new(grpc_code, body);
+            if code >= 100
+                && let Ok(value) = MetadataValue::try_from(code.to_string())
+            {
+                status.metadata_mut().insert(DAPR_HTTP_STATUS, value);
+            }
+            return Err(status);
+        }
+        let mut reply = Response::new(response.message.unwrap_or_default());
+        *reply.metadata_mut() = headers;
+        Ok(reply)
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<GetMetadataRequest>,
+    ) -> Result<Response<GetMetadataResponse>, Status> {
+        self.authorize(request.metadata())?;
+        let c = &self.shared.config;
+        let health = c
+            .app_health_check
+            .as_ref()
+            .map(|h| AppConnectionHealthProperties {
+                health_check_path: h.path.clone(),
+                health_probe_interval: format!("{}s", h.interval.as_secs()),
+                health_probe_timeout: format!("{}ms", h.timeout.as_millis()),
+                health_threshold: i32::try_from(h.threshold).unwrap_or(i32::MAX),
+            });
+        Ok(Response::new(GetMetadataResponse {
+            id: c.app_id.clone(),
+            runtime_version: crate::VERSION.to_owned(),
+            extended_metadata: self.shared.extended_metadata().into_iter().collect(),
+            app_connection_properties: Some(AppConnectionProperties {
+                port: c.app_port.map_or(0, i32::from),
+                protocol: c.app_protocol.as_str().to_owned(),
+                channel_address: c.app_channel_address.clone(),
+                max_concurrency: c
+                    .app_max_concurrency
+                    .map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+                health,
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn set_metadata(
+        &self,
+        request: Request<SetMetadataRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.authorize(request.metadata())?;
+        let request = request.into_inner();
+        if let Ok(mut map) = self.shared.extended.lock() {
+            map.insert(request.key, request.value);
+        }
+        Ok(Response::new(()))
+    }
+
+    async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<()>, Status> {
+        self.authorize(request.metadata())?;
+        let force = request
+            .metadata()
+            .get(names::FORCE_SHUTDOWN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        tracing::info!(force, "shutdown requested through the gRPC API");
+        if force {
+            self.shared.shutdown.force.cancel();
+        }
+        self.shared.shutdown.graceful.cancel();
+        Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    #[test]
+    fn grpc_metadata_drops_the_token_and_transport_entries() {
+        let mut md = MetadataMap::new();
+        md.insert("dapr-api-token", MetadataValue::from_static("secret"));
+        md.insert("grpc-timeout", MetadataValue::from_static("1S"));
+        md.insert("x-user", MetadataValue::from_static("a"));
+        let out = grpc_metadata(&md);
+        assert_eq!(wire::first(&out, "x-user"), Some("a"));
+        assert!(!out.contains_key("dapr-api-token"));
+        assert!(!out.contains_key("grpc-timeout"));
+    }
+}

@@ -1,0 +1,341 @@
+//! The app-facing HTTP API (port 3500): invoke, health, metadata, shutdown.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine;
+use bytes::Bytes;
+use dapr_proto::common::v1::{HttpExtension, InvokeRequest};
+use dapr_proto::internals::v1::{ApiVersion, InternalInvokeRequest};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::invoker::parse_target;
+use crate::Error;
+use crate::error::grpc_to_http;
+use crate::state::Shared;
+use crate::wire::{self, BoxError, names};
+
+type AppState = State<Arc<Shared>>;
+
+/// Routes of the main API port.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz_outbound))
+        .route("/v1.0/metadata", get(metadata))
+        .route("/v1.0/metadata/{key}", put(set_metadata))
+        .route("/v1.0/shutdown", post(shutdown))
+        .route("/v1.0/invoke/{*rest}", axum::routing::any(invoke_by_path))
+        .fallback(invoke_by_header);
+    api.layer(middleware::from_fn_with_state(shared.clone(), api_token))
+        .with_state(shared)
+}
+
+/// Routes of the public port: health and metadata only, without the token check.
+pub fn public_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz_outbound))
+        .route("/v1.0/metadata", get(metadata))
+        .with_state(shared)
+}
+
+/// Requires `dapr-api-token` when `DAPR_API_TOKEN` is set (GET health checks are exempt) and
+/// strips it so it never reaches another app.
+async fn api_token(State(shared): AppState, mut request: Request, next: Next) -> Response {
+    if let Some(expected) = shared.config.api_token.as_deref() {
+        let path = request.uri().path();
+        let exempt = request.method() == http::Method::GET
+            && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
+        let given = request
+            .headers()
+            .get(names::API_TOKEN)
+            .map(HeaderValue::as_bytes);
+        if !exempt && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+            tracing::debug!(path, "request rejected: invalid api token");
+            return Error::Unauthorized.into_response();
+        }
+        request.headers_mut().remove(names::API_TOKEN);
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(serde::Deserialize)]
+struct HealthQuery {
+    appid: Option<String>,
+}
+
+async fn healthz(State(shared): AppState, Query(q): Query<HealthQuery>) -> Response {
+    if let Some(requested) = q.appid
+        && requested != shared.config.app_id
+    {
+        return Error::AppIdMismatch {
+            requested,
+            actual: shared.config.app_id.clone(),
+        }
+        .into_response();
+    }
+    if shared.health.app_ready() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Error::NotReady("[app]".into()).into_response()
+    }
+}
+
+async fn healthz_outbound(State(shared): AppState) -> Response {
+    if shared.health.outbound_ready() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Error::OutboundNotReady.into_response()
+    }
+}
+
+async fn metadata(State(shared): AppState) -> Response {
+    let c = &shared.config;
+    let mut app = json!({
+        "protocol": c.app_protocol.as_str(),
+        "channelAddress": c.app_channel_address,
+    });
+    if let Some(port) = c.app_port {
+        app["port"] = json!(port);
+    }
+    if let Some(max) = c.app_max_concurrency {
+        app["maxConcurrency"] = json!(max);
+    }
+    if let Some(h) = &c.app_health_check {
+        app["health"] = json!({
+            "healthCheckPath": h.path,
+            "healthProbeInterval": format!("{}s", h.interval.as_secs()),
+            "healthProbeTimeout": format!("{}ms", h.timeout.as_millis()),
+            "healthThreshold": h.threshold,
+        });
+    }
+    axum::Json(json!({
+        "id": c.app_id,
+        "runtimeVersion": crate::VERSION,
+        "enabledFeatures": [],
+        "extended": shared.extended_metadata(),
+        "appConnectionProperties": app,
+    }))
+    .into_response()
+}
+
+async fn set_metadata(State(shared): AppState, Path(key): Path<String>, body: Bytes) -> Response {
+    let Ok(value) = String::from_utf8(body.to_vec()) else {
+        return Error::Malformed("metadata value must be UTF-8".into()).into_response();
+    };
+    if let Ok(mut map) = shared.extended.lock() {
+        map.insert(key, value);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn shutdown(State(shared): AppState, headers: HeaderMap) -> Response {
+    let force = headers
+        .get(names::FORCE_SHUTDOWN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    tracing::info!(force, "shutdown requested through the API");
+    if force {
+        shared.shutdown.force.cancel();
+    }
+    shared.shutdown.graceful.cancel();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `/v1.0/invoke/<id>/method/<method>`; the `dapr-app-id` header wins when present.
+async fn invoke_by_path(State(shared): AppState, request: Request) -> Response {
+    if request.headers().contains_key(names::DAPR_APP_ID) {
+        return invoke_by_header(State(shared), request).await;
+    }
+    let path = request.uri().path();
+    let rest = path.strip_prefix("/v1.0/invoke/").unwrap_or_default();
+    let Some((id, method)) = rest.split_once("/method/") else {
+        return Error::NoAppId.into_response();
+    };
+    let (id, method) = (id.to_owned(), method.to_owned());
+    invoke(shared, id, method, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Any other path with a `dapr-app-id` header (or Basic auth naming the app): the whole path is
+/// the method.
+async fn invoke_by_header(State(shared): AppState, request: Request) -> Response {
+    let Some(id) = app_id_from_headers(request.headers()) else {
+        return Error::NoAppId.into_response();
+    };
+    let method = request.uri().path().trim_start_matches('/').to_owned();
+    invoke(shared, id, method, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn app_id_from_headers(headers: &HeaderMap) -> Option<String> {
+    if let Some(id) = headers
+        .get(names::DAPR_APP_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(id.trim().to_owned());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = auth.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, id) = decoded.split_once(':')?;
+    (user == names::DAPR_APP_ID).then(|| id.to_owned())
+}
+
+/// Rejects methods that would escape the app's path space or carry control characters.
+pub fn check_method(method: &str) -> Result<(), Error> {
+    let invalid = |reason| {
+        Err(Error::InvalidMethod {
+            method: method.to_owned(),
+            reason,
+        })
+    };
+    if method.chars().any(|c| c.is_control()) {
+        return invalid("control characters are not allowed");
+    }
+    let decoded = method.replace("%2e", ".").replace("%2E", ".");
+    if decoded.split(['/', '\\']).any(|segment| segment == "..") {
+        return invalid("path traversal is not allowed");
+    }
+    Ok(())
+}
+
+async fn invoke(
+    shared: Arc<Shared>,
+    id: String,
+    method: String,
+    request: Request,
+) -> Result<Response, Error> {
+    let target = parse_target(&id, &shared.config.namespace)?;
+    check_method(&method)?;
+    let limit = shared.config.max_body_size;
+    let (parts, body) = request.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let skip = [names::DAPR_APP_ID, names::API_TOKEN];
+    let metadata = wire::headers_to_metadata(&parts.headers, &skip);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let internal = InternalInvokeRequest {
+        ver: ApiVersion::V1 as i32,
+        metadata,
+        message: Some(InvokeRequest {
+            method,
+            data: None,
+            content_type,
+            http_extension: Some(HttpExtension {
+                verb: wire::verb_of(&parts.method) as i32,
+                querystring: parts.uri.query().unwrap_or_default().to_owned(),
+            }),
+        }),
+        actor: None,
+    };
+    let mut seen = 0usize;
+    let body: wire::BoxStream<Result<Bytes, BoxError>> =
+        Box::pin(body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(BoxError::from)?;
+            seen += chunk.len();
+            if seen > limit {
+                return Err(BoxError::from(Error::BodyTooLarge { limit }.to_string()));
+            }
+            Ok(chunk)
+        }));
+    let peer = match shared.invoker.invoke_stream(&target, internal, body).await {
+        Ok(peer) => peer,
+        Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        Err(e) => {
+            tracing::debug!(target = %id, error = %e, "invocation failed");
+            return Err(e);
+        }
+    };
+    let code = peer.head.status.as_ref().map_or(200, |s| s.code);
+    // HTTP apps report an HTTP status; gRPC apps a gRPC code (0-16).
+    let status = if (0..100).contains(&code) {
+        grpc_to_http(tonic::Code::from(code))
+    } else {
+        u16::try_from(code)
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    };
+    let mut response = Response::new(Body::from_stream(peer.body));
+    *response.status_mut() = status;
+    wire::metadata_to_headers(&peer.head.headers, response.headers_mut());
+    if let Some(message) = &peer.head.message
+        && !message.content_type.is_empty()
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+        && let Ok(value) = HeaderValue::from_str(&message.content_type)
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_traversal_and_control_characters_are_rejected() {
+        for bad in ["../admin", "a/../../b", "a/%2e%2e/b", "a\\..\\b", "a\u{0}b"] {
+            assert!(check_method(bad).is_err(), "{bad}");
+        }
+        for ok in ["orders", "orders/1", "a/..b/c", "v1/items?x=1", ""] {
+            assert!(check_method(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_app_id_comes_from_the_header_or_basic_auth() {
+        let mut headers = HeaderMap::new();
+        headers.insert(names::DAPR_APP_ID, HeaderValue::from_static("orders"));
+        assert_eq!(app_id_from_headers(&headers).as_deref(), Some("orders"));
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("dapr-app-id:orders.shop");
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
+        );
+        assert_eq!(
+            app_id_from_headers(&headers).as_deref(),
+            Some("orders.shop")
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode("someone:orders");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap(),
+        );
+        assert_eq!(app_id_from_headers(&headers), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! The app-facing side: the HTTP and gRPC APIs, which call other sidecars through the invoker.
+
+pub mod grpc;
+pub mod http;
+pub mod invoker;

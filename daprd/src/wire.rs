@@ -1,0 +1,276 @@
+//! What crosses the sidecar-to-sidecar hop: header names, metadata conversion, and the chunked
+//! body streams of `CallLocalStream` (first message carries the request or response, later ones
+//! only payloads with `seq` counting from 0).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use dapr_proto::common::v1::{StreamPayload, http_extension::Verb};
+use dapr_proto::internals::v1::ListStringValue;
+use futures::{Stream, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+/// Header and metadata names, as upstream.
+pub mod names {
+    pub const DAPR_APP_ID: &str = "dapr-app-id";
+    pub const CALLER_APP_ID: &str = "dapr-caller-app-id";
+    pub const CALLEE_APP_ID: &str = "dapr-callee-app-id";
+    pub const CALLER_NAMESPACE: &str = "dapr-caller-namespace";
+    pub const DESTINATION_APP_ID: &str = "destination-app-id";
+    pub const API_TOKEN: &str = "dapr-api-token";
+    pub const FORCE_SHUTDOWN: &str = "dapr-force-shutdown";
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+/// Largest payload chunk sent per stream message: well under gRPC's 4 MiB message limit, large
+/// enough that big bodies need few messages.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+pub type Metadata = HashMap<String, ListStringValue>;
+
+/// Headers that belong to one connection and never travel on. (`content-length` does travel:
+/// apps that cannot read chunked bodies still get a framed one.)
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+    )
+}
+
+/// HTTP request headers → invocation metadata (lower-case names, all values).
+pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    let mut metadata = Metadata::with_capacity(headers.keys_len() + 3);
+    for (name, value) in headers {
+        let name = name.as_str();
+        if is_hop_by_hop(name) || skip.contains(&name) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        metadata
+            .entry(name.to_owned())
+            .or_default()
+            .values
+            .push(value.to_owned());
+    }
+    metadata
+}
+
+/// Sets one metadata value, replacing what a client may have sent under that name.
+pub fn set(metadata: &mut Metadata, name: &str, value: &str) {
+    metadata.insert(
+        name.to_owned(),
+        ListStringValue {
+            values: vec![value.to_owned()],
+        },
+    );
+}
+
+pub fn first<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
+    metadata
+        .get(name)
+        .and_then(|v| v.values.first())
+        .map(String::as_str)
+}
+
+/// Invocation metadata → headers for the callee's app (or back to the caller's app).
+/// gRPC's reserved names are re-prefixed `dapr-`, as upstream does.
+pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
+    for (name, values) in metadata {
+        if is_hop_by_hop(name) || name == names::DESTINATION_APP_ID || name.starts_with(':') {
+            continue;
+        }
+        let name = if name.starts_with("grpc-") {
+            format!("dapr-{name}")
+        } else {
+            name.clone()
+        };
+        let Ok(header) = HeaderName::try_from(name) else {
+            continue;
+        };
+        for value in &values.values {
+            if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+                headers.append(header.clone(), value);
+            }
+        }
+    }
+}
+
+pub fn verb_of(method: &Method) -> Verb {
+    match *method {
+        Method::GET => Verb::Get,
+        Method::HEAD => Verb::Head,
+        Method::POST => Verb::Post,
+        Method::PUT => Verb::Put,
+        Method::DELETE => Verb::Delete,
+        Method::CONNECT => Verb::Connect,
+        Method::OPTIONS => Verb::Options,
+        Method::TRACE => Verb::Trace,
+        Method::PATCH => Verb::Patch,
+        _ => Verb::None,
+    }
+}
+
+/// The HTTP method for a verb; `NONE` (gRPC callers that set no verb) becomes POST as upstream.
+pub fn method_of(verb: Verb) -> Method {
+    match verb {
+        Verb::Get => Method::GET,
+        Verb::Head => Method::HEAD,
+        Verb::Put => Method::PUT,
+        Verb::Delete => Method::DELETE,
+        Verb::Connect => Method::CONNECT,
+        Verb::Options => Method::OPTIONS,
+        Verb::Trace => Method::TRACE,
+        Verb::Patch => Method::PATCH,
+        Verb::Post | Verb::None => Method::POST,
+    }
+}
+
+/// Why a body stream ended badly.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Splits a stream of body chunks into numbered payloads of at most [`MAX_CHUNK`] bytes.
+pub fn into_payloads<S>(body: S) -> BoxStream<Result<StreamPayload, BoxError>>
+where
+    S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+{
+    let mut seq = 0u64;
+    Box::pin(body.flat_map(move |chunk: Result<Bytes, BoxError>| {
+        let items: Vec<Result<StreamPayload, BoxError>> = match chunk {
+            Err(e) => vec![Err(e)],
+            Ok(mut data) => {
+                let mut out = Vec::with_capacity(data.len() / MAX_CHUNK + 1);
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(MAX_CHUNK));
+                    out.push(Ok(StreamPayload { data: piece, seq }));
+                    seq += 1;
+                }
+                out
+            }
+        };
+        futures::stream::iter(items)
+    }))
+}
+
+/// Checks that payloads arrive in order with no gap and yields their data.
+pub struct SeqCheck {
+    next: u64,
+}
+
+impl SeqCheck {
+    pub fn new() -> Self {
+        SeqCheck { next: 0 }
+    }
+
+    pub fn accept(&mut self, payload: StreamPayload) -> Result<Bytes, String> {
+        if payload.seq != self.next {
+            return Err(format!(
+                "payload out of order: expected seq {}, got {}",
+                self.next, payload.seq
+            ));
+        }
+        self.next += 1;
+        Ok(payload.data)
+    }
+}
+
+impl Default for SeqCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_become_metadata_without_hop_by_hop_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("dapr-app-id", HeaderValue::from_static("b"));
+        let md = headers_to_metadata(&headers, &[names::DAPR_APP_ID]);
+        assert_eq!(md["x-multi"].values, vec!["a", "b"]);
+        assert_eq!(first(&md, "content-type"), Some("text/plain"));
+        assert!(!md.contains_key("connection"));
+        assert!(!md.contains_key("dapr-app-id"));
+    }
+
+    #[test]
+    fn metadata_becomes_headers_with_reserved_names_prefixed() {
+        let mut md = Metadata::new();
+        set(&mut md, "grpc-timeout", "1S");
+        set(&mut md, "destination-app-id", "b");
+        set(&mut md, ":authority", "x");
+        set(&mut md, "x-ok", "1");
+        let mut headers = HeaderMap::new();
+        metadata_to_headers(&md, &mut headers);
+        assert_eq!(headers["dapr-grpc-timeout"], "1S");
+        assert_eq!(headers["x-ok"], "1");
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn large_chunks_are_split_and_numbered_from_zero() {
+        let body = futures::stream::iter(vec![
+            Ok::<_, BoxError>(Bytes::from(vec![1u8; MAX_CHUNK * 2 + 1])),
+            Ok(Bytes::from_static(b"tail")),
+        ]);
+        let payloads: Vec<_> = into_payloads(body).collect().await;
+        let seqs: Vec<u64> = payloads.iter().map(|p| p.as_ref().unwrap().seq).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3]);
+        let mut check = SeqCheck::new();
+        let total: usize = payloads
+            .into_iter()
+            .map(|p| check.accept(p.unwrap()).unwrap().len())
+            .sum();
+        assert_eq!(total, MAX_CHUNK * 2 + 1 + 4);
+    }
+
+    #[test]
+    fn a_gap_in_payload_numbers_is_an_error() {
+        let mut check = SeqCheck::new();
+        assert!(
+            check
+                .accept(StreamPayload {
+                    data: Bytes::new(),
+                    seq: 0
+                })
+                .is_ok()
+        );
+        assert!(
+            check
+                .accept(StreamPayload {
+                    data: Bytes::new(),
+                    seq: 2
+                })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn verbs_round_trip_and_none_means_post() {
+        for m in [
+            Method::GET,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ] {
+            assert_eq!(method_of(verb_of(&m)), m);
+        }
+        assert_eq!(method_of(Verb::None), Method::POST);
+    }
+}
