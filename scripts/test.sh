@@ -51,5 +51,8 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build --bins (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
 step "cargo test (unit, crate integration, compatibility, end to end)"
 cargo test --workspace --locked

@@ -29,7 +29,6 @@ const DEFAULT_TRUST_DOMAIN: &str = "public";
 pub struct Internal {
     app: Option<HttpChannel>,
     acl: Option<AccessControl>,
-    max_body_size: usize,
 }
 
 impl Internal {
@@ -45,7 +44,6 @@ impl Internal {
         Internal {
             app,
             acl: AccessControl::from_spec(config.configuration.spec.access_control.as_ref()),
-            max_body_size: config.max_body_size,
         }
     }
 
@@ -167,30 +165,20 @@ impl ServiceInvocation for Internal {
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         let mut seq = SeqCheck::new();
         let leading = first.payload.map(|p| seq.accept(p).map_err(BoxError::from));
-        let limit = self.max_body_size;
-        let rest = futures::stream::unfold(
-            (incoming, seq, 0usize),
-            move |(mut incoming, mut seq, mut seen)| async move {
-                match incoming.message().await {
-                    Ok(Some(message)) => {
-                        let item = match message.payload {
-                            Some(p) => seq.accept(p).map_err(BoxError::from),
-                            None => Ok(Bytes::new()),
-                        };
-                        if let Ok(chunk) = &item {
-                            seen += chunk.len();
-                            if seen > limit {
-                                let err = Error::BodyTooLarge { limit }.to_string();
-                                return Some((Err(BoxError::from(err)), (incoming, seq, seen)));
-                            }
-                        }
-                        Some((item, (incoming, seq, seen)))
-                    }
-                    Ok(None) => None,
-                    Err(status) => Some((Err(BoxError::from(status)), (incoming, seq, seen))),
+        // The caller's --max-body-size bounds what it streams; here only each message is bounded.
+        let rest = futures::stream::unfold((incoming, seq), |(mut incoming, mut seq)| async move {
+            match incoming.message().await {
+                Ok(Some(message)) => {
+                    let item = match message.payload {
+                        Some(p) => seq.accept(p).map_err(BoxError::from),
+                        None => Ok(Bytes::new()),
+                    };
+                    Some((item, (incoming, seq)))
                 }
-            },
-        );
+                Ok(None) => None,
+                Err(status) => Some((Err(BoxError::from(status)), (incoming, seq))),
+            }
+        });
         let body: BoxStream<Result<Bytes, BoxError>> =
             Box::pin(futures::stream::iter(leading).chain(rest));
         let (app, app_request) = self.admit(head, body)?;

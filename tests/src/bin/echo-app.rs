@@ -1,0 +1,274 @@
+//! `echo-app`: the application daprd calls in the end-to-end tests.
+//!
+//! HTTP (`--protocol http`, HTTP/1.1 and h2c):
+//! - `/inspect/*rest`: 200 JSON `{"method","path","query","headers","body_len"}`.
+//! - `/status/{code}`: that status, body `status {code}`.
+//! - `/slow/{ms}`: waits `ms`, then 200 `slow`.
+//! - `/hold/{ms}`: like `/slow`, counted in `GET /stats` (`{"max_in_flight","total"}`), so a test
+//!   can see how many requests daprd had in flight at once.
+//! - `/close-mid-body`: 200, some body bytes, then the connection is cut.
+//! - anything else: the request body streamed back (never buffered whole), with headers
+//!   `x-echo-method`, `x-echo-path` (path and query) and the request's `content-type`.
+//!
+//! gRPC (`--protocol grpc`): `AppCallback/OnInvoke` echoes `data` and `content_type`, with the
+//! method in response metadata `x-echo-method` (plus `x-echo-verb`, `x-echo-querystring` from
+//! the HTTP extension); `AppCallbackHealthCheck/HealthCheck` answers.
+//!
+//! Prints `echo-app listening on <addr> (<protocol>)` once bound (`--port 0` picks a free port).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use dapr_proto::common::v1::{InvokeRequest, InvokeResponse, http_extension};
+use dapr_proto::runtime::v1::HealthCheckResponse;
+use dapr_proto::runtime::v1::app_callback_health_check_server::{
+    AppCallbackHealthCheck, AppCallbackHealthCheckServer,
+};
+use dapr_proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Test app for daprd: echoes, inspects, delays and fails requests")]
+struct Args {
+    /// Port to listen on; 0 picks a free one (printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    listen: IpAddr,
+    /// Protocol served on the port.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(SocketAddr::new(args.listen, args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.listen, args.port))?;
+    let addr = listener.local_addr().context("local address")?;
+    // Tests wait for this exact line (see `e2e::spawn_echo_app`); stdout is line-buffered.
+    println!(
+        "{}{addr} ({})",
+        e2e::ECHO_APP_READY_PREFIX,
+        args.protocol.name()
+    );
+    match args.protocol {
+        Protocol::Http => axum::serve(listener, http_router())
+            .await
+            .context("serving HTTP")?,
+        Protocol::Grpc => tonic::transport::Server::builder()
+            .add_service(AppCallbackServer::new(Echo))
+            .add_service(AppCallbackHealthCheckServer::new(Echo))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .context("serving gRPC")?,
+    }
+    Ok(())
+}
+
+/// Counters for `/hold`: how much concurrency daprd let through.
+#[derive(Debug, Default)]
+struct Stats {
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    total: AtomicU64,
+}
+
+fn http_router() -> Router {
+    Router::new()
+        .route("/inspect", any(inspect))
+        .route("/inspect/{*rest}", any(inspect))
+        .route("/status/{code}", any(status))
+        .route("/slow/{ms}", any(slow))
+        .route("/hold/{ms}", any(hold))
+        .route("/stats", get(stats))
+        .route("/close-mid-body", any(close_mid_body))
+        .fallback(echo)
+        .with_state(Arc::new(Stats::default()))
+}
+
+async fn inspect(req: Request) -> Response {
+    let (parts, mut body) = req.into_parts();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    // Counted frame by frame: the body is never held whole.
+    let mut body_len: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len() as u64;
+                }
+            }
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("reading body: {e}")).into_response();
+            }
+        }
+    }
+    axum::Json(serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query().unwrap_or(""),
+        "headers": headers,
+        "body_len": body_len,
+    }))
+    .into_response()
+}
+
+async fn status(Path(code): Path<u16>) -> Response {
+    match StatusCode::from_u16(code) {
+        Ok(status) => (status, format!("status {code}")).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, format!("bad status {code}")).into_response(),
+    }
+}
+
+async fn slow(Path(ms): Path<u64>) -> &'static str {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    "slow"
+}
+
+/// Decrements the in-flight count even when the client goes away mid-wait.
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn hold(State(stats): State<Arc<Stats>>, Path(ms): Path<u64>) -> &'static str {
+    stats.total.fetch_add(1, Ordering::SeqCst);
+    let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(stats);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    "held"
+}
+
+async fn stats(State(stats): State<Arc<Stats>>) -> Response {
+    axum::Json(serde_json::json!({
+        "max_in_flight": stats.max_in_flight.load(Ordering::SeqCst),
+        "total": stats.total.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
+async fn close_mid_body() -> Response {
+    let chunks = futures::stream::unfold(0u8, |step| async move {
+        match step {
+            0 => Some((Ok(Bytes::from_static(b"partial body, then the cut")), 1)),
+            1 => {
+                // One pending poll makes hyper flush the headers and first bytes, so the
+                // client sees the cut mid-body rather than before the response.
+                tokio::task::yield_now().await;
+                Some((Err(std::io::Error::other("cut mid-body on purpose")), 2))
+            }
+            _ => None,
+        }
+    });
+    (StatusCode::OK, Body::from_stream(chunks)).into_response()
+}
+
+async fn echo(req: Request) -> Response {
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    // The request body stream becomes the response body: nothing is buffered.
+    let mut resp = Response::new(Body::new(req.into_body()));
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&method) {
+        headers.insert("x-echo-method", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&path) {
+        headers.insert("x-echo-path", v);
+    }
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    resp
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Echo;
+
+#[tonic::async_trait]
+impl AppCallback for Echo {
+    async fn on_invoke(
+        &self,
+        request: tonic::Request<InvokeRequest>,
+    ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let mut resp = tonic::Response::new(InvokeResponse {
+            data: req.data,
+            content_type: req.content_type,
+        });
+        let md = resp.metadata_mut();
+        // Values that are not valid ASCII metadata are left out rather than failing the call.
+        if let Ok(v) = req.method.parse() {
+            md.insert("x-echo-method", v);
+        }
+        if let Some(ext) = req.http_extension {
+            let verb = http_extension::Verb::try_from(ext.verb)
+                .map_or_else(|_| ext.verb.to_string(), |v| v.as_str_name().to_owned());
+            if let Ok(v) = verb.parse() {
+                md.insert("x-echo-verb", v);
+            }
+            if let Ok(v) = ext.querystring.parse() {
+                md.insert("x-echo-querystring", v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl AppCallbackHealthCheck for Echo {
+    async fn health_check(
+        &self,
+        _request: tonic::Request<()>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(HealthCheckResponse {}))
+    }
+}

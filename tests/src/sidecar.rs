@@ -1,0 +1,246 @@
+//! Runs the real `daprd` binary as a process on loopback, and a small HTTP client to talk to it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The workspace's `target/<profile>` directory, where `cargo build --workspace --bins` put the
+/// binaries.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target.join(profile).join(name)
+}
+
+/// A port that was free a moment ago (the test's processes bind it right after).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One `daprd` process; killed when dropped.
+pub struct Sidecar {
+    pub app_id: String,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub internal_port: u16,
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+/// Options for [`Sidecar::start`].
+#[derive(Default, Clone)]
+pub struct SidecarOptions {
+    pub app_port: Option<u16>,
+    pub config: Option<PathBuf>,
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Starts daprd and waits (bounded) until `/v1.0/healthz/outbound` answers 204.
+    pub async fn start(
+        app_id: &str,
+        dir: &Path,
+        options: SidecarOptions,
+    ) -> anyhow::Result<Sidecar> {
+        let daprd = binary("daprd");
+        if !daprd.exists() {
+            bail!(
+                "{} is missing: run `cargo build --workspace --bins` (scripts/test.sh does)",
+                daprd.display()
+            );
+        }
+        let (http_port, grpc_port, internal_port, metrics_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let log = dir.join(format!("daprd-{app_id}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = tokio::process::Command::new(daprd);
+        cmd.args(["--app-id", app_id])
+            .args(["--dapr-http-port", &http_port.to_string()])
+            .args(["--dapr-grpc-port", &grpc_port.to_string()])
+            .args(["--dapr-internal-grpc-port", &internal_port.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string()])
+            .args(["--dapr-listen-addresses", "127.0.0.1"])
+            .args(["--log-level", "debug"]);
+        if let Some(port) = options.app_port {
+            cmd.args(["--app-port", &port.to_string()]);
+        }
+        if let Some(config) = &options.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log_file.try_clone()?))
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("spawn daprd")?;
+        let mut sidecar = Sidecar {
+            app_id: app_id.to_owned(),
+            http_port,
+            grpc_port,
+            internal_port,
+            child,
+            log,
+        };
+        sidecar
+            .wait_for("/v1.0/healthz/outbound", Duration::from_secs(20))
+            .await?;
+        Ok(sidecar)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// Polls `path` until it answers 204 or the deadline passes.
+    pub async fn wait_for(&mut self, path: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let client = HttpClient::new();
+        loop {
+            if let Ok(r) = client.get(&self.url(path)).await
+                && r.status == 204
+            {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "daprd {} exited with {status}; log:\n{}",
+                    self.app_id,
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "daprd {} not ready at {path} within {within:?}; log:\n{}",
+                    self.app_id,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("daprd already exited")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("daprd did not exit after SIGTERM")?
+            .context("wait for daprd")
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A keep-alive HTTP/1.1 client with a deadline on every call.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
+        self.send(http::Method::GET, url, &[], Bytes::new()).await
+    }
+
+    pub async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Full::new(body))?;
+        let call = async {
+            let response = self.client.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            anyhow::Ok(Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .with_context(|| format!("{url} did not answer within 30s"))?
+    }
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("dapr-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A Configuration file selecting the sqlite resolver over a database in `dir`, plus `extra`
+/// spec YAML (indented two spaces).
+pub fn sqlite_config(dir: &Path, name: &str, extra: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: e2e\nspec:\n  nameResolution:\n    component: sqlite\n    configuration:\n      connectionString: {}\n{extra}",
+        dir.join("nr.db").display()
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The address string for a loopback port.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
