@@ -19,7 +19,7 @@ done_install() { mv "$cache/$1.pending" "$cache/$1.stamp"; }
 
 step "Debian packages"
 need=()
-for pkg in dnsmasq iproute2; do
+for pkg in dnsmasq iproute2 curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

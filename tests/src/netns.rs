@@ -33,7 +33,7 @@ const PREFIX_LEN: u8 = 16;
 pub const DNS_PROBE_NAME: &str = "dnsmasq.netns.test";
 /// Prefix of every namespace this module creates; followed by the owning process id, which lets
 /// [`Network::create`] remove namespaces leaked by test processes that were killed.
-const NS_PREFIX: &str = "dapr-e2e-";
+const NS_PREFIX: &str = "dapr-netns-";
 /// How long start-up steps (links coming up, dnsmasq answering) may take.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of every readiness poll.
