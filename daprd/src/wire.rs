@@ -189,6 +189,54 @@ impl Default for SeqCheck {
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
+/// A stream message that may carry a body chunk (request and response streams alike).
+pub trait Chunked: Send + 'static {
+    fn take_payload(self) -> Option<StreamPayload>;
+}
+
+impl Chunked for dapr_proto::internals::v1::InternalInvokeRequestStream {
+    fn take_payload(self) -> Option<StreamPayload> {
+        self.payload
+    }
+}
+
+impl Chunked for dapr_proto::internals::v1::InternalInvokeResponseStream {
+    fn take_payload(self) -> Option<StreamPayload> {
+        self.payload
+    }
+}
+
+/// The body carried by a stream after its head message: the head's own payload first, then
+/// every later payload, in order (a gap in `seq` ends the body with an error).
+pub fn payload_body<M: Chunked>(
+    leading: Option<StreamPayload>,
+    incoming: tonic::Streaming<M>,
+) -> BoxStream<Result<Bytes, BoxError>> {
+    let mut seq = SeqCheck::new();
+    let leading: Option<Result<Bytes, BoxError>> =
+        leading.map(|p| seq.accept(p).map_err(BoxError::from));
+    let rest = futures::stream::unfold((incoming, seq), next_payload::<M>);
+    Box::pin(futures::stream::iter(leading).chain(rest))
+}
+
+type PayloadState<M> = (tonic::Streaming<M>, SeqCheck);
+
+async fn next_payload<M: Chunked>(
+    (mut incoming, mut seq): PayloadState<M>,
+) -> Option<(Result<Bytes, BoxError>, PayloadState<M>)> {
+    match incoming.message().await {
+        Ok(Some(message)) => {
+            let item = match message.take_payload() {
+                Some(p) => seq.accept(p).map_err(BoxError::from),
+                None => Ok(Bytes::new()),
+            };
+            Some((item, (incoming, seq)))
+        }
+        Ok(None) => None,
+        Err(status) => Some((Err(BoxError::from(status)), (incoming, seq))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Error;
 use crate::config::Config;
-use crate::wire::{self, BoxError, BoxStream, SeqCheck, names};
+use crate::wire::{self, BoxError, BoxStream, names};
 use acl::{AccessControl, CallerIdentity};
 use app_channel::{AppRequest, AppResponse, HttpChannel};
 
@@ -163,24 +163,8 @@ impl ServiceInvocation for Internal {
         let head = first
             .request
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
-        let mut seq = SeqCheck::new();
-        let leading = first.payload.map(|p| seq.accept(p).map_err(BoxError::from));
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
-        let rest = futures::stream::unfold((incoming, seq), |(mut incoming, mut seq)| async move {
-            match incoming.message().await {
-                Ok(Some(message)) => {
-                    let item = match message.payload {
-                        Some(p) => seq.accept(p).map_err(BoxError::from),
-                        None => Ok(Bytes::new()),
-                    };
-                    Some((item, (incoming, seq)))
-                }
-                Ok(None) => None,
-                Err(status) => Some((Err(BoxError::from(status)), (incoming, seq))),
-            }
-        });
-        let body: BoxStream<Result<Bytes, BoxError>> =
-            Box::pin(futures::stream::iter(leading).chain(rest));
+        let body = wire::payload_body(first.payload, incoming);
         let (app, app_request) = self.admit(head, body)?;
         let response = app.invoke(app_request).await?;
         let head = InternalInvokeResponseStream {

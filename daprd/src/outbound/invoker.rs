@@ -7,18 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::common::v1::StreamPayload;
 use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClient;
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-    InternalInvokeResponseStream,
 };
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
 use crate::resolve::{Resolver, Target};
-use crate::wire::{self, BoxError, BoxStream, SeqCheck, names};
+use crate::wire::{self, BoxError, BoxStream, names};
 
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -199,7 +197,7 @@ impl Invoker {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
         })?;
-        let body = response_body(first.payload, incoming);
+        let body = wire::payload_body(first.payload, incoming);
         Ok(PeerResponse {
             head,
             body: Box::pin(body),
@@ -267,37 +265,6 @@ fn outgoing(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// The response body: payloads in order, starting with the one in the head message, if any.
-fn response_body(
-    leading: Option<StreamPayload>,
-    incoming: tonic::Streaming<InternalInvokeResponseStream>,
-) -> BoxStream<Result<Bytes, BoxError>> {
-    let mut seq = SeqCheck::new();
-    let leading: Option<Result<Bytes, BoxError>> =
-        leading.map(|p| seq.accept(p).map_err(BoxError::from));
-    let rest = futures::stream::unfold((incoming, seq), next_payload);
-    Box::pin(futures::stream::iter(leading).chain(rest))
-}
-
-async fn next_payload(
-    (mut incoming, mut seq): (tonic::Streaming<InternalInvokeResponseStream>, SeqCheck),
-) -> Option<(
-    Result<Bytes, BoxError>,
-    (tonic::Streaming<InternalInvokeResponseStream>, SeqCheck),
-)> {
-    match incoming.message().await {
-        Ok(Some(message)) => {
-            let item = match message.payload {
-                Some(p) => seq.accept(p).map_err(BoxError::from),
-                None => Ok(Bytes::new()),
-            };
-            Some((item, (incoming, seq)))
-        }
-        Ok(None) => None,
-        Err(status) => Some((Err(BoxError::from(status)), (incoming, seq))),
-    }
 }
 
 #[cfg(test)]
