@@ -23,6 +23,10 @@ pub enum Error {
     Resolver(String),
     #[error("failed getting app id either from the URL path or the header dapr-app-id")]
     NoAppId,
+    #[error(
+        "failed to proxy request: required metadata dapr-callee-app-id or dapr-app-id not found"
+    )]
+    NoProxyTarget,
     #[error("failed to invoke, id: {0}, err: invalid app id")]
     InvalidAppId(String),
     #[error("invalid method {method:?}: {reason}")]
@@ -65,6 +69,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::NoAppId
+            | Error::NoProxyTarget
             | Error::InvalidAppId(_)
             | Error::Invoke { .. }
             | Error::Timeout { .. }
@@ -86,9 +91,10 @@ impl Error {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Error::NoAppId => StatusCode::NOT_FOUND,
-            Error::InvalidAppId(_) | Error::InvalidMethod { .. } | Error::Malformed(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::NoProxyTarget
+            | Error::InvalidAppId(_)
+            | Error::InvalidMethod { .. }
+            | Error::Malformed(_) => StatusCode::BAD_REQUEST,
             Error::PermissionDenied { .. } | Error::DeniedByPeer { .. } => StatusCode::FORBIDDEN,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -106,9 +112,10 @@ impl Error {
 
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
-            Error::NoAppId | Error::InvalidAppId(_) | Error::InvalidMethod { .. } => {
-                tonic::Code::InvalidArgument
-            }
+            Error::NoAppId
+            | Error::NoProxyTarget
+            | Error::InvalidAppId(_)
+            | Error::InvalidMethod { .. } => tonic::Code::InvalidArgument,
             Error::Malformed(_) => tonic::Code::InvalidArgument,
             Error::PermissionDenied { .. } | Error::DeniedByPeer { .. } => {
                 tonic::Code::PermissionDenied
@@ -204,6 +211,12 @@ mod tests {
                 Error::NoAppId,
                 "ERR_DIRECT_INVOKE",
                 404,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Error::NoProxyTarget,
+                "ERR_DIRECT_INVOKE",
+                400,
                 tonic::Code::InvalidArgument,
             ),
             (

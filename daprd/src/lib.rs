@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dapr_proto::internals::v1::service_invocation_server::ServiceInvocationServer;
 use dapr_proto::runtime::v1::dapr_server::DaprServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -23,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use error::Error;
 
-use inbound::app_channel::HttpChannel;
+use inbound::app_channel::AppChannel;
 use outbound::invoker::{Caller, Invoker};
 use state::{Health, Shared, Shutdown};
 
@@ -72,10 +71,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(&shared)))
             .max_decoding_message_size(config.max_body_size)
             .max_encoding_message_size(usize::MAX);
+        // Every other service is proxied to the app named by `dapr-app-id`.
+        let routes = tonic::service::Routes::new(service)
+            .into_axum_router()
+            .fallback({
+                let shared = Arc::clone(&shared);
+                move |request| outbound::proxy::handle(Arc::clone(&shared), request)
+            });
         let stop = stop.clone();
         servers.spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(service)
+                .tcp_nodelay(true)
+                .add_routes(tonic::service::Routes::from(routes))
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     stop.cancelled_owned(),
@@ -102,15 +109,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     {
         let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
         let listener = bind(addr).await?;
-        let internal = ServiceInvocationServer::from_arc(inbound::server(&config))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let internal = inbound::routes(inbound::server(&config)?);
         let stop = stop.clone();
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_service(internal)
+                .add_routes(internal)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     stop.cancelled_owned(),
@@ -181,7 +186,7 @@ async fn wait_for_app(shared: &Shared, stop: &CancellationToken) {
     };
     tracing::info!("waiting for the app on port {port}");
     loop {
-        if HttpChannel::reachable(&config.app_channel_address, port).await {
+        if AppChannel::reachable(&config.app_channel_address, port).await {
             tracing::info!("application discovered on port {port}");
             shared.health.set_app_ready(true);
             return;

@@ -3,6 +3,12 @@
 pub mod netns;
 pub mod sidecar;
 
+/// The test-only gRPC service `e2e.echo.v1.Echo` (see `proto/e2e/echo/v1/echo.proto`).
+pub mod echo {
+    #![allow(clippy::all)]
+    tonic::include_proto!("e2e.echo.v1");
+}
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,11 +1,14 @@
-//! The channel to the local app over HTTP: pooled keep-alive connections, streamed bodies, and
-//! the `--app-max-concurrency` bound held by a permit that travels with the response body, so
-//! it is released when the body ends, fails or is dropped.
+//! The channel to the local app: HTTP (pooled keep-alive connections, streamed bodies) or gRPC
+//! (`AppCallback/OnInvoke`), plus transparent forwarding of proxied gRPC calls. The
+//! `--app-max-concurrency` bound is a permit that travels with the response body, so it is
+//! released when the body ends, fails or is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dapr_proto::common::v1::{HttpExtension, InvokeRequest};
+use dapr_proto::runtime::v1::app_callback_client::AppCallbackClient;
 use futures::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
@@ -14,18 +17,25 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
-use crate::wire::{BoxError, BoxStream, Metadata, metadata_to_headers, names};
+use crate::config::{AppProtocol, Config};
+use crate::wire::{self, BoxError, BoxStream, Metadata, metadata_to_headers, names};
 
 /// How long the app may take to answer with a response head.
 const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to the app may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// What the app answered.
+/// What the app answered. `status` is an HTTP status for HTTP apps and a gRPC code (0-16) for
+/// gRPC apps, as upstream's internal `Status` carries it.
 pub struct AppResponse {
     pub status: u16,
+    /// The gRPC status message of a failed gRPC app call; empty otherwise.
+    pub message: String,
     pub headers: HeaderMap,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
@@ -40,37 +50,69 @@ pub struct AppRequest {
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
 
-pub struct HttpChannel {
-    client: Client<HttpConnector, AppBody>,
+enum Protocol {
+    Http {
+        client: Client<HttpConnector, AppBody>,
+        base: String,
+    },
+    Grpc,
+}
+
+pub struct AppChannel {
+    protocol: Protocol,
+    /// h2c connection to the app: `OnInvoke` for gRPC apps and proxied gRPC calls for any app.
+    grpc: Channel,
     base: String,
     app_token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
 }
 
-impl HttpChannel {
-    pub fn new(
-        address: &str,
-        port: u16,
-        app_token: Option<&str>,
-        max_concurrency: Option<usize>,
-    ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+impl AppChannel {
+    /// The channel for `--app-port`, or `None` when the sidecar has no app.
+    pub fn from_config(config: &Config) -> Result<Option<Self>, Error> {
+        let Some(port) = config.app_port else {
+            return Ok(None);
+        };
+        let address = &config.app_channel_address;
         let host = if address.contains(':') && !address.starts_with('[') {
             format!("[{address}]")
         } else {
             address.to_owned()
         };
-        HttpChannel {
-            client,
-            base: format!("http://{host}:{port}"),
-            app_token: app_token.and_then(|t| HeaderValue::from_str(t).ok()),
-            limit: max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
-        }
+        let base = format!("http://{host}:{port}");
+        let grpc = Endpoint::from_shared(base.clone())
+            .map_err(|e| Error::AppChannel(format!("bad app address {base}: {e}")))?
+            .connect_timeout(APP_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let protocol = match config.app_protocol {
+            AppProtocol::Grpc | AppProtocol::Grpcs => Protocol::Grpc,
+            AppProtocol::Http | AppProtocol::Https | AppProtocol::H2c => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .http2_only(config.app_protocol == AppProtocol::H2c)
+                    .build(connector);
+                Protocol::Http {
+                    client,
+                    base: base.clone(),
+                }
+            }
+        };
+        Ok(Some(AppChannel {
+            protocol,
+            grpc,
+            base,
+            app_token: config
+                .app_api_token
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok()),
+            limit: config
+                .app_max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n))),
+        }))
     }
 
     async fn permit(&self) -> Result<Option<OwnedSemaphorePermit>, Error> {
@@ -84,13 +126,33 @@ impl HttpChannel {
         }
     }
 
+    /// Calls the app with an invocation (HTTP request or `OnInvoke`).
     pub async fn invoke(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let permit = self.permit().await?;
+        let mut response = match &self.protocol {
+            Protocol::Http { client, base } => self.invoke_http(client, base, request).await?,
+            Protocol::Grpc => self.invoke_grpc(request).await?,
+        };
+        let body = response.body;
+        response.body = Box::pin(body.map(move |chunk| {
+            // The permit lives as long as the body stream.
+            let _held = &permit;
+            chunk
+        }));
+        Ok(response)
+    }
+
+    async fn invoke_http(
+        &self,
+        client: &Client<HttpConnector, AppBody>,
+        base: &str,
+        request: AppRequest,
+    ) -> Result<AppResponse, Error> {
         let method = request.method.trim_start_matches('/');
         let uri = if request.query.is_empty() {
-            format!("{}/{method}", self.base)
+            format!("{base}/{method}")
         } else {
-            format!("{}/{method}?{}", self.base, request.query)
+            format!("{base}/{method}?{}", request.query)
         };
         let body = StreamBody::new(request.body.map(|chunk| chunk.map(Frame::data)));
         let mut http_request = Request::builder()
@@ -105,37 +167,132 @@ impl HttpChannel {
         {
             headers.insert(header::CONTENT_TYPE, value);
         }
+        self.swap_token(headers);
+        let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.request(http_request))
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| self.unreachable(&e))?;
+        let (parts, body) = response.into_parts();
+        Ok(AppResponse {
+            status: parts.status.as_u16(),
+            message: String::new(),
+            headers: parts.headers,
+            body: Box::pin(body.into_data_stream().map(|c| c.map_err(BoxError::from))),
+        })
+    }
+
+    /// `AppCallback/OnInvoke`: the body is collected (the callback is unary); the app's status,
+    /// headers and data come back as an [`AppResponse`] with a gRPC code.
+    async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
+        let data = collect(request.body, usize::MAX).await?;
+        let mut headers = HeaderMap::new();
+        metadata_to_headers(&request.metadata, &mut headers);
+        headers.remove(header::CONTENT_TYPE);
+        headers.remove(header::CONTENT_LENGTH);
+        self.swap_token(&mut headers);
+        let mut call = tonic::Request::new(InvokeRequest {
+            method: request.method,
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            }),
+            content_type: request.content_type,
+            http_extension: Some(HttpExtension {
+                verb: wire::verb_of(&request.verb) as i32,
+                querystring: request.query,
+            }),
+        });
+        *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        let mut client = AppCallbackClient::new(self.grpc.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let result = tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.on_invoke(call))
+            .await
+            .map_err(|_| self.timed_out())?;
+        match result {
+            Ok(response) => {
+                let (metadata, message, _) = response.into_parts();
+                let mut headers = metadata.into_headers();
+                if !message.content_type.is_empty()
+                    && let Ok(value) = HeaderValue::from_str(&message.content_type)
+                {
+                    headers.insert(header::CONTENT_TYPE, value);
+                }
+                let data = message.data.map(|any| Bytes::from(any.value));
+                Ok(AppResponse {
+                    status: 0,
+                    message: String::new(),
+                    headers,
+                    body: once(data.unwrap_or_default()),
+                })
+            }
+            // A transport failure carries its cause; a status the app sent does not.
+            Err(status) if std::error::Error::source(&status).is_some() => {
+                Err(self.unreachable(&status))
+            }
+            Err(status) => {
+                let body = serde_json::json!({
+                    "code": status.code() as i32,
+                    "message": status.message(),
+                    "details": [],
+                });
+                let mut headers = status.metadata().clone().into_headers();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(AppResponse {
+                    status: status.code() as u16,
+                    message: status.message().to_owned(),
+                    headers,
+                    body: once(Bytes::from(body.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Forwards a proxied gRPC call to the app as it is (frames and trailers streamed), with the
+    /// app token in place of the caller's token.
+    pub async fn proxy(
+        &self,
+        mut request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        let permit = self.permit().await?;
+        self.swap_token(request.headers_mut());
+        let call = tower::ServiceExt::oneshot(self.grpc.clone(), request);
+        let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, call)
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(response.map(|body| {
+            tonic::body::Body::new(body.map_frame(move |frame| {
+                // The permit lives as long as the body.
+                let _held = &permit;
+                frame
+            }))
+        }))
+    }
+
+    fn swap_token(&self, headers: &mut HeaderMap) {
         headers.remove(names::API_TOKEN);
         if let Some(token) = &self.app_token {
             headers.insert(names::API_TOKEN, token.clone());
         }
-        let response =
-            tokio::time::timeout(APP_RESPONSE_TIMEOUT, self.client.request(http_request))
-                .await
-                .map_err(|_| {
-                    Error::AppChannel(format!(
-                        "app did not answer within {}s",
-                        APP_RESPONSE_TIMEOUT.as_secs()
-                    ))
-                })?
-                .map_err(|e| {
-                    Error::AppChannel(format!(
-                        "cannot reach the app at {}: {}",
-                        self.base,
-                        error_chain(&e)
-                    ))
-                })?;
-        let (parts, body) = response.into_parts();
-        let body = body.into_data_stream().map(move |chunk| {
-            // The permit lives as long as the body stream.
-            let _held = &permit;
-            chunk.map_err(BoxError::from)
-        });
-        Ok(AppResponse {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: Box::pin(body),
-        })
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::AppChannel(format!(
+            "app did not answer within {}s",
+            APP_RESPONSE_TIMEOUT.as_secs()
+        ))
+    }
+
+    fn unreachable(&self, e: &dyn std::error::Error) -> Error {
+        Error::AppChannel(format!(
+            "cannot reach the app at {}: {}",
+            self.base,
+            error_chain(e)
+        ))
     }
 
     /// Whether the app accepts TCP connections on its port (readiness before the first call).
@@ -164,7 +321,7 @@ pub fn once(data: Bytes) -> BoxStream<Result<Bytes, BoxError>> {
     Box::pin(futures::stream::once(async move { Ok(data) }))
 }
 
-/// Collects a body stream into memory (unary responses), bounded by `limit`.
+/// Collects a body stream into memory (unary calls), bounded by `limit`.
 pub async fn collect<S>(mut body: S, limit: usize) -> Result<Bytes, Error>
 where
     S: Stream<Item = Result<Bytes, BoxError>> + Unpin,

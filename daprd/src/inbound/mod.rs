@@ -21,30 +21,77 @@ use crate::Error;
 use crate::config::Config;
 use crate::wire::{self, BoxError, BoxStream, names};
 use acl::{AccessControl, CallerIdentity};
-use app_channel::{AppRequest, AppResponse, HttpChannel};
+use app_channel::{AppChannel, AppRequest, AppResponse};
 
 /// Trust domain assumed for callers until their identity comes from a certificate.
 const DEFAULT_TRUST_DOMAIN: &str = "public";
 
 pub struct Internal {
-    app: Option<HttpChannel>,
+    app: Option<AppChannel>,
     acl: Option<AccessControl>,
 }
 
 impl Internal {
-    pub fn new(config: &Config) -> Self {
-        let app = config.app_port.map(|port| {
-            HttpChannel::new(
-                &config.app_channel_address,
-                port,
-                config.app_api_token.as_deref(),
-                config.app_max_concurrency,
-            )
-        });
-        Internal {
-            app,
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        Ok(Internal {
+            app: AppChannel::from_config(config)?,
             acl: AccessControl::from_spec(config.configuration.spec.access_control.as_ref()),
+        })
+    }
+
+    fn app(&self) -> Result<&AppChannel, Error> {
+        self.app
+            .as_ref()
+            .ok_or_else(|| Error::AppChannel("this sidecar has no app port configured".into()))
+    }
+
+    /// Access control on the caller the metadata names (its certificate, once mTLS is on).
+    fn check_access(
+        &self,
+        caller_app: Option<&str>,
+        caller_ns: Option<&str>,
+        operation: &str,
+        verb: &str,
+    ) -> Result<(), Error> {
+        let Some(acl) = &self.acl else {
+            return Ok(());
+        };
+        let caller = caller_app
+            .zip(caller_ns)
+            .map(|(app_id, namespace)| CallerIdentity {
+                trust_domain: DEFAULT_TRUST_DOMAIN,
+                namespace,
+                app_id,
+            });
+        if acl.is_allowed(caller, operation, verb) {
+            return Ok(());
         }
+        let err = Error::PermissionDenied {
+            caller: caller_app.unwrap_or("unknown").to_owned(),
+            operation: operation.to_owned(),
+            verb: verb.to_owned(),
+        };
+        tracing::info!(reason = %err, "invocation denied");
+        Err(err)
+    }
+
+    /// A proxied gRPC call (any service other than ours): access control on the full method
+    /// name, then forwarded to the app as it is.
+    pub async fn proxy(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        {
+            // Scoped so no borrow of the (non-`Sync`) request lives across the await below.
+            let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+            self.check_access(
+                header(names::CALLER_APP_ID),
+                header(names::CALLER_NAMESPACE),
+                request.uri().path(),
+                "",
+            )?;
+        }
+        self.app()?.proxy(request).await
     }
 
     /// Checks the caller against access control and builds the app request head.
@@ -52,37 +99,20 @@ impl Internal {
         &self,
         request: InternalInvokeRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
-    ) -> Result<(&HttpChannel, AppRequest), Error> {
-        let app = self
-            .app
-            .as_ref()
-            .ok_or_else(|| Error::AppChannel("this sidecar has no app port configured".into()))?;
+    ) -> Result<(&AppChannel, AppRequest), Error> {
+        let app = self.app()?;
         let message = request
             .message
             .ok_or_else(|| Error::Malformed("request carries no message".into()))?;
         wire_check_method(&message.method)?;
         let ext = message.http_extension.unwrap_or_default();
         let verb = wire::method_of(Verb::try_from(ext.verb).unwrap_or(Verb::None));
-        if let Some(acl) = &self.acl {
-            let caller_app = wire::first(&request.metadata, names::CALLER_APP_ID);
-            let caller_ns = wire::first(&request.metadata, names::CALLER_NAMESPACE);
-            let caller = caller_app
-                .zip(caller_ns)
-                .map(|(app_id, namespace)| CallerIdentity {
-                    trust_domain: DEFAULT_TRUST_DOMAIN,
-                    namespace,
-                    app_id,
-                });
-            if !acl.is_allowed(caller, &message.method, verb.as_str()) {
-                let err = Error::PermissionDenied {
-                    caller: caller_app.unwrap_or("unknown").to_owned(),
-                    operation: message.method.clone(),
-                    verb: verb.to_string(),
-                };
-                tracing::info!(reason = %err, "invocation denied");
-                return Err(err);
-            }
-        }
+        self.check_access(
+            wire::first(&request.metadata, names::CALLER_APP_ID),
+            wire::first(&request.metadata, names::CALLER_NAMESPACE),
+            &message.method,
+            verb.as_str(),
+        )?;
         Ok((
             app,
             AppRequest {
@@ -111,7 +141,7 @@ fn response_head(app: &AppResponse) -> InternalInvokeResponse {
     InternalInvokeResponse {
         status: Some(InvokeStatus {
             code: i32::from(app.status),
-            message: String::new(),
+            message: app.message.clone(),
             details: Vec::new(),
         }),
         headers,
@@ -184,6 +214,28 @@ impl ServiceInvocation for Internal {
 }
 
 /// Shared handle for the server builder.
-pub fn server(config: &Config) -> Arc<Internal> {
-    Arc::new(Internal::new(config))
+pub fn server(config: &Config) -> Result<Arc<Internal>, Error> {
+    Internal::new(config).map(Arc::new)
+}
+
+/// The internal server's routes: `ServiceInvocation`, and every other gRPC path proxied to the
+/// app.
+pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
+    use dapr_proto::internals::v1::service_invocation_server::ServiceInvocationServer;
+    let service = ServiceInvocationServer::from_arc(Arc::clone(&internal))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let router = tonic::service::Routes::new(service)
+        .into_axum_router()
+        .fallback(move |request: axum::extract::Request| {
+            let internal = Arc::clone(&internal);
+            async move {
+                let request = request.map(tonic::body::Body::new);
+                match internal.proxy(request).await {
+                    Ok(response) => response.map(axum::body::Body::new),
+                    Err(e) => tonic::Status::from(e).into_http::<axum::body::Body>(),
+                }
+            }
+        });
+    tonic::service::Routes::from(router)
 }

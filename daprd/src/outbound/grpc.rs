@@ -102,12 +102,21 @@ impl Dapr for DaprApi {
             http_to_grpc(u16::try_from(code).unwrap_or(500))
         };
         if grpc_code != tonic::Code::Ok {
-            let body = response
-                .message
-                .as_ref()
-                .and_then(|m| m.data.as_ref())
-                .map(|d| String::from_utf8_lossy(&d.value).into_owned())
-                .unwrap_or_default();
+            // A gRPC app's own status message, or an HTTP app's body, as upstream.
+            let body = if code < 100 {
+                response
+                    .status
+                    .as_ref()
+                    .map(|s| s.message.clone())
+                    .unwrap_or_default()
+            } else {
+                response
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.data.as_ref())
+                    .map(|d| String::from_utf8_lossy(&d.value).into_owned())
+                    .unwrap_or_default()
+            };
             let mut status = Status::new(grpc_code, body);
             if code >= 100
                 && let Ok(value) = MetadataValue::try_from(code.to_string())

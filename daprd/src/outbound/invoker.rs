@@ -204,6 +204,43 @@ impl Invoker {
         })
     }
 
+    /// Forwards a proxied gRPC call (any service but Dapr's own) to the target's sidecar as it
+    /// is: headers, message frames and trailers stream through the pooled channel, with the
+    /// caller and callee identities added.
+    pub async fn proxy(
+        &self,
+        target: &Target,
+        mut request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        let headers = request.headers_mut();
+        headers.remove(names::API_TOKEN);
+        for (name, value) in [
+            (names::CALLER_APP_ID, self.caller.app_id.as_str()),
+            (names::CALLER_NAMESPACE, self.caller.namespace.as_str()),
+            (names::CALLEE_APP_ID, target.app_id.as_str()),
+        ] {
+            let value = http::HeaderValue::from_str(value)
+                .map_err(|_| Error::InvalidAppId(value.to_owned()))?;
+            headers.insert(name, value);
+        }
+        let addr = self.resolver.resolve(target).await?;
+        let call = tower::ServiceExt::oneshot(self.channel(addr)?, request);
+        match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
+            Err(_) => Err(Error::Timeout {
+                id: target.app_id.to_owned(),
+                seconds: RESPONSE_TIMEOUT.as_secs(),
+            }),
+            Ok(Err(e)) => {
+                self.forget(target, addr);
+                Err(Error::Invoke {
+                    id: target.app_id.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
     /// Sends a request whose body is already in memory (`CallLocal`).
     pub async fn invoke_unary(
         &self,

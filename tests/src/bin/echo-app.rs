@@ -12,7 +12,10 @@
 //!
 //! gRPC (`--protocol grpc`): `AppCallback/OnInvoke` echoes `data` and `content_type`, with the
 //! method in response metadata `x-echo-method` (plus `x-echo-verb`, `x-echo-querystring` from
-//! the HTTP extension); `AppCallbackHealthCheck/HealthCheck` answers.
+//! the HTTP extension, and `x-caller` from `dapr-caller-app-id`); a method `fail/<code>` answers
+//! with that gRPC status code. `AppCallbackHealthCheck/HealthCheck` answers. `e2e.echo.v1.Echo`
+//! (not a Dapr service; reached through daprd's gRPC proxy) echoes unary, server-streaming and
+//! bidirectional calls.
 //!
 //! Prints `echo-app listening on <addr> (<protocol>)` once bound (`--port 0` picks a free port).
 
@@ -37,6 +40,8 @@ use dapr_proto::runtime::v1::app_callback_health_check_server::{
     AppCallbackHealthCheck, AppCallbackHealthCheckServer,
 };
 use dapr_proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
+use e2e::echo::Note;
+use e2e::echo::echo_server::{Echo as EchoService, EchoServer};
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Protocol::Grpc => tonic::transport::Server::builder()
             .add_service(AppCallbackServer::new(Echo))
             .add_service(AppCallbackHealthCheckServer::new(Echo))
+            .add_service(EchoServer::new(Echo))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .context("serving gRPC")?,
@@ -239,12 +245,23 @@ impl AppCallback for Echo {
         &self,
         request: tonic::Request<InvokeRequest>,
     ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        let caller = request.metadata().get("dapr-caller-app-id").cloned();
         let req = request.into_inner();
+        if let Some(code) = req.method.strip_prefix("fail/") {
+            let code = code.parse::<i32>().unwrap_or(2);
+            return Err(tonic::Status::new(
+                tonic::Code::from(code),
+                format!("echo-app failed {} on purpose", req.method),
+            ));
+        }
         let mut resp = tonic::Response::new(InvokeResponse {
             data: req.data,
             content_type: req.content_type,
         });
         let md = resp.metadata_mut();
+        if let Some(caller) = caller {
+            md.insert("x-caller", caller);
+        }
         // Values that are not valid ASCII metadata are left out rather than failing the call.
         if let Ok(v) = req.method.parse() {
             md.insert("x-echo-method", v);
@@ -270,5 +287,73 @@ impl AppCallbackHealthCheck for Echo {
         _request: tonic::Request<()>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
         Ok(tonic::Response::new(HealthCheckResponse {}))
+    }
+}
+
+/// Copies the identities daprd stamps on proxied calls into response metadata.
+fn identities<T>(from: &tonic::metadata::MetadataMap, to: &mut tonic::Response<T>) {
+    for (header, echoed) in [
+        ("dapr-caller-app-id", "x-caller"),
+        ("dapr-callee-app-id", "x-callee"),
+    ] {
+        if let Some(value) = from.get(header) {
+            to.metadata_mut().insert(echoed, value.clone());
+        }
+    }
+}
+
+type NoteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Note, tonic::Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl EchoService for Echo {
+    async fn unary(
+        &self,
+        request: tonic::Request<Note>,
+    ) -> Result<tonic::Response<Note>, tonic::Status> {
+        let metadata = request.metadata().clone();
+        let note = request.into_inner();
+        if note.fail_with != 0 {
+            return Err(tonic::Status::new(
+                tonic::Code::from(note.fail_with),
+                format!("echo-app failed with {} on purpose", note.fail_with),
+            ));
+        }
+        let mut response = tonic::Response::new(note);
+        identities(&metadata, &mut response);
+        Ok(response)
+    }
+
+    type CountStream = NoteStream;
+
+    async fn count(
+        &self,
+        request: tonic::Request<Note>,
+    ) -> Result<tonic::Response<Self::CountStream>, tonic::Status> {
+        let n: u32 = request
+            .into_inner()
+            .text
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("text must be a count"))?;
+        let notes = futures::stream::iter((0..n).map(|i| {
+            Ok(Note {
+                text: i.to_string(),
+                ..Default::default()
+            })
+        }));
+        Ok(tonic::Response::new(Box::pin(notes)))
+    }
+
+    type ChatStream = NoteStream;
+
+    async fn chat(
+        &self,
+        request: tonic::Request<tonic::Streaming<Note>>,
+    ) -> Result<tonic::Response<Self::ChatStream>, tonic::Status> {
+        let metadata = request.metadata().clone();
+        let notes = request.into_inner();
+        let mut response = tonic::Response::new(Box::pin(notes) as NoteStream);
+        identities(&metadata, &mut response);
+        Ok(response)
     }
 }

@@ -1,0 +1,310 @@
+//! gRPC apps through two real `daprd` processes on loopback (sqlite name resolution):
+//! `AppCallback/OnInvoke` behind the HTTP and gRPC APIs, and transparent proxying of a service
+//! that is not Dapr's (`e2e.echo.v1.Echo`, unary, server-streaming and bidirectional) by
+//! `dapr-app-id` metadata.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+use dapr_proto::runtime::v1::InvokeServiceRequest;
+use dapr_proto::runtime::v1::dapr_client::DaprClient;
+use e2e::echo::Note;
+use e2e::echo::echo_client::EchoClient;
+use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, binary, scratch_dir, sqlite_config};
+use e2e::{EchoApp, spawn_echo_app};
+use http::Method;
+use tonic::transport::Channel;
+
+struct Grpc {
+    _app: EchoApp,
+    caller: Sidecar,
+    _callee: Sidecar,
+    client: HttpClient,
+}
+
+/// `orders` (a gRPC echo-app behind daprd with `--app-protocol grpc`) and `checkout` (a daprd
+/// without an app) sharing a sqlite name-resolution file.
+async fn start(name: &str, callee_spec: &str) -> Grpc {
+    let dir = scratch_dir(name).expect("scratch dir");
+    let mut cmd = tokio::process::Command::new(binary("echo-app"));
+    cmd.args(["--protocol", "grpc", "--port", "0"]);
+    let app = spawn_echo_app(cmd, Duration::from_secs(10))
+        .await
+        .expect("echo-app starts");
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir).expect("dir");
+    let mut callee = Sidecar::start(
+        "orders",
+        &callee_dir,
+        SidecarOptions {
+            app_port: Some(app.addr.port()),
+            config: Some(sqlite_config(&dir, "callee", callee_spec).expect("config")),
+            extra_args: vec!["--app-protocol".into(), "grpc".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("callee starts");
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .expect("callee sees its app");
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        SidecarOptions {
+            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("caller starts");
+    Grpc {
+        _app: app,
+        caller,
+        _callee: callee,
+        client: HttpClient::new(),
+    }
+}
+
+async fn channel(sidecar: &Sidecar) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{}", sidecar.grpc_port))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connects to the gRPC API")
+}
+
+fn to(app: &'static str, mut request: tonic::Request<Note>) -> tonic::Request<Note> {
+    request
+        .metadata_mut()
+        .insert("dapr-app-id", app.parse().expect("ascii"));
+    request
+}
+
+fn note(text: &str) -> Note {
+    Note {
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_grpc_apis_reach_a_grpc_app_through_on_invoke() {
+    let g = start("grpc-oninvoke", "").await;
+
+    let reply = g
+        .client
+        .send(
+            Method::PUT,
+            &g.caller.url("/v1.0/invoke/orders/method/items/7?color=red"),
+            &[("content-type", "text/plain")],
+            Bytes::from_static(b"hello grpc app"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(&reply.body[..], b"hello grpc app");
+    assert_eq!(reply.headers["x-echo-method"], "items/7");
+    assert_eq!(reply.headers["x-echo-verb"], "PUT");
+    assert_eq!(reply.headers["x-echo-querystring"], "color=red");
+    assert_eq!(reply.headers["x-caller"], "checkout");
+    assert_eq!(reply.headers["content-type"], "text/plain");
+
+    // The app's gRPC status becomes the HTTP status of the upstream map, with the status as JSON.
+    let reply = g
+        .client
+        .get(&g.caller.url("/v1.0/invoke/orders/method/fail/5"))
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 404, "NotFound maps to 404: {:?}", reply.body);
+    let body = reply.json().expect("json status");
+    assert_eq!(body["code"], 5);
+    assert_eq!(body["message"], "echo-app failed fail/5 on purpose");
+
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let response = dapr
+        .invoke_service(InvokeServiceRequest {
+            id: "orders".into(),
+            message: Some(InvokeRequest {
+                method: "greet".into(),
+                data: Some(prost_types::Any {
+                    type_url: String::new(),
+                    value: b"over grpc".to_vec(),
+                }),
+                content_type: "text/plain".into(),
+                http_extension: Some(HttpExtension {
+                    verb: Verb::Post as i32,
+                    querystring: String::new(),
+                }),
+            }),
+        })
+        .await
+        .expect("InvokeService");
+    assert_eq!(
+        response.metadata().get("x-echo-method").expect("method"),
+        "greet"
+    );
+    let message = response.into_inner();
+    assert_eq!(message.data.expect("data").value, b"over grpc");
+    assert_eq!(message.content_type, "text/plain");
+
+    let status = dapr
+        .invoke_service(InvokeServiceRequest {
+            id: "orders".into(),
+            message: Some(InvokeRequest {
+                method: "fail/7".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("the app fails");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "echo-app failed fail/7 on purpose");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_grpc_service_is_proxied_by_dapr_app_id_with_streams_in_both_directions() {
+    let g = start("grpc-proxy", "").await;
+    let mut echo = EchoClient::new(channel(&g.caller).await);
+
+    let response = echo
+        .unary(to("orders", tonic::Request::new(note("ping"))))
+        .await
+        .expect("proxied unary call");
+    assert_eq!(
+        response.metadata().get("x-caller").expect("caller"),
+        "checkout"
+    );
+    assert_eq!(
+        response.metadata().get("x-callee").expect("callee"),
+        "orders"
+    );
+    assert_eq!(response.into_inner().text, "ping");
+
+    // Namespace-qualified ids work as for invoke.
+    let response = echo
+        .unary(to("orders.default", tonic::Request::new(note("ns"))))
+        .await
+        .expect("proxied unary call with app.ns");
+    assert_eq!(response.into_inner().text, "ns");
+
+    // The app's own status and message come back untouched.
+    let status = echo
+        .unary(to(
+            "orders",
+            tonic::Request::new(Note {
+                fail_with: tonic::Code::FailedPrecondition as i32,
+                ..note("x")
+            }),
+        ))
+        .await
+        .expect_err("the app fails");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(status.message(), "echo-app failed with 9 on purpose");
+
+    // Server streaming.
+    let mut counted = echo
+        .count(to("orders", tonic::Request::new(note("50"))))
+        .await
+        .expect("proxied server stream")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(n) = counted.message().await.expect("stream item") {
+        seen.push(n.text);
+    }
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(seen, expected);
+
+    // Bidirectional: each answer arrives before the next note is sent, so nothing is buffered
+    // whole on the way.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Note>(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("dapr-app-id", "orders".parse().expect("ascii"));
+    tx.send(note("first")).await.expect("send");
+    let response = echo.chat(request).await.expect("proxied bidi stream");
+    assert_eq!(
+        response.metadata().get("x-caller").expect("caller"),
+        "checkout"
+    );
+    let mut answers = response.into_inner();
+    for text in ["first", "second", "third"] {
+        if text != "first" {
+            tx.send(note(text)).await.expect("send");
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("answer within 10s")
+            .expect("stream item")
+            .expect("not ended");
+        assert_eq!(answer.text, text);
+    }
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("stream ends within 10s")
+        .expect("clean end");
+    assert!(end.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_calls_without_a_known_target_fail_clearly() {
+    let g = start("grpc-proxy-errors", "").await;
+    let mut echo = EchoClient::new(channel(&g.caller).await);
+
+    let status = echo
+        .unary(tonic::Request::new(note("nobody")))
+        .await
+        .expect_err("no dapr-app-id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("dapr-app-id"),
+        "{}",
+        status.message()
+    );
+
+    let status = echo
+        .unary(to("a.b.c", tonic::Request::new(note("x"))))
+        .await
+        .expect_err("malformed id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        echo.unary(to("ghost", tonic::Request::new(note("x")))),
+    )
+    .await
+    .expect("an unknown app fails within 20s")
+    .expect_err("unknown app");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("ghost"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_control_applies_to_proxied_calls_by_full_method_name() {
+    let acl = "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      defaultAction: deny\n      trustDomain: public\n      namespace: default\n      operations:\n      - name: /e2e.echo.v1.Echo/Unary\n        action: allow\n";
+    let g = start("grpc-proxy-acl", acl).await;
+    let mut echo = EchoClient::new(channel(&g.caller).await);
+
+    let allowed = echo
+        .unary(to("orders", tonic::Request::new(note("allowed"))))
+        .await
+        .expect("allowed method");
+    assert_eq!(allowed.into_inner().text, "allowed");
+
+    let status = echo
+        .count(to("orders", tonic::Request::new(note("3"))))
+        .await
+        .expect_err("denied method");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("/e2e.echo.v1.Echo/Count"),
+        "{}",
+        status.message()
+    );
+}
