@@ -51,10 +51,7 @@ pub struct AppRequest {
 }
 
 enum Protocol {
-    Http {
-        client: Client<HttpConnector, AppBody>,
-        base: String,
-    },
+    Http(Box<Client<HttpConnector, AppBody>>),
     Grpc,
 }
 
@@ -95,10 +92,7 @@ impl AppChannel {
                     .pool_idle_timeout(Duration::from_secs(90))
                     .http2_only(config.app_protocol == AppProtocol::H2c)
                     .build(connector);
-                Protocol::Http {
-                    client,
-                    base: base.clone(),
-                }
+                Protocol::Http(Box::new(client))
             }
         };
         Ok(Some(AppChannel {
@@ -145,14 +139,13 @@ impl AppChannel {
     async fn invoke_http(
         &self,
         client: &Client<HttpConnector, AppBody>,
-        base: &str,
         request: AppRequest,
     ) -> Result<AppResponse, Error> {
         let method = request.method.trim_start_matches('/');
         let uri = if request.query.is_empty() {
-            format!("{base}/{method}")
+            format!("{}/{method}", self.base)
         } else {
-            format!("{base}/{method}?{}", request.query)
+            format!("{}/{method}?{}", self.base, request.query)
         };
         let body = StreamBody::new(request.body.map(|chunk| chunk.map(Frame::data)));
         let mut http_request = Request::builder()
