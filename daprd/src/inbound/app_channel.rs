@@ -124,7 +124,7 @@ impl AppChannel {
     pub async fn invoke(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let permit = self.permit().await?;
         let mut response = match &self.protocol {
-            Protocol::Http { client, base } => self.invoke_http(client, base, request).await?,
+            Protocol::Http(client) => self.invoke_http(client, request).await?,
             Protocol::Grpc => self.invoke_grpc(request).await?,
         };
         let body = response.body;
