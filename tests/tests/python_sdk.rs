@@ -1,0 +1,154 @@
+//! The official Dapr Python SDK (PyPI `dapr`, installed by scripts/test.sh into `.cache/venv`)
+//! as a real client of our daprd: `invoke_method` over HTTP and over gRPC
+//! (`DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc`) and `get_metadata`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::sidecar::{Sidecar, SidecarOptions, binary, scratch_dir, sqlite_config};
+use e2e::{EchoApp, spawn_echo_app};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    let python = workspace().join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test.sh installs the Dapr Python SDK there",
+        python.display()
+    );
+    python
+}
+
+struct Setup {
+    _app: EchoApp,
+    _callee: Sidecar,
+    caller: Sidecar,
+}
+
+async fn setup(name: &str) -> Setup {
+    let dir = scratch_dir(name).expect("scratch dir");
+    let mut cmd = tokio::process::Command::new(binary("echo-app"));
+    cmd.args(["--protocol", "http", "--port", "0"]);
+    let app = spawn_echo_app(cmd, Duration::from_secs(10))
+        .await
+        .expect("echo-app starts");
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir).expect("dir");
+    let mut callee = Sidecar::start(
+        "orders",
+        &callee_dir,
+        SidecarOptions {
+            app_port: Some(app.addr.port()),
+            config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("callee starts");
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .expect("callee sees its app");
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        SidecarOptions {
+            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("caller starts");
+    Setup {
+        _app: app,
+        _callee: callee,
+        caller,
+    }
+}
+
+/// Runs tests/compat/sdk_client.py against `sidecar` and returns what it printed.
+async fn sdk(sidecar: &Sidecar, protocol: &str) -> serde_json::Value {
+    let script = workspace().join("tests/compat/sdk_client.py");
+    let run = tokio::process::Command::new(python())
+        .arg(script)
+        .arg("orders")
+        .env("DAPR_HTTP_PORT", sidecar.http_port.to_string())
+        .env("DAPR_GRPC_PORT", sidecar.grpc_port.to_string())
+        .env("DAPR_RUNTIME_HOST", "127.0.0.1")
+        .env("DAPR_HEALTH_TIMEOUT", "20")
+        .env("DAPR_API_METHOD_INVOCATION_PROTOCOL", protocol)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the SDK client finishes within 60s")
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "sdk_client.py ({protocol}) failed: {}\ndaprd log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        sidecar.log_text()
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_invokes_over_http_and_reads_metadata() {
+    let s = setup("sdk-http").await;
+    let out = sdk(&s.caller, "http").await;
+    let invoke = &out["invoke"];
+    assert_eq!(invoke["text"], "hello from the python sdk");
+    assert_eq!(invoke["content_type"], "text/plain");
+    // The SDK exposes every header as a list of values.
+    assert_eq!(
+        invoke["headers"]["x-echo-method"],
+        serde_json::json!(["POST"])
+    );
+    assert_eq!(
+        invoke["headers"]["x-echo-path"],
+        serde_json::json!(["/items/7?color=red"])
+    );
+    let missing = &out["missing"];
+    assert_eq!(missing["raised"], "DaprHttpError", "{missing}");
+    assert_eq!(out["metadata"]["application_id"], "checkout");
+    assert_eq!(out["metadata"]["runtime_version"], daprd_version());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_invokes_over_grpc_and_reads_metadata() {
+    let s = setup("sdk-grpc").await;
+    let out = sdk(&s.caller, "grpc").await;
+    let invoke = &out["invoke"];
+    assert_eq!(invoke["text"], "hello from the python sdk");
+    assert_eq!(invoke["content_type"], "text/plain");
+    // Response headers come back as gRPC metadata, which the SDK exposes as headers.
+    assert_eq!(
+        invoke["headers"]["x-echo-method"],
+        serde_json::json!(["POST"])
+    );
+    assert_eq!(
+        invoke["headers"]["x-echo-path"],
+        serde_json::json!(["/items/7?color=red"])
+    );
+    // A 404 from the app becomes gRPC NotFound, which the SDK raises.
+    let missing = &out["missing"];
+    assert!(
+        missing["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("NOT_FOUND") || t.contains("status 404")),
+        "{missing}"
+    );
+    assert_eq!(out["metadata"]["application_id"], "checkout");
+}
+
+fn daprd_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
