@@ -58,6 +58,8 @@ pub enum Error {
     OutboundNotReady,
     #[error("dapr app id is {actual}, not {requested}")]
     AppIdMismatch { requested: String, actual: String },
+    #[error("app is not in a healthy state")]
+    AppUnhealthy,
     #[error("app channel: {0}")]
     AppChannel(String),
     #[error("malformed request: {0}")]
@@ -77,6 +79,7 @@ impl Error {
             | Error::DeniedByPeer { .. }
             | Error::InvalidMethod { .. }
             | Error::AppChannel(_)
+            | Error::AppUnhealthy
             | Error::Resolver(_) => "ERR_DIRECT_INVOKE",
             Error::BodyTooLarge { .. } => "ERR_BODY_TOO_LARGE",
             Error::Unauthorized => "ERR_UNAUTHORIZED",
@@ -102,6 +105,7 @@ impl Error {
             Error::Invoke { .. }
             | Error::Resolver(_)
             | Error::AppChannel(_)
+            | Error::AppUnhealthy
             | Error::NotReady(_)
             | Error::OutboundNotReady
             | Error::AppIdMismatch { .. }
@@ -124,7 +128,9 @@ impl Error {
             Error::Unauthorized => tonic::Code::Unauthenticated,
             Error::Timeout { .. } => tonic::Code::DeadlineExceeded,
             Error::Invoke { .. } | Error::Resolver(_) => tonic::Code::Unavailable,
-            Error::NotReady(_) | Error::OutboundNotReady => tonic::Code::Unavailable,
+            Error::NotReady(_) | Error::OutboundNotReady | Error::AppUnhealthy => {
+                tonic::Code::Unavailable
+            }
             Error::AppIdMismatch { .. } => tonic::Code::FailedPrecondition,
             Error::AppChannel(_) | Error::Config { .. } | Error::Bind { .. } => {
                 tonic::Code::Internal
@@ -212,6 +218,12 @@ mod tests {
                 "ERR_DIRECT_INVOKE",
                 404,
                 tonic::Code::InvalidArgument,
+            ),
+            (
+                Error::AppUnhealthy,
+                "ERR_DIRECT_INVOKE",
+                500,
+                tonic::Code::Unavailable,
             ),
             (
                 Error::NoProxyTarget,

@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         shutdown: shutdown.clone(),
     });
 
+    let internal = inbound::server(&config)?;
     let mut servers = JoinSet::new();
     let stop = shutdown.graceful.clone();
 
@@ -109,7 +110,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     {
         let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
         let listener = bind(addr).await?;
-        let internal = inbound::routes(inbound::server(&config)?);
+        let internal = inbound::routes(Arc::clone(&internal));
         let stop = stop.clone();
         servers.spawn(async move {
             tonic::transport::Server::builder()
@@ -134,6 +135,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
 
     wait_for_app(&shared, &stop).await;
+    if let Some(check) = config.app_health_check.clone() {
+        let (internal, stop) = (Arc::clone(&internal), stop.clone());
+        tokio::spawn(async move { internal.probe_app(&check, &stop).await });
+    }
     tracing::info!(
         "dapr initialized. Status: Running. Init Elapsed {}ms",
         started.elapsed().as_millis()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dapr_proto::common::v1::{HttpExtension, InvokeRequest};
 use dapr_proto::runtime::v1::app_callback_client::AppCallbackClient;
+use dapr_proto::runtime::v1::app_callback_health_check_client::AppCallbackHealthCheckClient;
 use futures::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
@@ -286,6 +287,33 @@ impl AppChannel {
             self.base,
             error_chain(e)
         ))
+    }
+
+    /// One health probe: `GET <path>` answering 2xx for HTTP apps, `HealthCheck` answering OK for
+    /// gRPC apps, within `timeout`. Not bounded by `--app-max-concurrency`, so a busy app is not
+    /// mistaken for a dead one.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> bool {
+        let probe = async {
+            match &self.protocol {
+                Protocol::Http(client) => {
+                    let uri = format!("{}/{}", self.base, path.trim_start_matches('/'));
+                    let Ok(request) = Request::get(&uri).body(BodyExt::boxed_unsync(
+                        http_body_util::Empty::<Bytes>::new().map_err(BoxError::from),
+                    )) else {
+                        return false;
+                    };
+                    client
+                        .request(request)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+                Protocol::Grpc => {
+                    let mut client = AppCallbackHealthCheckClient::new(self.grpc.clone());
+                    client.health_check(()).await.is_ok()
+                }
+            }
+        };
+        tokio::time::timeout(timeout, probe).await.unwrap_or(false)
     }
 
     /// Whether the app accepts TCP connections on its port (readiness before the first call).

@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod app_channel;
+pub mod health;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ const DEFAULT_TRUST_DOMAIN: &str = "public";
 pub struct Internal {
     app: Option<AppChannel>,
     acl: Option<AccessControl>,
+    health: health::AppHealth,
 }
 
 impl Internal {
@@ -36,13 +38,31 @@ impl Internal {
         Ok(Internal {
             app: AppChannel::from_config(config)?,
             acl: AccessControl::from_spec(config.configuration.spec.access_control.as_ref()),
+            health: health::AppHealth::default(),
         })
     }
 
+    /// The app channel, if the app is there and healthy.
     fn app(&self) -> Result<&AppChannel, Error> {
-        self.app
+        let app = self
+            .app
             .as_ref()
-            .ok_or_else(|| Error::AppChannel("this sidecar has no app port configured".into()))
+            .ok_or_else(|| Error::AppChannel("this sidecar has no app port configured".into()))?;
+        if !self.health.is_healthy() {
+            return Err(Error::AppUnhealthy);
+        }
+        Ok(app)
+    }
+
+    /// Probes the app (`--enable-app-health-check`) until `stop`.
+    pub async fn probe_app(
+        &self,
+        check: &crate::config::AppHealthCheck,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        if let Some(app) = &self.app {
+            health::probe_loop(app, check, &self.health, stop).await;
+        }
     }
 
     /// Access control on the caller the metadata names (its certificate, once mTLS is on).

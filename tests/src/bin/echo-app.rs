@@ -7,6 +7,8 @@
 //! - `/hold/{ms}`: like `/slow`, counted in `GET /stats` (`{"max_in_flight","total"}`), so a test
 //!   can see how many requests daprd had in flight at once.
 //! - `/close-mid-body`: 200, some body bytes, then the connection is cut.
+//! - `GET /healthz`: the status last set with `PUT /set-health/{code}` (200 at start), and
+//!   `GET /probes` the number of `/healthz` calls so far.
 //! - anything else: the request body streamed back (never buffered whole), with headers
 //!   `x-echo-method`, `x-echo-path` (path and query) and the request's `content-type`.
 //!
@@ -108,6 +110,9 @@ struct Stats {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     total: AtomicU64,
+    /// What `/healthz` answers.
+    health: std::sync::atomic::AtomicU16,
+    probes: AtomicU64,
 }
 
 fn http_router() -> Router {
@@ -119,8 +124,14 @@ fn http_router() -> Router {
         .route("/hold/{ms}", any(hold))
         .route("/stats", get(stats))
         .route("/close-mid-body", any(close_mid_body))
+        .route("/healthz", get(healthz))
+        .route("/set-health/{code}", axum::routing::put(set_health))
+        .route("/probes", get(probes))
         .fallback(echo)
-        .with_state(Arc::new(Stats::default()))
+        .with_state(Arc::new(Stats {
+            health: 200.into(),
+            ..Stats::default()
+        }))
 }
 
 async fn inspect(req: Request) -> Response {
@@ -196,6 +207,20 @@ async fn stats(State(stats): State<Arc<Stats>>) -> Response {
         "total": stats.total.load(Ordering::SeqCst),
     }))
     .into_response()
+}
+
+async fn healthz(State(stats): State<Arc<Stats>>) -> StatusCode {
+    stats.probes.fetch_add(1, Ordering::SeqCst);
+    StatusCode::from_u16(stats.health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+}
+
+async fn set_health(State(stats): State<Arc<Stats>>, Path(code): Path<u16>) -> StatusCode {
+    stats.health.store(code, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
+}
+
+async fn probes(State(stats): State<Arc<Stats>>) -> String {
+    stats.probes.load(Ordering::SeqCst).to_string()
 }
 
 async fn close_mid_body() -> Response {
