@@ -7,6 +7,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod resolve;
 pub mod state;
+pub mod trace;
 pub mod wire;
 
 use std::net::SocketAddr;

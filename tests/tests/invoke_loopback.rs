@@ -38,6 +38,7 @@ async fn start_app(stats: Arc<AppStats>) -> anyhow::Result<u16> {
             .header("x-echo-callee", seen("dapr-callee-app-id"))
             .header("x-echo-token", seen("dapr-api-token"))
             .header("x-echo-custom", seen("x-custom"))
+            .header("x-echo-traceparent", seen("traceparent"))
             .header("content-type", seen("content-type"))
             .body(body)
             .unwrap_or_default()
@@ -515,4 +516,36 @@ async fn grpc_invoke_service_reaches_the_http_app_and_maps_its_errors() {
         .expect("metadata")
         .into_inner();
     assert_eq!(metadata.id, "checkout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_continues_the_callers_trace_or_starts_one() {
+    let p = pair("trace", "", &[], SidecarOptions::default()).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = p
+        .client
+        .send(
+            Method::GET,
+            &p.caller.url("/v1.0/invoke/orders/method/t"),
+            &[("traceparent", incoming)],
+            Bytes::new(),
+        )
+        .await
+        .expect("invoke");
+    let seen = reply.headers["x-echo-traceparent"].to_str().expect("ascii");
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a span of the sidecar's own");
+    assert_eq!(parts[3], "01", "sampling decision kept");
+
+    let reply = p
+        .client
+        .get(&p.caller.url("/v1.0/invoke/orders/method/t"))
+        .await
+        .expect("invoke");
+    let seen = reply.headers["x-echo-traceparent"].to_str().expect("ascii");
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "a new trace: {seen}");
+    assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16));
 }

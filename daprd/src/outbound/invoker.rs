@@ -91,6 +91,9 @@ impl Invoker {
             names::DESTINATION_APP_ID,
             &target.app_id,
         );
+        let traceparent =
+            crate::trace::next_random(wire::first(&request.metadata, names::TRACEPARENT));
+        wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
     }
 
     fn channel(&self, addr: SocketAddr) -> Result<Channel, Error> {
@@ -214,6 +217,16 @@ impl Invoker {
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         let headers = request.headers_mut();
         headers.remove(names::API_TOKEN);
+        let traceparent = crate::trace::next_random(
+            headers
+                .get(names::TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        headers.insert(
+            names::TRACEPARENT,
+            http::HeaderValue::from_str(&traceparent)
+                .map_err(|_| Error::Malformed("traceparent".into()))?,
+        );
         for (name, value) in [
             (names::CALLER_APP_ID, self.caller.app_id.as_str()),
             (names::CALLER_NAMESPACE, self.caller.namespace.as_str()),
