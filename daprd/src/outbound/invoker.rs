@@ -57,6 +57,16 @@ pub struct Invoker {
     caller: Caller,
     resolver: Arc<Resolver>,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// What each peer is known to implement (learned from its first call).
+    peers: Mutex<HashMap<SocketAddr, PeerKind>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKind {
+    /// Answered a `CallLocalStream`.
+    Streaming,
+    /// Answered `CallLocalStream` with `Unimplemented`.
+    UnaryOnly,
 }
 
 impl Invoker {
@@ -65,6 +75,7 @@ impl Invoker {
             caller,
             resolver,
             channels: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -143,7 +154,10 @@ impl Invoker {
         }
     }
 
-    /// Streams a request with its body to the target's sidecar (`CallLocalStream`).
+    /// Streams a request with its body to the target's sidecar (`CallLocalStream`). A peer
+    /// that does not implement streaming (`Unimplemented`) gets the request again as a unary
+    /// `CallLocal`, when the body is small enough to have been kept ([`REPLAY_LIMIT`]); such
+    /// peers are remembered and get unary calls from then on.
     ///
     /// Boxed so the future's `Send`-ness is proven here, once, with concrete lifetimes.
     pub fn invoke_stream<'a>(
@@ -163,17 +177,34 @@ impl Invoker {
     ) -> Result<PeerResponse, Error> {
         self.stamp(&mut request, target);
         let addr = self.resolver.resolve(target).await?;
+        let known = self.peer_kind(addr);
+        if known == Some(PeerKind::UnaryOnly) {
+            let data = collect_body(body).await?;
+            return self.unary_at(target, addr, request, data).await;
+        }
+        // Only a peer not yet known to stream may need the request again for a unary retry.
+        let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
         let mut client = ServiceInvocationClient::new(self.channel(addr)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
 
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
-        let outgoing = outgoing(request, body, failed_tx);
+        let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
 
         let call = tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local_stream(outgoing));
         let response = tokio::select! {
             result = call => match result {
                 Err(_) => return Err(Error::Timeout { id: target.app_id.to_owned(), seconds: RESPONSE_TIMEOUT.as_secs() }),
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    return match retry {
+                        Some(request) => self.fall_back_to_unary(target, addr, request, pump).await,
+                        None => {
+                            // A streaming peer was replaced by one that is not: learn again.
+                            self.set_peer_kind(addr, None);
+                            Err(self.invoke_error(target, addr, &status))
+                        }
+                    };
+                }
                 Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
                 Ok(Ok(response)) => response,
             },
@@ -196,6 +227,9 @@ impl Invoker {
             }
             Ok(Ok(Some(first))) => first,
         };
+        if known.is_none() {
+            self.set_peer_kind(addr, Some(PeerKind::Streaming));
+        }
         let head = first.response.ok_or_else(|| Error::Invoke {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
@@ -205,6 +239,109 @@ impl Invoker {
             head,
             body: Box::pin(body),
         })
+    }
+
+    fn peer_kind(&self, addr: SocketAddr) -> Option<PeerKind> {
+        self.peers
+            .lock()
+            .ok()
+            .and_then(|peers| peers.get(&addr).copied())
+    }
+
+    fn set_peer_kind(&self, addr: SocketAddr, kind: Option<PeerKind>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            match kind {
+                Some(kind) => peers.insert(addr, kind),
+                None => peers.remove(&addr),
+            };
+        }
+    }
+
+    /// The peer answered `CallLocalStream` with `Unimplemented`: replay the body as `CallLocal`.
+    async fn fall_back_to_unary(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        request: InternalInvokeRequest,
+        pump: tokio::task::JoinHandle<Replay>,
+    ) -> Result<PeerResponse, Error> {
+        tracing::info!(%addr, "peer does not implement CallLocalStream; using CallLocal");
+        self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
+        let replay = tokio::time::timeout(CONNECT_TIMEOUT, pump)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Error::Invoke {
+                id: target.app_id.to_owned(),
+                reason: "peer does not implement CallLocalStream and the request body could not be recovered".into(),
+            })?;
+        let data = match replay {
+            Replay::Kept { sent, rest } => {
+                let mut data = bytes::BytesMut::new();
+                for chunk in sent {
+                    data.extend_from_slice(&chunk);
+                }
+                if let Some(rest) = rest {
+                    data.extend_from_slice(&collect_body(rest).await?);
+                }
+                data.freeze()
+            }
+            Replay::TooLarge => {
+                return Err(Error::Invoke {
+                    id: target.app_id.to_owned(),
+                    reason: format!(
+                        "peer does not implement CallLocalStream and the request body is larger than the {REPLAY_LIMIT} bytes kept for a unary retry"
+                    ),
+                });
+            }
+        };
+        self.unary_at(target, addr, request, data).await
+    }
+
+    /// `CallLocal` with the body in `data`, answered as a [`PeerResponse`].
+    async fn unary_at(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        mut request: InternalInvokeRequest,
+        data: Bytes,
+    ) -> Result<PeerResponse, Error> {
+        if let Some(message) = request.message.as_mut() {
+            message.data = Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            });
+        }
+        let mut head = self.call_local(target, addr, request).await?;
+        let data = head
+            .message
+            .as_mut()
+            .and_then(|m| m.data.take())
+            .map(|any| Bytes::from(any.value))
+            .unwrap_or_default();
+        Ok(PeerResponse {
+            head,
+            body: Box::pin(futures::stream::once(async move { Ok(data) })),
+        })
+    }
+
+    async fn call_local(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        request: InternalInvokeRequest,
+    ) -> Result<InternalInvokeResponse, Error> {
+        let mut client = ServiceInvocationClient::new(self.channel(addr)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        match tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local(request)).await {
+            Err(_) => Err(Error::Timeout {
+                id: target.app_id.to_owned(),
+                seconds: RESPONSE_TIMEOUT.as_secs(),
+            }),
+            Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
+            Ok(Ok(response)) => Ok(response.into_inner()),
+        }
     }
 
     /// Forwards a proxied gRPC call (any service but Dapr's own) to the target's sidecar as it
@@ -262,59 +399,94 @@ impl Invoker {
     ) -> Result<InternalInvokeResponse, Error> {
         self.stamp(&mut request, target);
         let addr = self.resolver.resolve(target).await?;
-        let mut client = ServiceInvocationClient::new(self.channel(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        match tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local(request)).await {
-            Err(_) => Err(Error::Timeout {
-                id: target.app_id.to_owned(),
-                seconds: RESPONSE_TIMEOUT.as_secs(),
-            }),
-            Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
-            Ok(Ok(response)) => Ok(response.into_inner()),
-        }
+        self.call_local(target, addr, request).await
     }
+}
+
+/// How much of a request body is kept for a unary retry, should the peer not implement
+/// `CallLocalStream`. The kept chunks are reference-counted views of the ones sent, not copies.
+pub const REPLAY_LIMIT: usize = 1024 * 1024;
+
+/// What the pump kept of the request body, for a unary retry.
+enum Replay {
+    /// The chunks pulled from the body so far, and the rest of the body if the pump stopped
+    /// early (the peer stopped reading).
+    Kept {
+        sent: Vec<Bytes>,
+        rest: Option<BoxStream<Result<Bytes, BoxError>>>,
+    },
+    TooLarge,
 }
 
 /// The request stream: the head, then the body's payloads, pumped through a small bounded
 /// channel (back-pressure from the peer reaches the client body). A failing client body must not
 /// look like a complete one to the peer: the pump then reports the failure and holds the stream
-/// open until the caller abandons the call (the peer sees a reset).
+/// open until the caller abandons the call (the peer sees a reset). The pump's result is what it
+/// kept of the body, for [`Invoker::fall_back_to_unary`].
 fn outgoing(
     request: InternalInvokeRequest,
-    body: BoxStream<Result<Bytes, BoxError>>,
+    mut body: BoxStream<Result<Bytes, BoxError>>,
+    keep_for_replay: bool,
     failed: tokio::sync::oneshot::Sender<String>,
-) -> tokio_stream::wrappers::ReceiverStream<InternalInvokeRequestStream> {
+) -> (
+    tokio_stream::wrappers::ReceiverStream<InternalInvokeRequestStream>,
+    tokio::task::JoinHandle<Replay>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
+    let pump = tokio::spawn(async move {
+        let mut kept = keep_for_replay.then(Vec::new);
+        let mut kept_len = 0usize;
+        let stopped = |kept: Option<Vec<Bytes>>, rest| match kept {
+            Some(sent) => Replay::Kept { sent, rest },
+            None => Replay::TooLarge,
+        };
         let head = InternalInvokeRequestStream {
             request: Some(request),
             payload: None,
         };
         if tx.send(head).await.is_err() {
-            return;
+            return stopped(kept, Some(body));
         }
-        let mut payloads = wire::into_payloads(body);
-        while let Some(item) = payloads.next().await {
-            match item {
-                Ok(payload) => {
-                    let message = InternalInvokeRequestStream {
-                        request: None,
-                        payload: Some(payload),
-                    };
-                    if tx.send(message).await.is_err() {
-                        return;
-                    }
-                }
+        let mut seq = 0u64;
+        while let Some(chunk) = body.next().await {
+            let mut data = match chunk {
+                Ok(data) => data,
                 Err(e) => {
                     let _ = failed.send(e.to_string());
                     tx.closed().await;
-                    return;
+                    return Replay::TooLarge;
+                }
+            };
+            kept_len += data.len();
+            kept = kept.filter(|_| kept_len <= REPLAY_LIMIT);
+            if let Some(kept) = kept.as_mut() {
+                kept.push(data.clone());
+            }
+            while !data.is_empty() {
+                let piece = data.split_to(data.len().min(wire::MAX_CHUNK));
+                let message = InternalInvokeRequestStream {
+                    request: None,
+                    payload: Some(dapr_proto::common::v1::StreamPayload { data: piece, seq }),
+                };
+                seq += 1;
+                if tx.send(message).await.is_err() {
+                    return stopped(kept, Some(body));
                 }
             }
         }
+        stopped(kept, None)
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    (tokio_stream::wrappers::ReceiverStream::new(rx), pump)
+}
+
+/// Collects a request body for a unary call (the API layer bounds it by `--max-body-size`).
+async fn collect_body(mut body: BoxStream<Result<Bytes, BoxError>>) -> Result<Bytes, Error> {
+    let mut data = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::Malformed(format!("request body: {e}")))?;
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data.freeze())
 }
 
 #[cfg(test)]
