@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod resolve;
 pub mod state;
@@ -48,6 +49,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     tracing::info!("Initialized name resolution to {}", resolver.name());
 
     let shutdown = Shutdown::default();
+    let metrics = Arc::new(metrics::Metrics::new(
+        &config.app_id,
+        config.metrics.is_some(),
+    ));
     let shared = Arc::new(Shared {
         invoker: Invoker::new(
             Caller {
@@ -55,17 +60,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 namespace: config.namespace.clone(),
             },
             Arc::clone(&resolver),
-        ),
+        )
+        .with_metrics(Arc::clone(&metrics)),
         config: Arc::clone(&config),
         health: Health::default(),
         resolver_name: resolver.name(),
         extended: Mutex::new(Default::default()),
         shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     });
 
-    let internal = inbound::server(&config)?;
+    let internal = inbound::server(&config, &metrics)?;
     let mut servers = JoinSet::new();
     let stop = shutdown.graceful.clone();
+
+    if let Some((ip, port)) = config.metrics {
+        let addr = SocketAddr::new(ip, port);
+        let listener = bind(addr).await?;
+        servers.spawn(serve_http(
+            listener,
+            metrics::router(Arc::clone(&metrics)),
+            stop.clone(),
+            addr,
+        ));
+        tracing::info!("metrics server started on {addr}/");
+    }
 
     for ip in &config.api_listen_addresses {
         let addr = SocketAddr::new(*ip, config.grpc_port);
@@ -81,8 +100,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 move |request| outbound::proxy::handle(Arc::clone(&shared), request)
             });
         let stop = stop.clone();
+        let layer = metrics::GrpcLayer::new(&metrics);
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .layer(layer)
                 .tcp_nodelay(true)
                 .add_routes(tonic::service::Routes::from(routes))
                 .serve_with_incoming_shutdown(
@@ -113,8 +134,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let listener = bind(addr).await?;
         let internal = inbound::routes(Arc::clone(&internal));
         let stop = stop.clone();
+        let layer = metrics::GrpcLayer::new(&metrics);
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .layer(layer)
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_routes(internal)

@@ -1,4 +1,5 @@
-//! What the API servers share: config, the invoker, readiness and the shutdown signal.
+//! What the API servers share: config, the invoker, readiness, the shutdown signal and the
+//! metrics registry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::outbound::invoker::Invoker;
 
 /// Readiness as upstream reports it: outbound (servers up) before app (app port reachable).
@@ -48,6 +50,7 @@ pub struct Shared {
     pub resolver_name: &'static str,
     pub extended: Mutex<BTreeMap<String, String>>,
     pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {

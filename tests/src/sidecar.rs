@@ -37,6 +37,8 @@ pub struct Sidecar {
     pub http_port: u16,
     pub grpc_port: u16,
     pub internal_port: u16,
+    /// `--metrics-port` (nothing listens there with `--enable-metrics=false`).
+    pub metrics_port: u16,
     pub child: tokio::process::Child,
     pub log: PathBuf,
 }
@@ -93,6 +95,7 @@ impl Sidecar {
             http_port,
             grpc_port,
             internal_port,
+            metrics_port,
             child,
             log,
         };
@@ -104,6 +107,10 @@ impl Sidecar {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
 
     /// Polls `path` until it answers 204 or the deadline passes.

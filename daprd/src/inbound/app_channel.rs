@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
 use crate::config::{AppProtocol, Config};
+use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, Metadata, metadata_to_headers, names};
 
 /// How long the app may take to answer with a response head.
@@ -63,11 +64,12 @@ pub struct AppChannel {
     base: String,
     app_token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppChannel {
     /// The channel for `--app-port`, or `None` when the sidecar has no app.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, Error> {
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Self>, Error> {
         let Some(port) = config.app_port else {
             return Ok(None);
         };
@@ -107,6 +109,7 @@ impl AppChannel {
             limit: config
                 .app_max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n))),
+            metrics: Arc::clone(metrics),
         }))
     }
 
@@ -142,13 +145,18 @@ impl AppChannel {
         client: &Client<HttpConnector, AppBody>,
         request: AppRequest,
     ) -> Result<AppResponse, Error> {
+        let call = self.metrics.app_call(&request.verb);
         let method = request.method.trim_start_matches('/');
         let uri = if request.query.is_empty() {
             format!("{}/{method}", self.base)
         } else {
             format!("{}/{method}?{}", self.base, request.query)
         };
-        let body = StreamBody::new(request.body.map(|chunk| chunk.map(Frame::data)));
+        let mut sent = call.request_body();
+        let body = StreamBody::new(request.body.map(move |chunk| {
+            sent.count(&chunk);
+            chunk.map(Frame::data)
+        }));
         let mut http_request = Request::builder()
             .method(request.verb)
             .uri(&uri)
@@ -167,11 +175,17 @@ impl AppChannel {
             .map_err(|_| self.timed_out())?
             .map_err(|e| self.unreachable(&e))?;
         let (parts, body) = response.into_parts();
+        let mut received = call.answered(parts.status);
+        let body = body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(BoxError::from);
+            received.count(&chunk);
+            chunk
+        });
         Ok(AppResponse {
             status: parts.status.as_u16(),
             message: String::new(),
             headers: parts.headers,
-            body: Box::pin(body.into_data_stream().map(|c| c.map_err(BoxError::from))),
+            body: Box::pin(body),
         })
     }
 

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Error;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, names};
 use acl::{AccessControl, CallerIdentity};
 use app_channel::{AppChannel, AppRequest, AppResponse};
@@ -31,14 +32,16 @@ pub struct Internal {
     app: Option<AppChannel>,
     acl: Option<AccessControl>,
     health: health::AppHealth,
+    metrics: Arc<Metrics>,
 }
 
 impl Internal {
-    pub fn new(config: &Config) -> Result<Self, Error> {
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, Error> {
         Ok(Internal {
-            app: AppChannel::from_config(config)?,
+            app: AppChannel::from_config(config, metrics)?,
             acl: AccessControl::from_spec(config.configuration.spec.access_control.as_ref()),
             health: health::AppHealth::default(),
+            metrics: Arc::clone(metrics),
         })
     }
 
@@ -187,7 +190,8 @@ impl ServiceInvocation for Internal {
             .map(|any| Bytes::from(any.value))
             .unwrap_or_default();
         let (app, app_request) = self.admit(request, app_channel::once(data))?;
-        let response = app.invoke(app_request).await?;
+        let received = self.metrics.invocation_received(&app_request.metadata);
+        let response = received.respond(app.invoke(app_request)).await?;
         let mut head = response_head(&response);
         let body = app_channel::collect(response.body, usize::MAX).await?;
         if let Some(message) = head.message.as_mut() {
@@ -216,7 +220,8 @@ impl ServiceInvocation for Internal {
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
         let body = wire::payload_body(first.payload, incoming);
         let (app, app_request) = self.admit(head, body)?;
-        let response = app.invoke(app_request).await?;
+        let received = self.metrics.invocation_received(&app_request.metadata);
+        let response = received.respond(app.invoke(app_request)).await?;
         let head = InternalInvokeResponseStream {
             response: Some(response_head(&response)),
             payload: None,
@@ -234,8 +239,8 @@ impl ServiceInvocation for Internal {
 }
 
 /// Shared handle for the server builder.
-pub fn server(config: &Config) -> Result<Arc<Internal>, Error> {
-    Internal::new(config).map(Arc::new)
+pub fn server(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<Internal>, Error> {
+    Internal::new(config, metrics).map(Arc::new)
 }
 
 /// The internal server's routes: `ServiceInvocation`, and every other gRPC path proxied to the

@@ -19,6 +19,7 @@ use serde_json::json;
 use super::invoker::parse_target;
 use crate::Error;
 use crate::error::grpc_to_http;
+use crate::metrics::HttpLayer;
 use crate::state::Shared;
 use crate::wire::{self, BoxError, names};
 
@@ -35,6 +36,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/invoke/{*rest}", axum::routing::any(invoke_by_path))
         .fallback(invoke_by_header);
     api.layer(middleware::from_fn_with_state(shared.clone(), api_token))
+        .layer(HttpLayer::new(&shared.metrics))
         .with_state(shared)
 }
 
@@ -44,6 +46,7 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
         .route("/v1.0/healthz", get(healthz))
         .route("/v1.0/healthz/outbound", get(healthz_outbound))
         .route("/v1.0/metadata", get(metadata))
+        .layer(HttpLayer::new(&shared.metrics))
         .with_state(shared)
 }
 

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::resolve::{Resolver, Target};
 use crate::wire::{self, BoxError, BoxStream, names};
 
@@ -59,6 +60,7 @@ pub struct Invoker {
     channels: Mutex<HashMap<SocketAddr, Channel>>,
     /// What each peer is known to implement (learned from its first call).
     peers: Mutex<HashMap<SocketAddr, PeerKind>>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +78,13 @@ impl Invoker {
             resolver,
             channels: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::disabled()),
         }
+    }
+
+    /// Records requests sent and responses received in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Invoker { metrics, ..self }
     }
 
     pub fn caller(&self) -> &Caller {
@@ -187,6 +195,7 @@ impl Invoker {
         let mut client = ServiceInvocationClient::new(self.channel(addr)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let sent = self.metrics.invocation_sent(&target.app_id);
 
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
@@ -230,10 +239,10 @@ impl Invoker {
         if known.is_none() {
             self.set_peer_kind(addr, Some(PeerKind::Streaming));
         }
-        let head = first.response.ok_or_else(|| Error::Invoke {
+        let head = sent.received(first.response.ok_or_else(|| Error::Invoke {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
-        })?;
+        })?);
         let body = wire::payload_body(first.payload, incoming);
         Ok(PeerResponse {
             head,
@@ -334,13 +343,14 @@ impl Invoker {
         let mut client = ServiceInvocationClient::new(self.channel(addr)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let sent = self.metrics.invocation_sent(&target.app_id);
         match tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local(request)).await {
             Err(_) => Err(Error::Timeout {
                 id: target.app_id.to_owned(),
                 seconds: RESPONSE_TIMEOUT.as_secs(),
             }),
             Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
-            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Ok(response)) => Ok(sent.received(response.into_inner())),
         }
     }
 
