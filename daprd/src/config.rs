@@ -178,6 +178,8 @@ pub struct Config {
     pub app_api_token: Option<String>,
     /// `DAPR_HOST_IP`: the address peers reach this sidecar on, when known.
     pub host_ip: Option<IpAddr>,
+    /// This machine's host name (upstream's `os.Hostname()`), part of the mDNS instance name.
+    pub hostname: String,
 }
 
 /// Environment variables daprd reads, named as upstream.
@@ -195,6 +197,7 @@ pub struct Env {
     pub api_token: Option<String>,
     pub app_api_token: Option<String>,
     pub host_ip: Option<String>,
+    pub hostname: Option<String>,
 }
 
 impl Env {
@@ -205,6 +208,10 @@ impl Env {
             api_token: get(env::DAPR_API_TOKEN),
             app_api_token: get(env::APP_API_TOKEN),
             host_ip: get(env::DAPR_HOST_IP),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty()),
         }
     }
 }
@@ -263,11 +270,15 @@ pub fn parse_quantity(value: &str) -> Option<u64> {
 /// A stable internal port for an app id, so a restarted sidecar comes back on the same port
 /// (upstream derives it from the app id too, starting at 47300).
 pub fn derived_internal_port(app_id: &str) -> u16 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = app_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    47300 + (hash % 1000) as u16
+    47300 + (fnv1a(app_id.as_bytes()) % 1000) as u16
+}
+
+/// FNV-1a: a hash that is stable across builds and platforms, unlike std's hasher, for names
+/// derived from app ids.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl Config {
@@ -432,6 +443,7 @@ impl Config {
             api_token: env.api_token,
             app_api_token: env.app_api_token,
             host_ip,
+            hostname: env.hostname.unwrap_or_else(|| "localhost".to_owned()),
         })
     }
 }
@@ -463,6 +475,7 @@ mod tests {
         assert_eq!(c.namespace, "default");
         assert_eq!(c.metrics, Some((IpAddr::from([0, 0, 0, 0]), 9090)));
         assert_eq!(c.internal_grpc_port, derived_internal_port("orders"));
+        assert_eq!(c.hostname, "localhost", "no host name known");
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{},h2=warn,hyper=warn,tower=warn",
+        "{},h2=warn,hyper=warn,tower=warn,mdns_sd=warn",
         config.log_level
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

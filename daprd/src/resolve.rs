@@ -1,8 +1,11 @@
 //! Name resolution: from a target app id to the address of its sidecar's internal gRPC port.
 //!
 //! `kubernetes` resolves `<id>-dapr.<ns>.svc.<clusterDomain>` through DNS (all A/AAAA records of
-//! the headless Service) with the caller's own internal port; `sqlite` keeps registrations in a
+//! the headless Service) with the caller's own internal port; `mdns` (standalone default) finds
+//! sidecars that announce themselves over multicast DNS-SD; `sqlite` keeps registrations in a
 //! shared database file, for hosts without cluster DNS or multicast.
+
+pub mod mdns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -31,12 +34,13 @@ pub struct Target {
 
 pub enum Resolver {
     Kubernetes(Box<Kubernetes>),
+    Mdns(mdns::Mdns),
     Sqlite(Sqlite),
 }
 
 impl Resolver {
     /// Picks the resolver as upstream does: `spec.nameResolution.component` of the Configuration,
-    /// else `kubernetes` in kubernetes mode and (here) `sqlite` in standalone mode.
+    /// else `kubernetes` in kubernetes mode and `mdns` in standalone mode.
     pub fn from_config(config: &Config) -> Result<Resolver, Error> {
         let spec = config
             .configuration
@@ -44,11 +48,7 @@ impl Resolver {
             .name_resolution
             .clone()
             .unwrap_or_default();
-        let component = match (spec.component.as_str(), config.mode) {
-            ("", Mode::Kubernetes) => "kubernetes",
-            ("", Mode::Standalone) => "sqlite",
-            (other, _) => other,
-        };
+        let component = component(&spec.component, config.mode);
         let options: BTreeMap<String, String> = spec
             .configuration
             .iter()
@@ -65,15 +65,25 @@ impl Resolver {
                 options.get("template").cloned(),
                 config.internal_grpc_port,
             )?))),
+            "mdns" => {
+                // Without a known address every interface announces its own addresses.
+                let addresses: Vec<IpAddr> = known_address(config).into_iter().collect();
+                Ok(Resolver::Mdns(mdns::Mdns::new(
+                    &config.app_id,
+                    &config.namespace,
+                    &config.hostname,
+                    &addresses,
+                    config.internal_grpc_port,
+                )?))
+            }
             "sqlite" => {
                 let path = options
                     .get("connectionString")
                     .map(PathBuf::from)
                     .unwrap_or_else(|| std::env::temp_dir().join("dapr-name-resolution.db"));
-                let address = SocketAddr::new(
-                    config.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-                    config.internal_grpc_port,
-                );
+                // Without a known address, loopback: sidecars on one machine.
+                let ip = known_address(config).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+                let address = SocketAddr::new(ip, config.internal_grpc_port);
                 Ok(Resolver::Sqlite(Sqlite::open(
                     path,
                     &config.app_id,
@@ -84,7 +94,7 @@ impl Resolver {
             other => Err(Error::Config {
                 flag: "--config",
                 reason: format!(
-                    "nameResolution component {other:?} is not supported (kubernetes, sqlite)"
+                    "nameResolution component {other:?} is not supported (kubernetes, mdns, sqlite)"
                 ),
             }),
         }
@@ -93,6 +103,7 @@ impl Resolver {
     pub fn name(&self) -> &'static str {
         match self {
             Resolver::Kubernetes(_) => "kubernetes",
+            Resolver::Mdns(_) => "mdns",
             Resolver::Sqlite(_) => "sqlite",
         }
     }
@@ -101,23 +112,47 @@ impl Resolver {
     pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
         match self {
             Resolver::Kubernetes(k) => k.resolve(target).await,
+            Resolver::Mdns(m) => m.resolve(target).await,
             Resolver::Sqlite(s) => s.resolve(target).await,
         }
     }
 
     /// Forgets what was cached for a target, after a connection to it failed.
     pub fn evict(&self, target: &Target) {
-        if let Resolver::Kubernetes(k) = self {
-            k.cache.evict(target);
+        match self {
+            Resolver::Kubernetes(k) => k.cache.evict(target),
+            Resolver::Mdns(m) => m.evict(target),
+            Resolver::Sqlite(s) => s.cache.evict(target),
         }
     }
 
-    /// Announces this sidecar (sqlite) and keeps the announcement fresh until `shutdown`.
+    /// Announces this sidecar (mdns, sqlite) and keeps the announcement fresh until
+    /// `shutdown`, then withdraws it.
     pub async fn register(&self, shutdown: tokio_util::sync::CancellationToken) {
-        if let Resolver::Sqlite(s) = self {
-            s.run_registration(shutdown).await;
+        match self {
+            Resolver::Kubernetes(_) => {}
+            Resolver::Mdns(m) => m.run_registration(shutdown).await,
+            Resolver::Sqlite(s) => s.run_registration(shutdown).await,
         }
     }
+}
+
+/// The resolver a Configuration's `nameResolution.component` names, else the mode's default.
+fn component(configured: &str, mode: Mode) -> &str {
+    match (configured, mode) {
+        ("", Mode::Kubernetes) => "kubernetes",
+        ("", Mode::Standalone) => "mdns",
+        (other, _) => other,
+    }
+}
+
+/// The address peers can reach this sidecar's internal server on, when known: `DAPR_HOST_IP`,
+/// else the internal listen address unless it is every interface.
+fn known_address(config: &Config) -> Option<IpAddr> {
+    config.host_ip.or_else(|| {
+        let ip = config.internal_listen_address;
+        (!ip.is_unspecified()).then_some(ip)
+    })
 }
 
 type Entries = HashMap<Target, (Arc<[SocketAddr]>, Instant)>;
@@ -383,6 +418,14 @@ mod tests {
             app_id: "orders".into(),
             namespace: "shop".into(),
         }
+    }
+
+    #[test]
+    fn mdns_is_the_standalone_default_and_a_configured_component_wins() {
+        assert_eq!(component("", Mode::Standalone), "mdns");
+        assert_eq!(component("", Mode::Kubernetes), "kubernetes");
+        assert_eq!(component("sqlite", Mode::Standalone), "sqlite");
+        assert_eq!(component("mdns", Mode::Kubernetes), "mdns");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! is ever added to the root namespace: no interface name can collide with another test, and no
 //! packet can leave the machine (the hosts have no route beyond the bridge's subnet).
 //!
+//! The bridge floods multicast to every host, so mDNS works between hosts. It needs no route:
+//! link-local multicast (224.0.0.0/24, ff02::/16) goes out of the interface the sender picks.
+//!
 //! The test process stays in the root namespace; it reaches servers in a namespace by running a
 //! client there ([`Network::command`], [`Network::http`], [`Network::wait_for_tcp`]).
 //! Needs root and the Debian packages `iproute2`, `dnsmasq` (for [`Network::start_dns`]),
@@ -118,7 +121,20 @@ impl Network {
         let br = net.bridge_ns.clone();
         net.add_netns(&br)?;
         net.ip_in(&br, &["link", "set", "lo", "up"])?;
-        net.ip_in(&br, &["link", "add", "br0", "type", "bridge"])?;
+        // No multicast snooping: with no IGMP/MLD querier on this network, the bridge simply
+        // floods multicast (mDNS on 224.0.0.251 and ff02::fb) to every host, as a hub would.
+        net.ip_in(
+            &br,
+            &[
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
         net.ip_in(&br, &["addr", "add", &cidr(DNS_IP), "dev", "br0"])?;
         net.ip_in(&br, &["link", "set", "br0", "up"])?;
 

@@ -47,6 +47,8 @@ pub struct Sidecar {
 #[derive(Default, Clone)]
 pub struct SidecarOptions {
     pub app_port: Option<u16>,
+    /// The Configuration file; `None` gets one selecting sqlite in the sidecar's directory, so a
+    /// sidecar in the root namespace never multicasts (mDNS) on the machine's real interfaces.
     pub config: Option<PathBuf>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -54,7 +56,27 @@ pub struct SidecarOptions {
 
 impl Sidecar {
     /// Starts daprd and waits (bounded) until `/v1.0/healthz/outbound` answers 204.
+    ///
+    /// A port picked by [`free_port`] can be taken by someone else's connection before daprd
+    /// binds it; daprd then exits with "cannot listen on", and the start is retried (at most
+    /// three times) with fresh ports.
     pub async fn start(
+        app_id: &str,
+        dir: &Path,
+        options: SidecarOptions,
+    ) -> anyhow::Result<Sidecar> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(app_id, dir, options.clone()).await {
+                Err(e) if attempt < 3 && e.to_string().contains("cannot listen on") => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(
         app_id: &str,
         dir: &Path,
         options: SidecarOptions,
@@ -81,9 +103,11 @@ impl Sidecar {
         if let Some(port) = options.app_port {
             cmd.args(["--app-port", &port.to_string()]);
         }
-        if let Some(config) = &options.config {
-            cmd.arg("--config").arg(config);
-        }
+        let config = match &options.config {
+            Some(config) => config.clone(),
+            None => sqlite_config(dir, &format!("{app_id}-default"), "")?,
+        };
+        cmd.arg("--config").arg(config);
         cmd.args(&options.extra_args)
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log_file.try_clone()?))
