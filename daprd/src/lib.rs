@@ -55,10 +55,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let shared = Arc::new(Shared {
         invoker: Invoker::new(
-            Caller {
-                app_id: config.app_id.clone(),
-                namespace: config.namespace.clone(),
-            },
+            Caller::new(
+                &config.app_id,
+                &config.namespace,
+                &config.hostname,
+                resolve::known_address(&config),
+            ),
             Arc::clone(&resolver),
         )
         .with_metrics(Arc::clone(&metrics)),

@@ -148,7 +148,7 @@ fn component(configured: &str, mode: Mode) -> &str {
 
 /// The address peers can reach this sidecar's internal server on, when known: `DAPR_HOST_IP`,
 /// else the internal listen address unless it is every interface.
-fn known_address(config: &Config) -> Option<IpAddr> {
+pub fn known_address(config: &Config) -> Option<IpAddr> {
     config.host_ip.or_else(|| {
         let ip = config.internal_listen_address;
         (!ip.is_unspecified()).then_some(ip)

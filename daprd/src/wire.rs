@@ -21,6 +21,9 @@ pub mod names {
     pub const API_TOKEN: &str = "dapr-api-token";
     pub const FORCE_SHUTDOWN: &str = "dapr-force-shutdown";
     pub const TRACEPARENT: &str = "traceparent";
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+    pub const FORWARDED: &str = "forwarded";
 }
 
 /// Largest payload chunk sent per stream message: well under gRPC's 4 MiB message limit, large

@@ -56,11 +56,10 @@ async fn pods_in_their_own_namespaces_invoke_each_other_through_kube_dns_names()
                 .expect("daprd orders"),
         );
     }
-    children.push(
-        daprd(&net, "a", "checkout", None)
-            .spawn()
-            .expect("daprd checkout"),
-    );
+    let a = net.host("a").ip;
+    let mut checkout = daprd(&net, "a", "checkout", None);
+    checkout.env("DAPR_HOST_IP", a.to_string());
+    children.push(checkout.spawn().expect("daprd checkout"));
     for (host, ip) in [("b1", b1), ("b2", b2)] {
         net.wait_for_tcp("a", (ip, 50002).into(), Duration::from_secs(20))
             .await
@@ -92,6 +91,13 @@ async fn pods_in_their_own_namespaces_invoke_each_other_through_kube_dns_names()
         assert_eq!(json["headers"]["dapr-caller-app-id"], "checkout");
         assert_eq!(json["headers"]["dapr-callee-app-id"], "orders");
         assert_eq!(json["headers"]["x-custom"], "netns");
+        assert_eq!(json["headers"]["x-forwarded-for"], a.to_string());
+        let forwarded = json["headers"]["forwarded"].as_str().unwrap_or_default();
+        assert!(
+            forwarded.starts_with(&format!("for={a};by={a};host=")),
+            "{forwarded}"
+        );
+        assert!(json["headers"]["x-forwarded-host"].is_string());
     }
     assert!(
         net.dns_log()

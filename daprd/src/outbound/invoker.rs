@@ -29,6 +29,35 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Caller {
     pub app_id: String,
     pub namespace: String,
+    /// `X-Forwarded-For`, `X-Forwarded-Host` and `Forwarded` as upstream adds them on the remote
+    /// leg, computed once.
+    pub forwarded: Vec<(&'static str, String)>,
+}
+
+impl Caller {
+    /// The caller for `app_id` in `namespace` on the host `hostname` with address `host_ip`
+    /// (when known).
+    pub fn new(
+        app_id: &str,
+        namespace: &str,
+        hostname: &str,
+        host_ip: Option<std::net::IpAddr>,
+    ) -> Self {
+        let mut forwarded = Vec::with_capacity(3);
+        if let Some(ip) = host_ip {
+            forwarded.push((names::X_FORWARDED_FOR, ip.to_string()));
+            forwarded.push((
+                names::FORWARDED,
+                format!("for={ip};by={ip};host={hostname}"),
+            ));
+        }
+        forwarded.push((names::X_FORWARDED_HOST, hostname.to_owned()));
+        Caller {
+            app_id: app_id.to_owned(),
+            namespace: namespace.to_owned(),
+            forwarded,
+        }
+    }
 }
 
 /// A parsed target id: `app` or `app.namespace`.
@@ -110,6 +139,9 @@ impl Invoker {
             names::DESTINATION_APP_ID,
             &target.app_id,
         );
+        for (name, value) in &self.caller.forwarded {
+            wire::set(&mut request.metadata, name, value);
+        }
         let traceparent =
             crate::trace::next_random(wire::first(&request.metadata, names::TRACEPARENT));
         wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
