@@ -1,13 +1,168 @@
-//! The certificate authority (issue: sentry) and the workload-identity pieces daprd and the
-//! injector reuse. Today: SPIFFE ids and the app-id rules sentry enforces.
+//! Sentry, the certificate authority of Dapr's control plane, and the workload-identity pieces
+//! daprd and the injector reuse ([`spiffe`], [`tls`]).
+//!
+//! [`run`] wires the edges: configuration in, credentials from the [`ca::store`], validators,
+//! the gRPC [`server`], the issuer [`rotation`] watcher, and the [`probes`] ports. The signing
+//! itself ([`ca::sign`]) is pure.
 
+#![deny(clippy::expect_used)]
+
+pub mod ca;
+pub mod config;
+mod error;
+pub mod metrics;
+pub mod probes;
+pub mod rotation;
+pub mod server;
 pub mod spiffe;
+pub mod tls;
+pub mod validator;
 
-/// Why an identity value was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    #[error("invalid SPIFFE id {id:?}: {reason}")]
-    SpiffeId { id: String, reason: &'static str },
-    #[error("invalid app id {id:?}: {reason}")]
-    AppId { id: String, reason: &'static str },
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::ca::SignPolicy;
+use crate::ca::store::{CaStore, Origin};
+use crate::config::Mode;
+use crate::metrics::Metrics;
+use crate::probes::Health;
+use crate::server::{Authority, CaService};
+use crate::spiffe::SpiffeId;
+use crate::validator::Validators;
+
+/// The app id sentry's own SVID carries.
+pub const SENTRY_APP_ID: &str = "dapr-sentry";
+
+/// Runs sentry until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), Error> {
+    run_until(config, shutdown_signal()).await
+}
+
+/// Runs sentry until `shutdown` completes.
+pub async fn run_until(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        mode = config.mode.as_str(),
+        "starting sentry certificate authority"
+    );
+    if config.mode == Mode::Kubernetes {
+        return Err(Error::NotImplemented("--mode kubernetes"));
+    }
+
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| Error::Serve(format!("metrics registry: {e}")))?);
+    let health = Health::default();
+    probes::serve_healthz(config.healthz, health.clone()).await?;
+    if let Some(addr) = config.metrics {
+        probes::serve_metrics(addr, metrics.clone()).await?;
+    }
+
+    let sentry_id = SpiffeId::new(&config.trust_domain, &config.namespace, SENTRY_APP_ID)?;
+    tracing::info!(trust_domain = %config.trust_domain, id = %sentry_id, "identity");
+
+    let store = CaStore::Files(config.credentials.clone());
+    let loaded = {
+        let (store, td, ns, skew) = (
+            store.clone(),
+            config.trust_domain.clone(),
+            config.namespace.clone(),
+            config.allowed_clock_skew,
+        );
+        tokio::task::spawn_blocking(move || {
+            store.load_or_generate(&td, &ns, skew, SystemTime::now())
+        })
+        .await
+        .map_err(|e| Error::Serve(format!("credential loader failed: {e}")))??
+    };
+    match loaded.origin {
+        Origin::Generated => tracing::info!(
+            dir = %config.credentials.dir.display(),
+            "no issuer credentials found: generated a root and an issuer (Ed25519, one year) and stored them"
+        ),
+        Origin::Loaded => tracing::info!(
+            dir = %config.credentials.dir.display(),
+            "loaded issuer credentials"
+        ),
+    }
+    tracing::info!(
+        algorithm = loaded.bundle.key_algorithm(),
+        issuer_expiry = %ca::rfc3339(loaded.bundle.issuer_not_after()),
+        workload_cert_ttl = ?config.workload_cert_ttl,
+        allowed_clock_skew = ?config.allowed_clock_skew,
+        "certificate authority ready"
+    );
+
+    let validators =
+        Arc::new(Validators::start(&config.validators, config.mode, &sentry_id).await?);
+    tracing::info!(validators = %validators.describe(), "token validators enabled");
+
+    let policy = SignPolicy {
+        ttl: config.workload_cert_ttl,
+        allowed_clock_skew: config.allowed_clock_skew,
+    };
+    let authority = Arc::new(Authority::new(
+        loaded.bundle,
+        sentry_id,
+        policy,
+        metrics.clone(),
+        SystemTime::now(),
+    )?);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let watcher = tokio::spawn(rotation::watch(
+        store,
+        authority.clone(),
+        metrics.clone(),
+        loaded.digest,
+        rotation::POLL_INTERVAL,
+    ));
+    tracing::info!(
+        address = %listener.local_addr().unwrap_or(config.listen),
+        "running gRPC server (TLS)"
+    );
+    health.set_ready(true);
+    let result = server::serve(
+        listener,
+        CaService::new(authority, validators, metrics),
+        shutdown,
+    )
+    .await;
+    health.set_ready(false);
+    watcher.abort();
+    tracing::info!("sentry stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
 }

@@ -1,0 +1,200 @@
+//! Sentry's one error type and its mapping to gRPC, in exactly one place ([`From<Error>`] for
+//! [`tonic::Status`]), with the codes and messages upstream clients expect.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid SPIFFE id {id:?}: {reason}")]
+    SpiffeId { id: String, reason: &'static str },
+    #[error("invalid app id {id:?}: {reason}")]
+    AppId { id: String, reason: &'static str },
+
+    /// A flag, environment variable or Configuration field that cannot be used.
+    #[error("invalid {field}: {reason}")]
+    Config { field: String, reason: String },
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    /// Issuer credentials that are missing, unreadable or inconsistent; names the file.
+    #[error("issuer credentials: {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(String),
+    #[error("JWKS validator: {0}")]
+    Jwks(String),
+
+    /// The request names no validator and this sentry has no default one.
+    #[error("a validator name must be specified in this environment")]
+    NoValidator,
+    #[error("the requested validator is not enabled")]
+    ValidatorNotEnabled,
+    /// The validator refused the caller; the message is the reason.
+    #[error("{0}")]
+    Denied(String),
+    /// The CSR is missing, malformed or not signed by its own key.
+    #[error("{0}")]
+    InvalidCsr(String),
+    /// The issuer (or a certificate above it) has expired: nothing valid can be issued.
+    #[error("failed to sign certificate: the issuer certificate expired at {0}")]
+    IssuerExpired(String),
+    #[error("failed to sign certificate: {0}")]
+    Sign(String),
+    /// A peer certificate that carries no usable SPIFFE id.
+    #[error("peer certificate: {0}")]
+    PeerCertificate(String),
+}
+
+impl Error {
+    /// The `dapr_sentry_cert_sign_failure_total` reason label for a failed signing request.
+    pub fn sign_failure_reason(&self) -> &'static str {
+        match self {
+            Error::NoValidator | Error::ValidatorNotEnabled => "validator",
+            Error::Denied(_) | Error::SpiffeId { .. } | Error::AppId { .. } => "req_id_validation",
+            Error::InvalidCsr(_) => "cert_parse",
+            _ => "cert_sign",
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::NoValidator | Error::ValidatorNotEnabled | Error::InvalidCsr(_) => {
+                Code::InvalidArgument
+            }
+            Error::Denied(_) | Error::SpiffeId { .. } | Error::AppId { .. } => {
+                Code::PermissionDenied
+            }
+            Error::Config { .. }
+            | Error::NotImplemented(_)
+            | Error::Credentials { .. }
+            | Error::Bind { .. }
+            | Error::Serve(_)
+            | Error::Jwks(_)
+            | Error::IssuerExpired(_)
+            | Error::Sign(_)
+            | Error::PeerCertificate(_) => Code::Internal,
+        };
+        tonic::Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn every_error_maps_to_the_grpc_code_upstream_clients_expect() {
+        let table: Vec<(Error, Code, &str)> = vec![
+            (
+                Error::NoValidator,
+                Code::InvalidArgument,
+                "a validator name must be specified in this environment",
+            ),
+            (
+                Error::ValidatorNotEnabled,
+                Code::InvalidArgument,
+                "the requested validator is not enabled",
+            ),
+            (
+                Error::InvalidCsr("invalid signature".into()),
+                Code::InvalidArgument,
+                "invalid signature",
+            ),
+            (
+                Error::Denied("invalid request: namespace is required".into()),
+                Code::PermissionDenied,
+                "invalid request: namespace is required",
+            ),
+            (
+                Error::AppId {
+                    id: "a.b".into(),
+                    reason: "must not contain dots",
+                },
+                Code::PermissionDenied,
+                "must not contain dots",
+            ),
+            (
+                Error::SpiffeId {
+                    id: "spiffe://x/y".into(),
+                    reason: "bad",
+                },
+                Code::PermissionDenied,
+                "bad",
+            ),
+            (
+                Error::IssuerExpired("2020-01-01T00:00:00Z".into()),
+                Code::Internal,
+                "issuer certificate expired",
+            ),
+            (
+                Error::Sign("boom".into()),
+                Code::Internal,
+                "failed to sign certificate",
+            ),
+            (
+                Error::Config {
+                    field: "--port".into(),
+                    reason: "x".into(),
+                },
+                Code::Internal,
+                "--port",
+            ),
+            (
+                Error::NotImplemented("kubernetes mode"),
+                Code::Internal,
+                "not implemented",
+            ),
+            (
+                Error::Credentials {
+                    path: "/tmp/issuer.crt".into(),
+                    reason: "expired".into(),
+                },
+                Code::Internal,
+                "/tmp/issuer.crt",
+            ),
+            (
+                Error::Bind {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    source: std::io::Error::other("in use"),
+                },
+                Code::Internal,
+                "cannot listen",
+            ),
+            (Error::Serve("x".into()), Code::Internal, "server"),
+            (Error::Jwks("x".into()), Code::Internal, "JWKS"),
+            (
+                Error::PeerCertificate("x".into()),
+                Code::Internal,
+                "peer certificate",
+            ),
+        ];
+        for (err, code, message) in table {
+            let status = tonic::Status::from(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(message), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn failure_reasons_name_the_stage_that_refused_the_request() {
+        assert_eq!(Error::NoValidator.sign_failure_reason(), "validator");
+        assert_eq!(
+            Error::Denied("x".into()).sign_failure_reason(),
+            "req_id_validation"
+        );
+        assert_eq!(
+            Error::InvalidCsr("x".into()).sign_failure_reason(),
+            "cert_parse"
+        );
+        assert_eq!(Error::Sign("x".into()).sign_failure_reason(), "cert_sign");
+    }
+}

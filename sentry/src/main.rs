@@ -1,0 +1,67 @@
+//! `sentry`: parse flags, set up logging, run the CA. Exit 64 on bad flags or configuration,
+//! 1 on a runtime failure.
+
+#![deny(clippy::expect_used)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sentry::config::{Env, Flags};
+use sentry::{Config, Error};
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(flags) => flags,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = match Config::from_flags(flags, Env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sentry: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sentry: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(sentry::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Error::Config { .. }) => {
+            tracing::error!("{e}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            tracing::error!("fatal error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},h2=warn,hyper=warn,tower=warn,rustls=warn",
+        config.log_level
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if config.log_as_json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,278 @@
+//! SPIFFE-aware TLS pieces that sentry, daprd and the injector share: the SPIFFE id of a
+//! certificate, a server verifier that checks the chain and then the peer's id (exactly, or
+//! only its `/ns/<ns>/<id>` path as daprd→daprd does), and a client verifier that requires a
+//! client chain to the anchors and a SPIFFE id on the leaf.
+//!
+//! Certificates carry no DNS names a client could check, so the usual hostname verification
+//! is replaced by the id check.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::Error;
+use crate::spiffe::SpiffeId;
+
+/// The one crypto provider of the project (ring).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Trust anchors from PEM (`ca.crt`, `DAPR_TRUST_ANCHORS`).
+pub fn root_store(anchors_pem: &[u8]) -> Result<RootCertStore, Error> {
+    let certs = crate::ca::certs_from_pem(anchors_pem)
+        .map_err(|e| Error::PeerCertificate(format!("trust anchors: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| Error::PeerCertificate(format!("trust anchors: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// The SPIFFE id in a certificate's URI SAN (exactly one `spiffe://` URI is allowed).
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
+    let bad = |reason: String| Error::PeerCertificate(reason);
+    let (_, cert) =
+        X509Certificate::from_der(cert).map_err(|e| bad(format!("does not parse: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("bad subject alternative names: {e}")))?
+        .ok_or_else(|| bad("has no subject alternative names".into()))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [uri] => uri.parse(),
+        [] => Err(bad("has no spiffe:// URI SAN".into())),
+        _ => Err(bad("has more than one spiffe:// URI SAN".into())),
+    }
+}
+
+/// The peer's SPIFFE id after a handshake with a [`SpiffeClientVerifier`] (or any verifier):
+/// from the first certificate the peer presented.
+pub fn peer_spiffe_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    peer_certificates
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| spiffe_id(leaf).ok())
+}
+
+/// Which server identity a client accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedId {
+    /// The whole id, trust domain included (daprd → sentry, operator, ...).
+    Exact(SpiffeId),
+    /// Only `/ns/<namespace>/<app-id>`, any trust domain (daprd → daprd, as upstream).
+    Path { namespace: String, app_id: String },
+}
+
+impl ExpectedId {
+    pub fn path_of(id: &SpiffeId) -> Self {
+        ExpectedId::Path {
+            namespace: id.namespace().to_owned(),
+            app_id: id.app_id().to_owned(),
+        }
+    }
+
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match self {
+            ExpectedId::Exact(expected) => expected == id,
+            ExpectedId::Path { namespace, app_id } => {
+                id.namespace() == namespace && id.app_id() == app_id
+            }
+        }
+    }
+}
+
+impl fmt::Display for ExpectedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedId::Exact(id) => write!(f, "{id}"),
+            ExpectedId::Path { namespace, app_id } => {
+                write!(f, "spiffe://*/ns/{namespace}/{app_id}")
+            }
+        }
+    }
+}
+
+/// Why a peer certificate was refused beyond what webpki checks.
+#[derive(Debug)]
+struct IdRefused(String);
+
+impl fmt::Display for IdRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for IdRefused {}
+
+fn refused(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        IdRefused(reason),
+    ))))
+}
+
+/// Verifies a server's chain against trust anchors, then its SPIFFE id; the TLS server name
+/// is ignored.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: ExpectedId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(roots: Arc<RootCertStore>, expected: ExpectedId) -> Self {
+        SpiffeServerVerifier {
+            roots,
+            expected,
+            algorithms: crypto_provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let id = spiffe_id(end_entity).map_err(|e| refused(e.to_string()))?;
+        if !self.expected.matches(&id) {
+            return Err(refused(format!(
+                "server SPIFFE id {id} is not the expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Requires a client certificate chaining to the anchors whose leaf carries a SPIFFE id; read
+/// the id afterwards with [`peer_spiffe_id`]. Any id is admitted: authorisation is the caller's.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl SpiffeClientVerifier {
+    pub fn new(roots: Arc<RootCertStore>) -> Result<Self, Error> {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, crypto_provider())
+            .build()
+            .map_err(|e| Error::PeerCertificate(format!("client verifier: {e}")))?;
+        Ok(SpiffeClientVerifier { inner })
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        spiffe_id(end_entity).map_err(|e| refused(e.to_string()))?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client config (ALPN h2, for gRPC) that trusts `roots` and accepts only `expected`.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    expected: ExpectedId,
+) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::PeerCertificate(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;
