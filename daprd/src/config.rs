@@ -180,7 +180,52 @@ pub struct Config {
     pub host_ip: Option<IpAddr>,
     /// This machine's host name (upstream's `os.Hostname()`), part of the mDNS instance name.
     pub hostname: String,
+    /// Workload identity and mTLS between sidecars (`--enable-mtls`); `None` when off.
+    pub mtls: Option<MtlsConfig>,
 }
+
+/// Where the trust anchors (root certificates, PEM) come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    /// `DAPR_TRUST_ANCHORS`: fixed for the process's life, as upstream.
+    Pem(String),
+    /// `DAPR_TRUST_ANCHORS_FILE`: watched, so a new root reaches running sidecars.
+    File(PathBuf),
+}
+
+/// The token sentry's validator checks, per upstream's sourcing order (facts §3.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentryToken {
+    /// Read before every request (projected tokens rotate); `None` sends no token.
+    pub path: Option<PathBuf>,
+    /// `dapr.proto.sentry.v1.SignCertificateRequest.TokenValidator` value.
+    pub validator: i32,
+}
+
+/// How this sidecar gets and uses its SPIFFE identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// `--sentry-address` (`host:port`).
+    pub sentry_address: String,
+    pub control_plane_trust_domain: String,
+    pub control_plane_namespace: String,
+    pub trust_anchors: TrustAnchors,
+    pub token: SentryToken,
+    /// The id asked for: `SENTRY_LOCAL_IDENTITY`, else the app id.
+    pub request_id: String,
+}
+
+/// Token validator numbers of `dapr.proto.sentry.v1.SignCertificateRequest.TokenValidator`.
+pub mod token_validator {
+    pub const UNKNOWN: i32 = 0;
+    pub const KUBERNETES: i32 = 2;
+    pub const JWKS: i32 = 3;
+}
+
+/// The projected service-account token the injector mounts for sentry.
+pub const SENTRY_TOKEN_PATH: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
+/// The pod's own service-account token: upstream's fallback, with a warning.
+pub const LEGACY_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// Environment variables daprd reads, named as upstream.
 pub mod env {
@@ -188,6 +233,12 @@ pub mod env {
     pub const DAPR_API_TOKEN: &str = "DAPR_API_TOKEN";
     pub const APP_API_TOKEN: &str = "APP_API_TOKEN";
     pub const DAPR_HOST_IP: &str = "DAPR_HOST_IP";
+    pub const DAPR_TRUST_ANCHORS: &str = "DAPR_TRUST_ANCHORS";
+    pub const DAPR_TRUST_ANCHORS_FILE: &str = "DAPR_TRUST_ANCHORS_FILE";
+    pub const DAPR_SENTRY_TOKEN_FILE: &str = "DAPR_SENTRY_TOKEN_FILE";
+    pub const SENTRY_LOCAL_IDENTITY: &str = "SENTRY_LOCAL_IDENTITY";
+    pub const DAPR_CONTROLPLANE_NAMESPACE: &str = "DAPR_CONTROLPLANE_NAMESPACE";
+    pub const DAPR_CONTROLPLANE_TRUST_DOMAIN: &str = "DAPR_CONTROLPLANE_TRUST_DOMAIN";
 }
 
 /// Values read from the environment, passed in so config building stays pure.
@@ -198,6 +249,16 @@ pub struct Env {
     pub app_api_token: Option<String>,
     pub host_ip: Option<String>,
     pub hostname: Option<String>,
+    pub trust_anchors: Option<String>,
+    pub trust_anchors_file: Option<String>,
+    /// `DAPR_SENTRY_TOKEN_FILE`; `Some("")` when set but empty (an error, as upstream).
+    pub sentry_token_file: Option<String>,
+    pub sentry_local_identity: Option<String>,
+    pub control_plane_namespace: Option<String>,
+    pub control_plane_trust_domain: Option<String>,
+    /// Which of the well-known token paths exist on this machine.
+    pub sentry_token_present: bool,
+    pub legacy_token_present: bool,
 }
 
 impl Env {
@@ -212,6 +273,14 @@ impl Env {
                 .ok()
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty()),
+            trust_anchors: get(env::DAPR_TRUST_ANCHORS),
+            trust_anchors_file: get(env::DAPR_TRUST_ANCHORS_FILE),
+            sentry_token_file: std::env::var(env::DAPR_SENTRY_TOKEN_FILE).ok(),
+            sentry_local_identity: get(env::SENTRY_LOCAL_IDENTITY),
+            control_plane_namespace: get(env::DAPR_CONTROLPLANE_NAMESPACE),
+            control_plane_trust_domain: get(env::DAPR_CONTROLPLANE_TRUST_DOMAIN),
+            sentry_token_present: std::path::Path::new(SENTRY_TOKEN_PATH).exists(),
+            legacy_token_present: std::path::Path::new(LEGACY_TOKEN_PATH).exists(),
         }
     }
 }
@@ -394,6 +463,11 @@ impl Config {
             _ => Configuration::default(),
         };
         let api_logging = flags.enable_api_logging.unwrap_or(false);
+        let mtls = if flags.enable_mtls {
+            Some(mtls_config(&flags, &env, mode, &app_id)?)
+        } else {
+            None
+        };
         let host_ip = env
             .host_ip
             .as_deref()
@@ -444,8 +518,92 @@ impl Config {
             app_api_token: env.app_api_token,
             host_ip,
             hostname: env.hostname.unwrap_or_else(|| "localhost".to_owned()),
+            mtls,
         })
     }
+}
+
+/// Identity settings for `--enable-mtls`: sentry's address, trust anchors and the token, with
+/// the flag and env names of upstream.
+fn mtls_config(flags: &Flags, env: &Env, mode: Mode, app_id: &str) -> Result<MtlsConfig, Error> {
+    let sentry_address = flags.sentry_address.trim();
+    if sentry_address.is_empty() {
+        return Err(bad(
+            "--sentry-address",
+            "is required with --enable-mtls (sentry's host:port)",
+        ));
+    }
+    if !sentry_address.contains(':') {
+        return Err(bad(
+            "--sentry-address",
+            format!("{sentry_address:?} has no port (want host:port)"),
+        ));
+    }
+    let trust_anchors = match (&env.trust_anchors, &env.trust_anchors_file) {
+        (Some(pem), _) if !pem.contains("BEGIN CERTIFICATE") => {
+            return Err(bad(
+                "DAPR_TRUST_ANCHORS",
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ));
+        }
+        (Some(pem), _) => TrustAnchors::Pem(pem.clone()),
+        (None, Some(path)) => TrustAnchors::File(PathBuf::from(path)),
+        (None, None) => {
+            return Err(bad(
+                "DAPR_TRUST_ANCHORS",
+                "is required with --enable-mtls (or DAPR_TRUST_ANCHORS_FILE)",
+            ));
+        }
+    };
+    let token = match (&env.sentry_token_file, mode) {
+        (Some(path), _) if path.trim().is_empty() => {
+            return Err(bad("DAPR_SENTRY_TOKEN_FILE", "is set but empty"));
+        }
+        (Some(path), Mode::Kubernetes) => SentryToken {
+            path: Some(PathBuf::from(path)),
+            validator: token_validator::KUBERNETES,
+        },
+        (Some(path), Mode::Standalone) => SentryToken {
+            path: Some(PathBuf::from(path)),
+            validator: token_validator::JWKS,
+        },
+        (None, Mode::Kubernetes) if env.sentry_token_present => SentryToken {
+            path: Some(PathBuf::from(SENTRY_TOKEN_PATH)),
+            validator: token_validator::KUBERNETES,
+        },
+        (None, Mode::Kubernetes) if env.legacy_token_present => {
+            tracing::warn!(
+                "no projected sentry token at {SENTRY_TOKEN_PATH}; using the service account token at {LEGACY_TOKEN_PATH}"
+            );
+            SentryToken {
+                path: Some(PathBuf::from(LEGACY_TOKEN_PATH)),
+                validator: token_validator::KUBERNETES,
+            }
+        }
+        (None, _) => SentryToken {
+            path: None,
+            validator: token_validator::UNKNOWN,
+        },
+    };
+    Ok(MtlsConfig {
+        sentry_address: sentry_address.to_owned(),
+        control_plane_trust_domain: flags
+            .control_plane_trust_domain
+            .clone()
+            .or_else(|| env.control_plane_trust_domain.clone())
+            .unwrap_or_else(|| "localhost".to_owned()),
+        control_plane_namespace: flags
+            .control_plane_namespace
+            .clone()
+            .or_else(|| env.control_plane_namespace.clone())
+            .unwrap_or_else(|| "default".to_owned()),
+        trust_anchors,
+        token,
+        request_id: env
+            .sentry_local_identity
+            .clone()
+            .unwrap_or_else(|| app_id.to_owned()),
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub enum Error {
     AppChannel(String),
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("workload identity: {0}")]
+    Identity(String),
 }
 
 impl Error {
@@ -87,7 +89,7 @@ impl Error {
             Error::OutboundNotReady => "ERR_OUTBOUND_HEALTH_NOT_READY",
             Error::AppIdMismatch { .. } => "ERR_HEALTH_APPID_NOT_MATCH",
             Error::Malformed(_) => "ERR_MALFORMED_REQUEST",
-            Error::Config { .. } | Error::Bind { .. } => "ERR_INTERNAL",
+            Error::Config { .. } | Error::Bind { .. } | Error::Identity(_) => "ERR_INTERNAL",
         }
     }
 
@@ -110,7 +112,8 @@ impl Error {
             | Error::OutboundNotReady
             | Error::AppIdMismatch { .. }
             | Error::Config { .. }
-            | Error::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Bind { .. }
+            | Error::Identity(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -132,9 +135,10 @@ impl Error {
                 tonic::Code::Unavailable
             }
             Error::AppIdMismatch { .. } => tonic::Code::FailedPrecondition,
-            Error::AppChannel(_) | Error::Config { .. } | Error::Bind { .. } => {
-                tonic::Code::Internal
-            }
+            Error::AppChannel(_)
+            | Error::Config { .. }
+            | Error::Bind { .. }
+            | Error::Identity(_) => tonic::Code::Internal,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -43,12 +44,28 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let started = Instant::now();
     let config = Arc::new(config);
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
-    tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
     tracing::info!("Initialized name resolution to {}", resolver.name());
 
     let shutdown = Shutdown::default();
+    let identity = match &config.mtls {
+        None => {
+            tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
+            None
+        }
+        Some(mtls) => {
+            tracing::info!(sentry = %mtls.sentry_address, "mTLS enabled. Creating sidecar authenticator");
+            Some(
+                identity::start(
+                    mtls.clone(),
+                    config.namespace.clone(),
+                    shutdown.graceful.clone(),
+                )
+                .await?,
+            )
+        }
+    };
     let metrics = Arc::new(metrics::Metrics::new(
         &config.app_id,
         config.metrics.is_some(),
@@ -63,7 +80,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             ),
             Arc::clone(&resolver),
         )
-        .with_metrics(Arc::clone(&metrics)),
+        .with_metrics(Arc::clone(&metrics))
+        .with_identity(identity.clone()),
         config: Arc::clone(&config),
         health: Health::default(),
         resolver_name: resolver.name(),
@@ -137,20 +155,35 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let internal = inbound::routes(Arc::clone(&internal));
         let stop = stop.clone();
         let layer = metrics::GrpcLayer::new(&metrics);
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(layer)
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_routes(internal)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await
-                .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
-        });
-        tracing::info!("internal gRPC server listening on {addr}");
+        let mut server = tonic::transport::Server::builder()
+            .layer(layer)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)));
+        let router = server.add_routes(internal);
+        match identity.clone() {
+            None => servers.spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
+            }),
+            Some(current) => servers.spawn(async move {
+                let incoming = identity::transport::incoming(listener, current, stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
+            }),
+        };
+        let security = if identity.is_some() {
+            "mTLS"
+        } else {
+            "plaintext"
+        };
+        tracing::info!("internal gRPC server listening on {addr} ({security})");
     }
     shared.health.set_outbound_ready();
 

@@ -211,33 +211,94 @@ impl Chunked for dapr_proto::internals::v1::InternalInvokeResponseStream {
 
 /// The body carried by a stream after its head message: the head's own payload first, then
 /// every later payload, in order (a gap in `seq` ends the body with an error).
-pub fn payload_body<M: Chunked>(
+///
+/// With `declared_len` (the body's `content-length`), the stream's end is read right after the
+/// last declared byte, before that byte is handed on: HTTP/1 peers stop polling a body once
+/// `content-length` bytes are written, and a gRPC stream dropped before its trailers is reset,
+/// which h2 counts against the connection (1024 resets and it is closed).
+/// How long the end of a stream with an empty declared body may take.
+const EMPTY_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub async fn payload_body<M: Chunked>(
     leading: Option<StreamPayload>,
-    incoming: tonic::Streaming<M>,
+    mut incoming: tonic::Streaming<M>,
+    declared_len: Option<u64>,
 ) -> BoxStream<Result<Bytes, BoxError>> {
-    let mut seq = SeqCheck::new();
-    let leading: Option<Result<Bytes, BoxError>> =
-        leading.map(|p| seq.accept(p).map_err(BoxError::from));
-    let rest = futures::stream::unfold((incoming, seq), next_payload::<M>);
-    Box::pin(futures::stream::iter(leading).chain(rest))
+    if declared_len == Some(0) && leading.is_none() {
+        // An empty body may never be polled at all: take the end now.
+        let end = match tokio::time::timeout(EMPTY_END_TIMEOUT, incoming.message()).await {
+            Ok(Ok(None)) => Ok(Bytes::new()),
+            Ok(Ok(Some(_))) => Err(BoxError::from("body longer than its content-length")),
+            Ok(Err(status)) => Err(BoxError::from(status)),
+            Err(_) => Err(BoxError::from("the stream did not end after an empty body")),
+        };
+        return Box::pin(futures::stream::iter(end.err().map(Err)));
+    }
+    let state = PayloadState {
+        incoming: Some(incoming),
+        seq: SeqCheck::new(),
+        leading,
+        remaining: declared_len,
+    };
+    Box::pin(futures::stream::unfold(state, next_payload::<M>))
 }
 
-type PayloadState<M> = (tonic::Streaming<M>, SeqCheck);
+struct PayloadState<M> {
+    /// `None` once the stream has ended.
+    incoming: Option<tonic::Streaming<M>>,
+    seq: SeqCheck,
+    leading: Option<StreamPayload>,
+    remaining: Option<u64>,
+}
 
 async fn next_payload<M: Chunked>(
-    (mut incoming, mut seq): PayloadState<M>,
+    mut state: PayloadState<M>,
 ) -> Option<(Result<Bytes, BoxError>, PayloadState<M>)> {
-    match incoming.message().await {
-        Ok(Some(message)) => {
-            let item = match message.take_payload() {
-                Some(p) => seq.accept(p).map_err(BoxError::from),
-                None => Ok(Bytes::new()),
-            };
-            Some((item, (incoming, seq)))
+    let payload = match state.leading.take() {
+        Some(payload) => Some(payload),
+        None => match state.incoming.as_mut()?.message().await {
+            Ok(Some(message)) => message.take_payload(),
+            Ok(None) => {
+                state.incoming = None;
+                return None;
+            }
+            Err(status) => {
+                state.incoming = None;
+                return Some((Err(BoxError::from(status)), state));
+            }
+        },
+    };
+    let Some(payload) = payload else {
+        return Some((Ok(Bytes::new()), state));
+    };
+    let data = match state.seq.accept(payload) {
+        Ok(data) => data,
+        Err(e) => return Some((Err(BoxError::from(e)), state)),
+    };
+    if let Some(remaining) = state.remaining.as_mut() {
+        *remaining = remaining.saturating_sub(data.len() as u64);
+        if *remaining == 0
+            && let Some(mut incoming) = state.incoming.take()
+        {
+            // The declared body is complete: take the stream's end (its trailers) now.
+            match incoming.message().await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Some((
+                        Err(BoxError::from("body longer than its content-length")),
+                        state,
+                    ));
+                }
+                Err(status) => return Some((Err(BoxError::from(status)), state)),
+            }
         }
-        Ok(None) => None,
-        Err(status) => Some((Err(BoxError::from(status)), (incoming, seq))),
     }
+    Some((Ok(data), state))
+}
+
+/// The `content-length` a header map or metadata declares, if any.
+pub fn declared_len(value: Option<&str>) -> Option<u64> {
+    value.and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Harness for tests that run the real binaries: processes, network namespaces, DNS.
 
 pub mod netns;
+pub mod sentry;
 pub mod sidecar;
 
 /// The test-only gRPC service `e2e.echo.v1.Echo` (see `proto/e2e/echo/v1/echo.proto`).

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Error;
 use crate::config::Config;
+use crate::identity::transport::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, names};
 use acl::{AccessControl, CallerIdentity};
@@ -68,9 +69,11 @@ impl Internal {
         }
     }
 
-    /// Access control on the caller the metadata names (its certificate, once mTLS is on).
+    /// Access control on the caller: the SPIFFE id of its certificate under mTLS, else the
+    /// identity its metadata names.
     fn check_access(
         &self,
+        peer: Option<&PeerIdentity>,
         caller_app: Option<&str>,
         caller_ns: Option<&str>,
         operation: &str,
@@ -79,13 +82,26 @@ impl Internal {
         let Some(acl) = &self.acl else {
             return Ok(());
         };
-        let caller = caller_app
-            .zip(caller_ns)
-            .map(|(app_id, namespace)| CallerIdentity {
-                trust_domain: DEFAULT_TRUST_DOMAIN,
-                namespace,
-                app_id,
-            });
+        let (caller, caller_app) = match peer {
+            Some(PeerIdentity(id)) => (
+                Some(CallerIdentity {
+                    trust_domain: id.trust_domain(),
+                    namespace: id.namespace(),
+                    app_id: id.app_id(),
+                }),
+                Some(id.app_id()),
+            ),
+            None => (
+                caller_app
+                    .zip(caller_ns)
+                    .map(|(app_id, namespace)| CallerIdentity {
+                        trust_domain: DEFAULT_TRUST_DOMAIN,
+                        namespace,
+                        app_id,
+                    }),
+                caller_app,
+            ),
+        };
         if acl.is_allowed(caller, operation, verb) {
             return Ok(());
         }
@@ -107,7 +123,12 @@ impl Internal {
         {
             // Scoped so no borrow of the (non-`Sync`) request lives across the await below.
             let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+            let peer = request
+                .extensions()
+                .get::<Option<PeerIdentity>>()
+                .and_then(Option::as_ref);
             self.check_access(
+                peer,
                 header(names::CALLER_APP_ID),
                 header(names::CALLER_NAMESPACE),
                 request.uri().path(),
@@ -120,7 +141,8 @@ impl Internal {
     /// Checks the caller against access control and builds the app request head.
     fn admit(
         &self,
-        request: InternalInvokeRequest,
+        peer: Option<&PeerIdentity>,
+        mut request: InternalInvokeRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> Result<(&AppChannel, AppRequest), Error> {
         let app = self.app()?;
@@ -131,11 +153,21 @@ impl Internal {
         let ext = message.http_extension.unwrap_or_default();
         let verb = wire::method_of(Verb::try_from(ext.verb).unwrap_or(Verb::None));
         self.check_access(
+            peer,
             wire::first(&request.metadata, names::CALLER_APP_ID),
             wire::first(&request.metadata, names::CALLER_NAMESPACE),
             &message.method,
             verb.as_str(),
         )?;
+        // The app learns who called from the certificate, not from what the caller claims.
+        if let Some(PeerIdentity(id)) = peer {
+            wire::set(&mut request.metadata, names::CALLER_APP_ID, id.app_id());
+            wire::set(
+                &mut request.metadata,
+                names::CALLER_NAMESPACE,
+                id.namespace(),
+            );
+        }
         Ok((
             app,
             AppRequest {
@@ -182,6 +214,7 @@ impl ServiceInvocation for Internal {
         &self,
         request: Request<InternalInvokeRequest>,
     ) -> Result<Response<InternalInvokeResponse>, Status> {
+        let peer = peer_of(request.extensions());
         let mut request = request.into_inner();
         let data = request
             .message
@@ -189,7 +222,7 @@ impl ServiceInvocation for Internal {
             .and_then(|m| m.data.take())
             .map(|any| Bytes::from(any.value))
             .unwrap_or_default();
-        let (app, app_request) = self.admit(request, app_channel::once(data))?;
+        let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received.respond(app.invoke(app_request)).await?;
         let mut head = response_head(&response);
@@ -209,6 +242,7 @@ impl ServiceInvocation for Internal {
         &self,
         request: Request<Streaming<InternalInvokeRequestStream>>,
     ) -> Result<Response<Self::CallLocalStreamStream>, Status> {
+        let peer = peer_of(request.extensions());
         let mut incoming = request.into_inner();
         let first = incoming
             .message()
@@ -218,8 +252,9 @@ impl ServiceInvocation for Internal {
             .request
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
-        let body = wire::payload_body(first.payload, incoming);
-        let (app, app_request) = self.admit(head, body)?;
+        let declared = wire::declared_len(wire::first(&head.metadata, "content-length"));
+        let body = wire::payload_body(first.payload, incoming, declared).await;
+        let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received.respond(app.invoke(app_request)).await?;
         let head = InternalInvokeResponseStream {
@@ -236,6 +271,11 @@ impl ServiceInvocation for Internal {
         let stream = futures::stream::once(async move { Ok(head) }).chain(payloads);
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The verified peer of a request that came over mTLS.
+fn peer_of(extensions: &http::Extensions) -> Option<PeerIdentity> {
+    extensions.get::<Option<PeerIdentity>>().cloned().flatten()
 }
 
 /// Shared handle for the server builder.

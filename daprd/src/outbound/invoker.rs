@@ -86,7 +86,11 @@ pub struct PeerResponse {
 pub struct Invoker {
     caller: Caller,
     resolver: Arc<Resolver>,
-    channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// One channel per peer address, with the target it was opened for (under mTLS the peer
+    /// must prove that target's identity).
+    channels: Mutex<HashMap<SocketAddr, (Target, Channel)>>,
+    /// This sidecar's identity under mTLS; `None` dials in plaintext.
+    identity: Option<crate::identity::Current>,
     /// What each peer is known to implement (learned from its first call).
     peers: Mutex<HashMap<SocketAddr, PeerKind>>,
     metrics: Arc<Metrics>,
@@ -106,9 +110,15 @@ impl Invoker {
             caller,
             resolver,
             channels: Mutex::new(HashMap::new()),
+            identity: None,
             peers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::disabled()),
         }
+    }
+
+    /// Dials peers over mTLS with this identity, accepting only the target's SPIFFE id.
+    pub fn with_identity(self, identity: Option<crate::identity::Current>) -> Self {
+        Invoker { identity, ..self }
     }
 
     /// Records requests sent and responses received in `metrics`.
@@ -147,12 +157,14 @@ impl Invoker {
         wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
     }
 
-    fn channel(&self, addr: SocketAddr) -> Result<Channel, Error> {
+    fn channel(&self, addr: SocketAddr, target: &Target) -> Result<Channel, Error> {
         let mut channels = self
             .channels
             .lock()
             .map_err(|_| Error::Resolver("channel pool poisoned".into()))?;
-        if let Some(channel) = channels.get(&addr) {
+        if let Some((opened_for, channel)) = channels.get(&addr)
+            && (self.identity.is_none() || opened_for == target)
+        {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -162,8 +174,20 @@ impl Invoker {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(false);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr, channel.clone());
+        let channel = match &self.identity {
+            None => endpoint.connect_lazy(),
+            Some(current) => {
+                // Upstream checks only the path of the peer's id, not its trust domain.
+                let expected = sentry::tls::ExpectedId::Path {
+                    namespace: target.namespace.clone(),
+                    app_id: target.app_id.clone(),
+                };
+                endpoint.connect_with_connector_lazy(
+                    crate::identity::transport::Connector::identity(current.clone(), expected),
+                )
+            }
+        };
+        channels.insert(addr, (target.clone(), channel.clone()));
         Ok(channel)
     }
 
@@ -224,7 +248,7 @@ impl Invoker {
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
         let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
-        let mut client = ServiceInvocationClient::new(self.channel(addr)?)
+        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let sent = self.metrics.invocation_sent(&target.app_id);
@@ -275,7 +299,8 @@ impl Invoker {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
         })?);
-        let body = wire::payload_body(first.payload, incoming);
+        let declared = wire::declared_len(wire::first(&head.headers, "content-length"));
+        let body = wire::payload_body(first.payload, incoming, declared).await;
         Ok(PeerResponse {
             head,
             body: Box::pin(body),
@@ -372,7 +397,7 @@ impl Invoker {
         addr: SocketAddr,
         request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
-        let mut client = ServiceInvocationClient::new(self.channel(addr)?)
+        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let sent = self.metrics.invocation_sent(&target.app_id);
@@ -416,7 +441,7 @@ impl Invoker {
             headers.insert(name, value);
         }
         let addr = self.resolver.resolve(target).await?;
-        let call = tower::ServiceExt::oneshot(self.channel(addr)?, request);
+        let call = tower::ServiceExt::oneshot(self.channel(addr, target)?, request);
         match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
             Err(_) => Err(Error::Timeout {
                 id: target.app_id.to_owned(),

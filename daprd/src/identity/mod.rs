@@ -1,0 +1,260 @@
+//! Workload identity (`--enable-mtls`): this sidecar's SPIFFE certificate from sentry, renewed at
+//! half its lifetime, and the trust anchors (from `DAPR_TRUST_ANCHORS`, or a watched file). The
+//! TLS configs built from them are published through a watch channel; new handshakes use the
+//! newest, open connections keep the one they started with.
+
+mod sentry_client;
+pub mod transport;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sentry::spiffe::SpiffeId;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::config::{MtlsConfig, TrustAnchors};
+
+/// A signed identity: the certificate chain (leaf first), its key and lifetime.
+pub struct Svid {
+    pub id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("id", &self.id.to_string())
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What handshakes use right now: the identity, the trust anchors, and the server config
+/// built from both.
+pub struct Material {
+    pub svid: Arc<Svid>,
+    pub roots: Arc<RootCertStore>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl Material {
+    fn new(svid: Arc<Svid>, roots: Arc<RootCertStore>) -> Result<Self, Error> {
+        let verifier = sentry::tls::SpiffeClientVerifier::new(Arc::clone(&roots))
+            .map_err(|e| Error::Identity(e.to_string()))?;
+        let mut server =
+            rustls::ServerConfig::builder_with_provider(sentry::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::Identity(e.to_string()))?
+                .with_client_cert_verifier(Arc::new(verifier))
+                .with_single_cert(svid.chain.clone(), svid.key.clone_key())
+                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Material {
+            svid,
+            roots,
+            server: Arc::new(server),
+        })
+    }
+
+    /// A client config presenting our identity and accepting only `expected`.
+    pub fn client(
+        &self,
+        expected: sentry::tls::ExpectedId,
+    ) -> Result<Arc<rustls::ClientConfig>, Error> {
+        let verifier = sentry::tls::SpiffeServerVerifier::new(Arc::clone(&self.roots), expected);
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::Identity(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_auth_cert(self.svid.chain.clone(), self.svid.key.clone_key())
+                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The current TLS material; `None` until the first certificate arrives.
+pub type Current = watch::Receiver<Option<Arc<Material>>>;
+
+/// When to renew: half-way through the certificate's lifetime, as upstream.
+pub fn refresh_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    not_before + lifetime / 2
+}
+
+/// How long to wait after the `attempt`-th failed request (1-based): 1s doubling to 10s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4)).min(Duration::from_secs(10))
+}
+
+/// Loads the trust anchors.
+fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), Error> {
+    let pem = match source {
+        TrustAnchors::Pem(pem) => pem.clone().into_bytes(),
+        TrustAnchors::File(path) => std::fs::read(path)
+            .map_err(|e| Error::Identity(format!("trust anchors file {}: {e}", path.display())))?,
+    };
+    let roots = sentry::tls::root_store(&pem).map_err(|e| Error::Identity(e.to_string()))?;
+    Ok((pem, Arc::new(roots)))
+}
+
+/// Gets the first certificate (retrying while sentry is unreachable, until `stop`), then keeps
+/// it fresh in the background: renewal at half-life, new trust anchors when the file changes.
+pub async fn start(
+    config: MtlsConfig,
+    namespace: String,
+    stop: CancellationToken,
+) -> Result<Current, Error> {
+    let (mut pem, mut roots) = load_anchors(&config.trust_anchors)?;
+    let mut attempt = 0;
+    let svid = loop {
+        match sentry_client::request(&config, &namespace, &roots).await {
+            Ok(svid) => break Arc::new(svid),
+            Err(e) => {
+                attempt += 1;
+                let delay = retry_delay(attempt);
+                tracing::warn!(attempt, retry_in = ?delay, "failed to get a certificate from sentry: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(Error::Identity("stopped before the first certificate".into())),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                // The anchors may have been fixed on disk meanwhile.
+                if let Ok(fresh) = load_anchors(&config.trust_anchors) {
+                    (pem, roots) = fresh;
+                }
+            }
+        }
+    };
+    log_signed(&svid);
+    let (tx, rx) = watch::channel(Some(Arc::new(Material::new(
+        Arc::clone(&svid),
+        Arc::clone(&roots),
+    )?)));
+    tokio::spawn(keep_fresh(config, namespace, svid, pem, roots, tx, stop));
+    Ok(rx)
+}
+
+fn log_signed(svid: &Svid) {
+    let expiry = sentry::ca::rfc3339(svid.not_after);
+    tracing::info!(id = %svid.id, "Successfully signed certificate; it expires {expiry}");
+}
+
+/// Renews the certificate and follows the anchors file until `stop`.
+async fn keep_fresh(
+    config: MtlsConfig,
+    namespace: String,
+    mut svid: Arc<Svid>,
+    mut pem: Vec<u8>,
+    mut roots: Arc<RootCertStore>,
+    tx: watch::Sender<Option<Arc<Material>>>,
+    stop: CancellationToken,
+) {
+    let watch_file = matches!(config.trust_anchors, TrustAnchors::File(_));
+    let mut failures = 0;
+    loop {
+        let renew = refresh_at(svid.not_before, svid.not_after);
+        let until_renewal = renew
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        // Wake at least every minute (clock jumps) and every second when following a file.
+        // At least a second apart, so a certificate whose half-life is already over (a TTL
+        // shorter than the clock skew) cannot make this loop spin.
+        let nap = if failures > 0 {
+            retry_delay(failures)
+        } else if watch_file {
+            until_renewal.min(Duration::from_secs(1))
+        } else {
+            until_renewal.min(Duration::from_secs(60))
+        }
+        .max(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(nap) => {}
+        }
+        let mut changed = false;
+        if let TrustAnchors::File(path) = &config.trust_anchors
+            && let Some((new_pem, new_roots)) = changed_anchors(path, &pem)
+        {
+            tracing::info!(file = %path.display(), "trust anchors changed; new handshakes use them");
+            (pem, roots) = (new_pem, new_roots);
+            changed = true;
+        }
+        if SystemTime::now() >= renew {
+            match sentry_client::request(&config, &namespace, &roots).await {
+                Ok(fresh) => {
+                    failures = 0;
+                    svid = Arc::new(fresh);
+                    log_signed(&svid);
+                    changed = true;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(attempt = failures, "failed to renew the certificate: {e}");
+                }
+            }
+        }
+        if changed {
+            match Material::new(Arc::clone(&svid), Arc::clone(&roots)) {
+                Ok(material) => {
+                    let _ = tx.send(Some(Arc::new(material)));
+                }
+                Err(e) => tracing::error!("cannot use the new identity: {e}"),
+            }
+        }
+    }
+}
+
+/// The anchors in `path` when they differ from `current` and parse; a broken file is logged and
+/// ignored (the old anchors stay).
+fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCertStore>)> {
+    let pem = std::fs::read(path).ok()?;
+    if pem == current {
+        return None;
+    }
+    match sentry::tls::root_store(&pem) {
+        Ok(roots) => Some((pem, Arc::new(roots))),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "ignoring unreadable trust anchors: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_half_way_through_the_lifetime() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(24 * 3600 + 15 * 60);
+        assert_eq!(
+            refresh_at(start, end),
+            start + Duration::from_secs(12 * 3600 + 450)
+        );
+        assert_eq!(
+            refresh_at(end, start),
+            end,
+            "a backwards lifetime renews now"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_from_one_to_ten_seconds() {
+        let delays: Vec<u64> = (1..=7).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 10, 10, 10]);
+    }
+}

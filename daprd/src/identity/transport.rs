@@ -1,0 +1,212 @@
+//! TLS for the internal gRPC API: an incoming stream of server-side handshakes (peer SPIFFE id
+//! attached to every request as a [`PeerIdentity`] extension), and a connector for tonic
+//! channels that dials with the current identity and accepts only the expected peer.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use sentry::spiffe::SpiffeId;
+use sentry::tls::ExpectedId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::Current;
+
+/// A handshake that takes longer is dropped, so a slow or silent peer holds nothing.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified SPIFFE id of the peer on this connection (a request extension).
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Arc<SpiffeId>);
+
+/// A server-side TLS connection with its peer's identity.
+pub struct TlsConn {
+    io: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Option<PeerIdentity>,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = Option<PeerIdentity>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop (each bounded by
+/// [`HANDSHAKE_TIMEOUT`]) with the server config current at that moment.
+pub fn incoming(
+    listener: TcpListener,
+    current: Current,
+    stop: CancellationToken,
+) -> ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("internal server accept failed: {e}");
+                        continue;
+                    }
+                },
+            };
+            let Some(material) = current.borrow().clone() else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(Arc::clone(&material.server));
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(io)) => {
+                        let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
+                            .map(|id| PeerIdentity(Arc::new(id)));
+                        let _ = tx.send(Ok(TlsConn { io, peer })).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, "refused a peer: TLS handshake failed: {e}")
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote, "refused a peer: no TLS handshake within {HANDSHAKE_TIMEOUT:?}")
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[derive(Clone)]
+enum Source {
+    /// One config for every connection (calls to sentry).
+    Fixed(Arc<rustls::ClientConfig>),
+    /// Our current identity, accepting only `expected` (calls to other sidecars).
+    Identity {
+        current: Current,
+        expected: ExpectedId,
+    },
+}
+
+/// A tonic connector: TCP, then TLS with the config of its [`Source`].
+#[derive(Clone)]
+pub struct Connector {
+    source: Source,
+}
+
+impl Connector {
+    pub fn fixed(config: Arc<rustls::ClientConfig>) -> Self {
+        Connector {
+            source: Source::Fixed(config),
+        }
+    }
+
+    pub fn identity(current: Current, expected: ExpectedId) -> Self {
+        Connector {
+            source: Source::Identity { current, expected },
+        }
+    }
+
+    fn config(&self) -> io::Result<Arc<rustls::ClientConfig>> {
+        match &self.source {
+            Source::Fixed(config) => Ok(Arc::clone(config)),
+            Source::Identity { current, expected } => {
+                let material = current
+                    .borrow()
+                    .clone()
+                    .ok_or_else(|| io::Error::other("no certificate yet"))?;
+                material
+                    .client(expected.clone())
+                    .map_err(|e| io::Error::other(e.to_string()))
+            }
+        }
+    }
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send,
+    >,
+>;
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config();
+        Box::pin(async move {
+            let config = config?;
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::other(format!("no host in {uri}")))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            // The peer is checked by its SPIFFE id; the name only has to be well-formed.
+            let name = ServerName::try_from(host)
+                .map_err(|e| io::Error::other(format!("server name: {e}")))?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}

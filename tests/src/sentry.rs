@@ -1,0 +1,186 @@
+//! The real `sentry` binary on loopback, for the mTLS suites: it generates its CA into a
+//! directory whose `ca.crt` the sidecars trust.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::sidecar::{HttpClient, binary, free_port};
+
+/// A running sentry; killed when dropped.
+pub struct Sentry {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub healthz: SocketAddr,
+    /// The credentials directory (`ca.crt`, `issuer.crt`, `issuer.key`).
+    pub creds: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Sentry {
+    /// Starts sentry in `dir` (credentials in `dir/creds`) with workload certificates living
+    /// `ttl` with `skew` of allowed clock skew, and waits (bounded) for `/healthz`.
+    pub async fn start(dir: &Path, ttl: &str, skew: &str) -> anyhow::Result<Sentry> {
+        Self::start_on(dir, free_port()?, ttl, skew).await
+    }
+
+    /// Like [`Sentry::start`] on a given port (to start it after its clients).
+    pub async fn start_on(dir: &Path, port: u16, ttl: &str, skew: &str) -> anyhow::Result<Sentry> {
+        let creds = dir.join("creds");
+        std::fs::create_dir_all(&creds)?;
+        let config = dir.join("sentry-config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprsystem\nspec:\n  mtls:\n    enabled: true\n    workloadCertTTL: {ttl}\n    allowedClockSkew: {skew}\n"
+            ),
+        )?;
+        let healthz_port = free_port()?;
+        let log = dir.join(format!("sentry-{port}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(binary("sentry"))
+            .arg("--issuer-credentials")
+            .arg(&creds)
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--healthz-listen-address", "127.0.0.1"])
+            .args(["--healthz-port", &healthz_port.to_string()])
+            .args(["--enable-metrics=false"])
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn sentry")?;
+        let mut sentry = Sentry {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            healthz: SocketAddr::from(([127, 0, 0, 1], healthz_port)),
+            creds,
+            log,
+        };
+        sentry.wait_healthy(Duration::from_secs(20)).await?;
+        Ok(sentry)
+    }
+
+    async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let client = HttpClient::new();
+        let url = format!("http://{}/healthz", self.healthz);
+        loop {
+            if let Ok(r) = client.get(&url).await
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("sentry exited with {status}; log:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sentry not healthy within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn trust_anchors(&self) -> PathBuf {
+        self.creds.join("ca.crt")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The flags and env a daprd needs to get its identity from this sentry.
+    pub fn sidecar_options(&self) -> (Vec<String>, Vec<(String, String)>) {
+        (
+            vec![
+                "--enable-mtls".into(),
+                "--sentry-address".into(),
+                self.addr.to_string(),
+                "--control-plane-trust-domain".into(),
+                "localhost".into(),
+            ],
+            vec![(
+                "DAPR_TRUST_ANCHORS_FILE".into(),
+                self.trust_anchors().display().to_string(),
+            )],
+        )
+    }
+}
+
+/// A certificate for a test client that is not a daprd (to act as a peer with a real identity).
+pub struct ClientIdentity {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    pub anchors: std::sync::Arc<rustls::RootCertStore>,
+}
+
+impl Sentry {
+    /// Asks this sentry (insecure validator) for a certificate for `app_id` in `default`.
+    pub async fn issue(&self, app_id: &str) -> anyhow::Result<ClientIdentity> {
+        use dapr_proto::sentry::v1::SignCertificateRequest;
+        use dapr_proto::sentry::v1::ca_client::CaClient;
+        let anchors = std::sync::Arc::new(sentry::tls::root_store(&std::fs::read(
+            self.trust_anchors(),
+        )?)?);
+        let sentry_id = sentry::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?;
+        let tls = std::sync::Arc::new(sentry::tls::client_config(
+            anchors.clone(),
+            sentry::tls::ExpectedId::Exact(sentry_id),
+        )?);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key)?.pem()?;
+        let channel = tls_channel(self.addr, tls).await?;
+        let response = CaClient::new(channel)
+            .sign_certificate(SignCertificateRequest {
+                id: app_id.into(),
+                namespace: "default".into(),
+                certificate_signing_request: csr.into_bytes().into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let chain = sentry::ca::certs_from_pem(&response.workload_certificate)
+            .map_err(anyhow::Error::msg)?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Ok(ClientIdentity {
+            chain,
+            key,
+            anchors,
+        })
+    }
+}
+
+/// A gRPC channel to `addr` over TLS with `config` (no name check: the config's verifier
+/// checks SPIFFE ids).
+pub async fn tls_channel(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .connect_with_connector(connector)
+            .await?,
+    )
+}

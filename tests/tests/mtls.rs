@@ -1,0 +1,319 @@
+//! Workload identity end to end with real processes: sentry (standalone, insecure validator)
+//! signs each daprd's certificate; sidecars call each other over mutual TLS; access control
+//! keys on the certificate; certificates renew under load without a failed call; a sidecar
+//! started before sentry waits for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dapr_proto::common::v1::InvokeRequest;
+use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClient;
+use dapr_proto::internals::v1::{InternalInvokeRequest, ListStringValue};
+use e2e::sentry::{Sentry, tls_channel};
+use e2e::sidecar::{
+    HttpClient, Sidecar, SidecarOptions, binary, free_port, scratch_dir, sqlite_config,
+};
+use e2e::{EchoApp, spawn_echo_app};
+use http::Method;
+
+async fn echo_app() -> EchoApp {
+    let mut cmd = tokio::process::Command::new(binary("echo-app"));
+    cmd.args(["--protocol", "http", "--port", "0"]);
+    spawn_echo_app(cmd, Duration::from_secs(10))
+        .await
+        .expect("echo-app starts")
+}
+
+/// Options for a daprd with mTLS through `sentry`, sqlite name resolution in `dir`.
+fn mtls_options(
+    sentry: &Sentry,
+    dir: &std::path::Path,
+    name: &str,
+    spec: &str,
+    app: Option<&EchoApp>,
+) -> SidecarOptions {
+    let (args, env) = sentry.sidecar_options();
+    SidecarOptions {
+        app_port: app.map(|a| a.addr.port()),
+        config: Some(sqlite_config(dir, name, spec).expect("config")),
+        extra_args: args,
+        env,
+    }
+}
+
+fn signed_count(sidecar: &Sidecar) -> usize {
+    sidecar
+        .log_text()
+        .matches("Successfully signed certificate")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecars_get_certificates_from_sentry_and_invoke_each_other_over_mtls() {
+    let dir = scratch_dir("mtls-invoke").expect("dir");
+    let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
+    let app = echo_app().await;
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir).expect("dir");
+    let mut callee = Sidecar::start(
+        "orders",
+        &callee_dir,
+        mtls_options(&sentry, &dir, "callee", "", Some(&app)),
+    )
+    .await
+    .expect("callee starts");
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .expect("callee ready");
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        mtls_options(&sentry, &dir, "caller", "", None),
+    )
+    .await
+    .expect("caller starts");
+    assert_eq!(signed_count(&caller), 1, "{}", caller.log_text());
+    assert!(
+        callee.log_text().contains("(mTLS)"),
+        "{}",
+        callee.log_text()
+    );
+
+    let client = HttpClient::new();
+    let reply = client
+        .send(
+            Method::POST,
+            &caller.url("/v1.0/invoke/orders/method/inspect/x"),
+            &[],
+            Bytes::from_static(b"over mtls"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let seen = reply.json().expect("json");
+    assert_eq!(seen["headers"]["dapr-caller-app-id"], "checkout");
+
+    // The internal port speaks only TLS: a plaintext gRPC client gets nowhere.
+    let plain = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        callee.internal_port
+    ))
+    .expect("uri")
+    .connect_timeout(Duration::from_secs(5))
+    .timeout(Duration::from_secs(10))
+    .connect_lazy();
+    let refused = ServiceInvocationClient::new(plain)
+        .call_local(InternalInvokeRequest::default())
+        .await
+        .expect_err("plaintext is refused");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        ),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
+    let dir = scratch_dir("mtls-acl").expect("dir");
+    let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
+    let app = echo_app().await;
+    let acl = "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      defaultAction: allow\n      trustDomain: public\n      namespace: default\n";
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir).expect("dir");
+    let mut callee = Sidecar::start(
+        "orders",
+        &callee_dir,
+        mtls_options(&sentry, &dir, "callee", acl, Some(&app)),
+    )
+    .await
+    .expect("callee starts");
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .expect("callee ready");
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        mtls_options(&sentry, &dir, "caller", "", None),
+    )
+    .await
+    .expect("caller starts");
+    let reply = HttpClient::new()
+        .get(&caller.url("/v1.0/invoke/orders/method/inspect/ok"))
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "the allowed app id: {:?}", reply.body);
+
+    // A peer with a valid certificate for `intruder` that claims to be `checkout`.
+    let intruder = sentry.issue("intruder").await.expect("certificate");
+    let verifier = sentry::tls::SpiffeServerVerifier::new(
+        Arc::clone(&intruder.anchors),
+        sentry::tls::ExpectedId::Path {
+            namespace: "default".into(),
+            app_id: "orders".into(),
+        },
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(intruder.chain, intruder.key)
+        .expect("client cert");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let channel = tls_channel(
+        ([127, 0, 0, 1], callee.internal_port).into(),
+        Arc::new(config),
+    )
+    .await
+    .expect("mTLS handshake with a valid certificate");
+    let mut metadata = std::collections::HashMap::new();
+    for (k, v) in [
+        ("dapr-caller-app-id", "checkout"),
+        ("dapr-caller-namespace", "default"),
+    ] {
+        metadata.insert(
+            k.to_owned(),
+            ListStringValue {
+                values: vec![v.to_owned()],
+            },
+        );
+    }
+    let denied = ServiceInvocationClient::new(channel)
+        .call_local(InternalInvokeRequest {
+            ver: 1,
+            metadata,
+            message: Some(InvokeRequest {
+                method: "inspect/sneaky".into(),
+                ..Default::default()
+            }),
+            actor: None,
+        })
+        .await
+        .expect_err("the certificate says intruder");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("intruder"),
+        "{}",
+        denied.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_renew_under_load_without_a_failed_call() {
+    let dir = scratch_dir("mtls-renew").expect("dir");
+    // 6s certificates with no skew: each sidecar renews about every 3s.
+    let sentry = Sentry::start(&dir, "6s", "0s").await.expect("sentry");
+    let app = echo_app().await;
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir).expect("dir");
+    let mut callee = Sidecar::start(
+        "orders",
+        &callee_dir,
+        mtls_options(&sentry, &dir, "callee", "", Some(&app)),
+    )
+    .await
+    .expect("callee starts");
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .expect("callee ready");
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        mtls_options(&sentry, &dir, "caller", "", None),
+    )
+    .await
+    .expect("caller starts");
+
+    // Bounded: at most 12s and 20000 calls, over 4 connections' worth of concurrency.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let url = caller.url("/v1.0/invoke/orders/method/inspect/load");
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let client = HttpClient::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while Instant::now() < deadline && ok < 5000 {
+                match client.get(&url).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await.expect("worker");
+        assert!(failed.is_empty(), "failed calls: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} calls made");
+    assert!(
+        signed_count(&caller) >= 3,
+        "caller renewed: {}",
+        caller.log_text()
+    );
+    assert!(
+        signed_count(&callee) >= 3,
+        "callee renewed: {}",
+        callee.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_started_before_sentry_becomes_ready_once_sentry_is_up() {
+    let dir = scratch_dir("mtls-late-sentry").expect("dir");
+    // First run: sentry generates the CA the sidecar will trust, then goes away.
+    let port = free_port().expect("port");
+    let sentry = Sentry::start_on(&dir, port, "1h", "15m")
+        .await
+        .expect("sentry");
+    let (args, env) = sentry.sidecar_options();
+    drop(sentry);
+
+    let options = SidecarOptions {
+        config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+        extra_args: args,
+        env,
+        ..Default::default()
+    };
+    let log = dir.join("daprd-checkout.log");
+    let (sidecar_dir, start_options) = (dir.clone(), options.clone());
+    let starting =
+        tokio::spawn(async move { Sidecar::start("checkout", &sidecar_dir, start_options).await });
+
+    // Wait (bounded) until the sidecar has failed to reach sentry at least once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("failed to get a certificate from sentry")
+    {
+        assert!(Instant::now() < deadline, "no failed attempt logged");
+        assert!(
+            !starting.is_finished(),
+            "the sidecar got ready without sentry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _sentry = Sentry::start_on(&dir, port, "1h", "15m")
+        .await
+        .expect("sentry again");
+    let sidecar = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("ready within 30s of sentry")
+        .expect("task")
+        .expect("sidecar starts");
+    assert_eq!(signed_count(&sidecar), 1);
+}
