@@ -36,6 +36,14 @@ if changed venv tests/compat/requirements.txt || [ ! -x "$cache/venv/bin/python"
 fi
 "$cache/venv/bin/python" tests/compat/dump_python_descriptors.py "$cache/upstream/python-sdk.fds"
 
+step "kubernetes-validate (PyPI) into .cache/venv"
+# The injector's golden and render tests validate the pods they produce with --strict.
+if changed kubernetes-validate injector/tests/requirements.txt || [ ! -x "$cache/venv/bin/kubernetes-validate" ]; then
+  "$cache/venv/bin/python" -m pip install -q --disable-pip-version-check -r injector/tests/requirements.txt
+  done_install kubernetes-validate 2>/dev/null || true
+fi
+"$cache/venv/bin/python" -m kubernetes_validate --version
+
 step "JS SDK (npm @dapr/dapr) into .cache/npm"
 if changed npm tests/compat/package.json tests/compat/package-lock.json || [ ! -d "$cache/npm/node_modules/@dapr/dapr/proto" ]; then
   rm -rf "$cache/npm" && mkdir -p "$cache/npm"

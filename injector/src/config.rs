@@ -1,0 +1,565 @@
+//! Flags (upstream's names) and environment (upstream's envconfig names, facts §1.1) turned into
+//! a validated [`Config`]. This is the only module that reads the process environment or the
+//! host's files for configuration.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use k8s_openapi::api::core::v1::Toleration;
+
+use crate::Error;
+use crate::authz::AccountPattern;
+use crate::names::{control_plane, process_env as penv, volume};
+use crate::options::is_truthy;
+use crate::patch::Settings;
+use crate::tls::ServingCert;
+
+/// The injector's command line: serving flags at the top level (as upstream's binary), plus
+/// `render`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "injector", version, about = "Dapr-compatible sidecar injector")]
+pub struct Flags {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Port of the HTTPS admission webhook.
+    #[arg(long, default_value_t = 4000)]
+    pub port: u16,
+    /// Address the webhook listens on; empty means all interfaces.
+    #[arg(long = "listen-address", default_value = "")]
+    pub listen_address: String,
+    #[arg(long = "healthz-port", default_value_t = 8080)]
+    pub healthz_port: u16,
+    #[arg(long = "healthz-listen-address", default_value = "")]
+    pub healthz_listen_address: String,
+    /// Whether sidecars get a default `--scheduler-host-address`.
+    #[arg(long = "scheduler-enabled", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub scheduler_enabled: bool,
+    /// Kubeconfig to use instead of the in-cluster or default configuration.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+    #[arg(long = "log-as-json", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub log_as_json: bool,
+    #[arg(long = "enable-metrics", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_metrics: bool,
+    #[arg(long = "metrics-port", default_value_t = 9090)]
+    pub metrics_port: u16,
+    #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
+    pub metrics_listen_address: String,
+    /// PEM certificate chain for the webhook (e.g. from cert-manager); reloaded on change.
+    #[arg(long = "tls-cert-file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `--tls-cert-file`; reloaded on change.
+    #[arg(long = "tls-key-file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Do not run the `<app-id>-dapr` Service reconciler.
+    #[arg(long = "disable-service-reconciler", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_service_reconciler: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print Kubernetes YAML with the sidecar injected into every pod template that asks for it.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// YAML file to read (one or more documents), or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub filename: String,
+    /// Namespace for objects that name none.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long = "sidecar-image", default_value = "ghcr.io/dapr/daprd:latest")]
+    pub sidecar_image: String,
+    /// PEM file whose certificates become `DAPR_TRUST_ANCHORS`; empty value when omitted.
+    #[arg(long = "trust-anchors-file")]
+    pub trust_anchors_file: Option<PathBuf>,
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    #[arg(long = "control-plane-namespace", default_value = "dapr-system")]
+    pub control_plane_namespace: String,
+    #[arg(long = "control-plane-trust-domain", default_value = "cluster.local")]
+    pub control_plane_trust_domain: String,
+}
+
+/// The process environment and the host files configuration depends on, captured once.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    /// Contents of /etc/resolv.conf, for the cluster domain.
+    pub resolv_conf: Option<String>,
+    /// Whether this process runs with a Kubernetes service-account token (i.e. in a pod).
+    pub has_service_account_token: bool,
+}
+
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+const DEFAULT_TRUST_ANCHORS_FILE: &str = "/var/run/dapr.io/tls/ca.crt";
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+            resolv_conf: std::fs::read_to_string(RESOLV_CONF).ok(),
+            has_service_account_token: std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists(),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    fn non_empty(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+
+    fn truthy_or(&self, name: &str, default: bool) -> bool {
+        self.non_empty(name).map_or(default, is_truthy)
+    }
+}
+
+/// Validated settings of `injector` (serve).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub webhook_addr: SocketAddr,
+    pub healthz_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub log_level: String,
+    pub log_as_json: bool,
+    pub serving_cert: ServingCert,
+    pub kubeconfig: Option<PathBuf>,
+    pub settings: Settings,
+    pub trust_anchors_file: PathBuf,
+    pub allowed_service_accounts: Vec<AccountPattern>,
+    pub allowed_service_account_prefixes: Vec<AccountPattern>,
+    pub reconciler_enabled: bool,
+    /// How often certificate and trust-anchor files are checked for changes.
+    pub reload_interval: Duration,
+    /// Problems upstream only warns about, logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+fn config_error(message: impl Into<String>) -> Error {
+    Error::Config(message.into())
+}
+
+fn listen(address: &str, port: u16, flag: &str) -> Result<SocketAddr, Error> {
+    let ip = if address.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        address
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| config_error(format!("--{flag}: {address:?} is not an IP address")))?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+impl Config {
+    pub fn from_flags(flags: Flags, env: &Env) -> Result<Self, Error> {
+        let mut warnings = Vec::new();
+        let serving_cert = match (flags.tls_cert_file, flags.tls_key_file) {
+            (Some(cert), Some(key)) => ServingCert::Files { cert, key },
+            (None, None) => {
+                return Err(config_error(
+                    "no serving certificate: pass --tls-cert-file and --tls-key-file \
+                     (certificates issued by sentry are not supported yet)",
+                ));
+            }
+            _ => {
+                return Err(config_error(
+                    "--tls-cert-file and --tls-key-file must be given together",
+                ));
+            }
+        };
+        let namespace = env
+            .non_empty(penv::NAMESPACE)
+            .ok_or_else(|| config_error(format!("{} is required", penv::NAMESPACE)))?
+            .to_owned();
+        let sidecar_image = env
+            .non_empty(penv::SIDECAR_IMAGE)
+            .ok_or_else(|| config_error(format!("{} is required", penv::SIDECAR_IMAGE)))?
+            .to_owned();
+        let cluster_domain = env
+            .non_empty(penv::KUBE_CLUSTER_DOMAIN)
+            .map(str::to_owned)
+            .or_else(|| {
+                env.resolv_conf
+                    .as_deref()
+                    .and_then(cluster_domain_from_resolv_conf)
+            })
+            .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned());
+        let trust_domain = env
+            .non_empty(penv::CONTROL_PLANE_TRUST_DOMAIN)
+            .unwrap_or(DEFAULT_CLUSTER_DOMAIN)
+            .to_owned();
+        let address =
+            |(name, port): (&str, u16)| format!("{name}.{namespace}.svc.{cluster_domain}:{port}");
+
+        let actors_enabled = env.truthy_or(penv::ACTORS_ENABLED, true);
+        let (default_placement_address, actors_service) = match env
+            .non_empty(penv::ACTORS_SERVICE_NAME)
+        {
+            None | Some(control_plane::ACTORS_SERVICE_PLACEMENT) => (
+                actors_enabled.then(|| address(control_plane::PLACEMENT_SERVICE)),
+                None,
+            ),
+            Some(name) => {
+                let service = parse_service(env, penv::ACTORS_SERVICE_ADDRESS)?;
+                (
+                    None,
+                    actors_enabled.then(|| format!("{name}:{}", address((&service.0, service.1)))),
+                )
+            }
+        };
+        let reminders_service = match env.non_empty(penv::REMINDERS_SERVICE_NAME) {
+            None | Some("default") => None,
+            Some(name) => {
+                let service = parse_service(env, penv::REMINDERS_SERVICE_ADDRESS)?;
+                Some(format!("{name}:{}", address((&service.0, service.1))))
+            }
+        };
+
+        let ignore_entrypoint_tolerations = match env.non_empty(penv::IGNORE_ENTRYPOINT_TOLERATIONS)
+        {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str::<Vec<Toleration>>(json).unwrap_or_else(|e| {
+                warnings.push(format!(
+                    "{} is not a JSON list of tolerations ({e}); ignored",
+                    penv::IGNORE_ENTRYPOINT_TOLERATIONS
+                ));
+                Vec::new()
+            }),
+        };
+
+        let sentry_audience =
+            sentry::spiffe::SpiffeId::new(&trust_domain, &namespace, control_plane::SENTRY_APP_ID)
+                .map_err(|e| config_error(e.to_string()))?
+                .to_string();
+
+        let settings = Settings {
+            sidecar_image,
+            image_pull_policy: pull_policy(env.get(penv::SIDECAR_IMAGE_PULL_POLICY)),
+            control_plane_namespace: namespace.clone(),
+            control_plane_trust_domain: trust_domain.clone(),
+            operator_address: address(control_plane::API_SERVICE),
+            sentry_address: env
+                .non_empty(penv::SENTRY_ADDRESS)
+                .map(str::to_owned)
+                .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE)),
+            sentry_audience,
+            default_placement_address,
+            actors_service,
+            reminders_service,
+            default_scheduler_address: flags
+                .scheduler_enabled
+                .then(|| address(control_plane::SCHEDULER_SERVICE)),
+            run_as_non_root: env.truthy_or(penv::SIDECAR_RUN_AS_NON_ROOT, true),
+            run_as_user: positive_id(env, penv::SIDECAR_RUN_AS_USER)?,
+            run_as_group: positive_id(env, penv::SIDECAR_RUN_AS_GROUP)?,
+            read_only_root_filesystem: env.truthy_or(penv::SIDECAR_READ_ONLY_ROOT_FILESYSTEM, true),
+            drop_all_capabilities: env.truthy_or(penv::SIDECAR_DROP_ALL_CAPABILITIES, false),
+            downward_apis: env.truthy_or(penv::ENABLE_K8S_DOWNWARD_APIS, false),
+            native_sidecar: env.truthy_or(penv::NATIVE_SIDECAR_ENABLED, false),
+            ignore_entrypoint_tolerations,
+            token_volume: env.has_service_account_token,
+            components_sockets_folder: env
+                .non_empty(penv::COMPONENT_SOCKETS_FOLDER)
+                .unwrap_or(volume::COMPONENTS_SOCKETS_DEFAULT_FOLDER)
+                .to_owned(),
+        };
+
+        let accounts = |name: &str| {
+            AccountPattern::parse_list(env.get(name).unwrap_or_default())
+                .map_err(|e| config_error(format!("{name}: {e}")))
+        };
+        Ok(Self {
+            webhook_addr: listen(&flags.listen_address, flags.port, "listen-address")?,
+            healthz_addr: listen(
+                &flags.healthz_listen_address,
+                flags.healthz_port,
+                "healthz-listen-address",
+            )?,
+            metrics_addr: if flags.enable_metrics {
+                Some(listen(
+                    &flags.metrics_listen_address,
+                    flags.metrics_port,
+                    "metrics-listen-address",
+                )?)
+            } else {
+                None
+            },
+            log_level: flags.log_level,
+            log_as_json: flags.log_as_json,
+            serving_cert,
+            kubeconfig: flags.kubeconfig,
+            settings,
+            trust_anchors_file: env
+                .non_empty(penv::TRUST_ANCHORS_FILE)
+                .unwrap_or(DEFAULT_TRUST_ANCHORS_FILE)
+                .into(),
+            allowed_service_accounts: accounts(penv::ALLOWED_SERVICE_ACCOUNTS)?,
+            allowed_service_account_prefixes: accounts(
+                penv::ALLOWED_SERVICE_ACCOUNTS_PREFIX_NAMES,
+            )?,
+            reconciler_enabled: !flags.disable_service_reconciler,
+            reload_interval: Duration::from_secs(1),
+            warnings,
+        })
+    }
+}
+
+impl RenderArgs {
+    /// Settings for offline rendering: what a default Helm install would configure.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let ns = &self.control_plane_namespace;
+        let cd = &self.cluster_domain;
+        let address = |(name, port): (&str, u16)| format!("{name}.{ns}.svc.{cd}:{port}");
+        let sentry_audience = sentry::spiffe::SpiffeId::new(
+            &self.control_plane_trust_domain,
+            ns,
+            control_plane::SENTRY_APP_ID,
+        )
+        .map_err(|e| config_error(e.to_string()))?
+        .to_string();
+        Ok(Settings {
+            sidecar_image: self.sidecar_image.clone(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            control_plane_namespace: ns.clone(),
+            control_plane_trust_domain: self.control_plane_trust_domain.clone(),
+            operator_address: address(control_plane::API_SERVICE),
+            sentry_address: address(control_plane::SENTRY_SERVICE),
+            sentry_audience,
+            default_placement_address: Some(address(control_plane::PLACEMENT_SERVICE)),
+            actors_service: None,
+            reminders_service: None,
+            default_scheduler_address: Some(address(control_plane::SCHEDULER_SERVICE)),
+            run_as_non_root: true,
+            run_as_user: None,
+            run_as_group: None,
+            read_only_root_filesystem: true,
+            drop_all_capabilities: false,
+            downward_apis: false,
+            native_sidecar: false,
+            ignore_entrypoint_tolerations: Vec::new(),
+            token_volume: true,
+            components_sockets_folder: volume::COMPONENTS_SOCKETS_DEFAULT_FOLDER.to_owned(),
+        })
+    }
+}
+
+/// Upstream maps unknown values to IfNotPresent; unset is `Always` (its code default).
+fn pull_policy(value: Option<&str>) -> String {
+    match value {
+        None | Some("") | Some("Always") => "Always",
+        Some("Never") => "Never",
+        Some(_) => "IfNotPresent",
+    }
+    .to_owned()
+}
+
+/// `<name>:<port>` of a control-plane Service.
+fn parse_service(env: &Env, var: &str) -> Result<(String, u16), Error> {
+    let value = env.get(var).unwrap_or_default();
+    let invalid = || config_error(format!("{var}: {value:?} must have the form <name>:<port>"));
+    let (name, port) = value.split_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if name.is_empty() || port == 0 {
+        return Err(invalid());
+    }
+    Ok((name.to_owned(), port))
+}
+
+fn positive_id(env: &Env, var: &str) -> Result<Option<i64>, Error> {
+    match env.non_empty(var) {
+        None => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(config_error(format!(
+                "{var}: {v:?} must be a positive integer"
+            ))),
+        },
+    }
+}
+
+/// The cluster domain from the pod's DNS search list (`<ns>.svc.<domain>`, `svc.<domain>`).
+pub fn cluster_domain_from_resolv_conf(resolv_conf: &str) -> Option<String> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("search"))
+        .flat_map(str::split_whitespace)
+        .find_map(|domain| domain.strip_prefix("svc."))
+        .map(|d| d.trim_end_matches('.').to_owned())
+        .filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec![
+            "injector",
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+        ];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).unwrap()
+    }
+
+    fn required() -> Vec<(&'static str, &'static str)> {
+        vec![
+            (penv::NAMESPACE, "dapr-system"),
+            (penv::SIDECAR_IMAGE, "ghcr.io/dapr/daprd:1.18.3"),
+        ]
+    }
+
+    #[test]
+    fn defaults_match_upstreams_flags_and_env() {
+        let c = Config::from_flags(flags(&[]), &Env::from_pairs(required())).unwrap();
+        assert_eq!(c.webhook_addr.port(), 4000);
+        assert_eq!(c.healthz_addr.port(), 8080);
+        assert_eq!(c.metrics_addr.map(|a| a.port()), Some(9090));
+        let s = &c.settings;
+        assert_eq!(s.image_pull_policy, "Always");
+        assert_eq!(
+            s.sentry_address,
+            "dapr-sentry.dapr-system.svc.cluster.local:443"
+        );
+        assert_eq!(
+            s.operator_address,
+            "dapr-api.dapr-system.svc.cluster.local:443"
+        );
+        assert_eq!(
+            s.sentry_audience,
+            "spiffe://cluster.local/ns/dapr-system/dapr-sentry"
+        );
+        assert_eq!(
+            s.default_placement_address.as_deref(),
+            Some("dapr-placement-server.dapr-system.svc.cluster.local:50005")
+        );
+        assert_eq!(
+            s.default_scheduler_address.as_deref(),
+            Some("dapr-scheduler-server-a.dapr-system.svc.cluster.local:443")
+        );
+        assert!(s.run_as_non_root && s.read_only_root_filesystem);
+        assert!(!s.drop_all_capabilities && !s.native_sidecar && !s.token_volume);
+        assert_eq!(
+            c.trust_anchors_file,
+            PathBuf::from("/var/run/dapr.io/tls/ca.crt")
+        );
+    }
+
+    #[test]
+    fn sidecar_image_and_namespace_are_required() {
+        let err =
+            Config::from_flags(flags(&[]), &Env::from_pairs([(penv::NAMESPACE, "x")])).unwrap_err();
+        assert!(err.to_string().contains(penv::SIDECAR_IMAGE), "{err}");
+        let err = Config::from_flags(flags(&[]), &Env::from_pairs([(penv::SIDECAR_IMAGE, "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains(penv::NAMESPACE), "{err}");
+    }
+
+    #[test]
+    fn a_serving_certificate_is_required_until_sentry_can_issue_one() {
+        let f = Flags::try_parse_from(["injector"]).unwrap();
+        let err = Config::from_flags(f, &Env::from_pairs(required())).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert-file"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_domain_comes_from_env_then_resolv_conf() {
+        let mut env = Env::from_pairs(required());
+        env.resolv_conf =
+            Some("nameserver 10.0.0.10\nsearch dapr-system.svc.corp.example svc.corp.example corp.example\n".into());
+        let c = Config::from_flags(flags(&[]), &env).unwrap();
+        assert_eq!(
+            c.settings.sentry_address,
+            "dapr-sentry.dapr-system.svc.corp.example:443"
+        );
+        let mut pairs = required();
+        pairs.push((penv::KUBE_CLUSTER_DOMAIN, "k.local"));
+        let mut env2 = Env::from_pairs(pairs);
+        env2.resolv_conf = env.resolv_conf;
+        let c = Config::from_flags(flags(&[]), &env2).unwrap();
+        assert!(c.settings.operator_address.ends_with(".svc.k.local:443"));
+    }
+
+    #[test]
+    fn env_booleans_and_pull_policy_follow_upstream() {
+        let mut pairs = required();
+        pairs.extend([
+            (penv::SIDECAR_IMAGE_PULL_POLICY, "Sometimes"),
+            (penv::SIDECAR_RUN_AS_NON_ROOT, "false"),
+            (penv::SIDECAR_DROP_ALL_CAPABILITIES, "yes"),
+            (penv::ACTORS_ENABLED, "false"),
+            (penv::SIDECAR_RUN_AS_USER, "1000"),
+        ]);
+        let s = Config::from_flags(
+            flags(&["--scheduler-enabled=false"]),
+            &Env::from_pairs(pairs),
+        )
+        .unwrap()
+        .settings;
+        assert_eq!(s.image_pull_policy, "IfNotPresent");
+        assert!(!s.run_as_non_root);
+        assert!(s.drop_all_capabilities);
+        assert_eq!(s.default_placement_address, None);
+        assert_eq!(s.default_scheduler_address, None);
+        assert_eq!(s.run_as_user, Some(1000));
+    }
+
+    #[test]
+    fn a_non_placement_actors_service_needs_an_address() {
+        let mut pairs = required();
+        pairs.push((penv::ACTORS_SERVICE_NAME, "actors"));
+        assert!(Config::from_flags(flags(&[]), &Env::from_pairs(pairs.clone())).is_err());
+        pairs.push((penv::ACTORS_SERVICE_ADDRESS, "my-actors:5000"));
+        let s = Config::from_flags(flags(&[]), &Env::from_pairs(pairs))
+            .unwrap()
+            .settings;
+        assert_eq!(
+            s.actors_service.as_deref(),
+            Some("actors:my-actors.dapr-system.svc.cluster.local:5000")
+        );
+        assert_eq!(s.default_placement_address, None);
+    }
+
+    #[test]
+    fn bad_allowed_service_accounts_are_a_configuration_error() {
+        let mut pairs = required();
+        pairs.push((penv::ALLOWED_SERVICE_ACCOUNTS, "ns:a,broken"));
+        let err = Config::from_flags(flags(&[]), &Env::from_pairs(pairs)).unwrap_err();
+        assert!(
+            err.to_string().contains(penv::ALLOWED_SERVICE_ACCOUNTS),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unparseable_entrypoint_tolerations_are_a_warning() {
+        let mut pairs = required();
+        pairs.push((penv::IGNORE_ENTRYPOINT_TOLERATIONS, "[{"));
+        let c = Config::from_flags(flags(&[]), &Env::from_pairs(pairs)).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+    }
+}

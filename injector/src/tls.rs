@@ -1,0 +1,249 @@
+//! The webhook's serving certificate and the HTTPS listener. The certificate is swapped in
+//! place when its files change, so cert-manager renewals need no restart: new handshakes get
+//! the new certificate, open connections keep theirs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{Error, files};
+
+/// Where the webhook's serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingCert {
+    /// PEM chain and key on disk (cert-manager, or any user-managed pair), reloaded on change.
+    Files { cert: PathBuf, key: PathBuf },
+    // `Sentry` (an RSA SVID for `dapr-injector` with DNS SAN `dapr-sidecar-injector.<ns>.svc`)
+    // comes with the sentry client.
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream's ReadHeaderTimeout.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upstream's shutdown grace for open requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Parses a PEM chain and key into a rustls certified key (ring provider), checking that the
+/// key belongs to the leaf.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Error> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(Error::Tls(
+            "certificate PEM holds no certificate".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| Error::Tls(format!("private key PEM: {e}")))?;
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
+}
+
+/// A certificate resolver whose certificate can be replaced while serving.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ReloadingCert {
+    pub fn new(key: CertifiedKey) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(key)),
+        }
+    }
+
+    pub fn replace(&self, key: CertifiedKey) {
+        match self.current.write() {
+            Ok(mut current) => *current = Arc::new(key),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(key),
+        }
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Loads the serving certificate and keeps it current; fails when the first load fails.
+pub async fn server_config(
+    source: &ServingCert,
+    reload_interval: Duration,
+) -> Result<Arc<ServerConfig>, Error> {
+    let ServingCert::Files { cert, key } = source;
+    let mut changes = files::watch(vec![cert.clone(), key.clone()], reload_interval);
+    let first = changes.borrow_and_update().clone().ok_or_else(|| {
+        Error::Tls(format!(
+            "cannot read {} and {}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    let resolver = Arc::new(ReloadingCert::new(parse_pair(&first)?));
+    let updater = resolver.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(contents) = changes.borrow_and_update().clone() else {
+                continue;
+            };
+            match parse_pair(&contents) {
+                Ok(key) => {
+                    updater.replace(key);
+                    info!("serving certificate reloaded");
+                }
+                Err(e) => {
+                    warn!(error = %e, "new serving certificate rejected; keeping the old one")
+                }
+            }
+        }
+    });
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn parse_pair(contents: &files::Contents) -> Result<CertifiedKey, Error> {
+    match contents.as_slice() {
+        [cert, key] => certified_key(cert, key),
+        _ => Err(Error::Tls("expected a certificate and a key".to_owned())),
+    }
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`, then gives open requests
+/// [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(tcp, peer, acceptor, router, shutdown).await;
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("open webhook connections did not finish within the shutdown grace");
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_with_its_own_key_loads() {
+        let (cert, key) = pair();
+        certified_key(cert.as_bytes(), key.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
+        let (cert, _) = pair();
+        let (_, other_key) = pair();
+        let err = certified_key(cert.as_bytes(), other_key.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("certificate and key"), "{err}");
+    }
+
+    #[test]
+    fn pem_without_a_certificate_is_refused() {
+        let (_, key) = pair();
+        assert!(certified_key(b"", key.as_bytes()).is_err());
+        assert!(certified_key(key.as_bytes(), key.as_bytes()).is_err());
+    }
+}
