@@ -102,6 +102,124 @@ pub struct Flags {
     pub control_plane_namespace: Option<String>,
     #[arg(long = "control-plane-trust-domain")]
     pub control_plane_trust_domain: Option<String>,
+    #[command(flatten)]
+    pub accepted: AcceptedFlags,
+}
+
+/// Upstream flags for parts this sidecar does not have (actors, scheduler, profiling, ...):
+/// accepted so command lines written for upstream (and the pods the injector renders) start,
+/// and reported once at start-up as having no effect.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AcceptedFlags {
+    #[arg(long = "control-plane-address")]
+    pub control_plane_address: Option<String>,
+    #[arg(long = "placement-host-address")]
+    pub placement_host_address: Option<String>,
+    #[arg(long = "scheduler-host-address")]
+    pub scheduler_host_address: Option<String>,
+    #[arg(long = "scheduler-job-streams")]
+    pub scheduler_job_streams: Option<u32>,
+    #[arg(long = "actors-service", hide = true)]
+    pub actors_service: Option<String>,
+    #[arg(long = "reminders-service", hide = true)]
+    pub reminders_service: Option<String>,
+    #[arg(long = "actors-disseminate-timeout")]
+    pub actors_disseminate_timeout: Option<String>,
+    #[arg(long = "enable-profiling", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_profiling: Option<bool>,
+    #[arg(long = "profile-port")]
+    pub profile_port: Option<u16>,
+    #[arg(long = "read-buffer-size")]
+    pub read_buffer_size: Option<String>,
+    #[arg(long = "dapr-http-read-buffer-size")]
+    pub dapr_http_read_buffer_size: Option<String>,
+    #[arg(long = "allowed-origins")]
+    pub allowed_origins: Option<String>,
+    #[arg(long = "unix-domain-socket")]
+    pub unix_domain_socket: Option<String>,
+    #[arg(long = "dapr-block-shutdown-duration")]
+    pub dapr_block_shutdown_duration: Option<String>,
+    #[arg(long = "disable-builtin-k8s-secret-store", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_builtin_k8s_secret_store: Option<bool>,
+    #[arg(long = "app-binding-options-timeout")]
+    pub app_binding_options_timeout: Option<String>,
+    #[arg(long = "disable-init-endpoints")]
+    pub disable_init_endpoints: Option<String>,
+    #[arg(long = "hot-reload-reconcile-interval")]
+    pub hot_reload_reconcile_interval: Option<String>,
+    #[arg(long = "sentry-request-jwt-audiences")]
+    pub sentry_request_jwt_audiences: Option<String>,
+    #[arg(long = "log-file")]
+    pub log_file: Option<String>,
+}
+
+impl AcceptedFlags {
+    /// The flags given that have no effect here.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut note = |set: bool, name: &'static str| {
+            if set {
+                given.push(name);
+            }
+        };
+        note(
+            self.control_plane_address.is_some(),
+            "--control-plane-address",
+        );
+        note(
+            self.placement_host_address.is_some(),
+            "--placement-host-address",
+        );
+        note(
+            self.scheduler_host_address.is_some(),
+            "--scheduler-host-address",
+        );
+        note(
+            self.scheduler_job_streams.is_some(),
+            "--scheduler-job-streams",
+        );
+        note(self.actors_service.is_some(), "--actors-service");
+        note(self.reminders_service.is_some(), "--reminders-service");
+        note(
+            self.actors_disseminate_timeout.is_some(),
+            "--actors-disseminate-timeout",
+        );
+        note(self.enable_profiling.is_some(), "--enable-profiling");
+        note(self.profile_port.is_some(), "--profile-port");
+        note(self.read_buffer_size.is_some(), "--read-buffer-size");
+        note(
+            self.dapr_http_read_buffer_size.is_some(),
+            "--dapr-http-read-buffer-size",
+        );
+        note(self.allowed_origins.is_some(), "--allowed-origins");
+        note(self.unix_domain_socket.is_some(), "--unix-domain-socket");
+        note(
+            self.dapr_block_shutdown_duration.is_some(),
+            "--dapr-block-shutdown-duration",
+        );
+        note(
+            self.disable_builtin_k8s_secret_store.is_some(),
+            "--disable-builtin-k8s-secret-store",
+        );
+        note(
+            self.app_binding_options_timeout.is_some(),
+            "--app-binding-options-timeout",
+        );
+        note(
+            self.disable_init_endpoints.is_some(),
+            "--disable-init-endpoints",
+        );
+        note(
+            self.hot_reload_reconcile_interval.is_some(),
+            "--hot-reload-reconcile-interval",
+        );
+        note(
+            self.sentry_request_jwt_audiences.is_some(),
+            "--sentry-request-jwt-audiences",
+        );
+        note(self.log_file.is_some(), "--log-file");
+        given
+    }
 }
 
 /// How daprd reaches its app.
@@ -182,6 +300,8 @@ pub struct Config {
     pub hostname: String,
     /// Workload identity and mTLS between sidecars (`--enable-mtls`); `None` when off.
     pub mtls: Option<MtlsConfig>,
+    /// Upstream flags given that have no effect here (logged at start).
+    pub ignored_flags: Vec<&'static str>,
 }
 
 /// Where the trust anchors (root certificates, PEM) come from.
@@ -519,6 +639,7 @@ impl Config {
             host_ip,
             hostname: env.hostname.unwrap_or_else(|| "localhost".to_owned()),
             mtls,
+            ignored_flags: flags.accepted.given(),
         })
     }
 }
@@ -609,6 +730,40 @@ fn mtls_config(flags: &Flags, env: &Env, mode: Mode, app_id: &str) -> Result<Mtl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flag_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Flags::command().debug_assert();
+    }
+
+    #[test]
+    fn upstream_flags_for_parts_we_lack_are_accepted_and_reported() {
+        let c = config(&[
+            "--app-id",
+            "x",
+            "--control-plane-address",
+            "dapr-api.dapr-system.svc.cluster.local:443",
+            "--placement-host-address",
+            "",
+            "--scheduler-host-address",
+            "s:50006",
+            "--read-buffer-size",
+            "4Ki",
+            "--enable-profiling",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.ignored_flags,
+            vec![
+                "--control-plane-address",
+                "--placement-host-address",
+                "--scheduler-host-address",
+                "--enable-profiling",
+                "--read-buffer-size"
+            ]
+        );
+    }
 
     fn config(args: &[&str]) -> Result<Config, Error> {
         let mut argv = vec!["daprd"];

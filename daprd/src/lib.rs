@@ -48,6 +48,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
     tracing::info!("Initialized name resolution to {}", resolver.name());
 
+    let ignored = config.ignored_flags.join(" ");
+    if !ignored.is_empty() {
+        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
+    }
     let shutdown = Shutdown::default();
     let identity = match &config.mtls {
         None => {
