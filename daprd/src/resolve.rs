@@ -315,18 +315,36 @@ impl Sqlite {
         let db = rusqlite::Connection::open(&path)
             .map_err(|e| Error::Resolver(format!("cannot open {}: {e}", path.display())))?;
         db.busy_timeout(Duration::from_secs(5)).map_err(sql_error)?;
-        db.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             CREATE TABLE IF NOT EXISTS hosts (
-                 registration_id TEXT PRIMARY KEY,
-                 app_id TEXT NOT NULL,
-                 namespace TEXT NOT NULL,
-                 address TEXT NOT NULL,
-                 updated_at INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS hosts_app ON hosts (namespace, app_id);",
-        )
-        .map_err(sql_error)?;
+        // Switching to WAL can fail with "database is locked" without waiting on the busy
+        // timeout when another sidecar initialises the same file at the same moment: retry,
+        // bounded (50 × 100 ms).
+        let mut attempts = 0;
+        loop {
+            match db.execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE IF NOT EXISTS hosts (
+                     registration_id TEXT PRIMARY KEY,
+                     app_id TEXT NOT NULL,
+                     namespace TEXT NOT NULL,
+                     address TEXT NOT NULL,
+                     updated_at INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS hosts_app ON hosts (namespace, app_id);",
+            ) {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if attempts < 50
+                        && matches!(
+                            e.code,
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        ) =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(sql_error(e)),
+            }
+        }
         Ok(Sqlite {
             db: Arc::new(Mutex::new(db)),
             registration_id: format!("{app_id}-{}-{address}", std::process::id()),
