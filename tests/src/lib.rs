@@ -67,3 +67,11 @@ pub async fn spawn_echo_app(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(EchoApp { child, addr })
 }
+
+/// Starts `echo-app --protocol <protocol>` on a free loopback port and waits (10s at most)
+/// until it listens.
+pub async fn echo_app(protocol: &str) -> anyhow::Result<EchoApp> {
+    let mut cmd = tokio::process::Command::new(sidecar::binary("echo-app"));
+    cmd.args(["--protocol", protocol, "--port", "0"]);
+    spawn_echo_app(cmd, Duration::from_secs(10)).await
+}

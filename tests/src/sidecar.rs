@@ -275,3 +275,26 @@ pub fn sqlite_config(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Path
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// The two-sidecar setup most suites use: `callee` (whose options carry its app port) in
+/// `dir/callee`, waited until `/v1.0/healthz` answers 204 (it sees its app), then `caller` in
+/// `dir`.
+pub async fn start_pair(
+    dir: &Path,
+    callee: (&str, SidecarOptions),
+    caller: (&str, SidecarOptions),
+) -> anyhow::Result<(Sidecar, Sidecar)> {
+    let callee_dir = dir.join("callee");
+    std::fs::create_dir_all(&callee_dir)?;
+    let mut callee = Sidecar::start(callee.0, &callee_dir, callee.1)
+        .await
+        .context("callee starts")?;
+    callee
+        .wait_for("/v1.0/healthz", Duration::from_secs(20))
+        .await
+        .context("callee sees its app")?;
+    let caller = Sidecar::start(caller.0, dir, caller.1)
+        .await
+        .context("caller starts")?;
+    Ok((callee, caller))
+}

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, binary, scratch_dir, sqlite_config};
-use e2e::spawn_echo_app;
+use e2e::echo_app;
+use e2e::sidecar::{HttpClient, SidecarOptions, scratch_dir, sqlite_config, start_pair};
 use http::Method;
 
 /// Polls `call` until `done` holds for its answer, at most `within`.
@@ -33,14 +33,8 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_failing_its_probes_is_short_circuited_until_it_recovers() {
     let dir = scratch_dir("app-health").expect("scratch dir");
-    let mut cmd = tokio::process::Command::new(binary("echo-app"));
-    cmd.args(["--protocol", "http", "--port", "0"]);
-    let app = spawn_echo_app(cmd, Duration::from_secs(10))
-        .await
-        .expect("echo-app starts");
+    let app = echo_app("http").await.expect("echo-app starts");
     let app_url = |path: &str| format!("http://{}{path}", app.addr);
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
     let health_flags = [
         "--enable-app-health-check",
         "--app-health-check-path",
@@ -52,32 +46,27 @@ async fn an_app_failing_its_probes_is_short_circuited_until_it_recovers() {
         "--app-health-threshold",
         "2",
     ];
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        SidecarOptions {
-            app_port: Some(app.addr.port()),
-            config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-            extra_args: health_flags.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee sees its app");
-    let caller = Sidecar::start(
-        "checkout",
+    let (callee, caller) = start_pair(
         &dir,
-        SidecarOptions {
-            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-            ..Default::default()
-        },
+        (
+            "orders",
+            SidecarOptions {
+                app_port: Some(app.addr.port()),
+                config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+                extra_args: health_flags.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+        ),
+        (
+            "checkout",
+            SidecarOptions {
+                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+                ..Default::default()
+            },
+        ),
     )
     .await
-    .expect("caller starts");
+    .expect("sidecars start");
     let client = HttpClient::new();
     let invoke = || async {
         client

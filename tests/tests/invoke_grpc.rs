@@ -11,8 +11,8 @@ use dapr_proto::runtime::v1::InvokeServiceRequest;
 use dapr_proto::runtime::v1::dapr_client::DaprClient;
 use e2e::echo::Note;
 use e2e::echo::echo_client::EchoClient;
-use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, binary, scratch_dir, sqlite_config};
-use e2e::{EchoApp, spawn_echo_app};
+use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::{EchoApp, echo_app};
 use http::Method;
 use tonic::transport::Channel;
 
@@ -27,39 +27,28 @@ struct Grpc {
 /// without an app) sharing a sqlite name-resolution file.
 async fn start(name: &str, callee_spec: &str) -> Grpc {
     let dir = scratch_dir(name).expect("scratch dir");
-    let mut cmd = tokio::process::Command::new(binary("echo-app"));
-    cmd.args(["--protocol", "grpc", "--port", "0"]);
-    let app = spawn_echo_app(cmd, Duration::from_secs(10))
-        .await
-        .expect("echo-app starts");
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        SidecarOptions {
-            app_port: Some(app.addr.port()),
-            config: Some(sqlite_config(&dir, "callee", callee_spec).expect("config")),
-            extra_args: vec!["--app-protocol".into(), "grpc".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee sees its app");
-    let caller = Sidecar::start(
-        "checkout",
+    let app = echo_app("grpc").await.expect("echo-app starts");
+    let (callee, caller) = start_pair(
         &dir,
-        SidecarOptions {
-            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-            ..Default::default()
-        },
+        (
+            "orders",
+            SidecarOptions {
+                app_port: Some(app.addr.port()),
+                config: Some(sqlite_config(&dir, "callee", callee_spec).expect("config")),
+                extra_args: vec!["--app-protocol".into(), "grpc".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "checkout",
+            SidecarOptions {
+                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+                ..Default::default()
+            },
+        ),
     )
     .await
-    .expect("caller starts");
+    .expect("sidecars start");
     Grpc {
         _app: app,
         caller,

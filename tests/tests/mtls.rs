@@ -12,17 +12,33 @@ use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClien
 use dapr_proto::internals::v1::{InternalInvokeRequest, ListStringValue};
 use e2e::sentry::{Sentry, tls_channel};
 use e2e::sidecar::{
-    HttpClient, Sidecar, SidecarOptions, binary, free_port, scratch_dir, sqlite_config,
+    HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
 };
-use e2e::{EchoApp, spawn_echo_app};
+use e2e::{EchoApp, echo_app};
 use http::Method;
 
-async fn echo_app() -> EchoApp {
-    let mut cmd = tokio::process::Command::new(binary("echo-app"));
-    cmd.args(["--protocol", "http", "--port", "0"]);
-    spawn_echo_app(cmd, Duration::from_secs(10))
-        .await
-        .expect("echo-app starts")
+async fn http_app() -> EchoApp {
+    echo_app("http").await.expect("echo-app starts")
+}
+
+/// `orders` (with `app`, access control `spec`) and `checkout`, both with identities from
+/// `sentry`.
+async fn mtls_pair(
+    sentry: &Sentry,
+    dir: &std::path::Path,
+    spec: &str,
+    app: &EchoApp,
+) -> (Sidecar, Sidecar) {
+    start_pair(
+        dir,
+        (
+            "orders",
+            mtls_options(sentry, dir, "callee", spec, Some(app)),
+        ),
+        ("checkout", mtls_options(sentry, dir, "caller", "", None)),
+    )
+    .await
+    .expect("sidecars start")
 }
 
 /// Options for a daprd with mTLS through `sentry`, sqlite name resolution in `dir`.
@@ -53,27 +69,8 @@ fn signed_count(sidecar: &Sidecar) -> usize {
 async fn sidecars_get_certificates_from_sentry_and_invoke_each_other_over_mtls() {
     let dir = scratch_dir("mtls-invoke").expect("dir");
     let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
-    let app = echo_app().await;
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        mtls_options(&sentry, &dir, "callee", "", Some(&app)),
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee ready");
-    let caller = Sidecar::start(
-        "checkout",
-        &dir,
-        mtls_options(&sentry, &dir, "caller", "", None),
-    )
-    .await
-    .expect("caller starts");
+    let app = http_app().await;
+    let (callee, caller) = mtls_pair(&sentry, &dir, "", &app).await;
     assert_eq!(signed_count(&caller), 1, "{}", caller.log_text());
     assert!(
         callee.log_text().contains("(mTLS)"),
@@ -124,28 +121,9 @@ async fn sidecars_get_certificates_from_sentry_and_invoke_each_other_over_mtls()
 async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
     let dir = scratch_dir("mtls-acl").expect("dir");
     let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
-    let app = echo_app().await;
+    let app = http_app().await;
     let acl = "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      defaultAction: allow\n      trustDomain: public\n      namespace: default\n";
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        mtls_options(&sentry, &dir, "callee", acl, Some(&app)),
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee ready");
-    let caller = Sidecar::start(
-        "checkout",
-        &dir,
-        mtls_options(&sentry, &dir, "caller", "", None),
-    )
-    .await
-    .expect("caller starts");
+    let (callee, caller) = mtls_pair(&sentry, &dir, acl, &app).await;
     let reply = HttpClient::new()
         .get(&caller.url("/v1.0/invoke/orders/method/inspect/ok"))
         .await
@@ -212,27 +190,8 @@ async fn certificates_renew_under_load_without_a_failed_call() {
     let dir = scratch_dir("mtls-renew").expect("dir");
     // 6s certificates with no skew: each sidecar renews about every 3s.
     let sentry = Sentry::start(&dir, "6s", "0s").await.expect("sentry");
-    let app = echo_app().await;
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        mtls_options(&sentry, &dir, "callee", "", Some(&app)),
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee ready");
-    let caller = Sidecar::start(
-        "checkout",
-        &dir,
-        mtls_options(&sentry, &dir, "caller", "", None),
-    )
-    .await
-    .expect("caller starts");
+    let app = http_app().await;
+    let (callee, caller) = mtls_pair(&sentry, &dir, "", &app).await;
 
     // Bounded: at most 12s and 20000 calls, over 4 connections' worth of concurrency.
     let deadline = Instant::now() + Duration::from_secs(12);

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::sidecar::{Sidecar, SidecarOptions, binary, scratch_dir, sqlite_config};
-use e2e::{EchoApp, spawn_echo_app};
+use e2e::sidecar::{Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::{EchoApp, echo_app};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,38 +30,27 @@ struct Setup {
 
 async fn setup(name: &str) -> Setup {
     let dir = scratch_dir(name).expect("scratch dir");
-    let mut cmd = tokio::process::Command::new(binary("echo-app"));
-    cmd.args(["--protocol", "http", "--port", "0"]);
-    let app = spawn_echo_app(cmd, Duration::from_secs(10))
-        .await
-        .expect("echo-app starts");
-    let callee_dir = dir.join("callee");
-    std::fs::create_dir_all(&callee_dir).expect("dir");
-    let mut callee = Sidecar::start(
-        "orders",
-        &callee_dir,
-        SidecarOptions {
-            app_port: Some(app.addr.port()),
-            config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("callee starts");
-    callee
-        .wait_for("/v1.0/healthz", Duration::from_secs(20))
-        .await
-        .expect("callee sees its app");
-    let caller = Sidecar::start(
-        "checkout",
+    let app = echo_app("http").await.expect("echo-app starts");
+    let (callee, caller) = start_pair(
         &dir,
-        SidecarOptions {
-            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-            ..Default::default()
-        },
+        (
+            "orders",
+            SidecarOptions {
+                app_port: Some(app.addr.port()),
+                config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+                ..Default::default()
+            },
+        ),
+        (
+            "checkout",
+            SidecarOptions {
+                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+                ..Default::default()
+            },
+        ),
     )
     .await
-    .expect("caller starts");
+    .expect("sidecars start");
     Setup {
         _app: app,
         _callee: callee,
