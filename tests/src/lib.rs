@@ -71,7 +71,13 @@ pub async fn spawn_echo_app(
 /// Starts `echo-app --protocol <protocol>` on a free loopback port and waits (10s at most)
 /// until it listens.
 pub async fn echo_app(protocol: &str) -> anyhow::Result<EchoApp> {
+    echo_app_with(protocol, &[]).await
+}
+
+/// [`echo_app`] with extra flags (e.g. `--tls`).
+pub async fn echo_app_with(protocol: &str, extra: &[&str]) -> anyhow::Result<EchoApp> {
     let mut cmd = tokio::process::Command::new(sidecar::binary("echo-app"));
-    cmd.args(["--protocol", protocol, "--port", "0"]);
+    cmd.args(["--protocol", protocol, "--port", "0"])
+        .args(extra);
     spawn_echo_app(cmd, Duration::from_secs(10)).await
 }

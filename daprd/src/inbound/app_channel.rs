@@ -31,6 +31,8 @@ const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Plain TCP for `http`/`grpc`/`h2c` apps, TLS without verification for `https`/`grpcs`.
+type AppConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// What the app answered. `status` is an HTTP status for HTTP apps and a gRPC code (0-16) for
 /// gRPC apps, as upstream's internal `Status` carries it.
@@ -53,7 +55,7 @@ pub struct AppRequest {
 }
 
 enum Protocol {
-    Http(Box<Client<HttpConnector, AppBody>>),
+    Http(Box<Client<AppConnector, AppBody>>),
     Grpc,
 }
 
@@ -79,22 +81,20 @@ impl AppChannel {
         } else {
             address.to_owned()
         };
-        let base = format!("http://{host}:{port}");
+        let tls = matches!(config.app_protocol, AppProtocol::Https | AppProtocol::Grpcs);
+        let scheme = if tls { "https" } else { "http" };
+        let base = format!("{scheme}://{host}:{port}");
         let grpc = Endpoint::from_shared(base.clone())
             .map_err(|e| Error::AppChannel(format!("bad app address {base}: {e}")))?
             .connect_timeout(APP_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(app_connector(false)?);
         let protocol = match config.app_protocol {
             AppProtocol::Grpc | AppProtocol::Grpcs => Protocol::Grpc,
             AppProtocol::Http | AppProtocol::Https | AppProtocol::H2c => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .http2_only(config.app_protocol == AppProtocol::H2c)
-                    .build(connector);
+                    .build(app_connector(true)?);
                 Protocol::Http(Box::new(client))
             }
         };
@@ -142,7 +142,7 @@ impl AppChannel {
 
     async fn invoke_http(
         &self,
-        client: &Client<HttpConnector, AppBody>,
+        client: &Client<AppConnector, AppBody>,
         request: AppRequest,
     ) -> Result<AppResponse, Error> {
         let call = self.metrics.app_call(&request.verb);
@@ -337,6 +337,81 @@ impl AppChannel {
             tokio::time::timeout(Duration::from_millis(500), connect).await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// A connector to the app: TCP with nodelay and a connect timeout, and for `https` URIs TLS
+/// that does not verify the app's certificate (the app is on the pod's own network; upstream
+/// skips verification too), offering h2 and, with `http1`, HTTP/1.1 by ALPN.
+fn app_connector(http1: bool) -> Result<AppConnector, Error> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+    tcp.enforce_http(false);
+    let provider = sentry::tls::crypto_provider();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::AppChannel(format!("TLS to the app: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AppCertificate(provider)))
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    Ok(if http1 {
+        builder.enable_all_versions().wrap_connector(tcp)
+    } else {
+        builder.enable_http2().wrap_connector(tcp)
+    })
+}
+
+/// Accepts the app's certificate without checking it (upstream's `InsecureSkipVerify` for
+/// `https`/`grpcs` apps), while still checking that the handshake is signed by its key.
+#[derive(Debug)]
+struct AppCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AppCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

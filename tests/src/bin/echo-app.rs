@@ -74,6 +74,10 @@ struct Args {
     /// Protocol served on the port.
     #[arg(long, value_enum, default_value_t = Protocol::Http)]
     protocol: Protocol,
+    /// Serve over TLS with a throw-away self-signed certificate (the `https`/`grpcs` app
+    /// protocols; daprd does not verify app certificates, as upstream).
+    #[arg(long, default_value_t = false)]
+    tls: bool,
 }
 
 #[tokio::main]
@@ -89,6 +93,16 @@ async fn main() -> anyhow::Result<()> {
         e2e::ECHO_APP_READY_PREFIX,
         args.protocol.name()
     );
+    if args.tls {
+        let router = match args.protocol {
+            Protocol::Http => http_router(),
+            Protocol::Grpc => tonic::service::Routes::new(AppCallbackServer::new(Echo))
+                .add_service(AppCallbackHealthCheckServer::new(Echo))
+                .add_service(EchoServer::new(Echo))
+                .into_axum_router(),
+        };
+        return serve_tls(listener, router).await;
+    }
     match args.protocol {
         Protocol::Http => axum::serve(listener, http_router())
             .await
@@ -102,6 +116,34 @@ async fn main() -> anyhow::Result<()> {
             .context("serving gRPC")?,
     }
     Ok(())
+}
+
+/// Serves `router` over TLS (HTTP/1.1 and h2 by ALPN) with a self-signed certificate.
+async fn serve_tls(listener: TcpListener, router: Router) -> anyhow::Result<()> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+        });
+    }
 }
 
 /// Counters for `/hold`: how much concurrency daprd let through.
