@@ -155,6 +155,11 @@ pub struct Config {
     pub validators: Vec<ValidatorConfig>,
     pub log_level: String,
     pub log_as_json: bool,
+    /// Kubernetes mode: the Configuration to read mTLS settings from (`--config`, default
+    /// `daprsystem`).
+    pub configuration_name: String,
+    /// Whether `--trust-domain` was given (it wins over the Configuration).
+    pub trust_domain_from_flag: bool,
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -190,6 +195,15 @@ impl Config {
                 ));
             }
         };
+        let configuration_name = match mode {
+            Mode::Kubernetes => flags
+                .config
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "daprsystem".to_owned()),
+            Mode::Standalone => String::new(),
+        };
+        let trust_domain_from_flag = flags.trust_domain.is_some();
         let mtls = configuration.and_then(|c| c.spec.mtls).unwrap_or_default();
 
         let trust_domain = flags
@@ -276,7 +290,35 @@ impl Config {
             validators,
             log_level: flags.log_level,
             log_as_json: flags.log_as_json,
+            configuration_name,
+            trust_domain_from_flag,
         })
+    }
+
+    /// Applies the mTLS settings of a Configuration read after start-up (kubernetes mode reads
+    /// it from the API): TTL, clock skew, token validators, and the control-plane trust domain
+    /// unless `--trust-domain` was given.
+    pub fn apply_configuration(&mut self, configuration: Configuration) -> Result<(), Error> {
+        let mtls = configuration.spec.mtls.unwrap_or_default();
+        if !self.trust_domain_from_flag
+            && let Some(td) = mtls.control_plane_trust_domain.filter(|t| !t.is_empty())
+        {
+            self.trust_domain = td;
+        }
+        if let Some(v) = mtls.workload_cert_ttl.as_deref().filter(|v| !v.is_empty()) {
+            self.workload_cert_ttl =
+                parse_go_duration(v).map_err(|reason| bad("spec.mtls.workloadCertTTL", reason))?;
+        }
+        if let Some(v) = mtls.allowed_clock_skew.as_deref().filter(|v| !v.is_empty()) {
+            self.allowed_clock_skew =
+                parse_go_duration(v).map_err(|reason| bad("spec.mtls.allowedClockSkew", reason))?;
+        }
+        self.validators = mtls
+            .token_validators
+            .iter()
+            .map(validator_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(())
     }
 }
 

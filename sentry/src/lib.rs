@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod config;
 mod error;
+pub mod kubernetes;
 pub mod metrics;
 pub mod probes;
 pub mod rotation;
@@ -44,7 +45,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
 /// Runs sentry until `shutdown` completes.
 pub async fn run_until(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     tracing::info!(
@@ -52,9 +53,23 @@ pub async fn run_until(
         mode = config.mode.as_str(),
         "starting sentry certificate authority"
     );
-    if config.mode == Mode::Kubernetes {
-        return Err(Error::NotImplemented("--mode kubernetes"));
-    }
+    // Kubernetes mode: the API client, and the mTLS settings of the `daprsystem` Configuration.
+    let client = match config.mode {
+        Mode::Standalone => None,
+        Mode::Kubernetes => {
+            let client = kubernetes::client().await?;
+            match kubernetes::configuration(&client, &config.namespace, &config.configuration_name)
+                .await?
+            {
+                Some(configuration) => config.apply_configuration(configuration)?,
+                None => tracing::warn!(
+                    name = %config.configuration_name,
+                    "Configuration not found; using the default mTLS settings"
+                ),
+            }
+            Some(client)
+        }
+    };
 
     let metrics =
         Arc::new(Metrics::new().map_err(|e| Error::Serve(format!("metrics registry: {e}")))?);
@@ -68,7 +83,23 @@ pub async fn run_until(
     tracing::info!(trust_domain = %config.trust_domain, id = %sentry_id, "identity");
 
     let store = CaStore::Files(config.credentials.clone());
-    let loaded = {
+    let loaded = if let Some(client) = &client {
+        // The bundle is read through the API; later changes arrive in the mounted Secret, which
+        // the rotation watcher follows like the files of standalone mode.
+        let (raw, origin) = kubernetes::load_or_generate_bundle(
+            client,
+            &config.namespace,
+            &config.credentials,
+            &config.trust_domain,
+            config.allowed_clock_skew,
+        )
+        .await?;
+        ca::store::LoadedCa {
+            bundle: raw.to_bundle(&config.credentials, SystemTime::now())?,
+            origin,
+            digest: raw.digest(),
+        }
+    } else {
         let (store, td, ns, skew) = (
             store.clone(),
             config.trust_domain.clone(),
@@ -99,8 +130,17 @@ pub async fn run_until(
         "certificate authority ready"
     );
 
-    let validators =
-        Arc::new(Validators::start(&config.validators, config.mode, &sentry_id).await?);
+    let kubernetes_validator = client
+        .map(|client| kubernetes::KubernetesValidator::new(client, &sentry_id, &config.namespace));
+    let validators = Arc::new(
+        Validators::start(
+            &config.validators,
+            config.mode,
+            &sentry_id,
+            kubernetes_validator,
+        )
+        .await?,
+    );
     tracing::info!(validators = %validators.describe(), "token validators enabled");
 
     let policy = SignPolicy {

@@ -777,7 +777,7 @@ async fn healthz_answers_503_until_the_ca_serves_and_a_failed_start_exits_1() {
 }
 
 #[test]
-fn bad_flags_and_configuration_exit_64_and_unsupported_modes_exit_1() {
+fn bad_flags_and_configuration_exit_64_and_kubernetes_mode_without_an_api_exits_1() {
     let (status, out) = run_to_exit(&["--port", "not-a-port"]).unwrap();
     assert_eq!(status.code(), Some(64), "{out}");
 
@@ -797,10 +797,7 @@ fn bad_flags_and_configuration_exit_64_and_unsupported_modes_exit_1() {
     ])
     .unwrap();
     assert_eq!(status.code(), Some(1), "{out}");
-    assert!(
-        out.contains("--mode kubernetes is not implemented yet"),
-        "{out}"
-    );
+    assert!(out.contains("no Kubernetes API access"), "{out}");
 
     let (status, out) = run_to_exit(&["--help"]).unwrap();
     assert_eq!(status.code(), Some(0), "{out}");

@@ -1,6 +1,6 @@
 //! Who may get a certificate: the token validators. `insecure` trusts the request (standalone,
 //! on a trusted host); `jwks` wants a JWT signed by a key of a configured JWKS. The
-//! `kubernetes` validator (TokenReview) arrives with kubernetes mode, as another variant.
+//! `kubernetes` validator (kubernetes mode) checks a projected token with a TokenReview.
 
 pub mod jwks;
 
@@ -23,6 +23,7 @@ pub struct Validated {
 pub enum Validator {
     Insecure,
     Jwks(Arc<jwks::JwksValidator>),
+    Kubernetes(Arc<crate::kubernetes::KubernetesValidator>),
 }
 
 impl Validator {
@@ -30,6 +31,7 @@ impl Validator {
         match self {
             Validator::Insecure => TokenValidator::Insecure,
             Validator::Jwks(_) => TokenValidator::Jwks,
+            Validator::Kubernetes(_) => TokenValidator::Kubernetes,
         }
     }
 
@@ -38,6 +40,7 @@ impl Validator {
         match self {
             Validator::Insecure => common_checks(req),
             Validator::Jwks(jwks) => jwks.validate(req).await,
+            Validator::Kubernetes(k8s) => k8s.validate(req).await,
         }
     }
 }
@@ -60,6 +63,7 @@ impl Validators {
         configs: &[ValidatorConfig],
         mode: Mode,
         sentry_id: &SpiffeId,
+        kubernetes: Option<crate::kubernetes::KubernetesValidator>,
     ) -> Result<Self, Error> {
         let mut enabled = Vec::new();
         for config in configs {
@@ -75,7 +79,14 @@ impl Validators {
                 Some(TokenValidator::Insecure)
             }
             Mode::Standalone => None,
-            Mode::Kubernetes => return Err(Error::NotImplemented("the kubernetes validator")),
+            // Kubernetes mode: TokenReview, always enabled and the default (upstream's rule).
+            Mode::Kubernetes => {
+                let validator = kubernetes.ok_or_else(|| {
+                    Error::Serve("kubernetes mode needs API access for the validator".into())
+                })?;
+                enabled.push(Validator::Kubernetes(Arc::new(validator)));
+                Some(TokenValidator::Kubernetes)
+            }
         };
         Ok(Validators { enabled, default })
     }
@@ -233,7 +244,9 @@ mod tests {
     #[tokio::test]
     async fn standalone_enables_insecure_only_when_nothing_else_is_configured() {
         let id = SpiffeId::new("localhost", "default", "dapr-sentry").unwrap();
-        let v = Validators::start(&[], Mode::Standalone, &id).await.unwrap();
+        let v = Validators::start(&[], Mode::Standalone, &id, None)
+            .await
+            .unwrap();
         assert_eq!(v.describe(), "insecure (default)");
 
         let jwks = ValidatorConfig::Jwks(crate::config::JwksOptions {
@@ -242,7 +255,7 @@ mod tests {
             min_refresh_interval: crate::config::DEFAULT_JWKS_MIN_REFRESH_INTERVAL,
             request_timeout: crate::config::DEFAULT_JWKS_REQUEST_TIMEOUT,
         });
-        let v = Validators::start(&[jwks], Mode::Standalone, &id)
+        let v = Validators::start(&[jwks], Mode::Standalone, &id, None)
             .await
             .unwrap();
         assert_eq!(v.describe(), "jwks");

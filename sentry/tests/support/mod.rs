@@ -169,6 +169,9 @@ pub fn run_to_exit(args: &[&str]) -> anyhow::Result<(ExitStatus, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_sentry"))
         .args(args)
         .env_remove("NAMESPACE")
+        // No API server for kubernetes mode to find.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()?;
     let text = format!(
         "{}{}",
