@@ -276,3 +276,169 @@ async fn a_sidecar_started_before_sentry_becomes_ready_once_sentry_is_up() {
         .expect("sidecar starts");
     assert_eq!(signed_count(&sidecar), 1);
 }
+
+/// A root and an issuer signed by it, as PEM (certificates) and PKCS#8 PEM (issuer key).
+fn new_root_and_issuer() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let root_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("root key");
+    let mut root = CertificateParams::default();
+    root.distinguished_name = rcgen::DistinguishedName::new();
+    root.distinguished_name
+        .push(DnType::OrganizationName, "rotated-root");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let root_cert = root.self_signed(&root_key).expect("root");
+    let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("issuer key");
+    let mut issuer = CertificateParams::default();
+    issuer.distinguished_name = rcgen::DistinguishedName::new();
+    issuer.distinguished_name.push(
+        DnType::OrganizationName,
+        "spiffe://localhost/ns/default/dapr-sentry",
+    );
+    issuer.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    issuer.key_usages = root.key_usages.clone();
+    let issuer_cert = issuer
+        .signed_by(&issuer_key, &rcgen::Issuer::new(root, &root_key))
+        .expect("issuer");
+    (
+        root_cert.pem(),
+        issuer_cert.pem(),
+        issuer_key.serialize_pem(),
+    )
+}
+
+/// Polls until `text()` contains `needle`, at most `within`.
+async fn until_logged(what: &str, text: impl Fn() -> String, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {needle:?} not logged within {within:?}:\n{}",
+            text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_root_reaches_running_sidecars_through_the_anchors_file_without_a_failed_call() {
+    let dir = scratch_dir("mtls-root-rotation").expect("dir");
+    let sentry = Sentry::start(&dir, "6s", "0s").await.expect("sentry");
+    let old_root = std::fs::read_to_string(sentry.trust_anchors()).expect("ca.crt");
+    // The sidecars' own anchors file, rotated by the "operator" below.
+    let anchors = dir.join("anchors.pem");
+    std::fs::write(&anchors, &old_root).expect("anchors");
+    let with_anchors = |mut options: SidecarOptions| {
+        options.env = vec![(
+            "DAPR_TRUST_ANCHORS_FILE".into(),
+            anchors.display().to_string(),
+        )];
+        options
+    };
+    let app = http_app().await;
+    let (callee, caller) = start_pair(
+        &dir,
+        (
+            "orders",
+            with_anchors(mtls_options(&sentry, &dir, "callee", "", Some(&app))),
+        ),
+        (
+            "checkout",
+            with_anchors(mtls_options(&sentry, &dir, "caller", "", None)),
+        ),
+    )
+    .await
+    .expect("sidecars start");
+
+    // A bounded load loop runs through the whole rotation.
+    let stop = Instant::now() + Duration::from_secs(40);
+    let url = caller.url("/v1.0/invoke/orders/method/inspect/rotation");
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(async move {
+        let client = HttpClient::new();
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while Instant::now() < stop && !*done_rx.borrow() && ok < 20_000 {
+            match client.get(&url).await {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+
+    let (new_root, new_issuer, new_key) = new_root_and_issuer();
+    // 1. Sidecars trust both roots.
+    std::fs::write(&anchors, format!("{old_root}{new_root}")).expect("both roots");
+    for sidecar in [&caller, &callee] {
+        until_logged(
+            "anchors",
+            || sidecar.log_text(),
+            "trust anchors changed",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    // 2. sentry issues from the new issuer (its anchors: both roots).
+    std::fs::write(sentry.creds.join("ca.crt"), format!("{old_root}{new_root}")).expect("ca");
+    std::fs::write(sentry.creds.join("issuer.key"), &new_key).expect("key");
+    std::fs::write(sentry.creds.join("issuer.crt"), &new_issuer).expect("issuer");
+    until_logged(
+        "sentry",
+        || sentry.log_text(),
+        "now signing with the new issuer",
+        Duration::from_secs(10),
+    )
+    .await;
+    // 3. Once every sidecar has renewed twice since (its certificate, and any half-way one, is
+    //    then from the new issuer), the old root goes.
+    for sidecar in [&caller, &callee] {
+        let before = signed_count(sidecar);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while signed_count(sidecar) < before + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no renewal:\n{}",
+                sidecar.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    std::fs::write(&anchors, &new_root).expect("new root only");
+    std::fs::write(sentry.creds.join("ca.crt"), &new_root).expect("ca");
+    for sidecar in [&caller, &callee] {
+        let text = || sidecar.log_text();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while text().matches("trust anchors changed").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "second change not seen:\n{}",
+                text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A sidecar that trusts only the new root reaches orders: orders' certificate is new.
+    let audit_options = with_anchors(mtls_options(&sentry, &dir, "audit", "", None));
+    let audit = Sidecar::start("audit", &dir, audit_options)
+        .await
+        .expect("audit starts");
+    let reply = HttpClient::new()
+        .get(&audit.url("/v1.0/invoke/orders/method/inspect/audit"))
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+
+    let _ = done_tx.send(true);
+    let (ok, failed) = load.await.expect("load");
+    assert!(
+        failed.is_empty(),
+        "failed calls during rotation: {failed:?}"
+    );
+    assert!(ok > 50, "only {ok} calls made");
+}
