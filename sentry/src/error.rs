@@ -48,6 +48,9 @@ pub enum Error {
     /// A peer certificate that carries no usable SPIFFE id.
     #[error("peer certificate: {0}")]
     PeerCertificate(String),
+    /// A certificate request this process made to sentry failed.
+    #[error("certificate request: {0}")]
+    Client(String),
 }
 
 impl Error {
@@ -80,7 +83,8 @@ impl From<Error> for tonic::Status {
             | Error::Jwks(_)
             | Error::IssuerExpired(_)
             | Error::Sign(_)
-            | Error::PeerCertificate(_) => Code::Internal,
+            | Error::PeerCertificate(_)
+            | Error::Client(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
     }

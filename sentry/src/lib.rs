@@ -8,6 +8,7 @@
 #![deny(clippy::expect_used)]
 
 pub mod ca;
+pub mod client;
 pub mod config;
 mod error;
 pub mod kubernetes;

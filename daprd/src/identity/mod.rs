@@ -3,7 +3,6 @@
 //! TLS configs built from them are published through a watch channel; new handshakes use the
 //! newest, open connections keep the one they started with.
 
-mod sentry_client;
 pub mod transport;
 
 use std::path::Path;
@@ -11,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sentry::spiffe::SpiffeId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,24 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::config::{MtlsConfig, TrustAnchors};
 
-/// A signed identity: the certificate chain (leaf first), its key and lifetime.
-pub struct Svid {
-    pub id: SpiffeId,
-    pub chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-}
-
-impl std::fmt::Debug for Svid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Svid")
-            .field("id", &self.id.to_string())
-            .field("not_after", &self.not_after)
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
+pub use sentry::client::Svid;
 
 /// What handshakes use right now: the identity, the trust anchors, and the server config
 /// built from both.
@@ -87,18 +68,7 @@ impl Material {
 /// The current TLS material; `None` until the first certificate arrives.
 pub type Current = watch::Receiver<Option<Arc<Material>>>;
 
-/// When to renew: half-way through the certificate's lifetime, as upstream.
-pub fn refresh_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let lifetime = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    not_before + lifetime / 2
-}
-
-/// How long to wait after the `attempt`-th failed request (1-based): 1s doubling to 10s.
-pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(4)).min(Duration::from_secs(10))
-}
+use sentry::client::{refresh_at, retry_delay};
 
 /// Loads the trust anchors.
 fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), Error> {
@@ -111,6 +81,39 @@ fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), 
     Ok((pem, Arc::new(roots)))
 }
 
+/// One certificate request for this sidecar (a fresh Ed25519 key, as upstream).
+async fn request(
+    config: &MtlsConfig,
+    namespace: &str,
+    roots: &Arc<RootCertStore>,
+) -> Result<Svid, Error> {
+    let identity_error = |e: sentry::Error| Error::Identity(e.to_string());
+    let token = match &config.token.path {
+        Some(path) => tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| Error::Identity(format!("token file {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        None => String::new(),
+    };
+    let request = sentry::client::SvidRequest {
+        sentry_address: config.sentry_address.clone(),
+        sentry_id: SpiffeId::new(
+            &config.control_plane_trust_domain,
+            &config.control_plane_namespace,
+            "dapr-sentry",
+        )
+        .map_err(identity_error)?,
+        id: config.request_id.clone(),
+        namespace: namespace.to_owned(),
+        token,
+        validator: config.token.validator,
+    };
+    sentry::client::request(&request, roots, &rcgen::PKCS_ED25519)
+        .await
+        .map_err(identity_error)
+}
+
 /// Gets the first certificate (retrying while sentry is unreachable, until `stop`), then keeps
 /// it fresh in the background: renewal at half-life, new trust anchors when the file changes.
 pub async fn start(
@@ -121,7 +124,7 @@ pub async fn start(
     let (mut pem, mut roots) = load_anchors(&config.trust_anchors)?;
     let mut attempt = 0;
     let svid = loop {
-        match sentry_client::request(&config, &namespace, &roots).await {
+        match request(&config, &namespace, &roots).await {
             Ok(svid) => break Arc::new(svid),
             Err(e) => {
                 attempt += 1;
@@ -193,7 +196,7 @@ async fn keep_fresh(
             changed = true;
         }
         if SystemTime::now() >= renew {
-            match sentry_client::request(&config, &namespace, &roots).await {
+            match request(&config, &namespace, &roots).await {
                 Ok(fresh) => {
                     failures = 0;
                     svid = Arc::new(fresh);
@@ -230,31 +233,5 @@ fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCert
             tracing::warn!(file = %path.display(), "ignoring unreadable trust anchors: {e}");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewal_is_half_way_through_the_lifetime() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let end = start + Duration::from_secs(24 * 3600 + 15 * 60);
-        assert_eq!(
-            refresh_at(start, end),
-            start + Duration::from_secs(12 * 3600 + 450)
-        );
-        assert_eq!(
-            refresh_at(end, start),
-            end,
-            "a backwards lifetime renews now"
-        );
-    }
-
-    #[test]
-    fn retries_back_off_from_one_to_ten_seconds() {
-        let delays: Vec<u64> = (1..=7).map(|a| retry_delay(a).as_secs()).collect();
-        assert_eq!(delays, vec![1, 2, 4, 8, 10, 10, 10]);
     }
 }

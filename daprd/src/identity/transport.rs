@@ -128,49 +128,28 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-#[derive(Clone)]
-enum Source {
-    /// One config for every connection (calls to sentry).
-    Fixed(Arc<rustls::ClientConfig>),
-    /// Our current identity, accepting only `expected` (calls to other sidecars).
-    Identity {
-        current: Current,
-        expected: ExpectedId,
-    },
-}
-
-/// A tonic connector: TCP, then TLS with the config of its [`Source`].
+/// A tonic connector for calls to other sidecars: TCP, then TLS with our current identity,
+/// accepting only `expected`.
 #[derive(Clone)]
 pub struct Connector {
-    source: Source,
+    current: Current,
+    expected: ExpectedId,
 }
 
 impl Connector {
-    pub fn fixed(config: Arc<rustls::ClientConfig>) -> Self {
-        Connector {
-            source: Source::Fixed(config),
-        }
-    }
-
     pub fn identity(current: Current, expected: ExpectedId) -> Self {
-        Connector {
-            source: Source::Identity { current, expected },
-        }
+        Connector { current, expected }
     }
 
     fn config(&self) -> io::Result<Arc<rustls::ClientConfig>> {
-        match &self.source {
-            Source::Fixed(config) => Ok(Arc::clone(config)),
-            Source::Identity { current, expected } => {
-                let material = current
-                    .borrow()
-                    .clone()
-                    .ok_or_else(|| io::Error::other("no certificate yet"))?;
-                material
-                    .client(expected.clone())
-                    .map_err(|e| io::Error::other(e.to_string()))
-            }
-        }
+        let material = self
+            .current
+            .borrow()
+            .clone()
+            .ok_or_else(|| io::Error::other("no certificate yet"))?;
+        material
+            .client(self.expected.clone())
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
