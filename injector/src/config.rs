@@ -172,17 +172,16 @@ fn listen(address: &str, port: u16, flag: &str) -> Result<SocketAddr, Error> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// The id the injector asks sentry for (its serving certificate).
+const SENTRY_REQUEST_ID: &str = "dapr-injector";
+
 impl Config {
     pub fn from_flags(flags: Flags, env: &Env) -> Result<Self, Error> {
         let mut warnings = Vec::new();
-        let serving_cert = match (flags.tls_cert_file, flags.tls_key_file) {
-            (Some(cert), Some(key)) => ServingCert::Files { cert, key },
-            (None, None) => {
-                return Err(config_error(
-                    "no serving certificate: pass --tls-cert-file and --tls-key-file \
-                     (certificates issued by sentry are not supported yet)",
-                ));
-            }
+        let serving_files = match (flags.tls_cert_file, flags.tls_key_file) {
+            (Some(cert), Some(key)) => Some(ServingCert::Files { cert, key }),
+            // Without files the certificate comes from sentry (below), as upstream.
+            (None, None) => None,
             _ => {
                 return Err(config_error(
                     "--tls-cert-file and --tls-key-file must be given together",
@@ -254,16 +253,42 @@ impl Config {
                 .map_err(|e| config_error(e.to_string()))?
                 .to_string();
 
+        let trust_anchors_file: PathBuf = env
+            .non_empty(penv::TRUST_ANCHORS_FILE)
+            .unwrap_or(DEFAULT_TRUST_ANCHORS_FILE)
+            .into();
+        let sentry_address = env
+            .non_empty(penv::SENTRY_ADDRESS)
+            .map(str::to_owned)
+            .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE));
+        let serving_cert = match serving_files {
+            Some(files) => files,
+            None => ServingCert::Sentry {
+                request: sentry::client::SvidRequest {
+                    sentry_address: sentry_address.clone(),
+                    sentry_id: sentry::spiffe::SpiffeId::new(
+                        &trust_domain,
+                        &namespace,
+                        control_plane::SENTRY_APP_ID,
+                    )
+                    .map_err(|e| config_error(e.to_string()))?,
+                    id: SENTRY_REQUEST_ID.to_owned(),
+                    namespace: namespace.clone(),
+                    token: String::new(),
+                    validator: 0,
+                },
+                token_file: crate::tls::SENTRY_TOKEN_FILE.into(),
+                trust_anchors_file: trust_anchors_file.clone(),
+            },
+        };
+
         let settings = Settings {
             sidecar_image,
             image_pull_policy: pull_policy(env.get(penv::SIDECAR_IMAGE_PULL_POLICY)),
             control_plane_namespace: namespace.clone(),
             control_plane_trust_domain: trust_domain.clone(),
             operator_address: address(control_plane::API_SERVICE),
-            sentry_address: env
-                .non_empty(penv::SENTRY_ADDRESS)
-                .map(str::to_owned)
-                .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE)),
+            sentry_address,
             sentry_audience,
             default_placement_address,
             actors_service,
@@ -311,10 +336,7 @@ impl Config {
             serving_cert,
             kubeconfig: flags.kubeconfig,
             settings,
-            trust_anchors_file: env
-                .non_empty(penv::TRUST_ANCHORS_FILE)
-                .unwrap_or(DEFAULT_TRUST_ANCHORS_FILE)
-                .into(),
+            trust_anchors_file,
             allowed_service_accounts: accounts(penv::ALLOWED_SERVICE_ACCOUNTS)?,
             allowed_service_account_prefixes: accounts(
                 penv::ALLOWED_SERVICE_ACCOUNTS_PREFIX_NAMES,
@@ -480,10 +502,23 @@ mod tests {
     }
 
     #[test]
-    fn a_serving_certificate_is_required_until_sentry_can_issue_one() {
+    fn without_certificate_files_the_serving_certificate_comes_from_sentry() {
         let f = Flags::try_parse_from(["injector"]).unwrap();
-        let err = Config::from_flags(f, &Env::from_pairs(required())).unwrap_err();
-        assert!(err.to_string().contains("--tls-cert-file"), "{err}");
+        let c = Config::from_flags(f, &Env::from_pairs(required())).unwrap();
+        let ServingCert::Sentry { request, .. } = &c.serving_cert else {
+            panic!("expected sentry, got {:?}", c.serving_cert);
+        };
+        assert_eq!(request.id, "dapr-injector");
+        assert_eq!(
+            request.sentry_id.to_string(),
+            format!(
+                "spiffe://cluster.local/ns/{}/dapr-sentry",
+                request.namespace
+            )
+        );
+        let half = Flags::try_parse_from(["injector", "--tls-cert-file", "c.pem"]).unwrap();
+        let err = Config::from_flags(half, &Env::from_pairs(required())).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
     }
 
     #[test]

@@ -23,13 +23,24 @@ use tracing::{debug, info, warn};
 use crate::{Error, files};
 
 /// Where the webhook's serving certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ServingCert {
     /// PEM chain and key on disk (cert-manager, or any user-managed pair), reloaded on change.
     Files { cert: PathBuf, key: PathBuf },
-    // `Sentry` (an RSA SVID for `dapr-injector` with DNS SAN `dapr-sidecar-injector.<ns>.svc`)
-    // comes with the sentry client.
+    /// A certificate from sentry for `dapr-injector` (sentry adds the DNS SAN
+    /// `dapr-sidecar-injector.<ns>.svc`), renewed at half its lifetime. The request's token is
+    /// read from `token_file` when it exists (projected token, kubernetes validator).
+    Sentry {
+        request: sentry::client::SvidRequest,
+        token_file: PathBuf,
+        trust_anchors_file: PathBuf,
+    },
 }
+
+/// The projected token the chart mounts for sentry.
+pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
+/// `SignCertificateRequest.TokenValidator.KUBERNETES`.
+const KUBERNETES_VALIDATOR: i32 = 2;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,8 +105,128 @@ pub async fn server_config(
     source: &ServingCert,
     reload_interval: Duration,
 ) -> Result<Arc<ServerConfig>, Error> {
-    let ServingCert::Files { cert, key } = source;
-    let mut changes = files::watch(vec![cert.clone(), key.clone()], reload_interval);
+    let resolver = match source {
+        ServingCert::Files { cert, key } => files_resolver(cert, key, reload_interval).await?,
+        ServingCert::Sentry {
+            request,
+            token_file,
+            trust_anchors_file,
+        } => {
+            sentry_resolver(
+                request.clone(),
+                token_file.clone(),
+                trust_anchors_file.clone(),
+            )
+            .await?
+        }
+    };
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// One certificate from sentry: the token (if mounted) and the anchors are read fresh.
+async fn sentry_certificate(
+    mut request: sentry::client::SvidRequest,
+    token_file: &std::path::Path,
+    trust_anchors_file: &std::path::Path,
+) -> Result<(CertifiedKey, std::time::SystemTime), Error> {
+    if let Ok(token) = tokio::fs::read_to_string(token_file).await {
+        request.token = token.trim().to_owned();
+        request.validator = KUBERNETES_VALIDATOR;
+    }
+    let anchors = tokio::fs::read(trust_anchors_file).await.map_err(|e| {
+        Error::Tls(format!(
+            "trust anchors {}: {e}",
+            trust_anchors_file.display()
+        ))
+    })?;
+    let roots = Arc::new(sentry::tls::root_store(&anchors).map_err(|e| Error::Tls(e.to_string()))?);
+    // ECDSA P-256: ring (our one crypto library) cannot generate RSA keys; API servers accept
+    // ECDSA serving certificates.
+    let svid = sentry::client::request(&request, &roots, sentry::client::KeyAlgorithm::EcdsaP256)
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let renew = sentry::client::refresh_at(svid.not_before, svid.not_after);
+    let key = CertifiedKey::from_der(
+        svid.chain,
+        svid.key,
+        &rustls::crypto::ring::default_provider(),
+    )
+    .map_err(|e| Error::Tls(format!("sentry's certificate and our key: {e}")))?;
+    Ok((key, renew))
+}
+
+/// Gets the first certificate from sentry (retrying while it is unreachable), then renews it in
+/// the background at half its lifetime.
+async fn sentry_resolver(
+    request: sentry::client::SvidRequest,
+    token_file: PathBuf,
+    trust_anchors_file: PathBuf,
+) -> Result<Arc<ReloadingCert>, Error> {
+    let mut attempt = 0;
+    let (first, mut renew) = loop {
+        match sentry_certificate(request.clone(), &token_file, &trust_anchors_file).await {
+            Ok(issued) => break issued,
+            Err(e) => {
+                attempt += 1;
+                let delay = sentry::client::retry_delay(attempt);
+                warn!(attempt, retry_in = ?delay, "no serving certificate from sentry yet: {e}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    info!(sentry = %request.sentry_address, "serving certificate issued by sentry");
+    let resolver = Arc::new(ReloadingCert::new(first));
+    let updater = resolver.clone();
+    tokio::spawn(async move {
+        let mut failures = 0;
+        loop {
+            let wait = renew
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(60))
+                .max(Duration::from_secs(1));
+            let wait = if failures > 0 {
+                sentry::client::retry_delay(failures)
+            } else {
+                wait
+            };
+            tokio::time::sleep(wait).await;
+            if std::time::SystemTime::now() < renew {
+                continue;
+            }
+            match sentry_certificate(request.clone(), &token_file, &trust_anchors_file).await {
+                Ok((key, next)) => {
+                    updater.replace(key);
+                    renew = next;
+                    failures = 0;
+                    info!("serving certificate renewed by sentry");
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(
+                        attempt = failures,
+                        "serving certificate renewal failed: {e}"
+                    );
+                }
+            }
+        }
+    });
+    Ok(resolver)
+}
+
+async fn files_resolver(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    reload_interval: Duration,
+) -> Result<Arc<ReloadingCert>, Error> {
+    let mut changes = files::watch(vec![cert.to_path_buf(), key.to_path_buf()], reload_interval);
     let first = changes.borrow_and_update().clone().ok_or_else(|| {
         Error::Tls(format!(
             "cannot read {} and {}",
@@ -121,14 +252,7 @@ pub async fn server_config(
             }
         }
     });
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(resolver)
 }
 
 fn parse_pair(contents: &files::Contents) -> Result<CertifiedKey, Error> {

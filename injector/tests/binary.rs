@@ -362,9 +362,14 @@ async fn bad_flags_and_missing_configuration_exit_64() {
     assert_eq!(no_image.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&no_image.stderr).contains("SIDECAR_IMAGE"));
 
-    let no_cert = command(&dir).output().await.unwrap();
-    assert_eq!(no_cert.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&no_cert.stderr).contains("--tls-cert-file"));
+    // Without either file the certificate comes from sentry; with only one it is a mistake.
+    let half = command(&dir)
+        .args(["--tls-cert-file", "a"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(half.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&half.stderr).contains("together"));
 }
 
 #[tokio::test]

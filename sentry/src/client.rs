@@ -57,13 +57,25 @@ fn failed(what: impl std::fmt::Display) -> Error {
     Error::Client(what.to_string())
 }
 
-/// Asks sentry for a certificate with a fresh key of `algorithm` (Ed25519 for sidecars, as
-/// upstream; ECDSA P-256 where a peer needs a widely supported key, as the API server does).
+/// The key a certificate is requested for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// Sidecars, as upstream.
+    Ed25519,
+    /// Where the peer may not support Ed25519 (the API server calling the injector's webhook).
+    EcdsaP256,
+}
+
+/// Asks sentry for a certificate with a fresh key of `algorithm`.
 pub async fn request(
     request: &SvidRequest,
     roots: &Arc<RootCertStore>,
-    algorithm: &'static rcgen::SignatureAlgorithm,
+    algorithm: KeyAlgorithm,
 ) -> Result<Svid, Error> {
+    let algorithm = match algorithm {
+        KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+        KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+    };
     let tls = Arc::new(crate::tls::client_config(
         Arc::clone(roots),
         ExpectedId::Exact(request.sentry_id.clone()),

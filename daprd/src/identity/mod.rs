@@ -109,7 +109,7 @@ async fn request(
         token,
         validator: config.token.validator,
     };
-    sentry::client::request(&request, roots, &rcgen::PKCS_ED25519)
+    sentry::client::request(&request, roots, sentry::client::KeyAlgorithm::Ed25519)
         .await
         .map_err(identity_error)
 }
