@@ -1,5 +1,6 @@
 //! Harness for tests that run the real binaries: processes, network namespaces, DNS.
 
+pub mod cluster;
 pub mod netns;
 pub mod sentry;
 pub mod sidecar;

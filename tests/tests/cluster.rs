@@ -1,0 +1,683 @@
+//! The cluster tier: a real `kube-apiserver` + `etcd` on loopback (see `e2e::cluster`), our chart
+//! installed into it with Helm, and the real `injector` binary, running locally as the chart's
+//! `dapr-injector` ServiceAccount, called by the API server as its admission webhook.
+//!
+//! No kubelet, scheduler or controller manager runs: pods are stored, never started, and a
+//! Deployment gets no ReplicaSet. The binaries come from `scripts/test.sh` (kube-apiserver and
+//! etcd built from `tests/cluster/go.mod` into `.cache/cluster/bin`, kubectl and Helm in
+//! `.cache/bin`); without them each test says what is missing and passes without running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use e2e::cluster::{Cluster, missing_tools};
+use e2e::sidecar::{binary, free_port, scratch_dir};
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "dapr-system";
+const APPS: &str = "apps";
+const SIDECAR_IMAGE: &str = "localhost/dapr-rs/daprd:e2e";
+/// Bound on things the API server or our binaries do asynchronously (caBundle patch, Service
+/// reconcile).
+const ASYNC_BOUND: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `None` (after saying why) when the cluster binaries are not installed.
+async fn start(name: &str) -> anyhow::Result<Option<Cluster>> {
+    if let Some(why) = missing_tools() {
+        eprintln!("SKIPPED: the cluster tier cannot run: {why}");
+        return Ok(None);
+    }
+    let dir = scratch_dir(&format!("cluster-{name}"))?;
+    let started = Instant::now();
+    let cluster = Cluster::start(&dir).await?;
+    eprintln!(
+        "kube-apiserver ready at {} after {:?} (logs in {})",
+        cluster.server,
+        started.elapsed(),
+        dir.display()
+    );
+    Ok(Some(cluster))
+}
+
+/// `helm install dapr charts/dapr -n dapr-system --create-namespace` as the admin.
+async fn helm_install(cluster: &Cluster) -> anyhow::Result<()> {
+    let chart = repo().join("charts/dapr");
+    let chart = chart.display().to_string();
+    let out = cluster
+        .helm(&[
+            "install",
+            "dapr",
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--timeout=2m",
+        ])
+        .await?;
+    ensure!(
+        out.success,
+        "helm install failed:\n{}\n{}\napiserver log tail:\n{}",
+        out.stdout,
+        out.stderr,
+        cluster.apiserver_log_tail(30)
+    );
+    Ok(())
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {within:?} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_comes_up_answers_and_enforces_rbac_for_service_account_tokens()
+-> anyhow::Result<()> {
+    let Some(cluster) = start("apiserver").await? else {
+        return Ok(());
+    };
+    // `get --raw` prints the body as it is (JSON).
+    let version: Value = serde_json::from_str(
+        &cluster
+            .kubectl(&["get", "--raw", "/version"])
+            .await?
+            .ok()?
+            .stdout,
+    )?;
+    let git_version = version["gitVersion"].as_str().unwrap_or_default();
+    assert!(
+        git_version.starts_with("v1.34."),
+        "unexpected version {version}"
+    );
+
+    // The admin is in system:masters.
+    let can = cluster.kubectl(&["auth", "can-i", "*", "*"]).await?;
+    assert_eq!(can.stdout.trim(), "yes", "{}", can.stderr);
+
+    // A ServiceAccount token from the TokenRequest API authenticates as that account, which
+    // has no rights until bound.
+    cluster.create_namespace("rbac").await?;
+    cluster
+        .kubectl(&["create", "serviceaccount", "reader", "-n", "rbac"])
+        .await?
+        .ok()?;
+    let reader = cluster.service_account_kubeconfig("rbac", "reader").await?;
+    let whoami = cluster
+        .kubectl_as(&reader, &["auth", "whoami", "-o", "json"], None)
+        .await?
+        .json()?;
+    assert_eq!(
+        whoami["status"]["userInfo"]["username"],
+        "system:serviceaccount:rbac:reader"
+    );
+    let denied = cluster
+        .kubectl_as(&reader, &["get", "configmaps", "-n", "rbac"], None)
+        .await?;
+    assert!(!denied.success);
+    assert!(denied.stderr.contains("forbidden"), "{}", denied.stderr);
+
+    // A Role of its own: the aggregated ClusterRoles (view, edit) get their rules from the
+    // aggregation controller in kube-controller-manager, which does not run here.
+    cluster
+        .kubectl(&[
+            "create",
+            "role",
+            "configmap-reader",
+            "-n",
+            "rbac",
+            "--verb=get,list",
+            "--resource=configmaps",
+        ])
+        .await?
+        .ok()?;
+    cluster
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "reader",
+            "-n",
+            "rbac",
+            "--role=configmap-reader",
+            "--serviceaccount=rbac:reader",
+        ])
+        .await?
+        .ok()?;
+    let allowed = cluster
+        .kubectl_as(
+            &reader,
+            &["get", "configmaps", "-n", "rbac", "-o", "json"],
+            None,
+        )
+        .await?
+        .json()?;
+    assert!(allowed["items"].is_array());
+    Ok(())
+}
+
+#[tokio::test]
+async fn helm_install_creates_the_charts_service_accounts_rbac_webhook_trust_bundle_and_configuration()
+-> anyhow::Result<()> {
+    let Some(cluster) = start("helm").await? else {
+        return Ok(());
+    };
+    helm_install(&cluster).await?;
+
+    for (kind, name) in [
+        ("serviceaccount", "dapr-sentry"),
+        ("serviceaccount", "dapr-injector"),
+        ("secret", "dapr-trust-bundle"),
+        ("configmap", "dapr-trust-bundle"),
+        ("configurations.dapr.io", "daprsystem"),
+        ("deployment", "dapr-sentry"),
+        ("deployment", "dapr-sidecar-injector"),
+        ("service", "dapr-sentry"),
+        ("service", "dapr-sidecar-injector"),
+    ] {
+        let object = cluster.get_json(&[kind, name, "-n", NAMESPACE]).await?;
+        assert_eq!(object["metadata"]["name"], name, "{kind}/{name}");
+    }
+    let config = cluster
+        .get_json(&["configurations.dapr.io", "daprsystem", "-n", NAMESPACE])
+        .await?;
+    assert_eq!(config["spec"]["mtls"]["enabled"], true, "{config}");
+
+    for crd in [
+        "components.dapr.io",
+        "configurations.dapr.io",
+        "subscriptions.dapr.io",
+        "resiliencies.dapr.io",
+        "httpendpoints.dapr.io",
+    ] {
+        let object = cluster.get_json(&["crd", crd]).await?;
+        let established = object["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Established" && c["status"] == "True");
+        assert!(established, "CRD {crd} not established: {object}");
+    }
+
+    let webhook = cluster
+        .get_json(&["mutatingwebhookconfiguration", "dapr-sidecar-injector"])
+        .await?;
+    let hook = &webhook["webhooks"][0];
+    assert_eq!(hook["name"], "sidecar-injector.dapr.io");
+    assert_eq!(
+        hook["clientConfig"]["service"],
+        json!({"namespace": NAMESPACE, "name": "dapr-sidecar-injector", "path": "/mutate", "port": 443})
+    );
+    assert!(hook["clientConfig"].get("caBundle").is_none(), "{hook}");
+
+    // The chart's RBAC, as the API server evaluates it for the chart's ServiceAccounts.
+    let injector = format!("--as=system:serviceaccount:{NAMESPACE}:dapr-injector");
+    let sentry = format!("--as=system:serviceaccount:{NAMESPACE}:dapr-sentry");
+    for (who, verb, resource, namespace, expected) in [
+        (
+            &injector,
+            "patch",
+            "mutatingwebhookconfigurations/dapr-sidecar-injector",
+            None,
+            "yes",
+        ),
+        (
+            &injector,
+            "patch",
+            "mutatingwebhookconfigurations/other",
+            None,
+            "no",
+        ),
+        (&injector, "watch", "deployments", Some(APPS), "yes"),
+        (&injector, "create", "services", Some(APPS), "yes"),
+        (&injector, "get", "secrets", Some(NAMESPACE), "no"),
+        (
+            &sentry,
+            "update",
+            "secrets/dapr-trust-bundle",
+            Some(NAMESPACE),
+            "yes",
+        ),
+        (&sentry, "get", "secrets/other", Some(NAMESPACE), "no"),
+        (&sentry, "create", "tokenreviews", None, "yes"),
+        (&sentry, "create", "pods", Some(APPS), "no"),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, resource, who.as_str()];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        let out = cluster.kubectl(&args).await?;
+        assert_eq!(
+            out.stdout.trim(),
+            expected,
+            "kubectl {}: {}",
+            args.join(" "),
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+/// The real injector binary as a local process.
+struct Injector {
+    child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Injector {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `target/debug/injector` serving HTTPS on loopback with a certificate from the
+/// cluster's test CA, acting as ServiceAccount `dapr-system/dapr-injector` (token kubeconfig),
+/// with that CA as its trust anchors (so the caBundle it patches in verifies its serving
+/// certificate).
+async fn start_injector(cluster: &Cluster) -> anyhow::Result<Injector> {
+    let dir = cluster.dir.join("injector");
+    std::fs::create_dir_all(&dir)?;
+    let serving = cluster
+        .ca
+        .server(&["localhost"], &[std::net::IpAddr::from([127, 0, 0, 1])])?;
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    std::fs::write(&cert, &serving.cert)?;
+    std::fs::write(&key, &serving.key)?;
+    let kubeconfig = cluster
+        .service_account_kubeconfig(NAMESPACE, "dapr-injector")
+        .await?;
+    let port = free_port()?;
+    let healthz_port = free_port()?;
+    let log = dir.join("injector.log");
+    let out = std::fs::File::create(&log)?;
+    let child = tokio::process::Command::new(binary("injector"))
+        .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--healthz-listen-address", "127.0.0.1"])
+        .args(["--healthz-port", &healthz_port.to_string()])
+        .args(["--enable-metrics=false", "--scheduler-enabled=false"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("SIDECAR_IMAGE", SIDECAR_IMAGE)
+        .env("NAMESPACE", NAMESPACE)
+        .env("DAPR_TRUST_ANCHORS_FILE", &cluster.ca_file)
+        .env("KUBE_CLUSTER_DOMAIN", "cluster.local")
+        .env("ACTORS_ENABLED", "false")
+        .env("RUST_LOG", "info")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning the injector")?;
+    Ok(Injector { child, port, log })
+}
+
+/// A pod in `apps` asking for a sidecar.
+fn pod(name: &str, app_id: &str) -> String {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": APPS,
+            "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": app_id, "dapr.io/app-port": "8080"}
+        },
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1", "ports": [{"containerPort": 8080}]}]}
+    })
+    .to_string()
+}
+
+fn container_names(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn daprd(pod: &Value) -> anyhow::Result<&Value> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "daprd")
+        .with_context(|| format!("no daprd container in {pod}"))
+}
+
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn arg_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1).copied())
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+#[tokio::test]
+async fn the_api_server_calls_the_real_injector_which_injects_daprd_rejects_bad_annotations_and_creates_the_app_service()
+-> anyhow::Result<()> {
+    let Some(cluster) = start("injector").await? else {
+        return Ok(());
+    };
+    ensure!(
+        binary("injector").exists(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        binary("injector").display()
+    );
+    helm_install(&cluster).await?;
+    cluster.create_namespace(APPS).await?;
+
+    let mut injector = start_injector(&cluster).await?;
+
+    // The injector, as dapr-injector, patches the webhook's caBundle with its trust anchors
+    // (here the test CA that signed its serving certificate).
+    let expected_bundle = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&cluster.ca.cert_pem)
+    };
+    let deadline = Instant::now() + ASYNC_BOUND;
+    let patched = loop {
+        if let Ok(Some(status)) = injector.child.try_wait() {
+            bail!("injector exited with {status}:\n{}", injector.log_text());
+        }
+        let webhook = cluster
+            .get_json(&["mutatingwebhookconfiguration", "dapr-sidecar-injector"])
+            .await?;
+        if let Some(bundle) = webhook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
+            break bundle.to_owned();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the injector did not patch the caBundle within {ASYNC_BOUND:?}; its log:\n{}",
+            injector.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(patched, expected_bundle);
+
+    // The chart points the webhook at Service dapr-sidecar-injector, which the API server
+    // resolves to the Service's endpoints; with no kube-proxy and no pod behind it that route
+    // cannot work here, so the test points the webhook at the local injector by URL (the admin
+    // does this; the caBundle stays the one the injector set).
+    let url = format!("https://127.0.0.1:{}/mutate", injector.port);
+    let patch = json!([
+        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url},
+        // The chart's default is Ignore (as upstream); Fail makes a webhook that cannot be
+        // reached fail this test instead of silently storing pods without a sidecar.
+        {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}
+    ])
+    .to_string();
+    cluster
+        .kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "dapr-sidecar-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ])
+        .await?
+        .ok()?;
+
+    // 1. As the admin (system:masters): injected. The API server may take a moment to see the
+    // new webhook configuration, so the first pod is retried (bounded) until it is injected.
+    let mut attempt = 0;
+    let admin_pod = eventually(ASYNC_BOUND, "the first injected pod", || {
+        attempt += 1;
+        let name = format!("orders-admin-{attempt}");
+        let cluster = &cluster;
+        async move {
+            let out = cluster
+                .kubectl_as(
+                    &cluster.admin_kubeconfig,
+                    &["create", "-f", "-", "-o", "json"],
+                    Some(&pod(&name, "orders")),
+                )
+                .await?;
+            let stored = out.json()?;
+            if container_names(&stored).iter().any(|n| n == "daprd") {
+                Ok(Some(stored))
+            } else {
+                Ok(None)
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
+    assert_eq!(container_names(&admin_pod), ["app", "daprd"]);
+    let sidecar = daprd(&admin_pod)?;
+    assert_eq!(sidecar["image"], SIDECAR_IMAGE);
+    let sidecar_args = args(sidecar);
+    assert_eq!(sidecar_args.first(), Some(&"/daprd"));
+    assert_eq!(arg_value(&sidecar_args, "--app-id"), Some("orders"));
+    assert_eq!(arg_value(&sidecar_args, "--app-port"), Some("8080"));
+    assert_eq!(arg_value(&sidecar_args, "--mode"), Some("kubernetes"));
+    assert_eq!(
+        arg_value(&sidecar_args, "--sentry-address"),
+        Some("dapr-sentry.dapr-system.svc.cluster.local:443")
+    );
+    // Configuration daprsystem (read through the chart's RBAC) has mTLS on.
+    assert!(sidecar_args.contains(&"--enable-mtls"), "{sidecar_args:?}");
+    assert_eq!(
+        env_value(sidecar, "DAPR_TRUST_ANCHORS"),
+        Some(cluster.ca.cert_pem.as_str())
+    );
+    assert_eq!(env_value(sidecar, "NAMESPACE"), Some(APPS));
+    assert_eq!(
+        admin_pod["metadata"]["labels"]["dapr.io/sidecar-injected"],
+        "true"
+    );
+    assert_eq!(admin_pod["metadata"]["labels"]["dapr.io/app-id"], "orders");
+    let app = &admin_pod["spec"]["containers"][0];
+    assert_eq!(env_value(app, "DAPR_HTTP_PORT"), Some("3500"));
+
+    // 2. As the ReplicaSet controller's ServiceAccount (on upstream's built-in allow list; its
+    // RBAC is the API server's bootstrap role), with a generated name as controllers create
+    // them: injected.
+    cluster
+        .kubectl(&[
+            "create",
+            "serviceaccount",
+            "replicaset-controller",
+            "-n",
+            "kube-system",
+        ])
+        .await?
+        .ok()?;
+    let controller = cluster
+        .service_account_kubeconfig("kube-system", "replicaset-controller")
+        .await?;
+    let mut generated: Value = serde_json::from_str(&pod("ignored", "orders"))?;
+    if let Some(meta) = generated["metadata"].as_object_mut() {
+        meta.remove("name");
+        meta.insert("generateName".into(), json!("orders-7d9f8-"));
+    }
+    let stored = cluster
+        .kubectl_as(
+            &controller,
+            &["create", "-f", "-", "-o", "json"],
+            Some(&generated.to_string()),
+        )
+        .await?
+        .json()
+        .context("creating a pod as the replicaset controller")?;
+    assert_eq!(container_names(&stored), ["app", "daprd"]);
+    assert_eq!(
+        arg_value(&args(daprd(&stored)?), "--app-id"),
+        Some("orders")
+    );
+
+    // 3. As an ordinary ServiceAccount allowed to create pods (a Role): the pod is
+    // admitted without a sidecar (upstream's rule: only controllers and system:masters).
+    cluster
+        .kubectl(&["create", "serviceaccount", "dev", "-n", APPS])
+        .await?
+        .ok()?;
+    cluster
+        .kubectl(&[
+            "create",
+            "role",
+            "pod-creator",
+            "-n",
+            APPS,
+            "--verb=create,get",
+            "--resource=pods",
+        ])
+        .await?
+        .ok()?;
+    cluster
+        .kubectl(&[
+            "create",
+            "rolebinding",
+            "dev",
+            "-n",
+            APPS,
+            "--role=pod-creator",
+            "--serviceaccount=apps:dev",
+        ])
+        .await?
+        .ok()?;
+    let dev = cluster.service_account_kubeconfig(APPS, "dev").await?;
+    let stored = cluster
+        .kubectl_as(
+            &dev,
+            &["create", "-f", "-", "-o", "json"],
+            Some(&pod("orders-by-dev", "orders")),
+        )
+        .await?
+        .json()
+        .context("creating a pod as an ordinary ServiceAccount")?;
+    assert_eq!(container_names(&stored), ["app"]);
+    assert!(
+        injector
+            .log_text()
+            .contains("system:serviceaccount:apps:dev"),
+        "the injector did not log the refused requester:\n{}",
+        injector.log_text()
+    );
+
+    // 4. A bad annotation: the API server rejects the pod with our message.
+    let rejected = cluster
+        .kubectl_as(
+            &cluster.admin_kubeconfig,
+            &["create", "-f", "-", "-o", "json"],
+            Some(&pod("bad-id", "Orders")),
+        )
+        .await?;
+    assert!(!rejected.success, "a pod with app id Orders was admitted");
+    assert!(
+        rejected.stderr.contains(
+            "admission webhook \"sidecar-injector.dapr.io\" denied the request: annotation \
+             dapr.io/app-id: invalid app id \"Orders\": \"Orders-dapr\" must be a DNS-1123 label"
+        ),
+        "{}",
+        rejected.stderr
+    );
+    let missing = cluster
+        .kubectl(&["get", "pod", "bad-id", "-n", APPS])
+        .await?;
+    assert!(!missing.success, "the rejected pod was stored");
+
+    // 5. A Deployment asking for a sidecar: the injector's reconciler (a kube-rs controller
+    // acting as dapr-injector) creates the headless `<app-id>-dapr` Service.
+    cluster
+        .apply(
+            &json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "checkout", "namespace": APPS},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "checkout"}},
+                    "template": {
+                        "metadata": {
+                            "labels": {"app": "checkout"},
+                            "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": "checkout"}
+                        },
+                        "spec": {"containers": [{"name": "app", "image": "example.invalid/checkout:1"}]}
+                    }
+                }
+            })
+            .to_string(),
+        )
+        .await?;
+    let service = eventually(ASYNC_BOUND, "Service checkout-dapr", || async {
+        let out = cluster
+            .kubectl(&["get", "service", "checkout-dapr", "-n", APPS, "-o", "json"])
+            .await?;
+        if out.success {
+            Ok(Some(out.json()?))
+        } else {
+            Ok(None)
+        }
+    })
+    .await
+    .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
+    assert_eq!(service["spec"]["clusterIP"], "None", "{service}");
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"app": "checkout"}),
+        "{service}"
+    );
+    let ports: Vec<(String, i64)> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["port"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        ports.contains(&("dapr-http".to_owned(), 80)) && ports.iter().any(|(_, p)| *p == 50002),
+        "{ports:?}"
+    );
+    let owner = &service["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Deployment", "{service}");
+    assert_eq!(owner["name"], "checkout", "{service}");
+    Ok(())
+}
