@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use dapr_proto::runtime::v1::dapr_server::DaprServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -131,7 +130,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .tcp_nodelay(true)
                 .add_routes(tonic::service::Routes::from(routes))
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stop.cancelled_owned(),
                 )
                 .await
@@ -168,7 +167,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             None => servers.spawn(async move {
                 router
                     .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(listener),
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
                         stop.cancelled_owned(),
                     )
                     .await
@@ -239,6 +239,11 @@ async fn serve_http(
     stop: CancellationToken,
     addr: SocketAddr,
 ) -> Result<(), String> {
+    // Small responses must not wait for Nagle's algorithm (a 40 ms stall per response).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -283,6 +283,8 @@ pub async fn serve(
                 }
             },
         };
+        // Small answers must not wait for Nagle's algorithm (a 40 ms stall each).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();

@@ -322,6 +322,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Small answers must not wait for Nagle's algorithm (a 40 ms stall each).
+        let _ = tcp.set_nodelay(true);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -170,6 +170,7 @@ pub async fn tls_channel(
         let config = config.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
                 .await?;

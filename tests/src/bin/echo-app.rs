@@ -34,6 +34,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use dapr_proto::common::v1::{InvokeRequest, InvokeResponse, http_extension};
@@ -46,6 +47,7 @@ use e2e::echo::Note;
 use e2e::echo::echo_server::{Echo as EchoService, EchoServer};
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
@@ -104,14 +106,28 @@ async fn main() -> anyhow::Result<()> {
         return serve_tls(listener, router).await;
     }
     match args.protocol {
-        Protocol::Http => axum::serve(listener, http_router())
-            .await
-            .context("serving HTTP")?,
+        // TCP_NODELAY on every accepted socket: neither `axum::serve` nor tonic's
+        // `serve_with_incoming` sets it, and Nagle plus delayed ACKs add ~40 ms stalls.
+        Protocol::Http => axum::serve(
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            http_router(),
+        )
+        .await
+        .context("serving HTTP")?,
         Protocol::Grpc => tonic::transport::Server::builder()
             .add_service(AppCallbackServer::new(Echo))
             .add_service(AppCallbackHealthCheckServer::new(Echo))
             .add_service(EchoServer::new(Echo))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(
+                tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| {
+                    if let Ok(tcp) = &tcp {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    tcp
+                }),
+            )
             .await
             .context("serving gRPC")?,
     }
