@@ -298,3 +298,24 @@ pub async fn start_pair(
         .context("caller starts")?;
     Ok((callee, caller))
 }
+
+/// [`start_pair`] as most suites use it: `orders` (its app on `app_port`, Configuration `spec`
+/// lines, `args`) and `checkout` (no app), both on the sqlite resolver file in `dir`.
+pub async fn start_sqlite_pair(
+    dir: &Path,
+    app_port: u16,
+    spec: &str,
+    args: &[&str],
+) -> anyhow::Result<(Sidecar, Sidecar)> {
+    let callee = SidecarOptions {
+        app_port: Some(app_port),
+        config: Some(sqlite_config(dir, "callee", spec)?),
+        extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    };
+    let caller = SidecarOptions {
+        config: Some(sqlite_config(dir, "caller", "")?),
+        ..Default::default()
+    };
+    start_pair(dir, ("orders", callee), ("checkout", caller)).await
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e::echo_app;
-use e2e::sidecar::{HttpClient, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::sidecar::{HttpClient, scratch_dir, start_sqlite_pair};
 use http::Method;
 
 /// Polls `call` until `done` holds for its answer, at most `within`.
@@ -46,27 +46,9 @@ async fn an_app_failing_its_probes_is_short_circuited_until_it_recovers() {
         "--app-health-threshold",
         "2",
     ];
-    let (callee, caller) = start_pair(
-        &dir,
-        (
-            "orders",
-            SidecarOptions {
-                app_port: Some(app.addr.port()),
-                config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-                extra_args: health_flags.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-        ),
-        (
-            "checkout",
-            SidecarOptions {
-                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-                ..Default::default()
-            },
-        ),
-    )
-    .await
-    .expect("sidecars start");
+    let (callee, caller) = start_sqlite_pair(&dir, app.addr.port(), "", &health_flags)
+        .await
+        .expect("sidecars start");
     let client = HttpClient::new();
     let invoke = || async {
         client

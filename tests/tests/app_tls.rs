@@ -10,32 +10,14 @@ use dapr_proto::runtime::v1::dapr_client::DaprClient;
 use e2e::echo::Note;
 use e2e::echo::echo_client::EchoClient;
 use e2e::echo_app_with;
-use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::sidecar::{HttpClient, Sidecar, scratch_dir, start_sqlite_pair};
 use http::Method;
 
 async fn pair(name: &str, app_protocol: &str, app_port: u16) -> (Sidecar, Sidecar) {
     let dir = scratch_dir(name).expect("scratch dir");
-    start_pair(
-        &dir,
-        (
-            "orders",
-            SidecarOptions {
-                app_port: Some(app_port),
-                config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-                extra_args: vec!["--app-protocol".into(), app_protocol.into()],
-                ..Default::default()
-            },
-        ),
-        (
-            "checkout",
-            SidecarOptions {
-                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-                ..Default::default()
-            },
-        ),
-    )
-    .await
-    .expect("sidecars start")
+    start_sqlite_pair(&dir, app_port, "", &["--app-protocol", app_protocol])
+        .await
+        .expect("sidecars start")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use dapr_proto::runtime::v1::InvokeServiceRequest;
 use dapr_proto::runtime::v1::dapr_client::DaprClient;
 use e2e::echo::Note;
 use e2e::echo::echo_client::EchoClient;
-use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::sidecar::{HttpClient, Sidecar, scratch_dir, start_sqlite_pair};
 use e2e::{EchoApp, echo_app};
 use http::Method;
 use tonic::transport::Channel;
@@ -28,24 +28,11 @@ struct Grpc {
 async fn start(name: &str, callee_spec: &str) -> Grpc {
     let dir = scratch_dir(name).expect("scratch dir");
     let app = echo_app("grpc").await.expect("echo-app starts");
-    let (callee, caller) = start_pair(
+    let (callee, caller) = start_sqlite_pair(
         &dir,
-        (
-            "orders",
-            SidecarOptions {
-                app_port: Some(app.addr.port()),
-                config: Some(sqlite_config(&dir, "callee", callee_spec).expect("config")),
-                extra_args: vec!["--app-protocol".into(), "grpc".into()],
-                ..Default::default()
-            },
-        ),
-        (
-            "checkout",
-            SidecarOptions {
-                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-                ..Default::default()
-            },
-        ),
+        app.addr.port(),
+        callee_spec,
+        &["--app-protocol", "grpc"],
     )
     .await
     .expect("sidecars start");

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::sidecar::{Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair};
+use e2e::sidecar::{Sidecar, scratch_dir, start_sqlite_pair};
 use e2e::{EchoApp, echo_app};
 
 fn workspace() -> PathBuf {
@@ -31,26 +31,9 @@ struct Setup {
 async fn setup(name: &str) -> Setup {
     let dir = scratch_dir(name).expect("scratch dir");
     let app = echo_app("http").await.expect("echo-app starts");
-    let (callee, caller) = start_pair(
-        &dir,
-        (
-            "orders",
-            SidecarOptions {
-                app_port: Some(app.addr.port()),
-                config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-                ..Default::default()
-            },
-        ),
-        (
-            "checkout",
-            SidecarOptions {
-                config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-                ..Default::default()
-            },
-        ),
-    )
-    .await
-    .expect("sidecars start");
+    let (callee, caller) = start_sqlite_pair(&dir, app.addr.port(), "", &[])
+        .await
+        .expect("sidecars start");
     Setup {
         _app: app,
         _callee: callee,
