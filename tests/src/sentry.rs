@@ -125,36 +125,23 @@ pub struct ClientIdentity {
 impl Sentry {
     /// Asks this sentry (insecure validator) for a certificate for `app_id` in `default`.
     pub async fn issue(&self, app_id: &str) -> anyhow::Result<ClientIdentity> {
-        use dapr_proto::sentry::v1::SignCertificateRequest;
-        use dapr_proto::sentry::v1::ca_client::CaClient;
         let anchors = std::sync::Arc::new(sentry::tls::root_store(&std::fs::read(
             self.trust_anchors(),
         )?)?);
-        let sentry_id = sentry::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?;
-        let tls = std::sync::Arc::new(sentry::tls::client_config(
-            anchors.clone(),
-            sentry::tls::ExpectedId::Exact(sentry_id),
-        )?);
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params.serialize_request(&key)?.pem()?;
-        let channel = tls_channel(self.addr, tls).await?;
-        let response = CaClient::new(channel)
-            .sign_certificate(SignCertificateRequest {
-                id: app_id.into(),
-                namespace: "default".into(),
-                certificate_signing_request: csr.into_bytes().into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let chain = sentry::ca::certs_from_pem(&response.workload_certificate)
-            .map_err(anyhow::Error::msg)?;
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let request = sentry::client::SvidRequest {
+            sentry_address: self.addr.to_string(),
+            sentry_id: sentry::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?,
+            id: app_id.into(),
+            namespace: "default".into(),
+            token: String::new(),
+            validator: 0,
+        };
+        let svid =
+            sentry::client::request(&request, &anchors, sentry::client::KeyAlgorithm::Ed25519)
+                .await?;
         Ok(ClientIdentity {
-            chain,
-            key,
+            chain: svid.chain,
+            key: svid.key,
             anchors,
         })
     }
