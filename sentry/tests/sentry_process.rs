@@ -717,6 +717,67 @@ async fn the_jwks_validator_admits_signed_tokens_and_replaces_insecure() {
         "{denied:?}"
     );
 
+    // Tokens that are signed by the JWKS key but wrong in one claim, and tokens that are not.
+    let signed = |claims: serde_json::Value, kid: &str| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(pkcs8.as_ref())).unwrap()
+    };
+    let sub = "spiffe://public/ns/default/app1";
+    let cases = [
+        (
+            "expired",
+            signed(
+                serde_json::json!({"sub": sub, "aud": SENTRY_ID, "exp": now - 3600}),
+                "k1",
+            ),
+            "ExpiredSignature",
+        ),
+        (
+            "not yet valid",
+            signed(
+                serde_json::json!({"sub": sub, "aud": SENTRY_ID, "exp": now + 7200, "nbf": now + 3600}),
+                "k1",
+            ),
+            "ImmatureSignature",
+        ),
+        (
+            "another namespace",
+            signed(
+                serde_json::json!({"sub": "spiffe://public/ns/other/app1", "aud": SENTRY_ID, "exp": now + 600}),
+                "k1",
+            ),
+            "sub is not spiffe://public/ns/default/app1",
+        ),
+        (
+            "another audience",
+            signed(
+                serde_json::json!({"sub": sub, "aud": "api", "exp": now + 600}),
+                "k1",
+            ),
+            "aud does not include",
+        ),
+        (
+            "unknown key",
+            signed(
+                serde_json::json!({"sub": sub, "aud": SENTRY_ID, "exp": now + 600}),
+                "k9",
+            ),
+            "no key with id \"k9\" in the JWKS",
+        ),
+        ("garbage", "not.a.jwt".to_owned(), "malformed token"),
+    ];
+    for (what, token, reason) in cases {
+        let denied = sign(&mut client, with(TokenValidator::Jwks, token, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{what}: {denied:?}");
+        assert!(
+            denied.message().contains(reason),
+            "{what}: {reason}: {denied:?}"
+        );
+    }
+
     let unnamed = sign(
         &mut client,
         with(TokenValidator::Unknown, String::new(), ""),

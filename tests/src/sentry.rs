@@ -10,6 +10,40 @@ use anyhow::{Context, bail};
 
 use crate::sidecar::{HttpClient, binary, free_port};
 
+/// The flags of a sentry serving on `listen:port` with its credentials in `dir/creds`
+/// (generated on first start) and workload certificates living `ttl` with `skew` of allowed
+/// clock skew; writes its Configuration file into `dir`.
+pub fn args(
+    dir: &Path,
+    listen: &str,
+    port: u16,
+    healthz_port: u16,
+    ttl: &str,
+    skew: &str,
+) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds)?;
+    let config = dir.join("sentry-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprsystem\nspec:\n  mtls:\n    enabled: true\n    workloadCertTTL: {ttl}\n    allowedClockSkew: {skew}\n"
+        ),
+    )?;
+    let mut args: Vec<std::ffi::OsString> = vec!["--issuer-credentials".into(), creds.into()];
+    args.extend(["--config".into(), config.into()]);
+    for (flag, value) in [
+        ("--listen-address", listen.to_owned()),
+        ("--port", port.to_string()),
+        ("--healthz-listen-address", listen.to_owned()),
+        ("--healthz-port", healthz_port.to_string()),
+    ] {
+        args.extend([flag.into(), value.into()]);
+    }
+    args.push("--enable-metrics=false".into());
+    Ok(args)
+}
+
 /// A running sentry; killed when dropped.
 pub struct Sentry {
     pub child: tokio::process::Child,
@@ -29,32 +63,17 @@ impl Sentry {
 
     /// Like [`Sentry::start`] on a given port (to start it after its clients).
     pub async fn start_on(dir: &Path, port: u16, ttl: &str, skew: &str) -> anyhow::Result<Sentry> {
-        let creds = dir.join("creds");
-        std::fs::create_dir_all(&creds)?;
-        let config = dir.join("sentry-config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: daprsystem\nspec:\n  mtls:\n    enabled: true\n    workloadCertTTL: {ttl}\n    allowedClockSkew: {skew}\n"
-            ),
-        )?;
         let healthz_port = free_port()?;
         let log = dir.join(format!("sentry-{port}.log"));
         let out = std::fs::File::create(&log)?;
         let child = tokio::process::Command::new(binary("sentry"))
-            .arg("--issuer-credentials")
-            .arg(&creds)
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--healthz-listen-address", "127.0.0.1"])
-            .args(["--healthz-port", &healthz_port.to_string()])
-            .args(["--enable-metrics=false"])
+            .args(args(dir, "127.0.0.1", port, healthz_port, ttl, skew)?)
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .kill_on_drop(true)
             .spawn()
             .context("spawn sentry")?;
+        let creds = dir.join("creds");
         let mut sentry = Sentry {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -99,20 +118,26 @@ impl Sentry {
 
     /// The flags and env a daprd needs to get its identity from this sentry.
     pub fn sidecar_options(&self) -> (Vec<String>, Vec<(String, String)>) {
-        (
-            vec![
-                "--enable-mtls".into(),
-                "--sentry-address".into(),
-                self.addr.to_string(),
-                "--control-plane-trust-domain".into(),
-                "localhost".into(),
-            ],
-            vec![(
-                "DAPR_TRUST_ANCHORS_FILE".into(),
-                self.trust_anchors().display().to_string(),
-            )],
-        )
+        sidecar_options(&self.addr.to_string(), &self.trust_anchors())
     }
+}
+
+/// The flags and env of a daprd that gets its identity from the sentry at `address`, trusting
+/// the roots in the file `anchors`.
+pub fn sidecar_options(address: &str, anchors: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    (
+        vec![
+            "--enable-mtls".into(),
+            "--sentry-address".into(),
+            address.to_owned(),
+            "--control-plane-trust-domain".into(),
+            "localhost".into(),
+        ],
+        vec![(
+            "DAPR_TRUST_ANCHORS_FILE".into(),
+            anchors.display().to_string(),
+        )],
+    )
 }
 
 /// A certificate for a test client that is not a daprd (to act as a peer with a real identity).

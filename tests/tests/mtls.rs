@@ -1,7 +1,8 @@
 //! Workload identity end to end with real processes: sentry (standalone, insecure validator)
 //! signs each daprd's certificate; sidecars call each other over mutual TLS; access control
-//! keys on the certificate; certificates renew under load without a failed call; a sidecar
-//! started before sentry waits for it.
+//! keys on the certificate; certificates renew under load without a failed call (the served
+//! serial changes each period); a sidecar started before sentry waits for it; a sentry outage
+//! costs no call; roots rotate without restarts; bad client certificates are refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +11,13 @@ use bytes::Bytes;
 use dapr_proto::common::v1::InvokeRequest;
 use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClient;
 use dapr_proto::internals::v1::{InternalInvokeRequest, ListStringValue};
-use e2e::sentry::{Sentry, tls_channel};
+use e2e::sentry::{ClientIdentity, Sentry, tls_channel};
 use e2e::sidecar::{
     HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
 };
 use e2e::{EchoApp, echo_app};
 use http::Method;
+use rustls::pki_types::pem::PemObject;
 
 async fn http_app() -> EchoApp {
     echo_app("http").await.expect("echo-app starts")
@@ -63,6 +65,75 @@ fn signed_count(sidecar: &Sidecar) -> usize {
         .log_text()
         .matches("Successfully signed certificate")
         .count()
+}
+
+/// A TLS client presenting `identity` that accepts only a server proving `/ns/default/<app_id>`
+/// with a chain to the identity's anchors.
+fn client_config(identity: ClientIdentity, app_id: &str) -> Arc<rustls::ClientConfig> {
+    let verifier = sentry::tls::SpiffeServerVerifier::new(
+        Arc::clone(&identity.anchors),
+        sentry::tls::ExpectedId::Path {
+            namespace: "default".into(),
+            app_id: app_id.into(),
+        },
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(identity.chain, identity.key)
+        .expect("client cert");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// The serial number of the certificate the sidecar on `port` serves right now, seen by a
+/// client presenting `identity`.
+async fn served_serial(port: u16, identity: ClientIdentity) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let server = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(client_config(identity, "orders")).connect(server, tcp),
+    )
+    .await
+    .expect("handshake within 10s")
+    .expect("handshake");
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a served certificate")
+        .clone();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).expect("parses");
+    parsed.raw_serial().to_vec()
+}
+
+/// A `CallLocal` of `inspect/<method>` on the sidecar's internal port as `identity`: `Ok` when
+/// the app answered, else the connection or call error.
+async fn call_local_as(port: u16, identity: ClientIdentity, method: &str) -> Result<(), String> {
+    let channel = tls_channel(
+        ([127, 0, 0, 1], port).into(),
+        client_config(identity, "orders"),
+    )
+    .await
+    .map_err(|e| format!("connect: {e:#}"))?;
+    ServiceInvocationClient::new(channel)
+        .call_local(InternalInvokeRequest {
+            ver: 1,
+            message: Some(InvokeRequest {
+                method: format!("inspect/{method}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{status:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,24 +203,9 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
 
     // A peer with a valid certificate for `intruder` that claims to be `checkout`.
     let intruder = sentry.issue("intruder").await.expect("certificate");
-    let verifier = sentry::tls::SpiffeServerVerifier::new(
-        Arc::clone(&intruder.anchors),
-        sentry::tls::ExpectedId::Path {
-            namespace: "default".into(),
-            app_id: "orders".into(),
-        },
-    );
-    let mut config = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(intruder.chain, intruder.key)
-        .expect("client cert");
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let channel = tls_channel(
         ([127, 0, 0, 1], callee.internal_port).into(),
-        Arc::new(config),
+        client_config(intruder, "orders"),
     )
     .await
     .expect("mTLS handshake with a valid certificate");
@@ -186,7 +242,7 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn certificates_renew_under_load_without_a_failed_call() {
+async fn certificates_renew_under_load_without_a_failed_call_and_the_served_serial_changes() {
     let dir = scratch_dir("mtls-renew").expect("dir");
     // 6s certificates with no skew: each sidecar renews about every 3s.
     let sentry = Sentry::start(&dir, "6s", "0s").await.expect("sentry");
@@ -212,6 +268,23 @@ async fn certificates_renew_under_load_without_a_failed_call() {
             (ok, failed)
         }));
     }
+    // Meanwhile, the certificate orders serves is looked at about three times a second (with a
+    // fresh client identity each time: those live 6s too).
+    let mut serials: Vec<Vec<u8>> = Vec::new();
+    while Instant::now() < deadline {
+        let probe = sentry.issue("probe").await.expect("probe identity");
+        let serial = served_serial(callee.internal_port, probe).await;
+        if serials.last() != Some(&serial) {
+            assert!(
+                !serials.contains(&serial),
+                "an older certificate came back: {serials:?}"
+            );
+            serials.push(serial);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // 12s of 6s certificates renewed at half-life: the served one changed at least 3 times.
+    assert!(serials.len() >= 4, "served serials: {serials:?}");
     let mut total = 0;
     for worker in workers {
         let (ok, failed) = worker.await.expect("worker");
@@ -277,38 +350,93 @@ async fn a_sidecar_started_before_sentry_becomes_ready_once_sentry_is_up() {
     assert_eq!(signed_count(&sidecar), 1);
 }
 
-/// A root and an issuer signed by it, as PEM (certificates) and PKCS#8 PEM (issuer key).
-fn new_root_and_issuer() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let root_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("root key");
-    let mut root = CertificateParams::default();
-    root.distinguished_name = rcgen::DistinguishedName::new();
-    root.distinguished_name
-        .push(DnType::OrganizationName, "rotated-root");
-    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    root.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let root_cert = root.self_signed(&root_key).expect("root");
-    let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("issuer key");
-    let mut issuer = CertificateParams::default();
-    issuer.distinguished_name = rcgen::DistinguishedName::new();
-    issuer.distinguished_name.push(
-        DnType::OrganizationName,
-        "spiffe://localhost/ns/default/dapr-sentry",
-    );
-    issuer.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    issuer.key_usages = root.key_usages.clone();
-    let issuer_cert = issuer
-        .signed_by(&issuer_key, &rcgen::Issuer::new(root, &root_key))
-        .expect("issuer");
-    (
-        root_cert.pem(),
-        issuer_cert.pem(),
-        issuer_key.serialize_pem(),
-    )
+/// A root and an issuer signed by it (what a user brings as sentry's CA), able to sign
+/// workload certificates of its own for attack tests.
+struct TestCa {
+    root_pem: String,
+    issuer_pem: String,
+    issuer_key_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new root (named `org`) and an issuer under it named as sentry's issuer is.
+    fn new(org: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("root key");
+        let mut root = CertificateParams::default();
+        root.distinguished_name = rcgen::DistinguishedName::new();
+        root.distinguished_name.push(DnType::OrganizationName, org);
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let root_cert = root.self_signed(&root_key).expect("root");
+        let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("issuer key");
+        let mut issuer = CertificateParams::default();
+        issuer.distinguished_name = rcgen::DistinguishedName::new();
+        issuer.distinguished_name.push(
+            DnType::OrganizationName,
+            "spiffe://localhost/ns/default/dapr-sentry",
+        );
+        issuer.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        issuer.key_usages = root.key_usages.clone();
+        let issuer_cert = issuer
+            .signed_by(&issuer_key, &rcgen::Issuer::new(root, &root_key))
+            .expect("issuer");
+        TestCa {
+            root_pem: root_cert.pem(),
+            issuer_pem: issuer_cert.pem(),
+            issuer_key_pem: issuer_key.serialize_pem(),
+            issuer: rcgen::Issuer::new(issuer, issuer_key),
+        }
+    }
+
+    /// Writes the CA where sentry loads it from (before sentry starts: it then uses it as is).
+    fn install(&self, dir: &std::path::Path) {
+        let creds = dir.join("creds");
+        std::fs::create_dir_all(&creds).expect("creds dir");
+        for (file, pem) in [
+            ("ca.crt", &self.root_pem),
+            ("issuer.crt", &self.issuer_pem),
+            ("issuer.key", &self.issuer_key_pem),
+        ] {
+            std::fs::write(creds.join(file), pem).expect("write credentials");
+        }
+    }
+
+    /// A workload identity for `app_id` in `default` signed by this CA's issuer, valid between
+    /// the given years, that trusts `anchors_pem` as a client.
+    fn workload(&self, app_id: &str, years: (i32, i32), anchors_pem: &str) -> ClientIdentity {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("leaf key");
+        let mut leaf = CertificateParams::default();
+        leaf.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://public/ns/default/{app_id}")
+                .try_into()
+                .expect("uri"),
+        )];
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        leaf.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        leaf.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let cert = leaf.signed_by(&key, &self.issuer).expect("leaf");
+        let issuer_der =
+            rustls::pki_types::CertificateDer::from_pem_slice(self.issuer_pem.as_bytes())
+                .expect("issuer DER");
+        ClientIdentity {
+            chain: vec![cert.der().clone(), issuer_der],
+            key: rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+                .expect("leaf key DER"),
+            anchors: Arc::new(
+                sentry::tls::root_store(anchors_pem.as_bytes()).expect("anchors parse"),
+            ),
+        }
+    }
 }
 
 /// Polls until `text()` contains `needle`, at most `within`.
@@ -371,7 +499,12 @@ async fn a_new_root_reaches_running_sidecars_through_the_anchors_file_without_a_
         (ok, failed)
     });
 
-    let (new_root, new_issuer, new_key) = new_root_and_issuer();
+    let TestCa {
+        root_pem: new_root,
+        issuer_pem: new_issuer,
+        issuer_key_pem: new_key,
+        ..
+    } = TestCa::new("rotated-root");
     // 1. Sidecars trust both roots.
     std::fs::write(&anchors, format!("{old_root}{new_root}")).expect("both roots");
     for sidecar in [&caller, &callee] {
@@ -439,6 +572,120 @@ async fn a_new_root_reaches_running_sidecars_through_the_anchors_file_without_a_
     assert!(
         failed.is_empty(),
         "failed calls during rotation: {failed:?}"
+    );
+    assert!(ok > 50, "only {ok} calls made");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_internal_api_refuses_expired_premature_and_foreign_client_certificates() {
+    let dir = scratch_dir("mtls-peer-certs").expect("dir");
+    let ca = TestCa::new("user-root");
+    ca.install(&dir);
+    let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
+    let app = http_app().await;
+    let (callee, _caller) = mtls_pair(&sentry, &dir, "", &app).await;
+    let port = callee.internal_port;
+    let anchors = &ca.root_pem;
+
+    // The control: a workload certificate this test signed with the CA sentry uses is accepted,
+    // so what fails below fails for the one thing changed.
+    call_local_as(
+        port,
+        ca.workload("checkout", (2020, 2090), anchors),
+        "valid",
+    )
+    .await
+    .expect("a current certificate from the trusted CA is accepted");
+
+    let other = TestCa::new("another-root");
+    let cases = [
+        (
+            "expired",
+            ca.workload("checkout", (2020, 2021), anchors),
+            "certificate expired",
+        ),
+        (
+            "premature",
+            ca.workload("checkout", (2090, 2091), anchors),
+            "certificate not valid yet",
+        ),
+        // The same issuer name under another root.
+        (
+            "foreign",
+            other.workload("checkout", (2020, 2090), anchors),
+            "UnknownIssuer",
+        ),
+    ];
+    for (what, identity, reason) in cases {
+        let refused = call_local_as(port, identity, what).await;
+        assert!(refused.is_err(), "{what} certificate accepted");
+        until_logged(
+            what,
+            || callee.log_text(),
+            &format!("TLS handshake failed: invalid peer certificate: {reason}"),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_keep_serving_while_sentry_is_down_and_renew_once_it_is_back() {
+    let dir = scratch_dir("mtls-sentry-outage").expect("dir");
+    let port = free_port().expect("port");
+    // 24s certificates: renewal is due 12s in, well before they expire.
+    let sentry = Sentry::start_on(&dir, port, "24s", "0s")
+        .await
+        .expect("sentry");
+    let app = http_app().await;
+    let (callee, caller) = mtls_pair(&sentry, &dir, "", &app).await;
+    drop(sentry);
+
+    let stop = Instant::now() + Duration::from_secs(40);
+    let url = caller.url("/v1.0/invoke/orders/method/inspect/outage");
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(async move {
+        let client = HttpClient::new();
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        while Instant::now() < stop && !*done_rx.borrow() && ok < 20_000 {
+            match client.get(&url).await {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+
+    // Both sidecars find sentry gone when renewal is due, and keep serving.
+    for sidecar in [&caller, &callee] {
+        until_logged(
+            "renewal attempt",
+            || sidecar.log_text(),
+            "failed to renew the certificate",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let _sentry = Sentry::start_on(&dir, port, "24s", "0s")
+        .await
+        .expect("sentry is back");
+    for sidecar in [&caller, &callee] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while signed_count(sidecar) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no renewal after sentry came back:\n{}",
+                sidecar.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = done_tx.send(true);
+    let (ok, failed) = load.await.expect("load");
+    assert!(
+        failed.is_empty(),
+        "failed calls during the outage: {failed:?}"
     );
     assert!(ok > 50, "only {ok} calls made");
 }

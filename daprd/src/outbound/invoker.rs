@@ -208,13 +208,27 @@ impl Invoker {
         }
         if matches!(
             status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::Unauthenticated
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ) {
             self.forget(target, addr);
         }
+        // A TLS 1.3 server refuses a client certificate after the client's side of the
+        // handshake is done: the caller only sees its connection close.
+        let hint = if status.code() == tonic::Code::Cancelled {
+            " (the peer closed the connection; if it refused this sidecar's certificate, its log says why)"
+        } else {
+            ""
+        };
         Error::Invoke {
             id: target.app_id.to_owned(),
-            reason: format!("{}: {}", status.code().description(), status.message()),
+            reason: format!(
+                "{}: {}{hint}",
+                status.code().description(),
+                status.message()
+            ),
         }
     }
 
