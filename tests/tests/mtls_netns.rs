@@ -191,7 +191,7 @@ async fn sidecars_in_their_own_namespaces_use_mtls_and_refuse_another_roots_iden
     let (status, body) = invoke(&net, "rogue", "orders", "inspect/sneaky").await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("ERR_DIRECT_INVOKE"), "{body}");
-    assert!(body.contains("the peer closed the connection"), "{body}");
+    assert!(body.contains("the connection to the peer failed"), "{body}");
     let orders_log = log_of(&dir.join("orders.log"));
     assert!(
         orders_log.contains("refused a peer: TLS handshake failed"),

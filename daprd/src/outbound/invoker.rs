@@ -206,29 +206,31 @@ impl Invoker {
                 message: status.message().to_owned(),
             };
         }
-        if matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unauthenticated
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-        ) {
+        // A transport error as the source: the connection failed under the call (a status the
+        // peer sent has no source). A TLS 1.3 server refuses a client certificate after the
+        // client's side of the handshake is done, so a closed connection is all the caller
+        // sees of it.
+        let transport = std::error::Error::source(status)
+            .filter(|e| e.is::<tonic::transport::Error>())
+            .map(error_chain);
+        if transport.is_some()
+            || matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::Unknown
+            )
+        {
             self.forget(target, addr);
         }
-        // A TLS 1.3 server refuses a client certificate after the client's side of the
-        // handshake is done: the caller only sees its connection close.
-        let hint = if status.code() == tonic::Code::Cancelled {
-            " (the peer closed the connection; if it refused this sidecar's certificate, its log says why)"
-        } else {
-            ""
+        let reason = match transport {
+            Some(chain) if status.code() != tonic::Code::Unavailable => format!(
+                "{}: {chain} (the connection to the peer failed; if the peer refused this sidecar's certificate, its log says why)",
+                status.code().description()
+            ),
+            _ => format!("{}: {}", status.code().description(), status.message()),
         };
         Error::Invoke {
             id: target.app_id.to_owned(),
-            reason: format!(
-                "{}: {}{hint}",
-                status.code().description(),
-                status.message()
-            ),
+            reason,
         }
     }
 
@@ -593,4 +595,19 @@ mod tests {
             );
         }
     }
+}
+
+/// `error: cause: cause ...`, each distinct message once.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        next = cause.source();
+    }
+    chain
 }
