@@ -22,7 +22,7 @@ use crate::ca::generate;
 use crate::ca::store::{Origin, RawCredentials};
 use crate::config::CredentialPaths;
 use crate::spiffe::DEFAULT_TRUST_DOMAIN;
-use crate::validator::{Validated, common_checks};
+use crate::validator::{Validated, common_checks, is_valid_trust_domain};
 
 /// Name of the Secret and the ConfigMap holding the trust bundle.
 pub const TRUST_BUNDLE: &str = "dapr-trust-bundle";
@@ -423,21 +423,30 @@ impl KubernetesValidator {
         Ok(Validated { trust_domain })
     }
 
-    /// `spec.accessControl.trustDomain` of the pod's Configuration, else `public`.
+    /// `spec.accessControl.trustDomain` of the pod's Configuration, else `public`. An empty
+    /// `dapr.io/config` names no Configuration (the injector then passes no `--config`); a
+    /// trust domain that is not a valid SPIFFE one is refused, as upstream does.
     async fn workload_trust_domain(
         &self,
         namespace: &str,
         config: Option<&String>,
     ) -> Result<String, Error> {
-        let Some(name) = config else {
+        let Some(name) = config.filter(|name| !name.is_empty()) else {
             return Ok(DEFAULT_TRUST_DOMAIN.to_owned());
         };
         let configuration = configuration(&self.client, namespace, name).await?;
-        Ok(configuration
+        let trust_domain = configuration
             .and_then(|c| c.spec.access_control)
             .and_then(|a| a.trust_domain)
             .filter(|td| !td.is_empty())
-            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned()))
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        if !is_valid_trust_domain(&trust_domain) {
+            return Err(Error::Denied(format!(
+                "Configuration {namespace}/{name}: trust domain {trust_domain:?} may contain only \
+                 lowercase letters, digits, '.', '-' and '_'"
+            )));
+        }
+        Ok(trust_domain)
     }
 }
 

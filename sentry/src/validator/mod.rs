@@ -145,16 +145,22 @@ pub fn common_checks(req: &SignCertificateRequest) -> Result<Validated, Error> {
     } else {
         req.trust_domain.clone()
     };
-    if !trust_domain
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
-    {
+    if !is_valid_trust_domain(&trust_domain) {
         return Err(Error::Denied(format!(
             "invalid request: trust domain {trust_domain:?} may contain only lowercase letters, \
              digits, '.', '-' and '_'"
         )));
     }
     Ok(Validated { trust_domain })
+}
+
+/// Whether `trust_domain` is a SPIFFE trust domain name as upstream accepts it: non-empty,
+/// only lowercase letters, digits, '.', '-' and '_'.
+pub fn is_valid_trust_domain(trust_domain: &str) -> bool {
+    !trust_domain.is_empty()
+        && trust_domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
 }
 
 #[cfg(test)]
