@@ -162,8 +162,13 @@ pub async fn run_until(
             addr: config.listen,
             source,
         })?;
+    let when_empty = match config.mode {
+        Mode::Standalone => rotation::WhenEmpty::Gone,
+        Mode::Kubernetes => rotation::WhenEmpty::NotSyncedYet,
+    };
     let watcher = tokio::spawn(rotation::watch(
         store,
+        when_empty,
         authority.clone(),
         metrics.clone(),
         loaded.digest,

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::ca::store::CaStore;
+use crate::Error;
+use crate::ca::store::{CaStore, RawCredentials};
 use crate::metrics::Metrics;
 use crate::server::Authority;
 
@@ -68,10 +69,43 @@ impl ChangeDetector {
     }
 }
 
+/// What an empty credentials directory means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenEmpty {
+    /// Standalone: the files sentry loaded or generated were deleted; reported once.
+    Gone,
+    /// Kubernetes mode: the directory is the mounted `dapr-trust-bundle` Secret, which the chart
+    /// creates empty and the kubelet refreshes only a while after sentry stored its generated CA
+    /// through the API; until then there is nothing to compare.
+    NotSyncedYet,
+}
+
+/// One read of the store, as the change detector sees it.
+#[derive(Debug)]
+enum Reading {
+    /// Nothing to judge yet (kubernetes mode, the Secret not yet in the mount).
+    Pending,
+    /// The content's digest and what it loads as.
+    Seen(Digest, Result<RawCredentials, String>),
+}
+
+fn reading(read: Result<Option<RawCredentials>, Error>, when_empty: WhenEmpty) -> Reading {
+    match read {
+        Ok(Some(raw)) => Reading::Seen(raw.digest(), Ok(raw)),
+        Ok(None) if when_empty == WhenEmpty::NotSyncedYet => Reading::Pending,
+        Ok(None) => Reading::Seen(
+            digest_of("missing"),
+            Err("all credential files are gone".to_owned()),
+        ),
+        Err(e) => Reading::Seen(digest_of(&e.to_string()), Err(e.to_string())),
+    }
+}
+
 /// Runs forever (until the task is dropped): reloads the CA on change and renews sentry's
 /// serving certificate when due.
 pub async fn watch(
     store: CaStore,
+    when_empty: WhenEmpty,
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
     serving: Digest,
@@ -80,6 +114,7 @@ pub async fn watch(
     let mut detector = ChangeDetector::new(serving);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut said_pending = false;
     loop {
         ticker.tick().await;
         let reader = store.clone();
@@ -90,13 +125,22 @@ pub async fn watch(
                 continue;
             }
         };
-        let (digest, outcome) = match read {
-            Ok(Some(raw)) => (raw.digest(), Ok(raw)),
-            Ok(None) => (
-                digest_of("missing"),
-                Err("all credential files are gone".to_owned()),
-            ),
-            Err(e) => (digest_of(&e.to_string()), Err(e.to_string())),
+        let (digest, outcome) = match reading(read, when_empty) {
+            Reading::Seen(digest, outcome) => {
+                said_pending = false;
+                (digest, outcome)
+            }
+            Reading::Pending => {
+                if !said_pending {
+                    said_pending = true;
+                    tracing::info!(
+                        dir = %store.paths().dir.display(),
+                        "the mounted trust bundle is still empty (the kubelet has not synced the Secret yet); issuer changes are picked up once it is there"
+                    );
+                }
+                authority.renew_server_cert_if_due(SystemTime::now());
+                continue;
+            }
         };
         if detector.observe(digest) == Decision::Reload {
             let now = SystemTime::now();
@@ -164,6 +208,36 @@ mod tests {
         }
         assert_eq!(d.observe(good), Decision::Settling);
         assert_eq!(d.observe(good), Decision::Reload);
+    }
+
+    #[test]
+    fn an_empty_mount_is_pending_in_kubernetes_mode_and_gone_in_standalone() {
+        assert!(matches!(
+            reading(Ok(None), WhenEmpty::NotSyncedYet),
+            Reading::Pending
+        ));
+        match reading(Ok(None), WhenEmpty::Gone) {
+            Reading::Seen(_, Err(e)) => assert!(e.contains("gone"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let raw = RawCredentials {
+            trust_anchors: b"ROOT".to_vec(),
+            issuer_chain: b"ISSUER".to_vec(),
+            issuer_key: b"KEY".to_vec(),
+        };
+        let digest = raw.digest();
+        match reading(Ok(Some(raw)), WhenEmpty::NotSyncedYet) {
+            Reading::Seen(seen, Ok(_)) => assert_eq!(seen, digest),
+            other => panic!("{other:?}"),
+        }
+        let broken = Error::Credentials {
+            path: "/creds".into(),
+            reason: "missing issuer.key".into(),
+        };
+        assert!(matches!(
+            reading(Err(broken), WhenEmpty::NotSyncedYet),
+            Reading::Seen(_, Err(_))
+        ));
     }
 
     #[test]

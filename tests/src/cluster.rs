@@ -492,12 +492,44 @@ impl Cluster {
         name: &str,
         audience: Option<&str>,
     ) -> anyhow::Result<String> {
-        let mut args = vec!["create", "token", name, "-n", namespace, "--duration=1h"];
-        let audience_flag;
+        self.token_request(namespace, name, audience, None).await
+    }
+
+    /// A token for ServiceAccount `namespace/name` bound to pod `pod` (name, UID), as the
+    /// kubelet projects one into a pod (daprd's `dapr-identity-token`): it names the pod in its
+    /// `kubernetes.io` claim and stops authenticating once the pod is gone. The API server
+    /// refuses to bind it to a pod that runs as another ServiceAccount.
+    pub async fn pod_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: Option<&str>,
+        pod: (&str, &str),
+    ) -> anyhow::Result<String> {
+        self.token_request(namespace, name, audience, Some(pod))
+            .await
+    }
+
+    async fn token_request(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: Option<&str>,
+        pod: Option<(&str, &str)>,
+    ) -> anyhow::Result<String> {
+        let mut args: Vec<String> = ["create", "token", name, "-n", namespace, "--duration=1h"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
         if let Some(audience) = audience {
-            audience_flag = format!("--audience={audience}");
-            args.push(&audience_flag);
+            args.push(format!("--audience={audience}"));
         }
+        if let Some((pod_name, pod_uid)) = pod {
+            args.push("--bound-object-kind=Pod".into());
+            args.push(format!("--bound-object-name={pod_name}"));
+            args.push(format!("--bound-object-uid={pod_uid}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self
             .kubectl(&args)
             .await?

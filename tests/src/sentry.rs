@@ -85,7 +85,9 @@ impl Sentry {
         Ok(sentry)
     }
 
-    async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
+    /// Polls `/healthz` until it answers 200, for at most `within`; fails at once if sentry
+    /// exits.
+    pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         let client = HttpClient::new();
         let url = format!("http://{}/healthz", self.healthz);
