@@ -139,6 +139,38 @@ pub fn method_of(verb: Verb) -> Method {
 /// Why a body stream ended badly.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a body holds right now, without waiting for more.
+pub enum Ready {
+    /// All of it: the body has ended.
+    Complete(Bytes),
+    /// The body goes on (or failed): the same body, whatever was taken from it put back.
+    Streaming(BoxStream<Result<Bytes, BoxError>>),
+}
+
+/// Takes what `body` has ready without waiting. A small body usually arrives with its head,
+/// so it can travel in the first message of a stream: one message, one write, no pump task.
+pub fn ready_part(mut body: BoxStream<Result<Bytes, BoxError>>) -> Ready {
+    use futures::FutureExt;
+    let first = match body.next().now_or_never() {
+        None => return Ready::Streaming(body),
+        Some(None) => return Ready::Complete(Bytes::new()),
+        Some(Some(Err(e))) => return Ready::Streaming(put_back(vec![Err(e)], body)),
+        Some(Some(Ok(first))) => first,
+    };
+    match body.next().now_or_never() {
+        Some(None) => Ready::Complete(first),
+        None => Ready::Streaming(put_back(vec![Ok(first)], body)),
+        Some(Some(next)) => Ready::Streaming(put_back(vec![Ok(first), next], body)),
+    }
+}
+
+fn put_back(
+    taken: Vec<Result<Bytes, BoxError>>,
+    body: BoxStream<Result<Bytes, BoxError>>,
+) -> BoxStream<Result<Bytes, BoxError>> {
+    Box::pin(futures::stream::iter(taken).chain(body))
+}
+
 /// Splits a stream of body chunks into numbered payloads of at most [`MAX_CHUNK`] bytes.
 pub fn into_payloads<S>(body: S) -> BoxStream<Result<StreamPayload, BoxError>>
 where
@@ -304,6 +336,56 @@ pub fn declared_len(value: Option<&str>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunks(
+        items: Vec<Result<&'static str, &'static str>>,
+    ) -> BoxStream<Result<Bytes, BoxError>> {
+        Box::pin(futures::stream::iter(items.into_iter().map(|item| {
+            item.map(|s: &str| Bytes::from_static(s.as_bytes()))
+                .map_err(|e| BoxError::from(e.to_owned()))
+        })))
+    }
+
+    async fn drain(body: BoxStream<Result<Bytes, BoxError>>) -> Vec<Result<String, String>> {
+        body.map(|item| {
+            item.map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_body_read_with_its_head_is_complete_and_anything_else_streams_unchanged() {
+        assert!(matches!(ready_part(chunks(vec![])), Ready::Complete(b) if b.is_empty()));
+        assert!(matches!(ready_part(chunks(vec![Ok("all")])), Ready::Complete(b) if b == "all"));
+        // Several ready chunks, a failure, or a body still arriving: nothing is lost or reordered.
+        let Ready::Streaming(body) = ready_part(chunks(vec![Ok("a"), Ok("b"), Ok("c")])) else {
+            panic!("two chunks are not one message");
+        };
+        assert_eq!(
+            drain(body).await,
+            vec![Ok("a".into()), Ok("b".into()), Ok("c".into())]
+        );
+        let Ready::Streaming(body) = ready_part(chunks(vec![Ok("a"), Err("broken")])) else {
+            panic!("a failed body is not complete");
+        };
+        assert_eq!(
+            drain(body).await,
+            vec![Ok("a".into()), Err("broken".into())]
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(2);
+        let Ready::Streaming(body) =
+            ready_part(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        else {
+            panic!("nothing has arrived yet");
+        };
+        tx.send(Ok(Bytes::from_static(b"late")))
+            .await
+            .expect("send");
+        drop(tx);
+        assert_eq!(drain(body).await, vec![Ok("late".into())]);
+    }
 
     #[test]
     fn headers_become_metadata_without_hop_by_hop_ones() {

@@ -8,8 +8,8 @@ pub mod health;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dapr_proto::common::v1::InvokeResponse;
 use dapr_proto::common::v1::http_extension::Verb;
+use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::service_invocation_server::ServiceInvocation;
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
@@ -257,11 +257,20 @@ impl ServiceInvocation for Internal {
         let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received.respond(app.invoke(app_request)).await?;
-        let head = InternalInvokeResponseStream {
+        let mut head = InternalInvokeResponseStream {
             response: Some(response_head(&response)),
             payload: None,
         };
-        let payloads = wire::into_payloads(response.body).map(|p| {
+        // A small answer the app has sent in full rides in the head message.
+        let rest: BoxStream<Result<Bytes, wire::BoxError>> = match wire::ready_part(response.body) {
+            wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
+                head.payload = (!data.is_empty()).then_some(StreamPayload { data, seq: 0 });
+                Box::pin(futures::stream::empty())
+            }
+            wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
+            wire::Ready::Streaming(body) => body,
+        };
+        let payloads = wire::into_payloads(rest).map(|p| {
             p.map(|payload| InternalInvokeResponseStream {
                 response: None,
                 payload: Some(payload),

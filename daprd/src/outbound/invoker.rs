@@ -345,14 +345,14 @@ impl Invoker {
         target: &Target,
         addr: SocketAddr,
         request: InternalInvokeRequest,
-        pump: tokio::task::JoinHandle<Replay>,
+        pump: futures::future::BoxFuture<'static, Option<Replay>>,
     ) -> Result<PeerResponse, Error> {
         tracing::info!(%addr, "peer does not implement CallLocalStream; using CallLocal");
         self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
         let replay = tokio::time::timeout(CONNECT_TIMEOUT, pump)
             .await
             .ok()
-            .and_then(Result::ok)
+            .flatten()
             .ok_or_else(|| Error::Invoke {
                 id: target.app_id.to_owned(),
                 reason: "peer does not implement CallLocalStream and the request body could not be recovered".into(),
@@ -501,20 +501,49 @@ enum Replay {
     TooLarge,
 }
 
-/// The request stream: the head, then the body's payloads, pumped through a small bounded
+/// The request stream and, once it is done with the body, what it kept of it for
+/// [`Invoker::fall_back_to_unary`] (`None` if that is lost).
+type Outgoing = (
+    futures::future::Either<
+        futures::stream::Iter<std::array::IntoIter<InternalInvokeRequestStream, 1>>,
+        tokio_stream::wrappers::ReceiverStream<InternalInvokeRequestStream>,
+    >,
+    futures::future::BoxFuture<'static, Option<Replay>>,
+);
+
+/// The request stream. A body that is complete already and fits one message travels in the
+/// head message. Any other body follows the head as payloads, pumped through a small bounded
 /// channel (back-pressure from the peer reaches the client body). A failing client body must not
 /// look like a complete one to the peer: the pump then reports the failure and holds the stream
-/// open until the caller abandons the call (the peer sees a reset). The pump's result is what it
-/// kept of the body, for [`Invoker::fall_back_to_unary`].
+/// open until the caller abandons the call (the peer sees a reset).
 fn outgoing(
     request: InternalInvokeRequest,
-    mut body: BoxStream<Result<Bytes, BoxError>>,
+    body: BoxStream<Result<Bytes, BoxError>>,
     keep_for_replay: bool,
     failed: tokio::sync::oneshot::Sender<String>,
-) -> (
-    tokio_stream::wrappers::ReceiverStream<InternalInvokeRequestStream>,
-    tokio::task::JoinHandle<Replay>,
-) {
+) -> Outgoing {
+    use futures::FutureExt;
+    let mut body = match wire::ready_part(body) {
+        wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
+            let head = InternalInvokeRequestStream {
+                request: Some(request),
+                payload: (!data.is_empty()).then(|| dapr_proto::common::v1::StreamPayload {
+                    data: data.clone(),
+                    seq: 0,
+                }),
+            };
+            let replay = Replay::Kept {
+                sent: vec![data],
+                rest: None,
+            };
+            return (
+                futures::future::Either::Left(futures::stream::iter([head])),
+                futures::future::ready(Some(replay)).boxed(),
+            );
+        }
+        wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
+        wire::Ready::Streaming(body) => body,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let pump = tokio::spawn(async move {
         let mut kept = keep_for_replay.then(Vec::new);
@@ -559,7 +588,10 @@ fn outgoing(
         }
         stopped(kept, None)
     });
-    (tokio_stream::wrappers::ReceiverStream::new(rx), pump)
+    (
+        futures::future::Either::Right(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        async move { pump.await.ok() }.boxed(),
+    )
 }
 
 /// Collects a request body for a unary call (the API layer bounds it by `--max-body-size`).
