@@ -604,6 +604,21 @@ async fn collect_body(mut body: BoxStream<Result<Bytes, BoxError>>) -> Result<By
     Ok(data.freeze())
 }
 
+/// `error: cause: cause ...`, each distinct message once.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        next = cause.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,19 +642,4 @@ mod tests {
             );
         }
     }
-}
-
-/// `error: cause: cause ...`, each distinct message once.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        next = cause.source();
-    }
-    chain
 }
