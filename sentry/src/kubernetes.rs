@@ -231,16 +231,27 @@ pub async fn load_or_generate_bundle(
 pub struct TokenClaims {
     pub namespace: String,
     pub pod: String,
+    /// The pod's UID, when the token names it (bound tokens do): a pod of the same name created
+    /// later is another pod.
+    pub pod_uid: Option<String>,
 }
 
-/// The namespace and pod name of a bound service-account token (claim `kubernetes.io`).
-pub fn token_claims(token: &str) -> Result<TokenClaims, String> {
+fn claims_json(token: &str) -> Result<serde_json::Value, String> {
     let payload = token.split('.').nth(1).ok_or("the token is not a JWT")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|e| format!("the token's claims are not base64url: {e}"))?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("the token's claims are not JSON: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("the token's claims are not JSON: {e}"))
+}
+
+/// The token's `exp` (seconds since the epoch), if it is readable.
+fn token_expiry(token: &str) -> Option<u64> {
+    claims_json(token).ok()?["exp"].as_u64()
+}
+
+/// The namespace and pod of a bound service-account token (claim `kubernetes.io`).
+pub fn token_claims(token: &str) -> Result<TokenClaims, String> {
+    let claims = claims_json(token)?;
     let k8s = &claims["kubernetes.io"];
     let namespace = k8s["namespace"]
         .as_str()
@@ -251,6 +262,7 @@ pub fn token_claims(token: &str) -> Result<TokenClaims, String> {
     Ok(TokenClaims {
         namespace: namespace.to_owned(),
         pod: pod.to_owned(),
+        pod_uid: k8s["pod"]["uid"].as_str().map(str::to_owned),
     })
 }
 
@@ -294,7 +306,7 @@ pub struct KubernetesValidator {
     audiences: Vec<String>,
     control_plane_namespace: String,
     control_plane_trust_domain: String,
-    /// SHA-256 of a token → who it was reviewed to be, and when.
+    /// SHA-256 of a token → who it was reviewed to be, and until when that answer is reused.
     reviews: Mutex<HashMap<[u8; 32], (Reviewed, Instant)>>,
 }
 
@@ -330,7 +342,8 @@ impl KubernetesValidator {
             out
         };
         if let Ok(mut reviews) = self.reviews.lock() {
-            reviews.retain(|_, (_, at)| at.elapsed() < REVIEW_CACHE_TTL);
+            let now = Instant::now();
+            reviews.retain(|_, (_, until)| *until > now);
             if let Some((who, _)) = reviews.get(&digest) {
                 return Ok(who.clone());
             }
@@ -363,8 +376,15 @@ impl KubernetesValidator {
                 )));
             }
         };
+        // Reused for at most REVIEW_CACHE_TTL, and never past the token's own expiry.
+        let lifetime = token_expiry(token).map_or(REVIEW_CACHE_TTL, |exp| {
+            (SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .min(REVIEW_CACHE_TTL)
+        });
         if let Ok(mut reviews) = self.reviews.lock() {
-            reviews.insert(digest, (who.clone(), Instant::now()));
+            reviews.insert(digest, (who.clone(), Instant::now() + lifetime));
         }
         Ok(who)
     }
@@ -389,6 +409,14 @@ impl KubernetesValidator {
             .ok_or_else(|| {
                 Error::Denied(format!("pod {}/{} not found", req.namespace, claims.pod))
             })?;
+        if let Some(uid) = &claims.pod_uid
+            && pod.metadata.uid.as_ref() != Some(uid)
+        {
+            return Err(Error::Denied(format!(
+                "pod {}/{} is not the pod the token was issued for (uid {uid})",
+                req.namespace, claims.pod
+            )));
+        }
         let pod_sa = pod
             .spec
             .as_ref()
@@ -529,7 +557,8 @@ mod tests {
             token_claims(&token),
             Ok(TokenClaims {
                 namespace: "shop".into(),
-                pod: "orders-1".into()
+                pod: "orders-1".into(),
+                pod_uid: Some("u".into()),
             })
         );
         let unbound = jwt(&serde_json::json!({"kubernetes.io": {"namespace": "shop"}}));

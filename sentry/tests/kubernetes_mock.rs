@@ -605,14 +605,19 @@ fn validator(client: Client) -> KubernetesValidator {
 /// A projected service-account token as the kubelet mounts it (the signature is never checked
 /// by sentry: the TokenReview vouches for the token).
 fn token(namespace: &str, pod: &str, service_account: &str) -> String {
+    token_expiring(namespace, pod, service_account, 4_102_444_800)
+}
+
+/// [`token`] with `exp` at `exp` (seconds since the epoch).
+fn token_expiring(namespace: &str, pod: &str, service_account: &str, exp: u64) -> String {
     let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let claims = json!({
         "aud": ["dapr.io/sentry", SENTRY_SPIFFE_ID],
-        "exp": 4_102_444_800_u64, "iat": 1_767_225_600_u64,
+        "exp": exp, "iat": 1_767_225_600_u64,
         "iss": "https://kubernetes.default.svc.cluster.local",
         "kubernetes.io": {
             "namespace": namespace,
-            "pod": {"name": pod, "uid": "0d4e9a42-6f0e-4c5e-9b53-1b1f4a2f7c11"},
+            "pod": {"name": pod, "uid": POD_UID},
             "serviceaccount": {"name": service_account, "uid": "8c1f6d0e-2a7b-4d39-a0a5-5b2e1d9c3f20"}
         },
         "nbf": 1_767_225_600_u64,
@@ -672,7 +677,7 @@ fn review_refused(error: &str) -> Reply {
 fn pod(namespace: &str, name: &str, service_account: &str, annotations: Value) -> Reply {
     ok(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": "0d4e9a42",
+        "metadata": {"name": name, "namespace": namespace, "uid": POD_UID,
                      "annotations": annotations},
         "spec": {"serviceAccountName": service_account,
                  "containers": [{"name": "app", "image": "orders:1"}]}
@@ -695,6 +700,8 @@ fn configuration_path(namespace: &str, name: &str) -> String {
 }
 
 const ORDERS_POD: &str = "orders-7d9f8b6c5-x2x4q";
+/// The UID of every mocked pod, and of the pod every mocked token is bound to.
+const POD_UID: &str = "0d4e9a42-6f0e-4c5e-9b53-1b1f4a2f7c11";
 
 fn orders_token() -> String {
     token("apps", ORDERS_POD, "orders-sa")
@@ -1131,4 +1138,52 @@ async fn malformed_requests_are_denied_before_the_api_is_asked() {
         let denied = denied_reason(result);
         assert!(denied.contains(reason), "{reason}: {denied}");
     }
+}
+
+#[tokio::test]
+async fn a_pod_recreated_under_the_token_pods_name_is_denied() {
+    // Same name, service account and app id; another UID: the token's pod is gone.
+    let replaced = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": ORDERS_POD, "namespace": "apps",
+                     "uid": "5e0c1f2a-0000-4000-8000-000000000001",
+                     "annotations": {"dapr.io/app-id": "orders"}},
+        "spec": {"serviceAccountName": "orders-sa",
+                 "containers": [{"name": "app", "image": "orders:1"}]}
+    });
+    let (result, _) = validate_once(
+        &sign_request("orders", "apps", &orders_token()),
+        vec![
+            orders_review(),
+            call(Method::GET, &pod_path("apps", ORDERS_POD), ok(replaced)),
+        ],
+    )
+    .await;
+    let reason = denied_reason(result);
+    assert!(
+        reason.contains("is not the pod the token was issued for"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_review_is_not_reused_past_the_tokens_expiry() {
+    let (client, mut handle) = mock_client();
+    let validator = validator(client);
+    // Already expired by its own claim (the mocked API server vouches for it anyway): the
+    // answer may not be reused, so each validation asks again.
+    let expired = token_expiring("apps", ORDERS_POD, "orders-sa", 1_767_225_700);
+    let req = sign_request("orders", "apps", &expired);
+    let annotations = json!({"dapr.io/app-id": "orders"});
+    for _ in 0..2 {
+        let (result, _) = exchange(
+            &mut handle,
+            vec![orders_review(), orders_pod_call(annotations.clone())],
+            validator.validate(&req),
+        )
+        .await;
+        assert_eq!(result.unwrap().trust_domain, "public");
+    }
+    drop(validator);
+    no_more_calls(handle).await;
 }

@@ -322,6 +322,74 @@ impl Network {
         cmd
     }
 
+    /// Serves `port` on `host`'s address inside its namespace by forwarding every connection to
+    /// `target` in the test process's own namespace: a process on the root namespace's loopback
+    /// (sentry, which itself needs the API server on loopback) becomes reachable from the hosts
+    /// without any route out of this network. Forwarding stops when the [`Forward`] is dropped.
+    pub fn forward(&self, host: &str, port: u16, target: SocketAddr) -> anyhow::Result<Forward> {
+        let host = self
+            .try_host(host)
+            .with_context(|| format!("no host {host:?}"))?;
+        let bind = SocketAddr::from((host.ip, port));
+        let listener = in_namespace(&host.netns, || {
+            let listener = std::net::TcpListener::bind(bind)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        splice(inbound, outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Forward(task))
+    }
+
+    /// The reverse of [`Network::forward`]: a loopback address of the test process whose
+    /// connections reach `target` as seen from inside `host` (e.g. its daprd on
+    /// `127.0.0.1:3500`), so the test can drive a host with its own clients.
+    pub async fn expose(
+        &self,
+        host: &str,
+        target: SocketAddr,
+    ) -> anyhow::Result<(SocketAddr, Forward)> {
+        let netns = self
+            .try_host(host)
+            .with_context(|| format!("no host {host:?}"))?
+            .netns
+            .clone();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let local = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let netns = netns.clone();
+                tokio::spawn(async move {
+                    let connected = tokio::task::spawn_blocking(move || {
+                        in_namespace(&netns, || {
+                            let stream = std::net::TcpStream::connect_timeout(
+                                &target,
+                                Duration::from_secs(5),
+                            )?;
+                            stream.set_nonblocking(true)?;
+                            Ok(stream)
+                        })
+                    })
+                    .await;
+                    if let Ok(Ok(stream)) = connected
+                        && let Ok(outbound) = tokio::net::TcpStream::from_std(stream)
+                    {
+                        splice(inbound, outbound).await;
+                    }
+                });
+            }
+        });
+        Ok((local, Forward(task)))
+    }
+
     /// Waits until a TCP connection from inside `host` to `addr` succeeds (for example a server
     /// in `host` on `127.0.0.1`, or in another host on its address), polling every 50 ms until
     /// `timeout`. Each probe is `bash`'s `/dev/tcp` run in the namespace.
@@ -566,4 +634,48 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A running [`Network::forward`]; stops accepting when dropped (open connections end with
+/// their peers).
+#[derive(Debug)]
+pub struct Forward(tokio::task::JoinHandle<()>);
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `make` on a thread that has entered the network namespace `netns` (`setns`), for
+/// creating sockets there: a socket keeps the namespace it was made in, whatever thread uses it
+/// later. The thread ends with the call, so nothing else ever runs in that namespace.
+fn in_namespace<T: Send>(
+    netns: &str,
+    make: impl FnOnce() -> std::io::Result<T> + Send,
+) -> anyhow::Result<T> {
+    use std::os::fd::AsFd;
+    let path = Path::new("/run/netns").join(netns);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<T> {
+                let ns = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .with_context(|| format!("entering {}", path.display()))?;
+                make().with_context(|| format!("in {}", path.display()))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    })
+}
+
+/// Copies both ways until either side closes.
+async fn splice(mut a: tokio::net::TcpStream, mut b: tokio::net::TcpStream) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
 }

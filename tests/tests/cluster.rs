@@ -47,19 +47,24 @@ async fn start(name: &str) -> anyhow::Result<Option<Cluster>> {
 
 /// `helm install dapr charts/dapr -n dapr-system --create-namespace` as the admin.
 async fn helm_install(cluster: &Cluster) -> anyhow::Result<()> {
+    helm_install_with(cluster, &[]).await
+}
+
+/// [`helm_install`] with extra arguments (`--set ...`).
+async fn helm_install_with(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<()> {
     let chart = repo().join("charts/dapr");
     let chart = chart.display().to_string();
-    let out = cluster
-        .helm(&[
-            "install",
-            "dapr",
-            &chart,
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--timeout=2m",
-        ])
-        .await?;
+    let mut args = vec![
+        "install",
+        "dapr",
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--timeout=2m",
+    ];
+    args.extend_from_slice(extra);
+    let out = cluster.helm(&args).await?;
     ensure!(
         out.success,
         "helm install failed:\n{}\n{}\napiserver log tail:\n{}",
@@ -292,11 +297,13 @@ impl Injector {
 
 /// Starts `target/debug/injector` serving HTTPS on loopback with a certificate from the
 /// cluster's test CA, acting as ServiceAccount `dapr-system/dapr-injector` (token kubeconfig),
-/// with that CA as its trust anchors (so the caBundle it patches in verifies its serving
-/// certificate).
-async fn start_injector(cluster: &Cluster) -> anyhow::Result<Injector> {
+/// with that CA plus `extra_anchors` (PEM) as its trust anchors (the caBundle it patches in then
+/// verifies its serving certificate; injected sidecars get them as `DAPR_TRUST_ANCHORS`).
+async fn start_injector(cluster: &Cluster, extra_anchors: &str) -> anyhow::Result<Injector> {
     let dir = cluster.dir.join("injector");
     std::fs::create_dir_all(&dir)?;
+    let anchors = dir.join("trust-anchors.pem");
+    std::fs::write(&anchors, format!("{}{extra_anchors}", cluster.ca.cert_pem))?;
     let serving = cluster
         .ca
         .server(&["localhost"], &[std::net::IpAddr::from([127, 0, 0, 1])])?;
@@ -324,7 +331,7 @@ async fn start_injector(cluster: &Cluster) -> anyhow::Result<Injector> {
         .arg(&kubeconfig)
         .env("SIDECAR_IMAGE", SIDECAR_IMAGE)
         .env("NAMESPACE", NAMESPACE)
-        .env("DAPR_TRUST_ANCHORS_FILE", &cluster.ca_file)
+        .env("DAPR_TRUST_ANCHORS_FILE", &anchors)
         .env("KUBE_CLUSTER_DOMAIN", "cluster.local")
         .env("ACTORS_ENABLED", "false")
         .env("RUST_LOG", "info")
@@ -336,6 +343,63 @@ async fn start_injector(cluster: &Cluster) -> anyhow::Result<Injector> {
         .spawn()
         .context("spawning the injector")?;
     Ok(Injector { child, port, log })
+}
+
+/// Waits until the injector has patched the webhook's caBundle with `anchors_pem` (its trust
+/// anchors), then points the webhook at the local injector by URL with `failurePolicy: Fail`.
+///
+/// The chart points the webhook at Service dapr-sidecar-injector, which the API server resolves
+/// to the Service's endpoints; with no kube-proxy and no pod behind it that route cannot work
+/// here, so the test does what an admin would (the caBundle stays the one the injector set). The
+/// chart's default policy is Ignore (as upstream); Fail makes a webhook that cannot be reached
+/// fail the test instead of silently storing pods without a sidecar.
+async fn route_webhook_to(
+    cluster: &Cluster,
+    injector: &mut Injector,
+    anchors_pem: &str,
+) -> anyhow::Result<()> {
+    let expected_bundle = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(anchors_pem)
+    };
+    let deadline = Instant::now() + ASYNC_BOUND;
+    let patched = loop {
+        if let Ok(Some(status)) = injector.child.try_wait() {
+            bail!("injector exited with {status}:\n{}", injector.log_text());
+        }
+        let webhook = cluster
+            .get_json(&["mutatingwebhookconfiguration", "dapr-sidecar-injector"])
+            .await?;
+        if let Some(bundle) = webhook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
+            break bundle.to_owned();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the injector did not patch the caBundle within {ASYNC_BOUND:?}; its log:\n{}",
+            injector.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(patched == expected_bundle, "caBundle {patched}");
+    let url = format!("https://127.0.0.1:{}/mutate", injector.port);
+    let patch = json!([
+        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url},
+        {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}
+    ])
+    .to_string();
+    cluster
+        .kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "dapr-sidecar-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ])
+        .await?
+        .ok()?;
+    Ok(())
 }
 
 /// A pod in `apps` asking for a sidecar.
@@ -409,58 +473,8 @@ async fn the_api_server_calls_the_real_injector_which_injects_daprd_rejects_bad_
     helm_install(&cluster).await?;
     cluster.create_namespace(APPS).await?;
 
-    let mut injector = start_injector(&cluster).await?;
-
-    // The injector, as dapr-injector, patches the webhook's caBundle with its trust anchors
-    // (here the test CA that signed its serving certificate).
-    let expected_bundle = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(&cluster.ca.cert_pem)
-    };
-    let deadline = Instant::now() + ASYNC_BOUND;
-    let patched = loop {
-        if let Ok(Some(status)) = injector.child.try_wait() {
-            bail!("injector exited with {status}:\n{}", injector.log_text());
-        }
-        let webhook = cluster
-            .get_json(&["mutatingwebhookconfiguration", "dapr-sidecar-injector"])
-            .await?;
-        if let Some(bundle) = webhook["webhooks"][0]["clientConfig"]["caBundle"].as_str() {
-            break bundle.to_owned();
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the injector did not patch the caBundle within {ASYNC_BOUND:?}; its log:\n{}",
-            injector.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(patched, expected_bundle);
-
-    // The chart points the webhook at Service dapr-sidecar-injector, which the API server
-    // resolves to the Service's endpoints; with no kube-proxy and no pod behind it that route
-    // cannot work here, so the test points the webhook at the local injector by URL (the admin
-    // does this; the caBundle stays the one the injector set).
-    let url = format!("https://127.0.0.1:{}/mutate", injector.port);
-    let patch = json!([
-        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url},
-        // The chart's default is Ignore (as upstream); Fail makes a webhook that cannot be
-        // reached fail this test instead of silently storing pods without a sidecar.
-        {"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}
-    ])
-    .to_string();
-    cluster
-        .kubectl(&[
-            "patch",
-            "mutatingwebhookconfiguration",
-            "dapr-sidecar-injector",
-            "--type=json",
-            "-p",
-            &patch,
-        ])
-        .await?
-        .ok()?;
+    let mut injector = start_injector(&cluster, "").await?;
+    route_webhook_to(&cluster, &mut injector, &cluster.ca.cert_pem).await?;
 
     // 1. As the admin (system:masters): injected. The API server may take a moment to see the
     // new webhook configuration, so the first pod is retried (bounded) until it is injected.
@@ -1033,5 +1047,231 @@ async fn sentry_in_kubernetes_mode_stores_its_ca_with_the_charts_rbac_and_signs_
         "sentry flow took {:?} after the API server was ready",
         began.elapsed()
     );
+    Ok(())
+}
+
+/// A pod's value of `daprd` env entry `entry` as the kubelet would resolve it: a literal, or a
+/// field of the pod (`fieldRef`) given its name and address.
+fn resolve_env(entry: &Value, pod_name: &str, pod_ip: &str) -> anyhow::Result<Option<String>> {
+    if let Some(value) = entry["value"].as_str() {
+        return Ok(Some(value.to_owned()));
+    }
+    let Some(field) = entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() else {
+        return Ok(None);
+    };
+    Ok(Some(match field {
+        "metadata.name" => pod_name.to_owned(),
+        "metadata.namespace" => APPS.to_owned(),
+        "status.podIP" | "status.hostIP" => pod_ip.to_owned(),
+        other => bail!("no stand-in for fieldRef {other} in {entry}"),
+    }))
+}
+
+/// Creates pod `name` (app id `app_id`) in `apps` through the API as the admin, retrying
+/// (bounded) until the API server has called the injector, and returns the stored pod.
+async fn create_injected_pod(cluster: &Cluster, name: &str, app_id: &str) -> anyhow::Result<Value> {
+    let mut attempt = 0;
+    eventually(ASYNC_BOUND, "an injected pod", || {
+        attempt += 1;
+        let name = format!("{name}-{attempt}");
+        async move {
+            let stored = cluster
+                .kubectl_as(
+                    &cluster.admin_kubeconfig,
+                    &["create", "-f", "-", "-o", "json"],
+                    Some(&pod(&name, app_id)),
+                )
+                .await?
+                .json()?;
+            Ok(container_names(&stored)
+                .iter()
+                .any(|n| n == "daprd")
+                .then_some(stored))
+        }
+    })
+    .await
+}
+
+/// Flow step 4. Pods created through the API get their `daprd` from the real injector; each
+/// "pod" then runs as a network namespace of its own with the injected container's args and
+/// env (fieldRefs resolved as the kubelet would, the projected sentry token minted for that pod
+/// by the TokenRequest API), finds sentry and its peers through a DNS server answering the
+/// cluster's Service names, gets its certificate from sentry in kubernetes mode (a real
+/// TokenReview), and calls the other over mutual TLS; with 6 s certificates (the chart's
+/// `global.mtls.workloadCertTTL`), every sidecar renews several times under a load loop with
+/// zero failed calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_pods_get_identities_through_token_review_and_invoke_each_other_over_mtls_while_certificates_renew()
+-> anyhow::Result<()> {
+    let Some(cluster) = start("pods").await? else {
+        return Ok(());
+    };
+    helm_install_with(
+        &cluster,
+        &[
+            "--set",
+            "global.mtls.workloadCertTTL=6s",
+            "--set",
+            "global.mtls.allowedClockSkew=0s",
+        ],
+    )
+    .await?;
+    cluster.create_namespace(APPS).await?;
+    let kubeconfig = cluster
+        .service_account_kubeconfig(NAMESPACE, "dapr-sentry")
+        .await?;
+    let sentry = start_sentry(&cluster, &kubeconfig, "pods").await?;
+    let sentry_root = stored_bundle(&cluster).await?.secret["ca.crt"].clone();
+    let mut injector = start_injector(&cluster, &sentry_root).await?;
+    route_webhook_to(
+        &cluster,
+        &mut injector,
+        &format!("{}{sentry_root}", cluster.ca.cert_pem),
+    )
+    .await?;
+
+    let orders_pod = create_injected_pod(&cluster, "orders", "orders").await?;
+    let checkout_pod = create_injected_pod(&cluster, "checkout", "checkout").await?;
+
+    let mut net = e2e::netns::Network::create(&["sentry", "orders", "checkout"])?;
+    let ips: std::collections::HashMap<&str, _> = ["sentry", "orders", "checkout"]
+        .into_iter()
+        .map(|h| (h, net.host(h).ip))
+        .collect();
+    let ip = |host: &str| ips[host];
+    let sentry_address = arg_value(&args(daprd(&orders_pod)?), "--sentry-address")
+        .context("injected --sentry-address")?
+        .to_owned();
+    let (sentry_name, sentry_port) = sentry_address
+        .rsplit_once(':')
+        .context("sentry address port")?;
+    net.start_dns(&[
+        (sentry_name, vec![ip("sentry")]),
+        ("orders-dapr.apps.svc.cluster.local", vec![ip("orders")]),
+        ("checkout-dapr.apps.svc.cluster.local", vec![ip("checkout")]),
+    ])?;
+    let _to_sentry = net.forward("sentry", sentry_port.parse()?, sentry.addr)?;
+
+    let mut children = Vec::new();
+    let mut app = net.command("orders", binary("echo-app"));
+    app.args(["--port", "8080"]);
+    children.push(
+        e2e::spawn_echo_app(app, Duration::from_secs(10))
+            .await?
+            .child,
+    );
+    let mut logs = Vec::new();
+    for (host, stored) in [("orders", &orders_pod), ("checkout", &checkout_pod)] {
+        let pod_name = stored["metadata"]["name"].as_str().context("pod name")?;
+        let pod_uid = stored["metadata"]["uid"].as_str().context("pod uid")?;
+        let token = cluster
+            .pod_token(APPS, "default", Some("dapr.io/sentry"), (pod_name, pod_uid))
+            .await?;
+        let token_file = net.dir().join(format!("{host}.token"));
+        std::fs::write(&token_file, token)?;
+        let container = daprd(stored)?;
+        let container_args = args(container);
+        ensure!(
+            container_args.first() == Some(&"/daprd"),
+            "{container_args:?}"
+        );
+        let log = net.dir().join(format!("{host}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = net.command(host, binary("daprd"));
+        cmd.args(&container_args[1..])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // Where the kubelet would mount the projected token.
+            .env("DAPR_SENTRY_TOKEN_FILE", &token_file)
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true);
+        for entry in container["env"].as_array().into_iter().flatten() {
+            let name = entry["name"].as_str().context("env name")?;
+            if let Some(value) = resolve_env(entry, pod_name, &ip(host).to_string())? {
+                cmd.env(name, value);
+            }
+        }
+        children.push(cmd.spawn().context("daprd")?);
+        logs.push(log);
+    }
+    let log_text = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+
+    // The test drives checkout's daprd from here, through its loopback API port.
+    let (checkout_api, _exposed) = net
+        .expose("checkout", ([127, 0, 0, 1], 3500).into())
+        .await?;
+    let client = e2e::sidecar::HttpClient::new();
+    let ready_url = format!("http://{checkout_api}/v1.0/healthz/outbound");
+    eventually(Duration::from_secs(30), "checkout's daprd ready", || {
+        let client = &client;
+        let url = &ready_url;
+        async move { Ok((client.get(url).await?.status == 204).then_some(())) }
+    })
+    .await
+    .with_context(|| format!("checkout:\n{}\norders:\n{}", log_text(1), log_text(0)))?;
+
+    let url = format!("http://{checkout_api}/v1.0/invoke/orders/method/inspect/first");
+    let reply = eventually(Duration::from_secs(30), "the first call", || {
+        let client = &client;
+        let url = &url;
+        async move {
+            let reply = client.get(url).await?;
+            Ok((reply.status == 200).then_some(reply))
+        }
+    })
+    .await
+    .with_context(|| format!("checkout:\n{}\norders:\n{}", log_text(1), log_text(0)))?;
+    let seen = reply.json()?;
+    assert_eq!(seen["headers"]["dapr-caller-app-id"], "checkout");
+    assert_eq!(seen["headers"]["dapr-caller-namespace"], APPS);
+
+    // A bounded load loop (4 workers, at most 12 s and 20 000 calls) across renewals.
+    let signed = |i: usize| {
+        log_text(i)
+            .matches("Successfully signed certificate")
+            .count()
+    };
+    let before = (signed(0), signed(1));
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let url = format!("http://{checkout_api}/v1.0/invoke/orders/method/inspect/load");
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let client = e2e::sidecar::HttpClient::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while Instant::now() < deadline && ok < 5000 {
+                match client.get(&url).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = 0;
+    for worker in workers {
+        let (ok, failed) = worker.await?;
+        assert!(failed.is_empty(), "failed calls: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} calls made");
+    assert!(
+        signed(0) >= before.0 + 3 && signed(1) >= before.1 + 3,
+        "renewals during the load: orders {} → {}, checkout {} → {}\n{}",
+        before.0,
+        signed(0),
+        before.1,
+        signed(1),
+        log_text(0)
+    );
+    assert!(
+        !sentry.log_text().contains("ERROR"),
+        "{}",
+        sentry.log_text()
+    );
+    drop(children);
     Ok(())
 }
