@@ -174,7 +174,13 @@ impl Configuration {
     /// cannot express (non-empty policy app ids).
     pub fn from_yaml(text: &str) -> Result<Self, crate::Error> {
         let config: Configuration = crate::from_yaml(text, "Configuration")?;
-        if let Some(policies) = config
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The checks the schema cannot express, for a Configuration however it was read.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        if let Some(policies) = self
             .spec
             .access_control
             .as_ref()
@@ -189,7 +195,7 @@ impl Configuration {
                 }
             }
         }
-        Ok(config)
+        Ok(())
     }
 }
 

@@ -288,8 +288,11 @@ pub struct Config {
     pub log_level: String,
     pub log_as_json: bool,
     pub api_logging: bool,
-    /// The Configuration resource from `--config`, or the defaults.
+    /// The Configuration resource from `--config`, or the defaults. In kubernetes mode it is
+    /// filled in by [`crate::configuration::load`] when the sidecar starts.
     pub configuration: Configuration,
+    /// Kubernetes mode: the Configuration named by `--config`, to be read from the API server.
+    pub configuration_name: Option<String>,
     /// `DAPR_API_TOKEN`: required on the app-facing APIs when set.
     pub api_token: Option<String>,
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
@@ -403,6 +406,19 @@ impl Env {
             legacy_token_present: std::path::Path::new(LEGACY_TOKEN_PATH).exists(),
         }
     }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_object_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -579,8 +595,22 @@ impl Config {
                 Configuration::from_yaml(&text)
                     .map_err(|e| bad("--config", format!("{path}: {e}")))?
             }
-            // Kubernetes mode reads the named Configuration from the API server (mTLS issue).
+            // Kubernetes mode reads the named Configuration from the API server at start.
             _ => Configuration::default(),
+        };
+        let configuration_name = match (mode, flags.config.first()) {
+            (Mode::Kubernetes, Some(name)) if !name.is_empty() => {
+                if !is_object_name(name) {
+                    return Err(bad(
+                        "--config",
+                        format!(
+                            "{name:?} is not a Kubernetes object name (lowercase letters, digits, '-' and '.')"
+                        ),
+                    ));
+                }
+                Some(name.clone())
+            }
+            _ => None,
         };
         let api_logging = flags.enable_api_logging.unwrap_or(false);
         let mtls = if flags.enable_mtls {
@@ -634,6 +664,7 @@ impl Config {
             log_as_json: flags.log_as_json,
             api_logging,
             configuration,
+            configuration_name,
             api_token: env.api_token,
             app_api_token: env.app_api_token,
             host_ip,
@@ -789,6 +820,37 @@ mod tests {
         assert_eq!(c.metrics, Some((IpAddr::from([0, 0, 0, 0]), 9090)));
         assert_eq!(c.internal_grpc_port, derived_internal_port("orders"));
         assert_eq!(c.hostname, "localhost", "no host name known");
+    }
+
+    #[test]
+    fn kubernetes_mode_names_a_configuration_to_read_and_refuses_names_kubernetes_would() {
+        let c = config(&[
+            "--app-id",
+            "a",
+            "--mode",
+            "kubernetes",
+            "--config",
+            "appconfig",
+        ])
+        .unwrap();
+        assert_eq!(c.configuration_name.as_deref(), Some("appconfig"));
+        assert_eq!(c.configuration.spec, Configuration::default().spec);
+        for none in [vec![], vec!["--config", ""]] {
+            let mut args = vec!["--app-id", "a", "--mode", "kubernetes"];
+            args.extend(none);
+            assert_eq!(config(&args).unwrap().configuration_name, None);
+        }
+        for bad in ["App_Config", "x-", "a..b", "x/y", &"a".repeat(254)] {
+            let err = config(&["--app-id", "a", "--mode", "kubernetes", "--config", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains("--config") && err.contains("object name"),
+                "{err}"
+            );
+        }
+        // Standalone mode reads a file, never the API.
+        assert_eq!(config(&["--app-id", "a"]).unwrap().configuration_name, None);
     }
 
     #[test]

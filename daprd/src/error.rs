@@ -66,6 +66,8 @@ pub enum Error {
     Malformed(String),
     #[error("workload identity: {0}")]
     Identity(String),
+    #[error("error loading configuration: {0}")]
+    Configuration(String),
 }
 
 impl Error {
@@ -89,7 +91,10 @@ impl Error {
             Error::OutboundNotReady => "ERR_OUTBOUND_HEALTH_NOT_READY",
             Error::AppIdMismatch { .. } => "ERR_HEALTH_APPID_NOT_MATCH",
             Error::Malformed(_) => "ERR_MALFORMED_REQUEST",
-            Error::Config { .. } | Error::Bind { .. } | Error::Identity(_) => "ERR_INTERNAL",
+            Error::Config { .. }
+            | Error::Bind { .. }
+            | Error::Identity(_)
+            | Error::Configuration(_) => "ERR_INTERNAL",
         }
     }
 
@@ -113,7 +118,8 @@ impl Error {
             | Error::AppIdMismatch { .. }
             | Error::Config { .. }
             | Error::Bind { .. }
-            | Error::Identity(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Identity(_)
+            | Error::Configuration(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -138,7 +144,8 @@ impl Error {
             Error::AppChannel(_)
             | Error::Config { .. }
             | Error::Bind { .. }
-            | Error::Identity(_) => tonic::Code::Internal,
+            | Error::Identity(_)
+            | Error::Configuration(_) => tonic::Code::Internal,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! API that calls the local app ([`inbound`]), and name resolution ([`resolve`]).
 
 pub mod config;
+pub mod configuration;
 pub mod error;
 pub mod identity;
 pub mod inbound;
@@ -39,10 +40,17 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 /// Runs the sidecar until SIGTERM/SIGINT or a shutdown request, then drains in-flight calls
 /// within the configured grace period.
-pub async fn run(config: Config) -> Result<(), Error> {
+pub async fn run(mut config: Config) -> Result<(), Error> {
     let started = Instant::now();
-    let config = Arc::new(config);
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
+    if let Some(name) = &config.configuration_name {
+        config.configuration = configuration::load(&config.namespace, name).await?;
+        tracing::info!(
+            "Loaded Configuration {}/{name} from the API server",
+            config.namespace
+        );
+    }
+    let config = Arc::new(config);
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
     tracing::info!("Initialized name resolution to {}", resolver.name());

@@ -59,6 +59,11 @@ pub struct Flags {
     /// Do not run the `<app-id>-dapr` Service reconciler.
     #[arg(long = "disable-service-reconciler", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_service_reconciler: bool,
+    /// Do not create the `dapr-configuration-reader` RoleBinding in workload namespaces (the
+    /// reconciler's; without it daprd cannot read a Configuration named by `dapr.io/config`
+    /// unless the user grants that).
+    #[arg(long = "disable-configuration-reader-bindings", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_configuration_reader_bindings: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -150,6 +155,8 @@ pub struct Config {
     pub allowed_service_accounts: Vec<AccountPattern>,
     pub allowed_service_account_prefixes: Vec<AccountPattern>,
     pub reconciler_enabled: bool,
+    /// Whether the reconciler keeps `dapr-configuration-reader` RoleBindings.
+    pub configuration_readers: bool,
     /// How often certificate and trust-anchor files are checked for changes.
     pub reload_interval: Duration,
     /// Problems upstream only warns about, logged once logging is up.
@@ -342,6 +349,7 @@ impl Config {
                 penv::ALLOWED_SERVICE_ACCOUNTS_PREFIX_NAMES,
             )?,
             reconciler_enabled: !flags.disable_service_reconciler,
+            configuration_readers: !flags.disable_configuration_reader_bindings,
             reload_interval: Duration::from_secs(1),
             warnings,
         })

@@ -146,7 +146,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     }
     if let (Some(client), true) = (&client, config.reconciler_enabled) {
         let mtls_enabled = cluster.mtls_enabled().await;
-        let ctx = Arc::new(reconciler::Context::new(client.clone(), mtls_enabled));
+        let ctx = Arc::new(
+            reconciler::Context::new(client.clone(), mtls_enabled)
+                .with_configuration_readers(config.configuration_readers),
+        );
         tokio::spawn(reconciler::run(ctx, shutdown.clone()));
     }
 

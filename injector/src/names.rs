@@ -197,6 +197,17 @@ pub mod crd {
 }
 
 /// The `<app-id>-dapr` Service's ports.
+/// The binding that lets the sidecars of a namespace read its Configurations (daprd reads the
+/// one named by `--config` at start).
+pub mod configuration_reader {
+    /// Name of the chart's ClusterRole and of the RoleBinding in each namespace.
+    pub const NAME: &str = "dapr-configuration-reader";
+    /// The group of every service account of `namespace`.
+    pub fn service_accounts_group(namespace: &str) -> String {
+        format!("system:serviceaccounts:{namespace}")
+    }
+}
+
 pub mod service {
     pub const NAME_SUFFIX: &str = "-dapr";
     pub const HTTP_PORT: i32 = 80;

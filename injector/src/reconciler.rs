@@ -2,8 +2,14 @@
 //! Deployment and StatefulSet whose pod template has `dapr.io/enabled` gets a headless Service
 //! that daprd's `kubernetes` name resolver finds peers through. The Service is owned by the
 //! workload (garbage-collected with it) and never deleted when the annotation goes away.
+//!
+//! With it, each namespace holding such a workload gets the RoleBinding
+//! `dapr-configuration-reader`: the chart's ClusterRole of that name (`get` on
+//! `configurations.dapr.io`) for the namespace's own service accounts, so that daprd can read the
+//! Configuration its `--config` names and nothing in any other namespace (upstream's operator
+//! serves Configurations under the same rule).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
@@ -22,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::names::{annotation, label, prometheus, service, sidecar};
+use crate::names::{annotation, configuration_reader, label, prometheus, service, sidecar};
 use crate::options::{SidecarOptions, is_truthy};
 use crate::patch::validate_app_id;
 
@@ -57,6 +64,10 @@ pub struct Context {
     pub client: Client,
     /// Whether sidecars talk mTLS on the internal port (`appProtocol: tls` rather than `grpc`).
     pub mtls_enabled: bool,
+    /// Whether to keep the `dapr-configuration-reader` RoleBinding in workload namespaces.
+    configuration_readers: bool,
+    /// Namespaces whose RoleBinding is known to exist.
+    readers_bound: Mutex<HashSet<String>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -65,15 +76,31 @@ impl Context {
         Self {
             client,
             mtls_enabled,
+            configuration_readers: false,
+            readers_bound: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Also keeps the `dapr-configuration-reader` RoleBinding in every workload namespace.
+    pub fn with_configuration_readers(mut self, on: bool) -> Self {
+        self.configuration_readers = on;
+        self
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        match self.failures.lock() {
-            Ok(f) => f,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.failures)
+    }
+
+    fn readers_bound(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        lock(&self.readers_bound)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -173,6 +200,62 @@ pub fn desired_service<W: Workload>(workload: &W, mtls_enabled: bool) -> Desired
     }))
 }
 
+/// The RoleBinding that lets the service accounts of `namespace` read its Configurations.
+pub fn configuration_reader_binding(namespace: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(configuration_reader::NAME.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                label::ENABLED.to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: configuration_reader::NAME.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Group".to_owned(),
+            name: configuration_reader::service_accounts_group(namespace),
+            namespace: None,
+        }]),
+    }
+}
+
+/// Creates the namespace's `dapr-configuration-reader` RoleBinding unless it exists (a binding
+/// a user changed is left as it is).
+async fn ensure_configuration_reader(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    if !ctx.configuration_readers || ctx.readers_bound().contains(namespace) {
+        return Ok(());
+    }
+    let api: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    if api
+        .get_opt(configuration_reader::NAME)
+        .await
+        .map_err(Error::Kube)?
+        .is_none()
+    {
+        let params = PostParams {
+            field_manager: Some(service::FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match api
+            .create(&params, &configuration_reader_binding(namespace))
+            .await
+        {
+            Ok(_) => info!(%namespace, "RoleBinding {} created", configuration_reader::NAME),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    ctx.readers_bound().insert(namespace.to_owned());
+    Ok(())
+}
+
 fn owner_reference<W: Workload>(workload: &W) -> Option<OwnerReference> {
     Some(OwnerReference {
         block_owner_deletion: Some(true),
@@ -247,6 +330,7 @@ pub async fn reconcile<W: Workload>(workload: Arc<W>, ctx: Arc<Context>) -> Resu
         }
         Some(_) => debug!(service = %name, %namespace, "Service up to date"),
     }
+    ensure_configuration_reader(&ctx, &namespace).await?;
     ctx.failures().remove(&key);
     Ok(Action::await_change())
 }

@@ -368,3 +368,82 @@ fn a_workload_being_deleted_gets_no_service() {
         Desired::Nothing(_)
     ));
 }
+
+/// With configuration readers on, the first workload of a namespace also gets the namespace's
+/// `dapr-configuration-reader` RoleBinding (the namespace's service accounts, the chart's
+/// ClusterRole); the binding is looked up once per namespace.
+#[tokio::test]
+async fn the_first_workload_of_a_namespace_gets_the_configuration_reader_binding_once() {
+    let (client, mut handle) = mock_client();
+    let scenario = tokio::spawn(async move {
+        let (get, send) = next(&mut handle).await;
+        assert_eq!(
+            get.uri().path(),
+            "/api/v1/namespaces/shop/services/orders-dapr"
+        );
+        respond(send, StatusCode::NOT_FOUND, not_found("orders-dapr"));
+        let (post, send) = next(&mut handle).await;
+        assert_eq!(post.uri().path(), "/api/v1/namespaces/shop/services");
+        let created = body_json(post).await;
+        respond(send, StatusCode::CREATED, created);
+
+        let (get, send) = next(&mut handle).await;
+        assert_eq!(get.method(), Method::GET);
+        assert_eq!(
+            get.uri().path(),
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/dapr-configuration-reader"
+        );
+        respond(
+            send,
+            StatusCode::NOT_FOUND,
+            not_found("dapr-configuration-reader"),
+        );
+        let (post, send) = next(&mut handle).await;
+        assert_eq!(post.method(), Method::POST);
+        assert_eq!(
+            post.uri().path(),
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings"
+        );
+        let binding = body_json(post).await;
+        respond(send, StatusCode::CREATED, binding.clone());
+
+        // The second reconcile: the Service is up to date, the binding is not asked for again.
+        let (get, send) = next(&mut handle).await;
+        assert_eq!(
+            get.uri().path(),
+            "/api/v1/namespaces/shop/services/orders-dapr"
+        );
+        let Desired::Service(current) =
+            reconciler::desired_service(&deployment(enabled("orders")), true)
+        else {
+            panic!("a Service is desired");
+        };
+        respond(
+            send,
+            StatusCode::OK,
+            serde_json::to_value(&*current).unwrap(),
+        );
+        (binding, handle)
+    });
+    let ctx = Arc::new(Context::new(client, true).with_configuration_readers(true));
+    for _ in 0..2 {
+        reconciler::reconcile(Arc::new(deployment(enabled("orders"))), ctx.clone())
+            .await
+            .expect("reconciled");
+    }
+    drop(ctx);
+    let (binding, handle) = scenario.await.unwrap();
+    no_more_calls(handle).await;
+    assert_eq!(binding["metadata"]["name"], "dapr-configuration-reader");
+    assert_eq!(binding["metadata"]["namespace"], "shop");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+               "name": "dapr-configuration-reader"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                "name": "system:serviceaccounts:shop"}])
+    );
+}

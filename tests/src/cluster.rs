@@ -552,6 +552,24 @@ impl Cluster {
         )
     }
 
+    /// A kubeconfig with the token the kubelet projects into pod `(name, uid)` as its service
+    /// account `account` (`/var/run/secrets/kubernetes.io/serviceaccount/token`: bound to the pod,
+    /// for the API server's audience), for a process standing in for a container of that pod.
+    pub async fn pod_kubeconfig(
+        &self,
+        namespace: &str,
+        account: &str,
+        pod: (&str, &str),
+    ) -> anyhow::Result<PathBuf> {
+        let token = self.pod_token(namespace, account, None, pod).await?;
+        write(
+            &self
+                .dir
+                .join(format!("pod-{namespace}-{}.kubeconfig", pod.0)),
+            &kubeconfig(&self.server, &self.ca_file, &format!("token: {token}")),
+        )
+    }
+
     /// The API server's address (for processes that take host and port).
     pub fn address(&self) -> anyhow::Result<SocketAddr> {
         self.server

@@ -327,10 +327,25 @@ impl Network {
     /// (sentry, which itself needs the API server on loopback) becomes reachable from the hosts
     /// without any route out of this network. Forwarding stops when the [`Forward`] is dropped.
     pub fn forward(&self, host: &str, port: u16, target: SocketAddr) -> anyhow::Result<Forward> {
+        let ip = self
+            .try_host(host)
+            .with_context(|| format!("no host {host:?}"))?
+            .ip;
+        self.forward_from(host, SocketAddr::from((ip, port)), target)
+    }
+
+    /// [`Network::forward`] from any address inside `host`'s namespace, e.g. its loopback
+    /// (`127.0.0.1:<port>`), where a process of that host finds the API server at the address
+    /// its kubeconfig and the server's certificate name.
+    pub fn forward_from(
+        &self,
+        host: &str,
+        bind: SocketAddr,
+        target: SocketAddr,
+    ) -> anyhow::Result<Forward> {
         let host = self
             .try_host(host)
             .with_context(|| format!("no host {host:?}"))?;
-        let bind = SocketAddr::from((host.ip, port));
         let listener = in_namespace(&host.netns, || {
             let listener = std::net::TcpListener::bind(bind)?;
             listener.set_nonblocking(true)?;

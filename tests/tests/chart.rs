@@ -233,6 +233,7 @@ fn optional_flags() -> Vec<String> {
         "global.prometheus.enabled=false",
         "global.scheduler.enabled=true",
         "dapr_sidecar_injector.serviceReconciler.enabled=false",
+        "dapr_sidecar_injector.configurationReaderBindings=false",
         "global.actors.enabled=true",
         "global.mtls.mountSentryVolume=false",
         "global.imagePullSecrets=regcred",
@@ -625,7 +626,24 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
                     &[],
                     &["create", "get", "list", "update", "watch"],
                 ),
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings"],
+                    &[],
+                    &["create", "get"],
+                ),
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["clusterroles"],
+                    &["dapr-configuration-reader"],
+                    &["bind"],
+                ),
             ],
+        ),
+        (
+            "ClusterRole",
+            "dapr-configuration-reader",
+            vec![rule(&["dapr.io"], &["configurations"], &[], &["get"])],
         ),
         (
             "Role",
@@ -697,23 +715,36 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
         find(&objects, "ServiceAccount", account)?;
     }
 
-    // Without the Service reconciler the injector loses its workload and Service rules.
+    // Without the Service reconciler (and its RoleBindings) the injector loses its workload,
+    // Service and RoleBinding rules, and the reader ClusterRole is not rendered.
     let without = render(&set(&[
         "dapr_sidecar_injector.serviceReconciler.enabled=false",
+        "dapr_sidecar_injector.configurationReaderBindings=false",
     ]))
     .await?;
     let got = rules(find(&without, "ClusterRole", "dapr-injector")?)?;
     ensure!(
-        got.iter()
-            .all(|(_, res, _, _)| !res.iter().any(|r| r == "services" || r == "deployments")),
+        got.iter().all(|(_, res, _, _)| !res.iter().any(|r| [
+            "services",
+            "deployments",
+            "rolebindings",
+            "clusterroles"
+        ]
+        .contains(&r.as_str()))),
         "reconciler rules remain: {got:?}"
+    );
+    ensure!(
+        find(&without, "ClusterRole", "dapr-configuration-reader").is_err(),
+        "the reader ClusterRole is rendered without the reconciler"
     );
     let container = container(find(&without, "Deployment", "dapr-sidecar-injector")?)?;
     ensure!(
-        container["args"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == "--disable-service-reconciler")),
-        "the injector is not told to skip the reconciler"
+        container["args"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x == "--disable-service-reconciler")
+            && a.iter()
+                .any(|x| x == "--disable-configuration-reader-bindings")),
+        "the injector is not told to skip the reconciler and its RoleBindings"
     );
     Ok(())
 }

@@ -404,13 +404,23 @@ async fn route_webhook_to(
 
 /// A pod in `apps` asking for a sidecar.
 fn pod(name: &str, app_id: &str) -> String {
+    pod_with_config(name, app_id, None)
+}
+
+/// [`pod`], naming a Configuration with `dapr.io/config` when `config` is given.
+fn pod_with_config(name: &str, app_id: &str, config: Option<&str>) -> String {
+    let mut annotations =
+        json!({"dapr.io/enabled": "true", "dapr.io/app-id": app_id, "dapr.io/app-port": "8080"});
+    if let Some(config) = config {
+        annotations["dapr.io/config"] = json!(config);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": APPS,
-            "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": app_id, "dapr.io/app-port": "8080"}
+            "annotations": annotations
         },
         "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1", "ports": [{"containerPort": 8080}]}]}
     })
@@ -1069,7 +1079,12 @@ fn resolve_env(entry: &Value, pod_name: &str, pod_ip: &str) -> anyhow::Result<Op
 
 /// Creates pod `name` (app id `app_id`) in `apps` through the API as the admin, retrying
 /// (bounded) until the API server has called the injector, and returns the stored pod.
-async fn create_injected_pod(cluster: &Cluster, name: &str, app_id: &str) -> anyhow::Result<Value> {
+async fn create_injected_pod(
+    cluster: &Cluster,
+    name: &str,
+    app_id: &str,
+    config: Option<&str>,
+) -> anyhow::Result<Value> {
     let mut attempt = 0;
     eventually(ASYNC_BOUND, "an injected pod", || {
         attempt += 1;
@@ -1079,7 +1094,7 @@ async fn create_injected_pod(cluster: &Cluster, name: &str, app_id: &str) -> any
                 .kubectl_as(
                     &cluster.admin_kubeconfig,
                     &["create", "-f", "-", "-o", "json"],
-                    Some(&pod(&name, app_id)),
+                    Some(&pod_with_config(&name, app_id, config)),
                 )
                 .await?
                 .json()?;
@@ -1092,16 +1107,42 @@ async fn create_injected_pod(cluster: &Cluster, name: &str, app_id: &str) -> any
     .await
 }
 
-/// Flow step 4. Pods created through the API get their `daprd` from the real injector; each
+/// The Configuration both "pods" name: orders accepts from checkout only `GET` on `/inspect/*`.
+const APP_CONFIGURATION: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: appconfig
+  namespace: apps
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: public
+    policies:
+      - appId: checkout
+        defaultAction: deny
+        trustDomain: public
+        namespace: apps
+        operations:
+          - name: /inspect/*
+            httpVerb: ["GET"]
+            action: allow
+"#;
+
+/// Flow steps 4 and 5. Pods created through the API get their `daprd` from the real injector; each
 /// "pod" then runs as a network namespace of its own with the injected container's args and
 /// env (fieldRefs resolved as the kubelet would, the projected sentry token minted for that pod
 /// by the TokenRequest API), finds sentry and its peers through a DNS server answering the
 /// cluster's Service names, gets its certificate from sentry in kubernetes mode (a real
 /// TokenReview), and calls the other over mutual TLS; with 6 s certificates (the chart's
 /// `global.mtls.workloadCertTTL`), every sidecar renews several times under a load loop with
-/// zero failed calls.
+/// zero failed calls. Each daprd reads the Configuration its pod names (`dapr.io/config`) from
+/// the API as its pod's service account, through the RoleBinding the injector's reconciler made
+/// for the namespace: orders' access control refuses what the Configuration does not allow. A
+/// sidecar whose Configuration does not exist, or lies in a namespace its account may not read,
+/// stops with an error naming it.
 #[tokio::test(flavor = "multi_thread")]
-async fn injected_pods_get_identities_through_token_review_and_invoke_each_other_over_mtls_while_certificates_renew()
+async fn injected_pods_read_their_configuration_get_identities_through_token_review_and_invoke_each_other_over_mtls_while_certificates_renew()
 -> anyhow::Result<()> {
     let Some(cluster) = start("pods").await? else {
         return Ok(());
@@ -1130,8 +1171,63 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
     )
     .await?;
 
-    let orders_pod = create_injected_pod(&cluster, "orders", "orders").await?;
-    let checkout_pod = create_injected_pod(&cluster, "checkout", "checkout").await?;
+    // Step 5's setup: the apps' Configuration, and a Deployment in `apps`, for which the
+    // reconciler also binds the namespace's service accounts to dapr-configuration-reader.
+    cluster.apply(APP_CONFIGURATION).await?;
+    cluster
+        .apply(
+            &json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "orders", "namespace": APPS},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "orders"}},
+                    "template": {
+                        "metadata": {
+                            "labels": {"app": "orders"},
+                            "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": "orders",
+                                            "dapr.io/config": "appconfig"}
+                        },
+                        "spec": {"containers": [{"name": "app", "image": "example.invalid/orders:1"}]}
+                    }
+                }
+            })
+            .to_string(),
+        )
+        .await?;
+    let binding = eventually(
+        ASYNC_BOUND,
+        "RoleBinding dapr-configuration-reader",
+        || async {
+            let out = cluster
+                .kubectl(&[
+                    "get",
+                    "rolebinding",
+                    "dapr-configuration-reader",
+                    "-n",
+                    APPS,
+                    "-o",
+                    "json",
+                ])
+                .await?;
+            if out.success {
+                Ok(Some(out.json()?))
+            } else {
+                Ok(None)
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        format!("system:serviceaccounts:{APPS}"),
+        "{binding}"
+    );
+
+    let orders_pod = create_injected_pod(&cluster, "orders", "orders", Some("appconfig")).await?;
+    let checkout_pod =
+        create_injected_pod(&cluster, "checkout", "checkout", Some("appconfig")).await?;
 
     let mut net = e2e::netns::Network::create(&["sentry", "orders", "checkout"])?;
     let ips: std::collections::HashMap<&str, _> = ["sentry", "orders", "checkout"]
@@ -1151,6 +1247,12 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
         ("checkout-dapr.apps.svc.cluster.local", vec![ip("checkout")]),
     ])?;
     let _to_sentry = net.forward("sentry", sentry_port.parse()?, sentry.addr)?;
+    // The API server, where each pod's kubeconfig finds it (its loopback, as on the host).
+    let api = cluster.address()?;
+    let _to_api = ["orders", "checkout"]
+        .into_iter()
+        .map(|host| net.forward_from(host, api, api))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut children = Vec::new();
     let mut app = net.command("orders", binary("echo-app"));
@@ -1175,6 +1277,24 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
             container_args.first() == Some(&"/daprd"),
             "{container_args:?}"
         );
+        ensure!(
+            arg_value(&container_args, "--config") == Some("appconfig"),
+            "{container_args:?}"
+        );
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        ensure!(
+            mounts.contains(&"/var/run/secrets/kubernetes.io/serviceaccount"),
+            "daprd does not mount the service account token: {mounts:?}"
+        );
+        // The service account token the kubelet would mount for this pod, as a kubeconfig.
+        let kubeconfig = cluster
+            .pod_kubeconfig(APPS, "default", (pod_name, pod_uid))
+            .await?;
         let log = net.dir().join(format!("{host}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = net.command(host, binary("daprd"));
@@ -1183,6 +1303,8 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             // Where the kubelet would mount the projected token.
             .env("DAPR_SENTRY_TOKEN_FILE", &token_file)
+            // Stands in for the service-account mount and KUBERNETES_SERVICE_HOST/PORT.
+            .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .kill_on_drop(true);
@@ -1225,6 +1347,26 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
     let seen = reply.json()?;
     assert_eq!(seen["headers"]["dapr-caller-app-id"], "checkout");
     assert_eq!(seen["headers"]["dapr-caller-namespace"], APPS);
+
+    // Step 5: orders enforces the access control of the Configuration it read from the API.
+    for (i, name) in [(0, "orders"), (1, "checkout")] {
+        assert!(
+            log_text(i).contains("Loaded Configuration apps/appconfig from the API server"),
+            "{name}:\n{}",
+            log_text(i)
+        );
+    }
+    let denied = client
+        .send(http::Method::POST, &url, &[], "not allowed".into())
+        .await?;
+    assert_eq!(denied.status, 403, "{:?}", denied.body);
+    let body = String::from_utf8_lossy(&denied.body).into_owned();
+    assert!(
+        body.contains(
+            "access control policy has denied access to id: checkout operation: inspect/first verb: POST"
+        ),
+        "{body}"
+    );
 
     // A bounded load loop (4 workers, at most 12 s and 20 000 calls) across renewals.
     let signed = |i: usize| {
@@ -1273,5 +1415,44 @@ async fn injected_pods_get_identities_through_token_review_and_invoke_each_other
         sentry.log_text()
     );
     drop(children);
+
+    // A Configuration that does not exist, and one in a namespace the account may not read
+    // (no RoleBinding in `default`): the sidecar stops at start and says which and why.
+    let kubeconfig = cluster.service_account_kubeconfig(APPS, "default").await?;
+    for (namespace, config, expected) in [
+        (
+            APPS,
+            "missing",
+            "Configuration apps/missing (--config): does not exist",
+        ),
+        (
+            "default",
+            "appconfig",
+            "needs `get` on configurations.dapr.io in namespace default",
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(binary("daprd"))
+                .args([
+                    "--mode",
+                    "kubernetes",
+                    "--app-id",
+                    "ghost",
+                    "--config",
+                    config,
+                ])
+                .env("NAMESPACE", namespace)
+                .env("KUBECONFIG", &kubeconfig)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("daprd did not stop within 60s")??;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
     Ok(())
 }

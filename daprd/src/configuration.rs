@@ -1,0 +1,61 @@
+//! Kubernetes mode: the Configuration named by `--config`, read from the API server when the
+//! sidecar starts. Upstream's daprd asks the operator for it; here the sidecar reads it itself
+//! with its pod's service account, which the chart lets read Configurations of its own namespace
+//! only (the `dapr-configuration-reader` RoleBinding the injector's reconciler keeps in every
+//! namespace with a Dapr workload), the same scope the operator enforces upstream.
+
+use std::time::{Duration, Instant};
+
+use dapr_crds::Configuration;
+use kube::api::Api;
+
+use crate::Error;
+
+/// How long the API server may be unreachable before the sidecar gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The bound on one request.
+const ATTEMPT: Duration = Duration::from_secs(10);
+
+/// Reads Configuration `namespace/name`. A missing or unreadable Configuration stops the sidecar
+/// (as upstream: running with defaults would silently drop its access control); an unreachable
+/// API server is retried for [`PATIENCE`].
+pub async fn load(namespace: &str, name: &str) -> Result<Configuration, Error> {
+    let what = format!("Configuration {namespace}/{name} (--config)");
+    let fail = |reason: String| Error::Configuration(format!("{what}: {reason}"));
+    let client = sentry::kubernetes::client()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let api = Api::<Configuration>::namespaced(client, namespace);
+    let deadline = Instant::now() + PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let reason = match tokio::time::timeout(ATTEMPT, api.get(name)).await {
+            Ok(Ok(configuration)) => {
+                configuration.validate().map_err(|e| fail(e.to_string()))?;
+                return Ok(configuration);
+            }
+            Ok(Err(kube::Error::Api(status))) if status.is_not_found() => {
+                return Err(fail("does not exist".into()));
+            }
+            Ok(Err(kube::Error::Api(status))) if status.is_forbidden() || status.code == 401 => {
+                return Err(fail(format!(
+                    "the API server refused the pod's service account ({}); it needs `get` on \
+                     configurations.dapr.io in namespace {namespace}, which the RoleBinding \
+                     dapr-configuration-reader grants",
+                    status.message
+                )));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", ATTEMPT.as_secs()),
+        };
+        if Instant::now() + delay > deadline {
+            return Err(fail(format!(
+                "the API server did not answer for {}s: {reason}",
+                PATIENCE.as_secs()
+            )));
+        }
+        tracing::warn!("reading {what}: {reason}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(4));
+    }
+}
