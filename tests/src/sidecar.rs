@@ -251,6 +251,45 @@ impl HttpClient {
     }
 }
 
+/// A bounded load loop: `workers` tasks, each with its own client, `GET` `url` until `deadline`
+/// or `max_per_worker` answers of 200 each. Every other answer or error is a failure.
+pub struct GetLoad(Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>);
+
+impl GetLoad {
+    pub fn start(url: &str, workers: usize, deadline: Instant, max_per_worker: u32) -> Self {
+        GetLoad(
+            (0..workers)
+                .map(|_| {
+                    let url = url.to_owned();
+                    tokio::spawn(async move {
+                        let client = HttpClient::new();
+                        let (mut ok, mut failed) = (0u32, Vec::new());
+                        while Instant::now() < deadline && ok < max_per_worker {
+                            match client.get(&url).await {
+                                Ok(r) if r.status == 200 => ok += 1,
+                                Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
+                                Err(e) => failed.push(e.to_string()),
+                            }
+                        }
+                        (ok, failed)
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits for every worker: the number of successful calls and every failure.
+    pub async fn finish(self) -> anyhow::Result<(u32, Vec<String>)> {
+        let (mut total, mut failures) = (0, Vec::new());
+        for worker in self.0 {
+            let (ok, failed) = worker.await?;
+            total += ok;
+            failures.extend(failed);
+        }
+        Ok((total, failures))
+    }
+}
+
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("dapr-e2e-{name}-{}", std::process::id()));

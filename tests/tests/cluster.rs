@@ -667,18 +667,9 @@ async fn the_api_server_calls_the_real_injector_which_injects_daprd_rejects_bad_
             .to_string(),
         )
         .await?;
-    let service = eventually(ASYNC_BOUND, "Service checkout-dapr", || async {
-        let out = cluster
-            .kubectl(&["get", "service", "checkout-dapr", "-n", APPS, "-o", "json"])
-            .await?;
-        if out.success {
-            Ok(Some(out.json()?))
-        } else {
-            Ok(None)
-        }
-    })
-    .await
-    .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
+    let service = created_in_apps(&cluster, "service", "checkout-dapr")
+        .await
+        .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
     assert_eq!(service["spec"]["clusterIP"], "None", "{service}");
     assert_eq!(
         service["spec"]["selector"],
@@ -1077,6 +1068,17 @@ fn resolve_env(entry: &Value, pod_name: &str, pod_ip: &str) -> anyhow::Result<Op
     }))
 }
 
+/// Waits (bounded) until the reconciler has created `kind/name` in `apps`; returns it.
+async fn created_in_apps(cluster: &Cluster, kind: &str, name: &str) -> anyhow::Result<Value> {
+    eventually(ASYNC_BOUND, &format!("{kind} {name}"), || async {
+        let out = cluster
+            .kubectl(&["get", kind, name, "-n", APPS, "-o", "json"])
+            .await?;
+        Ok(if out.success { Some(out.json()?) } else { None })
+    })
+    .await
+}
+
 /// Creates pod `name` (app id `app_id`) in `apps` through the API as the admin, retrying
 /// (bounded) until the API server has called the injector, and returns the stored pod.
 async fn create_injected_pod(
@@ -1195,30 +1197,9 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
             .to_string(),
         )
         .await?;
-    let binding = eventually(
-        ASYNC_BOUND,
-        "RoleBinding dapr-configuration-reader",
-        || async {
-            let out = cluster
-                .kubectl(&[
-                    "get",
-                    "rolebinding",
-                    "dapr-configuration-reader",
-                    "-n",
-                    APPS,
-                    "-o",
-                    "json",
-                ])
-                .await?;
-            if out.success {
-                Ok(Some(out.json()?))
-            } else {
-                Ok(None)
-            }
-        },
-    )
-    .await
-    .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
+    let binding = created_in_apps(&cluster, "rolebinding", "dapr-configuration-reader")
+        .await
+        .with_context(|| format!("injector log:\n{}", injector.log_text()))?;
     assert_eq!(
         binding["subjects"][0]["name"],
         format!("system:serviceaccounts:{APPS}"),
@@ -1377,28 +1358,9 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
     let before = (signed(0), signed(1));
     let deadline = Instant::now() + Duration::from_secs(12);
     let url = format!("http://{checkout_api}/v1.0/invoke/orders/method/inspect/load");
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let url = url.clone();
-        workers.push(tokio::spawn(async move {
-            let client = e2e::sidecar::HttpClient::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while Instant::now() < deadline && ok < 5000 {
-                match client.get(&url).await {
-                    Ok(r) if r.status == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    let mut total = 0;
-    for worker in workers {
-        let (ok, failed) = worker.await?;
-        assert!(failed.is_empty(), "failed calls: {failed:?}");
-        total += ok;
-    }
+    let load = e2e::sidecar::GetLoad::start(&url, 4, deadline, 5000);
+    let (total, failed) = load.finish().await?;
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
     assert!(total > 100, "only {total} calls made");
     assert!(
         signed(0) >= before.0 + 3 && signed(1) >= before.1 + 3,

@@ -13,7 +13,7 @@ use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClien
 use dapr_proto::internals::v1::{InternalInvokeRequest, ListStringValue};
 use e2e::sentry::{ClientIdentity, Sentry, tls_channel};
 use e2e::sidecar::{
-    HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
+    GetLoad, HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
 };
 use e2e::{EchoApp, echo_app};
 use http::Method;
@@ -252,22 +252,7 @@ async fn certificates_renew_under_load_without_a_failed_call_and_the_served_seri
     // Bounded: at most 12s and 20000 calls, over 4 connections' worth of concurrency.
     let deadline = Instant::now() + Duration::from_secs(12);
     let url = caller.url("/v1.0/invoke/orders/method/inspect/load");
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let url = url.clone();
-        workers.push(tokio::spawn(async move {
-            let client = HttpClient::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while Instant::now() < deadline && ok < 5000 {
-                match client.get(&url).await {
-                    Ok(r) if r.status == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("{} {:?}", r.status, r.body)),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = GetLoad::start(&url, 4, deadline, 5000);
     // Meanwhile, the certificate orders serves is looked at about three times a second (with a
     // fresh client identity each time: those live 6s too).
     let mut serials: Vec<Vec<u8>> = Vec::new();
@@ -285,12 +270,8 @@ async fn certificates_renew_under_load_without_a_failed_call_and_the_served_seri
     }
     // 12s of 6s certificates renewed at half-life: the served one changed at least 3 times.
     assert!(serials.len() >= 4, "served serials: {serials:?}");
-    let mut total = 0;
-    for worker in workers {
-        let (ok, failed) = worker.await.expect("worker");
-        assert!(failed.is_empty(), "failed calls: {failed:?}");
-        total += ok;
-    }
+    let (total, failed) = load.finish().await.expect("workers");
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
     assert!(total > 100, "only {total} calls made");
     assert!(
         signed_count(&caller) >= 3,
