@@ -337,6 +337,29 @@ async fn bad_requests_get_invalid_argument_or_permission_denied_with_clear_messa
             "failed to parse certificate signing request",
         ),
         (
+            request("app1", "default", &good_csr[..good_csr.len() / 2]),
+            Code::InvalidArgument,
+            "invalid certificate signing request",
+        ),
+        (
+            request(
+                "app1",
+                "default",
+                &pem("CERTIFICATE REQUEST", &der[..der.len() - 10]),
+            ),
+            Code::InvalidArgument,
+            "failed to parse certificate signing request",
+        ),
+        (
+            request(
+                "app1",
+                "default",
+                &pem("CERTIFICATE REQUEST", &vec![0x30; 100 * 1024]),
+            ),
+            Code::InvalidArgument,
+            "more than the 65536 accepted",
+        ),
+        (
             with_validator,
             Code::InvalidArgument,
             "the requested validator is not enabled",
@@ -352,6 +375,22 @@ async fn bad_requests_get_invalid_argument_or_permission_denied_with_clear_messa
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(message), "{message}: {status:?}");
     }
+    // Beyond gRPC's message limit the request is refused before it is decoded at all.
+    let huge = request(
+        "app1",
+        "default",
+        &pem("CERTIFICATE REQUEST", &vec![0x30; 5 * 1024 * 1024]),
+    );
+    let status = sign(&mut client, huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
+    // And sentry still serves.
+    sign(&mut client, request("app1", "default", &good_csr))
+        .await
+        .unwrap();
     let logs = sentry.logs();
     assert!(logs.contains("refused to sign a certificate"), "{logs}");
 }

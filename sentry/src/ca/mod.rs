@@ -239,6 +239,12 @@ impl Csr {
     /// daprd before v1.12 sent and upstream still accepts), and checks the request is signed by
     /// the key it carries. Ed25519, ECDSA P-256/P-384 and RSA keys are accepted.
     pub fn from_pem(pem: &[u8]) -> Result<Self, Error> {
+        if pem.len() > MAX_CSR_BYTES {
+            return Err(Error::InvalidCsr(format!(
+                "certificate signing request is {} bytes, more than the {MAX_CSR_BYTES} accepted",
+                pem.len()
+            )));
+        }
         let invalid = || Error::InvalidCsr("invalid certificate signing request".into());
         let der = match <(SectionKind, Vec<u8>)>::pem_slice_iter(pem).next() {
             Some(Ok((SectionKind::Csr | SectionKind::Certificate, der))) => der,
@@ -270,6 +276,10 @@ impl Csr {
         &self.public_key
     }
 }
+
+/// The largest CSR parsed. An RSA-8192 request is under 4 KiB of PEM; anything much larger is
+/// not a CSR and is refused before parsing (gRPC's own 4 MiB message limit is far above this).
+pub const MAX_CSR_BYTES: usize = 64 * 1024;
 
 const SHA1_SIGNATURES: &[&str] = &["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"];
 

@@ -263,6 +263,66 @@ fn a_csr_with_a_tampered_signature_is_rejected() {
 }
 
 #[test]
+fn a_csr_carrying_another_key_than_the_one_that_signed_it_is_rejected() {
+    // The request is signed by `signer`, but its SubjectPublicKeyInfo names `other`: whoever
+    // sent it cannot prove they hold the key the certificate would be issued for.
+    let signer = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let other = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let pem = csr_pem(&signer);
+    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let (from, to) = (signer.public_key_raw(), other.public_key_raw());
+    let at = der
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the signer's public key is in the CSR");
+    let mut swapped = der.clone();
+    swapped[at..at + to.len()].copy_from_slice(to);
+    let err = Csr::from_pem(pem_encode("CERTIFICATE REQUEST", &swapped).as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCsr(ref m) if m == "invalid signature"),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_and_oversized_csrs_are_rejected_with_what_is_wrong() {
+    let pem = csr_pem(&KeyPair::generate().unwrap());
+    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    // Cut in the middle of the PEM text: no complete block.
+    let err = Csr::from_pem(&pem.as_bytes()[..pem.len() / 2]).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCsr(ref m) if m == "invalid certificate signing request"),
+        "{err}"
+    );
+    // A complete PEM block around a DER cut short.
+    let short = pem_encode("CERTIFICATE REQUEST", &der[..der.len() - 10]);
+    let err = Csr::from_pem(short.as_bytes()).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCsr(ref m) if m.starts_with("failed to parse certificate signing request")),
+        "{err}"
+    );
+    // Oversized: refused before parsing, with the size and the bound.
+    let mut big = der.clone();
+    big.resize(MAX_CSR_BYTES, 0);
+    let big = pem_encode("CERTIFICATE REQUEST", &big);
+    let err = Csr::from_pem(big.as_bytes()).unwrap_err();
+    let expected = format!(
+        "certificate signing request is {} bytes, more than the {MAX_CSR_BYTES} accepted",
+        big.len()
+    );
+    assert!(
+        matches!(err, Error::InvalidCsr(ref m) if *m == expected),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_csr_in_a_pem_block_of_another_type_is_rejected() {
     let key = KeyPair::generate().unwrap();
     let pem = csr_pem(&key);
