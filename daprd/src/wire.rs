@@ -164,6 +164,49 @@ pub fn ready_part(mut body: BoxStream<Result<Bytes, BoxError>>) -> Ready {
     }
 }
 
+/// Reads a body whose declared length is at most [`MAX_CHUNK`] to its end, within `within`,
+/// so that it travels in the head message of a stream. Such a body arrives with its head, but
+/// HTTP/1 hands it over only once it is asked for, so [`ready_part`] alone would find it pending
+/// and stream it: a pump task and three writes to the peer instead of one. Any other body comes
+/// back as it is.
+pub async fn read_small(
+    mut body: BoxStream<Result<Bytes, BoxError>>,
+    declared_len: Option<u64>,
+    within: std::time::Duration,
+) -> Result<BoxStream<Result<Bytes, BoxError>>, BoxError> {
+    let Some(len) = declared_len.filter(|len| *len <= MAX_CHUNK as u64) else {
+        return Ok(body);
+    };
+    let read = async move {
+        let mut first: Option<Bytes> = None;
+        let mut more: Option<bytes::BytesMut> = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            match (&mut first, &mut more) {
+                (None, _) => first = Some(chunk),
+                (Some(first), None) => {
+                    let mut joined = bytes::BytesMut::with_capacity(len as usize);
+                    joined.extend_from_slice(first);
+                    joined.extend_from_slice(&chunk);
+                    more = Some(joined);
+                }
+                (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
+            }
+        }
+        Ok::<_, BoxError>(
+            more.map(bytes::BytesMut::freeze)
+                .or(first)
+                .unwrap_or_default(),
+        )
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(data) => Ok(Box::pin(futures::stream::iter([Ok(data?)]))),
+        Err(_) => Err(BoxError::from(format!(
+            "the body of {len} bytes did not arrive within {within:?}"
+        ))),
+    }
+}
+
 fn put_back(
     taken: Vec<Result<Bytes, BoxError>>,
     body: BoxStream<Result<Bytes, BoxError>>,
@@ -312,20 +355,37 @@ async fn next_payload<M: Chunked>(
         if *remaining == 0
             && let Some(mut incoming) = state.incoming.take()
         {
-            // The declared body is complete: take the stream's end (its trailers) now.
-            match incoming.message().await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
+            // The declared body is complete: take the stream's end (its trailers) now if it is
+            // here, else in the background, so the last bytes are not held back for it (the
+            // peer's trailers often travel in a packet of their own).
+            use futures::FutureExt;
+            match incoming.message().now_or_never() {
+                Some(Ok(None)) => {}
+                Some(Ok(Some(_))) => {
                     return Some((
                         Err(BoxError::from("body longer than its content-length")),
                         state,
                     ));
                 }
-                Err(status) => return Some((Err(BoxError::from(status)), state)),
+                Some(Err(status)) => return Some((Err(BoxError::from(status)), state)),
+                None => {
+                    tokio::spawn(read_end(incoming));
+                }
             }
         }
     }
     Some((Ok(data), state))
+}
+
+/// Reads a stream's end after its declared body was handed on, so the stream closes cleanly
+/// instead of being reset; what comes instead of the end is only logged: the body was whole.
+async fn read_end<M: Chunked>(mut incoming: tonic::Streaming<M>) {
+    match tokio::time::timeout(EMPTY_END_TIMEOUT, incoming.message()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(_))) => tracing::debug!("a stream went on past its content-length"),
+        Ok(Err(status)) => tracing::debug!("a stream failed after its whole body: {status}"),
+        Err(_) => tracing::debug!("a stream did not end after its whole body"),
+    }
 }
 
 /// The `content-length` a header map or metadata declares, if any.
@@ -385,6 +445,62 @@ mod tests {
             .expect("send");
         drop(tx);
         assert_eq!(drain(body).await, vec![Ok("late".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_small_declared_body_is_read_whole_and_any_other_streams_as_it_came() {
+        let within = std::time::Duration::from_secs(5);
+        // Chunks that arrive one by one (as HTTP/1 hands them over) become one complete chunk.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
+        let feed = tokio::spawn(async move {
+            for part in ["he", "llo"] {
+                tx.send(Ok(Bytes::from_static(part.as_bytes())))
+                    .await
+                    .expect("send");
+                tokio::task::yield_now().await;
+            }
+        });
+        let body = read_small(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Some(5),
+            within,
+        )
+        .await
+        .expect("read");
+        assert!(matches!(ready_part(body), Ready::Complete(b) if b == "hello"));
+        feed.await.expect("feeder");
+        // A body with no length, or a larger one, is not waited for.
+        let body = read_small(chunks(vec![Ok("a"), Ok("b")]), None, within)
+            .await
+            .expect("unbounded");
+        assert!(matches!(ready_part(body), Ready::Streaming(_)));
+        let body = read_small(
+            chunks(vec![Ok("a"), Ok("b")]),
+            Some(MAX_CHUNK as u64 + 1),
+            within,
+        )
+        .await
+        .expect("large");
+        assert_eq!(drain(body).await, vec![Ok("a".into()), Ok("b".into())]);
+        // A failing body reports its error; a body that stops arriving, the bound.
+        let err = read_small(chunks(vec![Ok("a"), Err("broken")]), Some(3), within)
+            .await
+            .err()
+            .expect("a failing body fails");
+        assert_eq!(err.to_string(), "broken");
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(1);
+        let err = read_small(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Some(3),
+            std::time::Duration::from_millis(20),
+        )
+        .await
+        .err()
+        .expect("a stalled body times out");
+        assert_eq!(
+            err.to_string(),
+            "the body of 3 bytes did not arrive within 20ms"
+        );
     }
 
     #[test]

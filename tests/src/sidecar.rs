@@ -52,6 +52,8 @@ pub struct SidecarOptions {
     pub config: Option<PathBuf>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `--dapr-internal-grpc-port`; `None` picks a free one (a restarted sidecar keeps its own).
+    pub internal_port: Option<u16>,
 }
 
 impl Sidecar {
@@ -88,8 +90,11 @@ impl Sidecar {
                 daprd.display()
             );
         }
-        let (http_port, grpc_port, internal_port, metrics_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let internal_port = match options.internal_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
         let log = dir.join(format!("daprd-{app_id}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = tokio::process::Command::new(daprd);

@@ -432,6 +432,57 @@ async fn app_max_concurrency_bounds_calls_into_the_app() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_callee_restarted_on_its_address_answers_the_first_call_after_it_is_back() {
+    let mut p = pair("restart", "", &[], SidecarOptions::default()).await;
+    let url = p.caller.url("/v1.0/invoke/orders/method/echo");
+    let call = |client: HttpClient, url: String| async move {
+        client
+            .send(Method::POST, &url, &[], Bytes::from_static(b"ping"))
+            .await
+            .expect("answers")
+    };
+    let reply = call(p.client.clone(), url.clone()).await;
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"ping"[..]));
+    let callee_dir = p.dir.join("callee");
+    let options = SidecarOptions {
+        app_port: Some(start_app(p.stats.clone()).await.expect("app starts")),
+        config: Some(sqlite_config(&p.dir, "callee", "").expect("config")),
+        internal_port: Some(p.callee.internal_port),
+        ..Default::default()
+    };
+    // Gracefully (the old sidecar says goodbye on its connections), then abruptly (the kernel
+    // closes them): either way the caller's pooled connection is replaced, not used.
+    for graceful in [true, false] {
+        if graceful {
+            let status = p
+                .callee
+                .terminate(Duration::from_secs(10))
+                .await
+                .expect("exits");
+            assert!(status.success(), "{status}");
+        } else {
+            p.callee.child.kill().await.expect("killed");
+        }
+        p.callee = Sidecar::start("orders", &callee_dir, options.clone())
+            .await
+            .expect("callee starts again");
+        p.callee
+            .wait_for("/v1.0/healthz", Duration::from_secs(20))
+            .await
+            .expect("callee sees its app");
+        let reply = call(p.client.clone(), url.clone()).await;
+        assert_eq!(
+            (
+                reply.status,
+                String::from_utf8_lossy(&reply.body).into_owned()
+            ),
+            (200, "ping".to_owned()),
+            "graceful restart: {graceful}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_call_finish_before_exit() {
     let mut p = pair("shutdown", "", &[], SidecarOptions::default()).await;
     let url = p.caller.url("/v1.0/invoke/orders/method/hold");

@@ -176,16 +176,33 @@ impl tower::Service<http::Uri> for Connector {
                 .host()
                 .ok_or_else(|| io::Error::other(format!("no host in {uri}")))?
                 .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            // The peer is checked by its SPIFFE id; the name only has to be well-formed.
-            let name = ServerName::try_from(host)
-                .map_err(|e| io::Error::other(format!("server name: {e}")))?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
-            Ok(TokioIo::new(tls))
+                .trim_end_matches(']');
+            let addr = tokio::net::lookup_host((host, uri.port_u16().unwrap_or(443)))
+                .await?
+                .next()
+                .ok_or_else(|| io::Error::other(format!("no address for {uri}")))?;
+            Ok(TokioIo::new(dial(config, addr).await?))
         })
     }
+}
+
+impl Connector {
+    /// Dials `addr` with the current identity, accepting only the expected peer.
+    pub async fn dial(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        dial(self.config()?, addr).await
+    }
+}
+
+async fn dial(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    // The peer is checked by its SPIFFE id; the name only has to be well-formed.
+    let name = ServerName::IpAddress(addr.ip().into());
+    TlsConnector::from(config).connect(name, tcp).await
 }

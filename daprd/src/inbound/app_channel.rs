@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, Metadata, metadata_to_headers, names};
 
 /// How long the app may take to answer with a response head.
-const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to the app may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

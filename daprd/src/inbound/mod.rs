@@ -262,7 +262,16 @@ impl ServiceInvocation for Internal {
             payload: None,
         };
         // A small answer the app has sent in full rides in the head message.
-        let rest: BoxStream<Result<Bytes, wire::BoxError>> = match wire::ready_part(response.body) {
+        let declared = wire::declared_len(
+            response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let body = wire::read_small(response.body, declared, app_channel::APP_RESPONSE_TIMEOUT)
+            .await
+            .map_err(|e| Status::aborted(format!("app response body failed: {e}")))?;
+        let rest: BoxStream<Result<Bytes, wire::BoxError>> = match wire::ready_part(body) {
             wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
                 head.payload = (!data.is_empty()).then_some(StreamPayload { data, seq: 0 });
                 Box::pin(futures::stream::empty())

@@ -230,13 +230,13 @@ async fn invoke(
     check_method(&method)?;
     let limit = shared.config.max_body_size;
     let (parts, body) = request.into_parts();
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
+    let declared = wire::declared_len(
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(Error::BodyTooLarge { limit });
     }
     let skip = [names::DAPR_APP_ID, names::API_TOKEN];
@@ -271,6 +271,9 @@ async fn invoke(
             }
             Ok(chunk)
         }));
+    let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
+        .await
+        .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
     let peer = match shared.invoker.invoke_stream(&target, internal, body).await {
         Ok(peer) => peer,
         Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClient;
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
+    InternalInvokeResponseStream,
 };
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -93,6 +94,8 @@ pub struct Invoker {
     identity: Option<crate::identity::Current>,
     /// What each peer is known to implement (learned from its first call).
     peers: Mutex<HashMap<SocketAddr, PeerKind>>,
+    /// Connections for calls whose request is in hand (see [`super::peer`]).
+    direct: super::peer::Peers,
     metrics: Arc<Metrics>,
 }
 
@@ -112,13 +115,18 @@ impl Invoker {
             channels: Mutex::new(HashMap::new()),
             identity: None,
             peers: Mutex::new(HashMap::new()),
+            direct: super::peer::Peers::new(None),
             metrics: Arc::new(Metrics::disabled()),
         }
     }
 
     /// Dials peers over mTLS with this identity, accepting only the target's SPIFFE id.
     pub fn with_identity(self, identity: Option<crate::identity::Current>) -> Self {
-        Invoker { identity, ..self }
+        Invoker {
+            direct: super::peer::Peers::new(identity.clone()),
+            identity,
+            ..self
+        }
     }
 
     /// Records requests sent and responses received in `metrics`.
@@ -264,41 +272,49 @@ impl Invoker {
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
         let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
-        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
         let sent = self.metrics.invocation_sent(&target.app_id);
-
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
-        let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
-
-        let call = tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local_stream(outgoing));
-        let response = tokio::select! {
-            result = call => match result {
-                Err(_) => return Err(Error::Timeout { id: target.app_id.to_owned(), seconds: RESPONSE_TIMEOUT.as_secs() }),
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    return match retry {
-                        Some(request) => self.fall_back_to_unary(target, addr, request, pump).await,
-                        None => {
-                            // A streaming peer was replaced by one that is not: learn again.
-                            self.set_peer_kind(addr, None);
-                            Err(self.invoke_error(target, addr, &status))
-                        }
-                    };
+        let mut incoming = match wire::ready_part(body) {
+            // The whole request is in hand: one message, one write (`super::peer`).
+            wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
+                let message = InternalInvokeRequestStream {
+                    request: Some(request),
+                    payload: (!data.is_empty()).then(|| dapr_proto::common::v1::StreamPayload {
+                        data: data.clone(),
+                        seq: 0,
+                    }),
+                };
+                let call = self.direct.call(addr, target, &message);
+                match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
+                    Err(_) => return Err(self.timed_out(target)),
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                        return match retry {
+                            Some(request) => {
+                                self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
+                                self.unary_at(target, addr, request, data).await
+                            }
+                            None => {
+                                self.set_peer_kind(addr, None);
+                                Err(self.invoke_error(target, addr, &status))
+                            }
+                        };
+                    }
+                    Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
+                    Ok(Ok(incoming)) => incoming,
                 }
-                Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
-                Ok(Ok(response)) => response,
-            },
-            Ok(reason) = failed_rx => return Err(Error::Malformed(format!("request body: {reason}"))),
-        };
-        let mut incoming = response.into_inner();
-        let first = match tokio::time::timeout(RESPONSE_TIMEOUT, incoming.message()).await {
-            Err(_) => {
-                return Err(Error::Timeout {
-                    id: target.app_id.to_owned(),
-                    seconds: RESPONSE_TIMEOUT.as_secs(),
-                });
             }
+            ready => {
+                let body = match ready {
+                    wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
+                    wire::Ready::Streaming(body) => body,
+                };
+                match self.stream_to(target, addr, request, body, retry).await? {
+                    Streamed::Stream(incoming) => incoming,
+                    Streamed::Unary(answer) => return Ok(answer),
+                }
+            }
+        };
+        let first = match tokio::time::timeout(RESPONSE_TIMEOUT, incoming.message()).await {
+            Err(_) => return Err(self.timed_out(target)),
             Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
             Ok(Ok(None)) => {
                 return Err(Error::Invoke {
@@ -321,6 +337,52 @@ impl Invoker {
             head,
             body: Box::pin(body),
         })
+    }
+
+    fn timed_out(&self, target: &Target) -> Error {
+        Error::Timeout {
+            id: target.app_id.to_owned(),
+            seconds: RESPONSE_TIMEOUT.as_secs(),
+        }
+    }
+
+    /// `CallLocalStream` through the channel, with a body that streams: payloads follow the head
+    /// as they come, and a peer without streaming gets what was kept as a unary retry.
+    async fn stream_to(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        request: InternalInvokeRequest,
+        body: BoxStream<Result<Bytes, BoxError>>,
+        retry: Option<InternalInvokeRequest>,
+    ) -> Result<Streamed, Error> {
+        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
+        let call = tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local_stream(outgoing));
+        tokio::select! {
+            result = call => match result {
+                Err(_) => Err(self.timed_out(target)),
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    match retry {
+                        Some(request) => self
+                            .fall_back_to_unary(target, addr, request, pump)
+                            .await
+                            .map(Streamed::Unary),
+                        None => {
+                            // A streaming peer was replaced by one that is not: learn again.
+                            self.set_peer_kind(addr, None);
+                            Err(self.invoke_error(target, addr, &status))
+                        }
+                    }
+                }
+                Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
+                Ok(Ok(response)) => Ok(Streamed::Stream(response.into_inner())),
+            },
+            Ok(reason) = failed_rx => Err(Error::Malformed(format!("request body: {reason}"))),
+        }
     }
 
     fn peer_kind(&self, addr: SocketAddr) -> Option<PeerKind> {
@@ -484,6 +546,13 @@ impl Invoker {
         let addr = self.resolver.resolve(target).await?;
         self.call_local(target, addr, request).await
     }
+}
+
+/// What a streamed call got back: the peer's response stream, or the answer of the unary retry
+/// a peer without streaming needed.
+enum Streamed {
+    Stream(tonic::Streaming<InternalInvokeResponseStream>),
+    Unary(PeerResponse),
 }
 
 /// How much of a request body is kept for a unary retry, should the peer not implement
