@@ -283,7 +283,7 @@ impl Invoker {
                         seq: 0,
                     }),
                 };
-                let call = self.direct.call(addr, target, &message);
+                let call = self.direct.call_local_stream(addr, target, &message);
                 match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
                     Err(_) => return Err(self.timed_out(target)),
                     Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
@@ -475,17 +475,12 @@ impl Invoker {
         addr: SocketAddr,
         request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
-        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
         let sent = self.metrics.invocation_sent(&target.app_id);
-        match tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local(request)).await {
-            Err(_) => Err(Error::Timeout {
-                id: target.app_id.to_owned(),
-                seconds: RESPONSE_TIMEOUT.as_secs(),
-            }),
+        let call = self.direct.call_local(addr, target, &request);
+        match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
+            Err(_) => Err(self.timed_out(target)),
             Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
-            Ok(Ok(response)) => Ok(sent.received(response.into_inner())),
+            Ok(Ok(response)) => Ok(sent.received(response)),
         }
     }
 

@@ -1,5 +1,5 @@
-//! `CallLocalStream` calls whose request is in hand (head and whole body in one message), over
-//! one pooled HTTP/2 connection per peer driven by `h2` itself.
+//! Calls whose request is in hand (`CallLocal`, and `CallLocalStream` with the head and the whole
+//! body in one message), over one pooled HTTP/2 connection per peer driven by `h2` itself.
 //!
 //! Why not tonic's channel for these: hyper's client sends a request body only once the peer's
 //! stream is open, so a call costs three TLS records and three `writev`s (HEADERS, DATA, an empty
@@ -16,7 +16,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use dapr_proto::internals::v1::{InternalInvokeRequestStream, InternalInvokeResponseStream};
+use dapr_proto::internals::v1::{
+    InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
+    InternalInvokeResponseStream,
+};
 use http::HeaderValue;
 use prost::Message;
 use tokio::sync::OnceCell;
@@ -24,8 +27,9 @@ use tokio::sync::OnceCell;
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
 
-/// The method every call here goes to.
+/// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
+const CALL_LOCAL: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocal";
 /// How long dialling (TCP, TLS, HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle connection is pinged this often and dropped if the pong takes longer than
@@ -66,18 +70,46 @@ impl Peers {
     /// the response stream, or the status the peer answered with. A pooled connection found
     /// closed before the call was sent is replaced once, transparently; a failed connection is
     /// dropped from the pool. Transport failures are `Unavailable`.
-    pub async fn call(
+    pub async fn call_local_stream(
         &self,
         addr: SocketAddr,
         target: &Target,
         message: &InternalInvokeRequestStream,
     ) -> Result<tonic::Streaming<InternalInvokeResponseStream>, tonic::Status> {
+        self.call(addr, target, CALL_LOCAL_STREAM, message).await
+    }
+
+    /// `CallLocal`: the request out in one write, the answer and the call's status back.
+    pub async fn call_local(
+        &self,
+        addr: SocketAddr,
+        target: &Target,
+        request: &InternalInvokeRequest,
+    ) -> Result<InternalInvokeResponse, tonic::Status> {
+        let mut answer = self
+            .call::<_, InternalInvokeResponse>(addr, target, CALL_LOCAL, request)
+            .await?;
+        let response = answer.message().await?.ok_or_else(|| {
+            tonic::Status::internal("the peer answered CallLocal with no message")
+        })?;
+        // The call's status is in the trailers (an error there fails the call, as in tonic).
+        answer.trailers().await?;
+        Ok(response)
+    }
+
+    async fn call<Req: Message, Resp: Message + Default + 'static>(
+        &self,
+        addr: SocketAddr,
+        target: &Target,
+        path: &'static str,
+        message: &Req,
+    ) -> Result<tonic::Streaming<Resp>, tonic::Status> {
         let frame = grpc_frame(message);
         let mut retried = false;
         let (response, conn) = loop {
             let (conn, send) = self.connection(addr, target).await?;
             match send.ready().await {
-                Ok(mut send) => break (start(&mut send, addr, frame.clone()), conn),
+                Ok(mut send) => break (start(&mut send, addr, path, frame.clone()), conn),
                 Err(e) if !retried => {
                     tracing::debug!(%addr, "pooled peer connection closed ({e}); dialling again");
                     self.forget(addr, &conn);
@@ -107,7 +139,7 @@ impl Peers {
             return Err(status);
         }
         Ok(tonic::Streaming::new_response(
-            tonic_prost::ProstDecoder::<InternalInvokeResponseStream>::default(),
+            tonic_prost::ProstDecoder::<Resp>::default(),
             RecvBody {
                 recv: body,
                 data_done: false,
@@ -221,6 +253,7 @@ fn forget(slots: &Mutex<HashMap<SocketAddr, Slot>>, addr: SocketAddr, conn: &Arc
 fn start(
     send: &mut Ready,
     addr: SocketAddr,
+    path: &'static str,
     frame: Bytes,
 ) -> Result<h2::client::ResponseFuture, h2::Error> {
     let mut request = http::Request::new(());
@@ -228,7 +261,7 @@ fn start(
     *request.uri_mut() = http::Uri::builder()
         .scheme("http")
         .authority(addr.to_string())
-        .path_and_query(CALL_LOCAL_STREAM)
+        .path_and_query(path)
         .build()
         .unwrap_or_default();
     let headers = request.headers_mut();
@@ -243,7 +276,7 @@ fn start(
 }
 
 /// The length-prefixed gRPC message (uncompressed).
-fn grpc_frame(message: &InternalInvokeRequestStream) -> Bytes {
+fn grpc_frame(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
