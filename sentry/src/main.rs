@@ -50,18 +50,24 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Per-target levels without `EnvFilter`'s regex engine (code every process would page in).
+    let filter: tracing_subscriber::filter::Targets = format!(
         "{},h2=warn,hyper=warn,tower=warn,rustls=warn",
         config.log_level
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    )
+    .parse()
+    .unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    });
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if config.log_as_json {
-        builder.json().flatten_event(true).init();
+        registry.with(layer.json().flatten_event(true)).init();
     } else {
-        builder.init();
+        registry.with(layer).init();
     }
 }

@@ -43,12 +43,14 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 type Ready = h2::client::SendRequest<Bytes>;
+/// A connection, or why there is none.
+type Dialled = Result<Ready, tonic::Status>;
 
 /// One connection (or one dial in progress) per peer address.
 struct Slot {
     /// The target the connection was opened for: under mTLS the peer proved that identity.
     target: Target,
-    conn: Arc<OnceCell<Ready>>,
+    conn: Arc<OnceCell<Dialled>>,
 }
 
 /// The pool of peer connections for calls with the request in hand.
@@ -156,7 +158,7 @@ impl Peers {
         &self,
         addr: SocketAddr,
         target: &Target,
-    ) -> Result<(Arc<OnceCell<Ready>>, Ready), tonic::Status> {
+    ) -> Result<(Arc<OnceCell<Dialled>>, Ready), tonic::Status> {
         let cell = {
             let mut slots = self
                 .slots
@@ -179,21 +181,23 @@ impl Peers {
                 }
             }
         };
-        let send = cell
-            .get_or_try_init(|| async {
-                let dialled = tokio::time::timeout(CONNECT_TIMEOUT, self.dial(addr, target)).await;
-                let failure = match dialled {
-                    Ok(Ok(send)) => return Ok(send),
-                    Ok(Err(status)) => status,
-                    Err(_) => tonic::Status::unavailable(format!(
-                        "no connection to the peer at {addr} within {CONNECT_TIMEOUT:?}"
-                    )),
-                };
+        // Every call waiting on this dial gets its outcome: a failure is not retried by each of
+        // them in turn (the slot is dropped, so the next call dials afresh).
+        let dialled = cell
+            .get_or_init(|| async {
+                let failure =
+                    match tokio::time::timeout(CONNECT_TIMEOUT, self.dial(addr, target)).await {
+                        Ok(Ok(send)) => return Ok(send),
+                        Ok(Err(status)) => status,
+                        Err(_) => tonic::Status::unavailable(format!(
+                            "no connection to the peer at {addr} within {CONNECT_TIMEOUT:?}"
+                        )),
+                    };
                 self.forget(addr, &cell);
                 Err(failure)
             })
-            .await?
-            .clone();
+            .await;
+        let send = dialled.as_ref().map_err(Clone::clone)?.clone();
         Ok((cell, send))
     }
 
@@ -207,15 +211,13 @@ impl Peers {
         builder
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
-        let send = match &self.identity {
+        let io = match &self.identity {
             None => {
                 let tcp = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| unreachable(&e))?;
                 let _ = tcp.set_nodelay(true);
-                let (send, conn) = builder.handshake(tcp).await.map_err(|e| unreachable(&e))?;
-                tokio::spawn(drive(conn, addr));
-                send
+                Box::new(tcp) as Box<dyn PeerIo>
             }
             Some(current) => {
                 // Upstream checks only the path of the peer's id, not its trust domain.
@@ -227,21 +229,25 @@ impl Peers {
                     .dial(addr)
                     .await
                     .map_err(|e| unreachable(&e))?;
-                let (send, conn) = builder.handshake(tls).await.map_err(|e| unreachable(&e))?;
-                tokio::spawn(drive(conn, addr));
-                send
+                Box::new(tls)
             }
         };
+        let (send, conn) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
+        tokio::spawn(drive(conn, addr));
         Ok(send)
     }
 
     /// Drops the pool's entry for `addr` if it is still `conn` (a newer one stays).
-    fn forget(&self, addr: SocketAddr, conn: &Arc<OnceCell<Ready>>) {
+    fn forget(&self, addr: SocketAddr, conn: &Arc<OnceCell<Dialled>>) {
         forget(&self.slots, addr, conn);
     }
 }
 
-fn forget(slots: &Mutex<HashMap<SocketAddr, Slot>>, addr: SocketAddr, conn: &Arc<OnceCell<Ready>>) {
+fn forget(
+    slots: &Mutex<HashMap<SocketAddr, Slot>>,
+    addr: SocketAddr,
+    conn: &Arc<OnceCell<Dialled>>,
+) {
     if let Ok(mut slots) = slots.lock()
         && slots.get(&addr).is_some_and(|s| Arc::ptr_eq(&s.conn, conn))
     {
@@ -299,12 +305,13 @@ fn failed(e: &h2::Error) -> tonic::Status {
     }
 }
 
+/// A connection's byte stream, TCP or TLS: one type, so the HTTP/2 machinery is compiled once.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+
 /// Drives a peer connection until it closes (every handle dropped, GOAWAY, an I/O error) or
 /// stops answering pings.
-async fn drive<T>(mut conn: h2::client::Connection<T, Bytes>, addr: SocketAddr)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
+async fn drive(mut conn: h2::client::Connection<Box<dyn PeerIo>, Bytes>, addr: SocketAddr) {
     let pings = conn.ping_pong();
     let keepalive = async move {
         let Some(mut pings) = pings else {
