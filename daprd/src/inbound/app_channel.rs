@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::common::v1::{HttpExtension, InvokeRequest};
+use dapr_proto::common::v1::{HttpExtension, InvokeRequest, InvokeResponse};
 use dapr_proto::runtime::v1::app_callback_client::AppCallbackClient;
 use dapr_proto::runtime::v1::app_callback_health_check_client::AppCallbackHealthCheckClient;
 use futures::{Stream, StreamExt};
@@ -25,6 +25,8 @@ use crate::config::{AppProtocol, Config};
 use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, Metadata, metadata_to_headers, names};
 
+/// The app's invocation callback.
+const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
 /// How long the app may take to answer with a response head.
 pub const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to the app may take.
@@ -63,6 +65,9 @@ pub struct AppChannel {
     protocol: Protocol,
     /// h2c connection to the app: `OnInvoke` for gRPC apps and proxied gRPC calls for any app.
     grpc: Channel,
+    /// `OnInvoke` to a plaintext gRPC app at an IP address: one write per call
+    /// ([`crate::outbound::peer`]); other gRPC apps get it through `grpc`.
+    direct: Option<(crate::outbound::peer::Peers, std::net::SocketAddr)>,
     base: String,
     app_token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
@@ -98,9 +103,17 @@ impl AppChannel {
                 Protocol::Http(Box::new(client))
             }
         };
+        let direct = match (config.app_protocol, address.parse::<std::net::IpAddr>()) {
+            (AppProtocol::Grpc, Ok(ip)) => Some((
+                crate::outbound::peer::Peers::app(),
+                std::net::SocketAddr::new(ip, port),
+            )),
+            _ => None,
+        };
         Ok(Some(AppChannel {
             protocol,
             grpc,
+            direct,
             base,
             app_token: config
                 .app_api_token
@@ -198,7 +211,7 @@ impl AppChannel {
         headers.remove(header::CONTENT_TYPE);
         headers.remove(header::CONTENT_LENGTH);
         self.swap_token(&mut headers);
-        let mut call = tonic::Request::new(InvokeRequest {
+        let call = InvokeRequest {
             method: request.method,
             data: Some(prost_types::Any {
                 type_url: String::new(),
@@ -209,18 +222,31 @@ impl AppChannel {
                 verb: wire::verb_of(&request.verb) as i32,
                 querystring: request.query,
             }),
-        });
-        *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
-        let mut client = AppCallbackClient::new(self.grpc.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let result = tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.on_invoke(call))
-            .await
-            .map_err(|_| self.timed_out())?;
+        };
+        let result = match &self.direct {
+            Some((app, addr)) => {
+                let call = app.unary::<_, InvokeResponse>(*addr, None, ON_INVOKE, headers, &call);
+                tokio::time::timeout(APP_RESPONSE_TIMEOUT, call).await
+            }
+            None => {
+                let mut call = tonic::Request::new(call);
+                *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+                let mut client = AppCallbackClient::new(self.grpc.clone())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX);
+                tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.on_invoke(call))
+                    .await
+                    .map(|answer| {
+                        answer.map(|response| {
+                            let (metadata, message, _) = response.into_parts();
+                            (metadata.into_headers(), message)
+                        })
+                    })
+            }
+        }
+        .map_err(|_| self.timed_out())?;
         match result {
-            Ok(response) => {
-                let (metadata, message, _) = response.into_parts();
-                let mut headers = metadata.into_headers();
+            Ok((mut headers, message)) => {
                 if !message.content_type.is_empty()
                     && let Ok(value) = HeaderValue::from_str(&message.content_type)
                 {
@@ -236,7 +262,11 @@ impl AppChannel {
             }
             // A transport failure carries its cause; a status the app sent does not.
             Err(status) if std::error::Error::source(&status).is_some() => {
-                Err(self.unreachable(&status))
+                // The cause, not the status's debug form.
+                match std::error::Error::source(&status) {
+                    Some(cause) => Err(self.unreachable(cause)),
+                    None => Err(self.unreachable(&status)),
+                }
             }
             Err(status) => {
                 let body = serde_json::json!({

@@ -20,7 +20,7 @@ use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
     InternalInvokeResponseStream,
 };
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use prost::Message;
 use tokio::sync::OnceCell;
 
@@ -49,7 +49,7 @@ type Dialled = Result<Ready, tonic::Status>;
 /// One connection (or one dial in progress) per peer address.
 struct Slot {
     /// The target the connection was opened for: under mTLS the peer proved that identity.
-    target: Target,
+    target: Option<Target>,
     conn: Arc<OnceCell<Dialled>>,
 }
 
@@ -58,27 +58,48 @@ pub struct Peers {
     slots: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
     /// Dials with this identity under mTLS; `None` dials in plaintext.
     identity: Option<crate::identity::Current>,
+    /// What is at the other end, for error messages: `peer` or `app`.
+    what: &'static str,
 }
 
 impl Peers {
+    /// Connections to other sidecars, over mTLS with `identity`.
     pub fn new(identity: Option<crate::identity::Current>) -> Self {
         Peers {
             slots: Arc::new(Mutex::new(HashMap::new())),
             identity,
+            what: "peer",
+        }
+    }
+
+    /// The connection to a local gRPC app (plaintext, h2c).
+    pub fn app() -> Self {
+        Peers {
+            what: "app",
+            ..Peers::new(None)
         }
     }
 
     /// Sends `message` (a request head with its whole body) to the peer at `addr` and returns
     /// the response stream, or the status the peer answered with. A pooled connection found
     /// closed before the call was sent is replaced once, transparently; a failed connection is
-    /// dropped from the pool. Transport failures are `Unavailable`.
+    /// dropped from the pool. Transport failures are `Unavailable`, with their cause as source.
     pub async fn call_local_stream(
         &self,
         addr: SocketAddr,
         target: &Target,
         message: &InternalInvokeRequestStream,
     ) -> Result<tonic::Streaming<InternalInvokeResponseStream>, tonic::Status> {
-        self.call(addr, target, CALL_LOCAL_STREAM, message).await
+        let (_, answer) = self
+            .call(
+                addr,
+                Some(target),
+                CALL_LOCAL_STREAM,
+                HeaderMap::new(),
+                message,
+            )
+            .await?;
+        Ok(answer)
     }
 
     /// `CallLocal`: the request out in one write, the answer and the call's status back.
@@ -88,30 +109,48 @@ impl Peers {
         target: &Target,
         request: &InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, tonic::Status> {
-        let mut answer = self
-            .call::<_, InternalInvokeResponse>(addr, target, CALL_LOCAL, request)
+        let (_, response) = self
+            .unary(addr, Some(target), CALL_LOCAL, HeaderMap::new(), request)
             .await?;
-        let response = answer.message().await?.ok_or_else(|| {
-            tonic::Status::internal("the peer answered CallLocal with no message")
-        })?;
-        // The call's status is in the trailers (an error there fails the call, as in tonic).
-        answer.trailers().await?;
         Ok(response)
+    }
+
+    /// A unary call to `path` at `addr` (an app, or a peer when `target` names it) with
+    /// `headers` as its metadata: the response's headers and message, once the trailers say
+    /// the call succeeded (as tonic's unary client does).
+    pub async fn unary<Req: Message, Resp: Message + Default + 'static>(
+        &self,
+        addr: SocketAddr,
+        target: Option<&Target>,
+        path: &'static str,
+        headers: HeaderMap,
+        message: &Req,
+    ) -> Result<(HeaderMap, Resp), tonic::Status> {
+        let (headers, mut answer) = self.call(addr, target, path, headers, message).await?;
+        let response = answer
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal(format!("{path} answered no message")))?;
+        answer.trailers().await?;
+        Ok((headers, response))
     }
 
     async fn call<Req: Message, Resp: Message + Default + 'static>(
         &self,
         addr: SocketAddr,
-        target: &Target,
+        target: Option<&Target>,
         path: &'static str,
+        headers: HeaderMap,
         message: &Req,
-    ) -> Result<tonic::Streaming<Resp>, tonic::Status> {
+    ) -> Result<(HeaderMap, tonic::Streaming<Resp>), tonic::Status> {
         let frame = grpc_frame(message);
         let mut retried = false;
         let (response, conn) = loop {
             let (conn, send) = self.connection(addr, target).await?;
             match send.ready().await {
-                Ok(mut send) => break (start(&mut send, addr, path, frame.clone()), conn),
+                Ok(mut send) => {
+                    break (start(&mut send, addr, path, &headers, frame.clone()), conn);
+                }
                 Err(e) if !retried => {
                     tracing::debug!(%addr, "pooled peer connection closed ({e}); dialling again");
                     self.forget(addr, &conn);
@@ -119,7 +158,7 @@ impl Peers {
                 }
                 Err(e) => {
                     self.forget(addr, &conn);
-                    return Err(failed(&e));
+                    return Err(failed(e, self));
                 }
             }
         };
@@ -131,7 +170,7 @@ impl Peers {
             if e.is_io() || e.is_go_away() {
                 self.forget(addr, &conn);
             }
-            failed(&e)
+            failed(e, self)
         })?;
         let (parts, body) = response.into_parts();
         // A trailers-only answer: the status is in the head.
@@ -140,7 +179,7 @@ impl Peers {
         {
             return Err(status);
         }
-        Ok(tonic::Streaming::new_response(
+        let answer = tonic::Streaming::new_response(
             tonic_prost::ProstDecoder::<Resp>::default(),
             RecvBody {
                 recv: body,
@@ -150,14 +189,15 @@ impl Peers {
             parts.status,
             None,
             None,
-        ))
+        );
+        Ok((parts.headers, answer))
     }
 
     /// The connection for `addr`, dialled once however many calls wait for it.
     async fn connection(
         &self,
         addr: SocketAddr,
-        target: &Target,
+        target: Option<&Target>,
     ) -> Result<(Arc<OnceCell<Dialled>>, Ready), tonic::Status> {
         let cell = {
             let mut slots = self
@@ -165,7 +205,7 @@ impl Peers {
                 .lock()
                 .map_err(|_| tonic::Status::internal("peer pool poisoned"))?;
             match slots.get(&addr) {
-                Some(slot) if self.identity.is_none() || slot.target == *target => {
+                Some(slot) if self.identity.is_none() || slot.target.as_ref() == target => {
                     Arc::clone(&slot.conn)
                 }
                 _ => {
@@ -173,7 +213,7 @@ impl Peers {
                     slots.insert(
                         addr,
                         Slot {
-                            target: target.clone(),
+                            target: target.cloned(),
                             conn: Arc::clone(&conn),
                         },
                     );
@@ -201,12 +241,11 @@ impl Peers {
         Ok((cell, send))
     }
 
-    async fn dial(&self, addr: SocketAddr, target: &Target) -> Result<Ready, tonic::Status> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            tonic::Status::unavailable(format!(
-                "the connection to the peer failed: {e} (if the peer refused this sidecar's certificate, its log says why)"
-            ))
-        };
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        target: Option<&Target>,
+    ) -> Result<Ready, tonic::Status> {
         let mut builder = h2::client::Builder::new();
         builder
             .initial_window_size(STREAM_WINDOW)
@@ -215,11 +254,14 @@ impl Peers {
             None => {
                 let tcp = tokio::net::TcpStream::connect(addr)
                     .await
-                    .map_err(|e| unreachable(&e))?;
+                    .map_err(|e| unreachable(e, self))?;
                 let _ = tcp.set_nodelay(true);
                 Box::new(tcp) as Box<dyn PeerIo>
             }
             Some(current) => {
+                let target = target.ok_or_else(|| {
+                    tonic::Status::internal("an mTLS peer connection needs the target it is for")
+                })?;
                 // Upstream checks only the path of the peer's id, not its trust domain.
                 let expected = sentry::tls::ExpectedId::Path {
                     namespace: target.namespace.clone(),
@@ -228,11 +270,14 @@ impl Peers {
                 let tls = Connector::identity(current.clone(), expected)
                     .dial(addr)
                     .await
-                    .map_err(|e| unreachable(&e))?;
+                    .map_err(|e| unreachable(e, self))?;
                 Box::new(tls)
             }
         };
-        let (send, conn) = builder.handshake(io).await.map_err(|e| unreachable(&e))?;
+        let (send, conn) = builder
+            .handshake(io)
+            .await
+            .map_err(|e| unreachable(e, self))?;
         tokio::spawn(drive(conn, addr));
         Ok(send)
     }
@@ -260,9 +305,11 @@ fn start(
     send: &mut Ready,
     addr: SocketAddr,
     path: &'static str,
+    metadata: &HeaderMap,
     frame: Bytes,
 ) -> Result<h2::client::ResponseFuture, h2::Error> {
     let mut request = http::Request::new(());
+    *request.headers_mut() = metadata.clone();
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::builder()
         .scheme("http")
@@ -291,18 +338,34 @@ fn grpc_frame(message: &impl Message) -> Bytes {
     buf.freeze()
 }
 
-fn failed(e: &h2::Error) -> tonic::Status {
-    match e.reason() {
+fn failed(e: h2::Error, peers: &Peers) -> tonic::Status {
+    let what = peers.what;
+    let mut status = match e.reason() {
         Some(h2::Reason::REFUSED_STREAM) => {
-            tonic::Status::unavailable(format!("the peer refused the call: {e}"))
+            tonic::Status::unavailable(format!("the {what} refused the call: {e}"))
         }
         Some(_) if !e.is_io() => {
-            tonic::Status::unavailable(format!("the peer reset the call: {e}"))
+            tonic::Status::unavailable(format!("the {what} reset the call: {e}"))
         }
-        _ => tonic::Status::unavailable(format!(
-            "the connection to the peer failed: {e} (if the peer refused this sidecar's certificate, its log says why)"
-        )),
-    }
+        _ => return unreachable(e, peers),
+    };
+    status.set_source(Arc::new(e));
+    status
+}
+
+/// A dial that failed, as `Unavailable` with its cause as source.
+fn unreachable(e: impl std::error::Error + Send + Sync + 'static, peers: &Peers) -> tonic::Status {
+    let hint = if peers.identity.is_some() {
+        " (if the peer refused this sidecar's certificate, its log says why)"
+    } else {
+        ""
+    };
+    let mut status = tonic::Status::unavailable(format!(
+        "the connection to the {} failed: {e}{hint}",
+        peers.what
+    ));
+    status.set_source(Arc::new(e));
+    status
 }
 
 /// A connection's byte stream, TCP or TLS: one type, so the HTTP/2 machinery is compiled once.
