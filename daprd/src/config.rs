@@ -293,6 +293,8 @@ pub struct Config {
     pub configuration: Configuration,
     /// Kubernetes mode: the Configuration named by `--config`, to be read from the API server.
     pub configuration_name: Option<String>,
+    /// Where the API server is, for reading that Configuration.
+    pub api_server: crate::apiserver::Source,
     /// `DAPR_API_TOKEN`: required on the app-facing APIs when set.
     pub api_token: Option<String>,
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
@@ -362,6 +364,9 @@ pub mod env {
     pub const SENTRY_LOCAL_IDENTITY: &str = "SENTRY_LOCAL_IDENTITY";
     pub const DAPR_CONTROLPLANE_NAMESPACE: &str = "DAPR_CONTROLPLANE_NAMESPACE";
     pub const DAPR_CONTROLPLANE_TRUST_DOMAIN: &str = "DAPR_CONTROLPLANE_TRUST_DOMAIN";
+    pub const KUBECONFIG: &str = "KUBECONFIG";
+    pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
+    pub const KUBERNETES_SERVICE_PORT: &str = "KUBERNETES_SERVICE_PORT";
 }
 
 /// Values read from the environment, passed in so config building stays pure.
@@ -382,6 +387,10 @@ pub struct Env {
     /// Which of the well-known token paths exist on this machine.
     pub sentry_token_present: bool,
     pub legacy_token_present: bool,
+    /// `KUBECONFIG`, and the in-cluster API server address the kubelet sets.
+    pub kubeconfig: Option<String>,
+    pub kubernetes_service_host: Option<String>,
+    pub kubernetes_service_port: Option<String>,
 }
 
 impl Env {
@@ -404,6 +413,9 @@ impl Env {
             control_plane_trust_domain: get(env::DAPR_CONTROLPLANE_TRUST_DOMAIN),
             sentry_token_present: std::path::Path::new(SENTRY_TOKEN_PATH).exists(),
             legacy_token_present: std::path::Path::new(LEGACY_TOKEN_PATH).exists(),
+            kubeconfig: get(env::KUBECONFIG),
+            kubernetes_service_host: get(env::KUBERNETES_SERVICE_HOST),
+            kubernetes_service_port: get(env::KUBERNETES_SERVICE_PORT),
         }
     }
 }
@@ -665,6 +677,10 @@ impl Config {
             api_logging,
             configuration,
             configuration_name,
+            api_server: crate::apiserver::Source {
+                kubeconfig: env.kubeconfig.map(PathBuf::from),
+                in_cluster: env.kubernetes_service_host.zip(env.kubernetes_service_port),
+            },
             api_token: env.api_token,
             app_api_token: env.app_api_token,
             host_ip,

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use dapr_crds::Configuration;
-use kube::api::Api;
 
 use crate::Error;
 
@@ -19,33 +18,46 @@ const ATTEMPT: Duration = Duration::from_secs(10);
 /// Reads Configuration `namespace/name`. A missing or unreadable Configuration stops the sidecar
 /// (as upstream: running with defaults would silently drop its access control); an unreachable
 /// API server is retried for [`PATIENCE`].
-pub async fn load(namespace: &str, name: &str) -> Result<Configuration, Error> {
+pub async fn load(
+    source: &crate::apiserver::Source,
+    namespace: &str,
+    name: &str,
+) -> Result<Configuration, Error> {
     let what = format!("Configuration {namespace}/{name} (--config)");
     let fail = |reason: String| Error::Configuration(format!("{what}: {reason}"));
-    let client = sentry::kubernetes::client()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let api = Api::<Configuration>::namespaced(client, namespace);
+    if !is_dns_label(namespace) {
+        return Err(fail(format!(
+            "namespace {namespace:?} is not a Kubernetes namespace name"
+        )));
+    }
+    let api = crate::apiserver::ApiServer::from_source(source).map_err(fail)?;
+    let path = format!("/apis/dapr.io/v1alpha1/namespaces/{namespace}/configurations/{name}");
     let deadline = Instant::now() + PATIENCE;
     let mut delay = Duration::from_millis(250);
     loop {
-        let reason = match tokio::time::timeout(ATTEMPT, api.get(name)).await {
-            Ok(Ok(configuration)) => {
+        let reason = match tokio::time::timeout(ATTEMPT, api.get(&path)).await {
+            Ok(Ok(answer)) if answer.status.is_success() => {
+                let configuration: Configuration = serde_json::from_slice(&answer.body)
+                    .map_err(|e| fail(format!("not a Configuration: {e}")))?;
                 configuration.validate().map_err(|e| fail(e.to_string()))?;
                 return Ok(configuration);
             }
-            Ok(Err(kube::Error::Api(status))) if status.is_not_found() => {
+            Ok(Ok(answer)) if answer.status == http::StatusCode::NOT_FOUND => {
                 return Err(fail("does not exist".into()));
             }
-            Ok(Err(kube::Error::Api(status))) if status.is_forbidden() || status.code == 401 => {
+            Ok(Ok(answer))
+                if answer.status == http::StatusCode::FORBIDDEN
+                    || answer.status == http::StatusCode::UNAUTHORIZED =>
+            {
                 return Err(fail(format!(
                     "the API server refused the pod's service account ({}); it needs `get` on \
                      configurations.dapr.io in namespace {namespace}, which the RoleBinding \
                      dapr-configuration-reader grants",
-                    status.message
+                    answer.message()
                 )));
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(answer)) => format!("{}: {}", answer.status, answer.message()),
+            Ok(Err(e)) => e,
             Err(_) => format!("no answer within {}s", ATTEMPT.as_secs()),
         };
         if Instant::now() + delay > deadline {
@@ -58,4 +70,14 @@ pub async fn load(namespace: &str, name: &str) -> Result<Configuration, Error> {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(4));
     }
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }

@@ -1,6 +1,7 @@
 //! The Dapr sidecar: the app-facing HTTP and gRPC APIs ([`outbound`]), the peer-facing internal
 //! API that calls the local app ([`inbound`]), and name resolution ([`resolve`]).
 
+pub mod apiserver;
 pub mod config;
 pub mod configuration;
 pub mod error;
@@ -44,7 +45,8 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     let started = Instant::now();
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
     if let Some(name) = &config.configuration_name {
-        config.configuration = configuration::load(&config.namespace, name).await?;
+        config.configuration =
+            configuration::load(&config.api_server, &config.namespace, name).await?;
         tracing::info!(
             "Loaded Configuration {}/{name} from the API server",
             config.namespace
