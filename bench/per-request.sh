@@ -5,6 +5,7 @@
 #
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #
+# With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
 # Needs valgrind and strace (Debian). Not a test and not part of the bench command: it is how
 # changes to the data path are compared on a shared 2-core machine (bench/notes.md).
 set -euo pipefail
@@ -79,6 +80,11 @@ load 400
 callgrind_control -z "$caller" >/dev/null; callgrind_control -z "$callee" >/dev/null
 load "$n"
 callgrind_control -d "$caller" >/dev/null; callgrind_control -d "$callee" >/dev/null
+if [ -n "${PER_REQUEST_KEEP:-}" ]; then
+  mkdir -p "$PER_REQUEST_KEEP"
+  cp "$(ls -t "$d"/callgrind."$caller"* | head -1)" "$PER_REQUEST_KEEP/caller.callgrind"
+  cp "$(ls -t "$d"/callgrind."$callee"* | head -1)" "$PER_REQUEST_KEEP/callee.callgrind"
+fi
 for who in caller callee; do
   pid=${!who}
   file=$(ls -t "$d"/callgrind."$pid"* | head -1)

@@ -268,7 +268,7 @@ impl Invoker {
         let known = self.peer_kind(addr);
         if known == Some(PeerKind::UnaryOnly) {
             let data = collect_body(body).await?;
-            return self.unary_at(target, addr, request, data).await;
+            return Box::pin(self.unary_at(target, addr, request, data)).await;
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
         let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
@@ -290,7 +290,7 @@ impl Invoker {
                         return match retry {
                             Some(request) => {
                                 self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
-                                self.unary_at(target, addr, request, data).await
+                                Box::pin(self.unary_at(target, addr, request, data)).await
                             }
                             None => {
                                 self.set_peer_kind(addr, None);
@@ -307,7 +307,9 @@ impl Invoker {
                     wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
                     wire::Ready::Streaming(body) => body,
                 };
-                match self.stream_to(target, addr, request, body, retry).await? {
+                // Boxed: its state (tonic's client, the pump) would otherwise grow the future of
+                // every call, which is moved whole into its box per call.
+                match Box::pin(self.stream_to(target, addr, request, body, retry)).await? {
                     Streamed::Stream(incoming) => incoming,
                     Streamed::Unary(answer) => return Ok(answer),
                 }

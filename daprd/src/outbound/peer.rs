@@ -225,14 +225,16 @@ impl Peers {
         // them in turn (the slot is dropped, so the next call dials afresh).
         let dialled = cell
             .get_or_init(|| async {
-                let failure =
-                    match tokio::time::timeout(CONNECT_TIMEOUT, self.dial(addr, target)).await {
-                        Ok(Ok(send)) => return Ok(send),
-                        Ok(Err(status)) => status,
-                        Err(_) => tonic::Status::unavailable(format!(
-                            "no connection to the peer at {addr} within {CONNECT_TIMEOUT:?}"
-                        )),
-                    };
+                // Boxed: a dial's state (TCP, TLS, the HTTP/2 preface) is large and rare;
+                // inline it would be copied with the future of every call.
+                let dial = Box::pin(self.dial(addr, target));
+                let failure = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+                    Ok(Ok(send)) => return Ok(send),
+                    Ok(Err(status)) => status,
+                    Err(_) => tonic::Status::unavailable(format!(
+                        "no connection to the peer at {addr} within {CONNECT_TIMEOUT:?}"
+                    )),
+                };
                 self.forget(addr, &cell);
                 Err(failure)
             })
