@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // `bytes` fields as `Bytes`, so body chunks are passed on without copying.
         .bytes(".")
+        // The sidecar-to-sidecar metadata maps as `BTreeMap`: a few dozen short keys per call,
+        // for which ordered compares cost less than SipHash (about 5% of daprd's instructions
+        // per call went to hashing them).
+        .btree_map(".dapr.proto.internals.v1")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! body streams of `CallLocalStream` (first message carries the request or response, later ones
 //! only payloads with `seq` counting from 0).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -30,7 +30,7 @@ pub mod names {
 /// enough that big bodies need few messages.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
-pub type Metadata = HashMap<String, ListStringValue>;
+pub type Metadata = BTreeMap<String, ListStringValue>;
 
 /// Headers that belong to one connection and never travel on. (`content-length` does travel:
 /// apps that cannot read chunked bodies still get a framed one.)
@@ -50,7 +50,7 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 /// HTTP request headers → invocation metadata (lower-case names, all values).
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
-    let mut metadata = Metadata::with_capacity(headers.keys_len() + 3);
+    let mut metadata = Metadata::new();
     for (name, value) in headers {
         let name = name.as_str();
         if is_hop_by_hop(name) || skip.contains(&name) {

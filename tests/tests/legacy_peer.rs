@@ -48,7 +48,7 @@ impl ServiceInvocation for LegacyPeer {
         self.counts.unary.fetch_add(1, Ordering::SeqCst);
         let request = request.into_inner();
         let message = request.message.unwrap_or_default();
-        let mut headers = std::collections::HashMap::new();
+        let mut headers = std::collections::BTreeMap::new();
         headers.insert(
             "x-legacy-method".to_owned(),
             ListStringValue {

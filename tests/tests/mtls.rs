@@ -210,7 +210,7 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
     )
     .await
     .expect("mTLS handshake with a valid certificate");
-    let mut metadata = std::collections::HashMap::new();
+    let mut metadata = std::collections::BTreeMap::new();
     for (k, v) in [
         ("dapr-caller-app-id", "checkout"),
         ("dapr-caller-namespace", "default"),
