@@ -23,13 +23,15 @@ struct AppStats {
 async fn start_app(stats: Arc<AppStats>) -> anyhow::Result<u16> {
     async fn echo(request: Request) -> Response {
         let (parts, body) = request.into_parts();
+        // Every value the app got under `name`, so a duplicate shows.
         let seen = |name: &str| {
             parts
                 .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",")
         };
         Response::builder()
             .header("x-echo-method", parts.method.as_str())
@@ -160,7 +162,12 @@ async fn http_invoke_forwards_every_verb_with_query_headers_and_bodies_both_ways
                 method.clone(),
                 &p.caller
                     .url("/v1.0/invoke/orders/method/items/42?color=red&size=2"),
-                &[("x-custom", "yes"), ("content-type", "application/json")],
+                &[
+                    ("x-custom", "yes"),
+                    ("content-type", "application/json"),
+                    // A client cannot speak for the caller: the sidecar's stamp replaces it.
+                    ("dapr-caller-app-id", "admin"),
+                ],
                 body.clone(),
             )
             .await

@@ -30,9 +30,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Caller {
     pub app_id: String,
     pub namespace: String,
-    /// `X-Forwarded-For`, `X-Forwarded-Host` and `Forwarded` as upstream adds them on the remote
-    /// leg, computed once.
-    pub forwarded: Vec<(&'static str, String)>,
+    /// What every call carries the same: `dapr-caller-app-id`, `dapr-caller-namespace`, and
+    /// `X-Forwarded-For`, `X-Forwarded-Host` and `Forwarded` as upstream adds them on the
+    /// remote leg; encoded once.
+    pub stamps: wire::Stamps,
 }
 
 impl Caller {
@@ -44,19 +45,22 @@ impl Caller {
         hostname: &str,
         host_ip: Option<std::net::IpAddr>,
     ) -> Self {
-        let mut forwarded = Vec::with_capacity(3);
+        let mut stamps = vec![
+            (names::CALLER_APP_ID, app_id.to_owned()),
+            (names::CALLER_NAMESPACE, namespace.to_owned()),
+        ];
         if let Some(ip) = host_ip {
-            forwarded.push((names::X_FORWARDED_FOR, ip.to_string()));
-            forwarded.push((
+            stamps.push((names::X_FORWARDED_FOR, ip.to_string()));
+            stamps.push((
                 names::FORWARDED,
                 format!("for={ip};by={ip};host={hostname}"),
             ));
         }
-        forwarded.push((names::X_FORWARDED_HOST, hostname.to_owned()));
+        stamps.push((names::X_FORWARDED_HOST, hostname.to_owned()));
         Caller {
             app_id: app_id.to_owned(),
             namespace: namespace.to_owned(),
-            forwarded,
+            stamps: wire::Stamps::new(stamps),
         }
     }
 }
@@ -138,28 +142,17 @@ impl Invoker {
         &self.caller
     }
 
-    /// Adds the caller and callee identities upstream stamps on the remote leg (client-supplied
-    /// values are replaced).
+    /// Adds the callee's identity and the next `traceparent` as upstream stamps them on the
+    /// remote leg, and takes out what a client sent under the caller's stamps: those travel
+    /// pre-encoded ([`wire::Stamps`]), or in the map of a call that streams through tonic.
     pub fn stamp(&self, request: &mut InternalInvokeRequest, target: &Target) {
-        wire::set(
-            &mut request.metadata,
-            names::CALLER_APP_ID,
-            &self.caller.app_id,
-        );
-        wire::set(
-            &mut request.metadata,
-            names::CALLER_NAMESPACE,
-            &self.caller.namespace,
-        );
+        self.caller.stamps.remove_from(&mut request.metadata);
         wire::set(&mut request.metadata, names::CALLEE_APP_ID, &target.app_id);
         wire::set(
             &mut request.metadata,
             names::DESTINATION_APP_ID,
             &target.app_id,
         );
-        for (name, value) in &self.caller.forwarded {
-            wire::set(&mut request.metadata, name, value);
-        }
         let traceparent =
             crate::trace::next_random(wire::first(&request.metadata, names::TRACEPARENT));
         wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
@@ -283,7 +276,8 @@ impl Invoker {
                         seq: 0,
                     }),
                 };
-                let call = self.direct.call_local_stream(addr, target, &message);
+                let frame = self.caller.stamps.stream_frame(&message);
+                let call = self.direct.call_local_stream(addr, target, frame);
                 match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
                     Err(_) => return Err(self.timed_out(target)),
                     Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
@@ -361,6 +355,9 @@ impl Invoker {
         let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let mut request = request;
+        // tonic encodes this one: the caller's stamps go into its map.
+        self.caller.stamps.insert_into(&mut request.metadata);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
         let call = tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local_stream(outgoing));
@@ -478,7 +475,9 @@ impl Invoker {
         request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
         let sent = self.metrics.invocation_sent(&target.app_id);
-        let call = self.direct.call_local(addr, target, &request);
+        let call = self
+            .direct
+            .call_local(addr, target, self.caller.stamps.frame(&request));
         match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
             Err(_) => Err(self.timed_out(target)),
             Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),

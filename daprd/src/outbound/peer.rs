@@ -15,11 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use dapr_proto::internals::v1::{
-    InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-    InternalInvokeResponseStream,
-};
+use bytes::Bytes;
+use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
 use http::{HeaderMap, HeaderValue};
 use prost::Message;
 use tokio::sync::OnceCell;
@@ -84,11 +81,12 @@ impl Peers {
     /// the response stream, or the status the peer answered with. A pooled connection found
     /// closed before the call was sent is replaced once, transparently; a failed connection is
     /// dropped from the pool. Transport failures are `Unavailable`, with their cause as source.
+    /// `frame` is the encoded `InternalInvokeRequestStream` (`wire::Stamps::stream_frame`).
     pub async fn call_local_stream(
         &self,
         addr: SocketAddr,
         target: &Target,
-        message: &InternalInvokeRequestStream,
+        frame: Bytes,
     ) -> Result<tonic::Streaming<InternalInvokeResponseStream>, tonic::Status> {
         let (_, answer) = self
             .call(
@@ -96,21 +94,22 @@ impl Peers {
                 Some(target),
                 CALL_LOCAL_STREAM,
                 HeaderMap::new(),
-                message,
+                frame,
             )
             .await?;
         Ok(answer)
     }
 
-    /// `CallLocal`: the request out in one write, the answer and the call's status back.
+    /// `CallLocal` with `frame` (the encoded `InternalInvokeRequest`, `wire::Stamps::frame`):
+    /// the request out in one write, the answer and the call's status back.
     pub async fn call_local(
         &self,
         addr: SocketAddr,
         target: &Target,
-        request: &InternalInvokeRequest,
+        frame: Bytes,
     ) -> Result<InternalInvokeResponse, tonic::Status> {
         let (_, response) = self
-            .unary(addr, Some(target), CALL_LOCAL, HeaderMap::new(), request)
+            .unary_frame(addr, Some(target), CALL_LOCAL, HeaderMap::new(), frame)
             .await?;
         Ok(response)
     }
@@ -126,7 +125,19 @@ impl Peers {
         headers: HeaderMap,
         message: &Req,
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
-        let (headers, mut answer) = self.call(addr, target, path, headers, message).await?;
+        self.unary_frame(addr, target, path, headers, grpc_frame(message))
+            .await
+    }
+
+    async fn unary_frame<Resp: Message + Default + 'static>(
+        &self,
+        addr: SocketAddr,
+        target: Option<&Target>,
+        path: &'static str,
+        headers: HeaderMap,
+        frame: Bytes,
+    ) -> Result<(HeaderMap, Resp), tonic::Status> {
+        let (headers, mut answer) = self.call(addr, target, path, headers, frame).await?;
         let response = answer
             .message()
             .await?
@@ -135,15 +146,14 @@ impl Peers {
         Ok((headers, response))
     }
 
-    async fn call<Req: Message, Resp: Message + Default + 'static>(
+    async fn call<Resp: Message + Default + 'static>(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
         path: &'static str,
         headers: HeaderMap,
-        message: &Req,
+        frame: Bytes,
     ) -> Result<(HeaderMap, tonic::Streaming<Resp>), tonic::Status> {
-        let frame = grpc_frame(message);
         let mut retried = false;
         let (response, conn) = loop {
             let (conn, send) = self.connection(addr, target).await?;
@@ -332,10 +342,7 @@ fn start(
 
 /// The length-prefixed gRPC message (uncompressed).
 fn grpc_frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    let mut buf = crate::wire::frame_head(message.encoded_len());
     message.encode_raw(&mut buf);
     buf.freeze()
 }
@@ -449,6 +456,7 @@ impl http_body::Body for RecvBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dapr_proto::internals::v1::InternalInvokeRequestStream;
 
     #[test]
     fn a_message_is_framed_with_the_uncompressed_flag_and_its_length() {
