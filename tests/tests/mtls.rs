@@ -194,7 +194,7 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
     let dir = scratch_dir("mtls-acl").expect("dir");
     let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
     let app = http_app().await;
-    let acl = "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      defaultAction: allow\n      trustDomain: public\n      namespace: default\n";
+    let acl = "  accessControl:\n    defaultAction: deny\n    trustDomain: public\n    policies:\n    - appId: checkout\n      defaultAction: allow\n      trustDomain: public\n      namespace: default\n    - appId: intruder\n      defaultAction: deny\n      trustDomain: public\n      namespace: default\n      operations:\n      - name: /inspect/claimed\n        httpVerb: ['*']\n        action: allow\n";
     let (callee, caller) = mtls_pair(&sentry, &dir, acl, &app).await;
     let reply = HttpClient::new()
         .get(&caller.url("/v1.0/invoke/orders/method/inspect/ok"))
@@ -222,16 +222,18 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
             },
         );
     }
-    let denied = ServiceInvocationClient::new(channel)
-        .call_local(InternalInvokeRequest {
-            ver: 1,
-            metadata,
-            message: Some(InvokeRequest {
-                method: "inspect/sneaky".into(),
-                ..Default::default()
-            }),
-            actor: None,
-        })
+    let request = |method: &str| InternalInvokeRequest {
+        ver: 1,
+        metadata: metadata.clone(),
+        message: Some(InvokeRequest {
+            method: method.into(),
+            ..Default::default()
+        }),
+        actor: None,
+    };
+    let mut client = ServiceInvocationClient::new(channel);
+    let denied = client
+        .call_local(request("inspect/sneaky"))
         .await
         .expect_err("the certificate says intruder");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
@@ -239,6 +241,23 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
         denied.message().contains("intruder"),
         "{}",
         denied.message()
+    );
+    // Where intruder may call, the app learns the caller from the certificate, not the claim.
+    let answer = client
+        .call_local(request("inspect/claimed"))
+        .await
+        .expect("intruder may call /inspect/claimed")
+        .into_inner();
+    let body = answer
+        .message
+        .and_then(|m| m.data)
+        .map(|any| any.value)
+        .unwrap_or_default();
+    let seen: serde_json::Value = serde_json::from_slice(&body).expect("the app's JSON");
+    assert_eq!(seen["headers"]["dapr-caller-app-id"], "intruder", "{seen}");
+    assert_eq!(
+        seen["headers"]["dapr-caller-namespace"], "default",
+        "{seen}"
     );
 }
 

@@ -160,13 +160,16 @@ impl Internal {
             verb.as_str(),
         )?;
         // The app learns who called from the certificate, not from what the caller claims.
+        // (Usually the caller said the truth: then its entries stay, and nothing is allocated.)
         if let Some(PeerIdentity(id)) = peer {
-            wire::set(&mut request.metadata, names::CALLER_APP_ID, id.app_id());
-            wire::set(
-                &mut request.metadata,
-                names::CALLER_NAMESPACE,
-                id.namespace(),
-            );
+            for (name, value) in [
+                (names::CALLER_APP_ID, id.app_id()),
+                (names::CALLER_NAMESPACE, id.namespace()),
+            ] {
+                if !is_only(&request.metadata, name, value) {
+                    wire::set(&mut request.metadata, name, value);
+                }
+            }
         }
         Ok((
             app,
@@ -289,6 +292,13 @@ impl ServiceInvocation for Internal {
         let stream = futures::stream::once(async move { Ok(head) }).chain(payloads);
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Whether `metadata` holds exactly one value under `name`, and that is `value`.
+fn is_only(metadata: &wire::Metadata, name: &str, value: &str) -> bool {
+    metadata
+        .get(name)
+        .is_some_and(|list| list.values.len() == 1 && list.values[0] == value)
 }
 
 /// The verified peer of a request that came over mTLS.
