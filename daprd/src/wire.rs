@@ -138,6 +138,59 @@ pub fn frame_head(len: usize) -> bytes::BytesMut {
     buf
 }
 
+/// HTTP headers that have a meaning of their own on a gRPC call (framing, content, caching):
+/// upstream passes them on in gRPC metadata as `dapr-<name>` (the list of its
+/// `isPermanentHTTPHeader`), so that an app's `content-length` does not become the length of a
+/// gRPC response.
+pub fn is_permanent_http_header(name: &str) -> bool {
+    matches!(
+        name,
+        "accept"
+            | "accept-charset"
+            | "accept-language"
+            | "accept-ranges"
+            | "age"
+            | "authorization"
+            | "cache-control"
+            | "content-type"
+            | "content-disposition"
+            | "content-encoding"
+            | "content-length"
+            | "content-location"
+            | "content-range"
+            | "date"
+            | "etag"
+            | "expect"
+            | "expires"
+            | "from"
+            | "host"
+            | "if-match"
+            | "if-modified-since"
+            | "if-none-match"
+            | "if-schedule-tag-match"
+            | "if-unmodified-since"
+            | "max-forwards"
+            | "origin"
+            | "pragma"
+            | "referer"
+            | "user-agent"
+            | "via"
+            | "warning"
+    )
+}
+
+/// The gRPC metadata name for a header of an app's response or request: hop-by-hop headers and
+/// gRPC's own `:`-names have none, permanent HTTP headers and `grpc-*` get a `dapr-` prefix.
+pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if is_hop_by_hop(name) || name.starts_with(':') {
+        None
+    } else if is_permanent_http_header(name) || name.starts_with("grpc-") {
+        Some(format!("dapr-{name}").into())
+    } else {
+        Some(name.into())
+    }
+}
+
 /// HTTP request headers → invocation metadata (lower-case names, all values).
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
     let mut metadata = Metadata::new();
@@ -751,5 +804,18 @@ mod tests {
         stamps.remove_from(&mut spoofed.metadata);
         assert_eq!(first(&spoofed.metadata, names::CALLER_APP_ID), None);
         assert_eq!(first(&spoofed.metadata, "content-type"), Some("text/plain"));
+    }
+
+    #[test]
+    fn app_headers_get_grpc_metadata_names_as_upstream() {
+        let named = |name| grpc_metadata_name(name).map(|n| n.into_owned());
+        assert_eq!(
+            named("content-length").as_deref(),
+            Some("dapr-content-length")
+        );
+        assert_eq!(named("grpc-status").as_deref(), Some("dapr-grpc-status"));
+        assert_eq!(named("x-custom").as_deref(), Some("x-custom"));
+        assert_eq!(named("transfer-encoding"), None);
+        assert_eq!(named(":status"), None);
     }
 }

@@ -552,6 +552,16 @@ async fn grpc_invoke_service_reaches_the_http_app_and_maps_its_errors() {
             .and_then(|v| v.to_str().ok()),
         Some("/echo/me?a=1")
     );
+    // The app's framing headers travel as upstream's `dapr-` names: a `content-length` of the
+    // app's body would be taken for the length of the gRPC response (and reset it).
+    assert_eq!(
+        reply
+            .metadata()
+            .get("dapr-content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some("4")
+    );
+    assert!(reply.metadata().get("content-length").is_none());
     let message = reply.into_inner();
     assert_eq!(message.data.expect("data").value, b"ping");
     assert_eq!(message.content_type, "text/plain");

@@ -259,6 +259,9 @@ async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
         seen["headers"]["dapr-caller-namespace"], "default",
         "{seen}"
     );
+    // A unary call's body is whole: the app gets it with its length, not chunked.
+    assert_eq!(seen["headers"]["content-length"], "0", "{seen}");
+    assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -225,6 +225,13 @@ impl ServiceInvocation for Internal {
             .and_then(|m| m.data.take())
             .map(|any| Bytes::from(any.value))
             .unwrap_or_default();
+        // The whole body is here, so the app gets it framed by its length (as upstream sends
+        // it), not chunked, whatever length the caller's metadata claimed.
+        wire::set(
+            &mut request.metadata,
+            "content-length",
+            &data.len().to_string(),
+        );
         let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received.respond(app.invoke(app_request)).await?;

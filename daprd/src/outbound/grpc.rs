@@ -16,7 +16,7 @@ use super::invoker::parse_target;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
 use crate::state::Shared;
-use crate::wire::{Metadata, names};
+use crate::wire::{self, Metadata, names};
 
 pub struct DaprApi {
     shared: Arc<Shared>,
@@ -85,6 +85,9 @@ impl Dapr for DaprApi {
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
+            let Some(name) = wire::grpc_metadata_name(name) else {
+                continue;
+            };
             let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
             else {
                 continue;
@@ -193,7 +196,6 @@ impl Dapr for DaprApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire;
 
     #[test]
     fn grpc_metadata_drops_the_token_and_transport_entries() {
