@@ -57,17 +57,14 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// rule), but the names are taken out of the map anyway so that nothing says two things.
 #[derive(Debug, Clone, Default)]
 pub struct Stamps {
-    names: Vec<&'static str>,
-    values: Vec<String>,
+    entries: Vec<(&'static str, String)>,
     encoded: Bytes,
 }
 
 impl Stamps {
     pub fn new(entries: Vec<(&'static str, String)>) -> Self {
-        let (names, values): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
         let mut stamps = Stamps {
-            names,
-            values,
+            entries,
             encoded: Bytes::new(),
         };
         let mut only = InternalInvokeRequest::default();
@@ -78,14 +75,14 @@ impl Stamps {
 
     /// Sets every stamp in `metadata` (for requests that are not framed here).
     pub fn insert_into(&self, metadata: &mut Metadata) {
-        for (name, value) in self.names.iter().zip(&self.values) {
+        for (name, value) in &self.entries {
             set(metadata, name, value);
         }
     }
 
     /// Takes the stamped names out of `metadata`: whatever a client sent under them.
     pub fn remove_from(&self, metadata: &mut Metadata) {
-        for name in &self.names {
+        for (name, _) in &self.entries {
             metadata.remove(*name);
         }
     }

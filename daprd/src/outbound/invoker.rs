@@ -348,14 +348,13 @@ impl Invoker {
         &self,
         target: &Target,
         addr: SocketAddr,
-        request: InternalInvokeRequest,
+        mut request: InternalInvokeRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
         retry: Option<InternalInvokeRequest>,
     ) -> Result<Streamed, Error> {
         let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        let mut request = request;
         // tonic encodes this one: the caller's stamps go into its map.
         self.caller.stamps.insert_into(&mut request.metadata);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();

@@ -129,6 +129,7 @@ impl Peers {
             .await
     }
 
+    /// [`Self::unary`] with the message already framed (`CallLocal` frames its own request).
     async fn unary_frame<Resp: Message + Default + 'static>(
         &self,
         addr: SocketAddr,
