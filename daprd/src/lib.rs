@@ -34,9 +34,7 @@ use state::{Health, Shared, Shutdown};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })
 }
 
 /// Runs the sidecar until SIGTERM/SIGINT or a shutdown request, then drains in-flight calls
@@ -111,10 +109,10 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         let addr = SocketAddr::new(ip, port);
         let listener = bind(addr).await?;
         servers.spawn(serve_http(
+            "metrics",
             listener,
             metrics::router(Arc::clone(&metrics)),
             stop.clone(),
-            addr,
         ));
         tracing::info!("metrics server started on {addr}/");
     }
@@ -134,15 +132,12 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             });
         let stop = stop.clone();
         let layer = metrics::GrpcLayer::new(&metrics);
+        let incoming = plaintext("grpc-api", listener, stop.clone());
         servers.spawn(async move {
-            tonic::transport::Server::builder()
+            grpc_server()
                 .layer(layer)
-                .tcp_nodelay(true)
                 .add_routes(tonic::service::Routes::from(routes))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
                 .map_err(|e| format!("gRPC API server on {addr}: {e}"))
         });
@@ -152,14 +147,14 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         let addr = SocketAddr::new(*ip, config.http_port);
         let listener = bind(addr).await?;
         let router = outbound::http::router(Arc::clone(&shared));
-        servers.spawn(serve_http(listener, router, stop.clone(), addr));
+        servers.spawn(serve_http("http-api", listener, router, stop.clone()));
         tracing::info!("HTTP server listening on {addr}");
     }
     if let Some(port) = config.public_port {
         let addr = SocketAddr::new(config.public_listen_address, port);
         let listener = bind(addr).await?;
         let router = outbound::http::public_router(Arc::clone(&shared));
-        servers.spawn(serve_http(listener, router, stop.clone(), addr));
+        servers.spawn(serve_http("public-http", listener, router, stop.clone()));
         tracing::info!("public HTTP server listening on {addr}");
     }
     {
@@ -168,24 +163,19 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         let internal = inbound::routes(Arc::clone(&internal));
         let stop = stop.clone();
         let layer = metrics::GrpcLayer::new(&metrics);
-        let mut server = tonic::transport::Server::builder()
-            .layer(layer)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)));
+        let mut server = grpc_server().layer(layer);
         let router = server.add_routes(internal);
         match identity.clone() {
             None => servers.spawn(async move {
+                let incoming = plaintext("internal", listener, stop.clone());
                 router
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
-                        stop.cancelled_owned(),
-                    )
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                     .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
             }),
             Some(current) => servers.spawn(async move {
-                let incoming = identity::transport::incoming(listener, current, stop.clone());
+                let incoming =
+                    identity::transport::incoming(listener, current, LIMITS, stop.clone());
                 router
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
@@ -243,21 +233,37 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// The bounds of every server of the sidecar (`docs/limits.md`).
+const LIMITS: dapr_serve::Limits = dapr_serve::Limits::DEFAULT;
+
 async fn serve_http(
+    server: &'static str,
     listener: TcpListener,
     router: axum::Router,
     stop: CancellationToken,
-    addr: SocketAddr,
 ) -> Result<(), String> {
-    // Small responses must not wait for Nagle's algorithm (a 40 ms stall per response).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(|e| format!("HTTP server on {addr}: {e}"))
+    let connections = plaintext(server, listener, stop.clone());
+    dapr_serve::serve_http(server, connections, router, LIMITS, stop).await;
+    Ok(())
+}
+
+/// Connections accepted within [`LIMITS`], without TLS.
+fn plaintext(
+    server: &'static str,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<
+    std::io::Result<dapr_serve::Guarded<tokio::net::TcpStream>>,
+> {
+    dapr_serve::incoming(server, listener, LIMITS, stop, |tcp, _| async { Ok(tcp) })
+}
+
+/// A gRPC server with HTTP/2 keepalive pings within [`LIMITS`] (a peer that stops answering
+/// them is dropped).
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(LIMITS.keepalive_interval))
+        .http2_keepalive_timeout(Some(LIMITS.keepalive_timeout))
 }
 
 /// Blocks readiness until the app port accepts TCP connections (dial every 100ms), as upstream.

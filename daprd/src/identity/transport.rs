@@ -7,7 +7,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -20,9 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Current;
-
-/// A handshake that takes longer is dropped, so a slow or silent peer holds nothing.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The verified SPIFFE id of the peer on this connection (a request extension).
 #[derive(Debug, Clone)]
@@ -82,50 +78,33 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop (each bounded by
-/// [`HANDSHAKE_TIMEOUT`]) with the server config current at that moment.
+/// Accepts peers within `limits` ([`dapr_serve::incoming`]) and completes their TLS
+/// handshakes with the server config current at that moment.
 pub fn incoming(
     listener: TcpListener,
     current: Current,
+    limits: dapr_serve::Limits,
     stop: CancellationToken,
-) -> ReceiverStream<io::Result<TlsConn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!("internal server accept failed: {e}");
-                        continue;
-                    }
-                },
-            };
-            let Some(material) = current.borrow().clone() else {
-                continue;
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(Arc::clone(&material.server));
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(io)) => {
-                        let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
-                            .map(|id| PeerIdentity(Arc::new(id)));
-                        let _ = tx.send(Ok(TlsConn { io, peer })).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote, "refused a peer: TLS handshake failed: {e}")
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote, "refused a peer: no TLS handshake within {HANDSHAKE_TIMEOUT:?}")
-                    }
+) -> ReceiverStream<io::Result<dapr_serve::Guarded<TlsConn>>> {
+    dapr_serve::incoming("internal", listener, limits, stop, move |tcp, remote| {
+        let material = current.borrow().clone();
+        async move {
+            let material =
+                material.ok_or_else(|| io::Error::other("no certificate to serve yet"))?;
+            let acceptor = TlsAcceptor::from(Arc::clone(&material.server));
+            match acceptor.accept(tcp).await {
+                Ok(io) => {
+                    let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
+                        .map(|id| PeerIdentity(Arc::new(id)));
+                    Ok(TlsConn { io, peer })
                 }
-            });
+                Err(e) => {
+                    tracing::info!(%remote, "refused a peer: TLS handshake failed: {e}");
+                    Err(e)
+                }
+            }
         }
-    });
-    ReceiverStream::new(rx)
+    })
 }
 
 /// A tonic connector for calls to other sidecars: TCP, then TLS with our current identity,

@@ -31,6 +31,11 @@ const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
 pub const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to the app may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle keep-alive connections to an HTTP app at most; more are closed as they come back
+/// after a burst. Upstream's app channel keeps 64 (`MaxIdleConnsPerHost`).
+pub const APP_POOL_MAX_IDLE: usize = 64;
+/// How long an idle connection to an HTTP app is kept.
+pub const APP_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Plain TCP for `http`/`grpc`/`h2c` apps, TLS without verification for `https`/`grpcs`.
@@ -96,8 +101,13 @@ impl AppChannel {
         let protocol = match config.app_protocol {
             AppProtocol::Grpc | AppProtocol::Grpcs => Protocol::Grpc,
             AppProtocol::Http | AppProtocol::Https | AppProtocol::H2c => {
+                // The pool's timer closes connections idle for 90 s; without it expiry is
+                // only checked on checkout, and the newest connection is always the one
+                // checked out, so a burst's connections would stay open under light traffic.
                 let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .pool_idle_timeout(APP_POOL_IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(APP_POOL_MAX_IDLE)
                     .http2_only(config.app_protocol == AppProtocol::H2c)
                     .build(app_connector(true)?);
                 Protocol::Http(Box::new(client))

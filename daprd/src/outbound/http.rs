@@ -213,11 +213,33 @@ pub fn check_method(method: &str) -> Result<(), Error> {
     if method.chars().any(|c| c.is_control()) {
         return invalid("control characters are not allowed");
     }
+    if !percent_encoding_is_valid(method) {
+        return invalid("malformed percent-encoding: every % must start a %XX hex escape");
+    }
     let decoded = method.replace("%2e", ".").replace("%2E", ".");
     if decoded.split(['/', '\\']).any(|segment| segment == "..") {
         return invalid("path traversal is not allowed");
     }
     Ok(())
+}
+
+/// Whether every `%` starts a two-hex-digit escape (RFC 3986 §2.1). Upstream's Go server refuses
+/// such paths with 400 before routing; forwarding them would hand the app a path it cannot decode.
+fn percent_encoding_is_valid(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let escape = bytes.get(i + 1..i + 3);
+            if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
 }
 
 async fn invoke(
@@ -317,6 +339,17 @@ mod tests {
             assert!(check_method(bad).is_err(), "{bad}");
         }
         for ok in ["orders", "orders/1", "a/..b/c", "v1/items?x=1", ""] {
+            assert!(check_method(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn malformed_percent_encoding_is_rejected_and_valid_escapes_pass() {
+        for bad in ["%zz", "%", "a%2", "a%2g/b", "%%41"] {
+            let err = check_method(bad).unwrap_err();
+            assert!(err.to_string().contains("percent-encoding"), "{bad}: {err}");
+        }
+        for ok in ["a%20b", "%2Fx", "caf%C3%A9", "100%25"] {
             assert!(check_method(ok).is_ok(), "{ok}");
         }
     }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::internals::v1::service_invocation_client::ServiceInvocationClient;
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
     InternalInvokeResponseStream,
@@ -15,11 +14,14 @@ use dapr_proto::internals::v1::{
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::request_stream::{Outbound, OutboundCodec};
 use crate::Error;
 use crate::metrics::Metrics;
 use crate::resolve::{Resolver, Target};
 use crate::wire::{self, BoxError, BoxStream, names};
 
+/// The streaming method of the internal API.
+const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer may take to answer with a response head.
@@ -352,14 +354,26 @@ impl Invoker {
         body: BoxStream<Result<Bytes, BoxError>>,
         retry: Option<InternalInvokeRequest>,
     ) -> Result<Streamed, Error> {
-        let mut client = ServiceInvocationClient::new(self.channel(addr, target)?)
+        let mut client = tonic::client::Grpc::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         // tonic encodes this one: the caller's stamps go into its map.
         self.caller.stamps.insert_into(&mut request.metadata);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
-        let call = tokio::time::timeout(RESPONSE_TIMEOUT, client.call_local_stream(outgoing));
+        let call = tokio::time::timeout(RESPONSE_TIMEOUT, async move {
+            client
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("peer channel not ready: {e}")))?;
+            client
+                .streaming(
+                    tonic::Request::new(outgoing),
+                    http::uri::PathAndQuery::from_static(CALL_LOCAL_STREAM),
+                    OutboundCodec,
+                )
+                .await
+        });
         tokio::select! {
             result = call => match result {
                 Err(_) => Err(self.timed_out(target)),
@@ -569,8 +583,8 @@ enum Replay {
 /// [`Invoker::fall_back_to_unary`] (`None` if that is lost).
 type Outgoing = (
     futures::future::Either<
-        futures::stream::Iter<std::array::IntoIter<InternalInvokeRequestStream, 1>>,
-        tokio_stream::wrappers::ReceiverStream<InternalInvokeRequestStream>,
+        futures::stream::Iter<std::array::IntoIter<Outbound, 1>>,
+        tokio_stream::wrappers::ReceiverStream<Outbound>,
     >,
     futures::future::BoxFuture<'static, Option<Replay>>,
 );
@@ -578,8 +592,9 @@ type Outgoing = (
 /// The request stream. A body that is complete already and fits one message travels in the
 /// head message. Any other body follows the head as payloads, pumped through a small bounded
 /// channel (back-pressure from the peer reaches the client body). A failing client body must not
-/// look like a complete one to the peer: the pump then reports the failure and holds the stream
-/// open until the caller abandons the call (the peer sees a reset).
+/// look like a complete one to the peer: the pump reports the failure to the caller and ends the
+/// stream with [`Outbound::Failed`], which resets it (the peer cancels its app call, and the
+/// response stream fails, so every party lets go).
 fn outgoing(
     request: InternalInvokeRequest,
     body: BoxStream<Result<Bytes, BoxError>>,
@@ -601,7 +616,7 @@ fn outgoing(
                 rest: None,
             };
             return (
-                futures::future::Either::Left(futures::stream::iter([head])),
+                futures::future::Either::Left(futures::stream::iter([Outbound::Message(head)])),
                 futures::future::ready(Some(replay)).boxed(),
             );
         }
@@ -620,7 +635,7 @@ fn outgoing(
             request: Some(request),
             payload: None,
         };
-        if tx.send(head).await.is_err() {
+        if tx.send(Outbound::Message(head)).await.is_err() {
             return stopped(kept, Some(body));
         }
         let mut seq = 0u64;
@@ -628,8 +643,9 @@ fn outgoing(
             let mut data = match chunk {
                 Ok(data) => data,
                 Err(e) => {
-                    let _ = failed.send(e.to_string());
-                    tx.closed().await;
+                    let reason = e.to_string();
+                    let _ = failed.send(reason.clone());
+                    let _ = tx.send(Outbound::Failed(reason)).await;
                     return Replay::TooLarge;
                 }
             };
@@ -645,7 +661,7 @@ fn outgoing(
                     payload: Some(dapr_proto::common::v1::StreamPayload { data: piece, seq }),
                 };
                 seq += 1;
-                if tx.send(message).await.is_err() {
+                if tx.send(Outbound::Message(message)).await.is_err() {
                     return stopped(kept, Some(body));
                 }
             }

@@ -5,3 +5,4 @@ pub mod http;
 pub mod invoker;
 pub mod peer;
 pub mod proxy;
+pub mod request_stream;

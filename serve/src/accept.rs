@@ -1,0 +1,186 @@
+//! The accept loop: a permit per open connection, the handshake off the loop, and a deadline
+//! that stays on the connection until it has shown its protocol.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Limits, Preface};
+
+pin_project_lite::pin_project! {
+    /// An accepted connection: it holds its listener's connection permit for as long as it
+    /// lives, and fails its reads with `TimedOut` if it has not shown its protocol
+    /// ([`Preface`]) by the handshake deadline.
+    pub struct Guarded<IO> {
+        #[pin]
+        io: IO,
+        // `None` once the protocol is shown.
+        deadline: Option<Pin<Box<Sleep>>>,
+        preface: Preface,
+        permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<IO> Guarded<IO> {
+    /// `io` must show its protocol by `deadline`.
+    pub fn new(io: IO, deadline: Instant, permit: OwnedSemaphorePermit) -> Self {
+        Guarded {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            preface: Preface::default(),
+            permit,
+        }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Guarded<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        match this.io.poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.deadline.is_some() {
+                    this.preface.feed(&buf.filled()[before..]);
+                    if this.preface.is_shown() {
+                        *this.deadline = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not show its protocol within the handshake deadline",
+                    )));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts connections on `listener` while fewer than `limits.max_connections` are open, runs
+/// `handshake` on each off the accept loop (TLS, or `Ok(tcp)` for plaintext), and yields the
+/// connections that completed it within `limits.handshake`, still [`Guarded`] until they show
+/// their protocol. A handshake that fails or runs out of time is logged at debug level with
+/// `server` and the peer's address, and dropped. Stops accepting when `stop` is cancelled.
+pub fn incoming<T, F, Fut>(
+    server: &'static str,
+    listener: TcpListener,
+    limits: Limits,
+    stop: CancellationToken,
+    handshake: F,
+) -> ReceiverStream<io::Result<Guarded<T>>>
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(server, "accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            // Small answers must not wait for Nagle's algorithm (a 40 ms stall each).
+            let _ = tcp.set_nodelay(true);
+            let deadline = Instant::now() + limits.handshake;
+            let handshaking = handshake(tcp, peer);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout_at(deadline, handshaking).await {
+                    Ok(Ok(io)) => {
+                        let _ = tx.send(Ok(Guarded::new(io, deadline, permit))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(server, %peer, "handshake failed: {e}"),
+                    Err(_) => tracing::debug!(
+                        server,
+                        %peer,
+                        "no handshake within {:?}",
+                        limits.handshake
+                    ),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,71 @@
+//! Serving an axum router on guarded connections: HTTP/1 with a header deadline, HTTP/2 (h2c
+//! or over TLS) with keepalive pings, graceful shutdown of every open connection.
+
+use std::io;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Guarded, Limits};
+
+/// Serves `router` on each connection `connections` yields until `stop` is cancelled, then
+/// shuts every open connection down gracefully (in-flight requests finish) and returns once
+/// all are closed. The caller bounds that wait by its grace period.
+pub async fn serve_http<T, S>(
+    server: &'static str,
+    mut connections: S,
+    router: axum::Router,
+    limits: Limits,
+    stop: CancellationToken,
+) where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    let open = TaskTracker::new();
+    loop {
+        let io = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = connections.next() => match next {
+                Some(Ok(io)) => io,
+                Some(Err(e)) => {
+                    tracing::debug!(server, "connection failed before serving: {e}");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let (builder, router, stop) = (builder.clone(), router.clone(), stop.clone());
+        open.spawn(async move {
+            let service = TowerToHyperService::new(router);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(server, "connection ended with an error: {e}");
+                    }
+                }
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    open.close();
+    open.wait().await;
+}
