@@ -156,12 +156,10 @@ pub async fn run_until(
         SystemTime::now(),
     )?);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = dapr_serve::bind(config.listen).map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let when_empty = match config.mode {
         Mode::Standalone => rotation::WhenEmpty::Gone,
         Mode::Kubernetes => rotation::WhenEmpty::NotSyncedYet,

@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::Error;
 use crate::metrics::Metrics;
@@ -62,15 +61,22 @@ pub async fn serve_metrics(addr: SocketAddr, registry: Arc<Metrics>) -> Result<S
 }
 
 async fn spawn(addr: SocketAddr, router: Router, what: &'static str) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
+    let listener = dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(address = %bound, "{what} server listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("{what} server failed: {e}");
-        }
-    });
+    // These ports live as long as the process.
+    let forever = tokio_util::sync::CancellationToken::new();
+    let limits = dapr_serve::Limits::DEFAULT;
+    let connections =
+        dapr_serve::incoming(what, listener, limits, forever.clone(), |tcp, _| async {
+            Ok(tcp)
+        });
+    tokio::spawn(dapr_serve::serve_http(
+        what,
+        connections,
+        router,
+        limits,
+        forever,
+    ));
     Ok(bound)
 }

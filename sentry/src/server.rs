@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dapr_proto::sentry::v1::ca_server::{Ca, CaServer};
 use dapr_proto::sentry::v1::{SignCertificateRequest, SignCertificateResponse};
@@ -18,7 +18,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Error;
 use crate::ca::{self, CaBundle, Csr, IssuerKey, SignPolicy};
@@ -27,8 +26,9 @@ use crate::spiffe::SpiffeId;
 use crate::tls::crypto_provider;
 use crate::validator::Validators;
 
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bounds of the CA's listener (`docs/limits.md`): connections, the TLS handshake and
+/// HTTP/2 preface deadline, keepalive pings.
+const LIMITS: dapr_serve::Limits = dapr_serve::Limits::DEFAULT;
 
 /// What the CA signs with right now.
 pub struct Active {
@@ -294,47 +294,22 @@ pub async fn serve(
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TlsConn>>(64);
-    let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
-    let result = tonic::transport::Server::builder()
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_accepting = stop.clone().drop_guard();
+    let incoming = dapr_serve::incoming("sentry", listener, LIMITS, stop.clone(), move |tcp, _| {
+        let accepting = acceptor.accept(tcp);
+        async move { accepting.await.map(TlsConn) }
+    });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(LIMITS.keepalive_interval))
+        .http2_keepalive_timeout(Some(LIMITS.keepalive_timeout))
         .add_service(CaServer::new(service))
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            stop.cancel();
+        })
         .await
-        .map_err(|e| Error::Serve(e.to_string()));
-    accept.abort();
-    result
-}
-
-/// Accepts TCP connections and hands completed TLS handshakes to the gRPC server; each
-/// handshake runs in its own task so a slow client cannot hold up the others.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    tx: tokio::sync::mpsc::Sender<io::Result<TlsConn>>,
-) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Small answers must not wait for Nagle's algorithm (a 40 ms stall each).
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(TlsConn(stream))).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
+        .map_err(|e| Error::Serve(e.to_string()))
 }
 
 /// A server-side TLS connection tonic can serve (tonic's own impl needs its TLS features,
@@ -392,6 +367,7 @@ impl AsyncWrite for TlsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn bundle(now: SystemTime) -> CaBundle {
         let generated = ca::generate("cluster.local", "dapr-system", now, Duration::ZERO).unwrap();

@@ -923,3 +923,60 @@ async fn a_partial_credentials_directory_fails_start_naming_the_missing_files() 
         "user root"
     );
 }
+
+/// Reads until the peer closes (`Some(elapsed)`) or `within` passes (`None`).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn connections_that_stall_before_or_after_the_tls_handshake_are_closed_at_the_deadline() {
+    // The handshake deadline of docs/limits.md.
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let sentry = Sentry::start_ready(&dir.path().join("creds"), Options::default())
+        .await
+        .unwrap();
+    let anchors = sentry.trust_anchors().unwrap();
+    // One never starts its TLS handshake; one completes it and never sends the HTTP/2 preface.
+    let mut silent = tokio::net::TcpStream::connect(sentry.grpc).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sentry.grpc).await.unwrap();
+    let mut idle =
+        tokio_rustls::TlsConnector::from(Arc::new(tls_config(&anchors, SENTRY_ID).unwrap()))
+            .connect(rustls::pki_types::ServerName::from(sentry.grpc.ip()), tcp)
+            .await
+            .expect("the TLS handshake completes");
+    let bound = DEADLINE + Duration::from_secs(10);
+    let (silent, idle) = tokio::join!(
+        closed_within(&mut silent, bound),
+        closed_within(&mut idle, bound),
+    );
+    for (what, after) in [("no handshake", silent), ("no preface", idle)] {
+        let after = after.unwrap_or_else(|| panic!("{what}: still open after {bound:?}"));
+        assert!(
+            after >= DEADLINE - Duration::from_secs(2),
+            "{what}: closed after {after:?}"
+        );
+    }
+    // The CA still serves.
+    let key = KeyPair::generate().unwrap();
+    let mut client = sentry.client(SENTRY_ID).await.unwrap();
+    sign(&mut client, request("app1", "default", &csr(&key).unwrap()))
+        .await
+        .expect("a normal request is signed");
+}
