@@ -60,10 +60,14 @@ fn failed(what: impl std::fmt::Display) -> Error {
 /// The key a certificate is requested for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
-    /// Sidecars, as upstream.
-    Ed25519,
-    /// Where the peer may not support Ed25519 (the API server calling the injector's webhook).
+    /// daprd and the injector: upstream's workload key (pkg/security/x509source.go generates
+    /// ECDSA P-256), which any sentry signs and any peer (an upstream daprd, the API server
+    /// calling the injector's webhook) verifies.
     EcdsaP256,
+    /// Signed by this sentry, but not what upstream's daprd sends: upstream sentries whose
+    /// pkg/sentry/server/ca/cert.go copies the CSR's signature algorithm onto the leaf cannot
+    /// sign an Ed25519 request with their P-256 issuer.
+    Ed25519,
 }
 
 /// Asks sentry for a certificate with a fresh key of `algorithm`.
@@ -73,8 +77,8 @@ pub async fn request(
     algorithm: KeyAlgorithm,
 ) -> Result<Svid, Error> {
     let algorithm = match algorithm {
-        KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
         KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
     };
     let tls = Arc::new(crate::tls::client_config(
         Arc::clone(roots),

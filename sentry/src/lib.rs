@@ -116,7 +116,7 @@ pub async fn run_until(
     match loaded.origin {
         Origin::Generated => tracing::info!(
             dir = %config.credentials.dir.display(),
-            "no issuer credentials found: generated a root and an issuer (Ed25519, one year) and stored them"
+            "no issuer credentials found: generated a root and an issuer (ECDSA P-256, one year) and stored them"
         ),
         Origin::Loaded => tracing::info!(
             dir = %config.credentials.dir.display(),

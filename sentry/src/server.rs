@@ -133,14 +133,16 @@ impl ResolvesServerCert for Authority {
     }
 }
 
-/// Issues sentry's own SVID from `bundle`, in memory with a fresh Ed25519 key.
+/// Issues sentry's own SVID from `bundle`, in memory with a fresh ECDSA P-256 key: upstream's
+/// sentry requests its serving certificate from its own CA through the workload code
+/// (pkg/sentry/sentry.go), whose pkg/security/x509source.go generates P-256 keys.
 fn activate(
     bundle: Arc<CaBundle>,
     sentry_id: &SpiffeId,
     policy: SignPolicy,
     now: SystemTime,
 ) -> Result<Active, Error> {
-    let key = IssuerKey::generate_ed25519().map_err(Error::Sign)?;
+    let key = IssuerKey::generate_ecdsa_p256().map_err(Error::Sign)?;
     let issued = ca::issue(
         &bundle,
         &key,

@@ -1,6 +1,6 @@
-//! The real `sentry` binary on loopback: CA generation, signing over TLS with SPIFFE-id
-//! verification, errors, user-provided RSA credentials, issuer rotation under load, the JWKS
-//! validator, healthz, metrics and exit codes.
+//! The real `sentry` binary on loopback: CA generation (ECDSA P-256 files `openssl` reads),
+//! signing over TLS with SPIFFE-id verification, errors, user-provided RSA credentials, issuer
+//! rotation under load, the JWKS validator, healthz, metrics and exit codes.
 
 mod support;
 
@@ -135,6 +135,146 @@ async fn first_start_generates_its_ca_files_with_mode_0600_and_reports_healthy()
     let key = std::fs::read_to_string(creds.join("issuer.key")).unwrap();
     let body = key.lines().nth(1).unwrap();
     assert!(!logs.contains(body), "key material in the logs:\n{logs}");
+}
+
+/// Runs `openssl` (OpenSSL 3, Debian's `openssl` package) with `args` and no input, killed at
+/// [`DEADLINE`]: (exit success, stdout then stderr).
+async fn openssl(args: &[&std::ffi::OsStr]) -> anyhow::Result<(bool, String)> {
+    let child = tokio::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "`openssl` is not installed: install Debian's `openssl` package \
+             (apt-get install openssl; scripts/test.sh does)"
+        ),
+        Err(e) => anyhow::bail!("cannot run openssl: {e}"),
+    };
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("openssl {args:?} did not finish within {DEADLINE:?}"))??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// `openssl ... -text` output without its hex dumps (no key material in a failure message).
+fn without_hex(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim().chars().all(|c| c.is_ascii_hexdigit() || c == ':'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn the_generated_root_and_issuer_are_ecdsa_p256_files_openssl_reads_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    let sentry = Sentry::start_ready(&creds, Options::default())
+        .await
+        .unwrap();
+    let (ca_crt, issuer_crt, issuer_key) = (
+        creds.join("ca.crt"),
+        creds.join("issuer.crt"),
+        creds.join("issuer.key"),
+    );
+    let arg = |s: &'static str| std::ffi::OsStr::new(s);
+
+    let pem = std::fs::read_to_string(&issuer_key).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+        "PKCS#8 PEM expected, got {:?}",
+        pem.lines().next()
+    );
+    let (ok, out) = openssl(&[
+        arg("pkey"),
+        arg("-in"),
+        issuer_key.as_os_str(),
+        arg("-noout"),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "openssl pkey cannot read issuer.key: {out}");
+    let (ok, text) = openssl(&[
+        arg("pkey"),
+        arg("-in"),
+        issuer_key.as_os_str(),
+        arg("-noout"),
+        arg("-text"),
+    ])
+    .await
+    .unwrap();
+    let text = without_hex(&text);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Private-Key: (256 bit") && text.contains("ASN1 OID: prime256v1"),
+        "issuer.key is not an ECDSA P-256 key:\n{text}"
+    );
+
+    for cert in [&ca_crt, &issuer_crt] {
+        let (ok, out) = openssl(&[arg("x509"), arg("-in"), cert.as_os_str(), arg("-noout")])
+            .await
+            .unwrap();
+        assert!(ok, "openssl x509 cannot read {}: {out}", cert.display());
+        let (ok, text) = openssl(&[
+            arg("x509"),
+            arg("-in"),
+            cert.as_os_str(),
+            arg("-noout"),
+            arg("-text"),
+        ])
+        .await
+        .unwrap();
+        let text = without_hex(&text);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("Public Key Algorithm: id-ecPublicKey")
+                && text.contains("ASN1 OID: prime256v1")
+                && text.contains("Signature Algorithm: ecdsa-with-SHA256"),
+            "{} is not an ECDSA P-256 certificate signed with ECDSA-SHA256:\n{text}",
+            cert.display()
+        );
+    }
+
+    // The chain verifies with standard tools, and the key is the issuer certificate's.
+    let (ok, out) = openssl(&[
+        arg("verify"),
+        arg("-CAfile"),
+        ca_crt.as_os_str(),
+        issuer_crt.as_os_str(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok && out.contains(": OK"), "{out}");
+    let (ok, from_key) = openssl(&[
+        arg("pkey"),
+        arg("-in"),
+        issuer_key.as_os_str(),
+        arg("-pubout"),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{from_key}");
+    let (ok, from_cert) = openssl(&[
+        arg("x509"),
+        arg("-in"),
+        issuer_crt.as_os_str(),
+        arg("-noout"),
+        arg("-pubkey"),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{from_cert}");
+    assert_eq!(from_key, from_cert, "issuer.key does not match issuer.crt");
+    drop(sentry);
 }
 
 #[tokio::test]

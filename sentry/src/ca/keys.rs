@@ -39,7 +39,18 @@ impl IssuerKey {
         Ok(IssuerKey(pair))
     }
 
-    /// A fresh Ed25519 key, what sentry generates since v1.18.
+    /// A fresh ECDSA P-256 key: what sentry generates for its root, its issuer and its own
+    /// serving certificate, as upstream does (root: pkg/sentry/server/ca/ca.go; issuer:
+    /// pkg/sentry/server/ca/bundle.go), so a bundle written here is one upstream's sentry and
+    /// operators' tools take as it is.
+    pub fn generate_ecdsa_p256() -> Result<Self, String> {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(IssuerKey)
+            .map_err(|e| format!("cannot generate an ECDSA P-256 key: {e}"))
+    }
+
+    /// A fresh Ed25519 key: what earlier versions of this sentry generated. Their trust bundles
+    /// still load ([`IssuerKey::from_pem`]); this stays for tests that reproduce them.
     pub fn generate_ed25519() -> Result<Self, String> {
         KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map(IssuerKey)
@@ -172,15 +183,27 @@ mod tests {
     }
 
     #[test]
-    fn generated_keys_round_trip_through_pkcs8_pem() {
+    fn generated_keys_are_ecdsa_p256_and_round_trip_through_pkcs8_pem() {
+        let key = IssuerKey::generate_ecdsa_p256().unwrap();
+        assert_eq!(key.algorithm_name(), "ECDSA P-256");
+        let pem = key.to_pkcs8_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        let again = IssuerKey::from_pem(pem.as_bytes()).unwrap();
+        assert_eq!(key.der_bytes(), again.der_bytes());
+        assert_eq!(again.algorithm_name(), "ECDSA P-256");
+    }
+
+    #[test]
+    fn ed25519_keys_as_earlier_versions_wrote_them_round_trip_through_pkcs8_pem() {
         let key = IssuerKey::generate_ed25519().unwrap();
         let again = IssuerKey::from_pem(key.to_pkcs8_pem().as_bytes()).unwrap();
         assert_eq!(key.der_bytes(), again.der_bytes());
+        assert_eq!(again.algorithm_name(), "Ed25519");
     }
 
     #[test]
     fn debug_output_never_shows_key_material() {
-        let key = IssuerKey::generate_ed25519().unwrap();
+        let key = IssuerKey::generate_ecdsa_p256().unwrap();
         let shown = format!("{key:?}");
         assert!(shown.contains("<redacted>"), "{shown}");
         let pem = key.to_pkcs8_pem();

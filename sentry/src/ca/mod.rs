@@ -185,8 +185,9 @@ impl CaBundle {
 
     /// Signs a throw-away leaf and checks it names and verifies against the issuer: catches a
     /// key the signer cannot use, or an issuer name that would not be reproduced byte for byte.
+    /// The probe's key is P-256, the key daprd asks for.
     fn check_signing(&self, now: SystemTime) -> Result<(), String> {
-        let probe_key = IssuerKey::generate_ed25519()?;
+        let probe_key = IssuerKey::generate_ecdsa_p256()?;
         let probe_id =
             SpiffeId::new("probe.invalid", "probe", "probe").map_err(|e| e.to_string())?;
         let policy = SignPolicy {
@@ -385,8 +386,10 @@ impl fmt::Debug for GeneratedCredentials {
     }
 }
 
-/// Generates a root and an issuer as upstream sentry does (v1.18: Ed25519): root
-/// `O=<trust domain>`, CertSign|DigitalSignature; issuer
+/// Generates a root and an issuer as upstream sentry does: ECDSA P-256 keys (upstream
+/// pkg/sentry/server/ca/ca.go generates the root key, pkg/sentry/server/ca/bundle.go the issuer
+/// key, both P-256; the issuer key is written as PKCS#8 `PRIVATE KEY`, which `openssl pkey`
+/// reads); root `O=<trust domain>`, CertSign|DigitalSignature; issuer
 /// `O=spiffe://<td>/ns/<ns>/dapr-sentry`, CertSign|CRLSign|DigitalSignature, signed by the root;
 /// both valid a year from now − skew. The root key is discarded, as upstream does.
 pub fn generate(
@@ -395,12 +398,30 @@ pub fn generate(
     now: SystemTime,
     allowed_clock_skew: Duration,
 ) -> Result<GeneratedCredentials, Error> {
+    generate_with(
+        trust_domain,
+        namespace,
+        now,
+        allowed_clock_skew,
+        IssuerKey::generate_ecdsa_p256,
+    )
+}
+
+/// [`generate`] with keys from `new_key`: tests reproduce the Ed25519 bundles earlier versions
+/// of this sentry wrote, which must keep loading.
+fn generate_with(
+    trust_domain: &str,
+    namespace: &str,
+    now: SystemTime,
+    allowed_clock_skew: Duration,
+    new_key: fn() -> Result<IssuerKey, String>,
+) -> Result<GeneratedCredentials, Error> {
     let failed = |what: &str, e: String| Error::Sign(format!("cannot generate the {what}: {e}"));
     let now_secs = unix_secs(now);
     let not_before = offset_date_time(now_secs.saturating_sub(secs(allowed_clock_skew)))?;
     let not_after = offset_date_time(now_secs.saturating_add(secs(GENERATED_CA_VALIDITY)))?;
 
-    let root_key = IssuerKey::generate_ed25519().map_err(|e| failed("root key", e))?;
+    let root_key = new_key().map_err(|e| failed("root key", e))?;
     let mut root = CertificateParams::default();
     root.distinguished_name = DistinguishedName::new();
     root.distinguished_name
@@ -417,7 +438,7 @@ pub fn generate(
         .self_signed(&root_key)
         .map_err(|e| failed("root certificate", e.to_string()))?;
 
-    let issuer_key = IssuerKey::generate_ed25519().map_err(|e| failed("issuer key", e))?;
+    let issuer_key = new_key().map_err(|e| failed("issuer key", e))?;
     let mut issuer = CertificateParams::default();
     issuer.distinguished_name = DistinguishedName::new();
     issuer.distinguished_name.push(

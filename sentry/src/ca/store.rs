@@ -229,6 +229,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(first.origin, Origin::Generated);
+        assert_eq!(first.bundle.key_algorithm(), "ECDSA P-256");
         for name in ["ca.crt", "issuer.crt", "issuer.key"] {
             let mode = std::fs::metadata(dir.path().join("creds").join(name))
                 .unwrap()
@@ -246,6 +247,32 @@ mod tests {
             .unwrap();
         assert_eq!(again.origin, Origin::Loaded);
         assert_eq!(again.digest, first.digest);
+    }
+
+    #[test]
+    fn an_ed25519_bundle_an_earlier_sentry_wrote_is_loaded_as_it_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let old = crate::ca::generate_with(
+            "localhost",
+            "default",
+            SystemTime::now(),
+            Duration::ZERO,
+            crate::ca::IssuerKey::generate_ed25519,
+        )
+        .unwrap();
+        store.store_new(&old).unwrap();
+        let key_before = std::fs::read(dir.path().join("issuer.key")).unwrap();
+
+        let loaded = store
+            .load_or_generate("localhost", "default", Duration::ZERO, SystemTime::now())
+            .unwrap();
+        assert_eq!(loaded.origin, Origin::Loaded);
+        assert_eq!(loaded.bundle.key_algorithm(), "Ed25519");
+        assert_eq!(
+            std::fs::read(dir.path().join("issuer.key")).unwrap(),
+            key_before
+        );
     }
 
     #[test]

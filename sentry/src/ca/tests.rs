@@ -123,26 +123,44 @@ fn sign_app1(bundle: &CaBundle, csr: &Csr, at: SystemTime) -> Result<Issued, Err
     sign(bundle, csr, &app1(), &[], policy(), at, [0x5a; 16])
 }
 
+/// What [`generate`] writes, loaded back as sentry would at its next start.
+fn generated_bundle() -> CaBundle {
+    let at = now();
+    let generated = generate("example.org", "dapr-system", at, Duration::ZERO).unwrap();
+    CaBundle::from_pem(
+        generated.trust_anchors_pem.as_bytes(),
+        generated.issuer_chain_pem.as_bytes(),
+        generated.issuer_key.to_pkcs8_pem().as_bytes(),
+        &paths(),
+        at,
+    )
+    .unwrap()
+}
+
 #[test]
 fn csrs_with_ed25519_p256_and_rsa_keys_each_get_a_leaf_carrying_their_public_key() {
-    let ca = bundle(&ed25519_pki()).unwrap();
-    let keys = [
-        KeyPair::generate_for(&PKCS_ED25519).unwrap(),
-        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
-        KeyPair::from_pem(RSA_WORKLOAD).unwrap(),
-    ];
-    for key in keys {
-        let csr = Csr::from_pem(csr_pem(&key).as_bytes()).unwrap();
-        let issued = sign_app1(&ca, &csr, now()).unwrap();
-        let leaf = parse(&issued.leaf);
-        assert_eq!(
-            leaf.public_key().subject_public_key.data.as_ref(),
-            key.der_bytes(),
-            "{:?}",
-            key.algorithm()
-        );
-        leaf.verify_signature(Some(parse(&ca.issuer_chain()[0]).public_key()))
-            .unwrap();
+    // Both a generated (ECDSA P-256) issuer and an Ed25519 one, as earlier versions wrote, sign
+    // all three kinds of request.
+    for ca in [generated_bundle(), bundle(&ed25519_pki()).unwrap()] {
+        let keys = [
+            KeyPair::generate_for(&PKCS_ED25519).unwrap(),
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
+            KeyPair::from_pem(RSA_WORKLOAD).unwrap(),
+        ];
+        for key in keys {
+            let csr = Csr::from_pem(csr_pem(&key).as_bytes()).unwrap();
+            let issued = sign_app1(&ca, &csr, now()).unwrap();
+            let leaf = parse(&issued.leaf);
+            assert_eq!(
+                leaf.public_key().subject_public_key.data.as_ref(),
+                key.der_bytes(),
+                "{} issuer, {:?}",
+                ca.key_algorithm(),
+                key.algorithm()
+            );
+            leaf.verify_signature(Some(parse(&ca.issuer_chain()[0]).public_key()))
+                .unwrap();
+        }
     }
 }
 
@@ -463,10 +481,24 @@ fn generated_credentials_look_like_upstreams_and_load_cleanly() {
         at,
     )
     .unwrap();
-    assert_eq!(ca.key_algorithm(), "Ed25519");
+    assert_eq!(ca.key_algorithm(), "ECDSA P-256");
+    assert_eq!(generated.issuer_key.algorithm_name(), "ECDSA P-256");
+    assert!(
+        generated
+            .issuer_key
+            .to_pkcs8_pem()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n")
+    );
 
     let root = parse(&ca.trust_anchors()[0]);
     assert_eq!(root.subject().to_string(), "O=example.org");
+    // The root's key is P-256 too (upstream pkg/sentry/server/ca/ca.go), and it signed both
+    // certificates with ECDSA-SHA256.
+    assert_eq!(spki_curve(&root).as_deref(), Some(PRIME256V1));
+    assert_eq!(
+        root.signature_algorithm.algorithm.to_id_string(),
+        ECDSA_WITH_SHA256
+    );
     assert!(root.is_ca());
     let ku = root.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.digital_signature());
@@ -484,5 +516,77 @@ fn generated_credentials_look_like_upstreams_and_load_cleanly() {
     assert!(issuer.is_ca());
     let ku = issuer.key_usage().unwrap().unwrap().value;
     assert!(ku.key_cert_sign() && ku.crl_sign() && ku.digital_signature());
+    assert_eq!(spki_curve(&issuer).as_deref(), Some(PRIME256V1));
+    assert_eq!(
+        issuer.signature_algorithm.algorithm.to_id_string(),
+        ECDSA_WITH_SHA256
+    );
     assert!(format!("{ca:?}").contains("<redacted>"));
 }
+
+const ID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const PRIME256V1: &str = "1.2.840.10045.3.1.7";
+const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
+
+/// The named curve of an EC public key, `None` for any other kind of key.
+fn spki_curve(cert: &X509Certificate<'_>) -> Option<String> {
+    let alg = &cert.public_key().algorithm;
+    if alg.algorithm.to_id_string() != ID_EC_PUBLIC_KEY {
+        return None;
+    }
+    alg.parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|oid| oid.to_id_string())
+}
+
+#[test]
+fn an_ed25519_root_and_issuer_written_by_an_earlier_sentry_still_load_and_sign() {
+    // The bundle exactly as earlier versions of `generate` wrote it: Ed25519 root and issuer.
+    let at = now();
+    let old = generate_with(
+        "example.org",
+        "dapr-system",
+        at,
+        Duration::from_secs(900),
+        IssuerKey::generate_ed25519,
+    )
+    .unwrap();
+    let key_pem = old.issuer_key.to_pkcs8_pem();
+    assert_eq!(old.issuer_key.algorithm_name(), "Ed25519");
+    assert_eq!(
+        parse(&certs_from_pem(old.trust_anchors_pem.as_bytes()).unwrap()[0])
+            .public_key()
+            .algorithm
+            .algorithm
+            .to_id_string(),
+        ED25519,
+        "the root is Ed25519 too"
+    );
+
+    let ca = CaBundle::from_pem(
+        old.trust_anchors_pem.as_bytes(),
+        old.issuer_chain_pem.as_bytes(),
+        key_pem.as_bytes(),
+        &paths(),
+        at,
+    )
+    .unwrap();
+    assert_eq!(ca.key_algorithm(), "Ed25519");
+
+    // daprd's request now carries a P-256 key; the Ed25519 issuer signs it.
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = Csr::from_pem(csr_pem(&key).as_bytes()).unwrap();
+    let issued = sign_app1(&ca, &csr, at).unwrap();
+    let leaf = parse(&issued.leaf);
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.der_bytes()
+    );
+    assert_eq!(leaf.signature_algorithm.algorithm.to_id_string(), ED25519);
+    leaf.verify_signature(Some(parse(&ca.issuer_chain()[0]).public_key()))
+        .unwrap();
+    assert_eq!(uri_sans(&leaf), vec!["spiffe://public/ns/default/app1"]);
+}
+
+const ED25519: &str = "1.3.101.112";
