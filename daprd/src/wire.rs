@@ -308,14 +308,22 @@ pub fn ready_part(mut body: BoxStream<Result<Bytes, BoxError>>) -> Ready {
 /// so that it travels in the head message of a stream. Such a body arrives with its head, but
 /// HTTP/1 hands it over only once it is asked for, so [`ready_part`] alone would find it pending
 /// and stream it: a pump task and three writes to the peer instead of one. Any other body comes
-/// back as it is.
+/// back as a stream that fails once no byte has come for `within`, so a client that stops
+/// sending cannot hold the call, the peer's stream and the app's connection open.
 pub async fn read_small(
     mut body: BoxStream<Result<Bytes, BoxError>>,
     declared_len: Option<u64>,
     within: std::time::Duration,
 ) -> Result<BoxStream<Result<Bytes, BoxError>>, BoxError> {
     let Some(len) = declared_len.filter(|len| *len <= MAX_CHUNK as u64) else {
-        return Ok(body);
+        let idle = tokio_stream::StreamExt::timeout(body, within).map(move |chunk| {
+            chunk.unwrap_or_else(|_| {
+                Err(BoxError::from(format!(
+                    "no bytes of the body arrived for {within:?}"
+                )))
+            })
+        });
+        return Ok(Box::pin(idle));
     };
     let read = async move {
         let mut first: Option<Bytes> = None;

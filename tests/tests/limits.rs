@@ -81,9 +81,10 @@ async fn read_until_closed(
 }
 
 /// POSTs `chunks` chunks of 64 KiB (chunked, no length) to the `orders` echo app through the
-/// sidecar on `port`, reading the answer as it comes; returns the raw answer once the server
-/// closes the connection or, for a complete answer, once its last chunk has arrived.
-async fn chunked_upload(port: u16, chunks: usize) -> Vec<u8> {
+/// sidecar on `port`, then the last chunk if `finish` (else it just stops sending), reading the
+/// answer as it comes; returns the raw answer once the server closes the connection or, for a
+/// complete answer, once its last chunk has arrived.
+async fn chunked_upload(port: u16, chunks: usize, finish: bool) -> Vec<u8> {
     let mut stream = TcpStream::connect(loopback(port)).await.expect("connect");
     let (mut reader, mut writer) = stream.split();
     let head = "POST /v1.0/invoke/orders/method/echo HTTP/1.1\r\nHost: localhost\r\n\
@@ -98,7 +99,9 @@ async fn chunked_upload(port: u16, chunks: usize) -> Vec<u8> {
             writer.write_all(&chunk).await?;
             writer.write_all(b"\r\n").await?;
         }
-        writer.write_all(b"0\r\n\r\n").await?;
+        if finish {
+            writer.write_all(b"0\r\n\r\n").await?;
+        }
         std::io::Result::Ok(())
     };
     let answer = async {
@@ -149,7 +152,7 @@ async fn an_over_limit_chunked_upload_fails_at_once_and_leaves_no_connection_ope
     assert_eq!((echoed.status, &echoed.body[..]), (200, &b"warm"[..]));
     drop(client);
     // And a streamed one within the limit (a streamed body has its own connection to the peer).
-    let streamed = chunked_upload(caller.http_port, 4).await;
+    let streamed = chunked_upload(caller.http_port, 4, true).await;
     assert!(
         streamed.starts_with(b"HTTP/1.1 200") && streamed.ends_with(b"\r\n0\r\n\r\n"),
         "a streamed call within the limit: {}",
@@ -166,7 +169,7 @@ async fn an_over_limit_chunked_upload_fails_at_once_and_leaves_no_connection_ope
     let started = Instant::now();
     let seen = tokio::time::timeout(
         Duration::from_secs(30),
-        chunked_upload(caller.http_port, 48),
+        chunked_upload(caller.http_port, 48, true),
     )
     .await
     .expect("the over-limit upload ends within 30 s instead of hanging");
@@ -193,6 +196,50 @@ async fn an_over_limit_chunked_upload_fails_at_once_and_leaves_no_connection_ope
             "{hop} still holds {} sockets, {before} before the upload; caller log:\n{}",
             sockets(*pid),
             caller.log_text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_upload_that_stops_sending_is_ended_after_60_s_of_silence_on_every_hop() {
+    /// How long a streamed body may go without a byte (`docs/limits.md`).
+    const BODY_IDLE: Duration = Duration::from_secs(60);
+    let dir = scratch_dir("limits-body-idle").expect("scratch dir");
+    let app = echo_app("http").await.expect("echo-app starts");
+    let app_pid = app.child.id().expect("echo-app runs");
+    let (callee, caller) = start_sqlite_pair(&dir, app.addr.port(), "", &[])
+        .await
+        .expect("pair starts");
+    let warm = chunked_upload(caller.http_port, 1, true).await;
+    assert!(warm.starts_with(b"HTTP/1.1 200"), "a streamed call answers");
+    let hops = [
+        ("caller", pid(&caller)),
+        ("callee", pid(&callee)),
+        ("app", app_pid),
+    ];
+    let baseline: Vec<usize> = hops.iter().map(|(_, pid)| sockets(*pid)).collect();
+    let started = Instant::now();
+    let seen = tokio::time::timeout(
+        BODY_IDLE + Duration::from_secs(20),
+        chunked_upload(caller.http_port, 2, false),
+    )
+    .await
+    .expect("a body that stops is ended instead of held");
+    let took = started.elapsed();
+    assert!(
+        took >= BODY_IDLE - Duration::from_secs(2),
+        "ended after {took:?}"
+    );
+    assert!(
+        !seen.ends_with(b"\r\n0\r\n\r\n"),
+        "an unfinished body must not end in a complete answer"
+    );
+    for ((hop, pid), before) in hops.iter().zip(&baseline) {
+        let released = eventually(Duration::from_secs(15), || sockets(*pid) <= *before).await;
+        assert!(
+            released,
+            "{hop} holds {} sockets, {before} before",
+            sockets(*pid)
         );
     }
 }
