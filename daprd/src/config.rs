@@ -318,7 +318,8 @@ pub enum TrustAnchors {
     File(PathBuf),
 }
 
-/// The token sentry's validator checks, per upstream's sourcing order (facts §3.8).
+/// The token sentry's validator checks, in upstream's sourcing order
+/// (pkg/security/token/token.go).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentryToken {
     /// Read before every request (projected tokens rotate); `None` sends no token.
