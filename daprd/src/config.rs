@@ -11,7 +11,8 @@ use dapr_crds::Configuration;
 
 use crate::Error;
 
-/// Upstream daprd's flags (the subset this sidecar acts on; see the README for the full list).
+/// Upstream daprd's flags: the subset this sidecar acts on, plus flags for parts it lacks, which
+/// are accepted without effect (docs/upstream-differences.md).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "daprd", version, about = "Dapr-compatible sidecar")]
 pub struct Flags {
