@@ -110,6 +110,9 @@ fi
 "$cache/cluster/bin/kube-apiserver" --version
 "$cache/cluster/bin/etcd" --version | sed -n 1p
 
+step "docs: every path named in README.md and docs/ exists"
+bash scripts/check-doc-paths.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

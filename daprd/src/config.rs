@@ -11,7 +11,8 @@ use dapr_crds::Configuration;
 
 use crate::Error;
 
-/// Upstream daprd's flags (the subset this sidecar acts on; see the README for the full list).
+/// Upstream daprd's flags: the subset this sidecar acts on, plus flags for parts it lacks, which
+/// are accepted without effect (docs/upstream-differences.md).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "daprd", version, about = "Dapr-compatible sidecar")]
 pub struct Flags {
@@ -318,7 +319,8 @@ pub enum TrustAnchors {
     File(PathBuf),
 }
 
-/// The token sentry's validator checks, per upstream's sourcing order (facts §3.8).
+/// The token sentry's validator checks, in upstream's sourcing order
+/// (pkg/security/token/token.go).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentryToken {
     /// Read before every request (projected tokens rotate); `None` sends no token.

@@ -1,6 +1,6 @@
-//! One admission request, decided in upstream's order (facts §1.2): not a Pod → allowed;
-//! `dapr.io/enabled` not "true" → allowed, silently; requester not allowed → allowed without a
-//! sidecar; otherwise the patch, or a rejection naming the annotation at fault.
+//! One admission request, decided in upstream's order (pkg/injector/service/handler.go): not a
+//! Pod → allowed; `dapr.io/enabled` not "true" → allowed, silently; requester not allowed →
+//! allowed without a sidecar; otherwise the patch, or a rejection naming the annotation at fault.
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;

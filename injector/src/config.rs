@@ -1,6 +1,6 @@
-//! Flags (upstream's names) and environment (upstream's envconfig names, facts §1.1) turned into
-//! a validated [`Config`]. This is the only module that reads the process environment or the
-//! host's files for configuration.
+//! Flags (upstream's names) and environment (upstream's envconfig names in
+//! pkg/injector/service/config.go) turned into a validated [`Config`]. This is the only module
+//! that reads the process environment or the host's files for configuration.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,10 +1,11 @@
 //! The JSON patch that adds a `daprd` sidecar to a pod: a pure function of the pod, its
 //! annotations, the injector's settings and the few cluster facts the handler looked up.
 //!
-//! Op order, names and values follow upstream (facts §1.5) so an injected pod looks the same as
-//! one injected by Dapr: the `daprd` container is appended after the app containers, labels
-//! `dapr.io/sidecar-injected`, `dapr.io/app-id`, `dapr.io/metrics-enabled` are added, and app
-//! containers get `DAPR_HTTP_PORT`, `DAPR_GRPC_PORT` and `APP_PROTOCOL` unless they set them.
+//! Op order, names and values follow upstream (pkg/injector/patcher/sidecar_patcher.go and
+//! sidecar_container.go) so an injected pod looks the same as one injected by Dapr: the `daprd`
+//! container is appended after the app containers, labels `dapr.io/sidecar-injected`,
+//! `dapr.io/app-id`, `dapr.io/metrics-enabled` are added, and app containers get
+//! `DAPR_HTTP_PORT`, `DAPR_GRPC_PORT` and `APP_PROTOCOL` unless they set them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

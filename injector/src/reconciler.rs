@@ -1,7 +1,8 @@
-//! The `<app-id>-dapr` Service reconciler (upstream's operator job, facts §2.1): every
-//! Deployment and StatefulSet whose pod template has `dapr.io/enabled` gets a headless Service
-//! that daprd's `kubernetes` name resolver finds peers through. The Service is owned by the
-//! workload (garbage-collected with it) and never deleted when the annotation goes away.
+//! The `<app-id>-dapr` Service reconciler (upstream's operator job,
+//! pkg/operator/handlers/dapr_handler.go): every Deployment and StatefulSet whose pod template
+//! has `dapr.io/enabled` gets a headless Service that daprd's `kubernetes` name resolver finds
+//! peers through. The Service is owned by the workload (garbage-collected with it) and never
+//! deleted when the annotation goes away.
 //!
 //! With it, each namespace holding such a workload gets the RoleBinding
 //! `dapr-configuration-reader`: the chart's ClusterRole of that name (`get` on

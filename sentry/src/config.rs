@@ -37,7 +37,8 @@ pub mod env {
     about = "Dapr-compatible certificate authority"
 )]
 pub struct Flags {
-    /// standalone, or kubernetes (not implemented yet).
+    /// standalone, or kubernetes (trust bundle and Configuration from the API server, tokens
+    /// checked with a TokenReview).
     #[arg(long, default_value = "standalone")]
     pub mode: String,
     /// Standalone: path to a Configuration YAML (optional). Kubernetes: its name (daprsystem).

@@ -1505,8 +1505,8 @@ async fn the_flag_check_passes_daprd_flags_and_catches_unknown_flags_and_bad_val
         "{} does not exist: run `cargo build --workspace --bins` (scripts/test.sh does)",
         daprd.display()
     );
-    // The always-present part of what the injector renders (facts §1.5) for this chart's
-    // defaults.
+    // The always-present part of what the injector renders (upstream
+    // pkg/injector/patcher/sidecar_container.go) for this chart's defaults.
     #[rustfmt::skip]
     let good = strings(&[
         "--dapr-http-port", "3500",

@@ -21,7 +21,9 @@ use tower::ServiceExt;
 
 pub const TRUST_ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIBfixtureTrustAnchorsForGoldenTests\n-----END CERTIFICATE-----\n";
 
-/// The chart's env for the injector (facts §8), which fixtures may extend.
+/// The chart's env for the injector (upstream
+/// charts/dapr/charts/dapr_sidecar_injector/templates/dapr_sidecar_injector_deployment.yaml),
+/// which fixtures may extend.
 pub const BASE_ENV: &[(&str, &str)] = &[
     ("NAMESPACE", "dapr-system"),
     ("SIDECAR_IMAGE", "ghcr.io/dapr/daprd:1.18.3"),
