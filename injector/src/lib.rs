@@ -19,6 +19,7 @@ pub mod quantity;
 pub mod reconciler;
 pub mod render;
 pub mod review;
+pub mod survey;
 pub mod tls;
 pub mod webhook;
 
@@ -172,15 +173,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         spawn_plain(listener, metrics.clone().router(), shutdown.clone());
     }
 
-    let hook = Arc::new(webhook::Webhook {
-        admission: admission::Admission {
+    let hook = Arc::new(webhook::Webhook::new(
+        admission::Admission {
             settings: config.settings,
             authorizer,
             cluster,
             trust_anchors,
         },
         metrics,
-    });
+    ));
     readiness.server.store(true, Ordering::Release);
     tls::serve(listener, tls_config, webhook::router(hook), shutdown).await;
     Ok(())

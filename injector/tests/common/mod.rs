@@ -110,10 +110,7 @@ pub fn router(
         },
         trust_anchors: anchors,
     };
-    let hook = Arc::new(Webhook {
-        admission,
-        metrics: metrics.clone(),
-    });
+    let hook = Arc::new(Webhook::new(admission, metrics.clone()));
     (webhook::router(hook), metrics)
 }
 
