@@ -2,9 +2,11 @@
 //! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, and the
 //! offline `render` subcommand.
 //!
-//! Request path: [`webhook`] decodes the AdmissionReview ([`review`]) → [`admission`] applies
-//! upstream's handling order and the allow list ([`authz`]) → [`patch::build`] (pure) turns
-//! the pod and its annotations ([`options`]) into JSON-patch ops.
+//! Request path: [`webhook`] takes a turn and the body within its limits and decodes the
+//! AdmissionReview ([`review`]) → [`admission`] applies upstream's handling order, reading the
+//! gate and bounding the cost of the pod before decoding it ([`survey`]), and the allow list
+//! ([`authz`]) → [`patch::build`] (pure) turns the pod and its annotations ([`options`]) into
+//! JSON-patch ops.
 
 pub mod admission;
 pub mod authz;
