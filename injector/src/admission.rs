@@ -3,14 +3,14 @@
 //! allowed without a sidecar; otherwise the patch, or a rejection naming the annotation at fault.
 
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::authz::Authorizer;
 use crate::cluster::ClusterView;
 use crate::names::annotation;
 use crate::patch::{self, Facts, Patch, Settings};
-use crate::review::{Answer, Request};
+use crate::review::{self, Answer, Request};
+use crate::survey::{self, Survey};
 
 /// What the webhook needs to decide: settings, who may inject, and the cluster facts.
 pub struct Admission {
@@ -56,7 +56,8 @@ impl Decision {
         }
     }
 
-    pub fn answer(&self) -> Answer {
+    /// The answer, moving the patch and messages into it rather than copying them.
+    pub fn into_answer(self) -> Answer {
         match self {
             Decision::NotAPod { .. } | Decision::NotEnabled | Decision::Unauthorized { .. } => {
                 Answer {
@@ -66,51 +67,101 @@ impl Decision {
             }
             Decision::Unchanged { warnings, .. } => Answer {
                 allowed: true,
-                warnings: warnings.clone(),
+                warnings,
                 ..Answer::default()
             },
             Decision::Patched(patch) => Answer {
                 allowed: true,
-                patch: Some(patch.ops.clone()),
-                warnings: patch.warnings.clone(),
+                patch: Some(patch.ops),
+                warnings: patch.warnings,
                 ..Answer::default()
             },
             Decision::Rejected { reason, .. } => Answer {
                 allowed: false,
-                message: Some(reason.clone()),
+                message: Some(reason),
                 ..Answer::default()
             },
         }
     }
 }
 
+/// Most that decoding and patching one pod may take, by [`Survey`]'s bound; a pod asking for a
+/// sidecar above it is rejected before it is decoded. Real pods stay well below: the large pod
+/// in `survey`'s tests (twenty containers with a hundred secret env vars each, and the managed
+/// fields for them) is estimated at 6.2 MiB, and it takes about 1,100 containers to reach the
+/// limit. With `webhook::MAX_IN_FLIGHT` reviews at once it keeps the injector within its memory
+/// limit whatever the bodies hold.
+pub const MAX_DECODED: usize = 16 * 1024 * 1024;
+
 impl Admission {
-    pub async fn decide(&self, request: &Request) -> Decision {
+    pub async fn decide(&self, request: &Request<'_>) -> Decision {
         if !request.group.is_empty() || request.kind != "Pod" {
             return Decision::NotAPod {
                 kind: request.kind.clone(),
             };
         }
-        let raw = request.object.clone().unwrap_or(Value::Null);
-        let diag_app_id = diagnostic_app_id(&raw);
-        let pod: Pod = match serde_json::from_value(raw.clone()) {
+        // Upstream decodes every pod (`podHasDaprEnabled`, pkg/injector/service/handler.go); the
+        // gate is read from the text instead, so pods that do not ask for a sidecar (most of
+        // them) are answered without decoding anything.
+        let Some(object) = request.object else {
+            return Decision::NotEnabled;
+        };
+        let survey = Survey::of_pod(object);
+        if !survey.enabled {
+            return Decision::NotEnabled;
+        }
+        let diag_app_id = survey.diagnostic_app_id();
+        if survey.too_deep {
+            return Decision::Rejected {
+                app_id: diag_app_id,
+                reason: format!(
+                    "could not decode the pod: it nests deeper than {} levels",
+                    survey::MAX_DEPTH
+                ),
+            };
+        }
+        let requester_bytes = request
+            .user_info
+            .map_or(0, |raw| Survey::of_value(raw).bytes);
+        let cost = survey.bytes.saturating_add(requester_bytes);
+        if cost > MAX_DECODED {
+            return Decision::Rejected {
+                app_id: diag_app_id,
+                reason: format!(
+                    "the pod is too large for the sidecar injector: decoding and patching it \
+                     could take {} MiB, over the injector's limit of {} MiB (thousands of \
+                     containers, volumes or list entries)",
+                    cost.div_ceil(1024 * 1024),
+                    MAX_DECODED / (1024 * 1024)
+                ),
+            };
+        }
+        let pod: Pod = match serde_json::from_str(object.get()) {
             Ok(pod) => pod,
             // Only a pod that asked for a sidecar is rejected for being unreadable.
-            Err(e) if raw_wants_injection(&raw) => {
+            Err(e) => {
                 return Decision::Rejected {
                     app_id: diag_app_id,
-                    reason: format!("could not decode the pod: {e}"),
+                    reason: format!("could not decode the pod: {}", review::without_position(&e)),
                 };
             }
-            Err(_) => return Decision::NotEnabled,
         };
         if !patch::wants_injection(&pod) {
             return Decision::NotEnabled;
         }
-        if !self.authorizer.allows(&request.requester) {
+        let requester = match request.requester() {
+            Ok(requester) => requester,
+            Err(reason) => {
+                return Decision::Rejected {
+                    app_id: diag_app_id,
+                    reason,
+                };
+            }
+        };
+        if !self.authorizer.allows(&requester) {
             return Decision::Unauthorized {
                 app_id: diag_app_id,
-                username: request.requester.username.clone(),
+                username: requester.username,
             };
         }
         let namespace = if request.namespace.is_empty() {
@@ -159,26 +210,11 @@ impl Admission {
     }
 }
 
-fn raw_annotation<'a>(raw: &'a Value, key: &str) -> Option<&'a str> {
-    raw.get("metadata")?.get("annotations")?.get(key)?.as_str()
-}
-
-fn raw_wants_injection(raw: &Value) -> bool {
-    raw_annotation(raw, annotation::ENABLED).is_some_and(|v| v.eq_ignore_ascii_case("true"))
-}
-
-fn diagnostic_app_id(raw: &Value) -> String {
-    raw_annotation(raw, annotation::APP_ID)
-        .filter(|id| !id.is_empty())
-        .or_else(|| raw.get("metadata")?.get("name")?.as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::patch::PatchOp;
+    use serde_json::Value;
 
     #[test]
     fn every_decision_maps_to_one_answer() {
@@ -232,7 +268,7 @@ mod tests {
             ),
         ];
         for (decision, allowed, has_patch, message) in table {
-            let answer = decision.answer();
+            let answer = decision.clone().into_answer();
             assert_eq!(answer.allowed, allowed, "{decision:?}");
             assert_eq!(answer.patch.is_some(), has_patch, "{decision:?}");
             assert_eq!(answer.message.as_deref(), message, "{decision:?}");

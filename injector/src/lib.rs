@@ -2,9 +2,11 @@
 //! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, and the
 //! offline `render` subcommand.
 //!
-//! Request path: [`webhook`] decodes the AdmissionReview ([`review`]) → [`admission`] applies
-//! upstream's handling order and the allow list ([`authz`]) → [`patch::build`] (pure) turns
-//! the pod and its annotations ([`options`]) into JSON-patch ops.
+//! Request path: [`webhook`] takes a turn and the body within its limits and decodes the
+//! AdmissionReview ([`review`]) → [`admission`] applies upstream's handling order, reading the
+//! gate and bounding the cost of the pod before decoding it ([`survey`]), and the allow list
+//! ([`authz`]) → [`patch::build`] (pure) turns the pod and its annotations ([`options`]) into
+//! JSON-patch ops.
 
 pub mod admission;
 pub mod authz;
@@ -19,6 +21,7 @@ pub mod quantity;
 pub mod reconciler;
 pub mod render;
 pub mod review;
+pub mod survey;
 pub mod tls;
 pub mod webhook;
 
@@ -172,15 +175,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         spawn_plain(listener, metrics.clone().router(), shutdown.clone());
     }
 
-    let hook = Arc::new(webhook::Webhook {
-        admission: admission::Admission {
+    let hook = Arc::new(webhook::Webhook::new(
+        admission::Admission {
             settings: config.settings,
             authorizer,
             cluster,
             trust_anchors,
         },
         metrics,
-    });
+    ));
     readiness.server.store(true, Ordering::Release);
     tls::serve(listener, tls_config, webhook::router(hook), shutdown).await;
     Ok(())

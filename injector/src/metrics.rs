@@ -47,6 +47,11 @@ impl FailureReason {
 /// (the ids come from user annotations).
 pub const MAX_APP_IDS: usize = 1024;
 pub const OTHER_APPS: &str = "_other";
+/// Longer app ids also count under [`OTHER_APPS`]: each label value is kept for the process's
+/// life, and an annotation can be megabytes. 253 is the longest name Kubernetes gives an object
+/// ("Object Names and IDs"), which a pod name standing in for the app id can reach; a valid app
+/// id is at most 58.
+pub const MAX_APP_ID_LEN: usize = 253;
 
 pub struct Metrics {
     registry: Registry,
@@ -106,6 +111,9 @@ impl Metrics {
     }
 
     fn bounded(&self, app_id: &str) -> String {
+        if app_id.len() > MAX_APP_ID_LEN {
+            return OTHER_APPS.to_owned();
+        }
         let mut seen = match self.seen.lock() {
             Ok(seen) => seen,
             Err(poisoned) => poisoned.into_inner(),
@@ -173,5 +181,18 @@ mod tests {
             m.succeeded(&format!("app-{i}"));
         }
         assert!(m.render().contains(r#"app_id="_other"} 5"#));
+    }
+
+    #[test]
+    fn an_app_id_longer_than_any_kubernetes_name_counts_as_other() {
+        let m = Metrics::new().unwrap();
+        m.failed(&"a".repeat(MAX_APP_ID_LEN + 1), FailureReason::Patch);
+        m.failed(&"b".repeat(MAX_APP_ID_LEN), FailureReason::Patch);
+        let text = m.render();
+        assert!(
+            text.contains(r#"app_id="_other",reason="patch"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(&"b".repeat(MAX_APP_ID_LEN)));
     }
 }

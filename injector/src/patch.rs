@@ -12,10 +12,10 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, ServiceAccountTokenProjection,
-    TCPSocketAction, Toleration, Volume, VolumeMount, VolumeProjection,
-    WindowsSecurityContextOptions,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    ServiceAccountTokenProjection, TCPSocketAction, Toleration, Volume, VolumeMount,
+    VolumeProjection, WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -203,8 +203,10 @@ pub fn build(
         ));
     };
 
-    let spec = pod.spec.clone().unwrap_or_default();
-    let mut shape = PodShape::of(&spec);
+    // Borrowed: the spec is most of the pod, and a copy would double what a review costs.
+    let no_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
+    let mut shape = PodShape::of(spec);
     let component_names: BTreeSet<&str> = options
         .pluggable_components
         .split(',')
@@ -424,7 +426,7 @@ struct PodShape {
 }
 
 impl PodShape {
-    fn of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Self {
+    fn of(spec: &PodSpec) -> Self {
         let volumes = spec.volumes.as_deref().unwrap_or_default();
         Self {
             has_volume_list: !volumes.is_empty(),

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod mutated;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,10 +113,7 @@ pub fn router(
         },
         trust_anchors: anchors,
     };
-    let hook = Arc::new(Webhook {
-        admission,
-        metrics: metrics.clone(),
-    });
+    let hook = Arc::new(Webhook::new(admission, metrics.clone()));
     (webhook::router(hook), metrics)
 }
 
