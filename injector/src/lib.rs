@@ -166,13 +166,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
     log_listening("webhook", &listener);
     log_listening("healthz", &health_listener);
     spawn_plain(
+        "healthz",
         health_listener,
         webhook::health_router(readiness.clone()),
         shutdown.clone(),
     );
     if let Some(listener) = metrics_listener {
         log_listening("metrics", &listener);
-        spawn_plain(listener, metrics.clone().router(), shutdown.clone());
+        spawn_plain(
+            "metrics",
+            listener,
+            metrics.clone().router(),
+            shutdown.clone(),
+        );
     }
 
     let hook = Arc::new(webhook::Webhook::new(
@@ -190,9 +196,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })
 }
 
 fn log_listening(server: &'static str, listener: &TcpListener) {
@@ -202,15 +206,24 @@ fn log_listening(server: &'static str, listener: &TcpListener) {
     }
 }
 
-fn spawn_plain(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "HTTP server stopped");
-        }
-    });
+fn spawn_plain(
+    server: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let limits = dapr_serve::Limits::DEFAULT;
+    let connections =
+        dapr_serve::incoming(server, listener, limits, shutdown.clone(), |tcp, _| async {
+            Ok(tcp)
+        });
+    tokio::spawn(dapr_serve::serve_http(
+        server,
+        connections,
+        router,
+        limits,
+        shutdown,
+    ));
 }
 
 /// The trust-anchors file as text, kept current; `None` until it could be read.

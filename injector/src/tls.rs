@@ -2,14 +2,11 @@
 //! place when its files change, so cert-manager renewals need no restart: new handshakes get
 //! the new certificate, open connections keep theirs.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{Error, files};
 
@@ -42,10 +39,6 @@ pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token"
 /// `SignCertificateRequest.TokenValidator.KUBERNETES`.
 const KUBERNETES_VALIDATOR: i32 = 2;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upstream's ReadHeaderTimeout.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream's shutdown grace for open requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -262,8 +255,9 @@ fn parse_pair(contents: &files::Contents) -> Result<CertifiedKey, Error> {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown`, then gives open requests
-/// [`SHUTDOWN_GRACE`] to finish.
+/// Serves `router` over TLS on `listener` within [`dapr_serve::Limits::DEFAULT`] (connection
+/// cap, 10 s handshake, 10 s header deadline: docs/limits.md) until `shutdown`, then gives open
+/// requests [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -271,70 +265,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        // Small answers must not wait for Nagle's algorithm (a 40 ms stall each).
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            serve_connection(tcp, peer, acceptor, router, shutdown).await;
-        });
-    }
-    connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!("open webhook connections did not finish within the shutdown grace");
-    }
-}
-
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    router: Router,
-    shutdown: CancellationToken,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connection = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-    tokio::pin!(connection);
+    let limits = dapr_serve::Limits::DEFAULT;
+    let connections = dapr_serve::incoming(
+        "webhook",
+        listener,
+        limits,
+        shutdown.clone(),
+        move |tcp, _| acceptor.accept(tcp),
+    );
+    let serving = dapr_serve::serve_http("webhook", connections, router, limits, shutdown.clone());
+    tokio::pin!(serving);
     tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        }
+        () = serving.as_mut() => {}
         () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, serving).await.is_err() {
+                warn!("open webhook connections did not finish within the shutdown grace");
+            }
         }
     }
 }
