@@ -13,7 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// The workspace's `target/<profile>` directory, where `cargo build --workspace --bins` put the
-/// binaries.
+/// binaries. Panics naming the binary when it is older than a source file of the workspace's
+/// crates, so a test never runs the previous build of what it tests.
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -23,7 +24,54 @@ pub fn binary(name: &str) -> PathBuf {
     } else {
         "release"
     };
-    target.join(profile).join(name)
+    let path = target.join(profile).join(name);
+    if let Some(stale) = newer_source_than(&path) {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            path.display(),
+            stale.display()
+        );
+    }
+    path
+}
+
+/// The newest source file of the crates binary `binary` is built from, if it is newer than the
+/// binary (a missing binary is left to the caller, which names the build command).
+fn newer_source_than(binary: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    // What every binary links, then its own crate.
+    let mut dirs = vec!["proto", "crds/src", "serve/src", "sentry/src"];
+    match binary.file_name().and_then(|n| n.to_str()) {
+        Some("sentry") => {}
+        Some("daprd") => dirs.push("daprd/src"),
+        Some("injector") => dirs.push("injector/src"),
+        _ => dirs.push("tests/src"),
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest = None;
+    for dir in dirs {
+        newest_in(&root.join(dir), &mut newest);
+    }
+    newest
+        .filter(|(modified, _)| *modified > built)
+        .map(|(_, path)| path)
+}
+
+fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            newest_in(&path, newest);
+        } else if let Ok(modified) = meta.modified()
+            && newest.as_ref().is_none_or(|(m, _)| modified > *m)
+        {
+            *newest = Some((modified, path));
+        }
+    }
 }
 
 /// A port that was free a moment ago (the test's processes bind it right after).
