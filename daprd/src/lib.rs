@@ -242,8 +242,7 @@ async fn serve_http(
     router: axum::Router,
     stop: CancellationToken,
 ) -> Result<(), String> {
-    let connections = plaintext(server, listener, stop.clone());
-    dapr_serve::serve_http(server, connections, router, LIMITS, stop).await;
+    dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;
     Ok(())
 }
 

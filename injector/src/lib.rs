@@ -213,16 +213,8 @@ fn spawn_plain(
     shutdown: CancellationToken,
 ) {
     let limits = dapr_serve::Limits::DEFAULT;
-    let connections =
-        dapr_serve::incoming(server, listener, limits, shutdown.clone(), |tcp, _| async {
-            Ok(tcp)
-        });
-    tokio::spawn(dapr_serve::serve_http(
-        server,
-        connections,
-        router,
-        limits,
-        shutdown,
+    tokio::spawn(dapr_serve::serve_plain_http(
+        server, listener, router, limits, shutdown,
     ));
 }
 

@@ -67,16 +67,8 @@ async fn spawn(addr: SocketAddr, router: Router, what: &'static str) -> Result<S
     // These ports live as long as the process.
     let forever = tokio_util::sync::CancellationToken::new();
     let limits = dapr_serve::Limits::DEFAULT;
-    let connections =
-        dapr_serve::incoming(what, listener, limits, forever.clone(), |tcp, _| async {
-            Ok(tcp)
-        });
-    tokio::spawn(dapr_serve::serve_http(
-        what,
-        connections,
-        router,
-        limits,
-        forever,
+    tokio::spawn(dapr_serve::serve_plain_http(
+        what, listener, router, limits, forever,
     ));
     Ok(bound)
 }

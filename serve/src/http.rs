@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Guarded, Limits};
+use crate::{Guarded, Limits, incoming};
 
 /// Serves `router` on each connection `connections` yields until `stop` is cancelled, then
 /// shuts every open connection down gracefully (in-flight requests finish) and returns once
@@ -68,4 +68,18 @@ pub async fn serve_http<T, S>(
     }
     open.close();
     open.wait().await;
+}
+
+/// [`serve_http`] on plaintext connections accepted from `listener` within `limits`.
+pub async fn serve_plain_http(
+    server: &'static str,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let connections = incoming(server, listener, limits, stop.clone(), |tcp, _| async {
+        Ok(tcp)
+    });
+    serve_http(server, connections, router, limits, stop).await;
 }

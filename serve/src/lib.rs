@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use accept::{Guarded, incoming};
-pub use http::serve_http;
+pub use http::{serve_http, serve_plain_http};
 pub use preface::Preface;
 
 /// How many connections the kernel may queue for `accept` (capped by

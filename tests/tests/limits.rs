@@ -55,6 +55,20 @@ async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Asserts that each of `hops` (name, pid) comes back, within 15 s, to at most the sockets it
+/// had in `baseline`.
+async fn assert_released(hops: &[(&str, u32)], baseline: &[usize], caller: &Sidecar) {
+    for ((hop, pid), before) in hops.iter().zip(baseline) {
+        let released = eventually(Duration::from_secs(15), || sockets(*pid) <= *before).await;
+        assert!(
+            released,
+            "{hop} still holds {} sockets, {before} before; caller log:\n{}",
+            sockets(*pid),
+            caller.log_text()
+        );
+    }
+}
+
 fn pid(sidecar: &Sidecar) -> u32 {
     sidecar.child.id().expect("daprd is running")
 }
@@ -189,15 +203,7 @@ async fn an_over_limit_chunked_upload_fails_at_once_and_leaves_no_connection_ope
     }
 
     // Every hop lets go of what the call held.
-    for ((hop, pid), before) in hops.iter().zip(&baseline) {
-        let released = eventually(Duration::from_secs(15), || sockets(*pid) <= *before).await;
-        assert!(
-            released,
-            "{hop} still holds {} sockets, {before} before the upload; caller log:\n{}",
-            sockets(*pid),
-            caller.log_text()
-        );
-    }
+    assert_released(&hops, &baseline, &caller).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,14 +240,7 @@ async fn a_streamed_upload_that_stops_sending_is_ended_after_60_s_of_silence_on_
         !seen.ends_with(b"\r\n0\r\n\r\n"),
         "an unfinished body must not end in a complete answer"
     );
-    for ((hop, pid), before) in hops.iter().zip(&baseline) {
-        let released = eventually(Duration::from_secs(15), || sockets(*pid) <= *before).await;
-        assert!(
-            released,
-            "{hop} holds {} sockets, {before} before",
-            sockets(*pid)
-        );
-    }
+    assert_released(&hops, &baseline, &caller).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
