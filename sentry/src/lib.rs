@@ -131,8 +131,9 @@ pub async fn run_until(
         "certificate authority ready"
     );
 
-    let kubernetes_validator = client
-        .map(|client| kubernetes::KubernetesValidator::new(client, &sentry_id, &config.namespace));
+    let kubernetes_validator = client.map(|client| {
+        validator::kubernetes::KubernetesValidator::new(client, &sentry_id, &config.namespace)
+    });
     let validators = Arc::new(
         Validators::start(
             &config.validators,

@@ -28,8 +28,9 @@ use kube::client::Body;
 use sentry::Error;
 use sentry::ca::store::{Origin, RawCredentials};
 use sentry::config::CredentialPaths;
-use sentry::kubernetes::{KubernetesValidator, load_or_generate_bundle};
+use sentry::kubernetes::load_or_generate_bundle;
 use sentry::spiffe::SpiffeId;
+use sentry::validator::kubernetes::KubernetesValidator;
 use serde_json::{Value, json};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;

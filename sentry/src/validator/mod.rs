@@ -3,6 +3,7 @@
 //! `kubernetes` validator (kubernetes mode) checks a projected token with a TokenReview.
 
 pub mod jwks;
+pub mod kubernetes;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ pub struct Validated {
 pub enum Validator {
     Insecure,
     Jwks(Arc<jwks::JwksValidator>),
-    Kubernetes(Arc<crate::kubernetes::KubernetesValidator>),
+    Kubernetes(Arc<kubernetes::KubernetesValidator>),
 }
 
 impl Validator {
@@ -63,7 +64,7 @@ impl Validators {
         configs: &[ValidatorConfig],
         mode: Mode,
         sentry_id: &SpiffeId,
-        kubernetes: Option<crate::kubernetes::KubernetesValidator>,
+        kubernetes: Option<kubernetes::KubernetesValidator>,
     ) -> Result<Self, Error> {
         let mut enabled = Vec::new();
         for config in configs {
