@@ -257,6 +257,12 @@ impl AppChannel {
         .map_err(|_| self.timed_out())?;
         match result {
             Ok((mut headers, message)) => {
+                // The app's `content-type: application/grpc` describes its transport, not its
+                // data, whose content type is the one in its `InvokeResponse`, as upstream's
+                // (`pkg/channel/grpc/grpc_channel.go`); `grpc-encoding` is the transport's too
+                // (grpc-go keeps it out of header metadata).
+                headers.remove(header::CONTENT_TYPE);
+                headers.remove("grpc-encoding");
                 if !message.content_type.is_empty()
                     && let Ok(value) = HeaderValue::from_str(&message.content_type)
                 {

@@ -14,8 +14,9 @@
 //!
 //! gRPC (`--protocol grpc`): `AppCallback/OnInvoke` echoes `data` and `content_type`, with the
 //! method in response metadata `x-echo-method` (plus `x-echo-verb`, `x-echo-querystring` from
-//! the HTTP extension, and `x-caller` from `dapr-caller-app-id`); a method `fail/<code>` answers
-//! with that gRPC status code. `AppCallbackHealthCheck/HealthCheck` answers. `e2e.echo.v1.Echo`
+//! the HTTP extension, and `x-caller` from `dapr-caller-app-id`); a request without a content
+//! type gets an answer without one. A method `fail/<code>` answers with that gRPC status code.
+//! `AppCallbackHealthCheck/HealthCheck` answers. `e2e.echo.v1.Echo`
 //! (not a Dapr service; reached through daprd's gRPC proxy) echoes unary, server-streaming and
 //! bidirectional calls.
 //!
