@@ -28,6 +28,10 @@ pub mod names {
     pub const FORWARDED: &str = "forwarded";
 }
 
+/// The content type of typed data (an `Any` with a `type_url`) for HTTP (upstream's
+/// `ProtobufContentType`, `pkg/messaging/v1/util.go`).
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+
 /// Largest payload chunk sent per stream message: well under gRPC's 4 MiB message limit, large
 /// enough that big bodies need few messages.
 pub const MAX_CHUNK: usize = 64 * 1024;

@@ -195,6 +195,53 @@ async fn a_grpc_apps_reply_without_a_content_type_has_none_through_either_api() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_caller_and_a_grpc_app_exchange_typed_data_with_its_type_url() {
+    let g = start("grpc-typed", "").await;
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let mut request = invoke("orders", "typed", b"\n\x04ping", "");
+    if let Some(data) = request.message.as_mut().and_then(|m| m.data.as_mut()) {
+        data.type_url = "type.googleapis.com/google.protobuf.StringValue".into();
+    }
+    let message = dapr
+        .invoke_service(request)
+        .await
+        .expect("InvokeService")
+        .into_inner();
+    let data = message.data.expect("data");
+    assert_eq!(
+        data.type_url,
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    // A StringValue (field 1, one length byte) holding the type_url the app was given.
+    assert_eq!(
+        data.value[..2],
+        [0x0a, 47],
+        "{:?}",
+        String::from_utf8_lossy(&data.value)
+    );
+    assert_eq!(
+        &data.value[2..],
+        b"type.googleapis.com/google.protobuf.StringValue"
+    );
+
+    // Through the HTTP API typed data is `application/x-protobuf`, as upstream answers it.
+    let reply = g
+        .client
+        .send(
+            Method::POST,
+            &g.caller.url("/v1.0/invoke/orders/method/typed"),
+            &[("content-type", "text/plain")],
+            Bytes::from_static(b"raw"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/x-protobuf");
+    // The app was given no type_url: an empty StringValue, which encodes to nothing.
+    assert!(reply.body.is_empty(), "{:?}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn any_grpc_service_is_proxied_by_dapr_app_id_with_streams_in_both_directions() {
     let g = start("grpc-proxy", "").await;
     let mut echo = EchoClient::new(channel(&g.caller).await);

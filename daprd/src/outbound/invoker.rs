@@ -469,11 +469,12 @@ impl Invoker {
             });
         }
         let mut head = self.call_local(target, addr, request).await?;
+        // The bytes only: the data's `type_url` stays in the head, as a streamed head has it.
         let data = head
             .message
             .as_mut()
-            .and_then(|m| m.data.take())
-            .map(|any| Bytes::from(any.value))
+            .and_then(|m| m.data.as_mut())
+            .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         Ok(PeerResponse {
             head,
