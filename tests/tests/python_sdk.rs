@@ -1,7 +1,7 @@
 //! The official Dapr Python SDK (PyPI `dapr`, installed by scripts/test.sh into `.cache/venv`)
 //! as a real client of our daprd: `invoke_method` over HTTP and over gRPC
-//! (`DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc`) and `get_metadata`, and typed (`Any`) data from a
-//! gRPC app.
+//! (`DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc`) and `get_metadata`, typed (`Any`) data from a gRPC
+//! app, and what grpcio sees of a failed `InvokeService`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,6 +160,15 @@ async fn the_python_sdk_unpacks_typed_data_from_a_grpc_app_over_grpc_and_http() 
     let out = run_script(&s.caller, "http", "sdk_wire.py", &["typed", "orders"]).await;
     assert_eq!(out["content_type"], "application/x-protobuf", "{out}");
     assert_eq!(out["unpacked"], "", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcio_sees_dapr_http_status_in_the_initial_metadata_of_a_failed_invoke_service() {
+    let s = setup("sdk-http-status").await;
+    let out = run_script(&s.caller, "grpc", "sdk_wire.py", &["http-status", "orders"]).await;
+    assert_eq!(out["code"], "NOT_FOUND", "{out}");
+    assert_eq!(out["initial"]["dapr-http-status"], "404", "{out}");
+    assert!(out["trailing"].get("dapr-http-status").is_none(), "{out}");
 }
 
 fn daprd_version() -> &'static str {
