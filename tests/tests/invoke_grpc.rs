@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 struct Grpc {
     _app: EchoApp,
     caller: Sidecar,
-    _callee: Sidecar,
+    callee: Sidecar,
     client: HttpClient,
 }
 
@@ -39,7 +39,7 @@ async fn start(name: &str, callee_spec: &str) -> Grpc {
     Grpc {
         _app: app,
         caller,
-        _callee: callee,
+        callee,
         client: HttpClient::new(),
     }
 }
@@ -239,6 +239,46 @@ async fn a_grpc_caller_and_a_grpc_app_exchange_typed_data_with_its_type_url() {
     assert_eq!(reply.headers["content-type"], "application/x-protobuf");
     // The app was given no type_url: an empty StringValue, which encodes to nothing.
     assert!(reply.body.is_empty(), "{:?}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invoke_service_to_a_target_that_cannot_be_reached_answers_internal_as_upstream() {
+    let mut g = start("grpc-unreachable", "").await;
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let within = Duration::from_secs(20);
+    // No sidecar for the id at all.
+    let status = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("ghost", "greet", b"x", "")),
+    )
+    .await
+    .expect("answers within 20s")
+    .expect_err("unknown app");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("failed to invoke, id: ghost, err: "),
+        "{}",
+        status.message()
+    );
+    // A registered sidecar that is gone.
+    g.callee.child.kill().await.expect("kill the callee");
+    let status = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("orders", "greet", b"x", "")),
+    )
+    .await
+    .expect("answers within 20s")
+    .expect_err("the callee is gone");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("failed to invoke, id: orders, err: "),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,6 +39,16 @@ impl DaprApi {
     }
 }
 
+/// The status of an invocation that failed before an app answered. A target that cannot be
+/// reached (unknown, or its sidecar gone) is `Internal`, as upstream's `ERR_DIRECT_INVOKE`
+/// (`pkg/messages/predefined.go`), where the proxy says `Unavailable`.
+fn invoke_status(e: Error) -> Status {
+    match e {
+        Error::Invoke { .. } => Status::internal(e.to_string()),
+        other => other.into(),
+    }
+}
+
 /// Sends the metadata of an error status as a response head of its own, before the status in
 /// the trailers, as grpc-go does once a handler has set header metadata
 /// (`writeStatus`, `internal/transport/http2_server.go`). tonic answers every error
@@ -113,7 +123,12 @@ impl Dapr for DaprApi {
             message: Some(message),
             actor: None,
         };
-        let response = self.shared.invoker.invoke_unary(&target, internal).await?;
+        let response = self
+            .shared
+            .invoker
+            .invoke_unary(&target, internal)
+            .await
+            .map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
