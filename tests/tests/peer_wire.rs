@@ -8,14 +8,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
+use dapr_proto::common::v1::{InvokeRequest, InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::service_invocation_server::{
     ServiceInvocation, ServiceInvocationServer,
 };
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-    InternalInvokeResponseStream, Status,
+    InternalInvokeResponseStream, ListStringValue, Status,
 };
+use dapr_proto::runtime::v1::InvokeServiceRequest;
+use dapr_proto::runtime::v1::dapr_client::DaprClient;
 use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config};
 use http::Method;
 use tokio::sync::mpsc;
@@ -23,35 +25,55 @@ use tokio::sync::mpsc;
 const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
 /// Hands every request head it gets to the test; answers `typed` with typed data as upstream's
-/// callee streams it (the `type_url` in the head message, the bytes in the payloads), anything
-/// else with an empty 200.
+/// callee streams it (the `type_url` in the head message, the bytes in the payloads), `http` as
+/// upstream's callee answers for an HTTP app (its header names Go-canonical), anything else with
+/// an empty 200.
 struct RecordingPeer {
     seen: mpsc::UnboundedSender<InternalInvokeRequest>,
 }
 
 fn answer(method: &str) -> (InternalInvokeResponse, Bytes) {
     let typed = method == "typed";
+    let mut headers = std::collections::BTreeMap::new();
+    if method == "http" {
+        for (name, value) in [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", "2"),
+            ("X-App-Header", "1"),
+        ] {
+            headers.insert(
+                name.to_owned(),
+                ListStringValue {
+                    values: vec![value.to_owned()],
+                },
+            );
+        }
+    }
     let head = InternalInvokeResponse {
         status: Some(Status {
             code: if typed { 0 } else { 200 },
             message: String::new(),
             details: Vec::new(),
         }),
-        headers: Default::default(),
+        headers,
         trailers: Default::default(),
         message: Some(InvokeResponse {
             data: typed.then(|| prost_types::Any {
                 type_url: STRING_VALUE.into(),
                 value: Vec::new(),
             }),
-            content_type: String::new(),
+            content_type: if method == "http" {
+                "text/plain".into()
+            } else {
+                String::new()
+            },
         }),
     };
-    // StringValue "pong".
-    let body = if typed {
-        Bytes::from_static(b"\n\x04pong")
-    } else {
-        Bytes::new()
+    let body = match method {
+        // StringValue "pong".
+        "typed" => Bytes::from_static(b"\n\x04pong"),
+        "http" => Bytes::from_static(b"ok"),
+        _ => Bytes::new(),
     };
     (head, body)
 }
@@ -177,6 +199,71 @@ async fn next_head(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn http_api_headers_reach_the_peer_under_go_canonical_names_and_daprs_own_in_lower_case() {
+    let dir = scratch_dir("peer-wire-names").expect("scratch dir");
+    let mut heads = recording_peer(&dir, "peer").await;
+    let caller = caller(&dir).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let reply = HttpClient::new()
+        .send(
+            Method::POST,
+            &caller.url("/v1.0/invoke/peer/method/names"),
+            &[
+                ("content-type", "text/plain"),
+                ("accept", "*/*"),
+                ("x-custom-header", "a"),
+                ("X-UPPER-case", "b"),
+                ("traceparent", traceparent),
+                ("dapr-caller-app-id", "spoofed"),
+            ],
+            Bytes::from_static(b"hello"),
+        )
+        .await
+        .expect("answers");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let head = next_head(&mut heads).await;
+    let names: Vec<&str> = head.metadata.keys().map(String::as_str).collect();
+    // As Go's http.Header names them (textproto.CanonicalMIMEHeaderKey).
+    for name in [
+        "Accept",
+        "Content-Length",
+        "Content-Type",
+        "X-Custom-Header",
+        "X-Upper-Case",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    for name in [
+        "accept",
+        "content-length",
+        "content-type",
+        "x-custom-header",
+        "Traceparent",
+        "Dapr-Caller-App-Id",
+    ] {
+        assert!(!names.contains(&name), "{name} in {names:?}");
+    }
+    assert_eq!(head.metadata["Content-Length"].values, vec!["5"]);
+    assert_eq!(head.metadata["X-Custom-Header"].values, vec!["a"]);
+    // Dapr's own entries keep upstream's lower-case names, and the caller's identity is its own.
+    assert_eq!(head.metadata["dapr-caller-app-id"].values, vec!["checkout"]);
+    for name in [
+        "dapr-caller-namespace",
+        "dapr-callee-app-id",
+        "destination-app-id",
+        "traceparent",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let trace = &head.metadata["traceparent"].values;
+    assert_eq!(trace.len(), 1, "{trace:?}");
+    assert!(
+        trace[0].contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{trace:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn typed_data_streamed_by_a_peer_reaches_an_http_caller_as_protobuf() {
     let dir = scratch_dir("peer-wire-typed").expect("scratch dir");
     let mut heads = recording_peer(&dir, "peer").await;
@@ -194,4 +281,55 @@ async fn typed_data_streamed_by_a_peer_reaches_an_http_caller_as_protobuf() {
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.headers["content-type"], "application/x-protobuf");
     assert_eq!(&reply.body[..], b"\n\x04pong");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_go_canonical_response_headers_reach_either_api_under_their_usual_names() {
+    let dir = scratch_dir("peer-wire-answer").expect("scratch dir");
+    let mut heads = recording_peer(&dir, "peer").await;
+    let caller = caller(&dir).await;
+    let reply = HttpClient::new()
+        .send(
+            Method::POST,
+            &caller.url("/v1.0/invoke/peer/method/http"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .expect("answers");
+    let _ = next_head(&mut heads).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(&reply.body[..], b"ok");
+    assert_eq!(reply.headers["x-app-header"], "1");
+    assert_eq!(reply.headers["content-type"], "text/plain");
+    assert_eq!(reply.headers.get_all("content-length").iter().count(), 1);
+
+    // Through the gRPC API the permanent ones are `dapr-<name>`, as upstream renames them, and
+    // never the response's own `content-type` or `content-length`.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", caller.grpc_port))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connects");
+    let response = DaprClient::new(channel)
+        .invoke_service(InvokeServiceRequest {
+            id: "peer".into(),
+            message: Some(InvokeRequest {
+                method: "http".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("InvokeService");
+    let md = response.metadata();
+    let get = |name| md.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(get("dapr-content-type"), Some("text/plain"));
+    assert_eq!(get("dapr-content-length"), Some("2"));
+    assert_eq!(get("x-app-header"), Some("1"));
+    let message = response.into_inner();
+    assert_eq!(message.data.expect("data").value, b"ok");
+    assert_eq!(message.content_type, "text/plain");
 }

@@ -229,7 +229,7 @@ impl AppChannel {
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let data = collect(request.body, usize::MAX).await?;
         let mut headers = HeaderMap::new();
-        metadata_to_headers(&request.metadata, &mut headers);
+        wire::metadata_to_grpc_headers(&request.metadata, &mut headers);
         headers.remove(header::CONTENT_TYPE);
         headers.remove(header::CONTENT_LENGTH);
         self.swap_token(&mut headers);

@@ -233,10 +233,10 @@ impl ServiceInvocation for Internal {
             .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         // The whole body is here, so the app gets it framed by its length (as upstream sends
-        // it), not chunked, whatever length the caller's metadata claimed.
-        wire::set(
+        // it), not chunked, whatever length the caller's metadata claimed (in whichever case).
+        wire::set_as_spelt(
             &mut request.metadata,
-            "content-length",
+            &wire::CONTENT_LENGTH,
             &data.len().to_string(),
         );
         let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
@@ -266,7 +266,7 @@ impl ServiceInvocation for Internal {
             .request
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
-        let declared = wire::declared_len(wire::first(&head.metadata, "content-length"));
+        let declared = wire::declared_len(wire::first_of(&head.metadata, &wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
         let received = self.metrics.invocation_received(&app_request.metadata);

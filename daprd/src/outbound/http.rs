@@ -262,7 +262,7 @@ async fn invoke(
         return Err(Error::BodyTooLarge { limit });
     }
     let skip = [names::DAPR_APP_ID, names::API_TOKEN];
-    let metadata = wire::headers_to_metadata(&parts.headers, &skip);
+    let metadata = wire::request_headers_to_metadata(&parts.headers, &skip);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -345,7 +345,7 @@ impl Invoker {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
         })?);
-        let declared = wire::declared_len(wire::first(&head.headers, "content-length"));
+        let declared = wire::declared_len(wire::first_of(&head.headers, &wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         Ok(PeerResponse {
             head,
