@@ -126,6 +126,9 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         // Every other service is proxied to the app named by `dapr-app-id`.
         let routes = tonic::service::Routes::new(service)
             .into_axum_router()
+            .route_layer(axum::middleware::map_response(|response| async move {
+                outbound::grpc::headers_before_status(response)
+            }))
             .fallback({
                 let shared = Arc::clone(&shared);
                 move |request| outbound::proxy::handle(Arc::clone(&shared), request)

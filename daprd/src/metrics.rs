@@ -1118,6 +1118,7 @@ mod tests {
         crate::wire::set(&mut metadata, names::CALLER_APP_ID, "checkout");
         let ok = AppResponse {
             message: String::new(),
+            type_url: String::new(),
             status: 404,
             headers: HeaderMap::new(),
             body: crate::inbound::app_channel::once(Bytes::new()),

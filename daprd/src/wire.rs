@@ -28,6 +28,10 @@ pub mod names {
     pub const FORWARDED: &str = "forwarded";
 }
 
+/// The content type of typed data (an `Any` with a `type_url`) for HTTP (upstream's
+/// `ProtobufContentType`, `pkg/messaging/v1/util.go`).
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+
 /// Largest payload chunk sent per stream message: well under gRPC's 4 MiB message limit, large
 /// enough that big bodies need few messages.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -188,7 +192,8 @@ pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// HTTP request headers → invocation metadata (lower-case names, all values).
+/// HTTP headers → invocation metadata (lower-case names, all values): an app's response
+/// headers, as our callee has always sent them.
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
     let mut metadata = Metadata::new();
     for (name, value) in headers {
@@ -197,13 +202,80 @@ pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
             continue;
         }
         let Ok(value) = value.to_str() else { continue };
-        metadata
-            .entry(name.to_owned())
-            .or_default()
-            .values
-            .push(value.to_owned());
+        push(&mut metadata, name.to_owned(), value);
     }
     metadata
+}
+
+/// An HTTP API request's headers → invocation metadata, named as upstream's caller names them:
+/// its `http.Header` keys, Go-canonical (`Content-Type`, `X-Custom-Header`), which is the
+/// spelling upstream's callee looks for when it renames permanent HTTP headers `dapr-<name>` for
+/// a gRPC app (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`). Dapr's own entries
+/// (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced and stamped
+/// under those, here and by upstream. Each name costs the one `String` the map key needs anyway.
+pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    let mut metadata = Metadata::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if is_hop_by_hop(name) || skip.contains(&name) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        let key = if name.starts_with("dapr-") || name == names::TRACEPARENT {
+            name.to_owned()
+        } else {
+            canonical_name(name)
+        };
+        push(&mut metadata, key, value);
+    }
+    metadata
+}
+
+fn push(metadata: &mut Metadata, name: String, value: &str) {
+    metadata
+        .entry(name)
+        .or_default()
+        .values
+        .push(value.to_owned());
+}
+
+/// `name` as Go's `textproto.CanonicalMIMEHeaderKey` spells it: the first letter and every letter
+/// after a `-` upper-case, the rest lower-case (`name` is a valid header name, as `http` parsed
+/// it, so Go's exception for invalid names never applies). One lower-cased copy, then one byte
+/// changed per word.
+pub fn canonical_name(name: &str) -> String {
+    let mut out = name.to_ascii_lowercase();
+    let mut word = 0;
+    loop {
+        if let Some(letter) = out.get_mut(word..word + 1) {
+            letter.make_ascii_uppercase();
+        }
+        match out
+            .as_bytes()
+            .get(word..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'-'))
+        {
+            Some(dash) => word += dash + 1,
+            None => return out,
+        }
+    }
+}
+
+/// Whether `name` is spelled as [`canonical_name`] would spell it.
+pub fn is_canonical(name: &str) -> bool {
+    let mut upper = true;
+    for b in name.bytes() {
+        let wrong = if upper {
+            b.is_ascii_lowercase()
+        } else {
+            b.is_ascii_uppercase()
+        };
+        if wrong {
+            return false;
+        }
+        upper = b == b'-';
+    }
+    true
 }
 
 /// Sets one metadata value, replacing what a client may have sent under that name.
@@ -223,25 +295,96 @@ pub fn first<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Invocation metadata → headers for the callee's app (or back to the caller's app).
-/// gRPC's reserved names are re-prefixed `dapr-`, as upstream does.
+/// The spellings of `content-length` in invocation metadata: Go-canonical from upstream's caller
+/// (and ours) for HTTP API requests, lower-case from gRPC callers and older callers of ours.
+pub const CONTENT_LENGTH: [&str; 2] = ["content-length", "Content-Length"];
+
+/// The first value under the first of `spellings` the map has.
+pub fn first_of<'a>(metadata: &'a Metadata, spellings: &[&str]) -> Option<&'a str> {
+    spellings.iter().find_map(|name| first(metadata, name))
+}
+
+/// Sets one value under the first of `spellings` the map has (else the first one), and removes
+/// the others: the map never holds the header twice, and keeps the caller's spelling.
+pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
+    let Some(&default) = spellings.first() else {
+        return;
+    };
+    let name = spellings
+        .iter()
+        .copied()
+        .find(|name| metadata.contains_key(*name))
+        .unwrap_or(default);
+    for other in spellings {
+        if *other != name {
+            metadata.remove(*other);
+        }
+    }
+    set(metadata, name, value);
+}
+
+/// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
+/// any case (HTTP header names are case-insensitive). gRPC's reserved names are re-prefixed
+/// `dapr-`, and `content-type` is left to the message's own content type, as upstream
+/// (`InternalMetadataToHTTPHeader`, `pkg/messaging/v1/util.go`).
 pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
     for (name, values) in metadata {
-        if is_hop_by_hop(name) || name == names::DESTINATION_APP_ID || name.starts_with(':') {
+        let Some(header) = header_name(name) else {
+            continue;
+        };
+        if header == http::header::CONTENT_TYPE {
             continue;
         }
-        let header = if name.starts_with("grpc-") {
-            HeaderName::try_from(format!("dapr-{name}"))
-        } else {
-            HeaderName::from_bytes(name.as_bytes())
-        };
-        let Ok(header) = header else {
+        append_all(headers, header, values);
+    }
+}
+
+/// Invocation metadata → gRPC metadata for a gRPC app's `OnInvoke`: as
+/// [`metadata_to_headers`], and a permanent HTTP header under its Go-canonical spelling (what
+/// upstream's caller sends for HTTP API requests) becomes `dapr-<name>`, as upstream's
+/// `InternalMetadataToGrpcMetadata` renames it, so that no HTTP framing header (such as
+/// `Content-Length`) reaches a gRPC call as its own. Other spellings keep their name.
+pub fn metadata_to_grpc_headers(metadata: &Metadata, headers: &mut HeaderMap) {
+    for (name, values) in metadata {
+        let Some(header) = header_name(name) else {
             continue;
         };
-        for value in &values.values {
-            if let Ok(value) = HeaderValue::try_from(value.as_str()) {
-                headers.append(header.clone(), value);
+        let header = if name.as_str() != header.as_str()
+            && is_canonical(name)
+            && is_permanent_http_header(header.as_str())
+        {
+            match HeaderName::try_from(format!("dapr-{header}")) {
+                Ok(prefixed) => prefixed,
+                Err(_) => continue,
             }
+        } else {
+            header
+        };
+        append_all(headers, header, values);
+    }
+}
+
+/// The header name of a metadata entry that travels on to an app, lower-case: none for
+/// hop-by-hop headers, `destination-app-id` and `:`-names; `grpc-*` as `dapr-grpc-*`.
+fn header_name(name: &str) -> Option<HeaderName> {
+    if name.starts_with(':') {
+        return None;
+    }
+    let header = HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let lower = header.as_str();
+    if is_hop_by_hop(lower) || lower == names::DESTINATION_APP_ID {
+        None
+    } else if lower.starts_with("grpc-") {
+        HeaderName::try_from(format!("dapr-{lower}")).ok()
+    } else {
+        Some(header)
+    }
+}
+
+fn append_all(headers: &mut HeaderMap, header: HeaderName, values: &ListStringValue) {
+    for value in &values.values {
+        if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+            headers.append(header.clone(), value);
         }
     }
 }
@@ -664,6 +807,121 @@ mod tests {
         assert_eq!(first(&md, "content-type"), Some("text/plain"));
         assert!(!md.contains_key("connection"));
         assert!(!md.contains_key("dapr-app-id"));
+    }
+
+    #[test]
+    fn names_are_made_canonical_as_go_makes_them() {
+        for (name, canonical) in [
+            ("content-length", "Content-Length"),
+            ("x-custom-header", "X-Custom-Header"),
+            ("accept", "Accept"),
+            ("x--a", "X--A"),
+            ("www-authenticate", "Www-Authenticate"),
+            ("x-b3-traceid", "X-B3-Traceid"),
+        ] {
+            assert_eq!(canonical_name(name), canonical);
+            assert!(is_canonical(canonical), "{canonical}");
+            assert!(!is_canonical(name), "{name}");
+        }
+        assert!(is_canonical("-"));
+        assert!(!is_canonical("Content-length"));
+    }
+
+    #[test]
+    fn request_headers_travel_canonical_except_daprs_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert("traceparent", HeaderValue::from_static("00-t-s-01"));
+        headers.insert("dapr-caller-app-id", HeaderValue::from_static("spoof"));
+        headers.insert("dapr-app-id", HeaderValue::from_static("b"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        let md = request_headers_to_metadata(&headers, &[names::DAPR_APP_ID]);
+        let names: Vec<&str> = md.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "X-Multi",
+                "dapr-caller-app-id",
+                "traceparent"
+            ]
+        );
+        assert_eq!(md["X-Multi"].values, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn content_length_is_found_and_set_in_either_spelling() {
+        let mut md = Metadata::new();
+        set(&mut md, "Content-Length", "5");
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(first(&md, "Content-Length"), Some("7"));
+        let mut md = Metadata::new();
+        set(&mut md, "content-length", "5");
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
+        set(&mut md, "Content-Length", "6");
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(first(&md, "content-length"), Some("7"));
+        let mut md = Metadata::new();
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), None);
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "1");
+        assert_eq!(first(&md, "content-length"), Some("1"));
+    }
+
+    #[test]
+    fn metadata_in_either_case_becomes_the_same_headers_for_an_http_app() {
+        for (content_length, destination, custom, grpc) in [
+            (
+                "content-length",
+                "destination-app-id",
+                "x-custom",
+                "grpc-timeout",
+            ),
+            (
+                "Content-Length",
+                "Destination-App-Id",
+                "X-Custom",
+                "Grpc-Timeout",
+            ),
+        ] {
+            let mut md = Metadata::new();
+            set(&mut md, content_length, "5");
+            set(&mut md, destination, "b");
+            set(&mut md, custom, "1");
+            set(&mut md, grpc, "1S");
+            set(&mut md, "Connection", "close");
+            set(&mut md, "Content-Type", "text/plain");
+            let mut headers = HeaderMap::new();
+            metadata_to_headers(&md, &mut headers);
+            assert_eq!(headers["content-length"], "5");
+            assert_eq!(headers["x-custom"], "1");
+            assert_eq!(headers["dapr-grpc-timeout"], "1S");
+            // The content type is the message's own, not the metadata's.
+            assert_eq!(headers.len(), 3, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_permanent_headers_reach_a_grpc_app_as_dapr_names() {
+        let mut md = Metadata::new();
+        set(&mut md, "Content-Length", "5");
+        set(&mut md, "Accept", "*/*");
+        set(&mut md, "X-Custom", "1");
+        set(&mut md, "content-type", "text/plain");
+        set(&mut md, "ACCEPT-LANGUAGE", "en");
+        let mut headers = HeaderMap::new();
+        metadata_to_grpc_headers(&md, &mut headers);
+        assert_eq!(headers["dapr-content-length"], "5");
+        assert_eq!(headers["dapr-accept"], "*/*");
+        assert_eq!(headers["x-custom"], "1");
+        // Other spellings keep their names, as upstream's exact match leaves them.
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers["accept-language"], "en");
+        assert!(!headers.contains_key("content-length"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 struct Grpc {
     _app: EchoApp,
     caller: Sidecar,
-    _callee: Sidecar,
+    callee: Sidecar,
     client: HttpClient,
 }
 
@@ -39,7 +39,7 @@ async fn start(name: &str, callee_spec: &str) -> Grpc {
     Grpc {
         _app: app,
         caller,
-        _callee: callee,
+        callee,
         client: HttpClient::new(),
     }
 }
@@ -140,6 +140,145 @@ async fn http_and_grpc_apis_reach_a_grpc_app_through_on_invoke() {
         .expect_err("the app fails");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(status.message(), "echo-app failed fail/7 on purpose");
+}
+
+/// An `InvokeService` request for `method` with `data` under `content_type`.
+fn invoke(id: &str, method: &str, data: &[u8], content_type: &str) -> InvokeServiceRequest {
+    InvokeServiceRequest {
+        id: id.into(),
+        message: Some(InvokeRequest {
+            method: method.into(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            }),
+            content_type: content_type.into(),
+            http_extension: Some(HttpExtension {
+                verb: Verb::Post as i32,
+                querystring: String::new(),
+            }),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_apps_reply_without_a_content_type_has_none_through_either_api() {
+    let g = start("grpc-no-content-type", "").await;
+    // The app's own `content-type: application/grpc` belongs to its transport, not its data.
+    // (An empty body: upstream's Go server would sniff a type for a non-empty one.)
+    let reply = g
+        .client
+        .send(
+            Method::POST,
+            &g.caller.url("/v1.0/invoke/orders/method/plain"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.headers["x-echo-method"], "plain");
+    assert!(
+        reply.headers.get("content-type").is_none(),
+        "{:?}",
+        reply.headers
+    );
+
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let message = dapr
+        .invoke_service(invoke("orders", "plain", b"untyped", ""))
+        .await
+        .expect("InvokeService")
+        .into_inner();
+    assert_eq!(message.data.expect("data").value, b"untyped");
+    assert_eq!(message.content_type, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_caller_and_a_grpc_app_exchange_typed_data_with_its_type_url() {
+    let g = start("grpc-typed", "").await;
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let mut request = invoke("orders", "typed", b"\n\x04ping", "");
+    if let Some(data) = request.message.as_mut().and_then(|m| m.data.as_mut()) {
+        data.type_url = "type.googleapis.com/google.protobuf.StringValue".into();
+    }
+    let message = dapr
+        .invoke_service(request)
+        .await
+        .expect("InvokeService")
+        .into_inner();
+    let data = message.data.expect("data");
+    assert_eq!(
+        data.type_url,
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    // A StringValue (field 1, one length byte) holding the type_url the app was given.
+    assert_eq!(
+        data.value[..2],
+        [0x0a, 47],
+        "{:?}",
+        String::from_utf8_lossy(&data.value)
+    );
+    assert_eq!(
+        &data.value[2..],
+        b"type.googleapis.com/google.protobuf.StringValue"
+    );
+
+    // Through the HTTP API typed data is `application/x-protobuf`, as upstream answers it.
+    let reply = g
+        .client
+        .send(
+            Method::POST,
+            &g.caller.url("/v1.0/invoke/orders/method/typed"),
+            &[("content-type", "text/plain")],
+            Bytes::from_static(b"raw"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/x-protobuf");
+    // The app was given no type_url: an empty StringValue, which encodes to nothing.
+    assert!(reply.body.is_empty(), "{:?}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invoke_service_to_a_target_that_cannot_be_reached_answers_internal_as_upstream() {
+    let mut g = start("grpc-unreachable", "").await;
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let within = Duration::from_secs(20);
+    // No sidecar for the id at all.
+    let status = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("ghost", "greet", b"x", "")),
+    )
+    .await
+    .expect("answers within 20s")
+    .expect_err("unknown app");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("failed to invoke, id: ghost, err: "),
+        "{}",
+        status.message()
+    );
+    // A registered sidecar that is gone.
+    g.callee.child.kill().await.expect("kill the callee");
+    let status = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("orders", "greet", b"x", "")),
+    )
+    .await
+    .expect("answers within 20s")
+    .expect_err("the callee is gone");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("failed to invoke, id: orders, err: "),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

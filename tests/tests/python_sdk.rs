@@ -1,6 +1,7 @@
 //! The official Dapr Python SDK (PyPI `dapr`, installed by scripts/test.sh into `.cache/venv`)
 //! as a real client of our daprd: `invoke_method` over HTTP and over gRPC
-//! (`DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc`) and `get_metadata`.
+//! (`DAPR_API_METHOD_INVOCATION_PROTOCOL=grpc`) and `get_metadata`, typed (`Any`) data from a gRPC
+//! app, and what grpcio sees of a failed `InvokeService`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,9 +30,20 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Setup {
+    setup_with(name, "http").await
+}
+
+/// `orders` (echo-app speaking `protocol` behind its daprd) and `checkout` (a daprd without an
+/// app), the caller the SDK talks to.
+async fn setup_with(name: &str, protocol: &str) -> Setup {
     let dir = scratch_dir(name).expect("scratch dir");
-    let app = echo_app("http").await.expect("echo-app starts");
-    let (callee, caller) = start_sqlite_pair(&dir, app.addr.port(), "", &[])
+    let app = echo_app(protocol).await.expect("echo-app starts");
+    let callee_args: &[&str] = if protocol == "grpc" {
+        &["--app-protocol", "grpc"]
+    } else {
+        &[]
+    };
+    let (callee, caller) = start_sqlite_pair(&dir, app.addr.port(), "", callee_args)
         .await
         .expect("sidecars start");
     Setup {
@@ -43,10 +55,21 @@ async fn setup(name: &str) -> Setup {
 
 /// Runs tests/compat/sdk_client.py against `sidecar` and returns what it printed.
 async fn sdk(sidecar: &Sidecar, protocol: &str) -> serde_json::Value {
-    let script = workspace().join("tests/compat/sdk_client.py");
+    run_script(sidecar, protocol, "sdk_client.py", &["orders"]).await
+}
+
+/// Runs the Python script `script` of tests/compat with `args` against `sidecar` (the SDK's
+/// invocation protocol set to `protocol`) and returns the JSON it printed.
+async fn run_script(
+    sidecar: &Sidecar,
+    protocol: &str,
+    script: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let script = workspace().join("tests/compat").join(script);
     let run = tokio::process::Command::new(python())
-        .arg(script)
-        .arg("orders")
+        .arg(&script)
+        .args(args)
         .env("DAPR_HTTP_PORT", sidecar.http_port.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc_port.to_string())
         .env("DAPR_RUNTIME_HOST", "127.0.0.1")
@@ -60,7 +83,8 @@ async fn sdk(sidecar: &Sidecar, protocol: &str) -> serde_json::Value {
         .expect("python runs");
     assert!(
         output.status.success(),
-        "sdk_client.py ({protocol}) failed: {}\ndaprd log:\n{}",
+        "{} ({protocol}) failed: {}\ndaprd log:\n{}",
+        script.display(),
         String::from_utf8_lossy(&output.stderr),
         sidecar.log_text()
     );
@@ -119,6 +143,32 @@ async fn the_python_sdk_invokes_over_grpc_and_reads_metadata() {
         "{missing}"
     );
     assert_eq!(out["metadata"]["application_id"], "checkout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_unpacks_typed_data_from_a_grpc_app_over_grpc_and_http() {
+    let s = setup_with("sdk-typed", "grpc").await;
+    // Over gRPC the `Any` travels whole both ways: the app saw the SDK's `type_url`, and the
+    // SDK checks the answer's `type_url` before it unpacks (ValueError: invalid type without).
+    let out = run_script(&s.caller, "grpc", "sdk_wire.py", &["typed", "orders"]).await;
+    assert_eq!(
+        out["unpacked"], "type.googleapis.com/google.protobuf.StringValue",
+        "{out}"
+    );
+    // Over HTTP, typed data comes back as `application/x-protobuf`, which the SDK parses as the
+    // message asked for (the HTTP API carries no `type_url` to the app).
+    let out = run_script(&s.caller, "http", "sdk_wire.py", &["typed", "orders"]).await;
+    assert_eq!(out["content_type"], "application/x-protobuf", "{out}");
+    assert_eq!(out["unpacked"], "", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcio_sees_dapr_http_status_in_the_initial_metadata_of_a_failed_invoke_service() {
+    let s = setup("sdk-http-status").await;
+    let out = run_script(&s.caller, "grpc", "sdk_wire.py", &["http-status", "orders"]).await;
+    assert_eq!(out["code"], "NOT_FOUND", "{out}");
+    assert_eq!(out["initial"]["dapr-http-status"], "404", "{out}");
+    assert!(out["trailing"].get("dapr-http-status").is_none(), "{out}");
 }
 
 fn daprd_version() -> &'static str {

@@ -47,6 +47,8 @@ pub struct AppResponse {
     pub status: u16,
     /// The gRPC status message of a failed gRPC app call; empty otherwise.
     pub message: String,
+    /// The `type_url` of a gRPC app's typed data; empty otherwise.
+    pub type_url: String,
     pub headers: HeaderMap,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
@@ -57,6 +59,8 @@ pub struct AppRequest {
     pub verb: Method,
     pub query: String,
     pub content_type: String,
+    /// The `type_url` of the caller's data (gRPC callers' typed data); usually empty.
+    pub type_url: String,
     pub metadata: Metadata,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
@@ -187,8 +191,15 @@ impl AppChannel {
             .map_err(|e| Error::AppChannel(format!("cannot build request for {uri}: {e}")))?;
         let headers = http_request.headers_mut();
         metadata_to_headers(&request.metadata, headers);
-        if !request.content_type.is_empty()
-            && let Ok(value) = HeaderValue::from_str(&request.content_type)
+        // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
+        // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
+        let content_type = if request.type_url.is_empty() {
+            request.content_type.as_str()
+        } else {
+            wire::PROTOBUF_CONTENT_TYPE
+        };
+        if !content_type.is_empty()
+            && let Ok(value) = HeaderValue::from_str(content_type)
         {
             headers.insert(header::CONTENT_TYPE, value);
         }
@@ -207,6 +218,7 @@ impl AppChannel {
         Ok(AppResponse {
             status: parts.status.as_u16(),
             message: String::new(),
+            type_url: String::new(),
             headers: parts.headers,
             body: Box::pin(body),
         })
@@ -217,14 +229,14 @@ impl AppChannel {
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let data = collect(request.body, usize::MAX).await?;
         let mut headers = HeaderMap::new();
-        metadata_to_headers(&request.metadata, &mut headers);
+        wire::metadata_to_grpc_headers(&request.metadata, &mut headers);
         headers.remove(header::CONTENT_TYPE);
         headers.remove(header::CONTENT_LENGTH);
         self.swap_token(&mut headers);
         let call = InvokeRequest {
             method: request.method,
             data: Some(prost_types::Any {
-                type_url: String::new(),
+                type_url: request.type_url,
                 value: data.to_vec(),
             }),
             content_type: request.content_type,
@@ -257,17 +269,27 @@ impl AppChannel {
         .map_err(|_| self.timed_out())?;
         match result {
             Ok((mut headers, message)) => {
+                // The app's `content-type: application/grpc` describes its transport, not its
+                // data, whose content type is the one in its `InvokeResponse`, as upstream's
+                // (`pkg/channel/grpc/grpc_channel.go`); `grpc-encoding` is the transport's too
+                // (grpc-go keeps it out of header metadata).
+                headers.remove(header::CONTENT_TYPE);
+                headers.remove("grpc-encoding");
                 if !message.content_type.is_empty()
                     && let Ok(value) = HeaderValue::from_str(&message.content_type)
                 {
                     headers.insert(header::CONTENT_TYPE, value);
                 }
-                let data = message.data.map(|any| Bytes::from(any.value));
+                let (type_url, data) = message
+                    .data
+                    .map(|any| (any.type_url, Bytes::from(any.value)))
+                    .unwrap_or_default();
                 Ok(AppResponse {
                     status: 0,
                     message: String::new(),
+                    type_url,
                     headers,
-                    body: once(data.unwrap_or_default()),
+                    body: once(data),
                 })
             }
             // A transport failure carries its cause; a status the app sent does not.
@@ -292,6 +314,7 @@ impl AppChannel {
                 Ok(AppResponse {
                     status: status.code() as u16,
                     message: status.message().to_owned(),
+                    type_url: String::new(),
                     headers,
                     body: once(Bytes::from(body.to_string())),
                 })

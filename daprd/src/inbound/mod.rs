@@ -178,6 +178,7 @@ impl Internal {
                 verb,
                 query: ext.querystring,
                 content_type: message.content_type,
+                type_url: message.data.map(|d| d.type_url).unwrap_or_default(),
                 metadata: request.metadata,
                 body,
             },
@@ -189,7 +190,9 @@ fn wire_check_method(method: &str) -> Result<(), Error> {
     crate::outbound::http::check_method(method)
 }
 
-/// The response head sent back to the calling sidecar.
+/// The response head sent back to the calling sidecar. Typed data's `type_url` travels in the
+/// head's `data` (its bytes follow), as upstream's callee streams it
+/// (`pkg/api/grpc/daprinternal.go`).
 fn response_head(app: &AppResponse) -> InternalInvokeResponse {
     let mut headers = wire::headers_to_metadata(&app.headers, &[]);
     let content_type = wire::first(&headers, "content-type")
@@ -205,7 +208,10 @@ fn response_head(app: &AppResponse) -> InternalInvokeResponse {
         headers,
         trailers: Default::default(),
         message: Some(InvokeResponse {
-            data: None,
+            data: (!app.type_url.is_empty()).then(|| prost_types::Any {
+                type_url: app.type_url.clone(),
+                value: Vec::new(),
+            }),
             content_type,
         }),
     }
@@ -219,17 +225,18 @@ impl ServiceInvocation for Internal {
     ) -> Result<Response<InternalInvokeResponse>, Status> {
         let peer = peer_of(request.extensions());
         let mut request = request.into_inner();
+        // The bytes only: the data's `type_url` stays with the message for the app.
         let data = request
             .message
             .as_mut()
-            .and_then(|m| m.data.take())
-            .map(|any| Bytes::from(any.value))
+            .and_then(|m| m.data.as_mut())
+            .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         // The whole body is here, so the app gets it framed by its length (as upstream sends
-        // it), not chunked, whatever length the caller's metadata claimed.
-        wire::set(
+        // it), not chunked, whatever length the caller's metadata claimed (in whichever case).
+        wire::set_as_spelt(
             &mut request.metadata,
-            "content-length",
+            &wire::CONTENT_LENGTH,
             &data.len().to_string(),
         );
         let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
@@ -238,10 +245,7 @@ impl ServiceInvocation for Internal {
         let mut head = response_head(&response);
         let body = app_channel::collect(response.body, usize::MAX).await?;
         if let Some(message) = head.message.as_mut() {
-            message.data = Some(prost_types::Any {
-                type_url: String::new(),
-                value: body.to_vec(),
-            });
+            message.data.get_or_insert_default().value = body.to_vec();
         }
         Ok(Response::new(head))
     }
@@ -262,7 +266,7 @@ impl ServiceInvocation for Internal {
             .request
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
-        let declared = wire::declared_len(wire::first(&head.metadata, "content-length"));
+        let declared = wire::declared_len(wire::first_of(&head.metadata, &wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
         let received = self.metrics.invocation_received(&app_request.metadata);

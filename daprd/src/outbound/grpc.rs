@@ -39,6 +39,48 @@ impl DaprApi {
     }
 }
 
+/// The status of an invocation that failed before an app answered. A target that cannot be
+/// reached (unknown, or its sidecar gone) is `Internal`, as upstream's `ERR_DIRECT_INVOKE`
+/// (`pkg/messages/predefined.go`), where the proxy says `Unavailable`.
+fn invoke_status(e: Error) -> Status {
+    match e {
+        Error::Invoke { .. } => Status::internal(e.to_string()),
+        other => other.into(),
+    }
+}
+
+/// Sends the metadata of an error status as a response head of its own, before the status in
+/// the trailers, as grpc-go does once a handler has set header metadata
+/// (`writeStatus`, `internal/transport/http2_server.go`). tonic answers every error
+/// trailers-only (one HEADERS frame with the status), whose metadata clients read as trailers:
+/// grpc-go's `grpc.Header()` and grpcio's `initial_metadata()` would not see
+/// `dapr-http-status`. Only responses carrying metadata change; a bare status stays
+/// trailers-only, as grpc-go sends it.
+pub fn headers_before_status(
+    mut response: http::Response<axum::body::Body>,
+) -> http::Response<axum::body::Body> {
+    const STATUS_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+    let headers = response.headers();
+    let trailers_only = headers.contains_key("grpc-status");
+    let has_metadata = headers
+        .keys()
+        .any(|name| name != http::header::CONTENT_TYPE && !STATUS_HEADERS.contains(&name.as_str()));
+    if !trailers_only || !has_metadata {
+        return response;
+    }
+    let mut trailers = http::HeaderMap::new();
+    for name in STATUS_HEADERS {
+        if let Some(value) = response.headers_mut().remove(name) {
+            trailers.insert(name, value);
+        }
+    }
+    use http_body_util::BodyExt;
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .with_trailers(async move { Some(Ok(trailers)) });
+    *response.body_mut() = axum::body::Body::new(body);
+    response
+}
+
 /// Incoming gRPC metadata → invocation metadata (ASCII entries; the token never travels on).
 fn grpc_metadata(metadata: &MetadataMap) -> Metadata {
     let mut out = Metadata::new();
@@ -81,11 +123,23 @@ impl Dapr for DaprApi {
             message: Some(message),
             actor: None,
         };
-        let response = self.shared.invoker.invoke_unary(&target, internal).await?;
+        let response = self
+            .shared
+            .invoker
+            .invoke_unary(&target, internal)
+            .await
+            .map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
-            let Some(name) = wire::grpc_metadata_name(name) else {
+            // Upstream's callee sends an HTTP app's header names Go-canonical (`Content-Type`):
+            // such a name must not become the gRPC response's own `content-type`.
+            let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                name.to_ascii_lowercase().into()
+            } else {
+                name.into()
+            };
+            let Some(name) = wire::grpc_metadata_name(&lower) else {
                 continue;
             };
             let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
@@ -120,11 +174,15 @@ impl Dapr for DaprApi {
                     .map(|d| String::from_utf8_lossy(&d.value).into_owned())
                     .unwrap_or_default()
             };
+            // An HTTP app's headers and its status are header metadata, sent before the error
+            // status as upstream's `grpc.SetHeader` has them (`pkg/api/grpc/grpc.go`): see
+            // [`headers_before_status`].
             let mut status = Status::new(grpc_code, body);
             if code >= 100
                 && let Ok(value) = MetadataValue::try_from(code.to_string())
             {
-                status.metadata_mut().insert(DAPR_HTTP_STATUS, value);
+                headers.insert(DAPR_HTTP_STATUS, value);
+                *status.metadata_mut() = headers;
             }
             return Err(status);
         }
@@ -196,6 +254,40 @@ impl Dapr for DaprApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_error_with_metadata_sends_it_as_headers_before_the_status_trailers() {
+        use http_body_util::BodyExt;
+        let mut status = Status::not_found("Not Found");
+        status
+            .metadata_mut()
+            .insert(DAPR_HTTP_STATUS, MetadataValue::from_static("404"));
+        let response = headers_before_status(status.into_http());
+        assert_eq!(response.headers()[DAPR_HTTP_STATUS], "404");
+        assert!(!response.headers().contains_key("grpc-status"));
+        let trailers = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .trailers()
+            .cloned()
+            .expect("trailers");
+        assert_eq!(trailers["grpc-status"], "5");
+        assert_eq!(trailers["grpc-message"], "Not%20Found");
+        assert!(!trailers.contains_key(DAPR_HTTP_STATUS));
+
+        // A bare status stays trailers-only, as grpc-go sends it.
+        let response = headers_before_status(Status::internal("x").into_http());
+        assert_eq!(response.headers()["grpc-status"], "13");
+        let ok = http::Response::new(axum::body::Body::empty());
+        assert!(
+            headers_before_status(ok)
+                .headers()
+                .get("grpc-status")
+                .is_none()
+        );
+    }
 
     #[test]
     fn grpc_metadata_drops_the_token_and_transport_entries() {

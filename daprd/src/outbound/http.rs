@@ -262,7 +262,7 @@ async fn invoke(
         return Err(Error::BodyTooLarge { limit });
     }
     let skip = [names::DAPR_APP_ID, names::API_TOKEN];
-    let metadata = wire::headers_to_metadata(&parts.headers, &skip);
+    let metadata = wire::request_headers_to_metadata(&parts.headers, &skip);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -319,14 +319,27 @@ async fn invoke(
     let mut response = Response::new(Body::from_stream(peer.body));
     *response.status_mut() = status;
     wire::metadata_to_headers(&peer.head.headers, response.headers_mut());
-    if let Some(message) = &peer.head.message
-        && !message.content_type.is_empty()
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-        && let Ok(value) = HeaderValue::from_str(&message.content_type)
-    {
+    if let Some(value) = peer.head.message.as_ref().and_then(answer_content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// The content type of an answer: `application/x-protobuf` for typed data (an `Any` with a
+/// `type_url`, from a gRPC app), else the app's own, as upstream's `InvokeMethodResponse`
+/// `ContentType` (`pkg/messaging/v1/invoke_method_response.go`).
+fn answer_content_type(message: &dapr_proto::common::v1::InvokeResponse) -> Option<HeaderValue> {
+    if message
+        .data
+        .as_ref()
+        .is_some_and(|d| !d.type_url.is_empty())
+    {
+        Some(HeaderValue::from_static(wire::PROTOBUF_CONTENT_TYPE))
+    } else if message.content_type.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&message.content_type).ok()
+    }
 }
 
 #[cfg(test)]

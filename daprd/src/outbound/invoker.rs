@@ -160,6 +160,18 @@ impl Invoker {
         wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
     }
 
+    /// A target no resolver knows is one that cannot be invoked, and says so as upstream's
+    /// `ERR_DIRECT_INVOKE` does (`failed to invoke, id: <id>, err: ...`).
+    fn unresolved(target: &Target, e: Error) -> Error {
+        match e {
+            Error::Resolver(reason) => Error::Invoke {
+                id: target.app_id.to_owned(),
+                reason: format!("name resolution: {reason}"),
+            },
+            other => other,
+        }
+    }
+
     fn channel(&self, addr: SocketAddr, target: &Target) -> Result<Channel, Error> {
         let mut channels = self
             .channels
@@ -259,7 +271,11 @@ impl Invoker {
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> Result<PeerResponse, Error> {
         self.stamp(&mut request, target);
-        let addr = self.resolver.resolve(target).await?;
+        let addr = self
+            .resolver
+            .resolve(target)
+            .await
+            .map_err(|e| Self::unresolved(target, e))?;
         let known = self.peer_kind(addr);
         if known == Some(PeerKind::UnaryOnly) {
             let data = collect_body(body).await?;
@@ -329,7 +345,7 @@ impl Invoker {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
         })?);
-        let declared = wire::declared_len(wire::first(&head.headers, "content-length"));
+        let declared = wire::declared_len(wire::first_of(&head.headers, &wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         Ok(PeerResponse {
             head,
@@ -469,11 +485,12 @@ impl Invoker {
             });
         }
         let mut head = self.call_local(target, addr, request).await?;
+        // The bytes only: the data's `type_url` stays in the head, as a streamed head has it.
         let data = head
             .message
             .as_mut()
-            .and_then(|m| m.data.take())
-            .map(|any| Bytes::from(any.value))
+            .and_then(|m| m.data.as_mut())
+            .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         Ok(PeerResponse {
             head,
@@ -552,7 +569,11 @@ impl Invoker {
         mut request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
         self.stamp(&mut request, target);
-        let addr = self.resolver.resolve(target).await?;
+        let addr = self
+            .resolver
+            .resolve(target)
+            .await
+            .map_err(|e| Self::unresolved(target, e))?;
         self.call_local(target, addr, request).await
     }
 }

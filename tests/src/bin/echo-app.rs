@@ -14,8 +14,10 @@
 //!
 //! gRPC (`--protocol grpc`): `AppCallback/OnInvoke` echoes `data` and `content_type`, with the
 //! method in response metadata `x-echo-method` (plus `x-echo-verb`, `x-echo-querystring` from
-//! the HTTP extension, and `x-caller` from `dapr-caller-app-id`); a method `fail/<code>` answers
-//! with that gRPC status code. `AppCallbackHealthCheck/HealthCheck` answers. `e2e.echo.v1.Echo`
+//! the HTTP extension, and `x-caller` from `dapr-caller-app-id`); a request without a content
+//! type gets an answer without one. A method `fail/<code>` answers with that gRPC status code;
+//! `typed` answers typed data, a `google.protobuf.StringValue` holding the `type_url` of the
+//! request's data. `AppCallbackHealthCheck/HealthCheck` answers. `e2e.echo.v1.Echo`
 //! (not a Dapr service; reached through daprd's gRPC proxy) echoes unary, server-streaming and
 //! bidirectional calls.
 //!
@@ -322,6 +324,16 @@ async fn echo(req: Request) -> Response {
 #[derive(Debug, Clone, Copy)]
 struct Echo;
 
+/// The `type_url` of `google.protobuf.StringValue`, as the SDKs pack it.
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// `google.protobuf.StringValue` (prost-types has no wrapper types).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StringValue {
+    #[prost(string, tag = "1")]
+    value: String,
+}
+
 #[tonic::async_trait]
 impl AppCallback for Echo {
     async fn on_invoke(
@@ -337,8 +349,17 @@ impl AppCallback for Echo {
                 format!("echo-app failed {} on purpose", req.method),
             ));
         }
+        let data = if req.method == "typed" {
+            let seen = req.data.map(|any| any.type_url).unwrap_or_default();
+            Some(prost_types::Any {
+                type_url: STRING_VALUE.to_owned(),
+                value: prost::Message::encode_to_vec(&StringValue { value: seen }),
+            })
+        } else {
+            req.data
+        };
         let mut resp = tonic::Response::new(InvokeResponse {
-            data: req.data,
+            data,
             content_type: req.content_type,
         });
         let md = resp.metadata_mut();
