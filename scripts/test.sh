@@ -135,6 +135,9 @@ fi
 step "docs: every path named in README.md and docs/ exists"
 bash scripts/check-doc-paths.sh
 
+step "no module cycles in any crate"
+python3 scripts/module-cycles.py
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

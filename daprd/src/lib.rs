@@ -9,8 +9,8 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod peer;
 pub mod resolve;
-pub mod state;
 pub mod trace;
 pub mod wire;
 
@@ -28,7 +28,7 @@ pub use error::Error;
 
 use inbound::app_channel::AppChannel;
 use outbound::invoker::{Caller, Invoker};
-use state::{Health, Shared, Shutdown};
+use outbound::state::{Health, Shared, Shutdown};
 
 /// The version reported in metadata and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -43,7 +43,6 @@ use prometheus::{
 use tower::{Layer, Service};
 
 use crate::Error;
-use crate::inbound::app_channel::AppResponse;
 use crate::wire::{Metadata, names};
 
 /// Metric names, as upstream's Prometheus exporter writes them.
@@ -519,17 +518,18 @@ pub struct ReceivedInvocation<'a> {
 }
 
 impl ReceivedInvocation<'_> {
-    /// Awaits the app and records the response sent back: the app's status, or `13` (gRPC
-    /// `Internal`) when the app could not be called, as upstream.
-    pub async fn respond<F>(self, app: F) -> Result<AppResponse, Error>
+    /// Awaits the app and records the response sent back: the app's status (`status` reads it
+    /// from the answer), or `13` (gRPC `Internal`) when the app could not be called, as
+    /// upstream.
+    pub async fn respond<F, R>(self, app: F, status: impl Fn(&R) -> u16) -> Result<R, Error>
     where
-        F: Future<Output = Result<AppResponse, Error>>,
+        F: Future<Output = Result<R, Error>>,
     {
         let response = app.await;
         if let Some((f, peer)) = self.call {
             let code = response
                 .as_ref()
-                .map_or(tonic::Code::Internal as i32, |r| i32::from(r.status));
+                .map_or(tonic::Code::Internal as i32, |r| i32::from(status(r)));
             inc(
                 &f.invocation_res_sent,
                 &[&peer, StatusLabel::new(code).as_str()],
@@ -964,6 +964,7 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::app_channel::AppResponse;
     use dapr_proto::internals::v1::Status as InvokeStatus;
     use http_body_util::BodyExt;
 
@@ -1005,7 +1006,10 @@ mod tests {
         sent.received(InternalInvokeResponse::default());
         let failed = m
             .invocation_received(&Metadata::new())
-            .respond(async { Err(Error::AppChannel("down".into())) })
+            .respond(
+                async { Err(Error::AppChannel("down".into())) },
+                |r: &AppResponse| r.status,
+            )
             .await;
         assert!(failed.is_err());
         drop(m.app_call(&Method::GET).request_body());
@@ -1125,12 +1129,15 @@ mod tests {
         };
         let answered = m
             .invocation_received(&metadata)
-            .respond(async { Ok(ok) })
+            .respond(async { Ok(ok) }, |r: &AppResponse| r.status)
             .await;
         assert!(answered.is_ok());
         let failed = m
             .invocation_received(&Metadata::new())
-            .respond(async { Err(Error::AppChannel("down".into())) })
+            .respond(
+                async { Err(Error::AppChannel("down".into())) },
+                |r: &AppResponse| r.status,
+            )
             .await;
         assert!(failed.is_err());
         let text = m.render();

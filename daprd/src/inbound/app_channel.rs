@@ -75,8 +75,8 @@ pub struct AppChannel {
     /// h2c connection to the app: `OnInvoke` for gRPC apps and proxied gRPC calls for any app.
     grpc: Channel,
     /// `OnInvoke` to a plaintext gRPC app at an IP address: one write per call
-    /// ([`crate::outbound::peer`]); other gRPC apps get it through `grpc`.
-    direct: Option<(crate::outbound::peer::Peers, std::net::SocketAddr)>,
+    /// ([`crate::peer`]); other gRPC apps get it through `grpc`.
+    direct: Option<(crate::peer::Peers, std::net::SocketAddr)>,
     base: String,
     app_token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
@@ -119,7 +119,7 @@ impl AppChannel {
         };
         let direct = match (config.app_protocol, address.parse::<std::net::IpAddr>()) {
             (AppProtocol::Grpc, Ok(ip)) => Some((
-                crate::outbound::peer::Peers::app(),
+                crate::peer::Peers::app(),
                 std::net::SocketAddr::new(ip, port),
             )),
             _ => None,

@@ -241,7 +241,9 @@ impl ServiceInvocation for Internal {
         );
         let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
         let received = self.metrics.invocation_received(&app_request.metadata);
-        let response = received.respond(app.invoke(app_request)).await?;
+        let response = received
+            .respond(app.invoke(app_request), |r| r.status)
+            .await?;
         let mut head = response_head(&response);
         let body = app_channel::collect(response.body, usize::MAX).await?;
         if let Some(message) = head.message.as_mut() {
@@ -270,7 +272,9 @@ impl ServiceInvocation for Internal {
         let body = wire::payload_body(first.payload, incoming, declared).await;
         let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
         let received = self.metrics.invocation_received(&app_request.metadata);
-        let response = received.respond(app.invoke(app_request)).await?;
+        let response = received
+            .respond(app.invoke(app_request), |r| r.status)
+            .await?;
         let mut head = InternalInvokeResponseStream {
             response: Some(response_head(&response)),
             payload: None,

@@ -13,9 +13,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
 use super::invoker::parse_target;
+use super::state::Shared;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
-use crate::state::Shared;
 use crate::wire::{self, Metadata, names};
 
 pub struct DaprApi {

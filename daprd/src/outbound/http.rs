@@ -17,10 +17,10 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use super::invoker::parse_target;
+use super::state::Shared;
 use crate::Error;
 use crate::error::grpc_to_http;
 use crate::metrics::HttpLayer;
-use crate::state::Shared;
 use crate::wire::{self, BoxError, names};
 
 type AppState = State<Arc<Shared>>;

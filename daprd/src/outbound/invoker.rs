@@ -100,8 +100,8 @@ pub struct Invoker {
     identity: Option<crate::identity::Current>,
     /// What each peer is known to implement (learned from its first call).
     peers: Mutex<HashMap<SocketAddr, PeerKind>>,
-    /// Connections for calls whose request is in hand (see [`super::peer`]).
-    direct: super::peer::Peers,
+    /// Connections for calls whose request is in hand (see [`crate::peer`]).
+    direct: crate::peer::Peers,
     metrics: Arc<Metrics>,
 }
 
@@ -121,7 +121,7 @@ impl Invoker {
             channels: Mutex::new(HashMap::new()),
             identity: None,
             peers: Mutex::new(HashMap::new()),
-            direct: super::peer::Peers::new(None),
+            direct: crate::peer::Peers::new(None),
             metrics: Arc::new(Metrics::disabled()),
         }
     }
@@ -129,7 +129,7 @@ impl Invoker {
     /// Dials peers over mTLS with this identity, accepting only the target's SPIFFE id.
     pub fn with_identity(self, identity: Option<crate::identity::Current>) -> Self {
         Invoker {
-            direct: super::peer::Peers::new(identity.clone()),
+            direct: crate::peer::Peers::new(identity.clone()),
             identity,
             ..self
         }
@@ -285,7 +285,7 @@ impl Invoker {
         let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
         let sent = self.metrics.invocation_sent(&target.app_id);
         let mut incoming = match wire::ready_part(body) {
-            // The whole request is in hand: one message, one write (`super::peer`).
+            // The whole request is in hand: one message, one write (`crate::peer`).
             wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
                 let message = InternalInvokeRequestStream {
                     request: Some(request),

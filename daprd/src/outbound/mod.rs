@@ -3,6 +3,6 @@
 pub mod grpc;
 pub mod http;
 pub mod invoker;
-pub mod peer;
 pub mod proxy;
 pub mod request_stream;
+pub mod state;

@@ -9,8 +9,8 @@ use axum::extract::Request;
 use axum::response::Response;
 
 use super::invoker::parse_target;
+use super::state::Shared;
 use crate::Error;
-use crate::state::Shared;
 use crate::wire::names;
 
 /// The fallback of the gRPC API router.

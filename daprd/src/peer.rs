@@ -7,6 +7,9 @@
 //! the connection task runs, which then writes the whole call at once: one record, one `writev`.
 //! On loopback each `writev` also pays for the peer's receive path, about a twelfth of the
 //! caller's CPU per call. Calls whose body streams keep tonic's channel and its back-pressure.
+//!
+//! Both sides use it: [`crate::outbound`] for calls to other sidecars, [`crate::inbound`] for
+//! `OnInvoke` to a plaintext gRPC app; so it sits beside them, below both.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
