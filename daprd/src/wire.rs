@@ -180,31 +180,29 @@ pub fn is_permanent_http_header(name: &str) -> bool {
     )
 }
 
-/// The gRPC metadata name for a header of an app's response or request: hop-by-hop headers and
-/// gRPC's own `:`-names have none, permanent HTTP headers and `grpc-*` get a `dapr-` prefix.
+/// The gRPC metadata name (lower-case) for a header of an app's response or request, in any
+/// case (upstream's callee sends an HTTP app's names Go-canonical, and `Content-Type` must not
+/// become the gRPC response's own `content-type`): hop-by-hop headers and gRPC's own `:`-names
+/// have none, permanent HTTP headers and `grpc-*` get a `dapr-` prefix.
 pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
-    if is_hop_by_hop(name) || name.starts_with(':') {
+    let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
+    if is_hop_by_hop(&name) || name.starts_with(':') {
         None
-    } else if is_permanent_http_header(name) || name.starts_with("grpc-") {
+    } else if is_permanent_http_header(&name) || name.starts_with("grpc-") {
         Some(format!("dapr-{name}").into())
     } else {
-        Some(name.into())
+        Some(name)
     }
 }
 
 /// HTTP headers → invocation metadata (lower-case names, all values): an app's response
 /// headers, as our callee has always sent them.
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
-    let mut metadata = Metadata::new();
-    for (name, value) in headers {
-        let name = name.as_str();
-        if is_hop_by_hop(name) || skip.contains(&name) {
-            continue;
-        }
-        let Ok(value) = value.to_str() else { continue };
-        push(&mut metadata, name.to_owned(), value);
-    }
-    metadata
+    collect_headers(headers, skip, str::to_owned)
 }
 
 /// An HTTP API request's headers → invocation metadata, named as upstream's caller names them:
@@ -214,6 +212,17 @@ pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
 /// (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced and stamped
 /// under those, here and by upstream. Each name costs the one `String` the map key needs anyway.
 pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    collect_headers(headers, skip, |name| {
+        if name.starts_with("dapr-") || name == names::TRACEPARENT {
+            name.to_owned()
+        } else {
+            canonical_name(name)
+        }
+    })
+}
+
+/// Every header but hop-by-hop ones and `skip`, with all its (text) values, under `key(name)`.
+fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> String) -> Metadata {
     let mut metadata = Metadata::new();
     for (name, value) in headers {
         let name = name.as_str();
@@ -221,22 +230,13 @@ pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metada
             continue;
         }
         let Ok(value) = value.to_str() else { continue };
-        let key = if name.starts_with("dapr-") || name == names::TRACEPARENT {
-            name.to_owned()
-        } else {
-            canonical_name(name)
-        };
-        push(&mut metadata, key, value);
+        metadata
+            .entry(key(name))
+            .or_default()
+            .values
+            .push(value.to_owned());
     }
     metadata
-}
-
-fn push(metadata: &mut Metadata, name: String, value: &str) {
-    metadata
-        .entry(name)
-        .or_default()
-        .values
-        .push(value.to_owned());
 }
 
 /// `name` as Go's `textproto.CanonicalMIMEHeaderKey` spells it: the first letter and every letter
@@ -1080,5 +1080,9 @@ mod tests {
         assert_eq!(named("x-custom").as_deref(), Some("x-custom"));
         assert_eq!(named("transfer-encoding"), None);
         assert_eq!(named(":status"), None);
+        // Go-canonical names, as upstream's callee sends them, come out the same.
+        assert_eq!(named("Content-Type").as_deref(), Some("dapr-content-type"));
+        assert_eq!(named("X-Custom").as_deref(), Some("x-custom"));
+        assert_eq!(named("Transfer-Encoding"), None);
     }
 }

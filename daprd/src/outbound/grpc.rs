@@ -132,14 +132,7 @@ impl Dapr for DaprApi {
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
-            // Upstream's callee sends an HTTP app's header names Go-canonical (`Content-Type`):
-            // such a name must not become the gRPC response's own `content-type`.
-            let lower: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                name.to_ascii_lowercase().into()
-            } else {
-                name.into()
-            };
-            let Some(name) = wire::grpc_metadata_name(&lower) else {
+            let Some(name) = wire::grpc_metadata_name(name) else {
                 continue;
             };
             let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
