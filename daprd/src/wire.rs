@@ -32,6 +32,16 @@ pub mod names {
 /// `ProtobufContentType`, `pkg/messaging/v1/util.go`).
 pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
 
+/// The HTTP content type of invocation data: [`PROTOBUF_CONTENT_TYPE`] for typed data (a
+/// `type_url`), else the message's own content type (maybe empty).
+pub fn data_content_type<'a>(type_url: &str, content_type: &'a str) -> &'a str {
+    if type_url.is_empty() {
+        content_type
+    } else {
+        PROTOBUF_CONTENT_TYPE
+    }
+}
+
 /// Largest payload chunk sent per stream message: well under gRPC's 4 MiB message limit, large
 /// enough that big bodies need few messages.
 pub const MAX_CHUNK: usize = 64 * 1024;

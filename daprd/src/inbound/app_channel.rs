@@ -193,11 +193,7 @@ impl AppChannel {
         metadata_to_headers(&request.metadata, headers);
         // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
         // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
-        let content_type = if request.type_url.is_empty() {
-            request.content_type.as_str()
-        } else {
-            wire::PROTOBUF_CONTENT_TYPE
-        };
+        let content_type = wire::data_content_type(&request.type_url, &request.content_type);
         if !content_type.is_empty()
             && let Ok(value) = HeaderValue::from_str(content_type)
         {

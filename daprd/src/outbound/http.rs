@@ -329,17 +329,11 @@ async fn invoke(
 /// `type_url`, from a gRPC app), else the app's own, as upstream's `InvokeMethodResponse`
 /// `ContentType` (`pkg/messaging/v1/invoke_method_response.go`).
 fn answer_content_type(message: &dapr_proto::common::v1::InvokeResponse) -> Option<HeaderValue> {
-    if message
-        .data
-        .as_ref()
-        .is_some_and(|d| !d.type_url.is_empty())
-    {
-        Some(HeaderValue::from_static(wire::PROTOBUF_CONTENT_TYPE))
-    } else if message.content_type.is_empty() {
-        None
-    } else {
-        HeaderValue::from_str(&message.content_type).ok()
-    }
+    let type_url = message.data.as_ref().map_or("", |d| d.type_url.as_str());
+    let content_type = wire::data_content_type(type_url, &message.content_type);
+    Some(content_type)
+        .filter(|c| !c.is_empty())
+        .and_then(|c| HeaderValue::from_str(c).ok())
 }
 
 #[cfg(test)]
