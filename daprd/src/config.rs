@@ -3,7 +3,7 @@
 //! This is the only module that reads the environment.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -51,6 +51,10 @@ pub struct Flags {
     pub dapr_public_port: String,
     #[arg(long = "dapr-public-listen-address", default_value = "")]
     pub dapr_public_listen_address: String,
+    /// A directory: serve the HTTP and gRPC APIs on the Unix-domain sockets
+    /// `dapr-<app-id>-http.socket` and `dapr-<app-id>-grpc.socket` in it instead of TCP.
+    #[arg(long = "unix-domain-socket", default_value = "")]
+    pub unix_domain_socket: String,
     /// Comma-separated addresses for the HTTP and gRPC APIs; empty means all interfaces.
     #[arg(long = "dapr-listen-addresses", default_value = "")]
     pub dapr_listen_addresses: String,
@@ -136,8 +140,6 @@ pub struct AcceptedFlags {
     pub dapr_http_read_buffer_size: Option<String>,
     #[arg(long = "allowed-origins")]
     pub allowed_origins: Option<String>,
-    #[arg(long = "unix-domain-socket")]
-    pub unix_domain_socket: Option<String>,
     #[arg(long = "dapr-block-shutdown-duration")]
     pub dapr_block_shutdown_duration: Option<String>,
     #[arg(long = "disable-builtin-k8s-secret-store", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -193,7 +195,6 @@ impl AcceptedFlags {
             "--dapr-http-read-buffer-size",
         );
         note(self.allowed_origins.is_some(), "--allowed-origins");
-        note(self.unix_domain_socket.is_some(), "--unix-domain-socket");
         note(
             self.dapr_block_shutdown_duration.is_some(),
             "--dapr-block-shutdown-duration",
@@ -283,6 +284,9 @@ pub struct Config {
     pub public_port: Option<u16>,
     pub public_listen_address: IpAddr,
     pub api_listen_addresses: Vec<IpAddr>,
+    /// `--unix-domain-socket`: the HTTP and gRPC APIs listen on these sockets instead of on
+    /// `api_listen_addresses` (as upstream, pkg/api/http/server.go).
+    pub api_sockets: Option<ApiSockets>,
     pub metrics: Option<(IpAddr, u16)>,
     pub max_body_size: usize,
     pub graceful_shutdown: Duration,
@@ -308,6 +312,40 @@ pub struct Config {
     pub mtls: Option<MtlsConfig>,
     /// Upstream flags given that have no effect here (logged at start).
     pub ignored_flags: Vec<&'static str>,
+}
+
+/// The Unix-domain sockets of the app-facing APIs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSockets {
+    pub http: PathBuf,
+    pub grpc: PathBuf,
+}
+
+impl ApiSockets {
+    /// The longest path a Unix-domain socket address holds (`sun_path` on Linux, less its NUL).
+    const MAX_PATH: usize = 107;
+
+    /// Upstream's names in `dir`: `dapr-<app-id>-http.socket`, `dapr-<app-id>-grpc.socket`.
+    fn new(dir: &str, app_id: &str) -> Result<ApiSockets, Error> {
+        let dir = Path::new(dir);
+        let sockets = ApiSockets {
+            http: dir.join(format!("dapr-{app_id}-http.socket")),
+            grpc: dir.join(format!("dapr-{app_id}-grpc.socket")),
+        };
+        for path in [&sockets.http, &sockets.grpc] {
+            if path.as_os_str().len() > Self::MAX_PATH {
+                return Err(bad(
+                    "--unix-domain-socket",
+                    format!(
+                        "the socket path {} is longer than the {} bytes a Unix-domain socket address holds",
+                        path.display(),
+                        Self::MAX_PATH
+                    ),
+                ));
+            }
+        }
+        Ok(sockets)
+    }
 }
 
 /// Where the trust anchors (root certificates, PEM) come from.
@@ -560,6 +598,10 @@ impl Config {
         } else {
             api_listen_addresses
         };
+        let api_sockets = match flags.unix_domain_socket.trim() {
+            "" => None,
+            dir => Some(ApiSockets::new(dir, &app_id)?),
+        };
         let max_body_size = match flags.dapr_http_max_request_size {
             Some(mb) if flags.max_body_size == "4Mi" => mb.saturating_mul(1 << 20),
             _ => parse_quantity(&flags.max_body_size).ok_or_else(|| {
@@ -661,6 +703,7 @@ impl Config {
                 unspecified,
             )?,
             api_listen_addresses,
+            api_sockets,
             metrics: flags
                 .enable_metrics
                 .then(|| {
@@ -811,6 +854,31 @@ mod tests {
                 "--enable-profiling",
                 "--read-buffer-size"
             ]
+        );
+    }
+
+    #[test]
+    fn unix_domain_sockets_take_upstreams_names_and_must_fit_a_socket_address() {
+        let c = config(&[
+            "--app-id",
+            "orders",
+            "--unix-domain-socket",
+            "/var/run/dapr-sockets",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.api_sockets,
+            Some(ApiSockets {
+                http: "/var/run/dapr-sockets/dapr-orders-http.socket".into(),
+                grpc: "/var/run/dapr-sockets/dapr-orders-grpc.socket".into(),
+            })
+        );
+        assert_eq!(config(&["--app-id", "orders"]).unwrap().api_sockets, None);
+        let deep = format!("/{}", "d".repeat(90));
+        let e = config(&["--app-id", "orders", "--unix-domain-socket", &deep]).unwrap_err();
+        assert!(
+            e.to_string().contains("--unix-domain-socket") && e.to_string().contains("107 bytes"),
+            "{e}"
         );
     }
 

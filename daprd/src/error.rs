@@ -19,6 +19,11 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on the Unix-domain socket {}: {source}", path.display())]
+    BindUnix {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("name resolution: {0}")]
     Resolver(String),
     #[error("failed getting app id either from the URL path or the header dapr-app-id")]
@@ -93,6 +98,7 @@ impl Error {
             Error::Malformed(_) => "ERR_MALFORMED_REQUEST",
             Error::Config { .. }
             | Error::Bind { .. }
+            | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_) => "ERR_INTERNAL",
         }
@@ -118,6 +124,7 @@ impl Error {
             | Error::AppIdMismatch { .. }
             | Error::Config { .. }
             | Error::Bind { .. }
+            | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -144,6 +151,7 @@ impl Error {
             Error::AppChannel(_)
             | Error::Config { .. }
             | Error::Bind { .. }
+            | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_) => tonic::Code::Internal,
         }

@@ -19,9 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dapr_proto::runtime::v1::dapr_server::DaprServer;
+use dapr_serve::{Guarded, Listener};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 
 pub use config::Config;
 pub use error::Error;
@@ -117,41 +121,54 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         tracing::info!("metrics server started on {addr}/");
     }
 
-    for ip in &config.api_listen_addresses {
-        let addr = SocketAddr::new(*ip, config.grpc_port);
-        let listener = bind(addr).await?;
-        let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(&shared)))
-            .max_decoding_message_size(config.max_body_size)
-            .max_encoding_message_size(usize::MAX);
-        // Every other service is proxied to the app named by `dapr-app-id`.
-        let routes = tonic::service::Routes::new(service)
-            .into_axum_router()
-            .route_layer(axum::middleware::map_response(|response| async move {
-                outbound::grpc::headers_before_status(response)
-            }))
-            .fallback({
-                let shared = Arc::clone(&shared);
-                move |request| outbound::proxy::handle(Arc::clone(&shared), request)
-            });
-        let stop = stop.clone();
-        let layer = metrics::GrpcLayer::new(&metrics);
-        let incoming = plaintext("grpc-api", listener, stop.clone());
-        servers.spawn(async move {
-            grpc_server()
-                .layer(layer)
-                .add_routes(tonic::service::Routes::from(routes))
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
-                .map_err(|e| format!("gRPC API server on {addr}: {e}"))
-        });
-        tracing::info!("gRPC API server listening on {addr}");
-    }
-    for ip in &config.api_listen_addresses {
-        let addr = SocketAddr::new(*ip, config.http_port);
-        let listener = bind(addr).await?;
-        let router = outbound::http::router(Arc::clone(&shared));
-        servers.spawn(serve_http("http-api", listener, router, stop.clone()));
-        tracing::info!("HTTP server listening on {addr}");
+    let grpc_api = grpc_api(&shared);
+    let http_api = outbound::http::router(Arc::clone(&shared));
+    if let Some(sockets) = &config.api_sockets {
+        let listener = bind_unix(&sockets.grpc).await?;
+        servers.spawn(serve_grpc_api(
+            grpc_api.clone(),
+            plaintext("grpc-api", listener, stop.clone()),
+            &metrics,
+            stop.clone(),
+        ));
+        tracing::info!(
+            "gRPC API server listening on UNIX socket: {}",
+            sockets.grpc.display()
+        );
+        let listener = bind_unix(&sockets.http).await?;
+        servers.spawn(serve_http(
+            "http-api",
+            listener,
+            http_api.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(
+            "HTTP server listening on UNIX socket: {}",
+            sockets.http.display()
+        );
+    } else {
+        for ip in &config.api_listen_addresses {
+            let addr = SocketAddr::new(*ip, config.grpc_port);
+            let listener = bind(addr).await?;
+            servers.spawn(serve_grpc_api(
+                grpc_api.clone(),
+                plaintext("grpc-api", listener, stop.clone()),
+                &metrics,
+                stop.clone(),
+            ));
+            tracing::info!("gRPC API server listening on {addr}");
+        }
+        for ip in &config.api_listen_addresses {
+            let addr = SocketAddr::new(*ip, config.http_port);
+            let listener = bind(addr).await?;
+            servers.spawn(serve_http(
+                "http-api",
+                listener,
+                http_api.clone(),
+                stop.clone(),
+            ));
+            tracing::info!("HTTP server listening on {addr}");
+        }
     }
     if let Some(port) = config.public_port {
         let addr = SocketAddr::new(config.public_listen_address, port);
@@ -231,6 +248,12 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {}s over, stopping with calls in flight", grace.as_secs()),
         _ = shutdown.force.cancelled() => tracing::warn!("forced shutdown"),
     }
+    if let Some(sockets) = &config.api_sockets {
+        // As Go's listeners do on close, so the next start binds them afresh.
+        for path in [&sockets.http, &sockets.grpc] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
     tracing::info!("dapr shutdown complete");
     Ok(())
@@ -239,25 +262,75 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
 /// The bounds of every server of the sidecar (`docs/limits.md`).
 const LIMITS: dapr_serve::Limits = dapr_serve::Limits::DEFAULT;
 
-async fn serve_http(
+async fn serve_http<L>(
     server: &'static str,
-    listener: TcpListener,
+    listener: L,
     router: axum::Router,
     stop: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
+{
     dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;
     Ok(())
 }
 
 /// Connections accepted within [`LIMITS`], without TLS.
-fn plaintext(
+fn plaintext<L: Listener>(
     server: &'static str,
-    listener: TcpListener,
+    listener: L,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<
-    std::io::Result<dapr_serve::Guarded<tokio::net::TcpStream>>,
-> {
-    dapr_serve::incoming(server, listener, LIMITS, stop, |tcp, _| async { Ok(tcp) })
+) -> ReceiverStream<std::io::Result<Guarded<L::Io>>> {
+    dapr_serve::incoming(server, listener, LIMITS, stop, |io, _| async { Ok(io) })
+}
+
+/// The app-facing gRPC API: the Dapr service, and every other service proxied to the app
+/// named by `dapr-app-id`.
+fn grpc_api(shared: &Arc<Shared>) -> tonic::service::Routes {
+    let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(shared)))
+        .max_decoding_message_size(shared.config.max_body_size)
+        .max_encoding_message_size(usize::MAX);
+    let routes = tonic::service::Routes::new(service)
+        .into_axum_router()
+        .route_layer(axum::middleware::map_response(|response| async move {
+            outbound::grpc::headers_before_status(response)
+        }))
+        .fallback({
+            let shared = Arc::clone(shared);
+            move |request| outbound::proxy::handle(Arc::clone(&shared), request)
+        });
+    tonic::service::Routes::from(routes)
+}
+
+/// Serves the gRPC API on `incoming` (TCP or Unix-domain connections) until `stop`.
+fn serve_grpc_api<IO>(
+    routes: tonic::service::Routes,
+    incoming: ReceiverStream<std::io::Result<Guarded<IO>>>,
+    metrics: &Arc<metrics::Metrics>,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = Result<(), String>> + use<IO>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    let layer = metrics::GrpcLayer::new(metrics);
+    async move {
+        grpc_server()
+            .layer(layer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+            .map_err(|e| format!("gRPC API server: {e}"))
+    }
+}
+
+/// Binds one of `--unix-domain-socket`'s sockets.
+async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, Error> {
+    dapr_serve::bind_unix(path)
+        .await
+        .map_err(|source| Error::BindUnix {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// A gRPC server with HTTP/2 keepalive pings within [`LIMITS`] (a peer that stops answering

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Guarded, Limits, incoming};
+use crate::{Guarded, Limits, Listener, incoming};
 
 /// Serves `router` on each connection `connections` yields until `stop` is cancelled, then
 /// shuts every open connection down gracefully (in-flight requests finish) and returns once
@@ -70,16 +70,19 @@ pub async fn serve_http<T, S>(
     open.wait().await;
 }
 
-/// [`serve_http`] on plaintext connections accepted from `listener` within `limits`.
-pub async fn serve_plain_http(
+/// [`serve_http`] on plaintext connections accepted from `listener` (TCP or Unix-domain)
+/// within `limits`.
+pub async fn serve_plain_http<L>(
     server: &'static str,
-    listener: tokio::net::TcpListener,
+    listener: L,
     router: axum::Router,
     limits: Limits,
     stop: CancellationToken,
-) {
-    let connections = incoming(server, listener, limits, stop.clone(), |tcp, _| async {
-        Ok(tcp)
+) where
+    L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
+{
+    let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
+        Ok(io)
     });
     serve_http(server, connections, router, limits, stop).await;
 }

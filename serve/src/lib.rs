@@ -11,7 +11,7 @@ mod preface;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use accept::{Guarded, incoming};
+pub use accept::{Guarded, Listener, bind_unix, incoming};
 pub use http::{serve_http, serve_plain_http};
 pub use preface::Preface;
 

@@ -87,6 +87,9 @@ pub struct Sidecar {
     pub internal_port: u16,
     /// `--metrics-port` (nothing listens there with `--enable-metrics=false`).
     pub metrics_port: u16,
+    /// Where the harness polls health: `http_port`, or with a Unix-domain socket (where nothing
+    /// listens on `http_port`) the public port.
+    pub health_port: u16,
     pub child: tokio::process::Child,
     pub log: PathBuf,
 }
@@ -102,6 +105,9 @@ pub struct SidecarOptions {
     pub env: Vec<(String, String)>,
     /// `--dapr-internal-grpc-port`; `None` picks a free one (a restarted sidecar keeps its own).
     pub internal_port: Option<u16>,
+    /// `--unix-domain-socket`: the APIs listen on sockets in this directory, and the sidecar
+    /// gets a public port for its health checks.
+    pub unix_domain_socket: Option<PathBuf>,
 }
 
 impl Sidecar {
@@ -143,6 +149,7 @@ impl Sidecar {
             None => free_port()?,
         };
         let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+        let mut health_port = http_port;
         let log = dir.join(format!("daprd-{app_id}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = tokio::process::Command::new(daprd);
@@ -161,6 +168,13 @@ impl Sidecar {
             None => sqlite_config(dir, &format!("{app_id}-default"), "")?,
         };
         cmd.arg("--config").arg(config);
+        if let Some(dir) = &options.unix_domain_socket {
+            health_port = free_port()?;
+            cmd.arg("--unix-domain-socket")
+                .arg(dir)
+                .args(["--dapr-public-port", &health_port.to_string()])
+                .args(["--dapr-public-listen-address", "127.0.0.1"]);
+        }
         cmd.args(&options.extra_args)
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log_file.try_clone()?))
@@ -173,6 +187,7 @@ impl Sidecar {
             grpc_port,
             internal_port,
             metrics_port,
+            health_port,
             child,
             log,
         };
@@ -194,8 +209,9 @@ impl Sidecar {
     pub async fn wait_for(&mut self, path: &str, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         let client = HttpClient::new();
+        let url = format!("http://127.0.0.1:{}{path}", self.health_port);
         loop {
-            if let Ok(r) = client.get(&self.url(path)).await
+            if let Ok(r) = client.get(&url).await
                 && r.status == 204
             {
                 return Ok(());

@@ -57,7 +57,7 @@ fn mtls_options(
         config: Some(sqlite_config(dir, name, spec).expect("config")),
         extra_args: args,
         env,
-        internal_port: None,
+        ..Default::default()
     }
 }
 
