@@ -68,6 +68,8 @@ pub enum Error {
     Identity(String),
     #[error("error loading configuration: {0}")]
     Configuration(String),
+    #[error("loading resources: {0}")]
+    Resources(#[from] crate::resources::ResourcesError),
 }
 
 impl Error {
@@ -94,7 +96,8 @@ impl Error {
             Error::Config { .. }
             | Error::Bind { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => "ERR_INTERNAL",
+            | Error::Configuration(_)
+            | Error::Resources(_) => "ERR_INTERNAL",
         }
     }
 
@@ -119,7 +122,8 @@ impl Error {
             | Error::Config { .. }
             | Error::Bind { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Configuration(_)
+            | Error::Resources(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -145,7 +149,8 @@ impl Error {
             | Error::Config { .. }
             | Error::Bind { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => tonic::Code::Internal,
+            | Error::Configuration(_)
+            | Error::Resources(_) => tonic::Code::Internal,
         }
     }
 }
