@@ -67,6 +67,7 @@ pub struct Flags {
     /// Configuration file (standalone) or name (kubernetes); repeatable, the first is used.
     #[arg(long = "config")]
     pub config: Vec<String>,
+    /// Directory of resource YAML files (Resiliency, HTTPEndpoint); repeatable.
     #[arg(long = "resources-path", alias = "components-path")]
     pub resources_path: Vec<PathBuf>,
     #[arg(long = "log-level", default_value = "info")]
@@ -298,6 +299,8 @@ pub struct Config {
     pub configuration: Configuration,
     /// Kubernetes mode: the Configuration named by `--config`, to be read from the API server.
     pub configuration_name: Option<String>,
+    /// `--resources-path` directories (standalone mode).
+    pub resources_paths: Vec<PathBuf>,
     /// Where the API server is, for reading that Configuration.
     pub api_server: crate::apiserver::Source,
     /// `DAPR_API_TOKEN`: required on the app-facing APIs when set.
@@ -722,6 +725,7 @@ impl Config {
             api_logging,
             configuration,
             configuration_name,
+            resources_paths: flags.resources_path,
             api_server: crate::apiserver::Source {
                 kubeconfig: env.kubeconfig.map(PathBuf::from),
                 in_cluster: env.kubernetes_service_host.zip(env.kubernetes_service_port),

@@ -73,6 +73,8 @@ pub enum Error {
     Identity(String),
     #[error("error loading configuration: {0}")]
     Configuration(String),
+    #[error("loading resources: {0}")]
+    Resources(#[from] crate::resources::ResourcesError),
 }
 
 impl Error {
@@ -100,7 +102,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::BindUnix { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => "ERR_INTERNAL",
+            | Error::Configuration(_)
+            | Error::Resources(_) => "ERR_INTERNAL",
         }
     }
 
@@ -126,7 +129,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::BindUnix { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Configuration(_)
+            | Error::Resources(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -153,7 +157,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::BindUnix { .. }
             | Error::Identity(_)
-            | Error::Configuration(_) => tonic::Code::Internal,
+            | Error::Configuration(_)
+            | Error::Resources(_) => tonic::Code::Internal,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod peer;
 pub mod resolve;
+pub mod resources;
 pub mod trace;
 pub mod wire;
 
@@ -54,6 +55,8 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             config.namespace
         );
     }
+    let resources = load_resources(&config).await?;
+    resources.warn_not_implemented();
     let config = Arc::new(config);
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
@@ -98,6 +101,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         .with_metrics(Arc::clone(&metrics))
         .with_identity(identity.clone()),
         config: Arc::clone(&config),
+        http_endpoints: resources.http_endpoints,
         health: Health::default(),
         resolver_name: resolver.name(),
         extended: Mutex::new(Default::default()),
@@ -257,6 +261,38 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
     tracing::info!("dapr shutdown complete");
     Ok(())
+}
+
+/// The resources for this app: `--resources-path` in standalone mode; in kubernetes mode the
+/// Resiliencies of the sidecar's namespace (a failed read is logged, as upstream, and the
+/// sidecar runs without them).
+async fn load_resources(config: &Config) -> Result<resources::Resources, Error> {
+    match config.mode {
+        config::Mode::Standalone => Ok(resources::load_dirs(
+            &config.resources_paths,
+            &config.app_id,
+        )?),
+        config::Mode::Kubernetes => {
+            let resiliencies = match resources::list_resiliencies(
+                &config.api_server,
+                &config.namespace,
+                &config.app_id,
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(e @ resources::ResourcesError::ApiServer(_)) => {
+                    tracing::error!("error listing resiliency policies: {e}");
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(resources::Resources {
+                resiliencies,
+                ..Default::default()
+            })
+        }
+    }
 }
 
 /// The bounds of every server of the sidecar (`docs/limits.md`).
