@@ -75,6 +75,8 @@ pub enum Error {
     Configuration(String),
     #[error("loading resources: {0}")]
     Resources(#[from] crate::resources::ResourcesError),
+    #[error(transparent)]
+    Endpoint(#[from] crate::resources::EndpointError),
 }
 
 impl Error {
@@ -103,7 +105,8 @@ impl Error {
             | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => "ERR_INTERNAL",
+            | Error::Resources(_)
+            | Error::Endpoint(_) => "ERR_INTERNAL",
         }
     }
 
@@ -130,7 +133,8 @@ impl Error {
             | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Resources(_)
+            | Error::Endpoint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -158,7 +162,8 @@ impl Error {
             | Error::BindUnix { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => tonic::Code::Internal,
+            | Error::Resources(_)
+            | Error::Endpoint(_) => tonic::Code::Internal,
         }
     }
 }

@@ -101,7 +101,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         .with_metrics(Arc::clone(&metrics))
         .with_identity(identity.clone()),
         config: Arc::clone(&config),
-        http_endpoints: resources.http_endpoints,
+        endpoints: outbound::endpoint::Endpoints::new(&resources.http_endpoints)?,
         health: Health::default(),
         resolver_name: resolver.name(),
         extended: Mutex::new(Default::default()),

@@ -34,6 +34,17 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Why an HTTPEndpoint cannot be used; start-up stops with it
+/// (checked by `crate::outbound::endpoint::Endpoints::new`).
+#[derive(Debug, thiserror::Error)]
+#[error("HTTPEndpoint {name} ({origin}): {field}: {reason}")]
+pub struct EndpointError {
+    pub name: String,
+    pub origin: String,
+    pub field: &'static str,
+    pub reason: String,
+}
+
 /// A resource with where it came from.
 #[derive(Debug, Clone)]
 pub struct Loaded<T> {

@@ -248,6 +248,15 @@ async fn invoke(
     method: String,
     request: Request,
 ) -> Result<Response, Error> {
+    if let Some(destination) = shared.endpoints.destination(&id) {
+        check_method(&method)?;
+        let (parts, body) = request.into_parts();
+        let body = limited(body, shared.config.max_body_size);
+        return shared
+            .endpoints
+            .call(destination, &method, parts, body)
+            .await;
+    }
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;
     let limit = shared.config.max_body_size;
@@ -283,16 +292,7 @@ async fn invoke(
         }),
         actor: None,
     };
-    let mut seen = 0usize;
-    let body: wire::BoxStream<Result<Bytes, BoxError>> =
-        Box::pin(body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(BoxError::from)?;
-            seen += chunk.len();
-            if seen > limit {
-                return Err(BoxError::from(Error::BodyTooLarge { limit }.to_string()));
-            }
-            Ok(chunk)
-        }));
+    let body = limited(body, limit);
     let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
         .await
         .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
@@ -323,6 +323,19 @@ async fn invoke(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// The request body as a stream that fails once it exceeds `limit` bytes (`--max-body-size`).
+fn limited(body: Body, limit: usize) -> wire::BoxStream<Result<Bytes, BoxError>> {
+    let mut seen = 0usize;
+    Box::pin(body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(BoxError::from)?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(BoxError::from(Error::BodyTooLarge { limit }.to_string()));
+        }
+        Ok(chunk)
+    }))
 }
 
 /// The content type of an answer: `application/x-protobuf` for typed data (an `Any` with a

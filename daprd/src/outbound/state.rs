@@ -8,12 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-use dapr_crds::HttpEndpoint;
-
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbound::endpoint::Endpoints;
 use crate::outbound::invoker::Invoker;
-use crate::resources::Loaded;
 
 /// Readiness as upstream reports it: outbound (servers up) before app (app port reachable).
 #[derive(Default)]
@@ -49,8 +47,8 @@ pub struct Shutdown {
 pub struct Shared {
     pub config: Arc<Config>,
     pub invoker: Invoker,
-    /// HTTPEndpoints in scope for this app, loaded at start; not yet invoked.
-    pub http_endpoints: Vec<Loaded<HttpEndpoint>>,
+    /// HTTPEndpoints in scope for this app (loaded at start), and URL targets.
+    pub endpoints: Endpoints,
     pub health: Health,
     pub resolver_name: &'static str,
     pub extended: Mutex<BTreeMap<String, String>>,

@@ -82,6 +82,13 @@ struct Args {
     /// protocols; daprd does not verify app certificates, as upstream).
     #[arg(long, default_value_t = false)]
     tls: bool,
+    /// With `--tls`: write the self-signed certificate (PEM, for `localhost` and 127.0.0.1)
+    /// here, so a client can trust it.
+    #[arg(long)]
+    cert_out: Option<std::path::PathBuf>,
+    /// With `--tls`: require a client certificate issued by the CA in this PEM file.
+    #[arg(long)]
+    client_ca: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -91,13 +98,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", args.listen, args.port))?;
     let addr = listener.local_addr().context("local address")?;
+    let acceptor = if args.tls {
+        Some(tls_acceptor(&args)?)
+    } else {
+        None
+    };
     // Tests wait for this exact line (see `e2e::spawn_echo_app`); stdout is line-buffered.
     println!(
         "{}{addr} ({})",
         e2e::ECHO_APP_READY_PREFIX,
         args.protocol.name()
     );
-    if args.tls {
+    if let Some(acceptor) = acceptor {
         let router = match args.protocol {
             Protocol::Http => http_router(),
             Protocol::Grpc => tonic::service::Routes::new(AppCallbackServer::new(Echo))
@@ -105,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 .add_service(EchoServer::new(Echo))
                 .into_axum_router(),
         };
-        return serve_tls(listener, router).await;
+        return serve_tls(listener, router, acceptor).await;
     }
     match args.protocol {
         // TCP_NODELAY on every accepted socket: neither `axum::serve` nor tonic's
@@ -136,18 +148,45 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `router` over TLS (HTTP/1.1 and h2 by ALPN) with a self-signed certificate.
-async fn serve_tls(listener: TcpListener, router: Router) -> anyhow::Result<()> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+/// The TLS side of `--tls`: the certificate is written (`--cert-out`) before the ready line.
+fn tls_acceptor(args: &Args) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    if let Some(path) = &args.cert_out {
+        std::fs::write(path, cert.cert.pem())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match &args.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in rustls::pki_types::CertificateDer::pem_file_iter(path)? {
+                roots.add(ca?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(vec![cert.cert.der().clone()], key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` over TLS (HTTP/1.1 and h2 by ALPN).
+async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> anyhow::Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         let (acceptor, router) = (acceptor.clone(), router.clone());

@@ -1,0 +1,470 @@
+//! Invoking services that have no sidecar: an `HTTPEndpoint` resource by name, or a URL with
+//! an `http://` / `https://` scheme in place of the app id, in upstream's order of precedence
+//! (named HTTPEndpoint, then URL, then app id; docs.dapr.io "How-To: Invoke Non-Dapr Endpoints
+//! using HTTP", upstream `pkg/messaging/direct_messaging.go`). The request goes straight to
+//! `<baseUrl>/<method>?<query>` with the caller's headers plus the endpoint's `spec.headers`,
+//! over TLS checked against `spec.clientTLS.rootCA` (else the system's roots), presenting
+//! `clientTLS.certificate` when given; the answer streams back as it comes.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use dapr_crds::HttpEndpoint;
+use dapr_crds::http_endpoint::{ClientTls, TlsDocument};
+use futures::StreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Error;
+use crate::resources::{EndpointError, Loaded};
+use crate::wire::{BoxError, BoxStream, names};
+
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an endpoint may take to answer with a response head (as for a peer sidecar).
+const RESPONSE_TIMEOUT: Duration = super::invoker::RESPONSE_TIMEOUT;
+/// Idle keep-alive connections per endpoint host, and how long they are kept (as the app
+/// channel's pool).
+const POOL_MAX_IDLE: usize = 64;
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type EndpointBody = UnsyncBoxBody<Bytes, BoxError>;
+type EndpointClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, EndpointBody>;
+
+/// A named endpoint, ready to call.
+pub struct Endpoint {
+    /// `spec.baseUrl` without a trailing `/`.
+    base: String,
+    /// `spec.headers`, set on every request (replacing the caller's of the same name).
+    headers: Vec<(HeaderName, HeaderValue)>,
+    client: EndpointClient,
+}
+
+/// Where a call goes when its target is not a Dapr app.
+pub enum Destination<'a> {
+    Named {
+        name: &'a str,
+        endpoint: &'a Endpoint,
+    },
+    Url(String),
+}
+
+/// The HTTPEndpoints that apply to this app, and the client for URL targets.
+#[derive(Default)]
+pub struct Endpoints {
+    named: HashMap<String, Endpoint>,
+    /// URL targets: the system's roots, loaded on first use.
+    urls: OnceLock<Result<EndpointClient, String>>,
+}
+
+impl Endpoints {
+    /// Checks and prepares each endpoint: its URL, headers and TLS material.
+    pub fn new(resources: &[Loaded<HttpEndpoint>]) -> Result<Endpoints, EndpointError> {
+        let mut named = HashMap::new();
+        for loaded in resources {
+            let name = loaded.resource.metadata.name.clone().unwrap_or_default();
+            let fail = |field: &'static str, reason: String| EndpointError {
+                name: name.clone(),
+                origin: loaded.origin.to_string(),
+                field,
+                reason,
+            };
+            let spec = &loaded.resource.spec.spec;
+            let base = spec.base_url.trim().trim_end_matches('/').to_owned();
+            if !has_scheme(&base) {
+                return Err(fail(
+                    "spec.baseUrl",
+                    format!("{:?} must start with http:// or https://", spec.base_url),
+                ));
+            }
+            base.parse::<http::Uri>()
+                .map_err(|e| fail("spec.baseUrl", format!("{:?}: {e}", spec.base_url)))?;
+            let mut headers = Vec::new();
+            for pair in &spec.headers {
+                let value = match (&pair.value, &pair.secret_key_ref) {
+                    (Some(value), _) => value,
+                    (None, Some(_)) => {
+                        return Err(fail(
+                            "spec.headers[].secretKeyRef",
+                            format!(
+                                "header {:?} names a secret; this sidecar has no secret store, \
+                                 so give it as `value`",
+                                pair.name
+                            ),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(fail(
+                            "spec.headers[].value",
+                            format!("header {:?} has no value", pair.name),
+                        ));
+                    }
+                };
+                let header_name = HeaderName::try_from(pair.name.as_str())
+                    .map_err(|e| fail("spec.headers[].name", format!("{:?}: {e}", pair.name)))?;
+                let header_value = HeaderValue::try_from(value.as_str()).map_err(|e| {
+                    fail(
+                        "spec.headers[].value",
+                        format!("header {:?}: {e}", pair.name),
+                    )
+                })?;
+                headers.push((header_name, header_value));
+            }
+            let tls = tls_config(spec.client_tls.as_ref())
+                .map_err(|(field, reason)| fail(field, reason))?;
+            named.insert(
+                name.clone(),
+                Endpoint {
+                    base,
+                    headers,
+                    client: client(tls),
+                },
+            );
+        }
+        Ok(Endpoints {
+            named,
+            urls: OnceLock::new(),
+        })
+    }
+
+    /// Where `id` goes if it is not a Dapr app: a named endpoint first, then a URL (also
+    /// percent-encoded, as `http%3A%2F%2Fhost%3A80`).
+    pub fn destination(&self, id: &str) -> Option<Destination<'_>> {
+        if let Some((name, endpoint)) = self.named.get_key_value(id) {
+            return Some(Destination::Named { name, endpoint });
+        }
+        if has_scheme(id) {
+            return Some(Destination::Url(id.trim_end_matches('/').to_owned()));
+        }
+        let lower = id.get(..8).unwrap_or(id).to_ascii_lowercase();
+        if lower.starts_with("http%3a") || lower.starts_with("https%3a") {
+            let decoded = percent_decode(id)?;
+            return has_scheme(&decoded)
+                .then(|| Destination::Url(decoded.trim_end_matches('/').to_owned()));
+        }
+        None
+    }
+
+    /// Sends the caller's request to `destination` and streams the answer back.
+    pub async fn call(
+        &self,
+        destination: Destination<'_>,
+        method: &str,
+        request: http::request::Parts,
+        body: BoxStream<Result<Bytes, BoxError>>,
+    ) -> Result<Response, Error> {
+        let (id, base, extra, client) = match &destination {
+            Destination::Named { name, endpoint } => (
+                *name,
+                endpoint.base.as_str(),
+                endpoint.headers.as_slice(),
+                &endpoint.client,
+            ),
+            Destination::Url(url) => {
+                let client = self
+                    .urls
+                    .get_or_init(|| tls_config(None).map(client).map_err(|(_, reason)| reason))
+                    .as_ref()
+                    .map_err(|reason| Error::Invoke {
+                        id: url.clone(),
+                        reason: reason.clone(),
+                    })?;
+                (url.as_str(), url.as_str(), &[][..], client)
+            }
+        };
+        let fail = |reason: String| Error::Invoke {
+            id: id.to_owned(),
+            reason,
+        };
+        let method = method.trim_start_matches('/');
+        let uri = match request.uri.query() {
+            Some(query) if !query.is_empty() => format!("{base}/{method}?{query}"),
+            _ => format!("{base}/{method}"),
+        };
+        let body = StreamBody::new(body.map(|chunk| chunk.map(Frame::data)));
+        let mut outgoing = Request::builder()
+            .method(request.method.clone())
+            .uri(&uri)
+            .body(BodyExt::boxed_unsync(body))
+            .map_err(|e| fail(format!("cannot build a request for {uri}: {e}")))?;
+        *outgoing.headers_mut() = forwarded(request.headers);
+        for (name, value) in extra {
+            outgoing.headers_mut().insert(name.clone(), value.clone());
+        }
+        if request.method == Method::CONNECT {
+            return Err(fail("CONNECT is not forwarded".into()));
+        }
+        let answer = tokio::time::timeout(RESPONSE_TIMEOUT, client.request(outgoing))
+            .await
+            .map_err(|_| Error::Timeout {
+                id: id.to_owned(),
+                seconds: RESPONSE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|e| fail(error_chain(&e)))?;
+        let (mut parts, body) = answer.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let mut response = Response::new(Body::new(body.map_err(BoxError::from)));
+        *response.status_mut() = parts.status;
+        *response.headers_mut() = parts.headers;
+        Ok(response)
+    }
+}
+
+/// The caller's headers as the endpoint gets them: without hop-by-hop headers, `Host` (the
+/// client sets the endpoint's) and Dapr's own routing and token headers.
+fn forwarded(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(names::DAPR_APP_ID);
+    headers.remove(names::API_TOKEN);
+    headers
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn has_scheme(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// `%XX` escapes decoded; `None` when one is malformed or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// TLS for an endpoint: `rootCA` alone, else the system's roots; a client certificate when
+/// both `certificate` and `privateKey` are given. Errors name the field.
+fn tls_config(tls: Option<&ClientTls>) -> Result<rustls::ClientConfig, (&'static str, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    match tls.and_then(|t| t.root_ca.as_ref()) {
+        Some(doc) => {
+            let pem = inline(doc, "spec.clientTLS.rootCA")?;
+            let field = "spec.clientTLS.rootCA";
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| (field, format!("not PEM certificates: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| (field, format!("not a usable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err((field, "holds no certificate".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("spec.clientTLS", e.to_string()))?
+        .with_root_certificates(roots);
+    let certificate = tls.and_then(|t| t.certificate.as_ref());
+    let key = tls.and_then(|t| t.private_key.as_ref());
+    // ALPN (h2, http/1.1) is set by the connector.
+    let config = match (certificate, key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(certificate), Some(key)) => {
+            let field = "spec.clientTLS.certificate";
+            let chain = CertificateDer::pem_slice_iter(inline(certificate, field)?.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| (field, format!("not PEM certificates: {e}")))?;
+            if chain.is_empty() {
+                return Err((field, "holds no certificate".into()));
+            }
+            let field = "spec.clientTLS.privateKey";
+            let key = PrivateKeyDer::from_pem_slice(inline(key, field)?.as_bytes())
+                .map_err(|e| (field, format!("not a PEM private key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ("spec.clientTLS", format!("certificate and key: {e}")))?
+        }
+        (Some(_), None) => {
+            return Err((
+                "spec.clientTLS.privateKey",
+                "missing: the certificate needs its key".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((
+                "spec.clientTLS.certificate",
+                "missing: the key needs its certificate".into(),
+            ));
+        }
+    };
+    Ok(config)
+}
+
+/// The PEM text of a TLS document given as `value`.
+fn inline<'a>(
+    doc: &'a TlsDocument,
+    field: &'static str,
+) -> Result<&'a str, (&'static str, String)> {
+    match (&doc.value, &doc.secret_key_ref) {
+        (Some(value), _) => Ok(value),
+        (None, Some(_)) => Err((
+            field,
+            "names a secret; this sidecar has no secret store, so give the PEM as `value`".into(),
+        )),
+        (None, None) => Err((field, "has no value".into())),
+    }
+}
+
+/// A pooled client over `tls` for `https` URLs and plain TCP for `http` ones.
+fn client(tls: rustls::ClientConfig) -> EndpointClient {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(tcp);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .build(connector)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("named", &self.named.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(yaml: &str) -> Result<Endpoints, EndpointError> {
+        let resource = HttpEndpoint::from_yaml(yaml).expect("parses");
+        Endpoints::new(&[Loaded {
+            origin: crate::resources::Origin::File {
+                path: "e.yaml".into(),
+                index: 1,
+            },
+            resource,
+        }])
+    }
+
+    #[test]
+    fn names_win_over_urls_and_urls_over_app_ids() {
+        let e = endpoint(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: github}\nspec:\n  baseUrl: https://api.github.com/\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            e.destination("github"),
+            Some(Destination::Named { name: "github", .. })
+        ));
+        assert!(
+            matches!(e.destination("http://localhost:3001"), Some(Destination::Url(u)) if u == "http://localhost:3001")
+        );
+        assert!(
+            matches!(e.destination("HTTPS%3A%2F%2Fexample.com%3A8443"), Some(Destination::Url(u)) if u == "HTTPS://example.com:8443")
+        );
+        assert!(e.destination("orders").is_none());
+        assert!(e.destination("orders.prod").is_none());
+        assert!(e.destination("http%3A%2F%2Fbad%zz").is_none());
+    }
+
+    #[test]
+    fn a_base_url_without_a_scheme_or_a_secret_header_is_refused_with_its_field() {
+        let e = endpoint(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: x}\nspec:\n  baseUrl: api.github.com\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("spec.baseUrl"), "{e}");
+        let e = endpoint(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: x}\nspec:\n  baseUrl: http://a\n  headers:\n  - name: Authorization\n    secretKeyRef: {name: s, key: k}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("spec.headers[].secretKeyRef"), "{e}");
+        let e = endpoint(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: x}\nspec:\n  baseUrl: https://a\n  clientTLS:\n    rootCA: {value: not a pem}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("spec.clientTLS.rootCA"), "{e}");
+    }
+
+    #[test]
+    fn hop_by_hop_and_dapr_routing_headers_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert(header::HOST, HeaderValue::from_static("localhost:3500"));
+        headers.insert(names::DAPR_APP_ID, HeaderValue::from_static("github"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        let out = forwarded(headers);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out["x-kept"], "yes");
+    }
+}
