@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace --bins
-//! cargo run --release -p e2e --bin bench -- [--quick]
+//! cargo run --release -p bench -- [--quick]
 //! ```
 //!
 //! Starts sentry, two echo apps (HTTP and gRPC), three daprd sidecars with mTLS (a caller and
@@ -426,7 +426,7 @@ fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if cfg!(debug_assertions) {
-        bail!("benchmarks need release builds: cargo run --release -p e2e --bin bench");
+        bail!("benchmarks need release builds: cargo run --release -p bench");
     }
     let s = Settings::new(args.quick);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
