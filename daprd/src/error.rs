@@ -168,6 +168,22 @@ impl Error {
     }
 }
 
+/// `error` and its sources, `: `-separated, skipping a source whose text the chain already
+/// holds (hyper and rustls often repeat their cause in their own message).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        next = cause.source();
+    }
+    chain
+}
+
 /// Dapr's HTTP error body.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {

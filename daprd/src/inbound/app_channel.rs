@@ -358,7 +358,7 @@ impl AppChannel {
         Error::AppChannel(format!(
             "cannot reach the app at {}: {}",
             self.base,
-            error_chain(e)
+            crate::error::chain(e)
         ))
     }
 
@@ -472,17 +472,6 @@ impl rustls::client::danger::ServerCertVerifier for AppCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A body stream from a single buffer (unary calls).

@@ -211,7 +211,7 @@ impl Endpoints {
                 id: id.to_owned(),
                 seconds: RESPONSE_TIMEOUT.as_secs(),
             })?
-            .map_err(|e| fail(error_chain(&e)))?;
+            .map_err(|e| fail(crate::error::chain(&e)))?;
         let (mut parts, body) = answer.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let mut response = Response::new(Body::new(body.map_err(BoxError::from)));
@@ -376,17 +376,6 @@ fn client(tls: rustls::ClientConfig) -> EndpointClient {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build(connector)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl std::fmt::Debug for Endpoints {
