@@ -70,6 +70,8 @@ pub enum Error {
     Configuration(String),
     #[error("loading resources: {0}")]
     Resources(#[from] crate::resources::ResourcesError),
+    #[error("invalid Resiliency: {0}")]
+    Resiliency(#[from] crate::resiliency::PolicyError),
 }
 
 impl Error {
@@ -97,7 +99,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => "ERR_INTERNAL",
+            | Error::Resources(_)
+            | Error::Resiliency(_) => "ERR_INTERNAL",
         }
     }
 
@@ -123,7 +126,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Resources(_)
+            | Error::Resiliency(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -150,7 +154,8 @@ impl Error {
             | Error::Bind { .. }
             | Error::Identity(_)
             | Error::Configuration(_)
-            | Error::Resources(_) => tonic::Code::Internal,
+            | Error::Resources(_)
+            | Error::Resiliency(_) => tonic::Code::Internal,
         }
     }
 }

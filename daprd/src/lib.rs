@@ -10,6 +10,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod peer;
+pub mod resiliency;
 pub mod resolve;
 pub mod resources;
 pub mod trace;
@@ -53,6 +54,10 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     }
     let resources = load_resources(&config).await?;
     resources.warn_not_implemented();
+    let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
+    for (name, _) in resiliency.iter().flat_map(|r| &r.loaded) {
+        tracing::info!("Loading Resiliency configuration: {name}");
+    }
     let config = Arc::new(config);
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
