@@ -55,9 +55,6 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     let resources = load_resources(&config).await?;
     resources.warn_not_implemented();
     let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
-    for (name, _) in resiliency.iter().flat_map(|r| &r.loaded) {
-        tracing::info!("Loading Resiliency configuration: {name}");
-    }
     let config = Arc::new(config);
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
@@ -89,6 +86,10 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         &config.app_id,
         config.metrics.is_some(),
     ));
+    for (name, namespace) in resiliency.iter().flat_map(|r| &r.loaded) {
+        tracing::info!("Loading Resiliency configuration: {name}");
+        metrics.resiliency_loaded(name, namespace);
+    }
     let shared = Arc::new(Shared {
         invoker: Invoker::new(
             Caller::new(
@@ -100,7 +101,8 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             Arc::clone(&resolver),
         )
         .with_metrics(Arc::clone(&metrics))
-        .with_identity(identity.clone()),
+        .with_identity(identity.clone())
+        .with_resiliency(resiliency),
         config: Arc::clone(&config),
         http_endpoints: resources.http_endpoints,
         health: Health::default(),

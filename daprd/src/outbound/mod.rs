@@ -5,4 +5,5 @@ pub mod http;
 pub mod invoker;
 pub mod proxy;
 pub mod request_stream;
+pub mod resilient;
 pub mod state;

@@ -106,11 +106,14 @@ impl Breaker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The state at `now` (an elapsed timeout makes an open breaker half-open).
+    /// The state at `now` (an elapsed timeout makes an open breaker half-open), without
+    /// moving to it: the next call does, and reports the change.
     pub fn state(&self, now: Instant) -> State {
-        let mut inner = self.lock();
-        self.current(&mut inner, now);
-        inner.state
+        let inner = self.lock();
+        match (inner.state, inner.expiry) {
+            (State::Open, Some(expiry)) if expiry <= now => State::HalfOpen,
+            (state, _) => state,
+        }
     }
 
     /// Asks to make a call at `now`; returns the state change it caused, if any.
