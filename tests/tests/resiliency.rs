@@ -24,7 +24,12 @@ struct Seen {
 
 impl Seen {
     fn calls(&self, key: &str) -> u32 {
-        self.calls.lock().expect("lock").get(key).copied().unwrap_or(0)
+        self.calls
+            .lock()
+            .expect("lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
     fn count(&self, key: &str) -> u32 {
         let mut calls = self.calls.lock().expect("lock");
@@ -76,7 +81,9 @@ async fn start_app(seen: Arc<Seen>) -> u16 {
         )
         .route("/slow/{key}", axum::routing::any(slow))
         .with_state(seen);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("address").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
@@ -340,4 +347,66 @@ async fn a_bad_trip_expression_stops_start_up_naming_the_field() {
         error.contains("res.yaml: spec.policies.circuitBreakers.cb1.trip: "),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_invoke_service_gets_the_same_retries_and_breaker() {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+    use dapr_proto::runtime::v1::{InvokeServiceRequest, dapr_client::DaprClient};
+
+    let policies = format!(
+        "{RETRY}    circuitBreakers:\n      cb1:\n        timeout: 30s\n        trip: consecutiveFailures >= 4\n"
+    );
+    let p = pair(
+        "grpc",
+        &[(
+            "res.yaml",
+            &resiliency("", &policies, "retry: three, circuitBreaker: cb1"),
+        )],
+    )
+    .await;
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", p.caller.grpc_port))
+        .await
+        .expect("connects");
+    let request = |method: &str| InvokeServiceRequest {
+        id: "orders".into(),
+        message: Some(InvokeRequest {
+            method: method.into(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: b"ping".to_vec(),
+            }),
+            content_type: "text/plain".into(),
+            http_extension: Some(HttpExtension {
+                verb: Verb::Post as i32,
+                querystring: String::new(),
+            }),
+        }),
+    };
+    // Two 503s, then the app's 200.
+    let reply = client
+        .invoke_service(request("fail/503/2/a"))
+        .await
+        .expect("the third attempt succeeds");
+    assert_eq!(reply.into_inner().data.expect("data").value, b"call 3");
+    assert_eq!(p.seen.calls("a"), 3);
+
+    // Four failed attempts trip the breaker (retries count one by one); the app's last answer
+    // comes back as a gRPC error, then the open breaker answers without the app.
+    let err = client
+        .invoke_service(request("fail/503/100/b"))
+        .await
+        .expect_err("503");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(p.seen.calls("b"), 4);
+    let err = client
+        .invoke_service(request("fail/503/100/b"))
+        .await
+        .expect_err("open");
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert_eq!(
+        err.message(),
+        "failed to invoke, id: orders, err: circuit breaker is open"
+    );
+    assert_eq!(p.seen.calls("b"), 4);
 }
