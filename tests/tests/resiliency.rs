@@ -410,3 +410,77 @@ async fn grpc_invoke_service_gets_the_same_retries_and_breaker() {
     );
     assert_eq!(p.seen.calls("b"), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
+    use e2e::echo::Note;
+    use e2e::echo::echo_client::EchoClient;
+
+    let dir = scratch_dir("resiliency-proxy").expect("scratch dir");
+    let app = e2e::echo_app("grpc").await.expect("echo-app starts");
+    let callee = SidecarOptions {
+        app_port: Some(app.addr.port()),
+        config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+        extra_args: vec!["--app-protocol".into(), "grpc".into()],
+        ..Default::default()
+    };
+    let breaker = "    circuitBreakers:\n      cb1:\n        timeout: 30s\n        trip: consecutiveFailures >= 2\n";
+    let caller = SidecarOptions {
+        config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+        extra_args: resources_args(
+            &dir,
+            &[("res.yaml", &resiliency("", breaker, "circuitBreaker: cb1"))],
+        ),
+        ..Default::default()
+    };
+    let (_callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
+        .await
+        .expect("both sidecars start");
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", caller.grpc_port))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connects");
+    let mut echo = EchoClient::new(channel);
+    let call = |fail_with: tonic::Code| {
+        let mut request = tonic::Request::new(Note {
+            text: "x".into(),
+            fail_with: fail_with as i32,
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("dapr-app-id", "orders".parse().expect("ascii"));
+        request
+    };
+    for _ in 0..2 {
+        let status = echo
+            .unary(call(tonic::Code::Unavailable))
+            .await
+            .expect_err("the app fails");
+        assert_eq!(status.message(), "echo-app failed with 14 on purpose");
+    }
+    let status = echo
+        .unary(call(tonic::Code::Ok))
+        .await
+        .expect_err("the breaker is open");
+    assert_eq!(
+        status.message(),
+        "failed to invoke, id: orders, err: circuit breaker is open"
+    );
+    // Another method has a breaker of its own.
+    let mut request = tonic::Request::new(Note {
+        text: "3".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("dapr-app-id", "orders".parse().expect("ascii"));
+    let mut counted = echo.count(request).await.expect("stream").into_inner();
+    let mut n = 0;
+    while counted.message().await.expect("message").is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}

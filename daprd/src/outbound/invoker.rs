@@ -543,6 +543,20 @@ impl Invoker {
     pub async fn proxy(
         &self,
         target: &Target,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        match &self.resiliency {
+            None => self.proxy_inner(target, request).await,
+            Some(policies) => {
+                Box::pin(super::resilient::proxy(self, policies, target, request)).await
+            }
+        }
+    }
+
+    /// One proxied call, without policies.
+    pub(super) async fn proxy_inner(
+        &self,
+        target: &Target,
         mut request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         let headers = request.headers_mut();

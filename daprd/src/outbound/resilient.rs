@@ -16,6 +16,9 @@
 //! Apps not named under `targets.apps` also get the built-in service retries within each
 //! attempt: calls the peer's sidecar refused as `Unavailable` or `Unauthenticated`
 //! (pkg/messaging/direct_messaging.go upstream).
+//!
+//! Proxied gRPC calls get the timeout and the breaker (keyed `app:/package.Service/Method`, as
+//! upstream), judged by their response head; their message stream is not replayed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,13 +193,13 @@ impl Call<'_> {
         invoker: &'a Invoker,
         policies: &'a Resiliency,
         target: &'a Target,
-        request: &InternalInvokeRequest,
+        method: &str,
     ) -> Call<'a> {
         let policy = policies.for_app(&target.app_id);
-        let breaker = policy.breakers.as_ref().map(|b| {
-            let method = request.message.as_ref().map_or("", |m| m.method.as_str());
-            b.get(&format!("{}:{method}", target.app_id), Instant::now())
-        });
+        let breaker = policy
+            .breakers
+            .as_ref()
+            .map(|b| b.get(&format!("{}:{method}", target.app_id), Instant::now()));
         let call = Call {
             invoker,
             policies,
@@ -247,8 +250,8 @@ impl Call<'_> {
     }
 
     /// Runs `once` under the policy. `once` makes one call, or `None` when the request cannot
-    /// be sent again.
-    async fn run<T, F, Fut>(&self, replayable: bool, mut once: F) -> Result<T, Error>
+    /// be sent again; `not_replayable` says why it cannot, if so.
+    async fn run<T, F, Fut>(&self, not_replayable: Option<&str>, mut once: F) -> Result<T, Error>
     where
         T: Answer,
         F: FnMut() -> Option<Fut>,
@@ -257,6 +260,7 @@ impl Call<'_> {
         let retry = self.policy.retry.as_deref();
         let matching = retry.map(|r| r.matching.clone()).unwrap_or_default();
         let mut schedule = retry.map(RetryPolicy::schedule);
+        let replayable = not_replayable.is_none();
         loop {
             let result = self.attempt(replayable, &mut once).await;
             let Outcome::Failure { retry: true } = judge(&result, &matching) else {
@@ -265,12 +269,12 @@ impl Call<'_> {
             let Some(wait) = schedule.as_mut().and_then(|s| s.next_wait(fastrand::f64())) else {
                 return result;
             };
-            if !replayable {
+            if let Some(why) = not_replayable {
                 // The app's own answer goes back as it is (upstream streams it through); an
                 // error says why it was not retried.
                 return match result {
                     Ok(answer) => Ok(answer),
-                    Err(e) => Err(not_retried(self.target, e)),
+                    Err(e) => Err(not_retried(self.target, e, why)),
                 };
             }
             drop(result);
@@ -350,15 +354,18 @@ impl Call<'_> {
 }
 
 /// A failure that the policy would retry, but the request cannot be sent again.
-fn not_retried(target: &Target, e: Error) -> Error {
+fn not_retried(target: &Target, e: Error, why: &str) -> Error {
     Error::Invoke {
         id: target.app_id.clone(),
-        reason: format!(
-            "{}; not retried: the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry",
-            reason_of(&e)
-        ),
+        reason: format!("{}; not retried: {why}", reason_of(&e)),
     }
 }
+
+/// Why a request body that was not kept cannot be retried.
+const TOO_LARGE: &str = "the request body is larger than the 1048576 bytes kept for a retry";
+const _: () = assert!(REPLAY_LIMIT == 1_048_576, "TOO_LARGE names REPLAY_LIMIT");
+/// Why a proxied call is not retried.
+const STREAMED: &str = "a proxied gRPC call is not replayed";
 
 /// The part of an invocation error after `err: `.
 fn reason_of(e: &Error) -> String {
@@ -377,15 +384,16 @@ pub async fn invoke_stream(
     request: InternalInvokeRequest,
     body: BoxStream<Result<Bytes, BoxError>>,
 ) -> Result<PeerResponse, Error> {
-    let call = Call::new(invoker, policies, target, &request);
+    let method = request.message.as_ref().map_or("", |m| m.method.as_str());
+    let call = Call::new(invoker, policies, target, method);
     let may_retry = call.policy.retry.is_some() || call.policy.built_in;
     let mut body = if may_retry {
         keep(body).await?
     } else {
         Body::Once(Some(body))
     };
-    let replayable = body.replayable();
-    call.run(replayable, || {
+    let not_replayable = (!body.replayable()).then_some(TOO_LARGE);
+    call.run(not_replayable, || {
         let body = body.attempt()?;
         Some(invoker.invoke_stream_inner(target, request.clone(), body))
     })
@@ -399,11 +407,85 @@ pub async fn invoke_unary(
     target: &Target,
     request: InternalInvokeRequest,
 ) -> Result<InternalInvokeResponse, Error> {
-    let call = Call::new(invoker, policies, target, &request);
-    call.run(true, || {
+    let method = request.message.as_ref().map_or("", |m| m.method.as_str());
+    let call = Call::new(invoker, policies, target, method);
+    call.run(None, || {
         Some(invoker.invoke_unary_inner(target, request.clone()))
     })
     .await
+}
+
+/// [`Invoker::proxy`] under the target's policy.
+pub async fn proxy(
+    invoker: &Invoker,
+    policies: &Resiliency,
+    target: &Target,
+    request: http::Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, Error> {
+    let call = Call::new(invoker, policies, target, request.uri().path());
+    let mut request = Some(request);
+    call.run(Some(STREAMED), || {
+        let request = request.take()?;
+        Some(invoker.proxy_inner(target, request))
+    })
+    .await
+}
+
+/// A proxied call's response head: a trailers-only error carries its `grpc-status` there.
+impl Answer for http::Response<tonic::body::Body> {
+    fn code(&self) -> i32 {
+        self.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn bounded(self, deadline: tokio::time::Instant) -> Self {
+        self.map(|body| {
+            tonic::body::Body::new(Deadline {
+                body,
+                sleep: tokio::time::sleep_until(deadline),
+                done: false,
+            })
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A proxied response body that fails with `DeadlineExceeded` at the policy's deadline.
+    struct Deadline {
+        #[pin]
+        body: tonic::body::Body,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        done: bool,
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = self.project();
+        if *this.done {
+            return std::task::Poll::Ready(None);
+        }
+        if this.sleep.poll(cx).is_ready() {
+            *this.done = true;
+            return std::task::Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                "context deadline exceeded",
+            ))));
+        }
+        this.body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.body.is_end_stream()
+    }
 }
 
 #[cfg(test)]
