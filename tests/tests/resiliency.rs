@@ -91,7 +91,7 @@ async fn start_app(seen: Arc<Seen>) -> u16 {
 
 struct Pair {
     caller: Sidecar,
-    _callee: Sidecar,
+    callee: Sidecar,
     seen: Arc<Seen>,
     client: HttpClient,
 }
@@ -130,7 +130,7 @@ async fn pair(name: &str, resources: &[(&str, &str)]) -> Pair {
         .expect("both sidecars start");
     Pair {
         caller,
-        _callee: callee,
+        callee,
         seen,
         client: HttpClient::new(),
     }
@@ -483,4 +483,38 @@ async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
         n += 1;
     }
     assert_eq!(n, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_without_a_target_get_the_built_in_retries_when_their_sidecar_is_gone() {
+    // A Resiliency for another app: `orders` has no target.
+    let text =
+        resiliency("", RETRY, "retry: three").replace("      orders:", "      someone-else:");
+    let mut p = pair("built-in", &[("res.yaml", &text)]).await;
+    assert_eq!(
+        p.call("fail/503/1/a").await.status,
+        503,
+        "no retry of answers"
+    );
+    assert_eq!(p.seen.calls("a"), 1);
+    // The callee's sidecar dies without a word; its address stays registered.
+    p.callee
+        .child
+        .kill()
+        .await
+        .expect("kill the callee's sidecar");
+    let started = Instant::now();
+    let reply = p.call("fail/503/0/b").await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 500);
+    let message = error_message(&reply);
+    assert!(
+        message.starts_with("failed to invoke, id: orders, err: "),
+        "{message}"
+    );
+    // Three retries, 1 s apart (`DaprBuiltInServiceRetries`).
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}: {message}"
+    );
 }

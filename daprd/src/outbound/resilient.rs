@@ -361,9 +361,6 @@ fn not_retried(target: &Target, e: Error, why: &str) -> Error {
     }
 }
 
-/// Why a request body that was not kept cannot be retried.
-const TOO_LARGE: &str = "the request body is larger than the 1048576 bytes kept for a retry";
-const _: () = assert!(REPLAY_LIMIT == 1_048_576, "TOO_LARGE names REPLAY_LIMIT");
 /// Why a proxied call is not retried.
 const STREAMED: &str = "a proxied gRPC call is not replayed";
 
@@ -392,8 +389,10 @@ pub async fn invoke_stream(
     } else {
         Body::Once(Some(body))
     };
-    let not_replayable = (!body.replayable()).then_some(TOO_LARGE);
-    call.run(not_replayable, || {
+    let too_large = (!body.replayable()).then(|| {
+        format!("the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry")
+    });
+    call.run(too_large.as_deref(), || {
         let body = body.attempt()?;
         Some(invoker.invoke_stream_inner(target, request.clone(), body))
     })
