@@ -258,12 +258,12 @@ impl Call<'_> {
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let retry = self.policy.retry.as_deref();
-        let matching = retry.map(|r| r.matching.clone()).unwrap_or_default();
+        let matching = retry.map_or(ANY, |r| &r.matching);
         let mut schedule = retry.map(RetryPolicy::schedule);
         let replayable = not_replayable.is_none();
         loop {
             let result = self.attempt(replayable, &mut once).await;
-            let Outcome::Failure { retry: true } = judge(&result, &matching) else {
+            let Outcome::Failure { retry: true } = judge(&result, matching) else {
                 return result;
             };
             let Some(wait) = schedule.as_mut().and_then(|s| s.next_wait(fastrand::f64())) else {
@@ -290,13 +290,17 @@ impl Call<'_> {
         F: FnMut() -> Option<Fut>,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        let ticket = match &self.breaker {
+        let mut permit = match &self.breaker {
             None => None,
             Some(breaker) => {
                 let (ticket, changed) = breaker.before(Instant::now());
                 self.breaker_changed(changed);
                 match ticket {
-                    Ok(ticket) => Some((breaker, ticket)),
+                    Ok(ticket) => Some(Permit {
+                        call: self,
+                        breaker,
+                        ticket: Some(ticket),
+                    }),
                     Err(rejected) => {
                         return Err(Error::CircuitBreaker {
                             id: self.target.app_id.clone(),
@@ -345,11 +349,40 @@ impl Call<'_> {
                 }
             }
         };
-        if let Some((breaker, ticket)) = ticket {
-            let success = judge(&result, &Matching::default()) == Outcome::Success;
-            self.breaker_changed(breaker.after(ticket, success, Instant::now()));
+        if let Some(permit) = permit.as_mut() {
+            permit.report(judge(&result, ANY) == Outcome::Success);
         }
         result
+    }
+}
+
+/// Every answer counts for `matching` when no retry policy narrows it.
+const ANY: &Matching = &Matching {
+    http: None,
+    grpc: None,
+};
+
+/// A call the breaker let through. Dropped unreported (the caller went away mid-call), it
+/// counts as a failure: a half-open breaker waiting for its outcome would otherwise refuse
+/// every call from then on.
+struct Permit<'a> {
+    call: &'a Call<'a>,
+    breaker: &'a Breaker,
+    ticket: Option<crate::resiliency::breaker::Ticket>,
+}
+
+impl Permit<'_> {
+    fn report(&mut self, success: bool) {
+        if let Some(ticket) = self.ticket.take() {
+            let changed = self.breaker.after(ticket, success, Instant::now());
+            self.call.breaker_changed(changed);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.report(false);
     }
 }
 
