@@ -177,10 +177,12 @@ impl Resiliency {
                     field: field(key),
                     reason: format!("no {key} policy named {policy:?}"),
                 };
+                // A zero timeout is none, as upstream.
                 let timeout = match &names.timeout {
                     None => None,
                     Some(t) => Some(*timeouts.get(t).ok_or_else(|| missing("timeout", t))?),
-                };
+                }
+                .filter(|t| !t.is_zero());
                 let retry = match &names.retry {
                     None => None,
                     Some(r) => Some(Arc::clone(
@@ -222,7 +224,8 @@ impl Resiliency {
         let (name, namespace) = loaded.last().cloned().unwrap_or_default();
         let default_timeout = ["DefaultAppTimeoutPolicy", "DefaultTimeoutPolicy"]
             .iter()
-            .find_map(|n| timeouts.get(*n).copied());
+            .find_map(|n| timeouts.get(*n).copied())
+            .filter(|t| !t.is_zero());
         let default_retry = ["DefaultAppRetryPolicy", "DefaultRetryPolicy"]
             .iter()
             .find_map(|n| retries.get(*n).cloned());
@@ -416,6 +419,8 @@ spec:
         let bad = DOC.replace("500ms", "5 minutes");
         let e = compile(&bad).unwrap_err().to_string();
         assert!(e.contains("spec.policies.timeouts.short"), "{e}");
+        let zero = compile(&DOC.replace("500ms", "0s")).unwrap().unwrap();
+        assert_eq!(zero.for_app("callee").timeout, None);
         let bad = DOC.replace("500-599", "500-700");
         let e = compile(&bad).unwrap_err().to_string();
         assert!(
