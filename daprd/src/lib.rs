@@ -257,6 +257,9 @@ async fn load_resources(config: &Config) -> Result<resources::Resources, Error> 
             &config.app_id,
         )?),
         config::Mode::Kubernetes => {
+            if !config.resources_paths.is_empty() {
+                tracing::warn!("--resources-path has no effect in kubernetes mode, as upstream");
+            }
             let resiliencies = match resources::list_resiliencies(
                 &config.api_server,
                 &config.namespace,
