@@ -214,10 +214,12 @@ impl Call<'_> {
             call.record(PolicyEvent::Applied, "retry", "");
         }
         if let Some(b) = &call.breaker {
-            call.record(
-                PolicyEvent::Applied,
-                CIRCUIT_BREAKER,
-                b.state(Instant::now()).label(),
+            let state = b.state(Instant::now());
+            call.record(PolicyEvent::Applied, CIRCUIT_BREAKER, state.label());
+            call.invoker.metrics().breaker_state(
+                (&call.policy.resiliency, &call.policy.namespace),
+                &call.target.app_id,
+                state.gauge(),
             );
         }
         call
