@@ -41,6 +41,22 @@ pub enum Error {
     },
     #[error("failed to invoke, id: {id}, err: {reason}")]
     Invoke { id: String, reason: String },
+    /// The peer's sidecar failed the call with `code` (not the app: its answers are responses).
+    #[error("failed to invoke, id: {id}, err: {reason}")]
+    Peer {
+        id: String,
+        code: tonic::Code,
+        reason: String,
+    },
+    /// A Resiliency circuit breaker refused the call (gobreaker's errors, as upstream shows them).
+    #[error("failed to invoke, id: {id}, err: {rejected}")]
+    CircuitBreaker {
+        id: String,
+        rejected: crate::resiliency::breaker::Rejected,
+    },
+    /// A Resiliency timeout fired (Go's `context.DeadlineExceeded`, as upstream shows it).
+    #[error("failed to invoke, id: {id}, err: context deadline exceeded")]
+    PolicyTimeout { id: String },
     #[error("failed to invoke, id: {id}, err: deadline of {seconds}s exceeded")]
     Timeout { id: String, seconds: u64 },
     #[error(
@@ -77,6 +93,8 @@ pub enum Error {
     Resources(#[from] crate::resources::ResourcesError),
     #[error(transparent)]
     Endpoint(#[from] crate::resources::EndpointError),
+    #[error("invalid Resiliency: {0}")]
+    Resiliency(#[from] crate::resiliency::PolicyError),
 }
 
 impl Error {
@@ -87,6 +105,9 @@ impl Error {
             | Error::NoProxyTarget
             | Error::InvalidAppId(_)
             | Error::Invoke { .. }
+            | Error::Peer { .. }
+            | Error::CircuitBreaker { .. }
+            | Error::PolicyTimeout { .. }
             | Error::Timeout { .. }
             | Error::PermissionDenied { .. }
             | Error::DeniedByPeer { .. }
@@ -106,7 +127,8 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => "ERR_INTERNAL",
+            | Error::Endpoint(_)
+            | Error::Resiliency(_) => "ERR_INTERNAL",
         }
     }
 
@@ -122,6 +144,9 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Invoke { .. }
+            | Error::Peer { .. }
+            | Error::CircuitBreaker { .. }
+            | Error::PolicyTimeout { .. }
             | Error::Resolver(_)
             | Error::AppChannel(_)
             | Error::AppUnhealthy
@@ -134,7 +159,8 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Endpoint(_)
+            | Error::Resiliency(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -150,8 +176,11 @@ impl Error {
             }
             Error::BodyTooLarge { .. } => tonic::Code::ResourceExhausted,
             Error::Unauthorized => tonic::Code::Unauthenticated,
-            Error::Timeout { .. } => tonic::Code::DeadlineExceeded,
-            Error::Invoke { .. } | Error::Resolver(_) => tonic::Code::Unavailable,
+            Error::Timeout { .. } | Error::PolicyTimeout { .. } => tonic::Code::DeadlineExceeded,
+            Error::Invoke { .. }
+            | Error::Peer { .. }
+            | Error::CircuitBreaker { .. }
+            | Error::Resolver(_) => tonic::Code::Unavailable,
             Error::NotReady(_) | Error::OutboundNotReady | Error::AppUnhealthy => {
                 tonic::Code::Unavailable
             }
@@ -163,7 +192,8 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => tonic::Code::Internal,
+            | Error::Endpoint(_)
+            | Error::Resiliency(_) => tonic::Code::Internal,
         }
     }
 }

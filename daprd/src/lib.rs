@@ -10,6 +10,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod peer;
+pub mod resiliency;
 pub mod resolve;
 pub mod resources;
 pub mod trace;
@@ -57,6 +58,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
     }
     let resources = load_resources(&config).await?;
     resources.warn_not_implemented();
+    let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
     let config = Arc::new(config);
 
     let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
@@ -88,6 +90,10 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         &config.app_id,
         config.metrics.is_some(),
     ));
+    for (name, namespace) in resiliency.iter().flat_map(|r| &r.loaded) {
+        tracing::info!("Loading Resiliency configuration: {name}");
+        metrics.resiliency_loaded(name, namespace);
+    }
     let shared = Arc::new(Shared {
         invoker: Invoker::new(
             Caller::new(
@@ -99,7 +105,8 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             Arc::clone(&resolver),
         )
         .with_metrics(Arc::clone(&metrics))
-        .with_identity(identity.clone()),
+        .with_identity(identity.clone())
+        .with_resiliency(resiliency),
         config: Arc::clone(&config),
         endpoints: outbound::endpoint::Endpoints::new(&resources.http_endpoints)?,
         health: Health::default(),
@@ -273,6 +280,9 @@ async fn load_resources(config: &Config) -> Result<resources::Resources, Error> 
             &config.app_id,
         )?),
         config::Mode::Kubernetes => {
+            if !config.resources_paths.is_empty() {
+                tracing::warn!("--resources-path has no effect in kubernetes mode, as upstream");
+            }
             let resiliencies = match resources::list_resiliencies(
                 &config.api_server,
                 &config.namespace,

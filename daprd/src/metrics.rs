@@ -7,6 +7,9 @@
 //! - `dapr_http_client_*`: the HTTP app channel ([`Metrics::app_call`]).
 //! - `dapr_runtime_service_invocation_*`: the invoker (request sent, response received with its
 //!   latency) and the internal server (request received, response sent).
+//! - `dapr_resiliency_*`: Resiliency policies loaded, applied to calls and activated (a timeout
+//!   fired, a retry, a breaker changing state), and each breaker's state
+//!   ([`Metrics::resiliency_policy`], pkg/diagnostics/resiliency_monitoring.go upstream).
 //!
 //! Every label value comes from a bounded set, so a client cannot grow the series without end:
 //! - HTTP: upstream's default low-cardinality mode. `method` is the HTTP verb (anything but the
@@ -65,6 +68,10 @@ pub mod name {
     pub const INVOCATION_RES_RECV: &str = "dapr_runtime_service_invocation_res_recv_total";
     pub const INVOCATION_RES_RECV_LATENCY: &str =
         "dapr_runtime_service_invocation_res_recv_latency_ms";
+    pub const RESILIENCY_LOADED: &str = "dapr_resiliency_loaded";
+    pub const RESILIENCY_COUNT: &str = "dapr_resiliency_count";
+    pub const RESILIENCY_ACTIVATIONS: &str = "dapr_resiliency_activations_total";
+    pub const RESILIENCY_CB_STATE: &str = "dapr_resiliency_cb_state";
 }
 
 /// Label keys, as upstream.
@@ -78,6 +85,21 @@ pub mod label {
     pub const SRC_APP_ID: &str = "src_app_id";
     pub const DST_APP_ID: &str = "dst_app_id";
     pub const TYPE: &str = "type";
+    pub const NAME: &str = "name";
+    pub const NAMESPACE: &str = "namespace";
+    pub const POLICY: &str = "policy";
+    pub const FLOW_DIRECTION: &str = "flow_direction";
+    pub const TARGET: &str = "target";
+}
+
+/// What happened to a Resiliency policy on a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyEvent {
+    /// The policy applies to a call (`dapr_resiliency_count`).
+    Applied,
+    /// It acted: a timeout fired, a retry, a breaker changed state
+    /// (`dapr_resiliency_activations_total`).
+    Activated,
 }
 
 /// `type` of a sidecar-to-sidecar call; upstream keeps `streaming` for proxied gRPC streams.
@@ -106,6 +128,11 @@ pub const SIZE_BUCKETS: [f64; 13] = [
     1_073_741_824.0,
     4_294_967_296.0,
 ];
+
+/// `flow_direction` of calls to other apps.
+const OUTBOUND: &str = "outbound";
+/// `policy` of a circuit breaker.
+pub const CIRCUIT_BREAKER: &str = "circuitbreaker";
 
 /// Distinct peer app ids kept as label values.
 pub const MAX_PEER_IDS: usize = 1024;
@@ -148,6 +175,10 @@ struct Families {
     invocation_res_sent: IntCounterVec,
     invocation_res_recv: IntCounterVec,
     invocation_res_recv_latency: HistogramVec,
+    resiliency_loaded: IntCounterVec,
+    resiliency_count: IntCounterVec,
+    resiliency_activations: IntCounterVec,
+    resiliency_cb_state: prometheus::IntGaugeVec,
     peers: PeerIds,
 }
 
@@ -217,6 +248,52 @@ impl Metrics {
         }
     }
 
+    /// Counts a Resiliency loaded at start.
+    pub fn resiliency_loaded(&self, name: &str, namespace: &str) {
+        if let Some(f) = self.families.as_deref() {
+            inc(&f.resiliency_loaded, &[name, namespace]);
+        }
+    }
+
+    /// Records `policy` (`timeout`, `retry` or `circuitbreaker`) of Resiliency `name` on a call
+    /// to `app`; `status` is a breaker's state, else empty, as upstream labels them.
+    pub fn resiliency_policy(
+        &self,
+        event: PolicyEvent,
+        (name, namespace): (&str, &str),
+        policy: &str,
+        app: &str,
+        status: &str,
+    ) {
+        let Some(f) = self.families.as_deref() else {
+            return;
+        };
+        let target = format!("app_{}", f.peers.label(app));
+        let vec = match event {
+            PolicyEvent::Applied => &f.resiliency_count,
+            PolicyEvent::Activated => &f.resiliency_activations,
+        };
+        inc(vec, &[name, namespace, policy, OUTBOUND, &target, status]);
+    }
+
+    /// Sets `dapr_resiliency_cb_state` of the breaker for calls to `app` (0 closed, 1 half-open,
+    /// 2 open).
+    pub fn breaker_state(&self, (name, namespace): (&str, &str), app: &str, state: i64) {
+        let Some(f) = self.families.as_deref() else {
+            return;
+        };
+        let target = format!("app_{}", f.peers.label(app));
+        if let Ok(gauge) = f.resiliency_cb_state.get_metric_with_label_values(&[
+            name,
+            namespace,
+            CIRCUIT_BREAKER,
+            OUTBOUND,
+            &target,
+        ]) {
+            gauge.set(state);
+        }
+    }
+
     /// Starts timing a call into the app over HTTP.
     pub fn app_call(&self, verb: &Method) -> AppCall {
         AppCall {
@@ -249,6 +326,14 @@ impl Families {
             Ok::<_, prometheus::Error>(vec)
         };
         let no_labels: &[&str] = &[];
+        let resiliency = [
+            label::NAME,
+            label::NAMESPACE,
+            label::POLICY,
+            label::FLOW_DIRECTION,
+            label::TARGET,
+            label::STATUS,
+        ];
         Ok(Families {
             http_server_request_count: counter(
                 name::HTTP_SERVER_REQUEST_COUNT,
@@ -348,6 +433,33 @@ impl Families {
                 &LATENCY_MS_BUCKETS,
                 &[label::SRC_APP_ID, label::STATUS],
             )?,
+            resiliency_loaded: counter(
+                name::RESILIENCY_LOADED,
+                "Number of resiliency policies loaded.",
+                &[label::NAME, label::NAMESPACE],
+            )?,
+            resiliency_count: counter(
+                name::RESILIENCY_COUNT,
+                "Number of times a resiliency policyKey has been applied to a building block.",
+                &resiliency,
+            )?,
+            resiliency_activations: counter(
+                name::RESILIENCY_ACTIVATIONS,
+                "Number of times a resiliency policyKey has been activated in a building block after a failure or after a state change.",
+                &resiliency,
+            )?,
+            resiliency_cb_state: {
+                let vec = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        name::RESILIENCY_CB_STATE,
+                        "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is half-open, 2 is open, and -1 is unknown.",
+                    )
+                    .const_label(label::APP_ID, app_id),
+                    &resiliency[..5],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
             peers: PeerIds::new(MAX_PEER_IDS),
             registry,
         })
@@ -1022,6 +1134,10 @@ mod tests {
         observe(&f.http_server_latency, &["GET", "", "200"], 1.0);
         f.http_server_request_bytes.observe(1.0);
         f.http_server_response_bytes.observe(1.0);
+        m.resiliency_loaded("res", "default");
+        m.resiliency_policy(PolicyEvent::Applied, ("res", ""), "retry", "b", "");
+        m.resiliency_policy(PolicyEvent::Activated, ("res", ""), "retry", "b", "");
+        m.breaker_state(("res", ""), "b", 2);
         let text = m.render();
         for (name, kind) in [
             (name::HTTP_SERVER_REQUEST_COUNT, "counter"),
@@ -1040,6 +1156,10 @@ mod tests {
             (name::INVOCATION_REQ_RECV, "counter"),
             (name::INVOCATION_RES_SENT, "counter"),
             (name::INVOCATION_RES_RECV, "counter"),
+            (name::RESILIENCY_LOADED, "counter"),
+            (name::RESILIENCY_COUNT, "counter"),
+            (name::RESILIENCY_ACTIVATIONS, "counter"),
+            (name::RESILIENCY_CB_STATE, "gauge"),
             (name::INVOCATION_RES_RECV_LATENCY, "histogram"),
         ] {
             assert!(

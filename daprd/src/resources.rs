@@ -311,15 +311,31 @@ pub async fn list_resiliencies(
             answer.message()
         )));
     }
+    from_list(&answer.body, namespace, app_id)
+}
+
+/// The Resiliencies of a `ResiliencyList` from the API server that apply to `app_id`.
+fn from_list(
+    body: &[u8],
+    namespace: &str,
+    app_id: &str,
+) -> Result<Vec<Loaded<Resiliency>>, ResourcesError> {
     #[derive(Deserialize)]
     struct List {
         #[serde(default)]
         items: Vec<serde_json::Value>,
     }
-    let list: List = serde_json::from_slice(&answer.body)
+    let list: List = serde_json::from_slice(body)
         .map_err(|e| ResourcesError::ApiServer(format!("not a list: {e}")))?;
     let mut found = Vec::new();
-    for item in list.items {
+    for mut item in list.items {
+        // List items may leave out their type.
+        if let Some(object) = item.as_object_mut() {
+            object
+                .entry("apiVersion")
+                .or_insert_with(|| dapr_crds::API_VERSION.into());
+            object.entry("kind").or_insert_with(|| "Resiliency".into());
+        }
         let name = item
             .pointer("/metadata/name")
             .and_then(serde_json::Value::as_str)
@@ -414,6 +430,23 @@ metadata: {name: other}
             "{message}"
         );
         assert!(message.starts_with("r.yaml: Resiliency field"), "{message}");
+    }
+
+    #[test]
+    fn api_server_lists_are_read_with_scopes() {
+        let body = br#"{"apiVersion":"dapr.io/v1alpha1","kind":"ResiliencyList","items":[
+            {"metadata":{"name":"mine","namespace":"ns"},"spec":{"policies":{"timeouts":{"t":"1s"}}}},
+            {"metadata":{"name":"theirs","namespace":"ns"},"scopes":["other"],"spec":{}}]}"#;
+        let found = from_list(body, "ns", "app").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].origin.to_string(), "API server ns/mine");
+        assert_eq!(found[0].resource.spec.spec.policies.timeouts["t"], "1s");
+        let bad = br#"{"items":[{"metadata":{"name":"x"},"spec":{"policies":{"timeouts":[]}}}]}"#;
+        let e = from_list(bad, "ns", "app").unwrap_err().to_string();
+        assert!(
+            e.contains("API server ns/x: Resiliency field spec.policies.timeouts"),
+            "{e}"
+        );
     }
 
     #[test]

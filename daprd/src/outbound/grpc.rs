@@ -44,7 +44,10 @@ impl DaprApi {
 /// (`pkg/messages/predefined.go`), where the proxy says `Unavailable`.
 fn invoke_status(e: Error) -> Status {
     match e {
-        Error::Invoke { .. } => Status::internal(e.to_string()),
+        Error::Invoke { .. }
+        | Error::Peer { .. }
+        | Error::CircuitBreaker { .. }
+        | Error::PolicyTimeout { .. } => Status::internal(e.to_string()),
         other => other.into(),
     }
 }

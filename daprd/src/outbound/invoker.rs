@@ -103,6 +103,8 @@ pub struct Invoker {
     /// Connections for calls whose request is in hand (see [`crate::peer`]).
     direct: crate::peer::Peers,
     metrics: Arc<Metrics>,
+    /// Resiliency policies; `None` (no Resiliency loaded) keeps calls on the plain path.
+    resiliency: Option<Arc<crate::resiliency::Resiliency>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,7 @@ impl Invoker {
             peers: Mutex::new(HashMap::new()),
             direct: crate::peer::Peers::new(None),
             metrics: Arc::new(Metrics::disabled()),
+            resiliency: None,
         }
     }
 
@@ -138,6 +141,18 @@ impl Invoker {
     /// Records requests sent and responses received in `metrics`.
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
         Invoker { metrics, ..self }
+    }
+
+    /// Runs calls through these Resiliency policies.
+    pub fn with_resiliency(self, resiliency: Option<crate::resiliency::Resiliency>) -> Self {
+        Invoker {
+            resiliency: resiliency.map(Arc::new),
+            ..self
+        }
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn caller(&self) -> &Caller {
@@ -243,8 +258,9 @@ impl Invoker {
             ),
             _ => format!("{}: {}", status.code().description(), status.message()),
         };
-        Error::Invoke {
+        Error::Peer {
             id: target.app_id.to_owned(),
+            code: status.code(),
             reason,
         }
     }
@@ -261,10 +277,16 @@ impl Invoker {
         request: InternalInvokeRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> futures::future::BoxFuture<'a, Result<PeerResponse, Error>> {
-        Box::pin(self.invoke_stream_inner(target, request, body))
+        match &self.resiliency {
+            None => Box::pin(self.invoke_stream_inner(target, request, body)),
+            Some(policies) => Box::pin(super::resilient::invoke_stream(
+                self, policies, target, request, body,
+            )),
+        }
     }
 
-    async fn invoke_stream_inner(
+    /// One call, without policies.
+    pub(super) async fn invoke_stream_inner(
         &self,
         target: &Target,
         mut request: InternalInvokeRequest,
@@ -521,6 +543,20 @@ impl Invoker {
     pub async fn proxy(
         &self,
         target: &Target,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        match &self.resiliency {
+            None => self.proxy_inner(target, request).await,
+            Some(policies) => {
+                Box::pin(super::resilient::proxy(self, policies, target, request)).await
+            }
+        }
+    }
+
+    /// One proxied call, without policies.
+    pub(super) async fn proxy_inner(
+        &self,
+        target: &Target,
         mut request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         let headers = request.headers_mut();
@@ -564,6 +600,23 @@ impl Invoker {
 
     /// Sends a request whose body is already in memory (`CallLocal`).
     pub async fn invoke_unary(
+        &self,
+        target: &Target,
+        request: InternalInvokeRequest,
+    ) -> Result<InternalInvokeResponse, Error> {
+        match &self.resiliency {
+            None => self.invoke_unary_inner(target, request).await,
+            Some(policies) => {
+                Box::pin(super::resilient::invoke_unary(
+                    self, policies, target, request,
+                ))
+                .await
+            }
+        }
+    }
+
+    /// One unary call, without policies.
+    pub(super) async fn invoke_unary_inner(
         &self,
         target: &Target,
         mut request: InternalInvokeRequest,

@@ -6,4 +6,5 @@ pub mod http;
 pub mod invoker;
 pub mod proxy;
 pub mod request_stream;
+pub mod resilient;
 pub mod state;
