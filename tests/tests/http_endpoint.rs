@@ -1,4 +1,5 @@
-//! Invoking services without a sidecar through daprd: an HTTPEndpoint resource by name (base
+//! Invoking services without a sidecar through daprd (HTTP API and gRPC `InvokeService`): an
+//! HTTPEndpoint resource by name (base
 //! URL, `spec.headers`, `spec.clientTLS` root CA and client certificate), and a URL in place of
 //! the app id (in the path, percent-encoded, or in `dapr-app-id`). The services are echo-apps
 //! with no daprd in front; the resources come from `--resources-path`.
@@ -221,5 +222,67 @@ async fn an_endpoint_that_cannot_be_used_stops_the_start_naming_its_field() {
     assert!(
         text.contains("HTTPEndpoint github") && text.contains("spec.baseUrl"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_invoke_service_reaches_an_endpoint_and_maps_its_status() {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+    use dapr_proto::runtime::v1::InvokeServiceRequest;
+    use dapr_proto::runtime::v1::dapr_client::DaprClient;
+
+    let dir = scratch_dir("endpoint-grpc").expect("scratch dir");
+    let service = echo_app("http").await.expect("echo-app starts");
+    let base = format!("http://{}", service.addr);
+    let caller = sidecar(&dir, &endpoint("inventory", &base, ""))
+        .await
+        .expect("daprd starts");
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", caller.grpc_port))
+            .expect("uri")
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connects to the gRPC API");
+    let mut dapr = DaprClient::new(channel);
+    let request = |method: &str, verb: Verb, data: &[u8]| InvokeServiceRequest {
+        id: "inventory".into(),
+        message: Some(InvokeRequest {
+            method: method.into(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: data.to_vec(),
+            }),
+            content_type: "text/plain".into(),
+            http_extension: Some(HttpExtension {
+                verb: verb as i32,
+                querystring: "color=red".into(),
+            }),
+        }),
+    };
+    let reply = dapr
+        .invoke_service(request("echo/grpc", Verb::Put, b"by grpc"))
+        .await
+        .expect("InvokeService succeeds")
+        .into_parts();
+    assert_eq!(reply.0.get("x-echo-method").expect("header"), "PUT");
+    assert_eq!(
+        reply.0.get("x-echo-path").expect("header"),
+        "/echo/grpc?color=red"
+    );
+    let answer = reply.1;
+    assert_eq!(answer.content_type, "text/plain");
+    assert_eq!(answer.data.expect("data").value, b"by grpc");
+
+    // A non-2xx answer becomes a gRPC error with the HTTP status as metadata, as for apps.
+    let status = dapr
+        .invoke_service(request("status/404", Verb::Get, b""))
+        .await
+        .expect_err("404 is an error");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert_eq!(
+        status.metadata().get("dapr-http-status").expect("status"),
+        "404"
     );
 }

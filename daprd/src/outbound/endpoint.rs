@@ -28,7 +28,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::Error;
 use crate::resources::{EndpointError, Loaded};
-use crate::wire::{BoxError, BoxStream, names};
+use crate::wire::{self, BoxError, BoxStream, Metadata, names};
+use dapr_proto::common::v1::{InvokeRequest, InvokeResponse, http_extension::Verb};
+use dapr_proto::internals::v1::InternalInvokeResponse;
 
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,6 +220,73 @@ impl Endpoints {
         *response.status_mut() = parts.status;
         *response.headers_mut() = parts.headers;
         Ok(response)
+    }
+}
+
+impl Endpoints {
+    /// A gRPC `InvokeService` call to an endpoint: the HTTP request made from the
+    /// `InvokeRequest` (verb and query from its HTTP extension, POST without one, as upstream),
+    /// the answer collected into the response head a peer sidecar with an HTTP app sends, so the
+    /// gRPC API maps it the same way.
+    pub async fn call_unary(
+        &self,
+        destination: Destination<'_>,
+        message: InvokeRequest,
+        metadata: &Metadata,
+    ) -> Result<InternalInvokeResponse, Error> {
+        let ext = message.http_extension.unwrap_or_default();
+        let verb = wire::method_of(Verb::try_from(ext.verb).unwrap_or(Verb::None));
+        let uri = if ext.querystring.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("/?{}", ext.querystring)
+        };
+        let mut head = Request::builder()
+            .method(verb)
+            .uri(uri)
+            .body(())
+            .map_err(|e| Error::Malformed(format!("HTTP extension: {e}")))?;
+        wire::metadata_to_headers(metadata, head.headers_mut());
+        let content_type = message.data.as_ref().map_or("", |d| d.type_url.as_str());
+        let content_type = wire::data_content_type(content_type, &message.content_type);
+        if let Ok(value) = HeaderValue::from_str(content_type)
+            && !content_type.is_empty()
+        {
+            head.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        let data = Bytes::from(message.data.map(|d| d.value).unwrap_or_default());
+        let body: BoxStream<Result<Bytes, BoxError>> =
+            Box::pin(futures::stream::once(async move { Ok(data) }));
+        let (head, ()) = head.into_parts();
+        let answer = self.call(destination, &message.method, head, body).await?;
+        let (parts, body) = answer.into_parts();
+        let data = body
+            .collect()
+            .await
+            .map_err(|e| Error::AppChannel(format!("endpoint answer: {e}")))?
+            .to_bytes();
+        let headers = wire::headers_to_metadata(&parts.headers, &[]);
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(InternalInvokeResponse {
+            status: Some(dapr_proto::internals::v1::Status {
+                code: i32::from(parts.status.as_u16()),
+                ..Default::default()
+            }),
+            headers,
+            trailers: Default::default(),
+            message: Some(InvokeResponse {
+                data: Some(prost_types::Any {
+                    type_url: String::new(),
+                    value: data.to_vec(),
+                }),
+                content_type,
+            }),
+        })
     }
 }
 

@@ -106,6 +106,12 @@ fn grpc_metadata(metadata: &MetadataMap) -> Metadata {
     out
 }
 
+/// Where an `InvokeService` call goes.
+enum Route<'a> {
+    Endpoint(super::endpoint::Destination<'a>),
+    App(crate::resolve::Target),
+}
+
 #[tonic::async_trait]
 impl Dapr for DaprApi {
     async fn invoke_service(
@@ -115,23 +121,36 @@ impl Dapr for DaprApi {
         self.authorize(request.metadata())?;
         let metadata = grpc_metadata(request.metadata());
         let request = request.into_inner();
-        let target = parse_target(&request.id, &self.shared.config.namespace)?;
+        // A named HTTPEndpoint or a URL first, then an app id, as upstream.
+        let route = match self.shared.endpoints.destination(&request.id) {
+            Some(endpoint) => Route::Endpoint(endpoint),
+            None => Route::App(parse_target(&request.id, &self.shared.config.namespace)?),
+        };
         let message = request
             .message
             .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         super::http::check_method(&message.method)?;
-        let internal = InternalInvokeRequest {
-            ver: ApiVersion::V1 as i32,
-            metadata,
-            message: Some(message),
-            actor: None,
+        let response = match route {
+            Route::Endpoint(endpoint) => self
+                .shared
+                .endpoints
+                .call_unary(endpoint, message, &metadata)
+                .await
+                .map_err(invoke_status)?,
+            Route::App(target) => {
+                let internal = InternalInvokeRequest {
+                    ver: ApiVersion::V1 as i32,
+                    metadata,
+                    message: Some(message),
+                    actor: None,
+                };
+                self.shared
+                    .invoker
+                    .invoke_unary(&target, internal)
+                    .await
+                    .map_err(invoke_status)?
+            }
         };
-        let response = self
-            .shared
-            .invoker
-            .invoke_unary(&target, internal)
-            .await
-            .map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
