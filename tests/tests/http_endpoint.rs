@@ -1,7 +1,6 @@
 //! Invoking services without a sidecar through daprd (HTTP API and gRPC `InvokeService`): an
-//! HTTPEndpoint resource by name (base
-//! URL, `spec.headers`, `spec.clientTLS` root CA and client certificate), and a URL in place of
-//! the app id (in the path, percent-encoded, or in `dapr-app-id`). The services are echo-apps
+//! HTTPEndpoint resource by name (base URL, `spec.headers`, `spec.clientTLS` root CA and client
+//! certificate), and a URL in place of the app id (in the path, percent-encoded, or in `dapr-app-id`). The services are echo-apps
 //! with no daprd in front; the resources come from `--resources-path`.
 
 use std::path::{Path, PathBuf};
