@@ -518,3 +518,59 @@ async fn apps_without_a_target_get_the_built_in_retries_when_their_sidecar_is_go
         "{elapsed:?}: {message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_endpoint_gets_the_policies_of_its_name_and_a_url_those_of_no_target() {
+    let dir = scratch_dir("resiliency-endpoint").expect("scratch dir");
+    let seen = Arc::new(Seen::default());
+    // The service has no sidecar: daprd calls it as an HTTPEndpoint or by URL.
+    let port = start_app(Arc::clone(&seen)).await;
+    let endpoint = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata:\n  name: flaky\nspec:\n  baseUrl: http://127.0.0.1:{port}\n"
+    );
+    let policies = format!("{RETRY}    timeouts:\n      short: 300ms\n");
+    let res = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata:\n  name: res\nspec:\n  policies:\n{policies}  targets:\n    apps:\n      flaky: {{retry: three, timeout: short}}\n"
+    );
+    let caller = Sidecar::start(
+        "checkout",
+        &dir,
+        SidecarOptions {
+            config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+            extra_args: resources_args(&dir, &[("endpoint.yaml", &endpoint), ("res.yaml", &res)]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("daprd starts");
+    let client = HttpClient::new();
+    let call = |path: String| {
+        let client = client.clone();
+        let url = caller.url(&path);
+        async move { client.get(&url).await.expect("the sidecar answers") }
+    };
+
+    // By name: two 503s, then 200, in three attempts.
+    let reply = call("/v1.0/invoke/flaky/method/fail/503/2/named".into()).await;
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"call 3"[..]));
+    assert_eq!(seen.calls("named"), 3);
+
+    // By URL: no target names it, so no retries.
+    let url = format!("http://127.0.0.1:{port}");
+    let reply = call(format!("/v1.0/invoke/{url}/method/fail/503/2/url")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(seen.calls("url"), 1);
+
+    // The timeout cuts a slow endpoint short (each of the four attempts), and the service
+    // sees its calls go away.
+    let started = Instant::now();
+    let reply = call("/v1.0/invoke/flaky/method/slow/timed".into()).await;
+    assert_eq!(reply.status, 500, "{:?}", reply.body);
+    assert!(error_message(&reply).contains("flaky"), "{:?}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(seen.calls("timed"), 4);
+}

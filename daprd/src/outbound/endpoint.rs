@@ -45,6 +45,7 @@ type EndpointBody = UnsyncBoxBody<Bytes, BoxError>;
 type EndpointClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, EndpointBody>;
 
 /// A named endpoint, ready to call.
+#[derive(Clone)]
 pub struct Endpoint {
     /// `spec.baseUrl` without a trailing `/`.
     base: String,
@@ -54,6 +55,7 @@ pub struct Endpoint {
 }
 
 /// Where a call goes when its target is not a Dapr app.
+#[derive(Clone)]
 pub enum Destination<'a> {
     Named {
         name: &'a str,
@@ -68,6 +70,17 @@ pub struct Endpoints {
     named: HashMap<String, Endpoint>,
     /// URL targets: the system's roots, loaded on first use.
     urls: OnceLock<Result<EndpointClient, String>>,
+}
+
+impl Destination<'_> {
+    /// The name Resiliency `targets.apps` and errors know it by: the HTTPEndpoint's name, or
+    /// the URL.
+    pub fn id(&self) -> &str {
+        match self {
+            Destination::Named { name, .. } => name,
+            Destination::Url(url) => url,
+        }
+    }
 }
 
 impl Endpoints {

@@ -252,10 +252,26 @@ async fn invoke(
         check_method(&method)?;
         let (parts, body) = request.into_parts();
         let body = limited(body, shared.config.max_body_size);
-        return shared
-            .endpoints
-            .call(destination, &method, parts, body)
-            .await;
+        return match shared.invoker.resiliency() {
+            None => {
+                shared
+                    .endpoints
+                    .call(destination, &method, parts, body)
+                    .await
+            }
+            Some(policies) => {
+                super::resilient::endpoint(
+                    &shared.invoker,
+                    policies,
+                    &shared.endpoints,
+                    destination,
+                    &method,
+                    parts,
+                    body,
+                )
+                .await
+            }
+        };
     }
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;

@@ -151,6 +151,11 @@ impl Invoker {
         }
     }
 
+    /// The Resiliency policies calls run through, if any are loaded.
+    pub(super) fn resiliency(&self) -> Option<&crate::resiliency::Resiliency> {
+        self.resiliency.as_deref()
+    }
+
     pub(super) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
