@@ -522,6 +522,54 @@ impl http_body::Body for Deadline {
     }
 }
 
+/// An HTTPEndpoint or URL call under the policy of `targets.apps.<name or URL>`, as upstream
+/// applies it to endpoints (pkg/messaging/direct_messaging.go).
+pub async fn endpoint(
+    invoker: &Invoker,
+    policies: &Resiliency,
+    endpoints: &super::endpoint::Endpoints,
+    destination: super::endpoint::Destination<'_>,
+    method: &str,
+    head: http::request::Parts,
+    body: BoxStream<Result<Bytes, BoxError>>,
+) -> Result<axum::response::Response, Error> {
+    let target = Target {
+        app_id: destination.id().to_owned(),
+        namespace: String::new(),
+    };
+    let call = Call::new(invoker, policies, &target, method);
+    let mut body = if call.policy.retry.is_some() {
+        keep(body).await?
+    } else {
+        Body::Once(Some(body))
+    };
+    let too_large = (!body.replayable()).then(|| {
+        format!("the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry")
+    });
+    call.run(too_large.as_deref(), || {
+        let body = body.attempt()?;
+        Some(endpoints.call(destination.clone(), method, head.clone(), body))
+    })
+    .await
+}
+
+/// An endpoint's answer: its HTTP status.
+impl Answer for axum::response::Response {
+    fn code(&self) -> i32 {
+        i32::from(self.status().as_u16())
+    }
+    fn bounded(self, deadline: tokio::time::Instant) -> Self {
+        let (parts, body) = self.into_parts();
+        let body = body
+            .into_data_stream()
+            .map(|chunk| chunk.map_err(BoxError::from));
+        axum::response::Response::from_parts(
+            parts,
+            axum::body::Body::from_stream(until(Box::pin(body), deadline)),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,53 +666,5 @@ mod tests {
         let e = body.next().await.unwrap().unwrap_err();
         assert_eq!(e.to_string(), "context deadline exceeded");
         assert!(body.next().await.is_none());
-    }
-}
-
-/// An HTTPEndpoint or URL call under the policy of `targets.apps.<name or URL>`, as upstream
-/// applies it to endpoints (pkg/messaging/direct_messaging.go).
-pub async fn endpoint(
-    invoker: &Invoker,
-    policies: &Resiliency,
-    endpoints: &super::endpoint::Endpoints,
-    destination: super::endpoint::Destination<'_>,
-    method: &str,
-    head: http::request::Parts,
-    body: BoxStream<Result<Bytes, BoxError>>,
-) -> Result<axum::response::Response, Error> {
-    let target = Target {
-        app_id: destination.id().to_owned(),
-        namespace: String::new(),
-    };
-    let call = Call::new(invoker, policies, &target, method);
-    let mut body = if call.policy.retry.is_some() {
-        keep(body).await?
-    } else {
-        Body::Once(Some(body))
-    };
-    let too_large = (!body.replayable()).then(|| {
-        format!("the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry")
-    });
-    call.run(too_large.as_deref(), || {
-        let body = body.attempt()?;
-        Some(endpoints.call(destination.clone(), method, head.clone(), body))
-    })
-    .await
-}
-
-/// An endpoint's answer: its HTTP status.
-impl Answer for axum::response::Response {
-    fn code(&self) -> i32 {
-        i32::from(self.status().as_u16())
-    }
-    fn bounded(self, deadline: tokio::time::Instant) -> Self {
-        let (parts, body) = self.into_parts();
-        let body = body
-            .into_data_stream()
-            .map(|chunk| chunk.map_err(BoxError::from));
-        axum::response::Response::from_parts(
-            parts,
-            axum::body::Body::from_stream(until(Box::pin(body), deadline)),
-        )
     }
 }
