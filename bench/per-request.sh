@@ -6,6 +6,8 @@
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #
 # With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
+# With PER_REQUEST_RESOURCES=DIR the caller loads that --resources-path (e.g. a Resiliency with a
+# timeout and a retry policy for `orders`, to measure what applying policies costs).
 # Needs valgrind and strace (Debian). Not a test and not part of the bench command: it is how
 # changes to the data path are compared on a shared 2-core machine (bench/notes.md).
 set -euo pipefail
@@ -38,7 +40,8 @@ start_pair() {
   callee=$!
   DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout \
     --dapr-http-port "$caller_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
-    "${common[@]}" > "$d/caller.log" 2>&1 &
+    "${common[@]}" ${PER_REQUEST_RESOURCES:+--resources-path "$PER_REQUEST_RESOURCES"} \
+    > "$d/caller.log" 2>&1 &
   caller=$!
   wait_http "http://127.0.0.1:$callee_http/v1.0/healthz"
   wait_http "http://127.0.0.1:$caller_http/v1.0/healthz"
