@@ -77,6 +77,10 @@ pub enum Error {
     Resources(#[from] crate::resources::ResourcesError),
     #[error(transparent)]
     Endpoint(#[from] crate::resources::EndpointError),
+    #[error("Configuration {0}")]
+    TracingSettings(#[from] crate::trace::SettingsError),
+    #[error(transparent)]
+    TracingExport(#[from] crate::trace::export::ExportError),
 }
 
 impl Error {
@@ -106,7 +110,9 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => "ERR_INTERNAL",
+            | Error::Endpoint(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => "ERR_INTERNAL",
         }
     }
 
@@ -134,7 +140,9 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Endpoint(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -163,7 +171,9 @@ impl Error {
             | Error::Identity(_)
             | Error::Configuration(_)
             | Error::Resources(_)
-            | Error::Endpoint(_) => tonic::Code::Internal,
+            | Error::Endpoint(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => tonic::Code::Internal,
         }
     }
 }

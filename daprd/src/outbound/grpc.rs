@@ -16,7 +16,11 @@ use super::invoker::parse_target;
 use super::state::Shared;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
+use crate::trace::{self, Kind, attr};
 use crate::wire::{self, Metadata, names};
+
+/// The gRPC API's invocation method, as client spans name the API called.
+const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
 
 pub struct DaprApi {
     shared: Arc<Shared>,
@@ -117,18 +121,31 @@ impl Dapr for DaprApi {
             .message
             .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         super::http::check_method(&message.method)?;
+        let mut span = self.shared.tracer.active().map(|active| {
+            let mut span = active.start(wire::first(&metadata, names::TRACEPARENT), Kind::Client);
+            span.client_invocation(&request.id, &message.method, attr::GRPC, || {
+                INVOKE_SERVICE.to_owned()
+            });
+            span
+        });
         let internal = InternalInvokeRequest {
             ver: ApiVersion::V1 as i32,
             metadata,
             message: Some(message),
             actor: None,
         };
-        let response = self
-            .shared
-            .invoker
-            .invoke_unary(&target, internal)
-            .await
-            .map_err(invoke_status)?;
+        let call = self.shared.invoker.invoke_unary(&target, internal);
+        let result = match &span {
+            None => call.await,
+            Some(span) => trace::with_hop(span.traceparent(), call).await,
+        };
+        if let Err(e) = &result
+            && let Some(mut span) = span.take()
+        {
+            span.fail(e);
+            span.end();
+        }
+        let response = result.map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
@@ -151,6 +168,12 @@ impl Dapr for DaprApi {
         } else {
             http_to_grpc(u16::try_from(code).unwrap_or(500))
         };
+        if let Some(mut span) = span {
+            if grpc_code != tonic::Code::Ok {
+                span.fail(format!("{grpc_code:?}"));
+            }
+            span.end();
+        }
         if grpc_code != tonic::Code::Ok {
             // A gRPC app's own status message, or an HTTP app's body, as upstream.
             let body = if code < 100 {
