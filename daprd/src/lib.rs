@@ -275,6 +275,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
+    tracer.flush(Duration::from_secs(5)).await;
     tracing::info!("dapr shutdown complete");
     Ok(())
 }

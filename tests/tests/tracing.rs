@@ -515,6 +515,36 @@ async fn sampling_rate_zero_exports_no_new_trace_but_follows_a_sampled_parent() 
     );
 }
 
+#[tokio::test]
+async fn spans_still_queued_when_the_sidecars_stop_are_exported_before_they_exit() {
+    let dir = scratch_dir("tracing-flush").expect("dir");
+    let collector = Collector::new();
+    let port = http_receiver(&collector).await;
+    let spec = format!(
+        "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: http://127.0.0.1:{port}/api/v2/spans\n"
+    );
+    let (_app, mut callee, mut caller) = pair(&dir, &spec, &spec).await;
+    let seen = invoke(&HttpClient::new(), &caller, "last", None).await;
+    let (trace, _, _) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
+    // Stopped at once, well inside the batch delay: the spans are still queued.
+    for sidecar in [&mut caller, &mut callee] {
+        let status = sidecar
+            .terminate(Duration::from_secs(20))
+            .await
+            .expect("daprd stops");
+        assert!(status.success(), "{status}");
+    }
+    let arrived = collector
+        .all()
+        .into_iter()
+        .filter(|s| s.trace == trace)
+        .count();
+    assert_eq!(
+        arrived, 2,
+        "both spans were exported before the sidecars exited"
+    );
+}
+
 /// Accepts connections and never answers: a collector that hangs.
 async fn black_hole() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

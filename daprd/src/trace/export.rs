@@ -16,8 +16,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
-use prost::Message;
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Kind;
 use super::settings::{Otel, OtelProtocol, Settings, ZIPKIN_TIMEOUT};
@@ -59,17 +59,38 @@ pub struct SpanRecord {
     pub error: Option<String>,
 }
 
+/// What the export task is handed.
+enum Message {
+    Span(SpanRecord),
+    /// Export what is queued now, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The request path's end of the queue.
 pub struct Sink {
-    queue: mpsc::Sender<SpanRecord>,
+    queue: mpsc::Sender<Message>,
     dropped: Dropped,
 }
 
 impl Sink {
     /// Queues `span` without waiting; a full queue drops it.
     pub fn send(&self, span: SpanRecord) {
-        if self.queue.try_send(span).is_err() {
+        if self.queue.try_send(Message::Span(span)).is_err() {
             self.dropped.add(1);
+        }
+    }
+
+    /// Exports the spans queued so far, waiting at most `within` (at shutdown: upstream's
+    /// tracer provider flushes too).
+    pub async fn flush(&self, within: Duration) {
+        let (done, exported) = oneshot::channel();
+        let flush = async {
+            if self.queue.send(Message::Flush(done)).await.is_ok() {
+                let _ = exported.await;
+            }
+        };
+        if tokio::time::timeout(within, flush).await.is_err() {
+            tracing::warn!("spans not all exported within {within:?} of shutdown");
         }
     }
 }
@@ -279,30 +300,45 @@ struct Batcher {
 }
 
 impl Batcher {
-    /// Collects up to [`MAX_BATCH`] spans or for [`BATCH_DELAY`], then exports them; ends when
-    /// every sender is gone.
-    async fn run(self, mut incoming: mpsc::Receiver<SpanRecord>) {
+    /// Collects up to [`MAX_BATCH`] spans or for [`BATCH_DELAY`] (or until a flush), then
+    /// exports them; ends when every sender is gone.
+    async fn run(self, mut incoming: mpsc::Receiver<Message>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = incoming.recv().await {
-            batch.push(first);
+            let mut flushed = None;
+            match first {
+                Message::Span(span) => batch.push(span),
+                Message::Flush(done) => flushed = Some(done),
+            }
             let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-            while batch.len() < MAX_BATCH {
+            while flushed.is_none() && batch.len() < MAX_BATCH {
                 match tokio::time::timeout_at(deadline, incoming.recv()).await {
-                    Ok(Some(span)) => batch.push(span),
+                    Ok(Some(Message::Span(span))) => batch.push(span),
+                    Ok(Some(Message::Flush(done))) => flushed = Some(done),
                     Ok(None) | Err(_) => break,
                 }
             }
-            for exporter in &self.exporters {
-                if let Err(e) = exporter.export(&self.service, &batch).await {
-                    self.dropped.add(batch.len());
-                    tracing::warn!(
-                        exporter = exporter.name(),
-                        spans = batch.len(),
-                        "span export failed: {e}"
-                    );
-                }
-            }
+            self.export(&batch).await;
             batch.clear();
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn export(&self, batch: &[SpanRecord]) {
+        if batch.is_empty() {
+            return;
+        }
+        for exporter in &self.exporters {
+            if let Err(e) = exporter.export(&self.service, batch).await {
+                self.dropped.add(batch.len());
+                tracing::warn!(
+                    exporter = exporter.name(),
+                    spans = batch.len(),
+                    "span export failed: {e}"
+                );
+            }
         }
     }
 }
@@ -464,5 +500,35 @@ mod tests {
         sink.send(record());
         sink.send(record());
         assert_eq!(sink.dropped.0.as_ref().unwrap().get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flush_exports_what_is_queued_without_waiting_for_the_batch_delay() {
+        let (queue, incoming) = mpsc::channel(QUEUE_CAPACITY);
+        let sink = Sink {
+            queue,
+            dropped: Dropped(Some(prometheus::IntCounter::new("dropped", "t").unwrap())),
+        };
+        // An exporter that always fails counts every span it was handed as dropped.
+        let uri: http::Uri = "http://127.0.0.1:9/".parse().unwrap();
+        let batcher = Batcher {
+            service: Arc::from("orders"),
+            exporters: vec![Exporter::Zipkin {
+                uri,
+                client: http_client().unwrap(),
+            }],
+            dropped: sink.dropped.clone(),
+        };
+        tokio::spawn(batcher.run(incoming));
+        sink.send(record());
+        sink.send(record());
+        let started = tokio::time::Instant::now();
+        sink.flush(Duration::from_secs(30)).await;
+        assert!(started.elapsed() < BATCH_DELAY * 5);
+        assert_eq!(
+            sink.dropped.0.as_ref().unwrap().get(),
+            2,
+            "both spans were exported"
+        );
     }
 }

@@ -147,6 +147,13 @@ impl Tracer {
         })
     }
 
+    /// Exports what is queued (at shutdown), waiting at most `within`.
+    pub async fn flush(&self, within: std::time::Duration) {
+        if let Some(sink) = self.active.as_ref().and_then(|a| a.sink.as_ref()) {
+            sink.flush(within).await;
+        }
+    }
+
     /// Tracing, when configured; `None` keeps today's `traceparent` continuation only.
     #[inline]
     pub fn active(&self) -> Option<&Active> {
