@@ -281,23 +281,19 @@ async fn pair(
     (app, callee, caller)
 }
 
-/// Invokes `inspect/<what>` on `orders` through `caller` over HTTP; the app's view of the
-/// request (its headers) comes back.
+/// Invokes `inspect/<what>` on `orders` through `caller` over HTTP with `headers`; the app's
+/// view of the request (its headers) comes back.
 async fn invoke(
     client: &HttpClient,
     caller: &Sidecar,
     what: &str,
-    traceparent: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> serde_json::Value {
-    let headers: Vec<(&str, &str)> = traceparent
-        .map(|t| ("traceparent", t))
-        .into_iter()
-        .collect();
     let reply = client
         .send(
             Method::POST,
             &caller.url(&format!("/v1.0/invoke/orders/method/inspect/{what}")),
-            &headers,
+            headers,
             Bytes::from_static(b"{}"),
         )
         .await
@@ -331,7 +327,7 @@ async fn zipkin_gets_a_client_and_a_server_span_per_hop_linked_as_upstream() {
     let client = HttpClient::new();
 
     // A new trace: sampled at rate 1, the app sees the callee's server span.
-    let seen = invoke(&client, &caller, "new", None).await;
+    let seen = invoke(&client, &caller, "new", &[("dapr-tenant", "t1")]).await;
     let (trace, app_parent, flags) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
     assert_eq!(flags, "01");
     let spans = collector.trace(&trace, 2).await;
@@ -364,6 +360,7 @@ async fn zipkin_gets_a_client_and_a_server_span_per_hop_linked_as_upstream() {
             ("dapr.protocol", "http"),
             ("dapr.api", "POST /v1.0/invoke/orders/method/inspect/new"),
             ("dapr.status_code", "200"),
+            ("dapr-tenant", "t1"),
         ],
     );
     tags(
@@ -376,6 +373,9 @@ async fn zipkin_gets_a_client_and_a_server_span_per_hop_linked_as_upstream() {
                 "dapr.api",
                 "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream",
             ),
+            ("dapr-tenant", "t1"),
+            ("dapr-caller-app-id", "checkout"),
+            ("dapr-callee-app-id", "orders"),
         ],
     );
     // stdout: the callee logged its span before exporting the batch to Zipkin.
@@ -386,14 +386,14 @@ async fn zipkin_gets_a_client_and_a_server_span_per_hop_linked_as_upstream() {
 
     // An unsampled parent is followed (nothing exported), a sampled one continued.
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-    let seen = invoke(&client, &caller, "unsampled", Some(unsampled)).await;
+    let seen = invoke(&client, &caller, "unsampled", &[("traceparent", unsampled)]).await;
     let (trace, _, flags) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
     assert_eq!(
         (trace.as_str(), flags.as_str()),
         ("0af7651916cd43dd8448eb211c80319c", "00")
     );
     let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    invoke(&client, &caller, "sampled", Some(sampled)).await;
+    invoke(&client, &caller, "sampled", &[("traceparent", sampled)]).await;
     let spans = collector.trace("4bf92f3577b34da6a3ce929d0e0e4736", 2).await;
     assert_eq!(
         one(&spans, "CLIENT").parent.as_deref(),
@@ -478,6 +478,7 @@ async fn otlp_over_http_and_grpc_carry_the_hops_with_the_configured_headers() {
         "/dapr.proto.internals.v1.ServiceInvocation/CallLocal"
     );
     assert_eq!(server_span.tags["dapr.invoke_method"], "greet");
+    assert_eq!(server_span.tags["dapr-caller-app-id"], "checkout");
     assert_eq!(server_span.headers["x-tenant"], "grpc-tenant");
 }
 
@@ -493,7 +494,7 @@ async fn sampling_rate_zero_exports_no_new_trace_but_follows_a_sampled_parent() 
     let client = HttpClient::new();
     let mut roots = Vec::new();
     for i in 0..20 {
-        let seen = invoke(&client, &caller, &format!("root/{i}"), None).await;
+        let seen = invoke(&client, &caller, &format!("root/{i}"), &[]).await;
         let (trace, _, flags) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
         assert_eq!(flags, "00", "a new trace is not sampled at rate 0");
         roots.push(trace);
@@ -504,7 +505,7 @@ async fn sampling_rate_zero_exports_no_new_trace_but_follows_a_sampled_parent() 
         &client,
         &caller,
         "parent",
-        Some(&format!("00-{trace}-00f067aa0ba902b7-01")),
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
     )
     .await;
     collector.trace(trace, 2).await;
@@ -524,7 +525,7 @@ async fn spans_still_queued_when_the_sidecars_stop_are_exported_before_they_exit
         "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: http://127.0.0.1:{port}/api/v2/spans\n"
     );
     let (_app, mut callee, mut caller) = pair(&dir, &spec, &spec).await;
-    let seen = invoke(&HttpClient::new(), &caller, "last", None).await;
+    let seen = invoke(&HttpClient::new(), &caller, "last", &[]).await;
     let (trace, _, _) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
     // Stopped at once, well inside the batch delay: the spans are still queued.
     for sidecar in [&mut caller, &mut callee] {
@@ -574,7 +575,7 @@ async fn a_collector_that_is_down_or_hangs_never_slows_a_call() {
     let started = Instant::now();
     for i in 0..50 {
         let call = Instant::now();
-        invoke(&client, &caller, &format!("call/{i}"), None).await;
+        invoke(&client, &caller, &format!("call/{i}"), &[]).await;
         assert!(call.elapsed() < bound, "call {i} took {:?}", call.elapsed());
     }
     assert!(

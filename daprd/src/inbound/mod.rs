@@ -349,6 +349,12 @@ impl Internal {
         if span.recording() {
             let method = request.message.as_ref().map_or("", |m| m.method.as_str());
             span.server_invocation(method, rpc);
+            span.dapr_headers(
+                request
+                    .metadata
+                    .iter()
+                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+            );
         }
         Some(span)
     }

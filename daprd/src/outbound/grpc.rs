@@ -126,6 +126,11 @@ impl Dapr for DaprApi {
             span.client_invocation(&request.id, &message.method, attr::GRPC, || {
                 INVOKE_SERVICE.to_owned()
             });
+            span.dapr_headers(
+                metadata
+                    .iter()
+                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+            );
             span
         });
         let internal = InternalInvokeRequest {

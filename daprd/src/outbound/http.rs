@@ -302,6 +302,12 @@ async fn invoke(
         span.client_invocation(&id, method, attr::HTTP, || {
             format!("{} {}", parts.method, parts.uri.path())
         });
+        span.dapr_headers(
+            parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
         span
     });
     let body = limited(body, limit);

@@ -56,6 +56,8 @@ pub struct SpanRecord {
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Vec<(&'static str, String)>,
+    /// The request's `dapr-*` headers.
+    pub user: Vec<(String, String)>,
     pub error: Option<String>,
 }
 
@@ -330,7 +332,9 @@ impl Batcher {
         if batch.is_empty() {
             return;
         }
-        for exporter in &self.exporters {
+        // Side by side, so a collector that hangs holds up no other (each is bounded by its
+        // timeout).
+        let exports = self.exporters.iter().map(|exporter| async move {
             if let Err(e) = exporter.export(&self.service, batch).await {
                 self.dropped.add(batch.len());
                 tracing::warn!(
@@ -339,7 +343,8 @@ impl Batcher {
                     "span export failed: {e}"
                 );
             }
-        }
+        });
+        futures::future::join_all(exports).await;
     }
 }
 
@@ -354,9 +359,11 @@ pub fn zipkin_span(service: &str, span: &SpanRecord) -> serde_json::Value {
     let start = unix_nanos(span.start);
     let duration = unix_nanos(span.end).saturating_sub(start);
     let mut tags: serde_json::Map<String, serde_json::Value> = span
-        .attributes
+        .user
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(v.as_str())))
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(span.attributes.iter().map(|(k, v)| (*k, v)))
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v.as_str())))
         .collect();
     if let Some(error) = &span.error {
         tags.insert("otel.status_code".into(), "ERROR".into());
@@ -406,7 +413,14 @@ pub fn otlp_request(service: &str, batch: &[SpanRecord]) -> ExportTraceServiceRe
             } as i32,
             start_time_unix_nano: unix_nanos(s.start),
             end_time_unix_nano: unix_nanos(s.end),
-            attributes: s.attributes.iter().map(|(k, v)| string(k, v)).collect(),
+            attributes: s
+                .user
+                .iter()
+                .map(|(k, v)| (k.as_str(), v))
+                .filter(|(k, _)| !s.attributes.iter().any(|(own, _)| own == k))
+                .chain(s.attributes.iter().map(|(k, v)| (*k, v)))
+                .map(|(k, v)| string(k, v))
+                .collect(),
             status: Some(match &s.error {
                 None => Status::default(),
                 Some(message) => Status {
@@ -450,6 +464,7 @@ mod tests {
             start: UNIX_EPOCH + Duration::from_micros(1_000_000),
             end: UNIX_EPOCH + Duration::from_micros(1_002_500),
             attributes: vec![("rpc.service", "ServiceInvocation".into())],
+            user: vec![("dapr-tenant".into(), "t1".into())],
             error: Some("Code(500): Internal Server Error".into()),
         }
     }
@@ -465,6 +480,7 @@ mod tests {
         assert_eq!(v["duration"], 2500);
         assert_eq!(v["localEndpoint"]["serviceName"], "orders");
         assert_eq!(v["tags"]["rpc.service"], "ServiceInvocation");
+        assert_eq!(v["tags"]["dapr-tenant"], "t1");
         assert_eq!(v["tags"]["error"], "Code(500): Internal Server Error");
     }
 

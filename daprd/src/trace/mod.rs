@@ -196,6 +196,7 @@ impl Active {
             name: String::new(),
             start: SystemTime::now(),
             attributes: Vec::new(),
+            user: Vec::new(),
             error: None,
         }
     }
@@ -213,6 +214,8 @@ pub struct Span<'a> {
     name: String,
     start: SystemTime,
     attributes: Vec<(&'static str, String)>,
+    /// `dapr-*` request headers; upstream's own attributes win over these.
+    user: Vec<(String, String)>,
     error: Option<String>,
 }
 
@@ -264,6 +267,20 @@ impl Span<'_> {
         ]);
     }
 
+    /// The request's `dapr-*` headers as attributes (not `-bin` ones): upstream's way of letting
+    /// users see values in spans (`userDefinedHTTPHeaders`, `userDefinedMetadata`).
+    pub fn dapr_headers<'h>(&mut self, headers: impl IntoIterator<Item = (&'h str, &'h str)>) {
+        if !self.recording() {
+            return;
+        }
+        for (name, value) in headers {
+            if name.starts_with("dapr-") && !name.ends_with("-bin") {
+                self.user
+                    .push((name.to_ascii_lowercase(), value.to_owned()));
+            }
+        }
+    }
+
     /// An HTTP answer: `dapr.status_code`, and an error status from 400 on, as upstream.
     pub fn http_status(&mut self, code: u16) {
         if !self.recording() {
@@ -301,6 +318,7 @@ impl Span<'_> {
             start: self.start,
             end: SystemTime::now(),
             attributes: self.attributes,
+            user: self.user,
             error: self.error,
         });
     }
