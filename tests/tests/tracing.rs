@@ -195,6 +195,13 @@ async fn serve(router: Router) -> u16 {
     port
 }
 
+/// An OTLP/HTTP export: protobuf in, protobuf out.
+async fn otlp_http(State(c): State<Collector>, headers: http::HeaderMap, body: Bytes) -> Vec<u8> {
+    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+    c.add(from_otlp(&request, &header_map(&headers)));
+    ExportTraceServiceResponse::default().encode_to_vec()
+}
+
 /// A Zipkin receiver and an OTLP/HTTP receiver on one port.
 async fn http_receiver(collector: &Collector) -> u16 {
     async fn zipkin(
@@ -205,15 +212,10 @@ async fn http_receiver(collector: &Collector) -> u16 {
         c.add(from_zipkin(&body, &header_map(&headers)));
         http::StatusCode::ACCEPTED
     }
-    async fn otlp(State(c): State<Collector>, headers: http::HeaderMap, body: Bytes) -> Vec<u8> {
-        let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-        c.add(from_otlp(&request, &header_map(&headers)));
-        ExportTraceServiceResponse::default().encode_to_vec()
-    }
     serve(
         Router::new()
             .route("/api/v2/spans", post(zipkin))
-            .route("/v1/traces", post(otlp))
+            .route("/v1/traces", post(otlp_http))
             .with_state(collector.clone()),
     )
     .await
@@ -248,11 +250,78 @@ async fn grpc_receiver(collector: &Collector) -> u16 {
     port
 }
 
+/// Serves `service` over TLS (h2 and HTTP/1.1 by ALPN) with a certificate for 127.0.0.1 from
+/// `ca`: a collector reached with `isSecure: true`.
+async fn serve_tls<S>(ca: &e2e::cluster::TestCa, service: S) -> u16
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = ca
+        .server(&["localhost"], &["127.0.0.1".parse().expect("ip")])
+        .expect("server certificate");
+    let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key PEM");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server TLS");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, service) = (acceptor.clone(), service.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
+                .await;
+            });
+        }
+    });
+    port
+}
+
 /// `orders` (the echo app behind it) and `checkout`, each with its `tracing` spec lines.
 async fn pair(
     dir: &Path,
     callee_tracing: &str,
     caller_tracing: &str,
+) -> (EchoApp, Sidecar, Sidecar) {
+    pair_with_env(dir, callee_tracing, caller_tracing, Vec::new()).await
+}
+
+/// [`pair`] with environment variables for both sidecars.
+async fn pair_with_env(
+    dir: &Path,
+    callee_tracing: &str,
+    caller_tracing: &str,
+    env: Vec<(String, String)>,
 ) -> (EchoApp, Sidecar, Sidecar) {
     let app = echo_app("http").await.expect("echo-app");
     let config = |name: &str, tracing: &str| -> PathBuf {
@@ -265,6 +334,7 @@ async fn pair(
             SidecarOptions {
                 app_port: Some(app.addr.port()),
                 config: Some(config("callee", callee_tracing)),
+                env: env.clone(),
                 ..Default::default()
             },
         ),
@@ -272,6 +342,7 @@ async fn pair(
             "checkout",
             SidecarOptions {
                 config: Some(config("caller", caller_tracing)),
+                env,
                 ..Default::default()
             },
         ),
@@ -480,6 +551,46 @@ async fn otlp_over_http_and_grpc_carry_the_hops_with_the_configured_headers() {
     assert_eq!(server_span.tags["dapr.invoke_method"], "greet");
     assert_eq!(server_span.tags["dapr-caller-app-id"], "checkout");
     assert_eq!(server_span.headers["x-tenant"], "grpc-tenant");
+}
+
+#[tokio::test]
+async fn secure_otlp_collectors_are_reached_over_tls_with_the_systems_roots() {
+    let dir = scratch_dir("tracing-tls").expect("dir");
+    let ca = e2e::cluster::TestCa::new("collector CA").expect("CA");
+    let roots = dir.join("roots.pem");
+    std::fs::write(&roots, &ca.cert_pem).expect("write roots");
+    let collector = Collector::new();
+    let grpc = TraceServiceServer::new(GrpcReceiver(collector.clone()));
+    let grpc_port = serve_tls(&ca, grpc).await;
+    let http = tower::ServiceExt::map_response(
+        tower::ServiceExt::map_request(
+            Router::new()
+                .route("/v1/traces", post(otlp_http))
+                .with_state(collector.clone()),
+            |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+        ),
+        |r: http::Response<axum::body::Body>| r.map(tonic::body::Body::new),
+    );
+    let http_port = serve_tls(&ca, http).await;
+    // isSecure is upstream's default; the collectors' CA is the system's as daprd reads it.
+    let otel = |protocol: &str, port: u16| {
+        format!(
+            "    samplingRate: \"1\"\n    otel:\n      protocol: {protocol}\n      endpointAddress: localhost:{port}\n"
+        )
+    };
+    let env = vec![("SSL_CERT_FILE".to_owned(), roots.display().to_string())];
+    let (_app, _callee, caller) = pair_with_env(
+        &dir,
+        &otel("grpc", grpc_port),
+        &otel("http", http_port),
+        env,
+    )
+    .await;
+    let seen = invoke(&HttpClient::new(), &caller, "secure", &[]).await;
+    let (trace, _, _) = parts(seen["headers"]["traceparent"].as_str().expect("tp"));
+    let spans = collector.trace(&trace, 2).await;
+    assert_eq!(one(&spans, "CLIENT").service, "checkout");
+    assert_eq!(one(&spans, "SERVER").service, "orders");
 }
 
 #[tokio::test]
