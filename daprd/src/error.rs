@@ -95,6 +95,10 @@ pub enum Error {
     Endpoint(#[from] crate::resources::EndpointError),
     #[error("invalid Resiliency: {0}")]
     Resiliency(#[from] crate::resiliency::PolicyError),
+    #[error("Configuration {0}")]
+    TracingSettings(#[from] crate::trace::SettingsError),
+    #[error(transparent)]
+    TracingExport(#[from] crate::trace::export::ExportError),
 }
 
 impl Error {
@@ -128,7 +132,9 @@ impl Error {
             | Error::Configuration(_)
             | Error::Resources(_)
             | Error::Endpoint(_)
-            | Error::Resiliency(_) => "ERR_INTERNAL",
+            | Error::Resiliency(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => "ERR_INTERNAL",
         }
     }
 
@@ -160,7 +166,9 @@ impl Error {
             | Error::Configuration(_)
             | Error::Resources(_)
             | Error::Endpoint(_)
-            | Error::Resiliency(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Resiliency(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -193,7 +201,9 @@ impl Error {
             | Error::Configuration(_)
             | Error::Resources(_)
             | Error::Endpoint(_)
-            | Error::Resiliency(_) => tonic::Code::Internal,
+            | Error::Resiliency(_)
+            | Error::TracingSettings(_)
+            | Error::TracingExport(_) => tonic::Code::Internal,
         }
     }
 }

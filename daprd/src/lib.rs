@@ -94,6 +94,21 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         tracing::info!("Loading Resiliency configuration: {name}");
         metrics.resiliency_loaded(name, namespace);
     }
+    let tracing_settings = trace::Settings::from_spec(config.configuration.spec.tracing.as_ref())?;
+    let tracer = Arc::new(trace::Tracer::start(
+        &tracing_settings,
+        &config.app_id,
+        &metrics,
+    )?);
+    if tracing_settings.enabled {
+        tracing::info!(
+            sampling_rate = tracing_settings.sampling_rate,
+            stdout = tracing_settings.stdout,
+            zipkin = tracing_settings.zipkin.is_some(),
+            otel = tracing_settings.otel.is_some(),
+            "tracing enabled"
+        );
+    }
     let shared = Arc::new(Shared {
         invoker: Invoker::new(
             Caller::new(
@@ -114,9 +129,10 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         extended: Mutex::new(Default::default()),
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
+        tracer: Arc::clone(&tracer),
     });
 
-    let internal = inbound::server(&config, &metrics)?;
+    let internal = inbound::server(&config, &metrics, &tracer)?;
     let mut servers = JoinSet::new();
     let stop = shutdown.graceful.clone();
 
@@ -266,6 +282,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
+    tracer.flush(Duration::from_secs(5)).await;
     tracing::info!("dapr shutdown complete");
     Ok(())
 }

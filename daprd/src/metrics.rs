@@ -294,6 +294,26 @@ impl Metrics {
         }
     }
 
+    /// A counter of another part of the sidecar (the tracing exporters' drops), registered with
+    /// the families above; `None` when metrics are disabled or the name is taken.
+    pub fn register_counter(
+        &self,
+        name: &str,
+        help: &str,
+        app_id: &str,
+    ) -> Option<prometheus::IntCounter> {
+        let f = self.families.as_deref()?;
+        let opts = Opts::new(name, help).const_label(label::APP_ID, app_id);
+        let counter = prometheus::IntCounter::with_opts(opts).ok()?;
+        match f.registry.register(Box::new(counter.clone())) {
+            Ok(()) => Some(counter),
+            Err(e) => {
+                tracing::error!("cannot register {name}: {e}");
+                None
+            }
+        }
+    }
+
     /// Starts timing a call into the app over HTTP.
     pub fn app_call(&self, verb: &Method) -> AppCall {
         AppCall {

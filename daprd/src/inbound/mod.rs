@@ -22,6 +22,7 @@ use crate::Error;
 use crate::config::Config;
 use crate::identity::transport::PeerIdentity;
 use crate::metrics::Metrics;
+use crate::trace::{Kind, Span, Tracer};
 use crate::wire::{self, BoxError, BoxStream, names};
 use acl::{AccessControl, CallerIdentity};
 use app_channel::{AppChannel, AppRequest, AppResponse};
@@ -34,15 +35,21 @@ pub struct Internal {
     acl: Option<AccessControl>,
     health: health::AppHealth,
     metrics: Arc<Metrics>,
+    tracer: Arc<Tracer>,
 }
 
 impl Internal {
-    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, Error> {
+    pub fn new(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        tracer: &Arc<Tracer>,
+    ) -> Result<Self, Error> {
         Ok(Internal {
             app: AppChannel::from_config(config, metrics)?,
             acl: AccessControl::from_spec(config.configuration.spec.access_control.as_ref()),
             health: health::AppHealth::default(),
             metrics: Arc::clone(metrics),
+            tracer: Arc::clone(tracer),
         })
     }
 
@@ -239,11 +246,17 @@ impl ServiceInvocation for Internal {
             &wire::CONTENT_LENGTH,
             &data.len().to_string(),
         );
-        let (app, app_request) = self.admit(peer.as_ref(), request, app_channel::once(data))?;
+        let mut span = self.server_span(&mut request, CALL_LOCAL);
+        let admitted = self.admit(peer.as_ref(), request, app_channel::once(data));
+        let (app, app_request) = ended_on_error(&mut span, admitted)?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received
             .respond(app.invoke(app_request), |r| r.status)
-            .await?;
+            .await;
+        let response = ended_on_error(&mut span, response)?;
+        if let Some(span) = span {
+            span.end();
+        }
         let mut head = response_head(&response);
         let body = app_channel::collect(response.body, usize::MAX).await?;
         if let Some(message) = head.message.as_mut() {
@@ -264,17 +277,23 @@ impl ServiceInvocation for Internal {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the request"))?;
-        let head = first
+        let mut head = first
             .request
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
+        let mut span = self.server_span(&mut head, CALL_LOCAL_STREAM);
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
         let declared = wire::declared_len(wire::first_of(&head.metadata, &wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
-        let (app, app_request) = self.admit(peer.as_ref(), head, body)?;
+        let admitted = self.admit(peer.as_ref(), head, body);
+        let (app, app_request) = ended_on_error(&mut span, admitted)?;
         let received = self.metrics.invocation_received(&app_request.metadata);
         let response = received
             .respond(app.invoke(app_request), |r| r.status)
-            .await?;
+            .await;
+        let response = ended_on_error(&mut span, response)?;
+        if let Some(span) = span {
+            span.end();
+        }
         let mut head = InternalInvokeResponseStream {
             response: Some(response_head(&response)),
             payload: None,
@@ -309,6 +328,50 @@ impl ServiceInvocation for Internal {
     }
 }
 
+/// The internal API's methods, as server spans name the API called.
+const CALL_LOCAL: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocal";
+const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
+
+impl Internal {
+    /// The server span of an invocation, when tracing is on: it continues the caller's
+    /// `traceparent`, which is replaced by the span's own so the app sees the callee's hop.
+    fn server_span(&self, request: &mut InternalInvokeRequest, rpc: &str) -> Option<Span<'_>> {
+        let active = self.tracer.active()?;
+        let mut span = active.start(
+            wire::first(&request.metadata, names::TRACEPARENT),
+            Kind::Server,
+        );
+        wire::set(
+            &mut request.metadata,
+            names::TRACEPARENT,
+            &span.traceparent(),
+        );
+        if span.recording() {
+            let method = request.message.as_ref().map_or("", |m| m.method.as_str());
+            span.server_invocation(method, rpc);
+            span.dapr_headers(
+                request
+                    .metadata
+                    .iter()
+                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+            );
+        }
+        Some(span)
+    }
+}
+
+/// Ends `span` as failed when `result` is an error. An app's answer, whatever its status, ends
+/// it without error, as upstream's interceptor sees only the handler's error.
+fn ended_on_error<T>(span: &mut Option<Span<'_>>, result: Result<T, Error>) -> Result<T, Error> {
+    if let Err(e) = &result
+        && let Some(mut span) = span.take()
+    {
+        span.fail(e);
+        span.end();
+    }
+    result
+}
+
 /// Whether `metadata` holds exactly one value under `name`, and that is `value`.
 fn is_only(metadata: &wire::Metadata, name: &str, value: &str) -> bool {
     metadata
@@ -322,8 +385,12 @@ fn peer_of(extensions: &http::Extensions) -> Option<PeerIdentity> {
 }
 
 /// Shared handle for the server builder.
-pub fn server(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<Internal>, Error> {
-    Internal::new(config, metrics).map(Arc::new)
+pub fn server(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    tracer: &Arc<Tracer>,
+) -> Result<Arc<Internal>, Error> {
+    Internal::new(config, metrics, tracer).map(Arc::new)
 }
 
 /// The internal server's routes: `ServiceInvocation`, and every other gRPC path proxied to the

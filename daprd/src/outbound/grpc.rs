@@ -16,7 +16,11 @@ use super::invoker::parse_target;
 use super::state::Shared;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
+use crate::trace::{self, Kind, attr};
 use crate::wire::{self, Metadata, names};
+
+/// The gRPC API's invocation method, as client spans name the API called.
+const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
 
 pub struct DaprApi {
     shared: Arc<Shared>,
@@ -130,25 +134,47 @@ impl Dapr for DaprApi {
             .message
             .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         super::http::check_method(&message.method)?;
-        let response = match route {
-            Route::Endpoint(endpoint) => self
-                .shared
-                .endpoints
-                .call_unary(endpoint, message, &metadata)
-                .await
-                .map_err(invoke_status)?,
+        let (response, span) = match route {
+            // Not spanned yet (docs/upstream-differences.md#tracing).
+            Route::Endpoint(endpoint) => (
+                self.shared
+                    .endpoints
+                    .call_unary(endpoint, message, &metadata)
+                    .await
+                    .map_err(invoke_status)?,
+                None,
+            ),
             Route::App(target) => {
+                let mut span =
+                    self.shared.tracer.active().map(|active| {
+                        let mut span =
+                            active.start(wire::first(&metadata, names::TRACEPARENT), Kind::Client);
+                        span.client_invocation(&request.id, &message.method, attr::GRPC, || {
+                            INVOKE_SERVICE.to_owned()
+                        });
+                        span.dapr_headers(metadata.iter().filter_map(|(k, list)| {
+                            Some((k.as_str(), list.values.first()?.as_str()))
+                        }));
+                        span
+                    });
                 let internal = InternalInvokeRequest {
                     ver: ApiVersion::V1 as i32,
                     metadata,
                     message: Some(message),
                     actor: None,
                 };
-                self.shared
-                    .invoker
-                    .invoke_unary(&target, internal)
-                    .await
-                    .map_err(invoke_status)?
+                let call = self.shared.invoker.invoke_unary(&target, internal);
+                let result = match &span {
+                    None => call.await,
+                    Some(span) => trace::with_hop(span.traceparent(), call).await,
+                };
+                if let Err(e) = &result
+                    && let Some(mut span) = span.take()
+                {
+                    span.fail(e);
+                    span.end();
+                }
+                (result.map_err(invoke_status)?, span)
             }
         };
         let code = response.status.as_ref().map_or(200, |s| s.code);
@@ -173,6 +199,12 @@ impl Dapr for DaprApi {
         } else {
             http_to_grpc(u16::try_from(code).unwrap_or(500))
         };
+        if let Some(mut span) = span {
+            if grpc_code != tonic::Code::Ok {
+                span.fail(format!("{grpc_code:?}"));
+            }
+            span.end();
+        }
         if grpc_code != tonic::Code::Ok {
             // A gRPC app's own status message, or an HTTP app's body, as upstream.
             let body = if code < 100 {

@@ -21,6 +21,7 @@ use super::state::Shared;
 use crate::Error;
 use crate::error::grpc_to_http;
 use crate::metrics::HttpLayer;
+use crate::trace::{self, Kind, attr};
 use crate::wire::{self, BoxError, names};
 
 type AppState = State<Arc<Shared>>;
@@ -308,11 +309,39 @@ async fn invoke(
         }),
         actor: None,
     };
+    let mut span = shared.tracer.active().map(|active| {
+        let mut span = active.start(
+            wire::first(&internal.metadata, names::TRACEPARENT),
+            Kind::Client,
+        );
+        let method = internal.message.as_ref().map_or("", |m| m.method.as_str());
+        span.client_invocation(&id, method, attr::HTTP, || {
+            format!("{} {}", parts.method, parts.uri.path())
+        });
+        span.dapr_headers(
+            parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        span
+    });
     let body = limited(body, limit);
     let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
         .await
         .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
-    let peer = match shared.invoker.invoke_stream(&target, internal, body).await {
+    let call = shared.invoker.invoke_stream(&target, internal, body);
+    let result = match &span {
+        None => call.await,
+        Some(span) => trace::with_hop(span.traceparent(), call).await,
+    };
+    if let Err(e) = &result
+        && let Some(mut span) = span.take()
+    {
+        span.fail(e);
+        span.end();
+    }
+    let peer = match result {
         Ok(peer) => peer,
         Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {
             return Err(Error::BodyTooLarge { limit });
@@ -332,6 +361,10 @@ async fn invoke(
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     };
+    if let Some(mut span) = span {
+        span.http_status(status.as_u16());
+        span.end();
+    }
     let mut response = Response::new(Body::from_stream(peer.body));
     *response.status_mut() = status;
     wire::metadata_to_headers(&peer.head.headers, response.headers_mut());

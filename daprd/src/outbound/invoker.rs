@@ -176,7 +176,7 @@ impl Invoker {
             &target.app_id,
         );
         let traceparent =
-            crate::trace::next_random(wire::first(&request.metadata, names::TRACEPARENT));
+            crate::trace::next_hop(wire::first(&request.metadata, names::TRACEPARENT));
         wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
     }
 

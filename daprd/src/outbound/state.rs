@@ -54,6 +54,8 @@ pub struct Shared {
     pub extended: Mutex<BTreeMap<String, String>>,
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
+    /// Spans of invocations, when `Configuration.spec.tracing` asks for them.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
 
 impl Shared {
