@@ -1,0 +1,445 @@
+//! The RPCs of `dapr.proto.operator.v1.Operator`, answered from the shared [`Cache`]. Every RPC
+//! first checks that the caller's SPIFFE namespace is the request's `namespace`
+//! (pkg/operator/api/authz/authz.go). Update streams read the cache's broadcast of changes:
+//! a stream that falls [`super::cache::CHANGE_BUFFER`] changes behind is closed with
+//! `ResourceExhausted` (daprd reconnects and lists again), so a slow sidecar never holds up
+//! the others or grows the operator's memory.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dapr_proto::operator::v1 as pb;
+use futures::Stream;
+use sentry::spiffe::SpiffeId;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use super::Error;
+use super::cache::{Cache, Change, Changed, Kind, Object};
+use super::secrets;
+
+/// The verified SPIFFE id of the peer of a connection (tonic's connect info).
+#[derive(Debug, Clone)]
+pub struct PeerId(pub Option<Arc<SpiffeId>>);
+
+/// The operator service.
+#[derive(Clone)]
+pub struct Operator {
+    cache: Arc<Cache>,
+    client: kube::Client,
+}
+
+impl Operator {
+    pub fn new(cache: Arc<Cache>, client: kube::Client) -> Self {
+        Operator { cache, client }
+    }
+
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Arc<Object>, Error> {
+        self.synced(kind)?;
+        self.cache
+            .get(kind, namespace, name)
+            .ok_or_else(|| Error::NotFound {
+                kind: kind.name(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Bytes>, Error> {
+        self.synced(kind)?;
+        Ok(self
+            .cache
+            .list(kind, namespace)
+            .into_iter()
+            .map(|o| o.encoded.clone())
+            .collect())
+    }
+
+    fn synced(&self, kind: Kind) -> Result<(), Error> {
+        if self.cache.is_synced(kind) {
+            Ok(())
+        } else {
+            Err(Error::NotSynced { kind: kind.name() })
+        }
+    }
+
+    /// The change stream of `kind` in `namespace`, each change turned into the RPC's event by
+    /// `event` (which may drop one by answering `None`).
+    fn updates<T, F, Fut>(&self, kind: Kind, namespace: String, event: F) -> Events<T>
+    where
+        T: Send + 'static,
+        F: Fn(Changed) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<T>> + Send,
+    {
+        let changes = self.cache.subscribe(kind);
+        let state = (changes, namespace, event, false);
+        Box::pin(futures::stream::unfold(
+            state,
+            |(mut changes, namespace, event, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    match changes.recv().await {
+                        Ok(changed) if changed.object.namespace == namespace => {
+                            if let Some(item) = event(changed).await {
+                                return Some((Ok(item), (changes, namespace, event, false)));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(missed)) => {
+                            warn!(%namespace, missed, "closing a change stream that fell behind");
+                            let status = Status::from(Error::Lagged { missed });
+                            return Some((Err(status), (changes, namespace, event, true)));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// A server stream of events.
+pub type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// `ResourceEventType` of a change.
+pub fn event_type(change: Change) -> pb::ResourceEventType {
+    match change {
+        Change::Created => pb::ResourceEventType::Created,
+        Change::Updated => pb::ResourceEventType::Updated,
+        Change::Deleted => pb::ResourceEventType::Deleted,
+    }
+}
+
+/// The caller's SPIFFE id, which must be in `namespace`.
+pub fn authorize<T>(request: &Request<T>, namespace: &str) -> Result<Arc<SpiffeId>, Error> {
+    let caller = request
+        .extensions()
+        .get::<PeerId>()
+        .and_then(|peer| peer.0.clone())
+        .ok_or(Error::NoIdentity)?;
+    check_namespace(&caller, namespace)?;
+    Ok(caller)
+}
+
+/// The authorisation rule alone: a caller reads only its own namespace.
+pub fn check_namespace(caller: &SpiffeId, namespace: &str) -> Result<(), Error> {
+    if caller.namespace() == namespace {
+        Ok(())
+    } else {
+        Err(Error::OtherNamespace {
+            caller: caller.namespace().to_owned(),
+            requested: namespace.to_owned(),
+        })
+    }
+}
+
+/// Logs a refusal once and turns it into the wire status.
+fn refused(rpc: &'static str, namespace: &str, error: Error) -> Status {
+    warn!(rpc, %namespace, "refused: {error}");
+    error.into()
+}
+
+impl Operator {
+    /// A component as served: Secret references filled.
+    async fn component(&self, object: &Object) -> Result<Bytes, Error> {
+        if secrets::refs(&object.json).is_empty() {
+            return Ok(object.encoded.clone());
+        }
+        let resolved = secrets::resolve(&self.client, &object.namespace, &object.json).await?;
+        Ok(Bytes::from(
+            serde_json::to_vec(&resolved).unwrap_or_default(),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::operator_server::Operator for Operator {
+    type ComponentUpdateStream = Events<pb::ComponentUpdateEvent>;
+    type SubscriptionUpdateStream = Events<pb::SubscriptionUpdateEvent>;
+    type HTTPEndpointUpdateStream = Events<pb::HttpEndpointUpdateEvent>;
+    type MCPServerUpdateStream = Events<pb::McpServerUpdateEvent>;
+    type ConfigurationUpdateStream = Events<pb::ConfigurationUpdateEvent>;
+    type ResiliencyUpdateStream = Events<pb::ResiliencyUpdateEvent>;
+    type WorkflowAccessPolicyUpdateStream = Events<pb::WorkflowAccessPolicyUpdateEvent>;
+
+    async fn component_update(
+        &self,
+        request: Request<pb::ComponentUpdateRequest>,
+    ) -> Result<Response<Self::ComponentUpdateStream>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace).map_err(|e| refused("ComponentUpdate", &namespace, e))?;
+        info!(%namespace, "sidecar connected for component updates");
+        let operator = self.clone();
+        Ok(Response::new(self.updates(
+            Kind::Component,
+            namespace,
+            move |changed: Changed| {
+                let operator = operator.clone();
+                async move {
+                    match operator.component(&changed.object).await {
+                        Ok(component) => Some(pb::ComponentUpdateEvent {
+                            component,
+                            r#type: event_type(changed.change) as i32,
+                        }),
+                        Err(e) => {
+                            warn!(
+                                namespace = %changed.object.namespace,
+                                component = %changed.object.name,
+                                "component change not sent: {e}"
+                            );
+                            None
+                        }
+                    }
+                }
+            },
+        )))
+    }
+
+    async fn list_components(
+        &self,
+        request: Request<pb::ListComponentsRequest>,
+    ) -> Result<Response<pb::ListComponentResponse>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        let caller = authorize(&request, &namespace)
+            .map_err(|e| refused("ListComponents", &namespace, e))?;
+        self.synced(Kind::Component)
+            .map_err(|e| refused("ListComponents", &namespace, e))?;
+        let mut components = Vec::new();
+        for object in self.cache.list(Kind::Component, &namespace) {
+            if !object.in_scope_of(caller.app_id()) {
+                debug!(component = %object.name, app_id = caller.app_id(), "out of scope");
+                continue;
+            }
+            components.push(
+                self.component(&object)
+                    .await
+                    .map_err(|e| refused("ListComponents", &namespace, e))?,
+            );
+        }
+        Ok(Response::new(pb::ListComponentResponse { components }))
+    }
+
+    async fn get_configuration(
+        &self,
+        request: Request<pb::GetConfigurationRequest>,
+    ) -> Result<Response<pb::GetConfigurationResponse>, Status> {
+        let pb::GetConfigurationRequest { name, namespace } = request.get_ref().clone();
+        authorize(&request, &namespace).map_err(|e| refused("GetConfiguration", &namespace, e))?;
+        let object = self
+            .get(Kind::Configuration, &namespace, &name)
+            .map_err(|e| refused("GetConfiguration", &namespace, e))?;
+        Ok(Response::new(pb::GetConfigurationResponse {
+            configuration: object.encoded.clone(),
+        }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        // As upstream: the namespace-less request is V2 with an empty namespace.
+        let (metadata, extensions, ()) = request.into_parts();
+        self.list_subscriptions_v2(Request::from_parts(
+            metadata,
+            extensions,
+            pb::ListSubscriptionsRequest::default(),
+        ))
+        .await
+    }
+
+    async fn get_resiliency(
+        &self,
+        request: Request<pb::GetResiliencyRequest>,
+    ) -> Result<Response<pb::GetResiliencyResponse>, Status> {
+        let pb::GetResiliencyRequest { name, namespace } = request.get_ref().clone();
+        authorize(&request, &namespace).map_err(|e| refused("GetResiliency", &namespace, e))?;
+        let object = self
+            .get(Kind::Resiliency, &namespace, &name)
+            .map_err(|e| refused("GetResiliency", &namespace, e))?;
+        Ok(Response::new(pb::GetResiliencyResponse {
+            resiliency: object.encoded.clone(),
+        }))
+    }
+
+    async fn list_resiliency(
+        &self,
+        request: Request<pb::ListResiliencyRequest>,
+    ) -> Result<Response<pb::ListResiliencyResponse>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace).map_err(|e| refused("ListResiliency", &namespace, e))?;
+        let resiliencies = self
+            .list(Kind::Resiliency, &namespace)
+            .map_err(|e| refused("ListResiliency", &namespace, e))?;
+        Ok(Response::new(pb::ListResiliencyResponse { resiliencies }))
+    }
+
+    async fn list_subscriptions_v2(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace)
+            .map_err(|e| refused("ListSubscriptionsV2", &namespace, e))?;
+        let subscriptions = self
+            .list(Kind::Subscription, &namespace)
+            .map_err(|e| refused("ListSubscriptionsV2", &namespace, e))?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions,
+        }))
+    }
+
+    async fn subscription_update(
+        &self,
+        request: Request<pb::SubscriptionUpdateRequest>,
+    ) -> Result<Response<Self::SubscriptionUpdateStream>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace)
+            .map_err(|e| refused("SubscriptionUpdate", &namespace, e))?;
+        Ok(Response::new(self.updates(
+            Kind::Subscription,
+            namespace,
+            |changed: Changed| async move {
+                Some(pb::SubscriptionUpdateEvent {
+                    subscription: changed.object.encoded.clone(),
+                    r#type: event_type(changed.change) as i32,
+                })
+            },
+        )))
+    }
+
+    async fn list_http_endpoints(
+        &self,
+        request: Request<pb::ListHttpEndpointsRequest>,
+    ) -> Result<Response<pb::ListHttpEndpointsResponse>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace).map_err(|e| refused("ListHTTPEndpoints", &namespace, e))?;
+        let http_endpoints = self
+            .list(Kind::HttpEndpoint, &namespace)
+            .map_err(|e| refused("ListHTTPEndpoints", &namespace, e))?;
+        Ok(Response::new(pb::ListHttpEndpointsResponse {
+            http_endpoints,
+        }))
+    }
+
+    async fn http_endpoint_update(
+        &self,
+        request: Request<pb::HttpEndpointUpdateRequest>,
+    ) -> Result<Response<Self::HTTPEndpointUpdateStream>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace)
+            .map_err(|e| refused("HTTPEndpointUpdate", &namespace, e))?;
+        Ok(Response::new(self.updates(
+            Kind::HttpEndpoint,
+            namespace,
+            |changed: Changed| async move {
+                Some(pb::HttpEndpointUpdateEvent {
+                    http_endpoints: changed.object.encoded.clone(),
+                    r#type: event_type(changed.change) as i32,
+                })
+            },
+        )))
+    }
+
+    async fn list_mcp_servers(
+        &self,
+        _request: Request<pb::ListMcpServersRequest>,
+    ) -> Result<Response<pb::ListMcpServersResponse>, Status> {
+        Err(Error::Unimplemented("ListMCPServers").into())
+    }
+
+    async fn mcp_server_update(
+        &self,
+        _request: Request<pb::McpServerUpdateRequest>,
+    ) -> Result<Response<Self::MCPServerUpdateStream>, Status> {
+        Err(Error::Unimplemented("MCPServerUpdate").into())
+    }
+
+    async fn configuration_update(
+        &self,
+        request: Request<pb::ConfigurationUpdateRequest>,
+    ) -> Result<Response<Self::ConfigurationUpdateStream>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace)
+            .map_err(|e| refused("ConfigurationUpdate", &namespace, e))?;
+        Ok(Response::new(self.updates(
+            Kind::Configuration,
+            namespace,
+            |changed: Changed| async move {
+                Some(pb::ConfigurationUpdateEvent {
+                    configuration: changed.object.encoded.clone(),
+                    r#type: event_type(changed.change) as i32,
+                })
+            },
+        )))
+    }
+
+    async fn resiliency_update(
+        &self,
+        request: Request<pb::ResiliencyUpdateRequest>,
+    ) -> Result<Response<Self::ResiliencyUpdateStream>, Status> {
+        let namespace = request.get_ref().namespace.clone();
+        authorize(&request, &namespace).map_err(|e| refused("ResiliencyUpdate", &namespace, e))?;
+        Ok(Response::new(self.updates(
+            Kind::Resiliency,
+            namespace,
+            |changed: Changed| async move {
+                Some(pb::ResiliencyUpdateEvent {
+                    resiliency: changed.object.encoded.clone(),
+                    r#type: event_type(changed.change) as i32,
+                })
+            },
+        )))
+    }
+
+    async fn list_workflow_access_policy(
+        &self,
+        _request: Request<pb::ListWorkflowAccessPolicyRequest>,
+    ) -> Result<Response<pb::ListWorkflowAccessPolicyResponse>, Status> {
+        Err(Error::Unimplemented("ListWorkflowAccessPolicy").into())
+    }
+
+    async fn workflow_access_policy_update(
+        &self,
+        _request: Request<pb::WorkflowAccessPolicyUpdateRequest>,
+    ) -> Result<Response<Self::WorkflowAccessPolicyUpdateStream>, Status> {
+        Err(Error::Unimplemented("WorkflowAccessPolicyUpdate").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_reads_only_its_own_namespace() {
+        let caller = SpiffeId::new("cluster.local", "shop", "orders").expect("id");
+        assert!(check_namespace(&caller, "shop").is_ok());
+        for other in ["billing", "", "shop2"] {
+            let refused = check_namespace(&caller, other).expect_err(other);
+            assert_eq!(
+                Status::from(refused).code(),
+                tonic::Code::PermissionDenied,
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_peer_id_is_unauthenticated() {
+        let request = Request::new(());
+        assert!(matches!(
+            authorize(&request, "shop"),
+            Err(Error::NoIdentity)
+        ));
+        let mut request = Request::new(());
+        request.extensions_mut().insert(PeerId(None));
+        assert!(matches!(
+            authorize(&request, "shop"),
+            Err(Error::NoIdentity)
+        ));
+    }
+}
