@@ -524,6 +524,53 @@ async fn services_send_443_to_sentry_on_50001_and_to_the_injector_on_4000() -> a
     Ok(())
 }
 
+#[tokio::test]
+async fn the_dapr_api_service_sends_443_and_80_to_the_injectors_operator_api_on_6500_and_can_be_turned_off()
+-> anyhow::Result<()> {
+    let objects = render(&[]).await?;
+    let svc = find(&objects, "Service", "dapr-api")?;
+    let ports: Vec<(i64, &str, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .context("dapr-api ports")?
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or_default(),
+                p["targetPort"].as_str().unwrap_or_default(),
+                p["appProtocol"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        ports == [(443, "operator-api", "tls"), (80, "operator-api", "tls")],
+        "dapr-api ports: {ports:?}"
+    );
+    ensure!(svc["spec"]["selector"] == json!({"app": "dapr-sidecar-injector"}));
+    let injector = container(find(&objects, "Deployment", "dapr-sidecar-injector")?)?;
+    ensure!(container_port(injector, "operator-api")? == 6500);
+
+    let without = render(&set(&["dapr_sidecar_injector.operatorAPI.enabled=false"])).await?;
+    ensure!(
+        find(&without, "Service", "dapr-api").is_err(),
+        "dapr-api rendered when off"
+    );
+    let injector = container(find(&without, "Deployment", "dapr-sidecar-injector")?)?;
+    ensure!(
+        injector["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--disable-operator-api")),
+        "the injector is not told to stop serving the operator API"
+    );
+    let rules = rules(find(&without, "ClusterRole", "dapr-injector")?)?;
+    ensure!(
+        rules.iter().all(|(_, resources, _, _)| !resources
+            .iter()
+            .any(|r| r == "secrets" || r == "components")),
+        "operator API rules remain: {rules:?}"
+    );
+    Ok(())
+}
+
 /// One RBAC rule in a comparable form: (apiGroups, resources, resourceNames, verbs), each sorted.
 type Rule = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
@@ -638,6 +685,19 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
                     &["dapr-configuration-reader"],
                     &["bind"],
                 ),
+                rule(
+                    &["dapr.io"],
+                    &[
+                        "components",
+                        "configurations",
+                        "httpendpoints",
+                        "resiliencies",
+                        "subscriptions",
+                    ],
+                    &[],
+                    &["list", "watch"],
+                ),
+                rule(&[""], &["secrets"], &[], &["get"]),
             ],
         ),
         (
