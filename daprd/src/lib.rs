@@ -8,6 +8,7 @@ pub mod error;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod operator;
 pub mod outbound;
 pub mod peer;
 pub mod resolve;
@@ -33,6 +34,49 @@ use outbound::state::{Health, Shared, Shutdown};
 /// The version reported in metadata and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The Configuration named by `--config` (Kubernetes mode): from the operator when the sidecar
+/// has its address and an identity (then changes are followed), else from the API server.
+async fn load_configuration(
+    config: &mut Config,
+    name: &str,
+    identity: Option<&identity::Current>,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    match (&config.operator_address, identity, &config.mtls) {
+        (Some(address), Some(current), Some(mtls)) => {
+            let mut client = operator::client(
+                address,
+                current.clone(),
+                &mtls.control_plane_trust_domain,
+                &mtls.control_plane_namespace,
+            )?;
+            let (configuration, spec) =
+                operator::load(&mut client, &config.namespace, name).await?;
+            config.configuration = configuration;
+            tracing::info!(
+                "Loaded Configuration {}/{name} from the operator",
+                config.namespace
+            );
+            tokio::spawn(operator::follow(
+                client,
+                config.namespace.clone(),
+                name.to_owned(),
+                spec,
+                shutdown.graceful.clone(),
+            ));
+        }
+        _ => {
+            config.configuration =
+                configuration::load(&config.api_server, &config.namespace, name).await?;
+            tracing::info!(
+                "Loaded Configuration {}/{name} from the API server",
+                config.namespace
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })
 }
@@ -42,24 +86,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 pub async fn run(mut config: Config) -> Result<(), Error> {
     let started = Instant::now();
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
-    if let Some(name) = &config.configuration_name {
-        config.configuration =
-            configuration::load(&config.api_server, &config.namespace, name).await?;
-        tracing::info!(
-            "Loaded Configuration {}/{name} from the API server",
-            config.namespace
-        );
-    }
-    let config = Arc::new(config);
-
-    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
-    tracing::info!("Initialized name resolution to {}", resolver.name());
-
-    let ignored = config.ignored_flags.join(" ");
-    if !ignored.is_empty() {
-        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
-    }
     let shutdown = Shutdown::default();
+    // The identity comes first: the operator serves the Configuration over mTLS only.
     let identity = match &config.mtls {
         None => {
             tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
@@ -77,6 +105,18 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             )
         }
     };
+    if let Some(name) = config.configuration_name.clone() {
+        load_configuration(&mut config, &name, identity.as_ref(), &shutdown).await?;
+    }
+    let config = Arc::new(config);
+
+    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
+    tracing::info!("Initialized name resolution to {}", resolver.name());
+
+    let ignored = config.ignored_flags.join(" ");
+    if !ignored.is_empty() {
+        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
+    }
     let metrics = Arc::new(metrics::Metrics::new(
         &config.app_id,
         config.metrics.is_some(),

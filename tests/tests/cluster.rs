@@ -254,7 +254,13 @@ async fn helm_install_creates_the_charts_service_accounts_rbac_webhook_trust_bun
         ),
         (&injector, "watch", "deployments", Some(APPS), "yes"),
         (&injector, "create", "services", Some(APPS), "yes"),
-        (&injector, "get", "secrets", Some(NAMESPACE), "no"),
+        // The operator API reads the Secrets components name, one by one; it never lists
+        // or changes them.
+        (&injector, "get", "secrets", Some(APPS), "yes"),
+        (&injector, "list", "secrets", Some(APPS), "no"),
+        (&injector, "update", "secrets", Some(NAMESPACE), "no"),
+        (&injector, "watch", "components.dapr.io", Some(APPS), "yes"),
+        (&injector, "create", "components.dapr.io", Some(APPS), "no"),
         (
             &sentry,
             "update",
@@ -1164,6 +1170,10 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
     helm_install_with(
         &cluster,
         &[
+            // These sidecars read their Configuration from the API server (no operator API
+            // runs here), which needs the opt-in reader RoleBindings.
+            "--set",
+            "dapr_sidecar_injector.configurationReaderBindings=true",
             "--set",
             "global.mtls.workloadCertTTL=6s",
             "--set",
@@ -1290,8 +1300,20 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
             .await?;
         let log = net.dir().join(format!("{host}.log"));
         let out = std::fs::File::create(&log)?;
+        // Without --control-plane-address the sidecar reads its Configuration from the API
+        // server with its pod's token, the path this test covers (no operator API runs here:
+        // the operator path is the operator-api test's).
+        let mut daprd_args = Vec::new();
+        let mut given = container_args[1..].iter();
+        while let Some(arg) = given.next() {
+            if *arg == "--control-plane-address" {
+                given.next();
+            } else {
+                daprd_args.push(*arg);
+            }
+        }
         let mut cmd = net.command(host, binary("daprd"));
-        cmd.args(&container_args[1..])
+        cmd.args(&daprd_args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             // Where the kubelet would mount the projected token.
@@ -1447,7 +1469,11 @@ async fn operator_client(
     )?)?);
     let request = sentry::client::SvidRequest {
         sentry_address: sentry.addr.to_string(),
-        sentry_id: sentry::spiffe::SpiffeId::new("localhost", NAMESPACE, "dapr-sentry")?,
+        sentry_id: sentry::spiffe::SpiffeId::new(
+            OPERATOR_TEST_TRUST_DOMAIN,
+            NAMESPACE,
+            "dapr-sentry",
+        )?,
         id: app_id.into(),
         namespace: namespace.into(),
         token: String::new(),
@@ -1507,6 +1533,9 @@ fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
 }
 
 const SHOP: &str = "shop";
+/// The trust domain of the operator test's sentry: the insecure validator puts every
+/// certificate (the operator's included) in `public`, so the control plane's is `public` too.
+const OPERATOR_TEST_TRUST_DOMAIN: &str = "public";
 /// How many update streams the scale part holds open, and how many share one connection.
 const SCALE_STREAMS: usize = 2000;
 const STREAMS_PER_CONNECTION: usize = 50;
@@ -1535,6 +1564,7 @@ async fn the_operator_api_serves_each_namespace_its_resources_over_mtls_and_push
             "1h",
             "1m",
         )?)
+        .args(["--trust-domain", OPERATOR_TEST_TRUST_DOMAIN])
         .env("NAMESPACE", NAMESPACE)
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out))
@@ -1616,7 +1646,10 @@ spec:
         ],
         &[
             ("DAPR_SENTRY_ADDRESS", sentry_address.as_str()),
-            ("DAPR_CONTROL_PLANE_TRUST_DOMAIN", "localhost"),
+            (
+                "DAPR_CONTROL_PLANE_TRUST_DOMAIN",
+                OPERATOR_TEST_TRUST_DOMAIN,
+            ),
         ],
     )
     .await?;
@@ -1776,6 +1809,74 @@ spec:
         "event {:?}: {changed}",
         event.r#type
     );
+
+    // A daprd in Kubernetes mode reads its Configuration from the operator and notices a change.
+    let sidecar_dir = cluster.dir.join("operator-daprd");
+    std::fs::create_dir_all(&sidecar_dir)?;
+    let operator_address = operator.to_string();
+    let daprd = e2e::sidecar::Sidecar::start(
+        "orders",
+        &sidecar_dir,
+        e2e::sidecar::SidecarOptions {
+            config: Some("appconfig".into()),
+            extra_args: [
+                "--mode",
+                "kubernetes",
+                "--enable-mtls",
+                "--sentry-address",
+                sentry_address.as_str(),
+                "--control-plane-trust-domain",
+                OPERATOR_TEST_TRUST_DOMAIN,
+                "--control-plane-namespace",
+                NAMESPACE,
+                "--control-plane-address",
+                operator_address.as_str(),
+                "--enable-metrics=false",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            env: vec![
+                ("NAMESPACE".into(), SHOP.into()),
+                (
+                    "DAPR_TRUST_ANCHORS_FILE".into(),
+                    sentry.trust_anchors().display().to_string(),
+                ),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let daprd_log = || std::fs::read_to_string(&daprd.log).unwrap_or_default();
+    ensure!(
+        daprd_log().contains("Loaded Configuration shop/appconfig from the operator"),
+        "daprd did not read its Configuration from the operator:\n{}",
+        daprd_log()
+    );
+    cluster
+        .kubectl(&[
+            "patch",
+            "configuration",
+            "appconfig",
+            "-n",
+            SHOP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"tracing":{"samplingRate":"0.25"}}}"#,
+        ])
+        .await?
+        .ok()?;
+    eventually(
+        Duration::from_secs(10),
+        "daprd notices the change",
+        || async {
+            Ok(daprd_log()
+                .contains("restart the pod to apply it")
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(daprd_log)?;
 
     // Scale: SCALE_STREAMS update streams (STREAMS_PER_CONNECTION per connection) and one
     // change that must reach all of them.
