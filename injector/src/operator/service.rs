@@ -12,6 +12,7 @@ use bytes::Bytes;
 use dapr_proto::operator::v1 as pb;
 use futures::Stream;
 use sentry::spiffe::SpiffeId;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
@@ -65,41 +66,55 @@ impl Operator {
         }
     }
 
-    /// The change stream of `kind` in `namespace`, each change turned into the RPC's event by
-    /// `event` (which may drop one by answering `None`).
+    /// The change stream of `kind` in `namespace` ([`change_stream`]).
     fn updates<T, F, Fut>(&self, kind: Kind, namespace: String, event: F) -> Events<T>
     where
         T: Send + 'static,
         F: Fn(Changed) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<T>> + Send,
     {
-        let changes = self.cache.subscribe(kind);
-        let state = (changes, namespace, event, false);
-        Box::pin(futures::stream::unfold(
-            state,
-            |(mut changes, namespace, event, ended)| async move {
-                if ended {
-                    return None;
-                }
-                loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed.object.namespace == namespace => {
-                            if let Some(item) = event(changed).await {
-                                return Some((Ok(item), (changes, namespace, event, false)));
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(missed)) => {
-                            warn!(%namespace, missed, "closing a change stream that fell behind");
-                            let status = Status::from(Error::Lagged { missed });
-                            return Some((Err(status), (changes, namespace, event, true)));
-                        }
-                        Err(RecvError::Closed) => return None,
-                    }
-                }
-            },
-        ))
+        change_stream(self.cache.subscribe(kind), namespace, event)
     }
+}
+
+/// The changes `changes` brings for `namespace`, each turned into the RPC's event by `event`
+/// (which may drop one by answering `None`); ends with `ResourceExhausted` once it has fallen
+/// too far behind.
+pub fn change_stream<T, F, Fut>(
+    changes: broadcast::Receiver<Changed>,
+    namespace: String,
+    event: F,
+) -> Events<T>
+where
+    T: Send + 'static,
+    F: Fn(Changed) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<T>> + Send,
+{
+    let state = (changes, namespace, event, false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut changes, namespace, event, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                match changes.recv().await {
+                    Ok(changed) if changed.object.namespace == namespace => {
+                        if let Some(item) = event(changed).await {
+                            return Some((Ok(item), (changes, namespace, event, false)));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        warn!(%namespace, missed, "closing a change stream that fell behind");
+                        let status = Status::from(Error::Lagged { missed });
+                        return Some((Err(status), (changes, namespace, event, true)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    ))
 }
 
 /// A server stream of events.
@@ -426,6 +441,49 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    fn object(namespace: &str, name: &str, version: u32) -> super::super::cache::Object {
+        Object::new(
+            namespace.into(),
+            name.into(),
+            serde_json::json!({"metadata": {"name": name, "resourceVersion": version.to_string()}}),
+        )
+    }
+
+    fn names(changed: Changed) -> std::future::Ready<Option<String>> {
+        std::future::ready(Some(changed.object.name.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_stream_sees_only_its_namespace() {
+        use futures::StreamExt;
+        let cache = Cache::new();
+        let mut stream = change_stream(cache.subscribe(Kind::Configuration), "shop".into(), names);
+        cache.apply(Kind::Configuration, object("billing", "other", 1));
+        cache.apply(Kind::Configuration, object("shop", "mine", 1));
+        let first = stream.next().await.expect("an item").expect("not an error");
+        assert_eq!(first, "mine");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_is_closed_with_resource_exhausted_and_others_go_on() {
+        use futures::StreamExt;
+        let cache = Cache::new();
+        let mut slow = change_stream(cache.subscribe(Kind::Component), "shop".into(), names);
+        let mut fast = change_stream(cache.subscribe(Kind::Component), "shop".into(), names);
+        for version in 0..super::super::cache::CHANGE_BUFFER as u32 {
+            cache.apply(Kind::Component, object("shop", "c", version));
+            assert!(fast.next().await.expect("item").is_ok());
+        }
+        cache.apply(Kind::Component, object("shop", "c", 100_000));
+        let closed = slow.next().await.expect("an item").expect_err("lagged");
+        assert_eq!(closed.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            slow.next().await.is_none(),
+            "the stream ends after the error"
+        );
+        assert_eq!(fast.next().await.expect("item").expect("ok"), "c");
     }
 
     #[test]
