@@ -233,7 +233,7 @@ fn optional_flags() -> Vec<String> {
         "global.prometheus.enabled=false",
         "global.scheduler.enabled=true",
         "dapr_sidecar_injector.serviceReconciler.enabled=false",
-        "dapr_sidecar_injector.configurationReaderBindings=false",
+        "dapr_sidecar_injector.configurationReaderBindings=true",
         "global.actors.enabled=true",
         "global.mtls.mountSentryVolume=false",
         "global.imagePullSecrets=regcred",
@@ -674,18 +674,6 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
                     &["create", "get", "list", "update", "watch"],
                 ),
                 rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["rolebindings"],
-                    &[],
-                    &["create", "get"],
-                ),
-                rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["clusterroles"],
-                    &["dapr-configuration-reader"],
-                    &["bind"],
-                ),
-                rule(
                     &["dapr.io"],
                     &[
                         "components",
@@ -699,11 +687,6 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
                 ),
                 rule(&[""], &["secrets"], &[], &["get"]),
             ],
-        ),
-        (
-            "ClusterRole",
-            "dapr-configuration-reader",
-            vec![rule(&["dapr.io"], &["configurations"], &[], &["get"])],
         ),
         (
             "Role",
@@ -773,6 +756,33 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
             "{deployment}"
         );
         find(&objects, "ServiceAccount", account)?;
+    }
+
+    // Opted in, the sidecars' reader role and the injector's right to bind it (and only it)
+    // appear.
+    let readers = render(&set(&[
+        "dapr_sidecar_injector.configurationReaderBindings=true",
+    ]))
+    .await?;
+    let got = rules(find(&readers, "ClusterRole", "dapr-configuration-reader")?)?;
+    let want: BTreeSet<_> = [rule(&["dapr.io"], &["configurations"], &[], &["get"])].into();
+    ensure!(got == want, "dapr-configuration-reader: {got:?}");
+    let got = rules(find(&readers, "ClusterRole", "dapr-injector")?)?;
+    for wanted in [
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings"],
+            &[],
+            &["create", "get"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles"],
+            &["dapr-configuration-reader"],
+            &["bind"],
+        ),
+    ] {
+        ensure!(got.contains(&wanted), "injector lacks {wanted:?}: {got:?}");
     }
 
     // Without the Service reconciler (and its RoleBindings) the injector loses its workload,
