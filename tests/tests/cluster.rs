@@ -1623,6 +1623,15 @@ metadata: {{name: shared, namespace: {SHOP}}}
 spec: {{type: bindings.cron, version: v1, metadata: [{{name: schedule, value: "@every 1m"}}]}}
 ---
 apiVersion: dapr.io/v1alpha1
+kind: HTTPEndpoint
+metadata: {{name: payments, namespace: {SHOP}}}
+spec:
+  baseUrl: https://payments.example
+  headers:
+    - name: authorization
+      secretKeyRef: {{name: redis, key: password}}
+---
+apiVersion: dapr.io/v1alpha1
 kind: Resiliency
 metadata: {{name: retries, namespace: {SHOP}}}
 spec:
@@ -1708,6 +1717,19 @@ spec:
     ensure!(
         password["value"] == "czNjcmV0" && password["secretKeyRef"]["name"] == "redis",
         "secret-backed value: {password}"
+    );
+    let endpoints = orders
+        .list_http_endpoints(pb::ListHttpEndpointsRequest {
+            namespace: SHOP.into(),
+        })
+        .await?
+        .into_inner()
+        .http_endpoints;
+    ensure!(endpoints.len() == 1, "HTTPEndpoints: {}", endpoints.len());
+    let endpoint: Value = serde_json::from_slice(&endpoints[0])?;
+    ensure!(
+        endpoint["spec"]["headers"][0]["value"] == "czNjcmV0",
+        "secret-backed header: {endpoint}"
     );
     let resiliencies = orders
         .list_resiliency(pb::ListResiliencyRequest {

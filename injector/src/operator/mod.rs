@@ -57,6 +57,11 @@ pub enum Error {
     },
     #[error("reading Secret {namespace}/{name} timed out")]
     SecretTimeout { namespace: String, name: String },
+    #[error("{}", match key {
+        Some(key) => format!("Secret {secret} has no key {key:?}"),
+        None => format!("Secret {secret} is named without a key"),
+    })]
+    SecretKeyMissing { secret: String, key: Option<String> },
     #[error(
         "the change stream fell {missed} events behind and is closed; reconnect and list again"
     )]
@@ -73,6 +78,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound { .. } => tonic::Code::NotFound,
             Error::NotSynced { .. } | Error::SecretTimeout { .. } => tonic::Code::Unavailable,
             Error::Secret { .. } => tonic::Code::Internal,
+            Error::SecretKeyMissing { .. } => tonic::Code::FailedPrecondition,
             Error::Lagged { .. } => tonic::Code::ResourceExhausted,
             Error::Unimplemented(_) => tonic::Code::Unimplemented,
         };
@@ -123,6 +129,13 @@ mod tests {
                     source: kube_error,
                 },
                 tonic::Code::Internal,
+            ),
+            (
+                Error::SecretKeyMissing {
+                    secret: "otel".into(),
+                    key: Some("token".into()),
+                },
+                tonic::Code::FailedPrecondition,
             ),
             (Error::Lagged { missed: 3 }, tonic::Code::ResourceExhausted),
             (

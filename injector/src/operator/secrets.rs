@@ -1,8 +1,15 @@
-//! Component metadata that names a Kubernetes Secret (`secretKeyRef`) gets the secret's value
-//! filled in before it is served, as upstream's operator does (pkg/operator/api/components.go):
-//! `value` becomes the JSON string of base64(secret bytes) and `secretKeyRef` is kept, so
-//! daprd decodes it instead of asking a secret store. Only for components whose
-//! `auth.secretStore` is empty or `kubernetes`; other stores are daprd's business.
+//! Values that name a Kubernetes Secret (`secretKeyRef`) are filled in before an object is
+//! served, as upstream's operator does, so daprd decodes them instead of asking a secret store:
+//!
+//! - Component `spec.metadata[]` and HTTPEndpoint `spec.headers[]` and
+//!   `spec.clientTLS.{certificate,privateKey,rootCA}` (pkg/operator/api/components.go,
+//!   httpendpoints.go): `value` becomes the JSON string of base64(secret bytes), the key defaults
+//!   to the Secret's name, a key the Secret lacks leaves the item as it is; only when the
+//!   object's `auth.secretStore` is empty or `kubernetes` (other stores are daprd's business).
+//! - Configuration `spec.tracing.otel.headers[]` (pkg/operator/api/configurations.go): `value`
+//!   becomes the secret's text as a JSON string; the key is required and must exist.
+//!
+//! `secretKeyRef` is kept in every case.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,77 +20,130 @@ use kube::api::Api;
 use serde_json::Value;
 
 use super::Error;
+use super::cache::Kind;
 
 /// The secret store name that means "Kubernetes Secrets".
 const KUBERNETES_STORE: &str = "kubernetes";
 /// Bound on one Secret read.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One metadata item to fill: its index, the Secret and the key in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRef {
-    pub item: usize,
-    pub secret: String,
-    pub key: String,
+/// How a secret's bytes become the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The JSON string of base64(bytes).
+    Base64,
+    /// The bytes as a JSON string; the key must exist.
+    Text,
 }
 
-/// The metadata items of `component` that name a Kubernetes Secret (key defaults to the
-/// secret's name, as upstream).
-pub fn refs(component: &Value) -> Vec<SecretRef> {
-    let store = component["auth"]["secretStore"]
-        .as_str()
-        .unwrap_or_default();
-    if !store.is_empty() && store != KUBERNETES_STORE {
-        return Vec::new();
-    }
-    let Some(items) = component["spec"]["metadata"].as_array() else {
-        return Vec::new();
+/// One value to fill: the JSON pointer of the object holding `value` and `secretKeyRef`, the
+/// Secret and the key in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub pointer: String,
+    pub secret: String,
+    pub key: String,
+    pub encoding: Encoding,
+}
+
+/// The values of `object` (of `kind`) that name a Kubernetes Secret. A Configuration header
+/// naming a Secret without a key is an error, as upstream.
+pub fn refs(kind: Kind, object: &Value) -> Result<Vec<SecretRef>, Error> {
+    let kubernetes_store = || {
+        let store = object["auth"]["secretStore"].as_str().unwrap_or_default();
+        store.is_empty() || store == KUBERNETES_STORE
     };
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(item, entry)| {
-            let reference = &entry["secretKeyRef"];
-            let secret = reference["name"].as_str().filter(|n| !n.is_empty())?;
+    let mut found = Vec::new();
+    let mut base64_ref = |pointer: String, holder: &Value| {
+        let reference = &holder["secretKeyRef"];
+        if let Some(secret) = reference["name"].as_str().filter(|n| !n.is_empty()) {
             let key = reference["key"]
                 .as_str()
                 .filter(|k| !k.is_empty())
                 .unwrap_or(secret);
-            Some(SecretRef {
-                item,
+            found.push(SecretRef {
+                pointer,
                 secret: secret.to_owned(),
                 key: key.to_owned(),
-            })
-        })
-        .collect()
+                encoding: Encoding::Base64,
+            });
+        }
+    };
+    match kind {
+        Kind::Component if kubernetes_store() => {
+            for (i, item) in items(&object["spec"]["metadata"]) {
+                base64_ref(format!("/spec/metadata/{i}"), item);
+            }
+        }
+        Kind::HttpEndpoint if kubernetes_store() => {
+            for (i, item) in items(&object["spec"]["headers"]) {
+                base64_ref(format!("/spec/headers/{i}"), item);
+            }
+            for part in ["certificate", "privateKey", "rootCA"] {
+                let holder = &object["spec"]["clientTLS"][part];
+                if holder.is_object() {
+                    base64_ref(format!("/spec/clientTLS/{part}"), holder);
+                }
+            }
+        }
+        Kind::Configuration => {
+            for (i, header) in items(&object["spec"]["tracing"]["otel"]["headers"]) {
+                let reference = &header["secretKeyRef"];
+                let Some(secret) = reference["name"].as_str().filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                let Some(key) = reference["key"].as_str().filter(|k| !k.is_empty()) else {
+                    return Err(Error::SecretKeyMissing {
+                        secret: secret.to_owned(),
+                        key: None,
+                    });
+                };
+                found.push(SecretRef {
+                    pointer: format!("/spec/tracing/otel/headers/{i}"),
+                    secret: secret.to_owned(),
+                    key: key.to_owned(),
+                    encoding: Encoding::Text,
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(found)
 }
 
-/// Sets item `reference.item`'s value to the JSON string of base64(`bytes`).
-pub fn fill(component: &mut Value, reference: &SecretRef, bytes: &[u8]) {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-    if let Some(entry) = component["spec"]["metadata"]
-        .as_array_mut()
-        .and_then(|items| items.get_mut(reference.item))
-        && let Some(entry) = entry.as_object_mut()
+fn items(list: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    list.as_array().into_iter().flatten().enumerate()
+}
+
+/// Sets `value` of the object at `reference.pointer` from the secret's `bytes`.
+pub fn fill(object: &mut Value, reference: &SecretRef, bytes: &[u8]) {
+    let value = match reference.encoding {
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(bytes),
+        Encoding::Text => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    if let Some(holder) = object
+        .pointer_mut(&reference.pointer)
+        .and_then(Value::as_object_mut)
     {
-        entry.insert("value".to_owned(), Value::String(encoded));
+        holder.insert("value".to_owned(), Value::String(value));
     }
 }
 
-/// `component` with its Kubernetes Secret references filled from `namespace`; a missing key
-/// leaves the item as it was (upstream does the same), a missing Secret is an error.
+/// `object` (of `kind`) with its Kubernetes Secret references filled from `namespace`; `None`
+/// when it names none (serve the stored encoding as it is).
 pub async fn resolve(
     client: &kube::Client,
+    kind: Kind,
     namespace: &str,
-    component: &Value,
-) -> Result<Value, Error> {
-    let references = refs(component);
+    object: &Value,
+) -> Result<Option<Value>, Error> {
+    let references = refs(kind, object)?;
     if references.is_empty() {
-        return Ok(component.clone());
+        return Ok(None);
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
-    let mut resolved = component.clone();
+    let mut resolved = object.clone();
     for reference in references {
         if !secrets.contains_key(&reference.secret) {
             let secret = tokio::time::timeout(LOOKUP_TIMEOUT, api.get(&reference.secret))
@@ -103,11 +163,18 @@ pub async fn resolve(
             .get(&reference.secret)
             .and_then(|s| s.data.as_ref())
             .and_then(|data| data.get(&reference.key));
-        if let Some(value) = value {
-            fill(&mut resolved, &reference, &value.0);
+        match (value, reference.encoding) {
+            (Some(value), _) => fill(&mut resolved, &reference, &value.0),
+            (None, Encoding::Base64) => {}
+            (None, Encoding::Text) => {
+                return Err(Error::SecretKeyMissing {
+                    secret: reference.secret,
+                    key: Some(reference.key),
+                });
+            }
         }
     }
-    Ok(resolved)
+    Ok(Some(resolved))
 }
 
 #[cfg(test)]
@@ -115,8 +182,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn secret_ref(pointer: &str, secret: &str, key: &str, encoding: Encoding) -> SecretRef {
+        SecretRef {
+            pointer: pointer.into(),
+            secret: secret.into(),
+            key: key.into(),
+            encoding,
+        }
+    }
+
     #[test]
-    fn references_are_found_only_for_the_kubernetes_store() {
+    fn component_references_are_found_only_for_the_kubernetes_store() {
         let mut component = json!({
             "spec": {"metadata": [
                 {"name": "host", "value": "redis:6379"},
@@ -125,24 +201,76 @@ mod tests {
             ]}
         });
         assert_eq!(
-            refs(&component),
+            refs(Kind::Component, &component).expect("refs"),
             vec![
-                SecretRef {
-                    item: 1,
-                    secret: "redis".into(),
-                    key: "pw".into()
-                },
-                SecretRef {
-                    item: 2,
-                    secret: "token".into(),
-                    key: "token".into()
-                },
+                secret_ref("/spec/metadata/1", "redis", "pw", Encoding::Base64),
+                secret_ref("/spec/metadata/2", "token", "token", Encoding::Base64),
             ]
         );
         component["auth"] = json!({"secretStore": "kubernetes"});
-        assert_eq!(refs(&component).len(), 2);
+        assert_eq!(refs(Kind::Component, &component).expect("refs").len(), 2);
         component["auth"] = json!({"secretStore": "vault"});
-        assert!(refs(&component).is_empty());
+        assert!(refs(Kind::Component, &component).expect("refs").is_empty());
+    }
+
+    #[test]
+    fn http_endpoint_headers_and_client_tls_parts_are_found() {
+        let endpoint = json!({"spec": {
+            "baseUrl": "https://x",
+            "headers": [{"name": "a", "value": "1"}, {"name": "b", "secretKeyRef": {"name": "s", "key": "k"}}],
+            "clientTLS": {
+                "certificate": {"secretKeyRef": {"name": "tls", "key": "tls.crt"}},
+                "privateKey": {"secretKeyRef": {"name": "tls", "key": "tls.key"}},
+                "rootCA": {"value": "inline"}
+            }
+        }});
+        assert_eq!(
+            refs(Kind::HttpEndpoint, &endpoint).expect("refs"),
+            vec![
+                secret_ref("/spec/headers/1", "s", "k", Encoding::Base64),
+                secret_ref(
+                    "/spec/clientTLS/certificate",
+                    "tls",
+                    "tls.crt",
+                    Encoding::Base64
+                ),
+                secret_ref(
+                    "/spec/clientTLS/privateKey",
+                    "tls",
+                    "tls.key",
+                    Encoding::Base64
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn configuration_otel_headers_need_a_key_and_are_filled_as_text() {
+        let mut configuration = json!({"spec": {"tracing": {"otel": {"headers": [
+            {"name": "authorization", "secretKeyRef": {"name": "otel", "key": "token"}}
+        ]}}}});
+        let found = refs(Kind::Configuration, &configuration).expect("refs");
+        assert_eq!(
+            found,
+            vec![secret_ref(
+                "/spec/tracing/otel/headers/0",
+                "otel",
+                "token",
+                Encoding::Text
+            )]
+        );
+        fill(&mut configuration, &found[0], b"Bearer x");
+        assert_eq!(
+            configuration["spec"]["tracing"]["otel"]["headers"][0]["value"],
+            "Bearer x"
+        );
+        let keyless = json!({"spec": {"tracing": {"otel": {"headers": [
+            {"name": "authorization", "secretKeyRef": {"name": "otel"}}
+        ]}}}});
+        assert!(matches!(
+            refs(Kind::Configuration, &keyless),
+            Err(Error::SecretKeyMissing { key: None, .. })
+        ));
     }
 
     #[test]
@@ -150,7 +278,7 @@ mod tests {
         let mut component = json!({"spec": {"metadata": [
             {"name": "password", "secretKeyRef": {"name": "redis", "key": "pw"}}
         ]}});
-        let reference = refs(&component).remove(0);
+        let reference = refs(Kind::Component, &component).expect("refs").remove(0);
         fill(&mut component, &reference, b"s3cret");
         assert_eq!(
             component["spec"]["metadata"][0],
@@ -159,9 +287,19 @@ mod tests {
     }
 
     #[test]
-    fn malformed_metadata_yields_no_references() {
-        assert!(refs(&json!({"spec": {"metadata": "x"}})).is_empty());
-        assert!(refs(&json!({"spec": {"metadata": [1, {"secretKeyRef": "x"}]}})).is_empty());
-        assert!(refs(&json!(null)).is_empty());
+    fn malformed_objects_yield_no_references() {
+        for object in [
+            json!({"spec": {"metadata": "x"}}),
+            json!({"spec": {"metadata": [1, {"secretKeyRef": "x"}]}}),
+            json!(null),
+            json!({"spec": {"clientTLS": {"certificate": "x"}, "headers": {}}}),
+        ] {
+            for kind in Kind::ALL {
+                assert!(
+                    refs(kind, &object).expect("no error").is_empty(),
+                    "{kind:?} {object}"
+                );
+            }
+        }
     }
 }

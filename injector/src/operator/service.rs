@@ -25,21 +25,28 @@ use super::secrets;
 #[derive(Debug, Clone)]
 pub struct PeerId(pub Option<Arc<SpiffeId>>);
 
-/// The operator service.
+/// The operator service. Cloned into every open stream, so it is one pointer.
 #[derive(Clone)]
 pub struct Operator {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     cache: Arc<Cache>,
     client: kube::Client,
 }
 
 impl Operator {
     pub fn new(cache: Arc<Cache>, client: kube::Client) -> Self {
-        Operator { cache, client }
+        Operator {
+            shared: Arc::new(Shared { cache, client }),
+        }
     }
 
     fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Arc<Object>, Error> {
         self.synced(kind)?;
-        self.cache
+        self.shared
+            .cache
             .get(kind, namespace, name)
             .ok_or_else(|| Error::NotFound {
                 kind: kind.name(),
@@ -51,6 +58,7 @@ impl Operator {
     fn list(&self, kind: Kind, namespace: &str) -> Result<Vec<Bytes>, Error> {
         self.synced(kind)?;
         Ok(self
+            .shared
             .cache
             .list(kind, namespace)
             .into_iter()
@@ -59,7 +67,7 @@ impl Operator {
     }
 
     fn synced(&self, kind: Kind) -> Result<(), Error> {
-        if self.cache.is_synced(kind) {
+        if self.shared.cache.is_synced(kind) {
             Ok(())
         } else {
             Err(Error::NotSynced { kind: kind.name() })
@@ -73,7 +81,7 @@ impl Operator {
         F: Fn(Changed) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<T>> + Send,
     {
-        change_stream(self.cache.subscribe(kind), namespace, event)
+        change_stream(self.shared.cache.subscribe(kind), namespace, event)
     }
 }
 
@@ -159,15 +167,64 @@ fn refused(rpc: &'static str, namespace: &str, error: Error) -> Status {
 }
 
 impl Operator {
-    /// A component as served: Secret references filled.
-    async fn component(&self, object: &Object) -> Result<Bytes, Error> {
-        if secrets::refs(&object.json).is_empty() {
-            return Ok(object.encoded.clone());
+    /// An object as served: Secret references filled ([`secrets`]). The lookup's future is
+    /// boxed: every open stream holds room for this future, and the Kubernetes call inside
+    /// would otherwise make each of them kilobytes larger.
+    async fn served(&self, kind: Kind, object: &Object) -> Result<Bytes, Error> {
+        let lookup = secrets::resolve(&self.shared.client, kind, &object.namespace, &object.json);
+        match Box::pin(lookup).await? {
+            None => Ok(object.encoded.clone()),
+            Some(resolved) => Ok(Bytes::from(
+                serde_json::to_vec(&resolved).unwrap_or_default(),
+            )),
         }
-        let resolved = secrets::resolve(&self.client, &object.namespace, &object.json).await?;
-        Ok(Bytes::from(
-            serde_json::to_vec(&resolved).unwrap_or_default(),
-        ))
+    }
+
+    /// Every object of `kind` in `namespace` that `keep` admits, as served; the first Secret
+    /// that cannot be read fails the whole list, as upstream.
+    async fn served_list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<Vec<Bytes>, Error> {
+        self.synced(kind)?;
+        let mut served = Vec::new();
+        for object in self.shared.cache.list(kind, namespace) {
+            if keep(&object) {
+                served.push(self.served(kind, &object).await?);
+            } else {
+                debug!(kind = kind.name(), name = %object.name, "out of the caller's scope");
+            }
+        }
+        Ok(served)
+    }
+
+    /// The change stream of `kind` with Secret references filled; a change whose Secret
+    /// cannot be read is skipped with a warning (the next list carries it).
+    fn served_updates<T, F>(&self, kind: Kind, namespace: String, event: F) -> Events<T>
+    where
+        T: Send + 'static,
+        F: Fn(Bytes, i32) -> T + Copy + Send + Sync + 'static,
+    {
+        let operator = self.clone();
+        self.updates(kind, namespace, move |changed: Changed| {
+            let operator = operator.clone();
+            async move {
+                match operator.served(kind, &changed.object).await {
+                    Ok(bytes) => Some(event(bytes, event_type(changed.change) as i32)),
+                    Err(e) => {
+                        warn!(
+                            kind = kind.name(),
+                            namespace = %changed.object.namespace,
+                            name = %changed.object.name,
+                            "change not sent: {e}"
+                        );
+                        None
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -188,29 +245,10 @@ impl pb::operator_server::Operator for Operator {
         let namespace = request.get_ref().namespace.clone();
         authorize(&request, &namespace).map_err(|e| refused("ComponentUpdate", &namespace, e))?;
         info!(%namespace, "sidecar connected for component updates");
-        let operator = self.clone();
-        Ok(Response::new(self.updates(
+        Ok(Response::new(self.served_updates(
             Kind::Component,
             namespace,
-            move |changed: Changed| {
-                let operator = operator.clone();
-                async move {
-                    match operator.component(&changed.object).await {
-                        Ok(component) => Some(pb::ComponentUpdateEvent {
-                            component,
-                            r#type: event_type(changed.change) as i32,
-                        }),
-                        Err(e) => {
-                            warn!(
-                                namespace = %changed.object.namespace,
-                                component = %changed.object.name,
-                                "component change not sent: {e}"
-                            );
-                            None
-                        }
-                    }
-                }
-            },
+            |component, r#type| pb::ComponentUpdateEvent { component, r#type },
         )))
     }
 
@@ -221,20 +259,12 @@ impl pb::operator_server::Operator for Operator {
         let namespace = request.get_ref().namespace.clone();
         let caller = authorize(&request, &namespace)
             .map_err(|e| refused("ListComponents", &namespace, e))?;
-        self.synced(Kind::Component)
+        let components = self
+            .served_list(Kind::Component, &namespace, |object| {
+                object.in_scope_of(caller.app_id())
+            })
+            .await
             .map_err(|e| refused("ListComponents", &namespace, e))?;
-        let mut components = Vec::new();
-        for object in self.cache.list(Kind::Component, &namespace) {
-            if !object.in_scope_of(caller.app_id()) {
-                debug!(component = %object.name, app_id = caller.app_id(), "out of scope");
-                continue;
-            }
-            components.push(
-                self.component(&object)
-                    .await
-                    .map_err(|e| refused("ListComponents", &namespace, e))?,
-            );
-        }
         Ok(Response::new(pb::ListComponentResponse { components }))
     }
 
@@ -247,8 +277,12 @@ impl pb::operator_server::Operator for Operator {
         let object = self
             .get(Kind::Configuration, &namespace, &name)
             .map_err(|e| refused("GetConfiguration", &namespace, e))?;
+        let configuration = self
+            .served(Kind::Configuration, &object)
+            .await
+            .map_err(|e| refused("GetConfiguration", &namespace, e))?;
         Ok(Response::new(pb::GetConfigurationResponse {
-            configuration: object.encoded.clone(),
+            configuration,
         }))
     }
 
@@ -333,7 +367,8 @@ impl pb::operator_server::Operator for Operator {
         let namespace = request.get_ref().namespace.clone();
         authorize(&request, &namespace).map_err(|e| refused("ListHTTPEndpoints", &namespace, e))?;
         let http_endpoints = self
-            .list(Kind::HttpEndpoint, &namespace)
+            .served_list(Kind::HttpEndpoint, &namespace, |_| true)
+            .await
             .map_err(|e| refused("ListHTTPEndpoints", &namespace, e))?;
         Ok(Response::new(pb::ListHttpEndpointsResponse {
             http_endpoints,
@@ -347,14 +382,12 @@ impl pb::operator_server::Operator for Operator {
         let namespace = request.get_ref().namespace.clone();
         authorize(&request, &namespace)
             .map_err(|e| refused("HTTPEndpointUpdate", &namespace, e))?;
-        Ok(Response::new(self.updates(
+        Ok(Response::new(self.served_updates(
             Kind::HttpEndpoint,
             namespace,
-            |changed: Changed| async move {
-                Some(pb::HttpEndpointUpdateEvent {
-                    http_endpoints: changed.object.encoded.clone(),
-                    r#type: event_type(changed.change) as i32,
-                })
+            |http_endpoints, r#type| pb::HttpEndpointUpdateEvent {
+                http_endpoints,
+                r#type,
             },
         )))
     }
@@ -380,14 +413,12 @@ impl pb::operator_server::Operator for Operator {
         let namespace = request.get_ref().namespace.clone();
         authorize(&request, &namespace)
             .map_err(|e| refused("ConfigurationUpdate", &namespace, e))?;
-        Ok(Response::new(self.updates(
+        Ok(Response::new(self.served_updates(
             Kind::Configuration,
             namespace,
-            |changed: Changed| async move {
-                Some(pb::ConfigurationUpdateEvent {
-                    configuration: changed.object.encoded.clone(),
-                    r#type: event_type(changed.change) as i32,
-                })
+            |configuration, r#type| pb::ConfigurationUpdateEvent {
+                configuration,
+                r#type,
             },
         )))
     }
