@@ -346,7 +346,7 @@ fn checked(resource: &ApiResource, object: &DynamicObject) -> Option<Object> {
         warn!(
             kind = %resource.kind,
             name = ?object.metadata.name,
-            "ignoring an object without a namespace or name"
+            "ignoring an object without a namespace or name (it is not served)"
         );
     }
     held
