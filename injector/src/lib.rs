@@ -1,6 +1,6 @@
 //! The sidecar injector: an HTTPS admission webhook that adds a `daprd` container to pods that
-//! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, and the
-//! offline `render` subcommand.
+//! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, upstream's
+//! operator API for the sidecars ([`operator`]), and the offline `render` subcommand.
 //!
 //! Request path: [`webhook`] takes a turn and the body within its limits and decodes the
 //! AdmissionReview ([`review`]) → [`admission`] applies upstream's handling order, reading the

@@ -5,7 +5,7 @@
 //! [`cache`] holds one watch per kind for the whole cluster, shared by every stream;
 //! [`service`] answers the RPCs from it, after checking that the caller's SPIFFE namespace is
 //! the one it asks about (pkg/operator/api/authz/authz.go); [`secrets`] fills Secret-backed
-//! component metadata; [`server`] serves it over mTLS with a sentry certificate for
+//! values; [`server`] serves it over mTLS with a sentry certificate for
 //! `dapr-operator`. Errors reach the wire only through `From<Error> for Status` here.
 
 pub mod cache;
