@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "dapr/proto/runtime/v1/appcallback.proto",
     "dapr/proto/internals/v1/service_invocation.proto",
     "dapr/proto/sentry/v1/sentry.proto",
+    "dapr/proto/operator/v1/operator.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

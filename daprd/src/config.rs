@@ -303,6 +303,9 @@ pub struct Config {
     pub resources_paths: Vec<PathBuf>,
     /// Where the API server is, for reading that Configuration.
     pub api_server: crate::apiserver::Source,
+    /// `--control-plane-address` in Kubernetes mode with mTLS: the operator API, where the
+    /// Configuration is read instead of the API server ([`crate::operator`]).
+    pub operator_address: Option<String>,
     /// `DAPR_API_TOKEN`: required on the app-facing APIs when set.
     pub api_token: Option<String>,
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token`.
@@ -682,6 +685,20 @@ impl Config {
             .as_deref()
             .map(|ip| parse_ip("DAPR_HOST_IP", ip, unspecified))
             .transpose()?;
+        // The operator requires mTLS; without it (or without the address) the sidecar reads
+        // its Configuration from the API server (docs/upstream-differences.md).
+        let operator_address = match (mode, &mtls, &flags.accepted.control_plane_address) {
+            (Mode::Kubernetes, Some(_), Some(address)) if !address.trim().is_empty() => {
+                Some(address.trim().to_owned())
+            }
+            _ => None,
+        };
+        let ignored_flags = flags
+            .accepted
+            .given()
+            .into_iter()
+            .filter(|flag| operator_address.is_none() || *flag != "--control-plane-address")
+            .collect();
         Ok(Config {
             mode,
             namespace: env.namespace.unwrap_or_else(|| "default".to_owned()),
@@ -735,7 +752,8 @@ impl Config {
             host_ip,
             hostname: env.hostname.unwrap_or_else(|| "localhost".to_owned()),
             mtls,
-            ignored_flags: flags.accepted.given(),
+            ignored_flags,
+            operator_address,
         })
     }
 }
@@ -884,6 +902,42 @@ mod tests {
             e.to_string().contains("--unix-domain-socket") && e.to_string().contains("107 bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_operator_is_asked_only_in_kubernetes_mode_with_mtls_and_an_address() {
+        let address = "dapr-api.dapr-system.svc.cluster.local:443";
+        let with = |args: &[&str]| {
+            let mut argv = vec!["daprd", "--app-id", "x", "--sentry-address", "s:443"];
+            argv.extend_from_slice(args);
+            Config::from_flags(
+                Flags::try_parse_from(argv).expect("flags parse"),
+                Env {
+                    trust_anchors: Some("-----BEGIN CERTIFICATE-----\n".into()),
+                    ..Env::default()
+                },
+            )
+            .expect("config")
+        };
+        let c = with(&[
+            "--mode",
+            "kubernetes",
+            "--enable-mtls",
+            "--control-plane-address",
+            address,
+        ]);
+        assert_eq!(c.operator_address.as_deref(), Some(address));
+        assert!(!c.ignored_flags.contains(&"--control-plane-address"));
+        for args in [
+            &["--mode", "kubernetes", "--control-plane-address", address][..],
+            &["--enable-mtls", "--control-plane-address", address][..],
+            &["--mode", "kubernetes", "--enable-mtls"][..],
+        ] {
+            let c = with(args);
+            assert_eq!(c.operator_address, None, "{args:?}");
+        }
+        let c = with(&["--mode", "kubernetes", "--control-plane-address", address]);
+        assert!(c.ignored_flags.contains(&"--control-plane-address"));
     }
 
     fn config(args: &[&str]) -> Result<Config, Error> {

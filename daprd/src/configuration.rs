@@ -1,8 +1,10 @@
-//! Kubernetes mode: the Configuration named by `--config`, read from the API server when the
-//! sidecar starts. Upstream's daprd asks the operator for it; here the sidecar reads it itself
-//! with its pod's service account, which the chart lets read Configurations of its own namespace
-//! only (the `dapr-configuration-reader` RoleBinding the injector's reconciler keeps in every
-//! namespace with a Dapr workload), the same scope the operator enforces upstream.
+//! Kubernetes mode without the operator: the Configuration named by `--config`, read from the
+//! API server when the sidecar starts. This is the fallback; with `--control-plane-address` and
+//! mTLS the sidecar asks the operator instead, as upstream's daprd does ([`crate::operator`]).
+//! Here the sidecar reads it itself with its pod's service account, which the chart lets read
+//! Configurations of its own namespace only (the `dapr-configuration-reader` RoleBinding the
+//! injector's reconciler keeps in every namespace with a Dapr workload), the same scope the
+//! operator enforces.
 
 use std::time::{Duration, Instant};
 

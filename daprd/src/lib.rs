@@ -8,6 +8,7 @@ pub mod error;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod operator;
 pub mod outbound;
 pub mod peer;
 pub mod resiliency;
@@ -39,6 +40,61 @@ use outbound::state::{Health, Shared, Shutdown};
 /// The version reported in metadata and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The operator's client (Kubernetes mode with `--control-plane-address` and an identity: the
+/// operator serves over mTLS only), else `None`: the sidecar then reads the API server itself.
+fn operator_client(
+    config: &Config,
+    identity: Option<&identity::Current>,
+) -> Result<Option<operator::Client>, Error> {
+    match (&config.operator_address, identity, &config.mtls) {
+        (Some(address), Some(current), Some(mtls)) => Ok(Some(operator::client(
+            address,
+            current.clone(),
+            &mtls.control_plane_trust_domain,
+            &mtls.control_plane_namespace,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// The Configuration named by `--config` (Kubernetes mode): from the operator when there is one
+/// (then changes are followed), else from the API server.
+async fn load_configuration(
+    config: &mut Config,
+    name: &str,
+    operator: Option<&operator::Client>,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    match operator {
+        Some(client) => {
+            let mut client = client.clone();
+            let (configuration, spec) =
+                operator::load(&mut client, &config.namespace, name).await?;
+            config.configuration = configuration;
+            tracing::info!(
+                "Loaded Configuration {}/{name} from the operator",
+                config.namespace
+            );
+            tokio::spawn(operator::follow(
+                client,
+                config.namespace.clone(),
+                name.to_owned(),
+                spec,
+                shutdown.graceful.clone(),
+            ));
+        }
+        None => {
+            config.configuration =
+                configuration::load(&config.api_server, &config.namespace, name).await?;
+            tracing::info!(
+                "Loaded Configuration {}/{name} from the API server",
+                config.namespace
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })
 }
@@ -48,27 +104,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 pub async fn run(mut config: Config) -> Result<(), Error> {
     let started = Instant::now();
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
-    if let Some(name) = &config.configuration_name {
-        config.configuration =
-            configuration::load(&config.api_server, &config.namespace, name).await?;
-        tracing::info!(
-            "Loaded Configuration {}/{name} from the API server",
-            config.namespace
-        );
-    }
-    let resources = load_resources(&config).await?;
-    resources.warn_not_implemented();
-    let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
-    let config = Arc::new(config);
-
-    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
-    tracing::info!("Initialized name resolution to {}", resolver.name());
-
-    let ignored = config.ignored_flags.join(" ");
-    if !ignored.is_empty() {
-        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
-    }
     let shutdown = Shutdown::default();
+    // The identity comes first: the operator serves the Configuration over mTLS only.
     let identity = match &config.mtls {
         None => {
             tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
@@ -86,6 +123,22 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
             )
         }
     };
+    let operator = operator_client(&config, identity.as_ref())?;
+    if let Some(name) = config.configuration_name.clone() {
+        load_configuration(&mut config, &name, operator.as_ref(), &shutdown).await?;
+    }
+    let resources = load_resources(&config, operator).await?;
+    resources.warn_not_implemented();
+    let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
+    let config = Arc::new(config);
+
+    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
+    tracing::info!("Initialized name resolution to {}", resolver.name());
+
+    let ignored = config.ignored_flags.join(" ");
+    if !ignored.is_empty() {
+        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
+    }
     let metrics = Arc::new(metrics::Metrics::new(
         &config.app_id,
         config.metrics.is_some(),
@@ -288,18 +341,40 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
 }
 
 /// The resources for this app: `--resources-path` in standalone mode; in kubernetes mode the
-/// Resiliencies of the sidecar's namespace (a failed read is logged, as upstream, and the
-/// sidecar runs without them).
-async fn load_resources(config: &Config) -> Result<resources::Resources, Error> {
-    match config.mode {
-        config::Mode::Standalone => Ok(resources::load_dirs(
+/// Resiliencies and HTTPEndpoints of the sidecar's namespace from the operator, or without one
+/// the Resiliencies from the API server (a failed read is logged, as upstream, and the sidecar
+/// runs without them).
+async fn load_resources(
+    config: &Config,
+    operator: Option<operator::Client>,
+) -> Result<resources::Resources, Error> {
+    match (config.mode, operator) {
+        (config::Mode::Standalone, _) => Ok(resources::load_dirs(
             &config.resources_paths,
             &config.app_id,
         )?),
-        config::Mode::Kubernetes => {
-            if !config.resources_paths.is_empty() {
-                tracing::warn!("--resources-path has no effect in kubernetes mode, as upstream");
+        (config::Mode::Kubernetes, Some(mut client)) => {
+            ignored_resources_path(config);
+            match operator::list_resources(&mut client, &config.namespace).await {
+                Ok((resiliencies, http_endpoints)) => Ok(resources::from_operator(
+                    &resiliencies,
+                    &http_endpoints,
+                    &config.namespace,
+                    &config.app_id,
+                )?),
+                // As upstream: logged, and the sidecar runs without them.
+                Err(status) => {
+                    tracing::error!(
+                        "error listing Resiliencies and HTTPEndpoints from the operator: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    );
+                    Ok(resources::Resources::default())
+                }
             }
+        }
+        (config::Mode::Kubernetes, None) => {
+            ignored_resources_path(config);
             let resiliencies = match resources::list_resiliencies(
                 &config.api_server,
                 &config.namespace,
@@ -319,6 +394,12 @@ async fn load_resources(config: &Config) -> Result<resources::Resources, Error> 
                 ..Default::default()
             })
         }
+    }
+}
+
+fn ignored_resources_path(config: &Config) {
+    if !config.resources_paths.is_empty() {
+        tracing::warn!("--resources-path has no effect in kubernetes mode, as upstream");
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Origin {
     File { path: PathBuf, index: usize },
     /// The API server, object `namespace/name`.
     ApiServer { namespace: String, name: String },
+    /// The operator API, object `namespace/name`.
+    Operator { namespace: String, name: String },
 }
 
 impl std::fmt::Display for Origin {
@@ -30,6 +32,7 @@ impl std::fmt::Display for Origin {
             Origin::File { path, index: 1 } => write!(f, "{}", path.display()),
             Origin::File { path, index } => write!(f, "{} (document {index})", path.display()),
             Origin::ApiServer { namespace, name } => write!(f, "API server {namespace}/{name}"),
+            Origin::Operator { namespace, name } => write!(f, "operator {namespace}/{name}"),
         }
     }
 }
@@ -314,6 +317,78 @@ pub async fn list_resiliencies(
     from_list(&answer.body, namespace, app_id)
 }
 
+/// Kubernetes mode with the operator: the Resiliencies and HTTPEndpoints it serves for
+/// `namespace` (`ListResiliency`, `ListHTTPEndpoints`: one JSON object each), those that apply
+/// to `app_id`. An object that does not decode stops the sidecar, as one from a file does.
+pub fn from_operator<B: AsRef<[u8]>>(
+    resiliencies: &[B],
+    http_endpoints: &[B],
+    namespace: &str,
+    app_id: &str,
+) -> Result<Resources, ResourcesError> {
+    let mut resources = Resources::default();
+    for (objects, kind) in [
+        (resiliencies, "Resiliency"),
+        (http_endpoints, "HTTPEndpoint"),
+    ] {
+        for object in objects {
+            let origin = |name: &str| Origin::Operator {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
+            let mut value: serde_json::Value =
+                serde_json::from_slice(object.as_ref()).map_err(|source| {
+                    ResourcesError::Field {
+                        origin: origin(""),
+                        kind,
+                        field: "(the object)".into(),
+                        source,
+                    }
+                })?;
+            if let Some(object) = value.as_object_mut() {
+                object
+                    .entry("apiVersion")
+                    .or_insert_with(|| dapr_crds::API_VERSION.into());
+                object.entry("kind").or_insert_with(|| kind.into());
+            }
+            let name = value
+                .pointer("/metadata/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let origin = origin(&name);
+            if kind == "Resiliency" {
+                let r: Resiliency = decode::<ResiliencyFields, _>(
+                    value,
+                    &origin,
+                    "Resiliency",
+                    dapr_crds::API_VERSION,
+                )?;
+                if in_scope(&r.spec.scopes, app_id, &origin) {
+                    resources.resiliencies.push(Loaded {
+                        origin,
+                        resource: r,
+                    });
+                }
+            } else {
+                let e: HttpEndpoint = decode::<HttpEndpointFields, _>(
+                    value,
+                    &origin,
+                    "HTTPEndpoint",
+                    dapr_crds::API_VERSION,
+                )?;
+                if in_scope(&e.spec.scopes, app_id, &origin) {
+                    resources.http_endpoints.push(Loaded {
+                        origin,
+                        resource: e,
+                    });
+                }
+            }
+        }
+    }
+    Ok(resources)
+}
+
 /// The Resiliencies of a `ResiliencyList` from the API server that apply to `app_id`.
 fn from_list(
     body: &[u8],
@@ -411,6 +486,30 @@ metadata: {name: other}
                 "Subscription/orders (r.yaml (document 3))"
             ]
         );
+    }
+
+    #[test]
+    fn the_operators_objects_are_loaded_by_kind_and_scope() {
+        let resiliency = br#"{"metadata":{"name":"r","namespace":"shop"},"spec":{"policies":{}}}"#;
+        let elsewhere = br#"{"metadata":{"name":"x"},"scopes":["billing"],"spec":{}}"#;
+        let endpoint =
+            br#"{"metadata":{"name":"pay"},"spec":{"baseUrl":"http://pay","headers":[]}}"#;
+        let r = from_operator(
+            &[resiliency.to_vec(), elsewhere.to_vec()],
+            &[endpoint.to_vec()],
+            "shop",
+            "orders",
+        )
+        .unwrap();
+        assert_eq!(r.resiliencies.len(), 1);
+        assert_eq!(r.resiliencies[0].origin.to_string(), "operator shop/r");
+        assert_eq!(
+            r.http_endpoints[0].resource.spec.spec.base_url,
+            "http://pay"
+        );
+        let bad = br#"{"metadata":{"name":"b"},"spec":{"baseUrl":7}}"#;
+        let e = from_operator(&[], &[bad.to_vec()], "shop", "orders").unwrap_err();
+        assert!(e.to_string().contains("operator shop/b"), "{e}");
     }
 
     #[test]

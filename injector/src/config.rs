@@ -64,6 +64,16 @@ pub struct Flags {
     /// unless the user grants that).
     #[arg(long = "disable-configuration-reader-bindings", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disable_configuration_reader_bindings: bool,
+    /// Port of the operator API (`dapr.proto.operator.v1.Operator`, upstream operator's
+    /// `--port`), served over mTLS as `dapr-operator` (Service `dapr-api`).
+    #[arg(long = "operator-api-port", default_value_t = 6500)]
+    pub operator_api_port: u16,
+    #[arg(long = "operator-api-listen-address", default_value = "")]
+    pub operator_api_listen_address: String,
+    /// Do not serve the operator API (sidecars then read their Configuration from the API
+    /// server themselves).
+    #[arg(long = "disable-operator-api", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub disable_operator_api: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -155,6 +165,8 @@ pub struct Config {
     pub allowed_service_accounts: Vec<AccountPattern>,
     pub allowed_service_account_prefixes: Vec<AccountPattern>,
     pub reconciler_enabled: bool,
+    /// The operator API, unless disabled.
+    pub operator_api: Option<crate::operator::Settings>,
     /// Whether the reconciler keeps `dapr-configuration-reader` RoleBindings.
     pub configuration_readers: bool,
     /// How often certificate and trust-anchor files are checked for changes.
@@ -268,25 +280,42 @@ impl Config {
             .non_empty(penv::SENTRY_ADDRESS)
             .map(str::to_owned)
             .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE));
+        let svid_request = |id: &str| -> Result<sentry::client::SvidRequest, Error> {
+            Ok(sentry::client::SvidRequest {
+                sentry_address: sentry_address.clone(),
+                sentry_id: sentry::spiffe::SpiffeId::new(
+                    &trust_domain,
+                    &namespace,
+                    control_plane::SENTRY_APP_ID,
+                )
+                .map_err(|e| config_error(e.to_string()))?,
+                id: id.to_owned(),
+                namespace: namespace.clone(),
+                token: String::new(),
+                validator: 0,
+            })
+        };
         let serving_cert = match serving_files {
             Some(files) => files,
             None => ServingCert::Sentry {
-                request: sentry::client::SvidRequest {
-                    sentry_address: sentry_address.clone(),
-                    sentry_id: sentry::spiffe::SpiffeId::new(
-                        &trust_domain,
-                        &namespace,
-                        control_plane::SENTRY_APP_ID,
-                    )
-                    .map_err(|e| config_error(e.to_string()))?,
-                    id: SENTRY_REQUEST_ID.to_owned(),
-                    namespace: namespace.clone(),
-                    token: String::new(),
-                    validator: 0,
-                },
+                request: svid_request(SENTRY_REQUEST_ID)?,
                 token_file: crate::tls::SENTRY_TOKEN_FILE.into(),
                 trust_anchors_file: trust_anchors_file.clone(),
             },
+        };
+        let operator_api = if flags.disable_operator_api {
+            None
+        } else {
+            Some(crate::operator::Settings {
+                addr: listen(
+                    &flags.operator_api_listen_address,
+                    flags.operator_api_port,
+                    "operator-api-listen-address",
+                )?,
+                svid: svid_request(crate::operator::OPERATOR_ID)?,
+                token_file: crate::tls::SENTRY_TOKEN_FILE.into(),
+                trust_anchors_file: trust_anchors_file.clone(),
+            })
         };
 
         let settings = Settings {
@@ -349,6 +378,7 @@ impl Config {
                 penv::ALLOWED_SERVICE_ACCOUNTS_PREFIX_NAMES,
             )?,
             reconciler_enabled: !flags.disable_service_reconciler,
+            operator_api,
             configuration_readers: !flags.disable_configuration_reader_bindings,
             reload_interval: Duration::from_secs(1),
             warnings,

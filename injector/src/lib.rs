@@ -1,6 +1,6 @@
 //! The sidecar injector: an HTTPS admission webhook that adds a `daprd` container to pods that
-//! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, and the
-//! offline `render` subcommand.
+//! ask for one (`dapr.io/enabled: "true"`), the `<app-id>-dapr` Service reconciler, upstream's
+//! operator API for the sidecars ([`operator`]), and the offline `render` subcommand.
 //!
 //! Request path: [`webhook`] takes a turn and the body within its limits and decodes the
 //! AdmissionReview ([`review`]) → [`admission`] applies upstream's handling order, reading the
@@ -15,6 +15,7 @@ pub mod config;
 pub mod files;
 pub mod metrics;
 pub mod names;
+pub mod operator;
 pub mod options;
 pub mod patch;
 pub mod quantity;
@@ -64,6 +65,8 @@ pub enum Error {
     Render(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("operator API server: {0}")]
+    OperatorApi(#[source] tonic::transport::Error),
 }
 
 /// How long to wait before retrying a failed caBundle patch, doubling to a minute.
@@ -154,6 +157,27 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
                 .with_configuration_readers(config.configuration_readers),
         );
         tokio::spawn(reconciler::run(ctx, shutdown.clone()));
+    }
+
+    if let (Some(client), Some(settings)) = (&client, config.operator_api.clone()) {
+        // Bound before the webhook so a taken port fails start-up; served once sentry has
+        // issued the `dapr-operator` certificate.
+        let listener = bind(settings.addr).await?;
+        log_listening("operator-api", &listener);
+        let cache = Arc::new(operator::Cache::new());
+        tokio::spawn(operator::cache::run(
+            client.clone(),
+            cache.clone(),
+            shutdown.clone(),
+        ));
+        let (client, anchors, shutdown) = (client.clone(), trust_anchors.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) =
+                operator::serve(listener, settings, cache, client, anchors, shutdown).await
+            {
+                warn!("operator API stopped: {e}");
+            }
+        });
     }
 
     let tls_config = tls::server_config(&config.serving_cert, config.reload_interval).await?;

@@ -157,7 +157,7 @@ async fn sentry_certificate(
 
 /// Gets the first certificate from sentry (retrying while it is unreachable), then renews it in
 /// the background at half its lifetime.
-async fn sentry_resolver(
+pub(crate) async fn sentry_resolver(
     request: sentry::client::SvidRequest,
     token_file: PathBuf,
     trust_anchors_file: PathBuf,

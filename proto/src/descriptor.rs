@@ -256,6 +256,7 @@ mod tests {
             "dapr.proto.runtime.v1",
             "dapr.proto.internals.v1",
             "dapr.proto.sentry.v1",
+            "dapr.proto.operator.v1",
         ] {
             assert!(packages.iter().any(|p| p == package), "missing {package}");
         }

@@ -33,3 +33,11 @@ pub mod sentry {
         tonic::include_proto!("dapr.proto.sentry.v1");
     }
 }
+
+/// `dapr.proto.operator.v1`: the operator's API, which serves each sidecar its Kubernetes
+/// resources (Configuration, Components, ...) and their changes.
+pub mod operator {
+    pub mod v1 {
+        tonic::include_proto!("dapr.proto.operator.v1");
+    }
+}

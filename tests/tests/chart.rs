@@ -233,7 +233,7 @@ fn optional_flags() -> Vec<String> {
         "global.prometheus.enabled=false",
         "global.scheduler.enabled=true",
         "dapr_sidecar_injector.serviceReconciler.enabled=false",
-        "dapr_sidecar_injector.configurationReaderBindings=false",
+        "dapr_sidecar_injector.configurationReaderBindings=true",
         "global.actors.enabled=true",
         "global.mtls.mountSentryVolume=false",
         "global.imagePullSecrets=regcred",
@@ -524,6 +524,53 @@ async fn services_send_443_to_sentry_on_50001_and_to_the_injector_on_4000() -> a
     Ok(())
 }
 
+#[tokio::test]
+async fn the_dapr_api_service_sends_443_and_80_to_the_injectors_operator_api_on_6500_and_can_be_turned_off()
+-> anyhow::Result<()> {
+    let objects = render(&[]).await?;
+    let svc = find(&objects, "Service", "dapr-api")?;
+    let ports: Vec<(i64, &str, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .context("dapr-api ports")?
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or_default(),
+                p["targetPort"].as_str().unwrap_or_default(),
+                p["appProtocol"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        ports == [(443, "operator-api", "tls"), (80, "operator-api", "tls")],
+        "dapr-api ports: {ports:?}"
+    );
+    ensure!(svc["spec"]["selector"] == json!({"app": "dapr-sidecar-injector"}));
+    let injector = container(find(&objects, "Deployment", "dapr-sidecar-injector")?)?;
+    ensure!(container_port(injector, "operator-api")? == 6500);
+
+    let without = render(&set(&["dapr_sidecar_injector.operatorAPI.enabled=false"])).await?;
+    ensure!(
+        find(&without, "Service", "dapr-api").is_err(),
+        "dapr-api rendered when off"
+    );
+    let injector = container(find(&without, "Deployment", "dapr-sidecar-injector")?)?;
+    ensure!(
+        injector["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "--disable-operator-api")),
+        "the injector is not told to stop serving the operator API"
+    );
+    let rules = rules(find(&without, "ClusterRole", "dapr-injector")?)?;
+    ensure!(
+        rules.iter().all(|(_, resources, _, _)| !resources
+            .iter()
+            .any(|r| r == "secrets" || r == "components")),
+        "operator API rules remain: {rules:?}"
+    );
+    Ok(())
+}
+
 /// One RBAC rule in a comparable form: (apiGroups, resources, resourceNames, verbs), each sorted.
 type Rule = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
@@ -627,23 +674,19 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
                     &["create", "get", "list", "update", "watch"],
                 ),
                 rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["rolebindings"],
+                    &["dapr.io"],
+                    &[
+                        "components",
+                        "configurations",
+                        "httpendpoints",
+                        "resiliencies",
+                        "subscriptions",
+                    ],
                     &[],
-                    &["create", "get"],
+                    &["list", "watch"],
                 ),
-                rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["clusterroles"],
-                    &["dapr-configuration-reader"],
-                    &["bind"],
-                ),
+                rule(&[""], &["secrets"], &[], &["get"]),
             ],
-        ),
-        (
-            "ClusterRole",
-            "dapr-configuration-reader",
-            vec![rule(&["dapr.io"], &["configurations"], &[], &["get"])],
         ),
         (
             "Role",
@@ -713,6 +756,33 @@ async fn rbac_grants_each_binary_exactly_its_least_privilege_rules() -> anyhow::
             "{deployment}"
         );
         find(&objects, "ServiceAccount", account)?;
+    }
+
+    // Opted in, the sidecars' reader role and the injector's right to bind it (and only it)
+    // appear.
+    let readers = render(&set(&[
+        "dapr_sidecar_injector.configurationReaderBindings=true",
+    ]))
+    .await?;
+    let got = rules(find(&readers, "ClusterRole", "dapr-configuration-reader")?)?;
+    let want: BTreeSet<_> = [rule(&["dapr.io"], &["configurations"], &[], &["get"])].into();
+    ensure!(got == want, "dapr-configuration-reader: {got:?}");
+    let got = rules(find(&readers, "ClusterRole", "dapr-injector")?)?;
+    for wanted in [
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["rolebindings"],
+            &[],
+            &["create", "get"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles"],
+            &["dapr-configuration-reader"],
+            &["bind"],
+        ),
+    ] {
+        ensure!(got.contains(&wanted), "injector lacks {wanted:?}: {got:?}");
     }
 
     // Without the Service reconciler (and its RoleBindings) the injector loses its workload,

@@ -254,7 +254,13 @@ async fn helm_install_creates_the_charts_service_accounts_rbac_webhook_trust_bun
         ),
         (&injector, "watch", "deployments", Some(APPS), "yes"),
         (&injector, "create", "services", Some(APPS), "yes"),
-        (&injector, "get", "secrets", Some(NAMESPACE), "no"),
+        // The operator API reads the Secrets components name, one by one; it never lists
+        // or changes them.
+        (&injector, "get", "secrets", Some(APPS), "yes"),
+        (&injector, "list", "secrets", Some(APPS), "no"),
+        (&injector, "update", "secrets", Some(NAMESPACE), "no"),
+        (&injector, "watch", "components.dapr.io", Some(APPS), "yes"),
+        (&injector, "create", "components.dapr.io", Some(APPS), "no"),
         (
             &sentry,
             "update",
@@ -300,6 +306,16 @@ impl Injector {
 /// with that CA plus `extra_anchors` (PEM) as its trust anchors (the caBundle it patches in then
 /// verifies its serving certificate; injected sidecars get them as `DAPR_TRUST_ANCHORS`).
 async fn start_injector(cluster: &Cluster, extra_anchors: &str) -> anyhow::Result<Injector> {
+    start_injector_with(cluster, extra_anchors, &["--disable-operator-api"], &[]).await
+}
+
+/// [`start_injector`] with extra flags and environment.
+async fn start_injector_with(
+    cluster: &Cluster,
+    extra_anchors: &str,
+    extra_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<Injector> {
     let dir = cluster.dir.join("injector");
     std::fs::create_dir_all(&dir)?;
     let anchors = dir.join("trust-anchors.pem");
@@ -336,6 +352,8 @@ async fn start_injector(cluster: &Cluster, extra_anchors: &str) -> anyhow::Resul
         .env("ACTORS_ENABLED", "false")
         .env("RUST_LOG", "info")
         .env_remove("KUBECONFIG")
+        .args(extra_args)
+        .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone()?))
         .stderr(Stdio::from(out))
@@ -1152,6 +1170,10 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
     helm_install_with(
         &cluster,
         &[
+            // These sidecars read their Configuration from the API server (no operator API
+            // runs here), which needs the opt-in reader RoleBindings.
+            "--set",
+            "dapr_sidecar_injector.configurationReaderBindings=true",
             "--set",
             "global.mtls.workloadCertTTL=6s",
             "--set",
@@ -1278,8 +1300,20 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
             .await?;
         let log = net.dir().join(format!("{host}.log"));
         let out = std::fs::File::create(&log)?;
+        // Without --control-plane-address the sidecar reads its Configuration from the API
+        // server with its pod's token, the path this test covers (no operator API runs here:
+        // the operator path is the operator-api test's).
+        let mut daprd_args = Vec::new();
+        let mut given = container_args[1..].iter();
+        while let Some(arg) = given.next() {
+            if *arg == "--control-plane-address" {
+                given.next();
+            } else {
+                daprd_args.push(*arg);
+            }
+        }
         let mut cmd = net.command(host, binary("daprd"));
-        cmd.args(&container_args[1..])
+        cmd.args(&daprd_args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             // Where the kubelet would mount the projected token.
@@ -1416,5 +1450,580 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+    Ok(())
+}
+
+/// A client of the operator API with a sentry certificate for `app_id` in `namespace`
+/// (insecure validator), accepting only a server whose SPIFFE id ends in
+/// `/ns/dapr-system/dapr-operator`.
+async fn operator_client(
+    sentry: &e2e::sentry::Sentry,
+    operator: std::net::SocketAddr,
+    app_id: &str,
+    namespace: &str,
+) -> anyhow::Result<
+    dapr_proto::operator::v1::operator_client::OperatorClient<tonic::transport::Channel>,
+> {
+    let anchors = std::sync::Arc::new(sentry::tls::root_store(&std::fs::read(
+        sentry.trust_anchors(),
+    )?)?);
+    let request = sentry::client::SvidRequest {
+        sentry_address: sentry.addr.to_string(),
+        sentry_id: sentry::spiffe::SpiffeId::new(
+            OPERATOR_TEST_TRUST_DOMAIN,
+            NAMESPACE,
+            "dapr-sentry",
+        )?,
+        id: app_id.into(),
+        namespace: namespace.into(),
+        token: String::new(),
+        validator: 0,
+    };
+    let svid = sentry::client::request(&request, &anchors, sentry::client::KeyAlgorithm::EcdsaP256)
+        .await?;
+    let config = operator_tls(anchors)?.with_client_auth_cert(svid.chain, svid.key)?;
+    operator_channel(operator, config).await
+}
+
+fn operator_tls(
+    anchors: std::sync::Arc<rustls::RootCertStore>,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let expected = sentry::tls::ExpectedId::Path {
+        namespace: NAMESPACE.into(),
+        app_id: "dapr-operator".into(),
+    };
+    Ok(
+        rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(
+                sentry::tls::SpiffeServerVerifier::new(anchors, expected),
+            )),
+    )
+}
+
+async fn operator_channel(
+    operator: std::net::SocketAddr,
+    mut config: rustls::ClientConfig,
+) -> anyhow::Result<
+    dapr_proto::operator::v1::operator_client::OperatorClient<tonic::transport::Channel>,
+> {
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let channel = e2e::sentry::tls_channel(operator, std::sync::Arc::new(config)).await?;
+    Ok(dapr_proto::operator::v1::operator_client::OperatorClient::new(channel))
+}
+
+/// Resident set (kB) and CPU seconds of a process, from /proc.
+fn process_usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th
+    // fields of the line, i.e. the 12th and 13th after it.
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok((rss, ticks as f64 / 100.0))
+}
+
+const SHOP: &str = "shop";
+/// The trust domain of the operator test's sentry: the insecure validator puts every
+/// certificate (the operator's included) in `public`, so the control plane's is `public` too.
+const OPERATOR_TEST_TRUST_DOMAIN: &str = "public";
+/// How many update streams the scale part holds open, and how many share one connection.
+const SCALE_STREAMS: usize = 2000;
+const STREAMS_PER_CONNECTION: usize = 50;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_api_serves_each_namespace_its_resources_over_mtls_and_pushes_a_configuration_change_to_two_thousand_streams()
+-> anyhow::Result<()> {
+    use dapr_proto::operator::v1 as pb;
+    let Some(cluster) = start("operator-api").await? else {
+        return Ok(());
+    };
+    helm_install(&cluster).await?;
+    // Sentry (insecure validator) issues the operator's certificate and the test clients'.
+    let sentry_dir = cluster.dir.join("operator-sentry");
+    std::fs::create_dir_all(&sentry_dir)?;
+    let sentry_port = free_port()?;
+    let healthz_port = free_port()?;
+    let sentry_log = sentry_dir.join("sentry.log");
+    let out = std::fs::File::create(&sentry_log)?;
+    let child = tokio::process::Command::new(binary("sentry"))
+        .args(e2e::sentry::args(
+            &sentry_dir,
+            "127.0.0.1",
+            sentry_port,
+            healthz_port,
+            "1h",
+            "1m",
+        )?)
+        .args(["--trust-domain", OPERATOR_TEST_TRUST_DOMAIN])
+        .env("NAMESPACE", NAMESPACE)
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning sentry")?;
+    let mut sentry = e2e::sentry::Sentry {
+        child,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], sentry_port)),
+        healthz: std::net::SocketAddr::from(([127, 0, 0, 1], healthz_port)),
+        creds: sentry_dir.join("creds"),
+        log: sentry_log,
+    };
+    sentry.wait_healthy(SENTRY_START).await?;
+    let sentry_anchors = std::fs::read_to_string(sentry.trust_anchors())?;
+
+    for ns in [SHOP, "billing"] {
+        cluster.create_namespace(ns).await?;
+    }
+    // The service behind HTTPEndpoint `payments` (no sidecar): answers with the authorization
+    // header it got, so the test sees the Secret-backed header daprd sends.
+    let payments = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let payments_addr = payments.local_addr()?;
+    tokio::spawn(async move {
+        let echo = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_owned()
+        });
+        axum::serve(payments, echo).await
+    });
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: redis, namespace: {SHOP}}}
+stringData: {{password: s3cret}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata: {{name: appconfig, namespace: {SHOP}}}
+spec:
+  tracing: {{samplingRate: "0"}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {{name: statestore, namespace: {SHOP}}}
+scopes: [orders]
+spec:
+  type: state.redis
+  version: v1
+  metadata:
+    - name: redisHost
+      value: redis:6379
+    - name: redisPassword
+      secretKeyRef: {{name: redis, key: password}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {{name: billing-only, namespace: {SHOP}}}
+scopes: [invoices]
+spec: {{type: pubsub.redis, version: v1, metadata: []}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {{name: shared, namespace: {SHOP}}}
+spec: {{type: bindings.cron, version: v1, metadata: [{{name: schedule, value: "@every 1m"}}]}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: HTTPEndpoint
+metadata: {{name: payments, namespace: {SHOP}}}
+spec:
+  baseUrl: http://{payments_addr}
+  headers:
+    - name: authorization
+      secretKeyRef: {{name: redis, key: password}}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {{name: retries, namespace: {SHOP}}}
+spec:
+  policies: {{retries: {{three: {{policy: constant, duration: 1s, maxRetries: 3}}}}}}
+  targets: {{apps: {{orders: {{retry: three}}}}}}
+"#
+        ))
+        .await?;
+
+    let operator_port = free_port()?;
+    let operator = std::net::SocketAddr::from(([127, 0, 0, 1], operator_port));
+    let sentry_address = sentry.addr.to_string();
+    let mut injector = start_injector_with(
+        &cluster,
+        &sentry_anchors,
+        &[
+            "--operator-api-listen-address",
+            "127.0.0.1",
+            "--operator-api-port",
+            &operator_port.to_string(),
+        ],
+        &[
+            ("DAPR_SENTRY_ADDRESS", sentry_address.as_str()),
+            (
+                "DAPR_CONTROL_PLANE_TRUST_DOMAIN",
+                OPERATOR_TEST_TRUST_DOMAIN,
+            ),
+        ],
+    )
+    .await?;
+
+    // The operator serves once sentry has issued `dapr-operator` and the cache has listed.
+    let mut orders = eventually(ASYNC_BOUND, "the operator API answers", || async {
+        let mut client = operator_client(&sentry, operator, "orders", SHOP).await?;
+        client
+            .get_configuration(pb::GetConfigurationRequest {
+                name: "appconfig".into(),
+                namespace: SHOP.into(),
+            })
+            .await?;
+        Ok(Some(client))
+    })
+    .await
+    .with_context(|| injector.log_text())?;
+    let configuration: Value = serde_json::from_slice(
+        &orders
+            .get_configuration(pb::GetConfigurationRequest {
+                name: "appconfig".into(),
+                namespace: SHOP.into(),
+            })
+            .await?
+            .into_inner()
+            .configuration,
+    )?;
+    ensure!(
+        configuration["kind"] == "Configuration"
+            && configuration["metadata"]["name"] == "appconfig"
+            && configuration["spec"]["tracing"]["samplingRate"] == "0",
+        "{configuration}"
+    );
+
+    // Components: scopes filtered by the caller's app id, the Secret's value filled in.
+    let components = orders
+        .list_components(pb::ListComponentsRequest {
+            namespace: SHOP.into(),
+        })
+        .await?
+        .into_inner()
+        .components;
+    let components: Vec<Value> = components
+        .iter()
+        .map(|c| serde_json::from_slice(c))
+        .collect::<Result<_, _>>()?;
+    let names: Vec<&str> = components
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    ensure!(
+        names == ["shared", "statestore"],
+        "components for orders: {names:?}"
+    );
+    let password = &components[1]["spec"]["metadata"][1];
+    ensure!(
+        password["value"] == "czNjcmV0" && password["secretKeyRef"]["name"] == "redis",
+        "secret-backed value: {password}"
+    );
+    let endpoints = orders
+        .list_http_endpoints(pb::ListHttpEndpointsRequest {
+            namespace: SHOP.into(),
+        })
+        .await?
+        .into_inner()
+        .http_endpoints;
+    ensure!(endpoints.len() == 1, "HTTPEndpoints: {}", endpoints.len());
+    let endpoint: Value = serde_json::from_slice(&endpoints[0])?;
+    ensure!(
+        endpoint["spec"]["headers"][0]["value"] == "czNjcmV0",
+        "secret-backed header: {endpoint}"
+    );
+    let resiliencies = orders
+        .list_resiliency(pb::ListResiliencyRequest {
+            namespace: SHOP.into(),
+        })
+        .await?
+        .into_inner()
+        .resiliencies;
+    ensure!(
+        resiliencies.len() == 1,
+        "resiliencies: {}",
+        resiliencies.len()
+    );
+    let missing = orders
+        .get_configuration(pb::GetConfigurationRequest {
+            name: "nope".into(),
+            namespace: SHOP.into(),
+        })
+        .await
+        .expect_err("a missing Configuration");
+    ensure!(missing.code() == tonic::Code::NotFound, "{missing:?}");
+    let unimplemented = orders
+        .list_mcp_servers(pb::ListMcpServersRequest {
+            namespace: SHOP.into(),
+        })
+        .await
+        .expect_err("MCP servers are not served");
+    ensure!(
+        unimplemented.code() == tonic::Code::Unimplemented,
+        "{unimplemented:?}"
+    );
+
+    // Another namespace's caller is refused; so is one without a certificate.
+    let mut billing = operator_client(&sentry, operator, "invoices", "billing").await?;
+    let denied = billing
+        .get_configuration(pb::GetConfigurationRequest {
+            name: "appconfig".into(),
+            namespace: SHOP.into(),
+        })
+        .await
+        .expect_err("another namespace's Configuration");
+    ensure!(denied.code() == tonic::Code::PermissionDenied, "{denied:?}");
+    let denied = billing
+        .list_components(pb::ListComponentsRequest {
+            namespace: SHOP.into(),
+        })
+        .await
+        .expect_err("another namespace's Components");
+    ensure!(denied.code() == tonic::Code::PermissionDenied, "{denied:?}");
+    let anchors = std::sync::Arc::new(sentry::tls::root_store(sentry_anchors.as_bytes())?);
+    let anonymous = async {
+        let mut client =
+            operator_channel(operator, operator_tls(anchors)?.with_no_client_auth()).await?;
+        client
+            .get_configuration(pb::GetConfigurationRequest {
+                name: "appconfig".into(),
+                namespace: SHOP.into(),
+            })
+            .await?;
+        anyhow::Ok(())
+    };
+    ensure!(
+        tokio::time::timeout(Duration::from_secs(15), anonymous)
+            .await
+            .context("the anonymous call did not end")?
+            .is_err(),
+        "a client without a certificate was served"
+    );
+
+    // An update through the API server reaches an open ConfigurationUpdate stream.
+    let mut updates = orders
+        .configuration_update(pb::ConfigurationUpdateRequest {
+            namespace: SHOP.into(),
+        })
+        .await?
+        .into_inner();
+    cluster
+        .kubectl(&[
+            "patch",
+            "configuration",
+            "appconfig",
+            "-n",
+            SHOP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"tracing":{"samplingRate":"1"}}}"#,
+        ])
+        .await?
+        .ok()?;
+    let event = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .context("no ConfigurationUpdate within 10 s")??
+        .context("the stream ended")?;
+    let changed: Value = serde_json::from_slice(&event.configuration)?;
+    ensure!(
+        event.r#type == pb::ResourceEventType::Updated as i32
+            && changed["spec"]["tracing"]["samplingRate"] == "1",
+        "event {:?}: {changed}",
+        event.r#type
+    );
+
+    // A daprd in Kubernetes mode reads its Configuration from the operator and notices a change.
+    let sidecar_dir = cluster.dir.join("operator-daprd");
+    std::fs::create_dir_all(&sidecar_dir)?;
+    let operator_address = operator.to_string();
+    let daprd = e2e::sidecar::Sidecar::start(
+        "orders",
+        &sidecar_dir,
+        e2e::sidecar::SidecarOptions {
+            config: Some("appconfig".into()),
+            extra_args: [
+                "--mode",
+                "kubernetes",
+                "--enable-mtls",
+                "--sentry-address",
+                sentry_address.as_str(),
+                "--control-plane-trust-domain",
+                OPERATOR_TEST_TRUST_DOMAIN,
+                "--control-plane-namespace",
+                NAMESPACE,
+                "--control-plane-address",
+                operator_address.as_str(),
+                "--enable-metrics=false",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            env: vec![
+                ("NAMESPACE".into(), SHOP.into()),
+                (
+                    "DAPR_TRUST_ANCHORS_FILE".into(),
+                    sentry.trust_anchors().display().to_string(),
+                ),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let daprd_log = || std::fs::read_to_string(&daprd.log).unwrap_or_default();
+    ensure!(
+        daprd_log().contains("Loaded Configuration shop/appconfig from the operator"),
+        "daprd did not read its Configuration from the operator:\n{}",
+        daprd_log()
+    );
+    // Its Resiliency and HTTPEndpoint come from the operator too; the endpoint's header is the
+    // Secret's value, decoded from what the operator resolved.
+    ensure!(
+        daprd_log().contains("Loading Resiliency configuration: retries"),
+        "daprd did not load the Resiliency from the operator:\n{}",
+        daprd_log()
+    );
+    let reply = e2e::sidecar::HttpClient::new()
+        .get(&daprd.url("/v1.0/invoke/payments/method/charge"))
+        .await?;
+    ensure!(
+        reply.status == 200 && reply.body == "s3cret",
+        "HTTPEndpoint payments through daprd: {} {:?}\n{}",
+        reply.status,
+        reply.body,
+        daprd_log()
+    );
+    cluster
+        .kubectl(&[
+            "patch",
+            "configuration",
+            "appconfig",
+            "-n",
+            SHOP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"tracing":{"samplingRate":"0.25"}}}"#,
+        ])
+        .await?
+        .ok()?;
+    eventually(
+        Duration::from_secs(10),
+        "daprd notices the change",
+        || async {
+            Ok(daprd_log()
+                .contains("restart the pod to apply it")
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(daprd_log)?;
+
+    // Scale: SCALE_STREAMS update streams (STREAMS_PER_CONNECTION per connection) and one
+    // change that must reach all of them.
+    let pid = injector.child.id().context("injector pid")?;
+    let (rss_before, cpu_before) = process_usage(pid)?;
+    let mut clients = Vec::new();
+    for _ in 0..SCALE_STREAMS.div_ceil(STREAMS_PER_CONNECTION) {
+        clients.push(operator_client(&sentry, operator, "orders", SHOP).await?);
+    }
+    let mut streams = Vec::with_capacity(SCALE_STREAMS);
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..SCALE_STREAMS {
+        let mut client = clients[i / STREAMS_PER_CONNECTION].clone();
+        opening.spawn(async move {
+            client
+                .configuration_update(pb::ConfigurationUpdateRequest {
+                    namespace: SHOP.into(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        });
+    }
+    let opened = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(stream) = opening.join_next().await {
+            streams.push(stream??);
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    opened.context("opening the update streams took over 60 s")??;
+    let (rss_open, cpu_open) = process_usage(pid)?;
+    let mut receiving = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        receiving.spawn(async move {
+            let event = stream.message().await;
+            (Instant::now(), event)
+        });
+    }
+    let changed_at = Instant::now();
+    cluster
+        .kubectl(&[
+            "patch",
+            "configuration",
+            "appconfig",
+            "-n",
+            SHOP,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"tracing":{"samplingRate":"0.5"}}}"#,
+        ])
+        .await?
+        .ok()?;
+    let patched_at = Instant::now();
+    let mut latest = changed_at;
+    let mut received = 0;
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(done) = receiving.join_next().await {
+            let (at, event) = done?;
+            let event = event?.context("a stream ended without the change")?;
+            ensure!(event.r#type == pb::ResourceEventType::Updated as i32);
+            latest = latest.max(at);
+            received += 1;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    all.context("not every stream got the change within 30 s")??;
+    let (rss_after, cpu_after) = process_usage(pid)?;
+    let spread = latest.saturating_duration_since(patched_at);
+    eprintln!(
+        "operator API scale: {received} streams over {} connections; change reached all {:?} \
+         after kubectl patch returned ({:?} after it started); injector RSS {rss_before} kB \
+         before, {rss_open} kB with the streams open, {rss_after} kB after the change; CPU \
+         {:.2} s to open the streams (TLS handshakes included), {:.2} s to fan the change out",
+        clients.len(),
+        spread,
+        latest.saturating_duration_since(changed_at),
+        cpu_open - cpu_before,
+        cpu_after - cpu_open,
+    );
+    ensure!(
+        received == SCALE_STREAMS,
+        "{received} streams got the change"
+    );
+    ensure!(
+        latest.saturating_duration_since(changed_at) < Duration::from_secs(2),
+        "the change took {:?} to reach every stream",
+        latest.saturating_duration_since(changed_at)
+    );
+    ensure!(
+        injector.child.try_wait()?.is_none(),
+        "the injector exited:\n{}",
+        injector.log_text()
+    );
     Ok(())
 }

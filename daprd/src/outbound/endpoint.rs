@@ -108,7 +108,13 @@ impl Endpoints {
             let mut headers = Vec::new();
             for pair in &spec.headers {
                 let value = match (&pair.value, &pair.secret_key_ref) {
-                    (Some(value), _) => value,
+                    (Some(value), None) => value.clone(),
+                    (Some(value), Some(_)) => resolved_secret(value).map_err(|reason| {
+                        fail(
+                            "spec.headers[].value",
+                            format!("header {:?}: {reason}", pair.name),
+                        )
+                    })?,
                     (None, Some(_)) => {
                         return Err(fail(
                             "spec.headers[].secretKeyRef",
@@ -427,13 +433,22 @@ fn tls_config(tls: Option<&ClientTls>) -> Result<rustls::ClientConfig, (&'static
     Ok(config)
 }
 
-/// The PEM text of a TLS document given as `value`.
-fn inline<'a>(
-    doc: &'a TlsDocument,
-    field: &'static str,
-) -> Result<&'a str, (&'static str, String)> {
+/// A `secretKeyRef` value the operator resolved: it puts the Secret's bytes base64-encoded into
+/// `value` and keeps the reference, and upstream's daprd decodes them (pkg/operator/api for the
+/// encoding, its kubernetes secret store for the decoding).
+fn resolved_secret(value: &str) -> Result<String, String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|e| format!("the resolved secret is not base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "the resolved secret is not UTF-8".to_owned())
+}
+
+/// The PEM text of a TLS document given as `value` (or resolved from its secret).
+fn inline(doc: &TlsDocument, field: &'static str) -> Result<String, (&'static str, String)> {
     match (&doc.value, &doc.secret_key_ref) {
-        (Some(value), _) => Ok(value),
+        (Some(value), None) => Ok(value.clone()),
+        (Some(value), Some(_)) => resolved_secret(value).map_err(|reason| (field, reason)),
         (None, Some(_)) => Err((
             field,
             "names a secret; this sidecar has no secret store, so give the PEM as `value`".into(),
@@ -521,6 +536,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("spec.clientTLS.rootCA"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_the_operator_resolved_is_decoded_from_base64() {
+        let e = endpoint(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: pay}\nspec:\n  baseUrl: http://a\n  headers:\n  - name: authorization\n    value: czNjcmV0\n    secretKeyRef: {name: s, key: k}\n",
+        )
+        .unwrap();
+        let Some(Destination::Named { endpoint, .. }) = e.destination("pay") else {
+            panic!("named endpoint");
+        };
+        assert_eq!(endpoint.headers[0].1, "s3cret");
+        let e = endpoint_error(
+            "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {name: pay}\nspec:\n  baseUrl: http://a\n  headers:\n  - name: authorization\n    value: '%%%'\n    secretKeyRef: {name: s, key: k}\n",
+        );
+        assert!(e.contains("not base64"), "{e}");
+    }
+
+    fn endpoint_error(yaml: &str) -> String {
+        endpoint(yaml).map(|_| ()).unwrap_err().to_string()
     }
 
     #[test]

@@ -103,6 +103,13 @@ pub fn expected_identity(
     ))
 }
 
+/// Whether a pod whose expected id is `expected` may ask for `requested`: its own id, or, for
+/// our injector (which also serves upstream's operator API, docs/upstream-differences.md),
+/// `dapr-operator` as well, the id sidecars expect of the operator.
+pub fn may_ask_for(expected: &str, requested: &str) -> bool {
+    expected == requested || (expected == "dapr-injector" && requested == "dapr-operator")
+}
+
 /// The (namespace, service account) a TokenReview vouched for.
 type Reviewed = (String, String);
 
@@ -242,7 +249,7 @@ impl KubernetesValidator {
             &self.control_plane_namespace,
         )
         .map_err(Error::Denied)?;
-        if expected != req.id {
+        if !may_ask_for(&expected, &req.id) {
             return Err(Error::Denied(format!(
                 "pod {} may ask for the id {expected:?}, not {:?}",
                 claims.pod, req.id
@@ -318,6 +325,16 @@ mod tests {
                 .contains("not bound to a pod")
         );
         assert!(token_claims("garbage").is_err());
+    }
+
+    #[test]
+    fn the_injector_may_also_ask_for_the_operator_id_and_nobody_else_may() {
+        assert!(may_ask_for("orders", "orders"));
+        assert!(may_ask_for("dapr-injector", "dapr-injector"));
+        assert!(may_ask_for("dapr-injector", "dapr-operator"));
+        assert!(!may_ask_for("orders", "dapr-operator"));
+        assert!(!may_ask_for("dapr-operator", "dapr-injector"));
+        assert!(!may_ask_for("dapr-injector", "dapr-sentry"));
     }
 
     #[test]
