@@ -6,6 +6,7 @@
 
 mod accept;
 mod http;
+mod peer;
 mod preface;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use accept::{Guarded, Listener, bind_unix, incoming};
 pub use http::{serve_http, serve_plain_http};
+pub use peer::WithPeer;
 pub use preface::Preface;
 
 /// How many connections the kernel may queue for `accept` (capped by

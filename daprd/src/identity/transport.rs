@@ -12,7 +12,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use sentry::spiffe::SpiffeId;
 use sentry::tls::ExpectedId;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,58 +24,8 @@ use super::Current;
 pub struct PeerIdentity(pub Arc<SpiffeId>);
 
 /// A server-side TLS connection with its peer's identity.
-pub struct TlsConn {
-    io: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: Option<PeerIdentity>,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = Option<PeerIdentity>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+pub type TlsConn =
+    dapr_serve::WithPeer<tokio_rustls::server::TlsStream<TcpStream>, Option<PeerIdentity>>;
 
 /// Accepts peers within `limits` ([`dapr_serve::incoming`]) and completes their TLS
 /// handshakes with the server config current at that moment.
@@ -96,7 +45,7 @@ pub fn incoming(
                 Ok(io) => {
                     let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
                         .map(|id| PeerIdentity(Arc::new(id)));
-                    Ok(TlsConn { io, peer })
+                    Ok(TlsConn::new(io, peer))
                 }
                 Err(e) => {
                     tracing::info!(%remote, "refused a peer: TLS handshake failed: {e}");

@@ -247,7 +247,7 @@ impl Invoker {
         // sees of it.
         let transport = std::error::Error::source(status)
             .filter(|e| e.is::<tonic::transport::Error>())
-            .map(error_chain);
+            .map(crate::error::chain);
         if transport.is_some()
             || matches!(
                 status.code(),
@@ -761,21 +761,6 @@ async fn collect_body(mut body: BoxStream<Result<Bytes, BoxError>>) -> Result<By
         data.extend_from_slice(&chunk);
     }
     Ok(data.freeze())
-}
-
-/// `error: cause: cause ...`, each distinct message once.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        next = cause.source();
-    }
-    chain
 }
 
 #[cfg(test)]

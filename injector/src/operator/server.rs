@@ -4,13 +4,10 @@
 //! The anchors are re-read when their file changes; new handshakes use them.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use dapr_proto::operator::v1::operator_server::OperatorServer;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +55,7 @@ pub async fn serve(
                     Ok(io) => {
                         let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
                             .map(Arc::new);
-                        Ok(TlsConn { io, peer })
+                        Ok(TlsConn::new(io, PeerId(peer)))
                     }
                     Err(e) => {
                         info!(%remote, "refused an operator API client: TLS handshake failed: {e}");
@@ -123,55 +120,4 @@ fn server_configs(
 
 /// A server-side TLS connection with its peer's SPIFFE id, which tonic hands to each request
 /// as [`PeerId`].
-struct TlsConn {
-    io: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: Option<Arc<sentry::spiffe::SpiffeId>>,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = PeerId;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        PeerId(self.peer.clone())
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
+type TlsConn = dapr_serve::WithPeer<tokio_rustls::server::TlsStream<TcpStream>, PeerId>;

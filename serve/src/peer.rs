@@ -1,0 +1,74 @@
+//! A connection that carries what its handshake learned about the peer (a verified SPIFFE id),
+//! handed by tonic to every request on it as `ConnectInfo`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pin_project_lite::pin_project! {
+    /// `io` with `peer`; reads and writes go straight to `io`.
+    pub struct WithPeer<IO, P> {
+        #[pin]
+        io: IO,
+        peer: P,
+    }
+}
+
+impl<IO, P> WithPeer<IO, P> {
+    pub fn new(io: IO, peer: P) -> Self {
+        WithPeer { io, peer }
+    }
+}
+
+impl<IO, P> tonic::transport::server::Connected for WithPeer<IO, P>
+where
+    P: Clone + Send + Sync + 'static,
+{
+    type ConnectInfo = P;
+
+    fn connect_info(&self) -> P {
+        self.peer.clone()
+    }
+}
+
+impl<IO: AsyncRead, P> AsyncRead for WithPeer<IO, P> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite, P> AsyncWrite for WithPeer<IO, P> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
