@@ -332,11 +332,21 @@ async fn bad_ids_unknown_targets_traversal_and_down_apps_get_dapr_errors() {
         health.json().expect("json")["errorCode"],
         "ERR_HEALTH_NOT_READY"
     );
-    let reply = p
-        .client
-        .get(&p.caller.url("/v1.0/invoke/ghost/method/x"))
-        .await
-        .expect("answers");
+    // The ghost registers with the sqlite resolver in the background after it starts: poll
+    // (bounded) until the caller finds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let reply = p
+            .client
+            .get(&p.caller.url("/v1.0/invoke/ghost/method/x"))
+            .await
+            .expect("answers");
+        let unregistered = String::from_utf8_lossy(&reply.body).contains("no sidecar registered");
+        if !unregistered || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(reply.status, 500, "{:?}", reply.body);
     assert!(
         String::from_utf8_lossy(&reply.body).contains("cannot reach the app"),

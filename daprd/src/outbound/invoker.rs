@@ -84,6 +84,50 @@ pub fn parse_target(id: &str, own_namespace: &str) -> Result<Target, Error> {
     Ok(target)
 }
 
+/// Where a call leaves its request for another attempt ([`Invoker::invoke_stream_inner`]).
+pub(super) type Kept = std::sync::Mutex<Option<InternalInvokeRequest>>;
+
+/// The request of one attempt. It goes back to `kept` (when given) however the attempt ends,
+/// dropped by a timeout included, so the next attempt can send it again.
+struct Lent<'a> {
+    request: Option<InternalInvokeRequest>,
+    kept: Option<&'a Kept>,
+}
+
+impl Lent<'_> {
+    fn request(&mut self) -> &mut InternalInvokeRequest {
+        self.request.get_or_insert_with(Default::default)
+    }
+
+    /// The request, to be encoded and then put back with [`Lent::put_back`].
+    fn take(&mut self) -> InternalInvokeRequest {
+        self.request.take().unwrap_or_default()
+    }
+
+    fn put_back(&mut self, request: Option<InternalInvokeRequest>) {
+        self.request = request;
+    }
+
+    /// The request for a path that hands it over for good; a copy stays for the next attempt.
+    fn give(&mut self) -> InternalInvokeRequest {
+        let request = self.take();
+        if self.kept.is_some() {
+            self.request = Some(request.clone());
+        }
+        request
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let (Some(kept), Some(request)) = (self.kept, self.request.take())
+            && let Ok(mut slot) = kept.lock()
+        {
+            *slot = Some(request);
+        }
+    }
+}
+
 /// The response of a peer: its head and the stream of body bytes after it.
 pub struct PeerResponse {
     pub head: InternalInvokeResponse,
@@ -283,21 +327,28 @@ impl Invoker {
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> futures::future::BoxFuture<'a, Result<PeerResponse, Error>> {
         match &self.resiliency {
-            None => Box::pin(self.invoke_stream_inner(target, request, body)),
+            None => Box::pin(self.invoke_stream_inner(target, request, body, None)),
             Some(policies) => Box::pin(super::resilient::invoke_stream(
                 self, policies, target, request, body,
             )),
         }
     }
 
-    /// One call, without policies.
+    /// One call, without policies. With `kept`, the (stamped) request is left there for another
+    /// attempt: moved back once the call's single frame is encoded, so a call that succeeds
+    /// costs no copy; copied on the paths that hand it to tonic.
     pub(super) async fn invoke_stream_inner(
         &self,
         target: &Target,
-        mut request: InternalInvokeRequest,
+        request: InternalInvokeRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
+        kept: Option<&Kept>,
     ) -> Result<PeerResponse, Error> {
-        self.stamp(&mut request, target);
+        let mut lent = Lent {
+            request: Some(request),
+            kept,
+        };
+        self.stamp(lent.request(), target);
         let addr = self
             .resolver
             .resolve(target)
@@ -306,22 +357,24 @@ impl Invoker {
         let known = self.peer_kind(addr);
         if known == Some(PeerKind::UnaryOnly) {
             let data = collect_body(body).await?;
+            let request = lent.give();
             return Box::pin(self.unary_at(target, addr, request, data)).await;
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
-        let retry = (known != Some(PeerKind::Streaming)).then(|| request.clone());
+        let retry = (known != Some(PeerKind::Streaming)).then(|| lent.request().clone());
         let sent = self.metrics.invocation_sent(&target.app_id);
         let mut incoming = match wire::ready_part(body) {
             // The whole request is in hand: one message, one write (`crate::peer`).
             wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
-                let message = InternalInvokeRequestStream {
-                    request: Some(request),
+                let mut message = InternalInvokeRequestStream {
+                    request: Some(lent.take()),
                     payload: (!data.is_empty()).then(|| dapr_proto::common::v1::StreamPayload {
                         data: data.clone(),
                         seq: 0,
                     }),
                 };
                 let frame = self.caller.stamps.stream_frame(&message);
+                lent.put_back(message.request.take());
                 let call = self.direct.call_local_stream(addr, target, frame);
                 match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
                     Err(_) => return Err(self.timed_out(target)),
@@ -342,6 +395,7 @@ impl Invoker {
                 }
             }
             ready => {
+                let request = lent.give();
                 let body = match ready {
                     wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
                     wire::Ready::Streaming(body) => body,

@@ -427,9 +427,18 @@ pub async fn invoke_stream(
     let too_large = (!body.replayable()).then(|| {
         format!("the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry")
     });
+    // The first attempt takes the request; each attempt leaves it in `kept` for the next one
+    // (moved back after encoding on the one-frame path), so a call that succeeds at once is
+    // not copied.
+    let kept = super::invoker::Kept::new(None);
+    let mut first = Some(request);
     call.run(too_large.as_deref(), || {
         let body = body.attempt()?;
-        Some(invoker.invoke_stream_inner(target, request.clone(), body))
+        let request = match first.take() {
+            Some(request) => request,
+            None => kept.lock().ok()?.take()?,
+        };
+        Some(invoker.invoke_stream_inner(target, request, body, Some(&kept)))
     })
     .await
 }
