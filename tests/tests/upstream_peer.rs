@@ -1,6 +1,7 @@
 //! A mixed fleet: our daprd and upstream Dapr's daprd (built by scripts/test.sh from the published
 //! Go module pinned in `tests/upstream/go.mod`, into `.cache/upstream/bin/daprd`) invoke each
-//! other's apps over the HTTP API, plain text (no mTLS).
+//! other's apps over the HTTP API: plain text, and with mTLS where our sentry issues both
+//! sidecars' certificates.
 //!
 //! Name resolution: the two sqlite resolvers keep different schemas and the two mDNS resolvers do
 //! not find each other (docs/upstream-differences.md), so each sidecar is pointed at the other's
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use e2e::sentry::Sentry;
 use e2e::sidecar::{
     HttpClient, Reply, Sidecar, SidecarOptions, free_port, loopback, scratch_dir, sqlite_config,
 };
@@ -41,6 +43,7 @@ impl Upstream {
         app_id: &str,
         app_port: u16,
         peer: SocketAddr,
+        (args, env): (Vec<String>, Vec<(String, String)>),
     ) -> anyhow::Result<Self> {
         let config = dir.join("upstream.yaml");
         std::fs::write(
@@ -64,6 +67,8 @@ impl Upstream {
             .args(["--log-level", "debug"])
             .arg("--config")
             .arg(&config)
+            .args(&args)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
@@ -131,13 +136,16 @@ fn register(dir: &Path, app_id: &str, addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Both sidecars, each with an echo-app behind it: ours is `ours`, upstream's is `theirs`.
 struct Fleet {
+    _sentry: Option<Sentry>,
     ours: Sidecar,
     upstream: Upstream,
     _apps: (EchoApp, EchoApp),
 }
 
 /// `None` (after saying why) when the upstream binary is not built.
-async fn fleet(name: &str) -> anyhow::Result<Option<Fleet>> {
+/// With `mtls`, our sentry issues both sidecars' certificates (upstream's standalone daprd asks
+/// with no token, as ours does; it takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`).
+async fn fleet(name: &str, mtls: bool) -> anyhow::Result<Option<Fleet>> {
     let binary = upstream_binary();
     if !binary.exists() {
         eprintln!(
@@ -148,6 +156,22 @@ async fn fleet(name: &str) -> anyhow::Result<Option<Fleet>> {
     }
     let dir = scratch_dir(&format!("upstream-peer-{name}"))?;
     let (our_app, their_app) = (echo_app("http").await?, echo_app("http").await?);
+    let sentry = if mtls {
+        Some(Sentry::start(&dir, "1h", "15m").await?)
+    } else {
+        None
+    };
+    let (args, env) = match &sentry {
+        Some(sentry) => sentry.sidecar_options(),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut upstream_env = env.clone();
+    if let Some(sentry) = &sentry {
+        upstream_env.push((
+            "DAPR_TRUST_ANCHORS".to_owned(),
+            std::fs::read_to_string(sentry.trust_anchors())?,
+        ));
+    }
     let our_internal = free_port()?;
     let ours = Sidecar::start(
         "ours",
@@ -156,6 +180,8 @@ async fn fleet(name: &str) -> anyhow::Result<Option<Fleet>> {
             app_port: Some(our_app.addr.port()),
             config: Some(sqlite_config(&dir, "ours", "")?),
             internal_port: Some(our_internal),
+            extra_args: args.clone(),
+            env,
             ..Default::default()
         },
     )
@@ -165,10 +191,12 @@ async fn fleet(name: &str) -> anyhow::Result<Option<Fleet>> {
         "theirs",
         their_app.addr.port(),
         loopback(our_internal),
+        (args, upstream_env),
     )
     .await?;
     register(&dir, "theirs", loopback(upstream.internal_port))?;
     Ok(Some(Fleet {
+        _sentry: sentry,
         ours,
         upstream,
         _apps: (our_app, their_app),
@@ -260,9 +288,8 @@ async fn inspect_header(base: &str, app_id: &str, caller: &str) -> anyhow::Resul
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ours_invokes_an_app_behind_upstream_daprd() {
-    let Some(fleet) = fleet("ours-to-upstream").await.expect("fleet") else {
+async fn ours_to_upstream(name: &str, mtls: bool) {
+    let Some(fleet) = fleet(name, mtls).await.expect("fleet") else {
         return;
     };
     let base = fleet.ours.url("");
@@ -280,9 +307,8 @@ async fn ours_invokes_an_app_behind_upstream_daprd() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn upstream_daprd_invokes_an_app_behind_ours() {
-    let Some(fleet) = fleet("upstream-to-ours").await.expect("fleet") else {
+async fn upstream_to_ours(name: &str, mtls: bool) {
+    let Some(fleet) = fleet(name, mtls).await.expect("fleet") else {
         return;
     };
     let base = fleet.upstream.url("");
@@ -298,4 +324,24 @@ async fn upstream_daprd_invokes_an_app_behind_ours() {
             fleet.upstream.log_text()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ours_invokes_an_app_behind_upstream_daprd() {
+    ours_to_upstream("ours-to-upstream", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_daprd_invokes_an_app_behind_ours() {
+    upstream_to_ours("upstream-to-ours", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mtls_from_our_sentry_ours_invokes_upstream() {
+    ours_to_upstream("mtls-ours-to-upstream", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mtls_from_our_sentry_upstream_invokes_ours() {
+    upstream_to_ours("mtls-upstream-to-ours", true).await;
 }
