@@ -132,6 +132,35 @@ fi
 "$cache/cluster/bin/etcd" --version | sed -n 1p
 fi
 
+if needs e2e; then
+step "upstream Dapr daprd (Go module pinned in tests/upstream/go.mod) into .cache/upstream/bin"
+# tests/tests/upstream_peer.rs runs it beside ours; without Go that suite skips. Built unchanged
+# from the published module with upstream's `stablecomponents` tag (its cmd/daprd refuses to
+# start without one; `allcomponents` needs a package that does not build with this Go). Rebuilt
+# only when go.mod/go.sum or the Go toolchain change; Go's caches are removed after a build.
+upstream_tags=stablecomponents
+if ! command -v go >/dev/null; then
+  echo "SKIPPED: Go is missing, so upstream daprd is not built and tests/tests/upstream_peer.rs skips"
+else
+  if changed upstream-daprd tests/upstream/go.mod tests/upstream/go.sum <(go version) <(echo "$upstream_tags") \
+      || [ ! -x "$cache/upstream/bin/daprd" ]; then
+    (
+      export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+      bin="$cache/upstream/bin"
+      mkdir -p "$bin"
+      cd tests/upstream
+      go build -tags "$upstream_tags" -trimpath -ldflags="-s -w" -o "$bin/daprd.tmp" github.com/dapr/dapr/cmd/daprd
+      "$bin/daprd.tmp" --version
+      mv "$bin/daprd.tmp" "$bin/daprd"
+      go clean -cache -modcache
+    )
+    rm -rf "$cache/go"
+    done_install upstream-daprd 2>/dev/null || true
+  fi
+  echo "upstream daprd $("$cache/upstream/bin/daprd" --version)"
+fi
+fi
+
 step "docs: every path named in README.md and docs/ exists"
 bash scripts/check-doc-paths.sh
 
