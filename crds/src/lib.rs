@@ -10,6 +10,7 @@
 pub mod component;
 pub mod configuration;
 pub mod crd;
+pub mod duration;
 pub mod http_endpoint;
 pub mod resiliency;
 mod schema;

@@ -382,53 +382,9 @@ fn jwks_options(options: &BTreeMap<String, serde_json::Value>) -> Result<JwksOpt
 }
 
 /// Parses a Go duration string (`24h`, `15m`, `1h30m`, `1.5h`, `300ms`, `0`), as the
-/// Configuration resource carries them. Negative durations are rejected.
+/// Configuration resource carries them, ignoring surrounding spaces ([`dapr_crds::duration`]).
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let invalid =
-        |why: &str| format!("{text:?} is not a duration ({why}); use e.g. 24h, 15m, 1h30m");
-    let s = text.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.starts_with('-') {
-        return Err(invalid("negative"));
-    }
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    if rest.is_empty() {
-        return Err(invalid("empty"));
-    }
-    let mut total_nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_len);
-        if number.is_empty() || number == "." {
-            return Err(invalid("expected a number"));
-        }
-        let value: f64 = number.parse().map_err(|_| invalid("bad number"))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let nanos_per_unit = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(invalid("missing unit")),
-            _ => return Err(invalid("unknown unit")),
-        };
-        total_nanos += value * nanos_per_unit;
-        rest = tail;
-    }
-    // Go's limit: the largest int64 nanoseconds, about 292 years.
-    if !total_nanos.is_finite() || total_nanos > i64::MAX as f64 {
-        return Err(invalid("too large"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
+    dapr_crds::duration::parse(text.trim())
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! calls through it (`outbound/resilient.rs`).
 
 pub mod breaker;
-pub mod duration;
 pub mod retry;
 pub mod trip;
 
@@ -134,7 +133,7 @@ impl Resiliency {
             let policies = &doc.resource.spec.spec.policies;
             for (name, text) in &policies.timeouts {
                 let field = format!("spec.policies.timeouts.{name}");
-                let d = duration::parse(text).map_err(|r| err(field, r))?;
+                let d = dapr_crds::duration::parse(text).map_err(|r| err(field, r))?;
                 timeouts.insert(name.clone(), d);
             }
             for (name, r) in &policies.retries {
@@ -264,12 +263,12 @@ fn retry_policy(r: &dapr_crds::resiliency::Retry, field: &str) -> Result<RetryPo
     let backoff = match r.policy.unwrap_or_default() {
         dapr_crds::resiliency::RetryPolicy::Constant => Backoff::Constant(match &r.duration {
             None => Duration::from_secs(5),
-            Some(d) => duration::parse(d).map_err(|e| at("duration", e))?,
+            Some(d) => dapr_crds::duration::parse(d).map_err(|e| at("duration", e))?,
         }),
         dapr_crds::resiliency::RetryPolicy::Exponential => Backoff::Exponential {
             max_interval: match &r.max_interval {
                 None => Duration::from_secs(60),
-                Some(d) => duration::parse(d).map_err(|e| at("maxInterval", e))?,
+                Some(d) => dapr_crds::duration::parse(d).map_err(|e| at("maxInterval", e))?,
             },
         },
     };
@@ -322,11 +321,11 @@ fn breaker_policy(
     };
     let interval = match &cb.interval {
         None => Duration::ZERO,
-        Some(d) => duration::parse(d).map_err(|e| at("interval", e))?,
+        Some(d) => dapr_crds::duration::parse(d).map_err(|e| at("interval", e))?,
     };
     let timeout = match &cb.timeout {
         None => BreakerPolicy::DEFAULT_TIMEOUT,
-        Some(d) => match duration::parse(d).map_err(|e| at("timeout", e))? {
+        Some(d) => match dapr_crds::duration::parse(d).map_err(|e| at("timeout", e))? {
             d if d.is_zero() => BreakerPolicy::DEFAULT_TIMEOUT,
             d => d,
         },
