@@ -456,7 +456,7 @@ fn serve_grpc_api<IO>(
 where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
-    let layer = metrics::GrpcLayer::new(metrics);
+    let layer = metrics::GrpcLayer::api(metrics);
     async move {
         grpc_server()
             .layer(layer)

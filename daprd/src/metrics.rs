@@ -5,6 +5,10 @@
 //! - `dapr_http_server_*`: a tower layer on the HTTP API routers ([`HttpLayer`]).
 //! - `dapr_grpc_io_server_*`: a tower layer on the gRPC API and internal servers ([`GrpcLayer`]).
 //! - `dapr_http_client_*`: the HTTP app channel ([`Metrics::app_call`]).
+//! - `dapr_grpc_io_client_*`: the unary RPCs this sidecar makes per request, `CallLocal` to a
+//!   peer and `AppCallback/OnInvoke` to a gRPC app ([`Metrics::grpc_client`]), as upstream's
+//!   unary client interceptor (`pkg/diagnostics/grpc_monitoring.go`) records them; a gRPC app's
+//!   health probes are `dapr_grpc_io_healthprobes_*` instead ([`Metrics::health_probe`]).
 //! - `dapr_runtime_service_invocation_*`: the invoker (request sent, response received with its
 //!   latency) and the internal server (request received, response sent).
 //! - `dapr_resiliency_*`: Resiliency policies loaded, applied to calls and activated (a timeout
@@ -15,9 +19,12 @@
 //! - HTTP: upstream's default low-cardinality mode. `method` is the HTTP verb (anything but the
 //!   nine standard verbs is `UNKNOWN`), `path` is always empty, `status` the response code.
 //!   Upstream puts the app's path in `path` on the app-channel side; it stays empty here too.
-//! - gRPC: `grpc_server_method` is the full name of an RPC this sidecar serves; calls to other
-//!   names are not recorded (upstream's interceptors never see them either). `grpc_server_status`
-//!   is the code's Go name (`OK`, `NotFound`, ...).
+//! - gRPC: `grpc_server_method` is the full name of an RPC this sidecar serves, or of a call the
+//!   gRPC API proxies by `dapr-app-id` (upstream's stream interceptor records those too); at most
+//!   [`MAX_PROXIED_METHODS`] distinct proxied names become label values, later ones share
+//!   [`OTHER_PEERS`]. Calls to other names are not recorded. `grpc_client_method` is one of the
+//!   few RPCs the sidecar makes. `grpc_server_status` and `grpc_client_status` are the code's Go
+//!   name (`OK`, `NotFound`, ...).
 //! - Service invocation: only app ids (`src_app_id`, `dst_app_id`), as upstream, which dropped the
 //!   `method` label. A caller names itself in metadata that nothing authenticates without mTLS, so
 //!   at most [`MAX_PEER_IDS`] distinct peer ids become label values; later ones share
@@ -62,6 +69,12 @@ pub mod name {
     pub const GRPC_SERVER_LATENCY: &str = "dapr_grpc_io_server_server_latency";
     pub const GRPC_SERVER_RECEIVED_BYTES: &str = "dapr_grpc_io_server_received_bytes_per_rpc";
     pub const GRPC_SERVER_SENT_BYTES: &str = "dapr_grpc_io_server_sent_bytes_per_rpc";
+    pub const GRPC_CLIENT_COMPLETED_RPCS: &str = "dapr_grpc_io_client_completed_rpcs";
+    pub const GRPC_CLIENT_LATENCY: &str = "dapr_grpc_io_client_roundtrip_latency";
+    pub const GRPC_CLIENT_SENT_BYTES: &str = "dapr_grpc_io_client_sent_bytes_per_rpc";
+    pub const GRPC_CLIENT_RECEIVED_BYTES: &str = "dapr_grpc_io_client_received_bytes_per_rpc";
+    pub const HEALTH_PROBES_COMPLETED: &str = "dapr_grpc_io_healthprobes_completed_count";
+    pub const HEALTH_PROBES_LATENCY: &str = "dapr_grpc_io_healthprobes_roundtrip_latency";
     pub const INVOCATION_REQ_SENT: &str = "dapr_runtime_service_invocation_req_sent_total";
     pub const INVOCATION_REQ_RECV: &str = "dapr_runtime_service_invocation_req_recv_total";
     pub const INVOCATION_RES_SENT: &str = "dapr_runtime_service_invocation_res_sent_total";
@@ -82,6 +95,8 @@ pub mod label {
     pub const STATUS: &str = "status";
     pub const GRPC_SERVER_METHOD: &str = "grpc_server_method";
     pub const GRPC_SERVER_STATUS: &str = "grpc_server_status";
+    pub const GRPC_CLIENT_METHOD: &str = "grpc_client_method";
+    pub const GRPC_CLIENT_STATUS: &str = "grpc_client_status";
     pub const SRC_APP_ID: &str = "src_app_id";
     pub const DST_APP_ID: &str = "dst_app_id";
     pub const TYPE: &str = "type";
@@ -138,6 +153,8 @@ pub const CIRCUIT_BREAKER: &str = "circuitbreaker";
 pub const MAX_PEER_IDS: usize = 1024;
 /// The label value shared by peer ids beyond [`MAX_PEER_IDS`] (app ids cannot start with `_`).
 pub const OTHER_PEERS: &str = "_other";
+/// Distinct proxied gRPC method names kept as `grpc_server_method` values.
+pub const MAX_PROXIED_METHODS: usize = 256;
 /// The caller id upstream records when a request names none.
 const UNKNOWN_CALLER: &str = "unknown";
 
@@ -150,6 +167,12 @@ const GRPC_METHODS: [&str; 6] = [
     "/dapr.proto.internals.v1.ServiceInvocation/CallLocal",
     "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream",
 ];
+
+/// The unary RPCs this sidecar makes per request, the `grpc_client_method` values.
+pub mod client_rpc {
+    pub const CALL_LOCAL: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocal";
+    pub const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
+}
 
 /// The sidecar's metrics; every recording is a no-op when metrics are disabled.
 pub struct Metrics {
@@ -170,6 +193,12 @@ struct Families {
     grpc_server_latency: HistogramVec,
     grpc_server_received_bytes: HistogramVec,
     grpc_server_sent_bytes: HistogramVec,
+    grpc_client_completed_rpcs: IntCounterVec,
+    grpc_client_latency: HistogramVec,
+    grpc_client_sent_bytes: HistogramVec,
+    grpc_client_received_bytes: HistogramVec,
+    health_probes_completed: IntCounterVec,
+    health_probes_latency: HistogramVec,
     invocation_req_sent: IntCounterVec,
     invocation_req_recv: IntCounterVec,
     invocation_res_sent: IntCounterVec,
@@ -180,6 +209,7 @@ struct Families {
     resiliency_activations: IntCounterVec,
     resiliency_cb_state: prometheus::IntGaugeVec,
     peers: PeerIds,
+    proxied_methods: PeerIds,
 }
 
 impl Metrics {
@@ -311,6 +341,28 @@ impl Metrics {
                 tracing::error!("cannot register {name}: {e}");
                 None
             }
+        }
+    }
+
+    /// Starts timing a unary RPC the sidecar makes ([`client_rpc`]); recorded by
+    /// [`ClientRpc::finish`], or as `Canceled` when dropped before.
+    pub fn grpc_client(&self, method: &'static str) -> ClientRpc<'_> {
+        ClientRpc {
+            call: self.families.as_deref().map(|f| (f, Instant::now())),
+            method,
+        }
+    }
+
+    /// Records one gRPC health probe of the app that ended with `code` after `elapsed`.
+    pub fn health_probe(&self, code: tonic::Code, elapsed: std::time::Duration) {
+        if let Some(f) = self.families.as_deref() {
+            let status = [grpc_code_label(code)];
+            inc(&f.health_probes_completed, &status);
+            observe(
+                &f.health_probes_latency,
+                &status,
+                elapsed.as_secs_f64() * 1000.0,
+            );
         }
     }
 
@@ -480,7 +532,42 @@ impl Families {
                 registry.register(Box::new(vec.clone()))?;
                 vec
             },
+            grpc_client_completed_rpcs: counter(
+                name::GRPC_CLIENT_COMPLETED_RPCS,
+                "Count of RPCs by method and status.",
+                &[label::GRPC_CLIENT_METHOD, label::GRPC_CLIENT_STATUS],
+            )?,
+            grpc_client_latency: histogram(
+                name::GRPC_CLIENT_LATENCY,
+                "Time between first byte of request sent to last byte of response received, or terminal error.",
+                &LATENCY_MS_BUCKETS,
+                &[label::GRPC_CLIENT_METHOD, label::GRPC_CLIENT_STATUS],
+            )?,
+            grpc_client_sent_bytes: histogram(
+                name::GRPC_CLIENT_SENT_BYTES,
+                "Total bytes sent across all request messages per RPC.",
+                &SIZE_BUCKETS,
+                &[label::GRPC_CLIENT_METHOD],
+            )?,
+            grpc_client_received_bytes: histogram(
+                name::GRPC_CLIENT_RECEIVED_BYTES,
+                "Total bytes received across all response messages per RPC.",
+                &SIZE_BUCKETS,
+                &[label::GRPC_CLIENT_METHOD],
+            )?,
+            health_probes_completed: counter(
+                name::HEALTH_PROBES_COMPLETED,
+                "Count of completed health probes",
+                &[label::GRPC_CLIENT_STATUS],
+            )?,
+            health_probes_latency: histogram(
+                name::HEALTH_PROBES_LATENCY,
+                "Time between first byte of health probes sent to last byte of response received, or terminal error",
+                &LATENCY_MS_BUCKETS,
+                &[label::GRPC_CLIENT_STATUS],
+            )?,
             peers: PeerIds::new(MAX_PEER_IDS),
+            proxied_methods: PeerIds::new(MAX_PROXIED_METHODS),
             registry,
         })
     }
@@ -502,7 +589,8 @@ fn millis_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Peer app ids seen so far, capped: the interned id is handed out without allocating.
+/// Label values (peer app ids, proxied method names) seen so far, capped: the interned value is
+/// handed out without allocating.
 struct PeerIds {
     seen: RwLock<HashSet<Arc<str>>>,
     other: Arc<str>,
@@ -619,6 +707,48 @@ pub fn grpc_code_label(code: tonic::Code) -> &'static str {
 /// The `grpc_server_method` label for a request path, if it is an RPC this sidecar serves.
 pub fn grpc_method_label(path: &str) -> Option<&'static str> {
     GRPC_METHODS.iter().copied().find(|method| *method == path)
+}
+
+/// A unary RPC the sidecar makes, waiting for its outcome.
+pub struct ClientRpc<'a> {
+    call: Option<(&'a Families, Instant)>,
+    method: &'static str,
+}
+
+impl ClientRpc<'_> {
+    /// Records the outcome: the status `code`, and the request and response messages' sizes
+    /// (the protobuf encoding, as upstream's `proto.Size`; 0 for a response that never came),
+    /// `received` measured only when metrics are on.
+    pub fn finish(mut self, code: tonic::Code, sent: usize, received: impl FnOnce() -> usize) {
+        if self.call.is_some() {
+            let received = received();
+            self.record(code, Some((sent, received)));
+        }
+    }
+
+    fn record(&mut self, code: tonic::Code, sizes: Option<(usize, usize)>) {
+        let Some((f, start)) = self.call.take() else {
+            return;
+        };
+        let labels = [self.method, grpc_code_label(code)];
+        inc(&f.grpc_client_completed_rpcs, &labels);
+        observe(&f.grpc_client_latency, &labels, millis_since(start));
+        if let Some((sent, received)) = sizes {
+            observe(&f.grpc_client_sent_bytes, &[self.method], sent as f64);
+            observe(
+                &f.grpc_client_received_bytes,
+                &[self.method],
+                received as f64,
+            );
+        }
+    }
+}
+
+impl Drop for ClientRpc<'_> {
+    fn drop(&mut self) {
+        // The caller gave up (its own caller went away): a cancelled RPC, as grpc-go reports it.
+        self.record(tonic::Code::Cancelled, None);
+    }
 }
 
 /// A request sent to another sidecar, waiting for its response head.
@@ -951,16 +1081,29 @@ impl Recorder for HttpCall {
     }
 }
 
-/// Records `dapr_grpc_io_server_*` for the RPCs this sidecar serves.
+/// Records `dapr_grpc_io_server_*` for the RPCs this sidecar serves, and on the gRPC API for the
+/// calls it proxies by `dapr-app-id` ([`GrpcLayer::api`]).
 #[derive(Clone)]
 pub struct GrpcLayer {
     families: Option<Arc<Families>>,
+    proxied: bool,
 }
 
 impl GrpcLayer {
+    /// The internal server's layer: its own RPCs only.
     pub fn new(metrics: &Metrics) -> GrpcLayer {
         GrpcLayer {
             families: metrics.families.clone(),
+            proxied: false,
+        }
+    }
+
+    /// The gRPC API's layer: also the calls proxied by `dapr-app-id`, by method name, status and
+    /// latency (no sizes), as upstream's `StreamingServerInterceptor` records them.
+    pub fn api(metrics: &Metrics) -> GrpcLayer {
+        GrpcLayer {
+            proxied: true,
+            ..GrpcLayer::new(metrics)
         }
     }
 }
@@ -972,6 +1115,7 @@ impl<S> Layer<S> for GrpcLayer {
         GrpcService {
             inner,
             families: self.families.clone(),
+            proxied: self.proxied,
         }
     }
 }
@@ -980,6 +1124,19 @@ impl<S> Layer<S> for GrpcLayer {
 pub struct GrpcService<S> {
     inner: S,
     families: Option<Arc<Families>>,
+    proxied: bool,
+}
+
+impl<S> GrpcService<S> {
+    /// A proxied call's method label: the request names a target app (`dapr-app-id`).
+    fn proxied_method(
+        &self,
+        families: &Families,
+        request: &Request<tonic::body::Body>,
+    ) -> Option<Arc<str>> {
+        let proxied = self.proxied && request.headers().contains_key(names::DAPR_APP_ID);
+        proxied.then(|| families.proxied_methods.label(request.uri().path()))
+    }
 }
 
 impl<S, ResBody> Service<Request<tonic::body::Body>> for GrpcService<S>
@@ -995,19 +1152,29 @@ where
     }
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        let call = self
-            .families
-            .as_ref()
-            .zip(grpc_method_label(request.uri().path()));
-        let Some((families, method)) = call else {
+        let Some(families) = self.families.clone() else {
             return MeteredFuture {
                 inner: self.inner.call(request),
                 recorder: None,
             };
         };
+        let Some(method) = grpc_method_label(request.uri().path()) else {
+            let recorder = self
+                .proxied_method(&families, &request)
+                .map(|method| GrpcCall {
+                    families,
+                    method: MethodLabel::Proxied(method),
+                    status: None,
+                    start: Instant::now(),
+                });
+            return MeteredFuture {
+                inner: self.inner.call(request),
+                recorder,
+            };
+        };
         // tonic hands the router a boxed body; counting the request means boxing once more.
         let received = GrpcReceived {
-            families: Arc::clone(families),
+            families: Arc::clone(&families),
             method,
         };
         let request =
@@ -1015,8 +1182,8 @@ where
         MeteredFuture {
             inner: self.inner.call(request),
             recorder: Some(GrpcCall {
-                families: Arc::clone(families),
-                method,
+                families,
+                method: MethodLabel::Served(method),
                 status: None,
                 start: Instant::now(),
             }),
@@ -1024,9 +1191,15 @@ where
     }
 }
 
+/// A `grpc_server_method` value: an RPC of ours (sizes recorded too), or a proxied call's.
+enum MethodLabel {
+    Served(&'static str),
+    Proxied(Arc<str>),
+}
+
 pub struct GrpcCall {
     families: Arc<Families>,
-    method: &'static str,
+    method: MethodLabel,
     status: Option<tonic::Code>,
     start: Instant,
 }
@@ -1057,10 +1230,16 @@ impl Recorder for GrpcCall {
         } else {
             tonic::Code::Cancelled
         });
-        let labels = [self.method, grpc_code_label(code)];
+        let method = match &self.method {
+            MethodLabel::Served(method) => method,
+            MethodLabel::Proxied(method) => &**method,
+        };
+        let labels = [method, grpc_code_label(code)];
         inc(&f.grpc_server_completed_rpcs, &labels);
         observe(&f.grpc_server_latency, &labels, millis_since(self.start));
-        observe(&f.grpc_server_sent_bytes, &[self.method], bytes as f64);
+        if let MethodLabel::Served(method) = self.method {
+            observe(&f.grpc_server_sent_bytes, &[method], bytes as f64);
+        }
     }
 }
 
@@ -1158,6 +1337,9 @@ mod tests {
         m.resiliency_policy(PolicyEvent::Applied, ("res", ""), "retry", "b", "");
         m.resiliency_policy(PolicyEvent::Activated, ("res", ""), "retry", "b", "");
         m.breaker_state(("res", ""), "b", 2);
+        m.grpc_client(client_rpc::CALL_LOCAL)
+            .finish(tonic::Code::Ok, 1, || 1);
+        m.health_probe(tonic::Code::Ok, std::time::Duration::from_millis(1));
         let text = m.render();
         for (name, kind) in [
             (name::HTTP_SERVER_REQUEST_COUNT, "counter"),
@@ -1181,6 +1363,12 @@ mod tests {
             (name::RESILIENCY_ACTIVATIONS, "counter"),
             (name::RESILIENCY_CB_STATE, "gauge"),
             (name::INVOCATION_RES_RECV_LATENCY, "histogram"),
+            (name::GRPC_CLIENT_COMPLETED_RPCS, "counter"),
+            (name::GRPC_CLIENT_LATENCY, "histogram"),
+            (name::GRPC_CLIENT_SENT_BYTES, "histogram"),
+            (name::GRPC_CLIENT_RECEIVED_BYTES, "histogram"),
+            (name::HEALTH_PROBES_COMPLETED, "counter"),
+            (name::HEALTH_PROBES_LATENCY, "histogram"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -1482,6 +1670,147 @@ mod tests {
         // The handler here never reads the request; the dropped body still reports.
         let received = format!("{}_count", name::GRPC_SERVER_RECEIVED_BYTES);
         assert_eq!(sample(&text, &received, &method), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn the_api_layer_records_proxied_calls_by_method_up_to_the_cap() {
+        let m = Arc::new(metrics());
+        let service = tower::service_fn(|_: Request<tonic::body::Body>| async move {
+            Ok::<_, std::convert::Infallible>(
+                tonic::Status::unavailable("down").into_http::<tonic::body::Body>(),
+            )
+        });
+        let request = |path: &str, app: Option<&str>| {
+            let mut builder = Request::builder().uri(path);
+            if let Some(app) = app {
+                builder = builder.header(names::DAPR_APP_ID, app);
+            }
+            builder.body(tonic::body::Body::empty()).expect("request")
+        };
+        let mut api = GrpcLayer::api(&m).layer(service);
+        let mut internal = GrpcLayer::new(&m).layer(service);
+        for (on_api, path, app) in [
+            (true, "/shop.Cart/Add", Some("cart")),
+            (true, "/shop.Cart/Add", Some("cart")),
+            // Not proxied: no target named.
+            (true, "/shop.Cart/Remove", None),
+            // The internal server does not record what it forwards to its app.
+            (false, "/shop.Cart/List", Some("cart")),
+        ] {
+            let service = if on_api { &mut api } else { &mut internal };
+            let response = service.call(request(path, app)).await.expect("infallible");
+            response.into_body().collect().await.expect("body");
+        }
+        for i in 0..MAX_PROXIED_METHODS + 5 {
+            let path = format!("/flood.S/M{i}");
+            let response = api
+                .call(request(&path, Some("x")))
+                .await
+                .expect("infallible");
+            drop(response);
+        }
+        let text = m.render();
+        let app = (label::APP_ID, "orders");
+        let rpc = |method, status| {
+            [
+                app,
+                (label::GRPC_SERVER_METHOD, method),
+                (label::GRPC_SERVER_STATUS, status),
+            ]
+        };
+        let completed = name::GRPC_SERVER_COMPLETED_RPCS;
+        assert_eq!(
+            sample(&text, completed, &rpc("/shop.Cart/Add", "Unavailable")),
+            Some(2.0)
+        );
+        let latency = format!("{}_count", name::GRPC_SERVER_LATENCY);
+        assert_eq!(
+            sample(&text, &latency, &rpc("/shop.Cart/Add", "Unavailable")),
+            Some(2.0)
+        );
+        assert!(!text.contains("Remove") && !text.contains("List"), "{text}");
+        // No sizes for proxied calls, as upstream's stream interceptor.
+        let sized = |l: &&str| {
+            (l.starts_with(name::GRPC_SERVER_SENT_BYTES)
+                || l.starts_with(name::GRPC_SERVER_RECEIVED_BYTES))
+                && l.contains("shop.Cart")
+        };
+        assert!(!text.lines().any(|l| sized(&l)), "{text}");
+        // The flood: the cap's worth of names, then one shared label.
+        let flood = text
+            .lines()
+            .filter(|l| l.starts_with(completed) && l.contains("/flood.S/"))
+            .count();
+        assert_eq!(
+            flood,
+            MAX_PROXIED_METHODS - 1,
+            "one slot went to /shop.Cart/Add"
+        );
+        assert_eq!(
+            sample(&text, completed, &rpc(OTHER_PEERS, "Unavailable")),
+            Some(6.0)
+        );
+    }
+
+    #[test]
+    fn client_rpcs_record_status_latency_and_sizes_or_a_cancellation() {
+        let m = metrics();
+        m.grpc_client(client_rpc::CALL_LOCAL)
+            .finish(tonic::Code::Ok, 100, || 2000);
+        m.grpc_client(client_rpc::ON_INVOKE)
+            .finish(tonic::Code::NotFound, 7, || 0);
+        // Abandoned before an outcome: counted as cancelled, without sizes.
+        drop(m.grpc_client(client_rpc::ON_INVOKE));
+        m.health_probe(
+            tonic::Code::Unavailable,
+            std::time::Duration::from_millis(3),
+        );
+        let text = m.render();
+        let app = (label::APP_ID, "orders");
+        let rpc = |method, status| {
+            [
+                app,
+                (label::GRPC_CLIENT_METHOD, method),
+                (label::GRPC_CLIENT_STATUS, status),
+            ]
+        };
+        let completed = name::GRPC_CLIENT_COMPLETED_RPCS;
+        for (method, status) in [
+            (client_rpc::CALL_LOCAL, "OK"),
+            (client_rpc::ON_INVOKE, "NotFound"),
+            (client_rpc::ON_INVOKE, "Canceled"),
+        ] {
+            assert_eq!(
+                sample(&text, completed, &rpc(method, status)),
+                Some(1.0),
+                "{method} {status}"
+            );
+            let latency = format!("{}_count", name::GRPC_CLIENT_LATENCY);
+            assert_eq!(sample(&text, &latency, &rpc(method, status)), Some(1.0));
+        }
+        let sizes = |family: &str, method| {
+            let sum = format!("{family}_sum");
+            sample(&text, &sum, &[app, (label::GRPC_CLIENT_METHOD, method)])
+        };
+        assert_eq!(
+            sizes(name::GRPC_CLIENT_SENT_BYTES, client_rpc::CALL_LOCAL),
+            Some(100.0)
+        );
+        assert_eq!(
+            sizes(name::GRPC_CLIENT_RECEIVED_BYTES, client_rpc::CALL_LOCAL),
+            Some(2000.0)
+        );
+        assert_eq!(
+            sizes(name::GRPC_CLIENT_SENT_BYTES, client_rpc::ON_INVOKE),
+            Some(7.0)
+        );
+        let probes = [app, (label::GRPC_CLIENT_STATUS, "Unavailable")];
+        assert_eq!(
+            sample(&text, name::HEALTH_PROBES_COMPLETED, &probes),
+            Some(1.0)
+        );
+        let latency = format!("{}_sum", name::HEALTH_PROBES_LATENCY);
+        assert_eq!(sample(&text, &latency, &probes), Some(3.0));
     }
 
     #[test]

@@ -244,6 +244,39 @@ async fn invocations_show_as_exact_counters_and_histograms_on_caller_and_callee(
             count,
         ));
     }
+    // The gRPC call went to orders as one unary `CallLocal`: the client side of it.
+    let call_local = [
+        app,
+        (
+            "grpc_client_method",
+            "/dapr.proto.internals.v1.ServiceInvocation/CallLocal",
+        ),
+    ];
+    let call_local_ok = [call_local[0], call_local[1], ("grpc_client_status", "OK")];
+    expected.extend([
+        (
+            series("dapr_grpc_io_client_completed_rpcs", &call_local_ok),
+            1.0,
+        ),
+        (
+            series(
+                "dapr_grpc_io_client_roundtrip_latency_count",
+                &call_local_ok,
+            ),
+            1.0,
+        ),
+        (
+            series("dapr_grpc_io_client_sent_bytes_per_rpc_count", &call_local),
+            1.0,
+        ),
+        (
+            series(
+                "dapr_grpc_io_client_received_bytes_per_rpc_count",
+                &call_local,
+            ),
+            1.0,
+        ),
+    ]);
     let latency_inf = series(
         "dapr_runtime_service_invocation_res_recv_latency_ms_bucket",
         &[app, orders_src, ("status", "200"), ("le", "+Inf")],
@@ -354,6 +387,155 @@ async fn invocations_show_as_exact_counters_and_histograms_on_caller_and_callee(
     );
     assert!(text.contains("# TYPE dapr_runtime_service_invocation_req_recv_total counter"));
     drop((orders_app, checkout_app));
+}
+
+/// A gRPC app: the callee's `OnInvoke` calls and health probes are client RPCs; a call the
+/// caller's gRPC API proxies by `dapr-app-id` is a server RPC there, by its own method name.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_client_calls_health_probes_and_proxied_calls_are_recorded() {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+    use dapr_proto::runtime::v1::{InvokeServiceRequest, dapr_client::DaprClient};
+    use e2e::echo::{Note, echo_client::EchoClient};
+
+    let dir = scratch_dir("metrics-grpc").expect("scratch dir");
+    let app = e2e::echo_app("grpc").await.expect("echo-app starts");
+    let config = sqlite_config(&dir, "nr", "").expect("config");
+    let mut orders = Sidecar::start(
+        "orders",
+        &dir,
+        SidecarOptions {
+            app_port: Some(app.addr.port()),
+            config: Some(config.clone()),
+            extra_args: [
+                "--app-protocol",
+                "grpc",
+                "--enable-app-health-check",
+                "--app-health-probe-interval",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("orders starts");
+    orders
+        .wait_for("/v1.0/healthz", READY)
+        .await
+        .expect("orders sees its app");
+    let checkout = Sidecar::start(
+        "checkout",
+        &dir,
+        SidecarOptions {
+            config: Some(config),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("checkout starts");
+    let endpoint = format!("http://127.0.0.1:{}", checkout.grpc_port);
+    let mut dapr = DaprClient::connect(endpoint.clone())
+        .await
+        .expect("gRPC API connects");
+    for _ in 0..2 {
+        let reply = dapr
+            .invoke_service(InvokeServiceRequest {
+                id: "orders".into(),
+                message: Some(InvokeRequest {
+                    method: "echo".into(),
+                    data: Some(prost_types::Any {
+                        type_url: String::new(),
+                        value: b"hello".to_vec(),
+                    }),
+                    content_type: "text/plain".into(),
+                    http_extension: Some(HttpExtension {
+                        verb: Verb::Post as i32,
+                        querystring: String::new(),
+                    }),
+                }),
+            })
+            .await
+            .expect("gRPC invoke");
+        assert_eq!(reply.into_inner().data.expect("data").value, b"hello");
+    }
+    let mut echo = EchoClient::connect(endpoint).await.expect("connects");
+    let mut request = tonic::Request::new(Note {
+        text: "ping".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("dapr-app-id", "orders".parse().expect("ascii"));
+    let reply = echo.unary(request).await.expect("proxied call");
+    assert_eq!(reply.into_inner().text, "ping");
+
+    let client = HttpClient::new();
+    let on_invoke = [
+        ("app_id", "orders"),
+        (
+            "grpc_client_method",
+            "/dapr.proto.runtime.v1.AppCallback/OnInvoke",
+        ),
+    ];
+    let on_invoke_ok = [on_invoke[0], on_invoke[1], ("grpc_client_status", "OK")];
+    let callee = expect_samples(
+        &client,
+        &orders,
+        &[
+            (
+                series("dapr_grpc_io_client_completed_rpcs", &on_invoke_ok),
+                2.0,
+            ),
+            (
+                series("dapr_grpc_io_client_sent_bytes_per_rpc_count", &on_invoke),
+                2.0,
+            ),
+            (
+                series(
+                    "dapr_grpc_io_client_received_bytes_per_rpc_count",
+                    &on_invoke,
+                ),
+                2.0,
+            ),
+        ],
+    )
+    .await;
+    // The app was probed at least once (readiness waited for it), and answered OK.
+    let probes = series(
+        "dapr_grpc_io_healthprobes_completed_count",
+        &[("app_id", "orders"), ("grpc_client_status", "OK")],
+    );
+    assert!(
+        callee.get(&probes).is_some_and(|n| *n >= 1.0),
+        "{callee:#?}"
+    );
+    // The echoed data came back: the received size is the OnInvoke response, more than the 5
+    // bytes of data.
+    let received = series("dapr_grpc_io_client_received_bytes_per_rpc_sum", &on_invoke);
+    assert!(
+        callee.get(&received).is_some_and(|n| *n > 10.0),
+        "{callee:#?}"
+    );
+
+    let proxied = [
+        ("app_id", "checkout"),
+        ("grpc_server_method", "/e2e.echo.v1.Echo/Unary"),
+        ("grpc_server_status", "OK"),
+    ];
+    expect_samples(
+        &client,
+        &checkout,
+        &[
+            (series("dapr_grpc_io_server_completed_rpcs", &proxied), 1.0),
+            (
+                series("dapr_grpc_io_server_server_latency_count", &proxied),
+                1.0,
+            ),
+        ],
+    )
+    .await;
+    drop(app);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -241,6 +241,10 @@ impl AppChannel {
                 querystring: request.query,
             }),
         };
+        let rpc = self
+            .metrics
+            .grpc_client(crate::metrics::client_rpc::ON_INVOKE);
+        let sent = prost::Message::encoded_len(&call);
         let result = match &self.direct {
             Some((app, addr)) => {
                 let call = app.unary::<_, InvokeResponse>(*addr, None, ON_INVOKE, headers, &call);
@@ -261,8 +265,22 @@ impl AppChannel {
                         })
                     })
             }
+        };
+        let result = match result {
+            Err(_) => {
+                rpc.finish(tonic::Code::DeadlineExceeded, sent, || 0);
+                return Err(self.timed_out());
+            }
+            Ok(result) => result,
+        };
+        match &result {
+            Ok((_, message)) => {
+                rpc.finish(tonic::Code::Ok, sent, || {
+                    prost::Message::encoded_len(message)
+                });
+            }
+            Err(status) => rpc.finish(status.code(), sent, || 0),
         }
-        .map_err(|_| self.timed_out())?;
         match result {
             Ok((mut headers, message)) => {
                 // The app's `content-type: application/grpc` describes its transport, not its
@@ -382,7 +400,14 @@ impl AppChannel {
                 }
                 Protocol::Grpc => {
                     let mut client = AppCallbackHealthCheckClient::new(self.grpc.clone());
-                    client.health_check(()).await.is_ok()
+                    let start = std::time::Instant::now();
+                    let code = match tokio::time::timeout(timeout, client.health_check(())).await {
+                        Ok(Ok(_)) => tonic::Code::Ok,
+                        Ok(Err(status)) => status.code(),
+                        Err(_) => tonic::Code::DeadlineExceeded,
+                    };
+                    self.metrics.health_probe(code, start.elapsed());
+                    code == tonic::Code::Ok
                 }
             }
         };

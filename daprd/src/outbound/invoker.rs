@@ -586,13 +586,28 @@ impl Invoker {
         request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
         let sent = self.metrics.invocation_sent(&target.app_id);
-        let call = self
-            .direct
-            .call_local(addr, target, self.caller.stamps.frame(&request));
+        let rpc = self
+            .metrics
+            .grpc_client(crate::metrics::client_rpc::CALL_LOCAL);
+        let frame = self.caller.stamps.frame(&request);
+        // The message without its 5-byte gRPC prefix, as upstream's `proto.Size`.
+        let size = frame.len().saturating_sub(5);
+        let call = self.direct.call_local(addr, target, frame);
         match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
-            Err(_) => Err(self.timed_out(target)),
-            Ok(Err(status)) => Err(self.invoke_error(target, addr, &status)),
-            Ok(Ok(response)) => Ok(sent.received(response)),
+            Err(_) => {
+                rpc.finish(tonic::Code::DeadlineExceeded, size, || 0);
+                Err(self.timed_out(target))
+            }
+            Ok(Err(status)) => {
+                rpc.finish(status.code(), size, || 0);
+                Err(self.invoke_error(target, addr, &status))
+            }
+            Ok(Ok(response)) => {
+                rpc.finish(tonic::Code::Ok, size, || {
+                    prost::Message::encoded_len(&response)
+                });
+                Ok(sent.received(response))
+            }
         }
     }
 
