@@ -573,4 +573,31 @@ async fn an_http_endpoint_gets_the_policies_of_its_name_and_a_url_those_of_no_ta
         started.elapsed()
     );
     assert_eq!(seen.calls("timed"), 4);
+
+    // gRPC InvokeService reaches the endpoint under the same policy: two 503s, then 200.
+    let mut dapr = dapr_proto::runtime::v1::dapr_client::DaprClient::connect(format!(
+        "http://127.0.0.1:{}",
+        caller.grpc_port
+    ))
+    .await
+    .expect("gRPC API connects");
+    let invoke = |method: &str| dapr_proto::runtime::v1::InvokeServiceRequest {
+        id: "flaky".into(),
+        message: Some(dapr_proto::common::v1::InvokeRequest {
+            method: method.into(),
+            data: None,
+            content_type: String::new(),
+            http_extension: Some(dapr_proto::common::v1::HttpExtension {
+                verb: dapr_proto::common::v1::http_extension::Verb::Get as i32,
+                querystring: String::new(),
+            }),
+        }),
+    };
+    let reply = dapr
+        .invoke_service(invoke("fail/503/2/grpc"))
+        .await
+        .expect("retried until 200");
+    let data = reply.into_inner().data.expect("data").value;
+    assert_eq!(data, b"call 3");
+    assert_eq!(seen.calls("grpc"), 3);
 }

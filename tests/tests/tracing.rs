@@ -553,6 +553,163 @@ async fn otlp_over_http_and_grpc_carry_the_hops_with_the_configured_headers() {
     assert_eq!(server_span.headers["x-tenant"], "grpc-tenant");
 }
 
+/// A gRPC call proxied by `dapr-app-id`: a client span on the caller's sidecar and a server
+/// span on the callee's, both named by the full method, ended with the call's status.
+#[tokio::test]
+async fn proxied_grpc_calls_are_a_client_and_a_server_span_named_by_their_method() {
+    use e2e::echo::{Note, echo_client::EchoClient};
+
+    let dir = scratch_dir("tracing-proxy").expect("dir");
+    let collector = Collector::new();
+    let port = http_receiver(&collector).await;
+    let tracing = format!(
+        "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: http://127.0.0.1:{port}/api/v2/spans\n"
+    );
+    let app = echo_app("grpc").await.expect("echo-app");
+    let config = |name: &str| -> PathBuf {
+        sqlite_config(&dir, name, &format!("  tracing:\n{tracing}")).expect("config")
+    };
+    let (_callee, caller) = start_pair(
+        &dir,
+        (
+            "orders",
+            SidecarOptions {
+                app_port: Some(app.addr.port()),
+                config: Some(config("callee")),
+                extra_args: vec!["--app-protocol".into(), "grpc".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "checkout",
+            SidecarOptions {
+                config: Some(config("caller")),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("sidecars start");
+    let mut echo = EchoClient::connect(format!("http://127.0.0.1:{}", caller.grpc_port))
+        .await
+        .expect("connects");
+    let call = |trace: &str, fail_with: tonic::Code| {
+        let mut request = tonic::Request::new(Note {
+            text: "ping".into(),
+            fail_with: fail_with as i32,
+            ..Default::default()
+        });
+        let metadata = request.metadata_mut();
+        metadata.insert("dapr-app-id", "orders".parse().expect("ascii"));
+        metadata.insert("dapr-tenant", "t9".parse().expect("ascii"));
+        metadata.insert(
+            "traceparent",
+            format!("00-{trace}-00f067aa0ba902b7-01")
+                .parse()
+                .expect("ascii"),
+        );
+        request
+    };
+
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = echo
+        .unary(call(trace, tonic::Code::Ok))
+        .await
+        .expect("proxied call");
+    let app_saw = reply
+        .metadata()
+        .get("x-traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the app got a traceparent")
+        .to_owned();
+    let spans = collector.trace(trace, 2).await;
+    let client_span = one(&spans, "CLIENT");
+    let server_span = one(&spans, "SERVER");
+    let method = "/e2e.echo.v1.Echo/Unary";
+    assert_eq!(
+        (client_span.service.as_str(), client_span.name.as_str()),
+        ("checkout", method)
+    );
+    assert_eq!(
+        (server_span.service.as_str(), server_span.name.as_str()),
+        ("orders", method)
+    );
+    assert_eq!(client_span.parent.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(server_span.parent.as_deref(), Some(client_span.id.as_str()));
+    let (app_trace, app_parent, _) = parts(&app_saw);
+    assert_eq!(
+        (app_trace.as_str(), app_parent.as_str()),
+        (trace, server_span.id.as_str()),
+        "the app's traceparent names the callee's span"
+    );
+    assert_eq!(
+        client_span.tags.get("dapr-tenant").map(String::as_str),
+        Some("t9")
+    );
+    assert!(!client_span.tags.contains_key("error"), "{client_span:#?}");
+
+    // The app's error status ends both spans as errors.
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+    let status = echo
+        .unary(call(trace, tonic::Code::FailedPrecondition))
+        .await
+        .expect_err("the app fails");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let spans = collector.trace(trace, 2).await;
+    for kind in ["CLIENT", "SERVER"] {
+        let span = one(&spans, kind);
+        assert_eq!(
+            span.tags.get("error").map(String::as_str),
+            Some("FailedPrecondition"),
+            "{span:#?}"
+        );
+    }
+    drop(app);
+}
+
+/// A call to a URL target (a service without a sidecar): the caller's client span, named as
+/// an invocation of that target, is the parent the service sees in its `traceparent`.
+#[tokio::test]
+async fn a_url_target_gets_a_client_span_and_the_trace_in_its_traceparent() {
+    let dir = scratch_dir("tracing-url").expect("dir");
+    let collector = Collector::new();
+    let port = http_receiver(&collector).await;
+    let zipkin = format!(
+        "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: http://127.0.0.1:{port}/api/v2/spans\n"
+    );
+    let (app, _callee, caller) = pair(&dir, &zipkin, &zipkin).await;
+    let target = format!("http://127.0.0.1:{}", app.addr.port());
+    let encoded = target.replace(':', "%3A").replace('/', "%2F");
+    let trace = "8bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = HttpClient::new()
+        .send(
+            Method::POST,
+            &caller.url(&format!("/v1.0/invoke/{encoded}/method/inspect/plain")),
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .expect("invoke");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let seen: serde_json::Value = reply.json().expect("inspect JSON");
+    let (seen_trace, seen_parent, flags) =
+        parts(seen["headers"]["traceparent"].as_str().expect("tp"));
+    let spans = collector.trace(trace, 1).await;
+    let client_span = one(&spans, "CLIENT");
+    assert_eq!(client_span.service, "checkout");
+    assert_eq!(
+        client_span.name,
+        format!("CallLocal/{target}/inspect/plain")
+    );
+    assert_eq!(client_span.parent.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(client_span.tags["dapr.status_code"], "200");
+    assert_eq!(
+        (seen_trace.as_str(), seen_parent.as_str(), flags.as_str()),
+        (trace, client_span.id.as_str(), "01"),
+        "the service's parent is the client span"
+    );
+}
+
 #[tokio::test]
 async fn secure_otlp_collectors_are_reached_over_tls_with_the_systems_roots() {
     let dir = scratch_dir("tracing-tls").expect("dir");

@@ -125,6 +125,40 @@ impl Internal {
     /// name, then forwarded to the app as it is.
     pub async fn proxy(
         &self,
+        mut request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, Error> {
+        let mut span = self.proxy_span(&mut request);
+        let result = self.proxy_inner(request).await;
+        crate::trace::end_on_error(&mut span, &result);
+        Ok(match span {
+            None => result?,
+            Some(span) => crate::trace::ended_with_stream(span, result?),
+        })
+    }
+
+    /// The server span of a proxied call, when tracing is on; the app's `traceparent` names it.
+    fn proxy_span(&self, request: &mut http::Request<tonic::body::Body>) -> Option<Span> {
+        let active = self.tracer.active()?;
+        let headers = request.headers_mut();
+        let incoming = headers
+            .get(names::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        let mut span = active.start(incoming, Kind::Server);
+        if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
+            headers.insert(names::TRACEPARENT, value);
+        }
+        span.proxied(request.uri().path());
+        span.dapr_headers(
+            request
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        Some(span)
+    }
+
+    async fn proxy_inner(
+        &self,
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         {
@@ -335,7 +369,7 @@ const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/Call
 impl Internal {
     /// The server span of an invocation, when tracing is on: it continues the caller's
     /// `traceparent`, which is replaced by the span's own so the app sees the callee's hop.
-    fn server_span(&self, request: &mut InternalInvokeRequest, rpc: &str) -> Option<Span<'_>> {
+    fn server_span(&self, request: &mut InternalInvokeRequest, rpc: &str) -> Option<Span> {
         let active = self.tracer.active()?;
         let mut span = active.start(
             wire::first(&request.metadata, names::TRACEPARENT),
@@ -362,13 +396,8 @@ impl Internal {
 
 /// Ends `span` as failed when `result` is an error. An app's answer, whatever its status, ends
 /// it without error, as upstream's interceptor sees only the handler's error.
-fn ended_on_error<T>(span: &mut Option<Span<'_>>, result: Result<T, Error>) -> Result<T, Error> {
-    if let Err(e) = &result
-        && let Some(mut span) = span.take()
-    {
-        span.fail(e);
-        span.end();
-    }
+fn ended_on_error<T>(span: &mut Option<Span>, result: Result<T, Error>) -> Result<T, Error> {
+    crate::trace::end_on_error(span, &result);
     result
 }
 

@@ -220,6 +220,14 @@ impl Endpoints {
             .body(BodyExt::boxed_unsync(body))
             .map_err(|e| fail(format!("cannot build a request for {uri}: {e}")))?;
         *outgoing.headers_mut() = forwarded(request.headers);
+        // The trace goes on to the endpoint: the caller's client span is its parent.
+        let traceparent = {
+            let incoming = outgoing.headers().get(names::TRACEPARENT);
+            crate::trace::next_hop(incoming.and_then(|v| v.to_str().ok()))
+        };
+        if let Ok(value) = HeaderValue::from_str(&traceparent) {
+            outgoing.headers_mut().insert(names::TRACEPARENT, value);
+        }
         for (name, value) in extra {
             outgoing.headers_mut().insert(name.clone(), value.clone());
         }

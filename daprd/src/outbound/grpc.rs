@@ -16,7 +16,7 @@ use super::invoker::parse_target;
 use super::state::Shared;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
-use crate::trace::{self, Kind, attr};
+use crate::trace::{self, attr};
 use crate::wire::{self, Metadata, names};
 
 /// The gRPC API's invocation method, as client spans name the API called.
@@ -134,49 +134,50 @@ impl Dapr for DaprApi {
             .message
             .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         super::http::check_method(&message.method)?;
-        let (response, span) = match route {
-            // Not spanned yet (docs/upstream-differences.md#tracing).
-            Route::Endpoint(endpoint) => (
-                self.shared
-                    .endpoints
-                    .call_unary(endpoint, message, &metadata)
-                    .await
-                    .map_err(invoke_status)?,
-                None,
-            ),
-            Route::App(target) => {
-                let mut span =
-                    self.shared.tracer.active().map(|active| {
-                        let mut span =
-                            active.start(wire::first(&metadata, names::TRACEPARENT), Kind::Client);
-                        span.client_invocation(&request.id, &message.method, attr::GRPC, || {
-                            INVOKE_SERVICE.to_owned()
-                        });
-                        span.dapr_headers(metadata.iter().filter_map(|(k, list)| {
-                            Some((k.as_str(), list.values.first()?.as_str()))
-                        }));
-                        span
-                    });
-                let internal = InternalInvokeRequest {
-                    ver: ApiVersion::V1 as i32,
-                    metadata,
-                    message: Some(message),
-                    actor: None,
-                };
-                let call = self.shared.invoker.invoke_unary(&target, internal);
-                let result = match &span {
-                    None => call.await,
-                    Some(span) => trace::with_hop(span.traceparent(), call).await,
-                };
-                if let Err(e) = &result
-                    && let Some(mut span) = span.take()
-                {
-                    span.fail(e);
-                    span.end();
+        let mut span = self.shared.tracer.active().map(|active| {
+            active.client_span(
+                wire::first(&metadata, names::TRACEPARENT),
+                (&request.id, &message.method),
+                attr::GRPC,
+                || INVOKE_SERVICE.to_owned(),
+                metadata
+                    .iter()
+                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+            )
+        });
+        let call = async {
+            match route {
+                Route::Endpoint(endpoint) => match self.shared.invoker.resiliency() {
+                    None => {
+                        let endpoints = &self.shared.endpoints;
+                        endpoints.call_unary(endpoint, message, &metadata).await
+                    }
+                    Some(policies) => {
+                        super::resilient::endpoint_unary(
+                            &self.shared.invoker,
+                            policies,
+                            &self.shared.endpoints,
+                            endpoint,
+                            message,
+                            &metadata,
+                        )
+                        .await
+                    }
+                },
+                Route::App(target) => {
+                    let internal = InternalInvokeRequest {
+                        ver: ApiVersion::V1 as i32,
+                        metadata,
+                        message: Some(message),
+                        actor: None,
+                    };
+                    self.shared.invoker.invoke_unary(&target, internal).await
                 }
-                (result.map_err(invoke_status)?, span)
             }
         };
+        let response = trace::traced(&mut span, call)
+            .await
+            .map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
         let mut headers = MetadataMap::new();
         for (name, values) in &response.headers {
@@ -200,9 +201,7 @@ impl Dapr for DaprApi {
             http_to_grpc(u16::try_from(code).unwrap_or(500))
         };
         if let Some(mut span) = span {
-            if grpc_code != tonic::Code::Ok {
-                span.fail(format!("{grpc_code:?}"));
-            }
+            span.grpc_status(grpc_code);
             span.end();
         }
         if grpc_code != tonic::Code::Ok {

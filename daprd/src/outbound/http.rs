@@ -21,7 +21,7 @@ use super::state::Shared;
 use crate::Error;
 use crate::error::grpc_to_http;
 use crate::metrics::HttpLayer;
-use crate::trace::{self, Kind, attr};
+use crate::trace::{self, attr};
 use crate::wire::{self, BoxError, names};
 
 type AppState = State<Arc<Shared>>;
@@ -252,27 +252,34 @@ async fn invoke(
     if let Some(destination) = shared.endpoints.destination(&id) {
         check_method(&method)?;
         let (parts, body) = request.into_parts();
+        let mut span = client_span(&shared, &parts, destination.id(), &method);
         let body = limited(body, shared.config.max_body_size);
-        return match shared.invoker.resiliency() {
-            None => {
-                shared
-                    .endpoints
-                    .call(destination, &method, parts, body)
+        let call = async {
+            match shared.invoker.resiliency() {
+                None => {
+                    let endpoints = &shared.endpoints;
+                    endpoints.call(destination, &method, parts, body).await
+                }
+                Some(policies) => {
+                    super::resilient::endpoint(
+                        &shared.invoker,
+                        policies,
+                        &shared.endpoints,
+                        destination,
+                        &method,
+                        parts,
+                        body,
+                    )
                     .await
-            }
-            Some(policies) => {
-                super::resilient::endpoint(
-                    &shared.invoker,
-                    policies,
-                    &shared.endpoints,
-                    destination,
-                    &method,
-                    parts,
-                    body,
-                )
-                .await
+                }
             }
         };
+        let response = trace::traced(&mut span, call).await?;
+        if let Some(mut span) = span {
+            span.http_status(response.status().as_u16());
+            span.end();
+        }
+        return Ok(response);
     }
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;
@@ -309,39 +316,18 @@ async fn invoke(
         }),
         actor: None,
     };
-    let mut span = shared.tracer.active().map(|active| {
-        let mut span = active.start(
-            wire::first(&internal.metadata, names::TRACEPARENT),
-            Kind::Client,
-        );
-        let method = internal.message.as_ref().map_or("", |m| m.method.as_str());
-        span.client_invocation(&id, method, attr::HTTP, || {
-            format!("{} {}", parts.method, parts.uri.path())
-        });
-        span.dapr_headers(
-            parts
-                .headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
-        );
-        span
-    });
+    let mut span = client_span(
+        &shared,
+        &parts,
+        &id,
+        internal.message.as_ref().map_or("", |m| m.method.as_str()),
+    );
     let body = limited(body, limit);
     let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
         .await
         .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
     let call = shared.invoker.invoke_stream(&target, internal, body);
-    let result = match &span {
-        None => call.await,
-        Some(span) => trace::with_hop(span.traceparent(), call).await,
-    };
-    if let Err(e) = &result
-        && let Some(mut span) = span.take()
-    {
-        span.fail(e);
-        span.end();
-    }
-    let peer = match result {
+    let peer = match trace::traced(&mut span, call).await {
         Ok(peer) => peer,
         Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {
             return Err(Error::BodyTooLarge { limit });
@@ -372,6 +358,32 @@ async fn invoke(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// The caller's span of an HTTP API invocation of `method` on `id`, when tracing is on.
+fn client_span(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    id: &str,
+    method: &str,
+) -> Option<trace::Span> {
+    let active = shared.tracer.active()?;
+    let incoming = parts
+        .headers
+        .get(names::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    Some(
+        active.client_span(
+            incoming,
+            (id, method),
+            attr::HTTP,
+            || format!("{} {}", parts.method, parts.uri.path()),
+            parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        ),
+    )
 }
 
 /// The request body as a stream that fails once it exceeds `limit` bytes (`--max-body-size`).

@@ -635,7 +635,7 @@ impl Invoker {
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         let headers = request.headers_mut();
         headers.remove(names::API_TOKEN);
-        let traceparent = crate::trace::next_random(
+        let traceparent = crate::trace::next_hop(
             headers
                 .get(names::TRACEPARENT)
                 .and_then(|v| v.to_str().ok()),

@@ -11,6 +11,7 @@ use axum::response::Response;
 use super::invoker::parse_target;
 use super::state::Shared;
 use crate::Error;
+use crate::trace::{self, Kind};
 use crate::wire::names;
 
 /// The fallback of the gRPC API router.
@@ -41,5 +42,23 @@ async fn forward(
             .ok_or(Error::NoProxyTarget)?;
         parse_target(id, &shared.config.namespace)?
     };
-    shared.invoker.proxy(&target, request).await
+    let mut span = shared.tracer.active().map(|active| {
+        let headers = request.headers();
+        let incoming = headers
+            .get(names::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        let mut span = active.start(incoming, Kind::Client);
+        span.proxied(request.uri().path());
+        span.dapr_headers(
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        span
+    });
+    let response = trace::traced(&mut span, shared.invoker.proxy(&target, request)).await?;
+    Ok(match span {
+        None => response,
+        Some(span) => trace::ended_with_stream(span, response),
+    })
 }

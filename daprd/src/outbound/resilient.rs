@@ -562,6 +562,27 @@ pub async fn endpoint(
     .await
 }
 
+/// A gRPC `InvokeService` call to an HTTPEndpoint or URL under the same policy as
+/// [`endpoint`]; the request is a message in hand, so every attempt can send it.
+pub async fn endpoint_unary(
+    invoker: &Invoker,
+    policies: &Resiliency,
+    endpoints: &super::endpoint::Endpoints,
+    destination: super::endpoint::Destination<'_>,
+    message: dapr_proto::common::v1::InvokeRequest,
+    metadata: &wire::Metadata,
+) -> Result<InternalInvokeResponse, Error> {
+    let target = Target {
+        app_id: destination.id().to_owned(),
+        namespace: String::new(),
+    };
+    let call = Call::new(invoker, policies, &target, &message.method);
+    call.run(None, || {
+        Some(endpoints.call_unary(destination.clone(), message.clone(), metadata))
+    })
+    .await
+}
+
 /// An endpoint's answer: its HTTP status.
 impl Answer for axum::response::Response {
     fn code(&self) -> i32 {

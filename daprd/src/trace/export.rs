@@ -69,6 +69,7 @@ enum Message {
 }
 
 /// The request path's end of the queue.
+#[derive(Clone)]
 pub struct Sink {
     queue: mpsc::Sender<Message>,
     dropped: Dropped,

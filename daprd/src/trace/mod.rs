@@ -13,8 +13,12 @@
 
 pub mod export;
 pub mod settings;
+mod stream;
 
+use std::sync::Arc;
 use std::time::SystemTime;
+
+pub use stream::ended_with_stream;
 
 pub use settings::{Settings, SettingsError};
 
@@ -112,7 +116,7 @@ pub struct Tracer {
 
 /// Tracing as configured: the sampler and, when an exporter is configured, the queue to it.
 pub struct Active {
-    app_id: String,
+    app_id: Arc<str>,
     /// New traces whose id's low 63 bits fall below this are sampled (upstream's
     /// `TraceIDRatioBased`, so every sidecar decides the same for one trace id).
     threshold: u64,
@@ -140,7 +144,7 @@ impl Tracer {
         };
         Ok(Tracer {
             active: Some(Active {
-                app_id: app_id.to_owned(),
+                app_id: Arc::from(app_id),
                 threshold: ratio_threshold(settings.sampling_rate),
                 sink,
             }),
@@ -174,7 +178,7 @@ fn ratio_threshold(rate: f64) -> u64 {
 
 impl Active {
     /// A span continuing `incoming` (a `traceparent`), or starting a trace.
-    pub fn start(&self, incoming: Option<&str>, kind: Kind) -> Span<'_> {
+    pub fn start(&self, incoming: Option<&str>, kind: Kind) -> Span {
         let (trace, parent, sampled) = match incoming.and_then(parse_context) {
             Some((trace, parent, flags)) => (trace, Some(parent), flags & 1 == 1),
             None => {
@@ -185,9 +189,10 @@ impl Active {
                 (trace, None, (low >> 1) < self.threshold)
             }
         };
+        let recording = self.sink.as_ref().filter(|_| sampled);
         Span {
-            sink: self.sink.as_ref().filter(|_| sampled),
-            app_id: &self.app_id,
+            sink: recording.cloned(),
+            app_id: recording.map(|_| Arc::clone(&self.app_id)),
             trace,
             id: fastrand::u64(1..),
             parent,
@@ -200,12 +205,54 @@ impl Active {
             error: None,
         }
     }
+
+    /// The caller's side of an invocation of `method` on `target` (an app id, an HTTPEndpoint's
+    /// name or a URL), with the request's `dapr-*` headers as attributes.
+    pub fn client_span<'h>(
+        &self,
+        incoming: Option<&str>,
+        (target, method): (&str, &str),
+        protocol: &'static str,
+        api: impl FnOnce() -> String,
+        headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    ) -> Span {
+        let mut span = self.start(incoming, Kind::Client);
+        span.client_invocation(target, method, protocol, api);
+        span.dapr_headers(headers);
+        span
+    }
+}
+
+/// Runs `call` as the hop of `span`, when there is one: the peer's request names the span as
+/// its parent ([`with_hop`]), and a failed call ends the span with its error.
+pub async fn traced<T, E: std::fmt::Display>(
+    span: &mut Option<Span>,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let result = match span {
+        None => call.await,
+        Some(span) => with_hop(span.traceparent(), call).await,
+    };
+    end_on_error(span, &result);
+    result
+}
+
+/// Ends `span` as failed when `result` is an error; a success leaves it open for the answer's
+/// status.
+pub fn end_on_error<T, E: std::fmt::Display>(span: &mut Option<Span>, result: &Result<T, E>) {
+    if let Err(e) = result
+        && let Some(mut span) = span.take()
+    {
+        span.fail(e);
+        span.end();
+    }
 }
 
 /// One hop. Recorded only when sampled and exported; [`Span::end`] hands it to the exporters.
-pub struct Span<'a> {
-    sink: Option<&'a export::Sink>,
-    app_id: &'a str,
+pub struct Span {
+    /// The exporters' queue, and this sidecar's app id, when the span is recorded.
+    sink: Option<export::Sink>,
+    app_id: Option<Arc<str>>,
     trace: u128,
     id: u64,
     parent: Option<u64>,
@@ -219,7 +266,7 @@ pub struct Span<'a> {
     error: Option<String>,
 }
 
-impl Span<'_> {
+impl Span {
     /// The `traceparent` naming this span, for the next hop.
     pub fn traceparent(&self) -> String {
         let flags = u8::from(self.sampled);
@@ -258,13 +305,30 @@ impl Span<'_> {
         if !self.recording() {
             return;
         }
-        self.name = format!("CallLocal/{}/{method}", self.app_id);
+        let app_id = self.app_id.as_deref().unwrap_or_default();
+        self.name = format!("CallLocal/{app_id}/{method}");
         self.attributes.extend([
             (attr::RPC_SERVICE, attr::SERVICE_INVOCATION.to_owned()),
             (attr::DAPR_INVOKE_METHOD, method.to_owned()),
             (attr::DAPR_PROTOCOL, attr::GRPC.to_owned()),
             (attr::DAPR_API, rpc.to_owned()),
         ]);
+    }
+
+    /// A gRPC call proxied by `dapr-app-id`, named by its full method as upstream's stream
+    /// interceptor names it: a client span on the caller's sidecar, a server span on the
+    /// callee's.
+    pub fn proxied(&mut self, method: &str) {
+        if self.recording() {
+            self.name = method.to_owned();
+        }
+    }
+
+    /// A gRPC status: an error status unless it is `OK`.
+    pub fn grpc_status(&mut self, code: tonic::Code) {
+        if code != tonic::Code::Ok {
+            self.fail(format!("{code:?}"));
+        }
     }
 
     /// The request's `dapr-*` headers as attributes (not `-bin` ones): upstream's way of letting

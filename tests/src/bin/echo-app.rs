@@ -438,6 +438,7 @@ fn identities<T>(from: &tonic::metadata::MetadataMap, to: &mut tonic::Response<T
     for (header, echoed) in [
         ("dapr-caller-app-id", "x-caller"),
         ("dapr-callee-app-id", "x-callee"),
+        ("traceparent", "x-traceparent"),
     ] {
         if let Some(value) = from.get(header) {
             to.metadata_mut().insert(echoed, value.clone());
