@@ -23,6 +23,8 @@ pub mod names {
     pub const API_TOKEN: &str = "dapr-api-token";
     pub const FORCE_SHUTDOWN: &str = "dapr-force-shutdown";
     pub const TRACEPARENT: &str = "traceparent";
+    /// Marks a proxied gRPC call as a stream for Resiliency (upstream's `StreamMetadataKey`).
+    pub const DAPR_STREAM: &str = "dapr-stream";
     pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
     pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
     pub const FORWARDED: &str = "forwarded";

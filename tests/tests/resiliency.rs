@@ -485,6 +485,124 @@ async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
     assert_eq!(n, 3);
 }
 
+/// Proxied gRPC calls get retries as upstream's proxy gives them: a unary call (one request
+/// message) is sent again until the app answers; a call marked `dapr-stream: true` is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_unary_grpc_calls_are_retried_and_marked_streams_are_not() {
+    use e2e::echo::Note;
+    use e2e::echo::echo_client::EchoClient;
+
+    let dir = scratch_dir("resiliency-proxy-retry").expect("scratch dir");
+    let app = e2e::echo_app("grpc").await.expect("echo-app starts");
+    let callee = SidecarOptions {
+        app_port: Some(app.addr.port()),
+        config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+        extra_args: vec!["--app-protocol".into(), "grpc".into()],
+        ..Default::default()
+    };
+    let retry = "    retries:\n      three:\n        policy: constant\n        duration: 100ms\n        maxRetries: 3\n        matching:\n          gRPCStatusCodes: \"14\"\n";
+    let caller = SidecarOptions {
+        config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+        extra_args: resources_args(
+            &dir,
+            &[("res.yaml", &resiliency("", retry, "retry: three"))],
+        ),
+        ..Default::default()
+    };
+    let (_callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
+        .await
+        .expect("both sidecars start");
+    let mut echo = EchoClient::connect(format!("http://127.0.0.1:{}", caller.grpc_port))
+        .await
+        .expect("connects");
+    let call = |text: &str, fail_with: tonic::Code, fail_times: i32, stream: bool| {
+        let mut request = tonic::Request::new(Note {
+            text: text.into(),
+            fail_with: fail_with as i32,
+            fail_times,
+            ..Default::default()
+        });
+        let metadata = request.metadata_mut();
+        metadata.insert("dapr-app-id", "orders".parse().expect("ascii"));
+        if stream {
+            metadata.insert("dapr-stream", "true".parse().expect("ascii"));
+        }
+        request
+    };
+    let attempt = |response: &tonic::Response<Note>| {
+        response
+            .metadata()
+            .get("x-attempt")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    // Unavailable twice, then the answer: the third attempt, after two retries.
+    let started = Instant::now();
+    let reply = echo
+        .unary(call("twice", tonic::Code::Unavailable, 2, false))
+        .await
+        .expect("retried until the app answers");
+    assert_eq!(attempt(&reply).as_deref(), Some("3"));
+    assert_eq!(reply.into_inner().text, "twice");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A code the policy does not match goes back at once.
+    let status = echo
+        .unary(call("other", tonic::Code::NotFound, 2, false))
+        .await
+        .expect_err("not retried");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let reply = echo
+        .unary(call("other", tonic::Code::NotFound, 2, false))
+        .await
+        .expect_err("the second call fails too (call 2 of 2)");
+    assert_eq!(reply.code(), tonic::Code::NotFound);
+    let reply = echo
+        .unary(call("other", tonic::Code::NotFound, 2, false))
+        .await
+        .expect("the third call answers");
+    assert_eq!(
+        attempt(&reply).as_deref(),
+        Some("3"),
+        "one attempt per call"
+    );
+
+    // Retries run out: the app's own status comes back after 1 + 3 attempts.
+    let status = echo
+        .unary(call("always", tonic::Code::Unavailable, 0, false))
+        .await
+        .expect_err("fails every time");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "echo-app failed with 14 on purpose");
+    let reply = echo
+        .unary(call("always", tonic::Code::Ok, 0, false))
+        .await
+        .expect("answers");
+    assert_eq!(
+        attempt(&reply).as_deref(),
+        Some("5"),
+        "four attempts before"
+    );
+
+    // Marked as a stream: sent once, the app's status back as it is.
+    let status = echo
+        .unary(call("stream", tonic::Code::Unavailable, 1, true))
+        .await
+        .expect_err("not retried");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let reply = echo
+        .unary(call("stream", tonic::Code::Unavailable, 1, true))
+        .await
+        .expect("the second call answers");
+    assert_eq!(attempt(&reply).as_deref(), Some("2"));
+    drop(app);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apps_without_a_target_get_the_built_in_retries_when_their_sidecar_is_gone() {
     // A Resiliency for another app: `orders` has no target.

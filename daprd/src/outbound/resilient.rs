@@ -34,7 +34,7 @@ use crate::resiliency::breaker::{Breaker, State};
 use crate::resiliency::retry::{Matching, RetryPolicy};
 use crate::resiliency::{AppPolicy, Resiliency};
 use crate::resolve::Target;
-use crate::wire::{self, BoxError, BoxStream};
+use crate::wire::{self, BoxError, BoxStream, names};
 
 /// The request body, kept for replays when it is small enough.
 enum Body {
@@ -181,6 +181,8 @@ fn built_in_retries(result: &Result<impl Answer, Error>) -> bool {
 
 /// Per call: the policy, its breaker and the labels its metrics carry.
 struct Call<'a> {
+    /// Whether the timeout also bounds the answer's body (not for proxied streams).
+    bound_body: bool,
     invoker: &'a Invoker,
     policies: &'a Resiliency,
     policy: &'a AppPolicy,
@@ -201,6 +203,7 @@ impl Call<'_> {
             .as_ref()
             .map(|b| b.get(&format!("{}:{method}", target.app_id), Instant::now()));
         let call = Call {
+            bound_body: true,
             invoker,
             policies,
             policy,
@@ -252,8 +255,13 @@ impl Call<'_> {
     }
 
     /// Runs `once` under the policy. `once` makes one call, or `None` when the request cannot
-    /// be sent again; `not_replayable` says why it cannot, if so.
-    async fn run<T, F, Fut>(&self, not_replayable: Option<&str>, mut once: F) -> Result<T, Error>
+    /// be sent again; `not_replayable` says why it cannot, if so (asked when a retry is due: a
+    /// proxied call knows only then).
+    async fn run<T, F, Fut>(
+        &self,
+        not_replayable: &(dyn Fn() -> Option<String> + Sync),
+        mut once: F,
+    ) -> Result<T, Error>
     where
         T: Answer,
         F: FnMut() -> Option<Fut>,
@@ -262,21 +270,20 @@ impl Call<'_> {
         let retry = self.policy.retry.as_deref();
         let matching = retry.map_or(ANY, |r| &r.matching);
         let mut schedule = retry.map(RetryPolicy::schedule);
-        let replayable = not_replayable.is_none();
         loop {
-            let result = self.attempt(replayable, &mut once).await;
+            let result = self.attempt(not_replayable, &mut once).await;
             let Outcome::Failure { retry: true } = judge(&result, matching) else {
                 return result;
             };
             let Some(wait) = schedule.as_mut().and_then(|s| s.next_wait(fastrand::f64())) else {
                 return result;
             };
-            if let Some(why) = not_replayable {
+            if let Some(why) = not_replayable() {
                 // The app's own answer goes back as it is (upstream streams it through); an
                 // error says why it was not retried.
                 return match result {
                     Ok(answer) => Ok(answer),
-                    Err(e) => Err(not_retried(self.target, e, why)),
+                    Err(e) => Err(not_retried(self.target, e, &why)),
                 };
             }
             drop(result);
@@ -286,7 +293,11 @@ impl Call<'_> {
     }
 
     /// One attempt: the breaker's permission, the timeout, and the built-in retries within.
-    async fn attempt<T, F, Fut>(&self, replayable: bool, once: &mut F) -> Result<T, Error>
+    async fn attempt<T, F, Fut>(
+        &self,
+        not_replayable: &(dyn Fn() -> Option<String> + Sync),
+        once: &mut F,
+    ) -> Result<T, Error>
     where
         T: Answer,
         F: FnMut() -> Option<Fut>,
@@ -325,7 +336,7 @@ impl Call<'_> {
                     });
                 };
                 let result = call.await;
-                if !(replayable && built_in_retries(&result)) {
+                if !(built_in_retries(&result) && not_replayable().is_none()) {
                     return result;
                 }
                 let Some(wait) = schedule.as_mut().and_then(|s| s.next_wait(fastrand::f64()))
@@ -341,7 +352,8 @@ impl Call<'_> {
             Some(timeout) => {
                 let deadline = tokio::time::Instant::now() + timeout;
                 match tokio::time::timeout_at(deadline, calls).await {
-                    Ok(result) => result.map(|answer| answer.bounded(deadline)),
+                    Ok(result) if self.bound_body => result.map(|answer| answer.bounded(deadline)),
+                    Ok(result) => result,
                     Err(_) => {
                         self.record(PolicyEvent::Activated, "timeout", "");
                         Err(Error::PolicyTimeout {
@@ -396,9 +408,6 @@ fn not_retried(target: &Target, e: Error, why: &str) -> Error {
     }
 }
 
-/// Why a proxied call is not retried.
-const STREAMED: &str = "a proxied gRPC call is not replayed";
-
 /// The part of an invocation error after `err: `.
 fn reason_of(e: &Error) -> String {
     let text = e.to_string();
@@ -432,7 +441,7 @@ pub async fn invoke_stream(
     // not copied.
     let kept = super::invoker::Kept::new(None);
     let mut first = Some(request);
-    call.run(too_large.as_deref(), || {
+    call.run(&|| too_large.clone(), || {
         let body = body.attempt()?;
         let request = match first.take() {
             Some(request) => request,
@@ -452,26 +461,171 @@ pub async fn invoke_unary(
 ) -> Result<InternalInvokeResponse, Error> {
     let method = request.message.as_ref().map_or("", |m| m.method.as_str());
     let call = Call::new(invoker, policies, target, method);
-    call.run(None, || {
+    call.run(&|| None, || {
         Some(invoker.invoke_unary_inner(target, request.clone()))
     })
     .await
 }
 
-/// [`Invoker::proxy`] under the target's policy.
+/// [`Invoker::proxy`] under the target's policy, as upstream's proxy handler applies it
+/// (`pkg/api/grpc/proxy/handler.go`): a call marked `dapr-stream: true` is a stream, whose
+/// timeout covers the answer's head only and which is never replayed; any other call is unary,
+/// its timeout covers the whole answer, and its request streams through while its first
+/// message is kept, so a client that sent that one message can be served by a retry.
 pub async fn proxy(
     invoker: &Invoker,
     policies: &Resiliency,
     target: &Target,
     request: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, Error> {
-    let call = Call::new(invoker, policies, target, request.uri().path());
-    let mut request = Some(request);
-    call.run(Some(STREAMED), || {
-        let request = request.take()?;
+    let mut call = Call::new(invoker, policies, target, request.uri().path());
+    let stream = request
+        .headers()
+        .get(names::DAPR_STREAM)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_truthy);
+    let may_retry = call.policy.retry.is_some() || call.policy.built_in;
+    if stream || !may_retry {
+        call.bound_body = !stream;
+        let why = if stream { STREAM } else { ONCE };
+        let mut request = Some(request);
+        return call
+            .run(&|| Some(why.to_owned()), || {
+                let request = request.take()?;
+                Some(invoker.proxy_inner(target, request))
+            })
+            .await;
+    }
+    let (head, body) = request.into_parts();
+    let kept = Arc::new(std::sync::Mutex::new(FirstMessage::default()));
+    let mut first = Some(FirstMessage::tee(body, &kept));
+    let not_replayable = || kept.lock().map_or(Some(ONCE.to_owned()), |k| k.why_not());
+    call.run(&not_replayable, || {
+        let body = match first.take() {
+            Some(body) => body,
+            None => kept.lock().ok()?.replay()?,
+        };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = head.uri.clone();
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers.clone();
         Some(invoker.proxy_inner(target, request))
     })
     .await
+}
+
+/// Why a proxied stream is not retried.
+const STREAM: &str = "the call is a stream (dapr-stream: true)";
+/// Why a proxied call without a policy to retry it is sent once.
+const ONCE: &str = "the request was streamed through";
+
+/// `dapr-stream` values upstream reads as true (`utils.IsTruthy`).
+fn is_truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes" | "true" | "t" | "on" | "1"
+    )
+}
+
+/// What a proxied request's body sent so far, kept for a retry while it is at most one whole
+/// gRPC message of up to [`REPLAY_LIMIT`] bytes (upstream's replay buffer holds one message).
+#[derive(Default)]
+struct FirstMessage {
+    chunks: Vec<Bytes>,
+    len: usize,
+    ended: bool,
+    /// Why it cannot be replayed, once known.
+    spoiled: Option<&'static str>,
+}
+
+impl FirstMessage {
+    /// `body` streaming through as it arrives, recorded in `kept`.
+    fn tee(
+        body: tonic::body::Body,
+        kept: &Arc<std::sync::Mutex<FirstMessage>>,
+    ) -> tonic::body::Body {
+        use http_body_util::BodyExt;
+        let recorder = Arc::clone(kept);
+        let end = Arc::clone(kept);
+        let ended = futures::stream::once(async move {
+            if let Ok(mut kept) = end.lock() {
+                kept.ended = true;
+            }
+            None
+        })
+        .filter_map(futures::future::ready);
+        let stream = body
+            .into_data_stream()
+            .map(move |chunk| {
+                if let Ok(mut kept) = recorder.lock() {
+                    kept.record(chunk.as_ref().ok());
+                }
+                chunk
+            })
+            .chain(ended);
+        tonic::body::Body::new(http_body_util::StreamBody::new(
+            stream.map(|chunk| chunk.map(http_body::Frame::data)),
+        ))
+    }
+
+    /// One chunk of the body as it passes, or `None` for a failed one.
+    fn record(&mut self, chunk: Option<&Bytes>) {
+        let Some(chunk) = chunk else {
+            self.spoiled = Some("the request body failed");
+            return;
+        };
+        self.len += chunk.len();
+        if self.len > REPLAY_LIMIT {
+            self.spoiled = Some("the request is larger than the bytes kept for a retry");
+            self.chunks.clear();
+        } else if self.spoiled.is_none() {
+            self.chunks.push(chunk.clone());
+        }
+    }
+
+    fn why_not(&self) -> Option<String> {
+        if let Some(why) = self.spoiled {
+            return Some(why.to_owned());
+        }
+        if !self.ended && !self.one_message() {
+            return Some("the client had not sent its whole request".to_owned());
+        }
+        (!self.one_message()).then(|| {
+            "the client sent more than one message (a stream: mark it dapr-stream: true)".to_owned()
+        })
+    }
+
+    /// Whether what was sent is exactly one gRPC message (5-byte prefix, then its length).
+    fn one_message(&self) -> bool {
+        let mut prefix = [0u8; 5];
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let take = (5 - filled).min(chunk.len());
+            prefix[filled..filled + take].copy_from_slice(&chunk[..take]);
+            filled += take;
+            if filled == 5 {
+                break;
+            }
+        }
+        let declared = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+        filled == 5 && self.len == 5 + declared as usize
+    }
+
+    /// The kept message as the body of another attempt.
+    fn replay(&self) -> Option<tonic::body::Body> {
+        if self.why_not().is_some() {
+            return None;
+        }
+        let frames = self
+            .chunks
+            .clone()
+            .into_iter()
+            .map(|chunk| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk)));
+        Some(tonic::body::Body::new(http_body_util::StreamBody::new(
+            futures::stream::iter(frames),
+        )))
+    }
 }
 
 /// A proxied call's response head: a trailers-only error carries its `grpc-status` there.
@@ -555,7 +709,7 @@ pub async fn endpoint(
     let too_large = (!body.replayable()).then(|| {
         format!("the request body is larger than the {REPLAY_LIMIT} bytes kept for a retry")
     });
-    call.run(too_large.as_deref(), || {
+    call.run(&|| too_large.clone(), || {
         let body = body.attempt()?;
         Some(endpoints.call(destination.clone(), method, head.clone(), body))
     })
@@ -577,7 +731,7 @@ pub async fn endpoint_unary(
         namespace: String::new(),
     };
     let call = Call::new(invoker, policies, &target, &message.method);
-    call.run(None, || {
+    call.run(&|| None, || {
         Some(endpoints.call_unary(destination.clone(), message.clone(), metadata))
     })
     .await
@@ -652,6 +806,65 @@ mod tests {
         assert_eq!(judge(&down, &only_5xx), Outcome::Failure { retry: true });
         assert!(built_in_retries(&down));
         assert!(!built_in_retries(&answer(503)));
+    }
+
+    fn grpc_message(len: usize) -> Vec<u8> {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+        framed.extend(std::iter::repeat_n(7u8, len));
+        framed
+    }
+
+    #[tokio::test]
+    async fn a_proxied_request_is_replayable_when_it_was_one_whole_message() {
+        use http_body_util::BodyExt;
+        let tee = |chunks: Vec<Vec<u8>>| {
+            let kept = Arc::new(std::sync::Mutex::new(FirstMessage::default()));
+            let frames = chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c))));
+            let body = tonic::body::Body::new(http_body_util::StreamBody::new(
+                futures::stream::iter(frames),
+            ));
+            (FirstMessage::tee(body, &kept), kept)
+        };
+        // One message split across chunks streams through whole and can be sent again.
+        let message = grpc_message(10);
+        let (body, kept) = tee(vec![message[..3].to_vec(), message[3..].to_vec()]);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &message[..]);
+        assert_eq!(kept.lock().unwrap().why_not(), None);
+        let replay = kept.lock().unwrap().replay().expect("replayable");
+        assert_eq!(replay.collect().await.unwrap().to_bytes(), &message[..]);
+
+        // Two messages: a stream, not replayed.
+        let (body, kept) = tee(vec![grpc_message(2), grpc_message(2)]);
+        body.collect().await.unwrap();
+        let why = kept.lock().unwrap().why_not().expect("not replayable");
+        assert!(why.contains("more than one message"), "{why}");
+        assert!(kept.lock().unwrap().replay().is_none());
+
+        // Larger than the replay limit: streams through, not kept.
+        let big = grpc_message(REPLAY_LIMIT + 1);
+        let (body, kept) = tee(vec![big.clone()]);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), big.len());
+        let why = kept.lock().unwrap().why_not().expect("not replayable");
+        assert!(why.contains("larger"), "{why}");
+
+        // Half a message, the rest not sent yet: not replayable.
+        let (mut body, kept) = tee(vec![message[..8].to_vec()]);
+        body.frame().await.unwrap().unwrap();
+        let why = kept.lock().unwrap().why_not().expect("not replayable");
+        assert!(why.contains("whole request"), "{why}");
+    }
+
+    #[test]
+    fn dapr_stream_reads_upstreams_truthy_values() {
+        for yes in ["true", "TRUE", " 1", "yes", "y", "on", "t"] {
+            assert!(is_truthy(yes), "{yes}");
+        }
+        for no in ["false", "0", "", "no", "streaming"] {
+            assert!(!is_truthy(no), "{no}");
+        }
     }
 
     #[tokio::test]

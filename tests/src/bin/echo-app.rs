@@ -457,7 +457,19 @@ impl EchoService for Echo {
     ) -> Result<tonic::Response<Note>, tonic::Status> {
         let metadata = request.metadata().clone();
         let note = request.into_inner();
-        if note.fail_with != 0 {
+        let attempt = {
+            static CALLS: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
+                std::sync::Mutex::new(None);
+            let mut calls = CALLS.lock().expect("calls");
+            let n = calls
+                .get_or_insert_default()
+                .entry(note.text.clone())
+                .or_default();
+            *n += 1;
+            *n
+        };
+        let failing = note.fail_times == 0 || attempt <= note.fail_times.unsigned_abs();
+        if note.fail_with != 0 && failing {
             return Err(tonic::Status::new(
                 tonic::Code::from(note.fail_with),
                 format!("echo-app failed with {} on purpose", note.fail_with),
@@ -465,6 +477,7 @@ impl EchoService for Echo {
         }
         let mut response = tonic::Response::new(note);
         identities(&metadata, &mut response);
+        response.metadata_mut().insert("x-attempt", attempt.into());
         Ok(response)
     }
 
