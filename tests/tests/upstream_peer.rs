@@ -5,7 +5,9 @@
 //!
 //! Name resolution: the invocation tests point each sidecar at the other's internal address with
 //! the kubernetes resolver's `template` (`127.0.0.1:<port>`, split into host and port by both);
-//! the sqlite tests put both resolvers on one database file, in both start orders.
+//! the sqlite tests put both resolvers on one database file, in both start orders (with
+//! `.cache/upstream/bin/daprd-sqlite`, else skipped); the mdns test runs both on two network
+//! namespaces of one bridge (root needed).
 //! Without the upstream binary each test says so and passes without running.
 
 use std::net::SocketAddr;
@@ -452,4 +454,161 @@ async fn ours_then_upstream_on_one_sqlite_file_find_each_other() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_then_ours_on_one_sqlite_file_find_each_other() {
     shared_sqlite("sqlite-upstream-first", true).await;
+}
+
+/// A sidecar process in a network namespace, killed when dropped; its log in the network's
+/// directory.
+struct NetnsDaprd {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl NetnsDaprd {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `program` (ours or upstream's daprd, with the `mdns` default: no Configuration) for
+/// `app_id` in `host` on the default ports, and waits (bounded) for `/v1.0/healthz` 204.
+async fn start_in_netns(
+    net: &e2e::netns::Network,
+    host: &str,
+    program: &Path,
+    app_id: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<NetnsDaprd> {
+    let log = net.dir().join(format!("{app_id}.log"));
+    let file = std::fs::File::create(&log)?;
+    let mut cmd = net.command(host, program);
+    cmd.args(["--app-id", app_id, "--app-port", "7000"])
+        .args(["--dapr-http-port", "3500", "--dapr-grpc-port", "50001"])
+        .args([
+            "--dapr-internal-grpc-port",
+            "50002",
+            "--metrics-port",
+            "9090",
+        ])
+        .args(["--log-level", "debug"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file));
+    let mut daprd = NetnsDaprd {
+        child: cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", program.display()))?,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = net
+            .http(
+                host,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:3500/v1.0/healthz",
+                ],
+            )
+            .await?;
+        if out.stdout == b"204" {
+            return Ok(daprd);
+        }
+        if let Ok(Some(status)) = daprd.child.try_wait() {
+            bail!("{app_id} exited with {status}:\n{}", daprd.log_text());
+        }
+        if Instant::now() > deadline {
+            bail!("{app_id} not healthy within 60s:\n{}", daprd.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Calls `app_id`'s `/inspect/hello` through `host`'s sidecar until it answers 200 (an
+/// announcement may take a moment to be heard), bounded; returns what the app saw.
+async fn invoke_in_netns(
+    net: &e2e::netns::Network,
+    host: &str,
+    app_id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://127.0.0.1:3500/v1.0/invoke/{app_id}/method/inspect/hello");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = net.http(host, &["-w", "\n%{http_code}", &url]).await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        if status.trim() == "200" {
+            return Ok(serde_json::from_str(body)?);
+        }
+        if Instant::now() > deadline {
+            bail!("{host} never reached {app_id}: last answer {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ours and upstream's daprd on two "machines" (network namespaces on one bridge), both on the
+/// standalone default `mdns`: each finds the other's app by multicast, both ways. Needs root.
+#[tokio::test(flavor = "multi_thread")]
+async fn ours_and_upstream_find_each_other_over_mdns() {
+    let upstream = upstream_binary();
+    if !upstream.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing: scripts/test.sh builds it (it needs Go)",
+            upstream.display()
+        );
+        return;
+    }
+    let net = e2e::netns::Network::create(&["a", "b"])
+        .expect("network (the e2e tier needs root, iproute2)");
+    let mut apps = Vec::new();
+    for host in ["a", "b"] {
+        let mut app = net.command(host, e2e::sidecar::binary("echo-app"));
+        app.args(["--port", "7000"]);
+        apps.push(
+            e2e::spawn_echo_app(app, Duration::from_secs(10))
+                .await
+                .expect("echo app"),
+        );
+    }
+    let ours = start_in_netns(&net, "a", &e2e::sidecar::binary("daprd"), "ours", &[])
+        .await
+        .expect("our daprd");
+    // Neither is given DAPR_HOST_IP: with no route out of this network, upstream announces its
+    // first non-loopback IPv4 address (dapr `utils/host.go`), ours every interface's.
+    let theirs = start_in_netns(&net, "b", &upstream, "theirs", &[])
+        .await
+        .expect("upstream daprd");
+    let result = async {
+        let seen = invoke_in_netns(&net, "a", "theirs").await?;
+        anyhow::ensure!(
+            seen["headers"]["dapr-caller-app-id"] == "ours",
+            "upstream's app saw {seen}"
+        );
+        let seen = invoke_in_netns(&net, "b", "ours").await?;
+        anyhow::ensure!(
+            seen["headers"]["dapr-caller-app-id"] == "theirs",
+            "our app saw {seen}"
+        );
+        let log = theirs.log_text();
+        anyhow::ensure!(
+            log.contains("Initialized name resolution to mdns"),
+            "upstream did not use mdns"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!(
+            "mdns mixed fleet: {e:#}\nours log:\n{}\nupstream log:\n{}",
+            ours.log_text(),
+            theirs.log_text()
+        );
+    }
+    drop(apps);
 }
