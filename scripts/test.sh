@@ -136,14 +136,17 @@ if needs e2e; then
 step "upstream Dapr daprd (Go module pinned in tests/upstream/go.mod) into .cache/upstream/bin"
 # tests/tests/upstream_peer.rs runs it beside ours; without Go that suite skips. Built unchanged
 # from the published module with upstream's `stablecomponents` tag (its cmd/daprd refuses to
-# start without one; `allcomponents` needs a package that does not build with this Go). Rebuilt
-# only when go.mod/go.sum or the Go toolchain change; Go's caches are removed after a build.
+# start without one; `allcomponents` needs a package that does not build with this Go), and
+# beside it `daprd-sqlite` (tests/upstream/sqlitenr: the same daprd plus the sqlite name resolver
+# that only `allcomponents` registers). Rebuilt only when go.mod/go.sum, sqlitenr or the Go
+# toolchain change; Go's caches are removed after a build.
 upstream_tags=stablecomponents
 if ! command -v go >/dev/null; then
   echo "SKIPPED: Go is missing, so upstream daprd is not built and tests/tests/upstream_peer.rs skips"
 else
-  if changed upstream-daprd tests/upstream/go.mod tests/upstream/go.sum <(go version) <(echo "$upstream_tags") \
-      || [ ! -x "$cache/upstream/bin/daprd" ]; then
+  if changed upstream-daprd tests/upstream/go.mod tests/upstream/go.sum tests/upstream/sqlitenr/main.go \
+      <(go version) <(echo "$upstream_tags") \
+      || [ ! -x "$cache/upstream/bin/daprd" ] || [ ! -x "$cache/upstream/bin/daprd-sqlite" ]; then
     (
       export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
       bin="$cache/upstream/bin"
@@ -152,6 +155,8 @@ else
       go build -tags "$upstream_tags" -trimpath -ldflags="-s -w" -o "$bin/daprd.tmp" github.com/dapr/dapr/cmd/daprd
       "$bin/daprd.tmp" --version
       mv "$bin/daprd.tmp" "$bin/daprd"
+      go build -tags "$upstream_tags" -trimpath -ldflags="-s -w" -o "$bin/daprd-sqlite.tmp" ./sqlitenr
+      mv "$bin/daprd-sqlite.tmp" "$bin/daprd-sqlite"
       go clean -cache -modcache
     )
     rm -rf "$cache/go"

@@ -55,14 +55,12 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // Per-target levels without `EnvFilter`'s regex engine (code every process would page in).
-    let filter: tracing_subscriber::filter::Targets = format!(
-        "{},h2=warn,hyper=warn,tower=warn,mdns_sd=warn",
-        config.log_level
-    )
-    .parse()
-    .unwrap_or_else(|_| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    });
+    let filter: tracing_subscriber::filter::Targets =
+        format!("{},h2=warn,hyper=warn,tower=warn", config.log_level)
+            .parse()
+            .unwrap_or_else(|_| {
+                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+            });
     let registry = tracing_subscriber::registry().with(filter);
     let layer = tracing_subscriber::fmt::layer().with_target(false);
     if config.log_as_json {

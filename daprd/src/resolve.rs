@@ -6,13 +6,13 @@
 //! shared database file, for hosts without cluster DNS or multicast.
 
 pub mod mdns;
+pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 
@@ -21,9 +21,6 @@ use crate::config::{Config, Mode};
 
 /// How long resolved addresses are reused (upstream caches for at most 20s).
 const CACHE_TTL: Duration = Duration::from_secs(20);
-/// How often a sqlite registration is refreshed, and how old one may be before it is ignored.
-const SQLITE_HEARTBEAT: Duration = Duration::from_secs(5);
-const SQLITE_STALE_AFTER: Duration = Duration::from_secs(15);
 
 /// A target sidecar to find.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,7 +32,7 @@ pub struct Target {
 pub enum Resolver {
     Kubernetes(Box<Kubernetes>),
     Mdns(mdns::Mdns),
-    Sqlite(Sqlite),
+    Sqlite(Box<sqlite::Sqlite>),
 }
 
 impl Resolver {
@@ -70,26 +67,20 @@ impl Resolver {
                 let addresses: Vec<IpAddr> = known_address(config).into_iter().collect();
                 Ok(Resolver::Mdns(mdns::Mdns::new(
                     &config.app_id,
-                    &config.namespace,
                     &config.hostname,
                     &addresses,
                     config.internal_grpc_port,
                 )?))
             }
             "sqlite" => {
-                let path = options
-                    .get("connectionString")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| std::env::temp_dir().join("dapr-name-resolution.db"));
                 // Without a known address, loopback: sidecars on one machine.
                 let ip = known_address(config).unwrap_or(IpAddr::from([127, 0, 0, 1]));
                 let address = SocketAddr::new(ip, config.internal_grpc_port);
-                Ok(Resolver::Sqlite(Sqlite::open(
-                    path,
+                Ok(Resolver::Sqlite(Box::new(sqlite::Sqlite::open(
+                    sqlite::Options::from_map(&options)?,
                     &config.app_id,
-                    &config.namespace,
                     address,
-                )?))
+                )?)))
             }
             other => Err(Error::Config {
                 flag: "--config",
@@ -221,37 +212,50 @@ impl Kubernetes {
         })
     }
 
-    /// The DNS name of a target: `<id>-dapr.<ns>.svc.<clusterDomain>`, or the template.
-    pub fn host_name(&self, target: &Target) -> String {
-        match &self.template {
-            Some(template) => render_template(template, target, self.port),
-            None => format!(
-                "{}-dapr.{}.svc.{}",
-                target.app_id, target.namespace, self.cluster_domain
-            ),
-        }
+    /// The host to look up and the port to dial: `<id>-dapr.<ns>.svc.<clusterDomain>` with this
+    /// sidecar's own internal port, or what the template renders, split as upstream splits it
+    /// (components-contrib `nameresolution/kubernetes/kubernetes.go`, `ResolveIDMulti`): at the
+    /// last `:` when something follows it. A rendering without a port gives upstream an address
+    /// with an empty port that no dial succeeds on; here it is an error naming the template.
+    pub fn host_port(&self, target: &Target) -> Result<(String, u16), Error> {
+        let Some(template) = &self.template else {
+            return Ok((
+                format!(
+                    "{}-dapr.{}.svc.{}",
+                    target.app_id, target.namespace, self.cluster_domain
+                ),
+                self.port,
+            ));
+        };
+        let rendered = render_template(template, target, self.port);
+        split_host_port(&rendered).ok_or_else(|| {
+            Error::Resolver(format!(
+                "the kubernetes resolver's template gave {rendered:?}, which is not host:port"
+            ))
+        })
     }
 
     async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
         if let Some(addr) = self.cache.get(target) {
             return Ok(addr);
         }
-        let name = self.host_name(target);
-        // An absolute name, so no search domains are tried.
-        let fqdn = if name.ends_with('.') {
-            name.clone()
+        let (name, port) = self.host_port(target)?;
+        let addrs: Arc<[SocketAddr]> = if let Ok(ip) = name.parse::<IpAddr>() {
+            Arc::from([SocketAddr::new(ip, port)])
         } else {
-            format!("{name}.")
+            // An absolute name, so no search domains are tried.
+            let fqdn = if name.ends_with('.') {
+                name.clone()
+            } else {
+                format!("{name}.")
+            };
+            let lookup = self
+                .dns
+                .lookup_ip(fqdn.as_str())
+                .await
+                .map_err(|e| Error::Resolver(format!("cannot resolve {name}: {e}")))?;
+            lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect()
         };
-        let lookup = self
-            .dns
-            .lookup_ip(fqdn.as_str())
-            .await
-            .map_err(|e| Error::Resolver(format!("cannot resolve {name}: {e}")))?;
-        let addrs: Arc<[SocketAddr]> = lookup
-            .iter()
-            .map(|ip| SocketAddr::new(ip, self.port))
-            .collect();
         let addr = self
             .cache
             .pick(&addrs)
@@ -259,6 +263,18 @@ impl Kubernetes {
         self.cache.put(target, addrs);
         Ok(addr)
     }
+}
+
+/// Splits a rendered template at its last `:` as upstream does; `None` without a port after
+/// it, or with one that is not a port number. A bracketed IPv6 host loses its brackets.
+fn split_host_port(rendered: &str) -> Option<(String, u16)> {
+    let (host, port) = rendered.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// Renders the subset of Go template syntax upstream documents for `template`:
@@ -284,149 +300,6 @@ fn render_template(template: &str, target: &Target, port: u16) -> String {
     out
 }
 
-pub struct Sqlite {
-    db: Arc<Mutex<rusqlite::Connection>>,
-    registration_id: String,
-    app_id: String,
-    namespace: String,
-    address: SocketAddr,
-    cache: Cache,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-type DbCall<T> = Box<dyn FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send>;
-
-fn sql_error(e: rusqlite::Error) -> Error {
-    Error::Resolver(format!("sqlite: {e}"))
-}
-
-impl Sqlite {
-    fn open(
-        path: PathBuf,
-        app_id: &str,
-        namespace: &str,
-        address: SocketAddr,
-    ) -> Result<Self, Error> {
-        let db = rusqlite::Connection::open(&path)
-            .map_err(|e| Error::Resolver(format!("cannot open {}: {e}", path.display())))?;
-        db.busy_timeout(Duration::from_secs(5)).map_err(sql_error)?;
-        // Switching to WAL can fail with "database is locked" without waiting on the busy
-        // timeout when another sidecar initialises the same file at the same moment: retry,
-        // bounded (50 × 100 ms).
-        let mut attempts = 0;
-        loop {
-            match db.execute_batch(
-                "PRAGMA journal_mode=WAL;
-                 CREATE TABLE IF NOT EXISTS hosts (
-                     registration_id TEXT PRIMARY KEY,
-                     app_id TEXT NOT NULL,
-                     namespace TEXT NOT NULL,
-                     address TEXT NOT NULL,
-                     updated_at INTEGER NOT NULL
-                 );
-                 CREATE INDEX IF NOT EXISTS hosts_app ON hosts (namespace, app_id);",
-            ) {
-                Ok(()) => break,
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if attempts < 50
-                        && matches!(
-                            e.code,
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        ) =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(sql_error(e)),
-            }
-        }
-        Ok(Sqlite {
-            db: Arc::new(Mutex::new(db)),
-            registration_id: format!("{app_id}-{}-{address}", std::process::id()),
-            app_id: app_id.to_owned(),
-            namespace: namespace.to_owned(),
-            address,
-            cache: Cache::default(),
-        })
-    }
-
-    /// Runs a blocking database call off the async threads.
-    /// (The call is boxed: a generic closure over `&Connection` would make callers' futures
-    /// fail the higher-ranked `Send` check.)
-    async fn with_db<T: Send + 'static>(&self, f: DbCall<T>) -> Result<T, Error> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || {
-            let conn = db
-                .lock()
-                .map_err(|_| Error::Resolver("sqlite connection poisoned".into()))?;
-            f(&conn).map_err(sql_error)
-        })
-        .await
-        .map_err(|e| Error::Resolver(format!("sqlite task failed: {e}")))?
-    }
-
-    async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
-        if let Some(addr) = self.cache.get(target) {
-            return Ok(addr);
-        }
-        let (app_id, namespace) = (target.app_id.to_owned(), target.namespace.to_owned());
-        let fresh_after = unix_now() - SQLITE_STALE_AFTER.as_secs() as i64;
-        let rows: Vec<String> = self
-            .with_db(Box::new(move |db| {
-                let mut stmt = db.prepare_cached(
-                    "SELECT address FROM hosts WHERE app_id = ?1 AND namespace = ?2 AND updated_at >= ?3 ORDER BY registration_id",
-                )?;
-                let rows = stmt.query_map(rusqlite::params![app_id, namespace, fresh_after], |r| r.get(0))?;
-                rows.collect()
-            }))
-            .await?;
-        let addrs: Arc<[SocketAddr]> = rows.iter().filter_map(|a| a.parse().ok()).collect();
-        let addr = self.cache.pick(&addrs).ok_or_else(|| {
-            Error::Resolver(format!(
-                "no sidecar registered for app {} in namespace {}",
-                target.app_id, target.namespace
-            ))
-        })?;
-        // Registrations change more often than DNS; keep the cache short.
-        self.cache.put(target, addrs);
-        Ok(addr)
-    }
-
-    async fn run_registration(&self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(SQLITE_HEARTBEAT);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    let (id, app, ns, addr) = (self.registration_id.clone(), self.app_id.clone(), self.namespace.clone(), self.address.to_string());
-                    let result = self.with_db(Box::new(move |db| db.execute(
-                        "INSERT INTO hosts (registration_id, app_id, namespace, address, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT(registration_id) DO UPDATE SET updated_at = excluded.updated_at",
-                        rusqlite::params![id, app, ns, addr, unix_now()],
-                    ))).await;
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "cannot refresh the sqlite name registration");
-                    }
-                }
-            }
-        }
-        let id = self.registration_id.clone();
-        if let Err(e) = self
-            .with_db(Box::new(move |db| {
-                db.execute("DELETE FROM hosts WHERE registration_id = ?1", [id])
-            }))
-            .await
-        {
-            tracing::warn!(error = %e, "cannot remove the sqlite name registration");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +317,26 @@ mod tests {
         assert_eq!(component("", Mode::Kubernetes), "kubernetes");
         assert_eq!(component("sqlite", Mode::Standalone), "sqlite");
         assert_eq!(component("mdns", Mode::Kubernetes), "mdns");
+    }
+
+    #[test]
+    fn template_output_is_host_and_port_split_at_the_last_colon() {
+        assert_eq!(
+            split_host_port("orders-dapr.shop.svc:50002"),
+            Some(("orders-dapr.shop.svc".into(), 50002))
+        );
+        assert_eq!(
+            split_host_port("127.0.0.1:3500"),
+            Some(("127.0.0.1".into(), 3500))
+        );
+        assert_eq!(
+            split_host_port("[fd00::1]:50002"),
+            Some(("fd00::1".into(), 50002))
+        );
+        assert_eq!(split_host_port("orders-dapr.shop.svc"), None, "no port");
+        assert_eq!(split_host_port("orders-dapr.shop.svc:"), None, "empty port");
+        assert_eq!(split_host_port("orders:http"), None, "not a number");
+        assert_eq!(split_host_port(":50002"), None, "no host");
     }
 
     #[test]
@@ -466,44 +359,5 @@ mod tests {
         assert!(picks.contains(&a) && picks.contains(&b));
         cache.evict(&t());
         assert_eq!(cache.get(&t()), None);
-    }
-
-    #[tokio::test]
-    async fn sqlite_registrations_resolve_until_they_are_removed() {
-        let dir = std::env::temp_dir().join(format!("daprd-nr-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("nr.db");
-        let addr: SocketAddr = "127.0.0.1:47001".parse().unwrap();
-        let orders = Sqlite::open(path.clone(), "orders", "shop", addr).unwrap();
-        let caller =
-            Sqlite::open(path, "checkout", "shop", "127.0.0.1:47002".parse().unwrap()).unwrap();
-        assert!(
-            caller.resolve(&t()).await.is_err(),
-            "nothing registered yet"
-        );
-
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let registration = {
-            let shutdown = shutdown.clone();
-            async move { orders.run_registration(shutdown).await }
-        };
-        let handle = tokio::spawn(registration);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let found = loop {
-            match caller.resolve(&t()).await {
-                Ok(found) => break found,
-                Err(_) if Instant::now() < deadline => tokio::task::yield_now().await,
-                Err(e) => panic!("never registered: {e}"),
-            }
-        };
-        assert_eq!(found, addr);
-        shutdown.cancel();
-        handle.await.unwrap();
-        caller.cache.evict(&t());
-        assert!(
-            caller.resolve(&t()).await.is_err(),
-            "registration removed on shutdown"
-        );
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -379,6 +379,30 @@ pub fn sqlite_config(dir: &Path, name: &str, extra: &str) -> anyhow::Result<Path
     Ok(path)
 }
 
+/// Registers a peer that is not a sidecar (a test's own gRPC server) as `app_id` at `addr` in the
+/// sqlite name-resolution file of `dir`, in upstream's schema (which our resolver uses): tables
+/// created if missing, migration level 1, and `last_update` a day ahead, so the row stays live
+/// (`now - last_update < updateInterval`) however long the test runs and is never collected.
+pub fn register_static_peer(dir: &Path, app_id: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let db = rusqlite::Connection::open(dir.join("nr.db"))?;
+    db.busy_timeout(Duration::from_secs(5))?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS metadata (key text NOT NULL PRIMARY KEY, value text NOT NULL);
+         INSERT OR IGNORE INTO metadata (key, value) VALUES ('nr-migrations', '1');
+         CREATE TABLE IF NOT EXISTS hosts (registration_id TEXT NOT NULL PRIMARY KEY,
+             address TEXT NOT NULL, app_id TEXT NOT NULL, namespace TEXT NOT NULL,
+             last_update INTEGER NOT NULL);
+         CREATE UNIQUE INDEX IF NOT EXISTS hosts_address_idx ON hosts (address);
+         CREATE INDEX IF NOT EXISTS hosts_last_update_idx ON hosts (last_update);",
+    )?;
+    db.execute(
+        "REPLACE INTO hosts (registration_id, address, app_id, namespace, last_update)
+         VALUES (?1, ?2, ?3, '', unixepoch(CURRENT_TIMESTAMP) + 86400)",
+        rusqlite::params![format!("static-{app_id}-{addr}"), addr.to_string(), app_id],
+    )?;
+    Ok(())
+}
+
 /// The address string for a loopback port.
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

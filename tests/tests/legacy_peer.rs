@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dapr_proto::common::v1::InvokeResponse;
@@ -18,7 +18,9 @@ use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
     InternalInvokeResponseStream, ListStringValue, Status,
 };
-use e2e::sidecar::{HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config};
+use e2e::sidecar::{
+    HttpClient, Sidecar, SidecarOptions, register_static_peer, scratch_dir, sqlite_config,
+};
 use http::Method;
 
 /// Counts the calls of each kind it received.
@@ -106,21 +108,7 @@ async fn legacy_peer(dir: &std::path::Path, app_id: &str, drain_first: bool) -> 
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let db = rusqlite::Connection::open(dir.join("nr.db")).expect("open sqlite");
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS hosts (registration_id TEXT PRIMARY KEY, app_id TEXT NOT NULL,
-         namespace TEXT NOT NULL, address TEXT NOT NULL, updated_at INTEGER NOT NULL);",
-    )
-    .expect("schema");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    db.execute(
-        "INSERT INTO hosts VALUES (?1, ?2, 'default', ?3, ?4)",
-        rusqlite::params![format!("legacy-{app_id}"), app_id, addr.to_string(), now],
-    )
-    .expect("register");
+    register_static_peer(dir, app_id, addr).expect("register");
     peer
 }
 

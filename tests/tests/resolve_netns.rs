@@ -268,9 +268,8 @@ async fn a_crashed_callee_is_forgotten_once_it_fails_to_answer_mdns_queries() {
     let mut orders = Daprd::start(&net, "b", "orders", &Resolver::Mdns, &[]).await;
     invoke_until_ok(&net, "a", "orders", &[&checkout, &orders]).await;
 
-    // SIGKILL: no goodbye. The library still reports the instance from its cache, so calls fail
-    // on connect; each failure asks the network to confirm the instance, and with no answer
-    // the library drops it (RFC 6762 §10.4, 10s).
+    // SIGKILL: no goodbye. The cached address fails on connect; the failure forgets the app's
+    // addresses, and the next lookup asks the network, where nothing answers any more.
     orders.child.start_kill().expect("kill daprd");
     orders.child.wait().await.expect("wait for daprd");
     let deadline = Instant::now() + WAIT;

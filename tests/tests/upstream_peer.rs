@@ -3,16 +3,17 @@
 //! other's apps over the HTTP API: plain text, and with mTLS where our sentry issues both
 //! sidecars' certificates.
 //!
-//! Name resolution: the two sqlite resolvers keep different schemas and the two mDNS resolvers do
-//! not find each other (docs/upstream-differences.md), so each sidecar is pointed at the other's
-//! fixed internal address: ours through a row in its sqlite file (as tests/tests/legacy_peer.rs
-//! registers its peer), upstream's through the kubernetes resolver with a literal `template`.
+//! Name resolution: the invocation tests point each sidecar at the other's internal address with
+//! the kubernetes resolver's `template` (`127.0.0.1:<port>`, split into host and port by both);
+//! the sqlite tests put both resolvers on one database file, in both start orders (with
+//! `.cache/upstream/bin/daprd-sqlite`, else skipped); the mdns test runs both on two network
+//! namespaces of one bridge (root needed).
 //! Without the upstream binary each test says so and passes without running.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -27,36 +28,35 @@ fn upstream_binary() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/upstream/bin/daprd")
 }
 
+/// Upstream's daprd with the `sqlite` name resolver registered (tests/upstream/sqlitenr: the
+/// `stablecomponents` build leaves it out).
+fn upstream_binary_with_sqlite() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/upstream/bin/daprd-sqlite")
+}
+
 /// Upstream daprd in standalone mode; killed when dropped.
 struct Upstream {
     http_port: u16,
-    internal_port: u16,
     child: tokio::process::Child,
     log: PathBuf,
 }
 
 impl Upstream {
-    /// Starts it with `app_port`, resolving every app id to `peer` (the kubernetes resolver's
-    /// `template` is used as the address as it is), and waits until `/v1.0/healthz` answers 204.
+    /// Starts it with `app_port`, `internal_port` and the Configuration file `config`, and waits
+    /// until `/v1.0/healthz` answers 204.
     async fn start(
+        binary: &Path,
         dir: &Path,
         app_id: &str,
         app_port: u16,
-        peer: SocketAddr,
+        internal_port: u16,
+        config: &Path,
         (args, env): (Vec<String>, Vec<(String, String)>),
     ) -> anyhow::Result<Self> {
-        let config = dir.join("upstream.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: upstream\nspec:\n  nameResolution:\n    component: kubernetes\n    configuration:\n      template: \"{peer}\"\n"
-            ),
-        )?;
-        let (http_port, grpc_port, internal_port, metrics_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
         let log = dir.join(format!("upstream-{app_id}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(upstream_binary())
+        let child = tokio::process::Command::new(binary)
             .args(["--app-id", app_id])
             .args(["--app-port", &app_port.to_string()])
             .args(["--dapr-http-port", &http_port.to_string()])
@@ -66,7 +66,7 @@ impl Upstream {
             .args(["--dapr-listen-addresses", "127.0.0.1"])
             .args(["--log-level", "debug"])
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .args(&args)
             .envs(env)
             .stdin(Stdio::null())
@@ -77,7 +77,6 @@ impl Upstream {
             .context("spawn upstream daprd")?;
         let mut upstream = Upstream {
             http_port,
-            internal_port,
             child,
             log,
         };
@@ -119,34 +118,69 @@ impl Upstream {
     }
 }
 
-/// Registers `app_id` at `addr` in the sqlite name-resolution file of `dir` (our schema).
-fn register(dir: &Path, app_id: &str, addr: SocketAddr) -> anyhow::Result<()> {
-    let db = rusqlite::Connection::open(dir.join("nr.db"))?;
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS hosts (registration_id TEXT PRIMARY KEY, app_id TEXT NOT NULL,
-         namespace TEXT NOT NULL, address TEXT NOT NULL, updated_at INTEGER NOT NULL);",
-    )?;
-    let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())?;
-    db.execute(
-        "INSERT INTO hosts VALUES (?1, ?2, 'default', ?3, ?4)",
-        rusqlite::params![format!("upstream-{app_id}"), app_id, addr.to_string(), now],
-    )?;
-    Ok(())
-}
-
 /// Both sidecars, each with an echo-app behind it: ours is `ours`, upstream's is `theirs`.
 struct Fleet {
+    dir: PathBuf,
     _sentry: Option<Sentry>,
     ours: Sidecar,
     upstream: Upstream,
     _apps: (EchoApp, EchoApp),
 }
 
+/// How the two sidecars find each other.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// Each uses the kubernetes resolver with the literal `template` `127.0.0.1:<the other's
+    /// internal port>`, which both split into host and port.
+    Template,
+    /// Both use the sqlite resolver over one database file; `upstream_first` says whose sidecar
+    /// starts (and creates the tables) first. Ours first finds a table of our previous schema in
+    /// the file and replaces it.
+    SharedSqlite { upstream_first: bool },
+}
+
+/// A Configuration selecting the kubernetes resolver with a literal `template`.
+fn template_config(dir: &Path, name: &str, peer: SocketAddr) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: {name}\nspec:\n  nameResolution:\n    component: kubernetes\n    configuration:\n      template: \"{peer}\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The `hosts` table our previous sqlite resolver created, with one row.
+fn write_previous_schema(db: &Path) -> anyhow::Result<()> {
+    let db = rusqlite::Connection::open(db)?;
+    db.execute_batch(
+        "CREATE TABLE hosts (registration_id TEXT PRIMARY KEY, app_id TEXT NOT NULL,
+         namespace TEXT NOT NULL, address TEXT NOT NULL, updated_at INTEGER NOT NULL);
+         CREATE INDEX hosts_app ON hosts (namespace, app_id);
+         INSERT INTO hosts VALUES ('old', 'ours', 'default', '127.0.0.1:1', 0);",
+    )?;
+    Ok(())
+}
+
+/// `(app_id, address, namespace)` of every row of the shared sqlite file.
+fn sqlite_rows(db: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
+    let db = rusqlite::Connection::open(db)?;
+    let mut stmt = db.prepare("SELECT app_id, address, namespace FROM hosts ORDER BY app_id")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 /// `None` (after saying why) when the upstream binary is not built.
 /// With `mtls`, our sentry issues both sidecars' certificates (upstream's standalone daprd asks
 /// with no token, as ours does; it takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`).
-async fn fleet(name: &str, mtls: bool) -> anyhow::Result<Option<Fleet>> {
-    let binary = upstream_binary();
+async fn fleet(name: &str, mtls: bool, naming: Naming) -> anyhow::Result<Option<Fleet>> {
+    let binary = match naming {
+        Naming::Template => upstream_binary(),
+        Naming::SharedSqlite { .. } => upstream_binary_with_sqlite(),
+    };
     if !binary.exists() {
         eprintln!(
             "SKIPPED: {} is missing: scripts/test.sh builds it (it needs Go)",
@@ -172,30 +206,60 @@ async fn fleet(name: &str, mtls: bool) -> anyhow::Result<Option<Fleet>> {
             std::fs::read_to_string(sentry.trust_anchors())?,
         ));
     }
-    let our_internal = free_port()?;
-    let ours = Sidecar::start(
-        "ours",
-        &dir,
-        SidecarOptions {
-            app_port: Some(our_app.addr.port()),
-            config: Some(sqlite_config(&dir, "ours", "")?),
-            internal_port: Some(our_internal),
-            extra_args: args.clone(),
-            env,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let upstream = Upstream::start(
-        &dir,
-        "theirs",
-        their_app.addr.port(),
-        loopback(our_internal),
-        (args, upstream_env),
-    )
-    .await?;
-    register(&dir, "theirs", loopback(upstream.internal_port))?;
+    let (our_internal, their_internal) = (free_port()?, free_port()?);
+    let (our_config, their_config, upstream_first) = match naming {
+        Naming::Template => (
+            template_config(&dir, "ours", loopback(their_internal))?,
+            template_config(&dir, "upstream", loopback(our_internal))?,
+            false,
+        ),
+        Naming::SharedSqlite { upstream_first } => {
+            if !upstream_first {
+                write_previous_schema(&dir.join("nr.db"))?;
+            }
+            // Upstream registers its host address: loopback here, as ours without one.
+            upstream_env.push(("DAPR_HOST_IP".to_owned(), "127.0.0.1".to_owned()));
+            (
+                sqlite_config(&dir, "ours", "")?,
+                sqlite_config(&dir, "upstream", "")?,
+                upstream_first,
+            )
+        }
+    };
+    let start_upstream = || {
+        Upstream::start(
+            &binary,
+            &dir,
+            "theirs",
+            their_app.addr.port(),
+            their_internal,
+            &their_config,
+            (args.clone(), upstream_env.clone()),
+        )
+    };
+    let start_ours = || {
+        Sidecar::start(
+            "ours",
+            &dir,
+            SidecarOptions {
+                app_port: Some(our_app.addr.port()),
+                config: Some(our_config.clone()),
+                internal_port: Some(our_internal),
+                extra_args: args.clone(),
+                env: env.clone(),
+                ..Default::default()
+            },
+        )
+    };
+    let (ours, upstream) = if upstream_first {
+        let upstream = start_upstream().await?;
+        (start_ours().await?, upstream)
+    } else {
+        let ours = start_ours().await?;
+        (ours, start_upstream().await?)
+    };
     Ok(Some(Fleet {
+        dir,
         _sentry: sentry,
         ours,
         upstream,
@@ -289,7 +353,7 @@ async fn inspect_header(base: &str, app_id: &str, caller: &str) -> anyhow::Resul
 }
 
 async fn ours_to_upstream(name: &str, mtls: bool) {
-    let Some(fleet) = fleet(name, mtls).await.expect("fleet") else {
+    let Some(fleet) = fleet(name, mtls, Naming::Template).await.expect("fleet") else {
         return;
     };
     let base = fleet.ours.url("");
@@ -308,7 +372,7 @@ async fn ours_to_upstream(name: &str, mtls: bool) {
 }
 
 async fn upstream_to_ours(name: &str, mtls: bool) {
-    let Some(fleet) = fleet(name, mtls).await.expect("fleet") else {
+    let Some(fleet) = fleet(name, mtls, Naming::Template).await.expect("fleet") else {
         return;
     };
     let base = fleet.upstream.url("");
@@ -344,4 +408,207 @@ async fn with_mtls_from_our_sentry_ours_invokes_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_mtls_from_our_sentry_upstream_invokes_ours() {
     upstream_to_ours("mtls-upstream-to-ours", true).await;
+}
+
+/// Both sidecars on one sqlite file: each finds the other through the row the other's resolver
+/// wrote (upstream's schema, empty namespace), in both directions.
+async fn shared_sqlite(name: &str, upstream_first: bool) {
+    let Some(fleet) = fleet(name, false, Naming::SharedSqlite { upstream_first })
+        .await
+        .expect("fleet")
+    else {
+        return;
+    };
+    let db = fleet.dir.join("nr.db");
+    if let Err(e) = async {
+        let rows = sqlite_rows(&db)?;
+        anyhow::ensure!(
+            rows.len() == 2
+                && rows[0].0 == "ours"
+                && rows[1].0 == "theirs"
+                && rows
+                    .iter()
+                    .all(|r| r.2.is_empty() && r.1.starts_with("127.0.0.1:")),
+            "rows {rows:?}"
+        );
+        invoke_echo(&fleet.ours.url(""), "theirs").await?;
+        inspect_header(&fleet.ours.url(""), "theirs", "ours").await?;
+        invoke_echo(&fleet.upstream.url(""), "ours").await?;
+        inspect_header(&fleet.upstream.url(""), "ours", "theirs").await
+    }
+    .await
+    {
+        panic!(
+            "shared sqlite file: {e:#}\nours log:\n{}\nupstream log:\n{}",
+            fleet.ours.log_text(),
+            fleet.upstream.log_text()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ours_then_upstream_on_one_sqlite_file_find_each_other() {
+    shared_sqlite("sqlite-ours-first", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_then_ours_on_one_sqlite_file_find_each_other() {
+    shared_sqlite("sqlite-upstream-first", true).await;
+}
+
+/// A sidecar process in a network namespace, killed when dropped; its log in the network's
+/// directory.
+struct NetnsDaprd {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl NetnsDaprd {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `program` (ours or upstream's daprd, with the `mdns` default: no Configuration) for
+/// `app_id` in `host` on the default ports, and waits (bounded) for `/v1.0/healthz` 204.
+async fn start_in_netns(
+    net: &e2e::netns::Network,
+    host: &str,
+    program: &Path,
+    app_id: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<NetnsDaprd> {
+    let log = net.dir().join(format!("{app_id}.log"));
+    let file = std::fs::File::create(&log)?;
+    let mut cmd = net.command(host, program);
+    cmd.args(["--app-id", app_id, "--app-port", "7000"])
+        .args(["--dapr-http-port", "3500", "--dapr-grpc-port", "50001"])
+        .args([
+            "--dapr-internal-grpc-port",
+            "50002",
+            "--metrics-port",
+            "9090",
+        ])
+        .args(["--log-level", "debug"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file));
+    let mut daprd = NetnsDaprd {
+        child: cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", program.display()))?,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = net
+            .http(
+                host,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:3500/v1.0/healthz",
+                ],
+            )
+            .await?;
+        if out.stdout == b"204" {
+            return Ok(daprd);
+        }
+        if let Ok(Some(status)) = daprd.child.try_wait() {
+            bail!("{app_id} exited with {status}:\n{}", daprd.log_text());
+        }
+        if Instant::now() > deadline {
+            bail!("{app_id} not healthy within 60s:\n{}", daprd.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Calls `app_id`'s `/inspect/hello` through `host`'s sidecar until it answers 200 (an
+/// announcement may take a moment to be heard), bounded; returns what the app saw.
+async fn invoke_in_netns(
+    net: &e2e::netns::Network,
+    host: &str,
+    app_id: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://127.0.0.1:3500/v1.0/invoke/{app_id}/method/inspect/hello");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = net.http(host, &["-w", "\n%{http_code}", &url]).await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        if status.trim() == "200" {
+            return Ok(serde_json::from_str(body)?);
+        }
+        if Instant::now() > deadline {
+            bail!("{host} never reached {app_id}: last answer {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Ours and upstream's daprd on two "machines" (network namespaces on one bridge), both on the
+/// standalone default `mdns`: each finds the other's app by multicast, both ways. Needs root.
+#[tokio::test(flavor = "multi_thread")]
+async fn ours_and_upstream_find_each_other_over_mdns() {
+    let upstream = upstream_binary();
+    if !upstream.exists() {
+        eprintln!(
+            "SKIPPED: {} is missing: scripts/test.sh builds it (it needs Go)",
+            upstream.display()
+        );
+        return;
+    }
+    let net = e2e::netns::Network::create(&["a", "b"])
+        .expect("network (the e2e tier needs root, iproute2)");
+    let mut apps = Vec::new();
+    for host in ["a", "b"] {
+        let mut app = net.command(host, e2e::sidecar::binary("echo-app"));
+        app.args(["--port", "7000"]);
+        apps.push(
+            e2e::spawn_echo_app(app, Duration::from_secs(10))
+                .await
+                .expect("echo app"),
+        );
+    }
+    let ours = start_in_netns(&net, "a", &e2e::sidecar::binary("daprd"), "ours", &[])
+        .await
+        .expect("our daprd");
+    // Neither is given DAPR_HOST_IP: with no route out of this network, upstream announces its
+    // first non-loopback IPv4 address (dapr `utils/host.go`), ours every interface's.
+    let theirs = start_in_netns(&net, "b", &upstream, "theirs", &[])
+        .await
+        .expect("upstream daprd");
+    let result = async {
+        let seen = invoke_in_netns(&net, "a", "theirs").await?;
+        anyhow::ensure!(
+            seen["headers"]["dapr-caller-app-id"] == "ours",
+            "upstream's app saw {seen}"
+        );
+        let seen = invoke_in_netns(&net, "b", "ours").await?;
+        anyhow::ensure!(
+            seen["headers"]["dapr-caller-app-id"] == "theirs",
+            "our app saw {seen}"
+        );
+        let log = theirs.log_text();
+        anyhow::ensure!(
+            log.contains("Initialized name resolution to mdns"),
+            "upstream did not use mdns"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!(
+            "mdns mixed fleet: {e:#}\nours log:\n{}\nupstream log:\n{}",
+            ours.log_text(),
+            theirs.log_text()
+        );
+    }
+    drop(apps);
 }
