@@ -133,12 +133,13 @@ fi
 fi
 
 if needs e2e; then
-step "upstream Dapr daprd (Go module pinned in tests/upstream/go.mod) into .cache/upstream/bin"
+step "upstream Dapr daprd and sentry (Go module pinned in tests/upstream/go.mod) into .cache/upstream/bin"
 # tests/tests/upstream_peer.rs runs it beside ours; without Go that suite skips. Built unchanged
 # from the published module with upstream's `stablecomponents` tag (its cmd/daprd refuses to
 # start without one; `allcomponents` needs a package that does not build with this Go), and
 # beside it `daprd-sqlite` (tests/upstream/sqlitenr: the same daprd plus the sqlite name resolver
-# that only `allcomponents` registers). Rebuilt only when go.mod/go.sum, sqlitenr or the Go
+# that only `allcomponents` registers), and upstream's sentry (tests/tests/upstream_sentry.rs).
+# Rebuilt only when go.mod/go.sum, sqlitenr or the Go
 # toolchain change; Go's caches are removed after a build.
 upstream_tags=stablecomponents
 if ! command -v go >/dev/null; then
@@ -146,7 +147,8 @@ if ! command -v go >/dev/null; then
 else
   if changed upstream-daprd tests/upstream/go.mod tests/upstream/go.sum tests/upstream/sqlitenr/main.go \
       <(go version) <(echo "$upstream_tags") \
-      || [ ! -x "$cache/upstream/bin/daprd" ] || [ ! -x "$cache/upstream/bin/daprd-sqlite" ]; then
+      || [ ! -x "$cache/upstream/bin/daprd" ] || [ ! -x "$cache/upstream/bin/daprd-sqlite" ] \
+      || [ ! -x "$cache/upstream/bin/sentry" ]; then
     (
       export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
       bin="$cache/upstream/bin"
@@ -157,6 +159,8 @@ else
       mv "$bin/daprd.tmp" "$bin/daprd"
       go build -tags "$upstream_tags" -trimpath -ldflags="-s -w" -o "$bin/daprd-sqlite.tmp" ./sqlitenr
       mv "$bin/daprd-sqlite.tmp" "$bin/daprd-sqlite"
+      go build -trimpath -ldflags="-s -w" -o "$bin/sentry.tmp" github.com/dapr/dapr/cmd/sentry
+      mv "$bin/sentry.tmp" "$bin/sentry"
       go clean -cache -modcache
     )
     rm -rf "$cache/go"

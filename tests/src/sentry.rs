@@ -85,6 +85,51 @@ impl Sentry {
         Ok(sentry)
     }
 
+    /// Upstream Dapr's sentry (`binary`, built by scripts/test.sh) in standalone mode with the
+    /// same flags, Configuration and credentials layout: it generates its own CA (ECDSA P-256)
+    /// into `dir/creds`. Upstream reloads (restarting its servers) when it sees the files it has
+    /// just written, so the first run only generates them; the second serves.
+    pub async fn start_upstream(
+        binary: &Path,
+        dir: &Path,
+        ttl: &str,
+        skew: &str,
+    ) -> anyhow::Result<Sentry> {
+        let first = Self::spawn(binary, dir, free_port()?, ttl, skew).await?;
+        drop(first);
+        Self::spawn(binary, dir, free_port()?, ttl, skew).await
+    }
+
+    async fn spawn(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        ttl: &str,
+        skew: &str,
+    ) -> anyhow::Result<Sentry> {
+        let healthz_port = free_port()?;
+        let log = dir.join(format!("sentry-{port}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(binary)
+            .args(args(dir, "127.0.0.1", port, healthz_port, ttl, skew)?)
+            // Upstream names its own SPIFFE id's namespace from the environment.
+            .env("NAMESPACE", "default")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", binary.display()))?;
+        let mut sentry = Sentry {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            healthz: SocketAddr::from(([127, 0, 0, 1], healthz_port)),
+            creds: dir.join("creds"),
+            log,
+        };
+        sentry.wait_healthy(Duration::from_secs(20)).await?;
+        Ok(sentry)
+    }
+
     /// Polls `/healthz` until it answers 200, for at most `within`; fails at once if sentry
     /// exits.
     pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
