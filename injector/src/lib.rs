@@ -45,6 +45,13 @@ pub enum Error {
     Config(String),
     #[error("serving certificate: {0}")]
     Tls(String),
+    /// A certificate from sentry, or trust anchors, that could not be had or used.
+    #[error("serving certificate: {0}")]
+    Identity(#[source] dapr_identity::Error),
+    /// An id the flags or environment make that is not a valid SPIFFE id (exit 64, as
+    /// [`Error::Config`]).
+    #[error("invalid configuration: {0}")]
+    InvalidId(#[source] dapr_identity::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
     #[error("{0} timed out")]

@@ -7,6 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
+use dapr_identity::client::{self, KeyAlgorithm, SvidRequest};
+use dapr_identity::tls::{crypto_provider, root_store};
+use dapr_identity::token::validator;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,16 +31,11 @@ pub enum ServingCert {
     /// `dapr-sidecar-injector.<ns>.svc`), renewed at half its lifetime. The request's token is
     /// read from `token_file` when it exists (projected token, kubernetes validator).
     Sentry {
-        request: sentry::client::SvidRequest,
+        request: SvidRequest,
         token_file: PathBuf,
         trust_anchors_file: PathBuf,
     },
 }
-
-/// The projected token the chart mounts for sentry.
-pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
-/// `SignCertificateRequest.TokenValidator.KUBERNETES`.
-const KUBERNETES_VALIDATOR: i32 = 2;
 
 /// Upstream's shutdown grace for open requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,7 +53,7 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Er
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| Error::Tls(format!("private key PEM: {e}")))?;
-    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+    CertifiedKey::from_der(chain, key, &crypto_provider())
         .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
 }
 
@@ -113,52 +111,50 @@ pub async fn server_config(
             .await?
         }
     };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Identity(dapr_identity::Error::Tls(e)))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// One certificate from sentry: the token (if mounted) and the anchors are read fresh.
 async fn sentry_certificate(
-    mut request: sentry::client::SvidRequest,
+    mut request: SvidRequest,
     token_file: &std::path::Path,
     trust_anchors_file: &std::path::Path,
 ) -> Result<(CertifiedKey, std::time::SystemTime), Error> {
     if let Ok(token) = tokio::fs::read_to_string(token_file).await {
         request.token = token.trim().to_owned();
-        request.validator = KUBERNETES_VALIDATOR;
+        request.validator = validator::KUBERNETES;
     }
-    let anchors = tokio::fs::read(trust_anchors_file).await.map_err(|e| {
-        Error::Tls(format!(
-            "trust anchors {}: {e}",
-            trust_anchors_file.display()
-        ))
-    })?;
-    let roots = Arc::new(sentry::tls::root_store(&anchors).map_err(|e| Error::Tls(e.to_string()))?);
+    let anchors = tokio::fs::read(trust_anchors_file)
+        .await
+        .map_err(|source| {
+            Error::Identity(dapr_identity::Error::Read {
+                what: "trust anchors",
+                path: trust_anchors_file.to_path_buf(),
+                source,
+            })
+        })?;
+    let roots = Arc::new(root_store(&anchors).map_err(Error::Identity)?);
     // ECDSA P-256: ring (our one crypto library) cannot generate RSA keys; API servers accept
     // ECDSA serving certificates.
-    let svid = sentry::client::request(&request, &roots, sentry::client::KeyAlgorithm::EcdsaP256)
+    let svid = client::request(&request, &roots, KeyAlgorithm::EcdsaP256)
         .await
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    let renew = sentry::client::refresh_at(svid.not_before, svid.not_after);
-    let key = CertifiedKey::from_der(
-        svid.chain,
-        svid.key,
-        &rustls::crypto::ring::default_provider(),
-    )
-    .map_err(|e| Error::Tls(format!("sentry's certificate and our key: {e}")))?;
+        .map_err(Error::Identity)?;
+    let renew = client::refresh_at(svid.not_before, svid.not_after);
+    let key = CertifiedKey::from_der(svid.chain, svid.key, &crypto_provider())
+        .map_err(|e| Error::Identity(dapr_identity::Error::OwnCertificate(e)))?;
     Ok((key, renew))
 }
 
 /// Gets the first certificate from sentry (retrying while it is unreachable), then renews it in
 /// the background at half its lifetime.
 pub(crate) async fn sentry_resolver(
-    request: sentry::client::SvidRequest,
+    request: SvidRequest,
     token_file: PathBuf,
     trust_anchors_file: PathBuf,
 ) -> Result<Arc<ReloadingCert>, Error> {
@@ -168,7 +164,7 @@ pub(crate) async fn sentry_resolver(
             Ok(issued) => break issued,
             Err(e) => {
                 attempt += 1;
-                let delay = sentry::client::retry_delay(attempt);
+                let delay = client::retry_delay(attempt);
                 warn!(attempt, retry_in = ?delay, "no serving certificate from sentry yet: {e}");
                 tokio::time::sleep(delay).await;
             }
@@ -186,7 +182,7 @@ pub(crate) async fn sentry_resolver(
                 .min(Duration::from_secs(60))
                 .max(Duration::from_secs(1));
             let wait = if failures > 0 {
-                sentry::client::retry_delay(failures)
+                client::retry_delay(failures)
             } else {
                 wait
             };

@@ -9,15 +9,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dapr_identity::client::{KeyAlgorithm, SvidRequest, refresh_at, retry_delay};
+use dapr_identity::tls::{ExpectedId, mutual_client_config, mutual_server_config, root_store};
+use dapr_identity::{SENTRY_APP_ID, SpiffeId};
 use rustls::RootCertStore;
-use sentry::spiffe::SpiffeId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::config::{MtlsConfig, TrustAnchors};
 
-pub use sentry::client::Svid;
+pub use dapr_identity::client::Svid;
 
 /// What handshakes use right now: the identity, the trust anchors, and the server config
 /// built from both.
@@ -29,16 +31,8 @@ pub struct Material {
 
 impl Material {
     fn new(svid: Arc<Svid>, roots: Arc<RootCertStore>) -> Result<Self, Error> {
-        let verifier = sentry::tls::SpiffeClientVerifier::new(Arc::clone(&roots))
-            .map_err(|e| Error::Identity(e.to_string()))?;
-        let mut server =
-            rustls::ServerConfig::builder_with_provider(sentry::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Identity(e.to_string()))?
-                .with_client_cert_verifier(Arc::new(verifier))
-                .with_single_cert(svid.chain.clone(), svid.key.clone_key())
-                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        let server =
+            mutual_server_config(Arc::clone(&roots), svid.chain.clone(), svid.key.clone_key())?;
         Ok(Material {
             svid,
             roots,
@@ -47,20 +41,13 @@ impl Material {
     }
 
     /// A client config presenting our identity and accepting only `expected`.
-    pub fn client(
-        &self,
-        expected: sentry::tls::ExpectedId,
-    ) -> Result<Arc<rustls::ClientConfig>, Error> {
-        let verifier = sentry::tls::SpiffeServerVerifier::new(Arc::clone(&self.roots), expected);
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Identity(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_client_auth_cert(self.svid.chain.clone(), self.svid.key.clone_key())
-                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+    pub fn client(&self, expected: ExpectedId) -> Result<Arc<rustls::ClientConfig>, Error> {
+        let config = mutual_client_config(
+            Arc::clone(&self.roots),
+            expected,
+            self.svid.chain.clone(),
+            self.svid.key.clone_key(),
+        )?;
         Ok(Arc::new(config))
     }
 }
@@ -68,16 +55,19 @@ impl Material {
 /// The current TLS material; `None` until the first certificate arrives.
 pub type Current = watch::Receiver<Option<Arc<Material>>>;
 
-use sentry::client::{refresh_at, retry_delay};
-
 /// Loads the trust anchors.
 fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), Error> {
     let pem = match source {
         TrustAnchors::Pem(pem) => pem.clone().into_bytes(),
-        TrustAnchors::File(path) => std::fs::read(path)
-            .map_err(|e| Error::Identity(format!("trust anchors file {}: {e}", path.display())))?,
+        TrustAnchors::File(path) => {
+            std::fs::read(path).map_err(|source| dapr_identity::Error::Read {
+                what: "trust anchors file",
+                path: path.clone(),
+                source,
+            })?
+        }
     };
-    let roots = sentry::tls::root_store(&pem).map_err(|e| Error::Identity(e.to_string()))?;
+    let roots = root_store(&pem)?;
     Ok((pem, Arc::new(roots)))
 }
 
@@ -88,31 +78,31 @@ async fn request(
     namespace: &str,
     roots: &Arc<RootCertStore>,
 ) -> Result<Svid, Error> {
-    let identity_error = |e: sentry::Error| Error::Identity(e.to_string());
     let token = match &config.token.path {
         Some(path) => tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| Error::Identity(format!("token file {}: {e}", path.display())))?
+            .map_err(|source| dapr_identity::Error::Read {
+                what: "token file",
+                path: path.clone(),
+                source,
+            })?
             .trim()
             .to_owned(),
         None => String::new(),
     };
-    let request = sentry::client::SvidRequest {
+    let request = SvidRequest {
         sentry_address: config.sentry_address.clone(),
         sentry_id: SpiffeId::new(
             &config.control_plane_trust_domain,
             &config.control_plane_namespace,
-            "dapr-sentry",
-        )
-        .map_err(identity_error)?,
+            SENTRY_APP_ID,
+        )?,
         id: config.request_id.clone(),
         namespace: namespace.to_owned(),
         token,
         validator: config.token.validator,
     };
-    sentry::client::request(&request, roots, sentry::client::KeyAlgorithm::EcdsaP256)
-        .await
-        .map_err(identity_error)
+    Ok(dapr_identity::client::request(&request, roots, KeyAlgorithm::EcdsaP256).await?)
 }
 
 /// Gets the first certificate (retrying while sentry is unreachable, until `stop`), then keeps
@@ -132,7 +122,7 @@ pub async fn start(
                 let delay = retry_delay(attempt);
                 tracing::warn!(attempt, retry_in = ?delay, "failed to get a certificate from sentry: {e}");
                 tokio::select! {
-                    _ = stop.cancelled() => return Err(Error::Identity("stopped before the first certificate".into())),
+                    _ = stop.cancelled() => return Err(dapr_identity::Error::Stopped.into()),
                     _ = tokio::time::sleep(delay) => {}
                 }
                 // The anchors may have been fixed on disk meanwhile.
@@ -152,7 +142,7 @@ pub async fn start(
 }
 
 fn log_signed(svid: &Svid) {
-    let expiry = sentry::ca::rfc3339(svid.not_after);
+    let expiry = dapr_identity::time::rfc3339(svid.not_after);
     tracing::info!(id = %svid.id, "Successfully signed certificate; it expires {expiry}");
 }
 
@@ -228,7 +218,7 @@ fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCert
     if pem == current {
         return None;
     }
-    match sentry::tls::root_store(&pem) {
+    match root_store(&pem) {
         Ok(roots) => Some((pem, Arc::new(roots))),
         Err(e) => {
             tracing::warn!(file = %path.display(), "ignoring unreadable trust anchors: {e}");
