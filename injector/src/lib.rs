@@ -187,7 +187,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         });
     }
 
-    let tls_config = tls::server_config(&config.serving_cert, config.reload_interval).await?;
+    let tls_config =
+        match tls::server_config(&config.serving_cert, config.reload_interval, &shutdown).await {
+            Ok(tls_config) => tls_config,
+            // Stopped while waiting for sentry's first certificate: nothing is served yet.
+            Err(Error::Identity(dapr_identity::Error::Stopped)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
     let listener = bind(config.webhook_addr).await?;
     let health_listener = bind(config.healthz_addr).await?;
     let metrics_listener = match config.metrics_addr {

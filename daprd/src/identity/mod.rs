@@ -1,15 +1,17 @@
 //! Workload identity (`--enable-mtls`): this sidecar's SPIFFE certificate from sentry, renewed at
-//! half its lifetime, and the trust anchors (from `DAPR_TRUST_ANCHORS`, or a watched file). The
-//! TLS configs built from them are published through a watch channel; new handshakes use the
-//! newest, open connections keep the one they started with.
+//! half its lifetime by `dapr_identity::renewal`, and the trust anchors (from
+//! `DAPR_TRUST_ANCHORS`, or a watched file). The TLS configs built from them are published
+//! through a watch channel; new handshakes use the newest, open connections keep the one they
+//! started with.
 
 pub mod transport;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dapr_identity::client::{KeyAlgorithm, SvidRequest, refresh_at, retry_delay};
+use dapr_identity::client::{KeyAlgorithm, SvidRequest, refresh_at};
+use dapr_identity::renewal;
 use dapr_identity::tls::{ExpectedId, mutual_client_config, mutual_server_config, root_store};
 use dapr_identity::{SENTRY_APP_ID, SpiffeId};
 use rustls::RootCertStore;
@@ -77,7 +79,7 @@ async fn request(
     config: &MtlsConfig,
     namespace: &str,
     roots: &Arc<RootCertStore>,
-) -> Result<Svid, Error> {
+) -> Result<Svid, dapr_identity::Error> {
     let token = match &config.token.path {
         Some(path) => tokio::fs::read_to_string(path)
             .await
@@ -102,42 +104,74 @@ async fn request(
         token,
         validator: config.token.validator,
     };
-    Ok(dapr_identity::client::request(&request, roots, KeyAlgorithm::EcdsaP256).await?)
+    dapr_identity::client::request(&request, roots, KeyAlgorithm::EcdsaP256).await
+}
+
+/// This sidecar's certificates, requested with the newest trust anchors.
+struct Requests {
+    config: MtlsConfig,
+    namespace: String,
+    roots: watch::Receiver<Arc<RootCertStore>>,
+}
+
+impl renewal::Source for Requests {
+    type Issued = Arc<Svid>;
+
+    async fn fetch(&mut self) -> Result<(Arc<Svid>, SystemTime), dapr_identity::Error> {
+        let roots = self.roots.borrow().clone();
+        let svid = request(&self.config, &self.namespace, &roots).await?;
+        log_signed(&svid);
+        let renew_at = refresh_at(svid.not_before, svid.not_after);
+        Ok((Arc::new(svid), renew_at))
+    }
+
+    fn failed(
+        &mut self,
+        e: &dapr_identity::Error,
+        attempt: u32,
+        retry_in: Duration,
+        renewing: bool,
+    ) {
+        if renewing {
+            tracing::warn!(attempt, "failed to renew the certificate: {e}");
+        } else {
+            tracing::warn!(
+                attempt,
+                ?retry_in,
+                "failed to get a certificate from sentry: {e}"
+            );
+        }
+    }
 }
 
 /// Gets the first certificate (retrying while sentry is unreachable, until `stop`), then keeps
-/// it fresh in the background: renewal at half-life, new trust anchors when the file changes.
+/// it fresh in the background: renewal at half-life ([`renewal::keep_fresh`]), new trust anchors
+/// when the file changes.
 pub async fn start(
     config: MtlsConfig,
     namespace: String,
     stop: CancellationToken,
 ) -> Result<Current, Error> {
-    let (mut pem, mut roots) = load_anchors(&config.trust_anchors)?;
-    let mut attempt = 0;
-    let svid = loop {
-        match request(&config, &namespace, &roots).await {
-            Ok(svid) => break Arc::new(svid),
-            Err(e) => {
-                attempt += 1;
-                let delay = retry_delay(attempt);
-                tracing::warn!(attempt, retry_in = ?delay, "failed to get a certificate from sentry: {e}");
-                tokio::select! {
-                    _ = stop.cancelled() => return Err(dapr_identity::Error::Stopped.into()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                // The anchors may have been fixed on disk meanwhile.
-                if let Ok(fresh) = load_anchors(&config.trust_anchors) {
-                    (pem, roots) = fresh;
-                }
-            }
-        }
+    let (pem, roots) = load_anchors(&config.trust_anchors)?;
+    let (roots_tx, mut roots_rx) = watch::channel(roots);
+    // Without a file the sender is dropped here: the anchors never change.
+    if let TrustAnchors::File(path) = &config.trust_anchors {
+        tokio::spawn(follow_anchors(path.clone(), pem, roots_tx, stop.clone()));
+    }
+    let mut requests = Requests {
+        config,
+        namespace,
+        roots: roots_rx.clone(),
     };
-    log_signed(&svid);
-    let (tx, rx) = watch::channel(Some(Arc::new(Material::new(
-        Arc::clone(&svid),
-        Arc::clone(&roots),
-    )?)));
-    tokio::spawn(keep_fresh(config, namespace, svid, pem, roots, tx, stop));
+    let (svid, renew_at) = renewal::first(&mut requests, &stop).await?;
+    let material = Material::new(Arc::clone(&svid), roots_rx.borrow_and_update().clone())?;
+    let (tx, rx) = watch::channel(Some(Arc::new(material)));
+    let (svids_tx, svids_rx) = watch::channel(svid);
+    let sink = move |svid| {
+        svids_tx.send_replace(svid);
+    };
+    tokio::spawn(renewal::keep_fresh(requests, sink, renew_at, stop.clone()));
+    tokio::spawn(combine(svids_rx, roots_rx, tx, stop));
     Ok(rx)
 }
 
@@ -146,67 +180,56 @@ fn log_signed(svid: &Svid) {
     tracing::info!(id = %svid.id, "Successfully signed certificate; it expires {expiry}");
 }
 
-/// Renews the certificate and follows the anchors file until `stop`.
-async fn keep_fresh(
-    config: MtlsConfig,
-    namespace: String,
-    mut svid: Arc<Svid>,
-    mut pem: Vec<u8>,
-    mut roots: Arc<RootCertStore>,
+/// Publishes new TLS material whenever the certificate or the trust anchors change, until
+/// `stop` or until the renewal loop is gone.
+async fn combine(
+    mut svids: watch::Receiver<Arc<Svid>>,
+    mut roots: watch::Receiver<Arc<RootCertStore>>,
     tx: watch::Sender<Option<Arc<Material>>>,
     stop: CancellationToken,
 ) {
-    let watch_file = matches!(config.trust_anchors, TrustAnchors::File(_));
-    let mut failures = 0;
+    let mut following_anchors = true;
     loop {
-        let renew = refresh_at(svid.not_before, svid.not_after);
-        let until_renewal = renew
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        // Wake at least every minute (clock jumps) and every second when following a file.
-        // At least a second apart, so a certificate whose half-life is already over (a TTL
-        // shorter than the clock skew) cannot make this loop spin.
-        let nap = if failures > 0 {
-            retry_delay(failures)
-        } else if watch_file {
-            until_renewal.min(Duration::from_secs(1))
-        } else {
-            until_renewal.min(Duration::from_secs(60))
-        }
-        .max(Duration::from_secs(1));
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(nap) => {}
+            () = stop.cancelled() => return,
+            changed = svids.changed() => if changed.is_err() {
+                return;
+            },
+            changed = roots.changed(), if following_anchors => if changed.is_err() {
+                following_anchors = false;
+                continue;
+            },
         }
-        let mut changed = false;
-        if let TrustAnchors::File(path) = &config.trust_anchors
-            && let Some((new_pem, new_roots)) = changed_anchors(path, &pem)
-        {
+        let svid = Arc::clone(&svids.borrow_and_update());
+        let roots = Arc::clone(&roots.borrow_and_update());
+        match Material::new(svid, roots) {
+            Ok(material) => {
+                tx.send_replace(Some(Arc::new(material)));
+            }
+            Err(e) => tracing::error!("cannot use the new identity: {e}"),
+        }
+    }
+}
+
+/// How often the trust anchors file is read.
+const ANCHORS_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the trust anchors file until `stop`: anchors that changed and parse are published.
+async fn follow_anchors(
+    path: PathBuf,
+    mut pem: Vec<u8>,
+    tx: watch::Sender<Arc<RootCertStore>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ANCHORS_POLL) => {}
+        }
+        if let Some((new_pem, roots)) = changed_anchors(&path, &pem) {
             tracing::info!(file = %path.display(), "trust anchors changed; new handshakes use them");
-            (pem, roots) = (new_pem, new_roots);
-            changed = true;
-        }
-        if SystemTime::now() >= renew {
-            match request(&config, &namespace, &roots).await {
-                Ok(fresh) => {
-                    failures = 0;
-                    svid = Arc::new(fresh);
-                    log_signed(&svid);
-                    changed = true;
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(attempt = failures, "failed to renew the certificate: {e}");
-                }
-            }
-        }
-        if changed {
-            match Material::new(Arc::clone(&svid), Arc::clone(&roots)) {
-                Ok(material) => {
-                    let _ = tx.send(Some(Arc::new(material)));
-                }
-                Err(e) => tracing::error!("cannot use the new identity: {e}"),
-            }
+            pem = new_pem;
+            tx.send_replace(roots);
         }
     }
 }

@@ -34,13 +34,17 @@ pub async fn serve(
     anchors: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
-    let certificate = tokio::select! {
-        resolver = crate::tls::sentry_resolver(
-            settings.svid.clone(),
-            settings.token_file.clone(),
-            settings.trust_anchors_file.clone(),
-        ) => resolver?,
-        () = shutdown.cancelled() => return Ok(()),
+    let certificate = match crate::tls::sentry_resolver(
+        settings.svid.clone(),
+        settings.token_file.clone(),
+        settings.trust_anchors_file.clone(),
+        &shutdown,
+    )
+    .await
+    {
+        Ok(resolver) => resolver,
+        Err(crate::Error::Identity(dapr_identity::Error::Stopped)) => return Ok(()),
+        Err(e) => return Err(e),
     };
     let configs = server_configs(certificate, anchors);
     let incoming = dapr_serve::incoming(
