@@ -73,8 +73,31 @@ fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), 
     Ok((pem, Arc::new(roots)))
 }
 
-/// One certificate request for this sidecar, for a fresh ECDSA P-256 key: upstream's workload
-/// key (pkg/security/x509source.go), which every sentry version signs.
+/// The key this sidecar's certificates are for: upstream's workload key
+/// (pkg/security/x509source.go), which every sentry version signs.
+const KEY_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+/// What this sidecar asks sentry for, with `token` for its validator.
+fn svid_request(
+    config: &MtlsConfig,
+    namespace: &str,
+    token: String,
+) -> Result<SvidRequest, dapr_identity::Error> {
+    Ok(SvidRequest {
+        sentry_address: config.sentry_address.clone(),
+        sentry_id: SpiffeId::new(
+            &config.control_plane_trust_domain,
+            &config.control_plane_namespace,
+            SENTRY_APP_ID,
+        )?,
+        id: config.request_id.clone(),
+        namespace: namespace.to_owned(),
+        token,
+        validator: config.token.validator,
+    })
+}
+
+/// One certificate request for this sidecar, for a fresh key of [`KEY_ALGORITHM`].
 async fn request(
     config: &MtlsConfig,
     namespace: &str,
@@ -92,19 +115,8 @@ async fn request(
             .to_owned(),
         None => String::new(),
     };
-    let request = SvidRequest {
-        sentry_address: config.sentry_address.clone(),
-        sentry_id: SpiffeId::new(
-            &config.control_plane_trust_domain,
-            &config.control_plane_namespace,
-            SENTRY_APP_ID,
-        )?,
-        id: config.request_id.clone(),
-        namespace: namespace.to_owned(),
-        token,
-        validator: config.token.validator,
-    };
-    dapr_identity::client::request(&request, roots, KeyAlgorithm::EcdsaP256).await
+    let request = svid_request(config, namespace, token)?;
+    dapr_identity::client::request(&request, roots, KEY_ALGORITHM).await
 }
 
 /// This sidecar's certificates, requested with the newest trust anchors.
@@ -252,108 +264,38 @@ fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCert
 
 #[cfg(test)]
 mod tests {
-    use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
-    use rustls::pki_types::PrivateKeyDer;
-    use sentry::ca::{self, CaBundle, IssuerKey, SignPolicy};
-    use sentry::config::CredentialPaths;
-    use sentry::metrics::Metrics;
-    use sentry::server::{Authority, CaService};
-    use sentry::validator::{Validator, Validators};
-    use x509_parser::prelude::{FromDer, X509Certificate};
-
     use super::*;
     use crate::config::SentryToken;
 
-    /// Every wait in this test ends by this deadline.
-    const DEADLINE: Duration = Duration::from_secs(30);
-
-    /// A sentry CA service on loopback with a freshly generated CA and the insecure validator:
-    /// (address, trust anchors PEM, the token that stops it, its task).
-    async fn sentry_on_loopback() -> (
-        String,
-        String,
-        CancellationToken,
-        tokio::task::JoinHandle<Result<(), sentry::Error>>,
-    ) {
-        let now = SystemTime::now();
-        let generated = ca::generate("cluster.local", "dapr-system", now, Duration::ZERO).unwrap();
-        let paths = CredentialPaths {
-            dir: "/t".into(),
-            trust_anchors: "/t/ca.crt".into(),
-            issuer_cert: "/t/issuer.crt".into(),
-            issuer_key: "/t/issuer.key".into(),
-        };
-        let bundle = CaBundle::from_pem(
-            generated.trust_anchors_pem.as_bytes(),
-            generated.issuer_chain_pem.as_bytes(),
-            generated.issuer_key.to_pkcs8_pem().as_bytes(),
-            &paths,
-            now,
-        )
-        .unwrap();
-        let anchors = bundle.trust_anchors_pem().to_owned();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let policy = SignPolicy {
-            ttl: Duration::from_secs(3600),
-            allowed_clock_skew: Duration::ZERO,
-        };
-        let sentry_id = SpiffeId::new("cluster.local", "dapr-system", "dapr-sentry").unwrap();
-        let authority =
-            Arc::new(Authority::new(bundle, sentry_id, policy, Arc::clone(&metrics), now).unwrap());
-        let validators = Arc::new(Validators::new(
-            vec![Validator::Insecure],
-            Some(TokenValidator::Insecure),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(sentry::server::serve(
-            listener,
-            CaService::new(authority, validators, metrics),
-            stop.clone().cancelled_owned(),
-        ));
-        (address, anchors, stop, server)
-    }
-
-    #[tokio::test]
-    async fn the_sidecar_gets_its_certificate_for_a_fresh_ecdsa_p256_key_as_upstreams_daprd_does() {
-        let (address, anchors, stop, server) = sentry_on_loopback().await;
+    #[test]
+    fn the_sidecar_asks_sentry_for_its_id_with_a_fresh_ecdsa_p256_key_as_upstreams_daprd_does() {
         let config = MtlsConfig {
-            sentry_address: address,
+            sentry_address: "dapr-sentry.dapr-system.svc.cluster.local:443".into(),
             control_plane_trust_domain: "cluster.local".into(),
             control_plane_namespace: "dapr-system".into(),
-            trust_anchors: TrustAnchors::Pem(anchors),
+            trust_anchors: TrustAnchors::Pem(String::new()),
             token: SentryToken {
                 path: None,
-                validator: 0,
+                validator: dapr_identity::token::validator::KUBERNETES,
             },
             request_id: "app1".into(),
         };
-        let (_, roots) = load_anchors(&config.trust_anchors).unwrap();
-        let svid = tokio::time::timeout(DEADLINE, request(&config, "default", &roots))
-            .await
-            .expect("sentry answers within the deadline")
-            .unwrap();
-        assert_eq!(svid.id.to_string(), "spiffe://public/ns/default/app1");
-
-        let PrivateKeyDer::Pkcs8(der) = &svid.key else {
-            panic!("the sidecar's key is not PKCS#8");
-        };
-        let pem = ca::pem_encode("PRIVATE KEY", der.secret_pkcs8_der());
-        let key = IssuerKey::from_pem(pem.as_bytes()).unwrap();
-        assert_eq!(key.algorithm_name(), "ECDSA P-256");
-        let (_, leaf) = X509Certificate::from_der(&svid.chain[0]).unwrap();
+        let request = svid_request(&config, "default", "token".into()).unwrap();
         assert_eq!(
-            leaf.public_key().subject_public_key.data.as_ref(),
-            rcgen::PublicKeyData::der_bytes(&key),
-            "the leaf carries the sidecar's key"
+            request.sentry_id.to_string(),
+            "spiffe://cluster.local/ns/dapr-system/dapr-sentry"
         );
-
-        stop.cancel();
-        tokio::time::timeout(DEADLINE, server)
-            .await
-            .expect("sentry stops within the deadline")
-            .unwrap()
-            .unwrap();
+        assert_eq!(
+            (request.id.as_str(), request.namespace.as_str()),
+            ("app1", "default")
+        );
+        assert_eq!(
+            (request.token.as_str(), request.validator),
+            ("token", dapr_identity::token::validator::KUBERNETES)
+        );
+        assert_eq!(request.sentry_address, config.sentry_address);
+        // Upstream's workload key (pkg/security/x509source.go), which every sentry signs; the
+        // signing itself is sentry/tests/workload_client.rs.
+        assert_eq!(KEY_ALGORITHM, KeyAlgorithm::EcdsaP256);
     }
 }
