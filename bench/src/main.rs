@@ -686,13 +686,13 @@ async fn main() -> anyhow::Result<()> {
     });
 
     // --- 4: sentry -------------------------------------------------------------------------
-    let anchors = Arc::new(sentry::tls::root_store(&std::fs::read(
+    let anchors = Arc::new(dapr_identity::tls::root_store(&std::fs::read(
         sentry.trust_anchors(),
     )?)?);
-    let sentry_id = sentry::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?;
-    let sentry_tls = Arc::new(sentry::tls::client_config(
+    let sentry_id = dapr_identity::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?;
+    let sentry_tls = Arc::new(dapr_identity::tls::client_config(
         anchors,
-        sentry::tls::ExpectedId::Exact(sentry_id),
+        dapr_identity::tls::ExpectedId::Exact(sentry_id),
     )?);
     let mut csrs = Vec::new();
     for _ in 0..s.sentry_clients {

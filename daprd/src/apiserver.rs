@@ -188,11 +188,13 @@ fn tls_config(
     ca: &[u8],
     client: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = sentry::tls::root_store(ca).map_err(|e| format!("certificate authority: {e}"))?;
-    let builder = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+    let roots =
+        dapr_identity::tls::root_store(ca).map_err(|e| format!("certificate authority: {e}"))?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => {

@@ -387,14 +387,10 @@ pub struct MtlsConfig {
 }
 
 /// Token validator numbers of `dapr.proto.sentry.v1.SignCertificateRequest.TokenValidator`.
-pub mod token_validator {
-    pub const UNKNOWN: i32 = 0;
-    pub const KUBERNETES: i32 = 2;
-    pub const JWKS: i32 = 3;
-}
+pub use dapr_identity::token::validator as token_validator;
 
 /// The projected service-account token the injector mounts for sentry.
-pub const SENTRY_TOKEN_PATH: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
+pub use dapr_identity::token::SENTRY_TOKEN_PATH;
 /// The pod's own service-account token: upstream's fallback, with a warning.
 pub const LEGACY_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 

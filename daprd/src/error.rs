@@ -86,7 +86,7 @@ pub enum Error {
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("workload identity: {0}")]
-    Identity(String),
+    Identity(#[from] dapr_identity::Error),
     #[error("error loading configuration: {0}")]
     Configuration(String),
     #[error("loading resources: {0}")]

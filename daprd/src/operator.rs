@@ -14,10 +14,10 @@
 use std::time::{Duration, Instant};
 
 use dapr_crds::Configuration;
+use dapr_identity::SpiffeId;
+use dapr_identity::tls::ExpectedId;
 use dapr_proto::operator::v1 as pb;
 use dapr_proto::operator::v1::operator_client::OperatorClient;
-use sentry::spiffe::SpiffeId;
-use sentry::tls::ExpectedId;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -49,8 +49,7 @@ pub fn client(
         control_plane_trust_domain,
         control_plane_namespace,
         OPERATOR_ID,
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    )?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| fail(e.to_string()))?
         .connect_timeout(DIAL_TIMEOUT);

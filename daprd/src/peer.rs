@@ -279,7 +279,7 @@ impl Peers {
                     tonic::Status::internal("an mTLS peer connection needs the target it is for")
                 })?;
                 // Upstream checks only the path of the peer's id, not its trust domain.
-                let expected = sentry::tls::ExpectedId::Path {
+                let expected = dapr_identity::tls::ExpectedId::Path {
                     namespace: target.namespace.clone(),
                     app_id: target.app_id.clone(),
                 };

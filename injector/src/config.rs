@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use dapr_identity::SpiffeId;
+use dapr_identity::client::SvidRequest;
+use dapr_identity::token::SENTRY_TOKEN_PATH;
 use k8s_openapi::api::core::v1::Toleration;
 
 use crate::Error;
@@ -268,8 +271,8 @@ impl Config {
         };
 
         let sentry_audience =
-            sentry::spiffe::SpiffeId::new(&trust_domain, &namespace, control_plane::SENTRY_APP_ID)
-                .map_err(|e| config_error(e.to_string()))?
+            SpiffeId::new(&trust_domain, &namespace, control_plane::SENTRY_APP_ID)
+                .map_err(Error::InvalidId)?
                 .to_string();
 
         let trust_anchors_file: PathBuf = env
@@ -280,26 +283,22 @@ impl Config {
             .non_empty(penv::SENTRY_ADDRESS)
             .map(str::to_owned)
             .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE));
-        let svid_request = |id: &str| -> Result<sentry::client::SvidRequest, Error> {
-            Ok(sentry::client::SvidRequest {
+        let svid_request = |id: &str| -> Result<SvidRequest, Error> {
+            Ok(SvidRequest {
                 sentry_address: sentry_address.clone(),
-                sentry_id: sentry::spiffe::SpiffeId::new(
-                    &trust_domain,
-                    &namespace,
-                    control_plane::SENTRY_APP_ID,
-                )
-                .map_err(|e| config_error(e.to_string()))?,
+                sentry_id: SpiffeId::new(&trust_domain, &namespace, control_plane::SENTRY_APP_ID)
+                    .map_err(Error::InvalidId)?,
                 id: id.to_owned(),
                 namespace: namespace.clone(),
                 token: String::new(),
-                validator: 0,
+                validator: dapr_identity::token::validator::UNKNOWN,
             })
         };
         let serving_cert = match serving_files {
             Some(files) => files,
             None => ServingCert::Sentry {
                 request: svid_request(SENTRY_REQUEST_ID)?,
-                token_file: crate::tls::SENTRY_TOKEN_FILE.into(),
+                token_file: SENTRY_TOKEN_PATH.into(),
                 trust_anchors_file: trust_anchors_file.clone(),
             },
         };
@@ -313,7 +312,7 @@ impl Config {
                     "operator-api-listen-address",
                 )?,
                 svid: svid_request(crate::operator::OPERATOR_ID)?,
-                token_file: crate::tls::SENTRY_TOKEN_FILE.into(),
+                token_file: SENTRY_TOKEN_PATH.into(),
                 trust_anchors_file: trust_anchors_file.clone(),
             })
         };
@@ -392,12 +391,12 @@ impl RenderArgs {
         let ns = &self.control_plane_namespace;
         let cd = &self.cluster_domain;
         let address = |(name, port): (&str, u16)| format!("{name}.{ns}.svc.{cd}:{port}");
-        let sentry_audience = sentry::spiffe::SpiffeId::new(
+        let sentry_audience = SpiffeId::new(
             &self.control_plane_trust_domain,
             ns,
             control_plane::SENTRY_APP_ID,
         )
-        .map_err(|e| config_error(e.to_string()))?
+        .map_err(Error::InvalidId)?
         .to_string();
         Ok(Settings {
             sidecar_image: self.sidecar_image.clone(),

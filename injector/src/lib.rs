@@ -45,6 +45,13 @@ pub enum Error {
     Config(String),
     #[error("serving certificate: {0}")]
     Tls(String),
+    /// A certificate from sentry, or trust anchors, that could not be had or used.
+    #[error("serving certificate: {0}")]
+    Identity(#[source] dapr_identity::Error),
+    /// An id the flags or environment make that is not a valid SPIFFE id (exit 64, as
+    /// [`Error::Config`]).
+    #[error("invalid configuration: {0}")]
+    InvalidId(#[source] dapr_identity::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
     #[error("{0} timed out")]
@@ -180,7 +187,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Er
         });
     }
 
-    let tls_config = tls::server_config(&config.serving_cert, config.reload_interval).await?;
+    let tls_config =
+        match tls::server_config(&config.serving_cert, config.reload_interval, &shutdown).await {
+            Ok(tls_config) => tls_config,
+            // Stopped while waiting for sentry's first certificate: nothing is served yet.
+            Err(Error::Identity(dapr_identity::Error::Stopped)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
     let listener = bind(config.webhook_addr).await?;
     let health_listener = bind(config.healthz_addr).await?;
     let metrics_listener = match config.metrics_addr {

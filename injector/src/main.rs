@@ -32,7 +32,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Err(e @ Error::Config(_)) => {
+            Err(e @ (Error::Config(_) | Error::InvalidId(_))) => {
                 eprintln!("injector render: {e}");
                 ExitCode::from(64)
             }
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(injector::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ Error::Config(_)) => {
+        Err(e @ (Error::Config(_) | Error::InvalidId(_))) => {
             tracing::error!("{e}");
             ExitCode::from(64)
         }

@@ -146,7 +146,7 @@ pub mod process_env {
 /// Volumes and mount paths the patch adds.
 pub mod volume {
     pub const TOKEN: &str = "dapr-identity-token";
-    pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/dapr.io/sentrytoken";
+    pub const TOKEN_MOUNT_PATH: &str = dapr_identity::token::SENTRY_TOKEN_DIR;
     pub const TOKEN_PATH: &str = "token";
     /// 0644, as upstream.
     pub const TOKEN_DEFAULT_MODE: i32 = 420;
@@ -180,7 +180,7 @@ pub mod control_plane {
     pub const SENTRY_SERVICE: (&str, u16) = ("dapr-sentry", 443);
     pub const PLACEMENT_SERVICE: (&str, u16) = ("dapr-placement-server", 50005);
     pub const SCHEDULER_SERVICE: (&str, u16) = ("dapr-scheduler-server-a", 443);
-    pub const SENTRY_APP_ID: &str = "dapr-sentry";
+    pub const SENTRY_APP_ID: &str = dapr_identity::SENTRY_APP_ID;
     /// The Configuration whose `spec.mtls.enabled` decides `--enable-mtls`.
     pub const SYSTEM_CONFIGURATION: &str = "daprsystem";
     /// The webhook configuration whose `caBundle` the injector keeps current.

@@ -161,7 +161,7 @@ pub fn validate_app_id(id: &str) -> Result<(), Rejection> {
             annotation::APP_ID
         )));
     }
-    sentry::spiffe::validate_app_id(id)
+    dapr_identity::spiffe::validate_app_id(id)
         .map_err(|e| Rejection(format!("annotation {}: {e}", annotation::APP_ID)))
 }
 

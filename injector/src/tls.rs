@@ -4,9 +4,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
+use dapr_identity::client::{self, KeyAlgorithm, SvidRequest};
+use dapr_identity::renewal;
+use dapr_identity::tls::{crypto_provider, root_store};
+use dapr_identity::token::validator;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,16 +32,11 @@ pub enum ServingCert {
     /// `dapr-sidecar-injector.<ns>.svc`), renewed at half its lifetime. The request's token is
     /// read from `token_file` when it exists (projected token, kubernetes validator).
     Sentry {
-        request: sentry::client::SvidRequest,
+        request: SvidRequest,
         token_file: PathBuf,
         trust_anchors_file: PathBuf,
     },
 }
-
-/// The projected token the chart mounts for sentry.
-pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
-/// `SignCertificateRequest.TokenValidator.KUBERNETES`.
-const KUBERNETES_VALIDATOR: i32 = 2;
 
 /// Upstream's shutdown grace for open requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,7 +54,7 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Er
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| Error::Tls(format!("private key PEM: {e}")))?;
-    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+    CertifiedKey::from_der(chain, key, &crypto_provider())
         .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
 }
 
@@ -93,10 +92,13 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// Loads the serving certificate and keeps it current; fails when the first load fails.
+/// Loads the serving certificate and keeps it current until `stop`; fails when the first load
+/// fails, or with [`dapr_identity::Error::Stopped`] when `stop` comes before sentry's first
+/// certificate.
 pub async fn server_config(
     source: &ServingCert,
     reload_interval: Duration,
+    stop: &CancellationToken,
 ) -> Result<Arc<ServerConfig>, Error> {
     let resolver = match source {
         ServingCert::Files { cert, key } => files_resolver(cert, key, reload_interval).await?,
@@ -109,108 +111,98 @@ pub async fn server_config(
                 request.clone(),
                 token_file.clone(),
                 trust_anchors_file.clone(),
+                stop,
             )
             .await?
         }
     };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Identity(dapr_identity::Error::Tls(e)))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// One certificate from sentry: the token (if mounted) and the anchors are read fresh.
-async fn sentry_certificate(
-    mut request: sentry::client::SvidRequest,
-    token_file: &std::path::Path,
-    trust_anchors_file: &std::path::Path,
-) -> Result<(CertifiedKey, std::time::SystemTime), Error> {
-    if let Ok(token) = tokio::fs::read_to_string(token_file).await {
-        request.token = token.trim().to_owned();
-        request.validator = KUBERNETES_VALIDATOR;
-    }
-    let anchors = tokio::fs::read(trust_anchors_file).await.map_err(|e| {
-        Error::Tls(format!(
-            "trust anchors {}: {e}",
-            trust_anchors_file.display()
-        ))
-    })?;
-    let roots = Arc::new(sentry::tls::root_store(&anchors).map_err(|e| Error::Tls(e.to_string()))?);
-    // ECDSA P-256: ring (our one crypto library) cannot generate RSA keys; API servers accept
-    // ECDSA serving certificates.
-    let svid = sentry::client::request(&request, &roots, sentry::client::KeyAlgorithm::EcdsaP256)
-        .await
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    let renew = sentry::client::refresh_at(svid.not_before, svid.not_after);
-    let key = CertifiedKey::from_der(
-        svid.chain,
-        svid.key,
-        &rustls::crypto::ring::default_provider(),
-    )
-    .map_err(|e| Error::Tls(format!("sentry's certificate and our key: {e}")))?;
-    Ok((key, renew))
-}
-
-/// Gets the first certificate from sentry (retrying while it is unreachable), then renews it in
-/// the background at half its lifetime.
-pub(crate) async fn sentry_resolver(
-    request: sentry::client::SvidRequest,
+/// Certificates from sentry for one id: the token (if mounted) and the anchors are read fresh
+/// for every request.
+struct FromSentry {
+    request: SvidRequest,
     token_file: PathBuf,
     trust_anchors_file: PathBuf,
-) -> Result<Arc<ReloadingCert>, Error> {
-    let mut attempt = 0;
-    let (first, mut renew) = loop {
-        match sentry_certificate(request.clone(), &token_file, &trust_anchors_file).await {
-            Ok(issued) => break issued,
-            Err(e) => {
-                attempt += 1;
-                let delay = sentry::client::retry_delay(attempt);
-                warn!(attempt, retry_in = ?delay, "no serving certificate from sentry yet: {e}");
-                tokio::time::sleep(delay).await;
-            }
+}
+
+impl renewal::Source for FromSentry {
+    type Issued = CertifiedKey;
+
+    async fn fetch(&mut self) -> Result<(CertifiedKey, SystemTime), dapr_identity::Error> {
+        let mut request = self.request.clone();
+        if let Ok(token) = tokio::fs::read_to_string(&self.token_file).await {
+            request.token = token.trim().to_owned();
+            request.validator = validator::KUBERNETES;
         }
+        let anchors = tokio::fs::read(&self.trust_anchors_file)
+            .await
+            .map_err(|source| dapr_identity::Error::Read {
+                what: "trust anchors",
+                path: self.trust_anchors_file.clone(),
+                source,
+            })?;
+        let roots = Arc::new(root_store(&anchors)?);
+        // ECDSA P-256: ring (our one crypto library) cannot generate RSA keys; API servers
+        // accept ECDSA serving certificates.
+        let svid = client::request(&request, &roots, KeyAlgorithm::EcdsaP256).await?;
+        let renew_at = client::refresh_at(svid.not_before, svid.not_after);
+        let key = CertifiedKey::from_der(svid.chain, svid.key, &crypto_provider())
+            .map_err(dapr_identity::Error::OwnCertificate)?;
+        Ok((key, renew_at))
+    }
+
+    fn failed(
+        &mut self,
+        e: &dapr_identity::Error,
+        attempt: u32,
+        retry_in: Duration,
+        renewing: bool,
+    ) {
+        if renewing {
+            warn!(attempt, "serving certificate renewal failed: {e}");
+        } else {
+            warn!(
+                attempt,
+                ?retry_in,
+                "no serving certificate from sentry yet: {e}"
+            );
+        }
+    }
+}
+
+/// Gets the first certificate from sentry (retrying while it is unreachable, until `stop`),
+/// then renews it in the background at half its lifetime ([`renewal::keep_fresh`]) until `stop`.
+pub(crate) async fn sentry_resolver(
+    request: SvidRequest,
+    token_file: PathBuf,
+    trust_anchors_file: PathBuf,
+    stop: &CancellationToken,
+) -> Result<Arc<ReloadingCert>, Error> {
+    let sentry = request.sentry_address.clone();
+    let mut source = FromSentry {
+        request,
+        token_file,
+        trust_anchors_file,
     };
-    info!(sentry = %request.sentry_address, "serving certificate issued by sentry");
+    let (first, renew_at) = renewal::first(&mut source, stop)
+        .await
+        .map_err(Error::Identity)?;
+    info!(%sentry, "serving certificate issued by sentry");
     let resolver = Arc::new(ReloadingCert::new(first));
     let updater = resolver.clone();
-    tokio::spawn(async move {
-        let mut failures = 0;
-        loop {
-            let wait = renew
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-                .min(Duration::from_secs(60))
-                .max(Duration::from_secs(1));
-            let wait = if failures > 0 {
-                sentry::client::retry_delay(failures)
-            } else {
-                wait
-            };
-            tokio::time::sleep(wait).await;
-            if std::time::SystemTime::now() < renew {
-                continue;
-            }
-            match sentry_certificate(request.clone(), &token_file, &trust_anchors_file).await {
-                Ok((key, next)) => {
-                    updater.replace(key);
-                    renew = next;
-                    failures = 0;
-                    info!("serving certificate renewed by sentry");
-                }
-                Err(e) => {
-                    failures += 1;
-                    warn!(
-                        attempt = failures,
-                        "serving certificate renewal failed: {e}"
-                    );
-                }
-            }
-        }
-    });
+    let sink = move |key| {
+        updater.replace(key);
+        info!("serving certificate renewed by sentry");
+    };
+    tokio::spawn(renewal::keep_fresh(source, sink, renew_at, stop.clone()));
     Ok(resolver)
 }
 

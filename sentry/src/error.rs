@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid SPIFFE id {id:?}: {reason}")]
-    SpiffeId { id: String, reason: &'static str },
-    #[error("invalid app id {id:?}: {reason}")]
-    AppId { id: String, reason: &'static str },
+    /// An invalid SPIFFE or app id (refused on the wire), or a certificate or PEM problem.
+    #[error(transparent)]
+    Identity(#[from] dapr_identity::Error),
 
     /// A flag, environment variable or Configuration field that cannot be used.
     #[error("invalid {field}: {reason}")]
@@ -45,20 +44,25 @@ pub enum Error {
     IssuerExpired(String),
     #[error("failed to sign certificate: {0}")]
     Sign(String),
-    /// A peer certificate that carries no usable SPIFFE id.
-    #[error("peer certificate: {0}")]
-    PeerCertificate(String),
-    /// A certificate request this process made to sentry failed.
-    #[error("certificate request: {0}")]
-    Client(String),
 }
 
 impl Error {
+    /// Whether this is a SPIFFE or app id that sentry refuses to sign for.
+    fn is_invalid_id(&self) -> bool {
+        matches!(
+            self,
+            Error::Identity(
+                dapr_identity::Error::SpiffeId { .. } | dapr_identity::Error::AppId { .. }
+            )
+        )
+    }
+
     /// The `dapr_sentry_cert_sign_failure_total` reason label for a failed signing request.
     pub fn sign_failure_reason(&self) -> &'static str {
         match self {
             Error::NoValidator | Error::ValidatorNotEnabled => "validator",
-            Error::Denied(_) | Error::SpiffeId { .. } | Error::AppId { .. } => "req_id_validation",
+            Error::Denied(_) => "req_id_validation",
+            e if e.is_invalid_id() => "req_id_validation",
             Error::InvalidCsr(_) => "cert_parse",
             _ => "cert_sign",
         }
@@ -72,19 +76,17 @@ impl From<Error> for tonic::Status {
             Error::NoValidator | Error::ValidatorNotEnabled | Error::InvalidCsr(_) => {
                 Code::InvalidArgument
             }
-            Error::Denied(_) | Error::SpiffeId { .. } | Error::AppId { .. } => {
-                Code::PermissionDenied
-            }
-            Error::Config { .. }
+            Error::Denied(_) => Code::PermissionDenied,
+            e if e.is_invalid_id() => Code::PermissionDenied,
+            Error::Identity(_)
+            | Error::Config { .. }
             | Error::NotImplemented(_)
             | Error::Credentials { .. }
             | Error::Bind { .. }
             | Error::Serve(_)
             | Error::Jwks(_)
             | Error::IssuerExpired(_)
-            | Error::Sign(_)
-            | Error::PeerCertificate(_)
-            | Error::Client(_) => Code::Internal,
+            | Error::Sign(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
     }
@@ -119,18 +121,18 @@ mod tests {
                 "invalid request: namespace is required",
             ),
             (
-                Error::AppId {
+                Error::Identity(dapr_identity::Error::AppId {
                     id: "a.b".into(),
                     reason: "must not contain dots",
-                },
+                }),
                 Code::PermissionDenied,
                 "must not contain dots",
             ),
             (
-                Error::SpiffeId {
+                Error::Identity(dapr_identity::Error::SpiffeId {
                     id: "spiffe://x/y".into(),
                     reason: "bad",
-                },
+                }),
                 Code::PermissionDenied,
                 "bad",
             ),
@@ -176,7 +178,7 @@ mod tests {
             (Error::Serve("x".into()), Code::Internal, "server"),
             (Error::Jwks("x".into()), Code::Internal, "JWKS"),
             (
-                Error::PeerCertificate("x".into()),
+                Error::Identity(dapr_identity::Error::NoSpiffeUri),
                 Code::Internal,
                 "peer certificate",
             ),

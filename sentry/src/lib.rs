@@ -1,5 +1,6 @@
-//! Sentry, the certificate authority of Dapr's control plane, and the workload-identity pieces
-//! daprd and the injector reuse ([`spiffe`], [`tls`]).
+//! Sentry, the certificate authority of Dapr's control plane. SPIFFE ids, PEM, the rustls
+//! verifiers and the client of `CA/SignCertificate` are the `dapr-identity` crate's, shared with
+//! daprd and the injector.
 //!
 //! [`run`] wires the edges: configuration in, credentials from the [`ca::store`], validators,
 //! the gRPC [`server`], the issuer [`rotation`] watcher, and the [`probes`] ports. The signing
@@ -8,7 +9,6 @@
 #![deny(clippy::expect_used)]
 
 pub mod ca;
-pub mod client;
 pub mod config;
 mod error;
 pub mod kubernetes;
@@ -16,8 +16,6 @@ pub mod metrics;
 pub mod probes;
 pub mod rotation;
 pub mod server;
-pub mod spiffe;
-pub mod tls;
 pub mod validator;
 
 use std::future::Future;
@@ -33,11 +31,11 @@ use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::probes::Health;
 use crate::server::{Authority, CaService};
-use crate::spiffe::SpiffeId;
 use crate::validator::Validators;
+use dapr_identity::spiffe::SpiffeId;
 
 /// The app id sentry's own SVID carries.
-pub const SENTRY_APP_ID: &str = "dapr-sentry";
+pub use dapr_identity::SENTRY_APP_ID;
 
 /// Runs sentry until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), Error> {

@@ -22,9 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::Error;
 use crate::ca::{self, CaBundle, Csr, IssuerKey, SignPolicy};
 use crate::metrics::Metrics;
-use crate::spiffe::SpiffeId;
-use crate::tls::crypto_provider;
 use crate::validator::Validators;
+use dapr_identity::spiffe::SpiffeId;
+use dapr_identity::tls::crypto_provider;
 
 /// The bounds of the CA's listener (`docs/limits.md`): connections, the TLS handshake and
 /// HTTP/2 preface deadline, keepalive pings.
@@ -406,7 +406,9 @@ mod tests {
         let first = auth.current().server_cert.cert.clone();
         assert_eq!(first.len(), 2, "leaf + issuer");
         assert_eq!(
-            crate::tls::spiffe_id(&first[0]).unwrap().to_string(),
+            dapr_identity::tls::spiffe_id(&first[0])
+                .unwrap()
+                .to_string(),
             "spiffe://cluster.local/ns/dapr-system/dapr-sentry"
         );
         auth.renew_server_cert_if_due(now + Duration::from_secs(200));

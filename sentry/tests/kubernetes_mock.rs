@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
+use dapr_identity::SpiffeId;
 use dapr_proto::sentry::v1::SignCertificateRequest;
 use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
 use http::{Method, Request, Response, StatusCode};
@@ -29,7 +30,6 @@ use sentry::Error;
 use sentry::ca::store::{Origin, RawCredentials};
 use sentry::config::CredentialPaths;
 use sentry::kubernetes::load_or_generate_bundle;
-use sentry::spiffe::SpiffeId;
 use sentry::validator::kubernetes::KubernetesValidator;
 use serde_json::{Value, json};
 

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use dapr_identity::tls::{ExpectedId, SpiffeServerVerifier, root_store};
 use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
-use sentry::tls::{ExpectedId, SpiffeServerVerifier, root_store};
 use support::*;
 use tonic::Code;
 use x509_parser::extensions::GeneralName;

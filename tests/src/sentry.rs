@@ -197,20 +197,23 @@ pub struct ClientIdentity {
 impl Sentry {
     /// Asks this sentry (insecure validator) for a certificate for `app_id` in `default`.
     pub async fn issue(&self, app_id: &str) -> anyhow::Result<ClientIdentity> {
-        let anchors = std::sync::Arc::new(sentry::tls::root_store(&std::fs::read(
+        let anchors = std::sync::Arc::new(dapr_identity::tls::root_store(&std::fs::read(
             self.trust_anchors(),
         )?)?);
-        let request = sentry::client::SvidRequest {
+        let request = dapr_identity::client::SvidRequest {
             sentry_address: self.addr.to_string(),
-            sentry_id: sentry::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?,
+            sentry_id: dapr_identity::spiffe::SpiffeId::new("localhost", "default", "dapr-sentry")?,
             id: app_id.into(),
             namespace: "default".into(),
             token: String::new(),
             validator: 0,
         };
-        let svid =
-            sentry::client::request(&request, &anchors, sentry::client::KeyAlgorithm::Ed25519)
-                .await?;
+        let svid = dapr_identity::client::request(
+            &request,
+            &anchors,
+            dapr_identity::client::KeyAlgorithm::Ed25519,
+        )
+        .await?;
         Ok(ClientIdentity {
             chain: svid.chain,
             key: svid.key,

@@ -40,9 +40,9 @@ pub fn binary(name: &str) -> PathBuf {
 fn newer_source_than(binary: &Path) -> Option<PathBuf> {
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
     // What every binary links, then its own crate.
-    let mut dirs = vec!["proto", "crds/src", "serve/src", "sentry/src"];
+    let mut dirs = vec!["proto", "crds/src", "serve/src", "identity/src"];
     match binary.file_name().and_then(|n| n.to_str()) {
-        Some("sentry") => {}
+        Some("sentry") => dirs.push("sentry/src"),
         Some("daprd") => dirs.push("daprd/src"),
         Some("injector") => dirs.push("injector/src"),
         _ => dirs.push("tests/src"),

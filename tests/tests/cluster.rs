@@ -804,7 +804,7 @@ async fn stored_bundle(cluster: &Cluster) -> anyhow::Result<StoredBundle> {
 }
 
 /// `CA/SignCertificate` with a fresh Ed25519 CSR, answering the raw gRPC status (which
-/// `sentry::client::request` folds into its error).
+/// `dapr_identity::client::request` folds into its error).
 async fn sign_certificate(
     client: &mut dapr_proto::sentry::v1::ca_client::CaClient<tonic::transport::Channel>,
     token: &str,
@@ -943,10 +943,10 @@ async fn sentry_in_kubernetes_mode_stores_its_ca_with_the_charts_rbac_and_signs_
     // 4. daprd's request: TokenReview, pod, service account and app id check out; the
     // certificate is for the workload trust domain `public` (the pod names no Configuration)
     // and chains to the stored issuer.
-    let anchors = std::sync::Arc::new(sentry::tls::root_store(anchors_pem.as_bytes())?);
+    let anchors = std::sync::Arc::new(dapr_identity::tls::root_store(anchors_pem.as_bytes())?);
     let sentry_id =
-        sentry::spiffe::SpiffeId::new(CONTROL_PLANE_TRUST_DOMAIN, NAMESPACE, "dapr-sentry")?;
-    let request = sentry::client::SvidRequest {
+        dapr_identity::spiffe::SpiffeId::new(CONTROL_PLANE_TRUST_DOMAIN, NAMESPACE, "dapr-sentry")?;
+    let request = dapr_identity::client::SvidRequest {
         sentry_address: sentry.addr.to_string(),
         sentry_id: sentry_id.clone(),
         id: "orders".into(),
@@ -954,21 +954,26 @@ async fn sentry_in_kubernetes_mode_stores_its_ca_with_the_charts_rbac_and_signs_
         token: token.clone(),
         validator: TokenValidator::Kubernetes as i32,
     };
-    let svid = sentry::client::request(&request, &anchors, sentry::client::KeyAlgorithm::Ed25519)
-        .await
-        .with_context(|| format!("sentry log:\n{}", sentry.log_text()))?;
+    let svid = dapr_identity::client::request(
+        &request,
+        &anchors,
+        dapr_identity::client::KeyAlgorithm::Ed25519,
+    )
+    .await
+    .with_context(|| format!("sentry log:\n{}", sentry.log_text()))?;
     assert_eq!(
         subject_alt_names(&svid.chain[0])?,
         ["URI:spiffe://public/ns/apps/orders"]
     );
-    let issuer = sentry::ca::certs_from_pem(stored.secret["issuer.crt"].as_bytes())
-        .map_err(anyhow::Error::msg)?;
+    let issuer = dapr_identity::pem::certs_from_pem(stored.secret["issuer.crt"].as_bytes())?;
     assert_eq!(svid.chain[1..], issuer[..]);
 
     // 5. Refusals, with upstream's codes: a validation failure is PermissionDenied with the
     // reason, a validator that is not enabled InvalidArgument.
-    let tls =
-        sentry::tls::client_config(anchors.clone(), sentry::tls::ExpectedId::Exact(sentry_id))?;
+    let tls = dapr_identity::tls::client_config(
+        anchors.clone(),
+        dapr_identity::tls::ExpectedId::Exact(sentry_id),
+    )?;
     let channel = e2e::sentry::tls_channel(sentry.addr, std::sync::Arc::new(tls)).await?;
     let mut client = dapr_proto::sentry::v1::ca_client::CaClient::new(channel);
 
@@ -1464,12 +1469,12 @@ async fn operator_client(
 ) -> anyhow::Result<
     dapr_proto::operator::v1::operator_client::OperatorClient<tonic::transport::Channel>,
 > {
-    let anchors = std::sync::Arc::new(sentry::tls::root_store(&std::fs::read(
+    let anchors = std::sync::Arc::new(dapr_identity::tls::root_store(&std::fs::read(
         sentry.trust_anchors(),
     )?)?);
-    let request = sentry::client::SvidRequest {
+    let request = dapr_identity::client::SvidRequest {
         sentry_address: sentry.addr.to_string(),
-        sentry_id: sentry::spiffe::SpiffeId::new(
+        sentry_id: dapr_identity::spiffe::SpiffeId::new(
             OPERATOR_TEST_TRUST_DOMAIN,
             NAMESPACE,
             "dapr-sentry",
@@ -1479,8 +1484,12 @@ async fn operator_client(
         token: String::new(),
         validator: 0,
     };
-    let svid = sentry::client::request(&request, &anchors, sentry::client::KeyAlgorithm::EcdsaP256)
-        .await?;
+    let svid = dapr_identity::client::request(
+        &request,
+        &anchors,
+        dapr_identity::client::KeyAlgorithm::EcdsaP256,
+    )
+    .await?;
     let config = operator_tls(anchors)?.with_client_auth_cert(svid.chain, svid.key)?;
     operator_channel(operator, config).await
 }
@@ -1488,16 +1497,16 @@ async fn operator_client(
 fn operator_tls(
     anchors: std::sync::Arc<rustls::RootCertStore>,
 ) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
-    let expected = sentry::tls::ExpectedId::Path {
+    let expected = dapr_identity::tls::ExpectedId::Path {
         namespace: NAMESPACE.into(),
         app_id: "dapr-operator".into(),
     };
     Ok(
-        rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(std::sync::Arc::new(
-                sentry::tls::SpiffeServerVerifier::new(anchors, expected),
+                dapr_identity::tls::SpiffeServerVerifier::new(anchors, expected),
             )),
     )
 }
@@ -1793,7 +1802,7 @@ spec:
         .await
         .expect_err("another namespace's Components");
     ensure!(denied.code() == tonic::Code::PermissionDenied, "{denied:?}");
-    let anchors = std::sync::Arc::new(sentry::tls::root_store(sentry_anchors.as_bytes())?);
+    let anchors = std::sync::Arc::new(dapr_identity::tls::root_store(sentry_anchors.as_bytes())?);
     let anonymous = async {
         let mut client =
             operator_channel(operator, operator_tls(anchors)?.with_no_client_auth()).await?;

@@ -45,13 +45,14 @@ async fn the_injector_serves_with_a_certificate_from_sentry_for_its_service_name
 
     // A client that trusts only sentry's root and checks the service's DNS name.
     let mut roots = rustls::RootCertStore::empty();
-    for cert in sentry::ca::certs_from_pem(&std::fs::read(sentry.trust_anchors()).expect("ca"))
-        .expect("pem")
+    for cert in
+        dapr_identity::pem::certs_from_pem(&std::fs::read(sentry.trust_anchors()).expect("ca"))
+            .expect("pem")
     {
         roots.add(cert).expect("root");
     }
     let config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
@@ -74,7 +75,7 @@ async fn the_injector_serves_with_a_certificate_from_sentry_for_its_service_name
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .expect("a certificate");
-                let id = sentry::tls::spiffe_id(leaf).expect("spiffe id");
+                let id = dapr_identity::tls::spiffe_id(leaf).expect("spiffe id");
                 // The trust domain is the validator's to give (`public` from the standalone
                 // insecure validator; the control plane's under the kubernetes validator).
                 assert_eq!((id.namespace(), id.app_id()), ("default", "dapr-injector"));

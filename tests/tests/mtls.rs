@@ -71,20 +71,21 @@ fn signed_count(sidecar: &Sidecar) -> usize {
 /// A TLS client presenting `identity` that accepts only a server proving `/ns/default/<app_id>`
 /// with a chain to the identity's anchors.
 fn client_config(identity: ClientIdentity, app_id: &str) -> Arc<rustls::ClientConfig> {
-    let verifier = sentry::tls::SpiffeServerVerifier::new(
+    let verifier = dapr_identity::tls::SpiffeServerVerifier::new(
         Arc::clone(&identity.anchors),
-        sentry::tls::ExpectedId::Path {
+        dapr_identity::tls::ExpectedId::Path {
             namespace: "default".into(),
             app_id: app_id.into(),
         },
     );
-    let mut config = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(identity.chain, identity.key)
-        .expect("client cert");
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(identity.chain, identity.key)
+            .expect("client cert");
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
@@ -437,7 +438,7 @@ impl TestCa {
             key: rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
                 .expect("leaf key DER"),
             anchors: Arc::new(
-                sentry::tls::root_store(anchors_pem.as_bytes()).expect("anchors parse"),
+                dapr_identity::tls::root_store(anchors_pem.as_bytes()).expect("anchors parse"),
             ),
         }
     }

@@ -1,23 +1,27 @@
 //! Workload identity (`--enable-mtls`): this sidecar's SPIFFE certificate from sentry, renewed at
-//! half its lifetime, and the trust anchors (from `DAPR_TRUST_ANCHORS`, or a watched file). The
-//! TLS configs built from them are published through a watch channel; new handshakes use the
-//! newest, open connections keep the one they started with.
+//! half its lifetime by `dapr_identity::renewal`, and the trust anchors (from
+//! `DAPR_TRUST_ANCHORS`, or a watched file). The TLS configs built from them are published
+//! through a watch channel; new handshakes use the newest, open connections keep the one they
+//! started with.
 
 pub mod transport;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dapr_identity::client::{KeyAlgorithm, SvidRequest, refresh_at};
+use dapr_identity::renewal;
+use dapr_identity::tls::{ExpectedId, mutual_client_config, mutual_server_config, root_store};
+use dapr_identity::{SENTRY_APP_ID, SpiffeId};
 use rustls::RootCertStore;
-use sentry::spiffe::SpiffeId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::config::{MtlsConfig, TrustAnchors};
 
-pub use sentry::client::Svid;
+pub use dapr_identity::client::Svid;
 
 /// What handshakes use right now: the identity, the trust anchors, and the server config
 /// built from both.
@@ -29,16 +33,8 @@ pub struct Material {
 
 impl Material {
     fn new(svid: Arc<Svid>, roots: Arc<RootCertStore>) -> Result<Self, Error> {
-        let verifier = sentry::tls::SpiffeClientVerifier::new(Arc::clone(&roots))
-            .map_err(|e| Error::Identity(e.to_string()))?;
-        let mut server =
-            rustls::ServerConfig::builder_with_provider(sentry::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Identity(e.to_string()))?
-                .with_client_cert_verifier(Arc::new(verifier))
-                .with_single_cert(svid.chain.clone(), svid.key.clone_key())
-                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
-        server.alpn_protocols = vec![b"h2".to_vec()];
+        let server =
+            mutual_server_config(Arc::clone(&roots), svid.chain.clone(), svid.key.clone_key())?;
         Ok(Material {
             svid,
             roots,
@@ -47,20 +43,13 @@ impl Material {
     }
 
     /// A client config presenting our identity and accepting only `expected`.
-    pub fn client(
-        &self,
-        expected: sentry::tls::ExpectedId,
-    ) -> Result<Arc<rustls::ClientConfig>, Error> {
-        let verifier = sentry::tls::SpiffeServerVerifier::new(Arc::clone(&self.roots), expected);
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Identity(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_client_auth_cert(self.svid.chain.clone(), self.svid.key.clone_key())
-                .map_err(|e| Error::Identity(format!("our certificate and key: {e}")))?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+    pub fn client(&self, expected: ExpectedId) -> Result<Arc<rustls::ClientConfig>, Error> {
+        let config = mutual_client_config(
+            Arc::clone(&self.roots),
+            expected,
+            self.svid.chain.clone(),
+            self.svid.key.clone_key(),
+        )?;
         Ok(Arc::new(config))
     }
 }
@@ -68,155 +57,191 @@ impl Material {
 /// The current TLS material; `None` until the first certificate arrives.
 pub type Current = watch::Receiver<Option<Arc<Material>>>;
 
-use sentry::client::{refresh_at, retry_delay};
-
 /// Loads the trust anchors.
 fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), Error> {
     let pem = match source {
         TrustAnchors::Pem(pem) => pem.clone().into_bytes(),
-        TrustAnchors::File(path) => std::fs::read(path)
-            .map_err(|e| Error::Identity(format!("trust anchors file {}: {e}", path.display())))?,
+        TrustAnchors::File(path) => {
+            std::fs::read(path).map_err(|source| dapr_identity::Error::Read {
+                what: "trust anchors file",
+                path: path.clone(),
+                source,
+            })?
+        }
     };
-    let roots = sentry::tls::root_store(&pem).map_err(|e| Error::Identity(e.to_string()))?;
+    let roots = root_store(&pem)?;
     Ok((pem, Arc::new(roots)))
 }
 
-/// One certificate request for this sidecar, for a fresh ECDSA P-256 key: upstream's workload
-/// key (pkg/security/x509source.go), which every sentry version signs.
-async fn request(
+/// The key this sidecar's certificates are for: upstream's workload key
+/// (pkg/security/x509source.go), which every sentry version signs.
+const KEY_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+/// What this sidecar asks sentry for, with `token` for its validator.
+fn svid_request(
     config: &MtlsConfig,
     namespace: &str,
-    roots: &Arc<RootCertStore>,
-) -> Result<Svid, Error> {
-    let identity_error = |e: sentry::Error| Error::Identity(e.to_string());
-    let token = match &config.token.path {
-        Some(path) => tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| Error::Identity(format!("token file {}: {e}", path.display())))?
-            .trim()
-            .to_owned(),
-        None => String::new(),
-    };
-    let request = sentry::client::SvidRequest {
+    token: String,
+) -> Result<SvidRequest, dapr_identity::Error> {
+    Ok(SvidRequest {
         sentry_address: config.sentry_address.clone(),
         sentry_id: SpiffeId::new(
             &config.control_plane_trust_domain,
             &config.control_plane_namespace,
-            "dapr-sentry",
-        )
-        .map_err(identity_error)?,
+            SENTRY_APP_ID,
+        )?,
         id: config.request_id.clone(),
         namespace: namespace.to_owned(),
         token,
         validator: config.token.validator,
+    })
+}
+
+/// One certificate request for this sidecar, for a fresh key of [`KEY_ALGORITHM`].
+async fn request(
+    config: &MtlsConfig,
+    namespace: &str,
+    roots: &Arc<RootCertStore>,
+) -> Result<Svid, dapr_identity::Error> {
+    let token = match &config.token.path {
+        Some(path) => tokio::fs::read_to_string(path)
+            .await
+            .map_err(|source| dapr_identity::Error::Read {
+                what: "token file",
+                path: path.clone(),
+                source,
+            })?
+            .trim()
+            .to_owned(),
+        None => String::new(),
     };
-    sentry::client::request(&request, roots, sentry::client::KeyAlgorithm::EcdsaP256)
-        .await
-        .map_err(identity_error)
+    let request = svid_request(config, namespace, token)?;
+    dapr_identity::client::request(&request, roots, KEY_ALGORITHM).await
+}
+
+/// This sidecar's certificates, requested with the newest trust anchors.
+struct Requests {
+    config: MtlsConfig,
+    namespace: String,
+    roots: watch::Receiver<Arc<RootCertStore>>,
+}
+
+impl renewal::Source for Requests {
+    type Issued = Arc<Svid>;
+
+    async fn fetch(&mut self) -> Result<(Arc<Svid>, SystemTime), dapr_identity::Error> {
+        let roots = self.roots.borrow().clone();
+        let svid = request(&self.config, &self.namespace, &roots).await?;
+        log_signed(&svid);
+        let renew_at = refresh_at(svid.not_before, svid.not_after);
+        Ok((Arc::new(svid), renew_at))
+    }
+
+    fn failed(
+        &mut self,
+        e: &dapr_identity::Error,
+        attempt: u32,
+        retry_in: Duration,
+        renewing: bool,
+    ) {
+        if renewing {
+            tracing::warn!(attempt, "failed to renew the certificate: {e}");
+        } else {
+            tracing::warn!(
+                attempt,
+                ?retry_in,
+                "failed to get a certificate from sentry: {e}"
+            );
+        }
+    }
 }
 
 /// Gets the first certificate (retrying while sentry is unreachable, until `stop`), then keeps
-/// it fresh in the background: renewal at half-life, new trust anchors when the file changes.
+/// it fresh in the background: renewal at half-life ([`renewal::keep_fresh`]), new trust anchors
+/// when the file changes.
 pub async fn start(
     config: MtlsConfig,
     namespace: String,
     stop: CancellationToken,
 ) -> Result<Current, Error> {
-    let (mut pem, mut roots) = load_anchors(&config.trust_anchors)?;
-    let mut attempt = 0;
-    let svid = loop {
-        match request(&config, &namespace, &roots).await {
-            Ok(svid) => break Arc::new(svid),
-            Err(e) => {
-                attempt += 1;
-                let delay = retry_delay(attempt);
-                tracing::warn!(attempt, retry_in = ?delay, "failed to get a certificate from sentry: {e}");
-                tokio::select! {
-                    _ = stop.cancelled() => return Err(Error::Identity("stopped before the first certificate".into())),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                // The anchors may have been fixed on disk meanwhile.
-                if let Ok(fresh) = load_anchors(&config.trust_anchors) {
-                    (pem, roots) = fresh;
-                }
-            }
-        }
+    let (pem, roots) = load_anchors(&config.trust_anchors)?;
+    let (roots_tx, mut roots_rx) = watch::channel(roots);
+    // Without a file the sender is dropped here: the anchors never change.
+    if let TrustAnchors::File(path) = &config.trust_anchors {
+        tokio::spawn(follow_anchors(path.clone(), pem, roots_tx, stop.clone()));
+    }
+    let mut requests = Requests {
+        config,
+        namespace,
+        roots: roots_rx.clone(),
     };
-    log_signed(&svid);
-    let (tx, rx) = watch::channel(Some(Arc::new(Material::new(
-        Arc::clone(&svid),
-        Arc::clone(&roots),
-    )?)));
-    tokio::spawn(keep_fresh(config, namespace, svid, pem, roots, tx, stop));
+    let (svid, renew_at) = renewal::first(&mut requests, &stop).await?;
+    let material = Material::new(Arc::clone(&svid), roots_rx.borrow_and_update().clone())?;
+    let (tx, rx) = watch::channel(Some(Arc::new(material)));
+    let (svids_tx, svids_rx) = watch::channel(svid);
+    let sink = move |svid| {
+        svids_tx.send_replace(svid);
+    };
+    tokio::spawn(renewal::keep_fresh(requests, sink, renew_at, stop.clone()));
+    tokio::spawn(combine(svids_rx, roots_rx, tx, stop));
     Ok(rx)
 }
 
 fn log_signed(svid: &Svid) {
-    let expiry = sentry::ca::rfc3339(svid.not_after);
+    let expiry = dapr_identity::time::rfc3339(svid.not_after);
     tracing::info!(id = %svid.id, "Successfully signed certificate; it expires {expiry}");
 }
 
-/// Renews the certificate and follows the anchors file until `stop`.
-async fn keep_fresh(
-    config: MtlsConfig,
-    namespace: String,
-    mut svid: Arc<Svid>,
-    mut pem: Vec<u8>,
-    mut roots: Arc<RootCertStore>,
+/// Publishes new TLS material whenever the certificate or the trust anchors change, until
+/// `stop` or until the renewal loop is gone.
+async fn combine(
+    mut svids: watch::Receiver<Arc<Svid>>,
+    mut roots: watch::Receiver<Arc<RootCertStore>>,
     tx: watch::Sender<Option<Arc<Material>>>,
     stop: CancellationToken,
 ) {
-    let watch_file = matches!(config.trust_anchors, TrustAnchors::File(_));
-    let mut failures = 0;
+    let mut following_anchors = true;
     loop {
-        let renew = refresh_at(svid.not_before, svid.not_after);
-        let until_renewal = renew
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        // Wake at least every minute (clock jumps) and every second when following a file.
-        // At least a second apart, so a certificate whose half-life is already over (a TTL
-        // shorter than the clock skew) cannot make this loop spin.
-        let nap = if failures > 0 {
-            retry_delay(failures)
-        } else if watch_file {
-            until_renewal.min(Duration::from_secs(1))
-        } else {
-            until_renewal.min(Duration::from_secs(60))
-        }
-        .max(Duration::from_secs(1));
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(nap) => {}
+            () = stop.cancelled() => return,
+            changed = svids.changed() => if changed.is_err() {
+                return;
+            },
+            changed = roots.changed(), if following_anchors => if changed.is_err() {
+                following_anchors = false;
+                continue;
+            },
         }
-        let mut changed = false;
-        if let TrustAnchors::File(path) = &config.trust_anchors
-            && let Some((new_pem, new_roots)) = changed_anchors(path, &pem)
-        {
+        let svid = Arc::clone(&svids.borrow_and_update());
+        let roots = Arc::clone(&roots.borrow_and_update());
+        match Material::new(svid, roots) {
+            Ok(material) => {
+                tx.send_replace(Some(Arc::new(material)));
+            }
+            Err(e) => tracing::error!("cannot use the new identity: {e}"),
+        }
+    }
+}
+
+/// How often the trust anchors file is read.
+const ANCHORS_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the trust anchors file until `stop`: anchors that changed and parse are published.
+async fn follow_anchors(
+    path: PathBuf,
+    mut pem: Vec<u8>,
+    tx: watch::Sender<Arc<RootCertStore>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ANCHORS_POLL) => {}
+        }
+        if let Some((new_pem, roots)) = changed_anchors(&path, &pem) {
             tracing::info!(file = %path.display(), "trust anchors changed; new handshakes use them");
-            (pem, roots) = (new_pem, new_roots);
-            changed = true;
-        }
-        if SystemTime::now() >= renew {
-            match request(&config, &namespace, &roots).await {
-                Ok(fresh) => {
-                    failures = 0;
-                    svid = Arc::new(fresh);
-                    log_signed(&svid);
-                    changed = true;
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(attempt = failures, "failed to renew the certificate: {e}");
-                }
-            }
-        }
-        if changed {
-            match Material::new(Arc::clone(&svid), Arc::clone(&roots)) {
-                Ok(material) => {
-                    let _ = tx.send(Some(Arc::new(material)));
-                }
-                Err(e) => tracing::error!("cannot use the new identity: {e}"),
-            }
+            pem = new_pem;
+            tx.send_replace(roots);
         }
     }
 }
@@ -228,7 +253,7 @@ fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCert
     if pem == current {
         return None;
     }
-    match sentry::tls::root_store(&pem) {
+    match root_store(&pem) {
         Ok(roots) => Some((pem, Arc::new(roots))),
         Err(e) => {
             tracing::warn!(file = %path.display(), "ignoring unreadable trust anchors: {e}");
@@ -239,108 +264,38 @@ fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCert
 
 #[cfg(test)]
 mod tests {
-    use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
-    use rustls::pki_types::PrivateKeyDer;
-    use sentry::ca::{self, CaBundle, IssuerKey, SignPolicy};
-    use sentry::config::CredentialPaths;
-    use sentry::metrics::Metrics;
-    use sentry::server::{Authority, CaService};
-    use sentry::validator::{Validator, Validators};
-    use x509_parser::prelude::{FromDer, X509Certificate};
-
     use super::*;
     use crate::config::SentryToken;
 
-    /// Every wait in this test ends by this deadline.
-    const DEADLINE: Duration = Duration::from_secs(30);
-
-    /// A sentry CA service on loopback with a freshly generated CA and the insecure validator:
-    /// (address, trust anchors PEM, the token that stops it, its task).
-    async fn sentry_on_loopback() -> (
-        String,
-        String,
-        CancellationToken,
-        tokio::task::JoinHandle<Result<(), sentry::Error>>,
-    ) {
-        let now = SystemTime::now();
-        let generated = ca::generate("cluster.local", "dapr-system", now, Duration::ZERO).unwrap();
-        let paths = CredentialPaths {
-            dir: "/t".into(),
-            trust_anchors: "/t/ca.crt".into(),
-            issuer_cert: "/t/issuer.crt".into(),
-            issuer_key: "/t/issuer.key".into(),
-        };
-        let bundle = CaBundle::from_pem(
-            generated.trust_anchors_pem.as_bytes(),
-            generated.issuer_chain_pem.as_bytes(),
-            generated.issuer_key.to_pkcs8_pem().as_bytes(),
-            &paths,
-            now,
-        )
-        .unwrap();
-        let anchors = bundle.trust_anchors_pem().to_owned();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let policy = SignPolicy {
-            ttl: Duration::from_secs(3600),
-            allowed_clock_skew: Duration::ZERO,
-        };
-        let sentry_id = SpiffeId::new("cluster.local", "dapr-system", "dapr-sentry").unwrap();
-        let authority =
-            Arc::new(Authority::new(bundle, sentry_id, policy, Arc::clone(&metrics), now).unwrap());
-        let validators = Arc::new(Validators::new(
-            vec![Validator::Insecure],
-            Some(TokenValidator::Insecure),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(sentry::server::serve(
-            listener,
-            CaService::new(authority, validators, metrics),
-            stop.clone().cancelled_owned(),
-        ));
-        (address, anchors, stop, server)
-    }
-
-    #[tokio::test]
-    async fn the_sidecar_gets_its_certificate_for_a_fresh_ecdsa_p256_key_as_upstreams_daprd_does() {
-        let (address, anchors, stop, server) = sentry_on_loopback().await;
+    #[test]
+    fn the_sidecar_asks_sentry_for_its_id_with_a_fresh_ecdsa_p256_key_as_upstreams_daprd_does() {
         let config = MtlsConfig {
-            sentry_address: address,
+            sentry_address: "dapr-sentry.dapr-system.svc.cluster.local:443".into(),
             control_plane_trust_domain: "cluster.local".into(),
             control_plane_namespace: "dapr-system".into(),
-            trust_anchors: TrustAnchors::Pem(anchors),
+            trust_anchors: TrustAnchors::Pem(String::new()),
             token: SentryToken {
                 path: None,
-                validator: 0,
+                validator: dapr_identity::token::validator::KUBERNETES,
             },
             request_id: "app1".into(),
         };
-        let (_, roots) = load_anchors(&config.trust_anchors).unwrap();
-        let svid = tokio::time::timeout(DEADLINE, request(&config, "default", &roots))
-            .await
-            .expect("sentry answers within the deadline")
-            .unwrap();
-        assert_eq!(svid.id.to_string(), "spiffe://public/ns/default/app1");
-
-        let PrivateKeyDer::Pkcs8(der) = &svid.key else {
-            panic!("the sidecar's key is not PKCS#8");
-        };
-        let pem = ca::pem_encode("PRIVATE KEY", der.secret_pkcs8_der());
-        let key = IssuerKey::from_pem(pem.as_bytes()).unwrap();
-        assert_eq!(key.algorithm_name(), "ECDSA P-256");
-        let (_, leaf) = X509Certificate::from_der(&svid.chain[0]).unwrap();
+        let request = svid_request(&config, "default", "token".into()).unwrap();
         assert_eq!(
-            leaf.public_key().subject_public_key.data.as_ref(),
-            rcgen::PublicKeyData::der_bytes(&key),
-            "the leaf carries the sidecar's key"
+            request.sentry_id.to_string(),
+            "spiffe://cluster.local/ns/dapr-system/dapr-sentry"
         );
-
-        stop.cancel();
-        tokio::time::timeout(DEADLINE, server)
-            .await
-            .expect("sentry stops within the deadline")
-            .unwrap()
-            .unwrap();
+        assert_eq!(
+            (request.id.as_str(), request.namespace.as_str()),
+            ("app1", "default")
+        );
+        assert_eq!(
+            (request.token.as_str(), request.validator),
+            ("token", dapr_identity::token::validator::KUBERNETES)
+        );
+        assert_eq!(request.sentry_address, config.sentry_address);
+        // Upstream's workload key (pkg/security/x509source.go), which every sentry signs; the
+        // signing itself is sentry/tests/workload_client.rs.
+        assert_eq!(KEY_ALGORITHM, KeyAlgorithm::EcdsaP256);
     }
 }

@@ -8,10 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use dapr_identity::SpiffeId;
+use dapr_identity::tls::ExpectedId;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use sentry::spiffe::SpiffeId;
-use sentry::tls::ExpectedId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,8 +43,9 @@ pub fn incoming(
             let acceptor = TlsAcceptor::from(Arc::clone(&material.server));
             match acceptor.accept(tcp).await {
                 Ok(io) => {
-                    let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
-                        .map(|id| PeerIdentity(Arc::new(id)));
+                    let peer =
+                        dapr_identity::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
+                            .map(|id| PeerIdentity(Arc::new(id)));
                     Ok(TlsConn::new(io, peer))
                 }
                 Err(e) => {

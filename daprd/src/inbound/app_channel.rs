@@ -432,7 +432,7 @@ fn app_connector(http1: bool) -> Result<AppConnector, Error> {
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
     tcp.enforce_http(false);
-    let provider = sentry::tls::crypto_provider();
+    let provider = dapr_identity::tls::crypto_provider();
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::AppChannel(format!("TLS to the app: {e}")))?

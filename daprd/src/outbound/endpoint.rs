@@ -401,10 +401,11 @@ fn tls_config(tls: Option<&ClientTls>) -> Result<rustls::ClientConfig, (&'static
             }
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("spec.clientTLS", e.to_string()))?
-        .with_root_certificates(roots);
+    let builder =
+        rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ("spec.clientTLS", e.to_string()))?
+            .with_root_certificates(roots);
     let certificate = tls.and_then(|t| t.certificate.as_ref());
     let key = tls.and_then(|t| t.private_key.as_ref());
     // ALPN (h2, http/1.1) is set by the connector.

@@ -257,7 +257,7 @@ impl Invoker {
             None => endpoint.connect_lazy(),
             Some(current) => {
                 // Upstream checks only the path of the peer's id, not its trust domain.
-                let expected = sentry::tls::ExpectedId::Path {
+                let expected = dapr_identity::tls::ExpectedId::Path {
                     namespace: target.namespace.clone(),
                     app_id: target.app_id.clone(),
                 };

@@ -175,7 +175,7 @@ fn connector() -> Result<hyper_rustls::HttpsConnector<HttpConnector>, ExportErro
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
-    let tls = rustls::ClientConfig::builder_with_provider(sentry::tls::crypto_provider())
+    let tls = rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(ExportError::Tls)?
         .with_root_certificates(roots)

@@ -24,7 +24,7 @@ pub use server::serve;
 pub struct Settings {
     pub addr: SocketAddr,
     /// The request for the `dapr-operator` certificate (renewed at half its lifetime).
-    pub svid: sentry::client::SvidRequest,
+    pub svid: dapr_identity::client::SvidRequest,
     /// The projected token for sentry, used when it exists.
     pub token_file: PathBuf,
     pub trust_anchors_file: PathBuf,

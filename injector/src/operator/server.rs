@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
+use dapr_identity::tls;
 use dapr_proto::operator::v1::operator_server::OperatorServer;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -33,13 +34,17 @@ pub async fn serve(
     anchors: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::Error> {
-    let certificate = tokio::select! {
-        resolver = crate::tls::sentry_resolver(
-            settings.svid.clone(),
-            settings.token_file.clone(),
-            settings.trust_anchors_file.clone(),
-        ) => resolver?,
-        () = shutdown.cancelled() => return Ok(()),
+    let certificate = match crate::tls::sentry_resolver(
+        settings.svid.clone(),
+        settings.token_file.clone(),
+        settings.trust_anchors_file.clone(),
+        &shutdown,
+    )
+    .await
+    {
+        Ok(resolver) => resolver,
+        Err(crate::Error::Identity(dapr_identity::Error::Stopped)) => return Ok(()),
+        Err(e) => return Err(e),
     };
     let configs = server_configs(certificate, anchors);
     let incoming = dapr_serve::incoming(
@@ -53,8 +58,8 @@ pub async fn serve(
                 let config = config.ok_or_else(|| io::Error::other("no trust anchors yet"))?;
                 match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
                     Ok(io) => {
-                        let peer = sentry::tls::peer_spiffe_id(io.get_ref().1.peer_certificates())
-                            .map(Arc::new);
+                        let peer =
+                            tls::peer_spiffe_id(io.get_ref().1.peer_certificates()).map(Arc::new);
                         Ok(TlsConn::new(io, PeerId(peer)))
                     }
                     Err(e) => {
@@ -84,13 +89,12 @@ fn server_configs(
 ) -> watch::Receiver<Option<Arc<ServerConfig>>> {
     let build = move |pem: &Option<String>| -> Option<Arc<ServerConfig>> {
         let pem = pem.as_ref()?;
-        let built = sentry::tls::root_store(pem.as_bytes())
-            .and_then(|roots| sentry::tls::SpiffeClientVerifier::new(Arc::new(roots)))
-            .map_err(|e| e.to_string())
+        let built = tls::root_store(pem.as_bytes())
+            .and_then(|roots| tls::SpiffeClientVerifier::new(Arc::new(roots)))
             .and_then(|verifier| {
-                ServerConfig::builder_with_provider(sentry::tls::crypto_provider())
+                ServerConfig::builder_with_provider(tls::crypto_provider())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())
+                    .map_err(dapr_identity::Error::Tls)
                     .map(|b| {
                         b.with_client_cert_verifier(Arc::new(verifier))
                             .with_cert_resolver(certificate.clone())

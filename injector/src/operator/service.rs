@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dapr_identity::SpiffeId;
 use dapr_proto::operator::v1 as pb;
 use futures::Stream;
-use sentry::spiffe::SpiffeId;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};

@@ -23,7 +23,12 @@ pub use keys::{IssuerKey, algorithm_name};
 
 use crate::Error;
 use crate::config::CredentialPaths;
-use crate::spiffe::SpiffeId;
+// The PEM and time helpers live with the workload identity; re-exported for the CA's callers.
+use dapr_identity::pem::pem_encode_all;
+pub use dapr_identity::pem::{certs_from_pem, pem_encode};
+use dapr_identity::spiffe::{SENTRY_APP_ID, SpiffeId};
+pub use dapr_identity::time::rfc3339;
+use dapr_identity::time::unix_secs;
 
 /// Validity of a generated root and issuer (upstream: one year).
 pub const GENERATED_CA_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -85,7 +90,8 @@ impl CaBundle {
         let key_err = at(&paths.issuer_key);
         let now_secs = unix_secs(now);
 
-        let trust_anchors = certs_from_pem(trust_anchors_pem).map_err(&anchors_err)?;
+        let trust_anchors =
+            certs_from_pem(trust_anchors_pem).map_err(|e| anchors_err(e.to_string()))?;
         let anchors = parse_all(&trust_anchors).map_err(&anchors_err)?;
         for (i, anchor) in anchors.iter().enumerate() {
             check_validity(anchor, now_secs)
@@ -98,7 +104,8 @@ impl CaBundle {
             }
         }
 
-        let issuer_chain = certs_from_pem(issuer_chain_pem).map_err(&chain_err)?;
+        let issuer_chain =
+            certs_from_pem(issuer_chain_pem).map_err(|e| chain_err(e.to_string()))?;
         let chain = parse_all(&issuer_chain).map_err(&chain_err)?;
         for (i, cert) in chain.iter().enumerate() {
             check_validity(cert, now_secs)
@@ -443,7 +450,7 @@ fn generate_with(
     issuer.distinguished_name = DistinguishedName::new();
     issuer.distinguished_name.push(
         DnType::OrganizationName,
-        format!("spiffe://{trust_domain}/ns/{namespace}/dapr-sentry"),
+        format!("spiffe://{trust_domain}/ns/{namespace}/{SENTRY_APP_ID}"),
     );
     issuer.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     issuer.key_usages = vec![
@@ -474,17 +481,6 @@ pub fn random_serial() -> Result<[u8; 16], Error> {
         .fill(&mut serial)
         .map_err(|_| Error::Sign("no randomness for a serial number".into()))?;
     Ok(serial)
-}
-
-/// All `CERTIFICATE` blocks in `pem`; at least one.
-pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("malformed PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err("no PEM CERTIFICATE block found".into());
-    }
-    Ok(certs)
 }
 
 fn parse_all<'a>(certs: &'a [CertificateDer<'static>]) -> Result<Vec<X509Certificate<'a>>, String> {
@@ -527,32 +523,8 @@ fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result
         .map_err(|e| format!("signature does not verify: {e}"))
 }
 
-/// PEM with 64-column base64 lines.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn pem_encode_all(certs: &[CertificateDer<'_>]) -> String {
-    certs.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
-}
-
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => secs(d),
-        Err(e) => -secs(e.duration()),
-    }
 }
 
 fn system_time(secs: i64) -> SystemTime {
@@ -566,17 +538,6 @@ fn system_time(secs: i64) -> SystemTime {
 fn offset_date_time(secs: i64) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp(secs)
         .map_err(|e| Error::Sign(format!("time out of range: {e}")))
-}
-
-/// RFC 3339 form of a time, for logs and messages.
-pub fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from_unix_timestamp(unix_secs(t))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{} (unix)", unix_secs(t)))
 }
 
 #[cfg(test)]

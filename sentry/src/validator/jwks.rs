@@ -315,11 +315,12 @@ impl Fetcher {
                     "no CA certificates to verify {url} (set caCertificate)"
                 )));
             }
-            let config = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Jwks(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config =
+                rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| Error::Jwks(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
             Some(Arc::new(config))
         } else {
             None

@@ -16,7 +16,7 @@ use kube::api::{Api, PostParams};
 use super::{Validated, common_checks, is_valid_trust_domain};
 use crate::Error;
 use crate::kubernetes::configuration;
-use crate::spiffe::DEFAULT_TRUST_DOMAIN;
+use dapr_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 
 /// The audience daprd requests its projected token for.
 pub const SENTRY_AUDIENCE: &str = "dapr.io/sentry";
@@ -134,7 +134,7 @@ impl std::fmt::Debug for KubernetesValidator {
 impl KubernetesValidator {
     pub fn new(
         client: kube::Client,
-        sentry_id: &crate::spiffe::SpiffeId,
+        sentry_id: &dapr_identity::spiffe::SpiffeId,
         control_plane_namespace: &str,
     ) -> Self {
         KubernetesValidator {

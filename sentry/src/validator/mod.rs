@@ -12,7 +12,7 @@ use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
 
 use crate::Error;
 use crate::config::{Mode, ValidatorConfig};
-use crate::spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, validate_app_id};
+use dapr_identity::spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeId, validate_app_id};
 
 /// What a validator vouches for: the trust domain the certificate is issued in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
+use dapr_identity::tls::{ExpectedId, client_config, root_store};
 use dapr_proto::sentry::v1::ca_client::CaClient;
 use dapr_proto::sentry::v1::{SignCertificateRequest, SignCertificateResponse};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
-use sentry::tls::{ExpectedId, client_config, root_store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};

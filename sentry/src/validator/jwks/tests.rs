@@ -351,7 +351,7 @@ async fn https_jwks_server(body: String) -> (String, String) {
         .unwrap()
         .signed_by(&server_key, &Issuer::new(ca_params, &ca_key))
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+    let config = rustls::ServerConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

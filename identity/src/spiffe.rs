@@ -8,6 +8,10 @@ use crate::Error;
 /// The trust domain a workload gets when nothing else names one.
 pub const DEFAULT_TRUST_DOMAIN: &str = "public";
 
+/// The app id sentry's own SVID carries: `spiffe://<cp-trust-domain>/ns/<cp-namespace>/dapr-sentry`
+/// is the id every client of `CA/SignCertificate` requires of it.
+pub const SENTRY_APP_ID: &str = "dapr-sentry";
+
 /// Longest app id sentry signs for.
 pub const MAX_APP_ID_LEN: usize = 64;
 

@@ -1,4 +1,4 @@
-//! SPIFFE-aware TLS pieces that sentry, daprd and the injector share: the SPIFFE id of a
+//! SPIFFE-aware TLS pieces that sentry, daprd and the injector share: the one crypto provider: the SPIFFE id of a
 //! certificate, a server verifier that checks the chain and then the peer's id (exactly, or
 //! only its `/ns/<ns>/<id>` path as daprd→daprd does), and a client verifier that requires a
 //! client chain to the anchors and a SPIFFE id on the leaf.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
@@ -30,26 +30,22 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 
 /// Trust anchors from PEM (`ca.crt`, `DAPR_TRUST_ANCHORS`).
 pub fn root_store(anchors_pem: &[u8]) -> Result<RootCertStore, Error> {
-    let certs = crate::ca::certs_from_pem(anchors_pem)
-        .map_err(|e| Error::PeerCertificate(format!("trust anchors: {e}")))?;
+    let certs =
+        crate::pem::certs_from_pem(anchors_pem).map_err(|e| Error::TrustAnchorsPem(Box::new(e)))?;
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| Error::PeerCertificate(format!("trust anchors: {e}")))?;
+        roots.add(cert).map_err(Error::TrustAnchor)?;
     }
     Ok(roots)
 }
 
 /// The SPIFFE id in a certificate's URI SAN (exactly one `spiffe://` URI is allowed).
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
-    let bad = |reason: String| Error::PeerCertificate(reason);
-    let (_, cert) =
-        X509Certificate::from_der(cert).map_err(|e| bad(format!("does not parse: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(cert).map_err(Error::CertificateParse)?;
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| bad(format!("bad subject alternative names: {e}")))?
-        .ok_or_else(|| bad("has no subject alternative names".into()))?;
+        .map_err(Error::SubjectAltNames)?
+        .ok_or(Error::NoSubjectAltNames)?;
     let uris: Vec<&str> = san
         .value
         .general_names
@@ -61,8 +57,8 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
         .collect();
     match uris.as_slice() {
         [uri] => uri.parse(),
-        [] => Err(bad("has no spiffe:// URI SAN".into())),
-        _ => Err(bad("has more than one spiffe:// URI SAN".into())),
+        [] => Err(Error::NoSpiffeUri),
+        _ => Err(Error::ManySpiffeUris),
     }
 }
 
@@ -210,7 +206,7 @@ impl SpiffeClientVerifier {
     pub fn new(roots: Arc<RootCertStore>) -> Result<Self, Error> {
         let inner = WebPkiClientVerifier::builder_with_provider(roots, crypto_provider())
             .build()
-            .map_err(|e| Error::PeerCertificate(format!("client verifier: {e}")))?;
+            .map_err(Error::ClientVerifier)?;
         Ok(SpiffeClientVerifier { inner })
     }
 }
@@ -259,6 +255,43 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
+/// A server config (ALPN h2) presenting `chain` and `key` and requiring a client certificate
+/// that chains to `roots` and carries a SPIFFE id ([`SpiffeClientVerifier`]).
+pub fn mutual_server_config(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, Error> {
+    let verifier = SpiffeClientVerifier::new(roots)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .map_err(Error::OwnCertificate)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client config (ALPN h2) presenting `chain` and `key` that trusts `roots` and accepts only
+/// the server `expected`.
+pub fn mutual_client_config(
+    roots: Arc<RootCertStore>,
+    expected: ExpectedId,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig, Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected)))
+        .with_client_auth_cert(chain, key)
+        .map_err(Error::OwnCertificate)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// A client config (ALPN h2, for gRPC) that trusts `roots` and accepts only `expected`.
 pub fn client_config(
     roots: Arc<RootCertStore>,
@@ -266,13 +299,10 @@ pub fn client_config(
 ) -> Result<rustls::ClientConfig, Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::PeerCertificate(e.to_string()))?
+        .map_err(Error::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
-
-#[cfg(test)]
-mod tests;

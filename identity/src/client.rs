@@ -53,10 +53,6 @@ impl std::fmt::Debug for Svid {
     }
 }
 
-fn failed(what: impl std::fmt::Display) -> Error {
-    Error::Client(what.to_string())
-}
-
 /// The key a certificate is requested for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
@@ -84,13 +80,13 @@ pub async fn request(
         Arc::clone(roots),
         ExpectedId::Exact(request.sentry_id.clone()),
     )?);
-    let key = rcgen::KeyPair::generate_for(algorithm).map_err(failed)?;
+    let key = rcgen::KeyPair::generate_for(algorithm).map_err(Error::Csr)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
-        .map_err(failed)?;
+        .map_err(Error::Csr)?;
 
     let address = request.sentry_address.clone();
     let connector = tower::service_fn(move |_uri: http::Uri| {
@@ -114,7 +110,10 @@ pub async fn request(
     });
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", request.sentry_address))
-            .map_err(|e| failed(format!("sentry address {:?}: {e}", request.sentry_address)))?
+            .map_err(|source| Error::SentryAddress {
+                address: request.sentry_address.clone(),
+                source,
+            })?
             .connect_timeout(REQUEST_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .connect_with_connector_lazy(connector);
@@ -129,28 +128,23 @@ pub async fn request(
             jwt_audiences: Vec::new(),
         })
         .await
-        .map_err(|status| {
-            failed(format!(
-                "sentry at {} answered {:?}: {}",
-                request.sentry_address,
-                status.code(),
-                status.message()
-            ))
+        .map_err(|status| Error::Sentry {
+            address: request.sentry_address.clone(),
+            status,
         })?
         .into_inner();
 
-    let chain = crate::ca::certs_from_pem(&response.workload_certificate)
-        .map_err(|e| failed(format!("sentry's certificate chain: {e}")))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| failed("sentry returned an empty certificate chain"))?;
+    let chain = crate::pem::certs_from_pem(&response.workload_certificate)
+        .map_err(|e| Error::IssuedChain(Box::new(e)))?;
+    let leaf = chain.first().ok_or(Error::EmptyChain)?;
     let (not_before, not_after) = validity(leaf)?;
     let id = crate::tls::spiffe_id(leaf)?;
     if id.app_id() != request.id || id.namespace() != request.namespace {
-        return Err(failed(format!(
-            "sentry issued {id}, not an identity for {}/{}",
-            request.namespace, request.id
-        )));
+        return Err(Error::WrongIdentity {
+            issued: id,
+            namespace: request.namespace.clone(),
+            id: request.id.clone(),
+        });
     }
     Ok(Svid {
         id,
@@ -176,12 +170,11 @@ pub fn retry_delay(attempt: u32) -> Duration {
 
 /// A certificate's NotBefore and NotAfter.
 fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
-    let (_, parsed) = X509Certificate::from_der(cert)
-        .map_err(|e| failed(format!("sentry's certificate does not parse: {e}")))?;
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(Error::IssuedCertificate)?;
     let at = |t: i64| {
         u64::try_from(t)
             .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .map_err(|_| failed("certificate validity before 1970"))
+            .map_err(|_| Error::ValidityBefore1970)
     };
     Ok((
         at(parsed.validity().not_before.timestamp())?,
