@@ -156,7 +156,9 @@ impl AppChannel {
         let permit = self.permit().await?;
         let mut response = match &self.protocol {
             Protocol::Http(client) => self.invoke_http(client, request).await?,
-            Protocol::Grpc => self.invoke_grpc(request).await?,
+            // Boxed: a gRPC call's future is the larger, and every invocation's future (moved
+            // when the server boxes it) would otherwise carry its size (bench/notes.md).
+            Protocol::Grpc => Box::pin(self.invoke_grpc(request)).await?,
         };
         let body = response.body;
         response.body = Box::pin(body.map(move |chunk| {

@@ -147,23 +147,29 @@ impl Dapr for DaprApi {
         });
         let call = async {
             match route {
-                Route::Endpoint(endpoint) => match self.shared.invoker.resiliency() {
-                    None => {
-                        let endpoints = &self.shared.endpoints;
-                        endpoints.call_unary(endpoint, message, &metadata).await
-                    }
-                    Some(policies) => {
-                        super::resilient::endpoint_unary(
-                            &self.shared.invoker,
-                            policies,
-                            &self.shared.endpoints,
-                            endpoint,
-                            message,
-                            &metadata,
-                        )
-                        .await
-                    }
-                },
+                // Boxed: rare next to app ids, and its future would add to every call's.
+                Route::Endpoint(endpoint) => {
+                    Box::pin(async {
+                        match self.shared.invoker.resiliency() {
+                            None => {
+                                let endpoints = &self.shared.endpoints;
+                                endpoints.call_unary(endpoint, message, &metadata).await
+                            }
+                            Some(policies) => {
+                                super::resilient::endpoint_unary(
+                                    &self.shared.invoker,
+                                    policies,
+                                    &self.shared.endpoints,
+                                    endpoint,
+                                    message,
+                                    &metadata,
+                                )
+                                .await
+                            }
+                        }
+                    })
+                    .await
+                }
                 Route::App(target) => {
                     let internal = InternalInvokeRequest {
                         ver: ApiVersion::V1 as i32,

@@ -274,7 +274,8 @@ async fn invoke(
                 }
             }
         };
-        let response = trace::traced(&mut span, call).await?;
+        // Boxed: rare next to app ids, and its future would add to every invocation's.
+        let response = trace::traced(&mut span, Box::pin(call)).await?;
         if let Some(mut span) = span {
             span.http_status(response.status().as_u16());
             span.end();

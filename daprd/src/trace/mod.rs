@@ -79,14 +79,20 @@ tokio::task_local! {
 /// [`with_hop`], else a fresh span id on the incoming trace ([`next_random`]).
 pub fn next_hop(incoming: Option<&str>) -> String {
     CLIENT_HOP
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| next_random(incoming))
+        .try_with(|hop| (!hop.is_empty()).then(|| hop.clone()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| next_random(incoming))
 }
 
-/// Runs `call` with `traceparent` as what [`next_hop`] stamps on the peer request, so the
-/// callee's server span has the client span as its parent.
-pub async fn with_hop<F: std::future::Future>(traceparent: String, call: F) -> F::Output {
-    CLIENT_HOP.scope(traceparent, call).await
+/// `call` with `traceparent` as what [`next_hop`] stamps on the peer request, so the callee's
+/// server span has the client span as its parent (an empty one: no span, [`next_hop`] makes
+/// one up). A plain function, not an `async fn`, so the call's future is held once, not twice.
+pub fn with_hop<F: std::future::Future>(
+    traceparent: String,
+    call: F,
+) -> tokio::task::futures::TaskLocalFuture<String, F> {
+    CLIENT_HOP.scope(traceparent, call)
 }
 
 /// Span kinds, as OpenTelemetry names them.
@@ -223,18 +229,23 @@ impl Active {
     }
 }
 
-/// Runs `call` as the hop of `span`, when there is one: the peer's request names the span as
-/// its parent ([`with_hop`]), and a failed call ends the span with its error.
-pub async fn traced<T, E: std::fmt::Display>(
-    span: &mut Option<Span>,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let result = match span {
-        None => call.await,
-        Some(span) => with_hop(span.traceparent(), call).await,
-    };
-    end_on_error(span, &result);
-    result
+/// `call` as the hop of `span`, when there is one: the peer's request names the span as its
+/// parent ([`with_hop`]), and a failed call ends the span with its error. Not an `async fn`:
+/// the call's future (the request path's largest) is held once, inside the returned one.
+pub fn traced<'s, T, E, F>(
+    span: &'s mut Option<Span>,
+    call: F,
+) -> impl std::future::Future<Output = Result<T, E>> + 's
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>> + 's,
+{
+    use futures::FutureExt;
+    let hop = span.as_ref().map(Span::traceparent).unwrap_or_default();
+    with_hop(hop, call).map(move |result| {
+        end_on_error(span, &result);
+        result
+    })
 }
 
 /// Ends `span` as failed when `result` is an error; a success leaves it open for the answer's
