@@ -263,7 +263,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         let internal = inbound::routes(Arc::clone(&internal));
         let stop = stop.clone();
         let layer = metrics::GrpcLayer::new(&metrics);
-        let mut server = grpc_server().layer(layer);
+        let mut server = internal_grpc_server().layer(layer);
         let router = server.add_routes(internal);
         match identity.clone() {
             None => servers.spawn(async move {
@@ -485,6 +485,22 @@ fn grpc_server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(LIMITS.keepalive_timeout))
 }
 
+/// The internal server's HTTP/2 receive window, per stream and per connection: what grpc-go's
+/// server grows its windows to (its bandwidth-delay estimate is capped at 16 MiB), and so what
+/// upstream's callee buffers of a request (`docs/limits.md`).
+pub const INTERNAL_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// The internal server: [`grpc_server`] with [`INTERNAL_RECEIVE_WINDOW`]. Upstream's caller sends
+/// a whole request before it reads any of the answer (`invokeRemoteStream`,
+/// `pkg/messaging/direct_messaging.go`), so with an app that answers while it reads (an echo)
+/// the request must fit in what the callee and the sockets buffer; with hyper's 1 MiB default a
+/// 10 MiB body from upstream's daprd stalled about one time in four.
+fn internal_grpc_server() -> tonic::transport::Server {
+    grpc_server()
+        .initial_stream_window_size(INTERNAL_RECEIVE_WINDOW)
+        .initial_connection_window_size(INTERNAL_RECEIVE_WINDOW)
+}
+
 /// Blocks readiness until the app port accepts TCP connections (dial every 100ms), as upstream.
 async fn wait_for_app(shared: &Shared, stop: &CancellationToken) {
     let config = &shared.config;
@@ -526,5 +542,67 @@ async fn termination_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A peer that sends a whole request before reading anything (upstream's caller) can put
+    /// [`INTERNAL_RECEIVE_WINDOW`] on one stream the handler has not read from yet, not hyper's
+    /// default 1 MiB.
+    #[tokio::test]
+    async fn the_internal_server_takes_16_mib_of_a_request_its_handler_has_not_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The handler holds the request, body unread, and never answers.
+        let router = axum::Router::new().fallback(|request: axum::extract::Request| async move {
+            let _held = request;
+            std::future::pending::<axum::response::Response>().await
+        });
+        let routes = tonic::service::Routes::from(router);
+        let server = tokio::spawn(
+            internal_grpc_server()
+                .add_routes(routes)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.expect("ready");
+        let request = http::Request::post(format!("http://{addr}/held"))
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("request");
+        let (_response, mut stream) = client.send_request(request, false).expect("send");
+        let want = 10 * 1024 * 1024;
+        let mut sent = 0;
+        let sending = async {
+            while sent < want {
+                stream.reserve_capacity(want - sent);
+                let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+                    .await
+                    .expect("capacity")
+                    .expect("capacity granted");
+                stream
+                    .send_data(Bytes::from(vec![0u8; granted]), false)
+                    .expect("send data");
+                sent += granted;
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(10), sending).await;
+        assert!(
+            finished.is_ok(),
+            "the window closed after {sent} bytes of an unread request"
+        );
+        server.abort();
     }
 }

@@ -1451,6 +1451,7 @@ mod tests {
         let ok = AppResponse {
             message: String::new(),
             type_url: String::new(),
+            from_http_app: true,
             status: 404,
             headers: HeaderMap::new(),
             body: crate::inbound::app_channel::once(Bytes::new()),

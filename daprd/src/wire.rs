@@ -211,10 +211,20 @@ pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// HTTP headers → invocation metadata (lower-case names, all values): an app's response
-/// headers, as our callee has always sent them.
+/// HTTP headers → invocation metadata (lower-case names, all values): a gRPC app's response
+/// metadata, and an HTTPEndpoint's answer (which never leaves this sidecar).
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
     collect_headers(headers, skip, str::to_owned)
+}
+
+/// An HTTP app's response headers → invocation metadata under Go-canonical names, as upstream's
+/// callee sends them (the app response's `http.Header`, `pkg/channel/http/http_channel.go`).
+/// Upstream's caller renames permanent HTTP headers `dapr-<name>` for its gRPC API only under
+/// those spellings (`InternalMetadataToGrpcMetadata`, `isPermanentHTTPHeader` in
+/// `pkg/messaging/v1/util.go`): a lower-case `content-length` would reach its `InvokeService`
+/// client as the gRPC response's own, which HTTP/2 rejects as malformed.
+pub fn app_response_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    collect_headers(headers, skip, canonical_name)
 }
 
 /// An HTTP API request's headers → invocation metadata, named as upstream's caller names them:

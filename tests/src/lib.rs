@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod netns;
 pub mod sentry;
 pub mod sidecar;
+pub mod upstream;
 
 /// The test-only gRPC service `e2e.echo.v1.Echo` (see `proto/e2e/echo/v1/echo.proto`).
 pub mod echo {

@@ -8,160 +8,19 @@
 //! the sqlite tests put both resolvers on one database file, in both start orders (with
 //! `.cache/upstream/bin/daprd-sqlite`, else skipped); the mdns test runs both on two network
 //! namespaces of one bridge (root needed).
+//! The harness is `e2e::upstream` (tests/src/upstream.rs); the gRPC API, proxying, large bodies
+//! and access control across the two are in `upstream_grpc.rs`.
 //! Without the upstream binary each test says so and passes without running.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use e2e::sentry::Sentry;
-use e2e::sidecar::{
-    HttpClient, Reply, Sidecar, SidecarOptions, free_port, loopback, scratch_dir, sqlite_config,
-};
-use e2e::{EchoApp, echo_app};
+use e2e::sidecar::{HttpClient, Reply};
+use e2e::upstream::{FleetOptions, Naming, fleet, present, upstream_binary};
 use http::Method;
-
-fn upstream_binary() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/upstream/bin/daprd")
-}
-
-/// Upstream's daprd with the `sqlite` name resolver registered (tests/upstream/sqlitenr: the
-/// `stablecomponents` build leaves it out).
-fn upstream_binary_with_sqlite() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/upstream/bin/daprd-sqlite")
-}
-
-/// Upstream daprd in standalone mode; killed when dropped.
-struct Upstream {
-    http_port: u16,
-    child: tokio::process::Child,
-    log: PathBuf,
-}
-
-impl Upstream {
-    /// Starts it with `app_port`, `internal_port` and the Configuration file `config`, and waits
-    /// until `/v1.0/healthz` answers 204.
-    async fn start(
-        binary: &Path,
-        dir: &Path,
-        app_id: &str,
-        app_port: u16,
-        internal_port: u16,
-        config: &Path,
-        (args, env): (Vec<String>, Vec<(String, String)>),
-    ) -> anyhow::Result<Self> {
-        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
-        let log = dir.join(format!("upstream-{app_id}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(binary)
-            .args(["--app-id", app_id])
-            .args(["--app-port", &app_port.to_string()])
-            .args(["--dapr-http-port", &http_port.to_string()])
-            .args(["--dapr-grpc-port", &grpc_port.to_string()])
-            .args(["--dapr-internal-grpc-port", &internal_port.to_string()])
-            .args(["--metrics-port", &metrics_port.to_string()])
-            .args(["--dapr-listen-addresses", "127.0.0.1"])
-            .args(["--log-level", "debug"])
-            .arg("--config")
-            .arg(config)
-            .args(&args)
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file.try_clone()?))
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn upstream daprd")?;
-        let mut upstream = Upstream {
-            http_port,
-            child,
-            log,
-        };
-        upstream.wait_ready(Duration::from_secs(60)).await?;
-        Ok(upstream)
-    }
-
-    async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        let client = HttpClient::new();
-        loop {
-            if let Ok(r) = client.get(&self.url("/v1.0/healthz")).await
-                && r.status == 204
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "upstream daprd exited with {status}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "upstream daprd not ready within {within:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Both sidecars, each with an echo-app behind it: ours is `ours`, upstream's is `theirs`.
-struct Fleet {
-    dir: PathBuf,
-    _sentry: Option<Sentry>,
-    ours: Sidecar,
-    upstream: Upstream,
-    _apps: (EchoApp, EchoApp),
-}
-
-/// How the two sidecars find each other.
-#[derive(Clone, Copy)]
-enum Naming {
-    /// Each uses the kubernetes resolver with the literal `template` `127.0.0.1:<the other's
-    /// internal port>`, which both split into host and port.
-    Template,
-    /// Both use the sqlite resolver over one database file; `upstream_first` says whose sidecar
-    /// starts (and creates the tables) first. Ours first finds a table of our previous schema in
-    /// the file and replaces it.
-    SharedSqlite { upstream_first: bool },
-}
-
-/// A Configuration selecting the kubernetes resolver with a literal `template`.
-fn template_config(dir: &Path, name: &str, peer: SocketAddr) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: {name}\nspec:\n  nameResolution:\n    component: kubernetes\n    configuration:\n      template: \"{peer}\"\n"
-        ),
-    )?;
-    Ok(path)
-}
-
-/// The `hosts` table our previous sqlite resolver created, with one row.
-fn write_previous_schema(db: &Path) -> anyhow::Result<()> {
-    let db = rusqlite::Connection::open(db)?;
-    db.execute_batch(
-        "CREATE TABLE hosts (registration_id TEXT PRIMARY KEY, app_id TEXT NOT NULL,
-         namespace TEXT NOT NULL, address TEXT NOT NULL, updated_at INTEGER NOT NULL);
-         CREATE INDEX hosts_app ON hosts (namespace, app_id);
-         INSERT INTO hosts VALUES ('old', 'ours', 'default', '127.0.0.1:1', 0);",
-    )?;
-    Ok(())
-}
 
 /// `(app_id, address, namespace)` of every row of the shared sqlite file.
 fn sqlite_rows(db: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
@@ -171,100 +30,6 @@ fn sqlite_rows(db: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
-}
-
-/// `None` (after saying why) when the upstream binary is not built.
-/// With `mtls`, our sentry issues both sidecars' certificates (upstream's standalone daprd asks
-/// with no token, as ours does; it takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`).
-async fn fleet(name: &str, mtls: bool, naming: Naming) -> anyhow::Result<Option<Fleet>> {
-    let binary = match naming {
-        Naming::Template => upstream_binary(),
-        Naming::SharedSqlite { .. } => upstream_binary_with_sqlite(),
-    };
-    if !binary.exists() {
-        eprintln!(
-            "SKIPPED: {} is missing: scripts/test.sh builds it (it needs Go)",
-            binary.display()
-        );
-        return Ok(None);
-    }
-    let dir = scratch_dir(&format!("upstream-peer-{name}"))?;
-    let (our_app, their_app) = (echo_app("http").await?, echo_app("http").await?);
-    let sentry = if mtls {
-        Some(Sentry::start(&dir, "1h", "15m").await?)
-    } else {
-        None
-    };
-    let (args, env) = match &sentry {
-        Some(sentry) => sentry.sidecar_options(),
-        None => (Vec::new(), Vec::new()),
-    };
-    let mut upstream_env = env.clone();
-    if let Some(sentry) = &sentry {
-        upstream_env.push((
-            "DAPR_TRUST_ANCHORS".to_owned(),
-            std::fs::read_to_string(sentry.trust_anchors())?,
-        ));
-    }
-    let (our_internal, their_internal) = (free_port()?, free_port()?);
-    let (our_config, their_config, upstream_first) = match naming {
-        Naming::Template => (
-            template_config(&dir, "ours", loopback(their_internal))?,
-            template_config(&dir, "upstream", loopback(our_internal))?,
-            false,
-        ),
-        Naming::SharedSqlite { upstream_first } => {
-            if !upstream_first {
-                write_previous_schema(&dir.join("nr.db"))?;
-            }
-            // Upstream registers its host address: loopback here, as ours without one.
-            upstream_env.push(("DAPR_HOST_IP".to_owned(), "127.0.0.1".to_owned()));
-            (
-                sqlite_config(&dir, "ours", "")?,
-                sqlite_config(&dir, "upstream", "")?,
-                upstream_first,
-            )
-        }
-    };
-    let start_upstream = || {
-        Upstream::start(
-            &binary,
-            &dir,
-            "theirs",
-            their_app.addr.port(),
-            their_internal,
-            &their_config,
-            (args.clone(), upstream_env.clone()),
-        )
-    };
-    let start_ours = || {
-        Sidecar::start(
-            "ours",
-            &dir,
-            SidecarOptions {
-                app_port: Some(our_app.addr.port()),
-                config: Some(our_config.clone()),
-                internal_port: Some(our_internal),
-                extra_args: args.clone(),
-                env: env.clone(),
-                ..Default::default()
-            },
-        )
-    };
-    let (ours, upstream) = if upstream_first {
-        let upstream = start_upstream().await?;
-        (start_ours().await?, upstream)
-    } else {
-        let ours = start_ours().await?;
-        (ours, start_upstream().await?)
-    };
-    Ok(Some(Fleet {
-        dir,
-        _sentry: sentry,
-        ours,
-        upstream,
-        _apps: (our_app, their_app),
-    }))
 }
 
 /// POSTs a body with a header through `base`'s invoke API to `app_id`'s echo-app and checks that
@@ -353,7 +118,11 @@ async fn inspect_header(base: &str, app_id: &str, caller: &str) -> anyhow::Resul
 }
 
 async fn ours_to_upstream(name: &str, mtls: bool) {
-    let Some(fleet) = fleet(name, mtls, Naming::Template).await.expect("fleet") else {
+    let options = FleetOptions {
+        mtls,
+        ..Default::default()
+    };
+    let Some(fleet) = fleet(name, options).await.expect("fleet") else {
         return;
     };
     let base = fleet.ours.url("");
@@ -372,7 +141,11 @@ async fn ours_to_upstream(name: &str, mtls: bool) {
 }
 
 async fn upstream_to_ours(name: &str, mtls: bool) {
-    let Some(fleet) = fleet(name, mtls, Naming::Template).await.expect("fleet") else {
+    let options = FleetOptions {
+        mtls,
+        ..Default::default()
+    };
+    let Some(fleet) = fleet(name, options).await.expect("fleet") else {
         return;
     };
     let base = fleet.upstream.url("");
@@ -413,10 +186,11 @@ async fn with_mtls_from_our_sentry_upstream_invokes_ours() {
 /// Both sidecars on one sqlite file: each finds the other through the row the other's resolver
 /// wrote (upstream's schema, empty namespace), in both directions.
 async fn shared_sqlite(name: &str, upstream_first: bool) {
-    let Some(fleet) = fleet(name, false, Naming::SharedSqlite { upstream_first })
-        .await
-        .expect("fleet")
-    else {
+    let options = FleetOptions {
+        naming: Naming::SharedSqlite { upstream_first },
+        ..Default::default()
+    };
+    let Some(fleet) = fleet(name, options).await.expect("fleet") else {
         return;
     };
     let db = fleet.dir.join("nr.db");
@@ -557,11 +331,7 @@ async fn invoke_in_netns(
 #[tokio::test(flavor = "multi_thread")]
 async fn ours_and_upstream_find_each_other_over_mdns() {
     let upstream = upstream_binary();
-    if !upstream.exists() {
-        eprintln!(
-            "SKIPPED: {} is missing: scripts/test.sh builds it (it needs Go)",
-            upstream.display()
-        );
+    if !present(&upstream) {
         return;
     }
     let net = e2e::netns::Network::create(&["a", "b"])

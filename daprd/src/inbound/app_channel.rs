@@ -49,6 +49,9 @@ pub struct AppResponse {
     pub message: String,
     /// The `type_url` of a gRPC app's typed data; empty otherwise.
     pub type_url: String,
+    /// An HTTP app's answer (its headers travel Go-canonical), not a gRPC app's (its metadata
+    /// keeps gRPC's lower-case names).
+    pub from_http_app: bool,
     pub headers: HeaderMap,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
@@ -217,6 +220,7 @@ impl AppChannel {
             status: parts.status.as_u16(),
             message: String::new(),
             type_url: String::new(),
+            from_http_app: true,
             headers: parts.headers,
             body: Box::pin(body),
         })
@@ -304,6 +308,7 @@ impl AppChannel {
                     status: 0,
                     message: String::new(),
                     type_url,
+                    from_http_app: false,
                     headers,
                     body: once(data),
                 })
@@ -331,6 +336,7 @@ impl AppChannel {
                     status: status.code() as u16,
                     message: status.message().to_owned(),
                     type_url: String::new(),
+                    from_http_app: false,
                     headers,
                     body: once(Bytes::from(body.to_string())),
                 })

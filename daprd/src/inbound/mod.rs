@@ -234,12 +234,22 @@ fn wire_check_method(method: &str) -> Result<(), Error> {
 /// The response head sent back to the calling sidecar. Typed data's `type_url` travels in the
 /// head's `data` (its bytes follow), as upstream's callee streams it
 /// (`pkg/api/grpc/daprinternal.go`).
+/// An HTTP app's header names travel Go-canonical, a gRPC app's lower-case, as upstream's callee
+/// sends them (`wire::app_response_headers_to_metadata`); the content type travels in the
+/// message only.
 fn response_head(app: &AppResponse) -> InternalInvokeResponse {
-    let mut headers = wire::headers_to_metadata(&app.headers, &[]);
-    let content_type = wire::first(&headers, "content-type")
+    let content_type = app
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    headers.remove("content-type");
+    let skip = [http::header::CONTENT_TYPE.as_str()];
+    let headers = if app.from_http_app {
+        wire::app_response_headers_to_metadata(&app.headers, &skip)
+    } else {
+        wire::headers_to_metadata(&app.headers, &skip)
+    };
     InternalInvokeResponse {
         status: Some(InvokeStatus {
             code: i32::from(app.status),
@@ -442,4 +452,55 @@ pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
             }
         });
     tonic::service::Routes::from(router)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn answer(from_http_app: bool) -> AppResponse {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("content-length", "17"),
+            ("x-custom-header", "1"),
+            ("connection", "keep-alive"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        AppResponse {
+            status: 200,
+            message: String::new(),
+            type_url: String::new(),
+            from_http_app,
+            headers,
+            body: app_channel::once(Bytes::new()),
+        }
+    }
+
+    #[test]
+    fn an_http_apps_response_headers_travel_go_canonical_as_upstreams_callee_sends_them() {
+        let head = response_head(&answer(true));
+        let mut names: Vec<&str> = head.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        // Upstream's caller renames `Content-Length` (so spelt) for its gRPC API; lower-case it
+        // would become the gRPC response's own and break the stream.
+        assert_eq!(names, ["Content-Length", "X-Custom-Header"]);
+        let message = head.message.expect("message");
+        assert_eq!(message.content_type, "application/json");
+    }
+
+    #[test]
+    fn a_grpc_apps_response_metadata_keeps_its_lower_case_names() {
+        let head = response_head(&answer(false));
+        let mut names: Vec<&str> = head.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-custom-header"]);
+        assert_eq!(
+            head.message.expect("message").content_type,
+            "application/json"
+        );
+    }
 }
