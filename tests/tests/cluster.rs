@@ -1383,7 +1383,7 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
     let body = String::from_utf8_lossy(&denied.body).into_owned();
     assert!(
         body.contains(
-            "access control policy has denied access to id: checkout operation: inspect/first verb: POST"
+            "access control policy has denied access to id: spiffe://public/ns/apps/checkout operation: inspect/first verb: POST"
         ),
         "{body}"
     );
