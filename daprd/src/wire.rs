@@ -211,8 +211,8 @@ pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// HTTP headers → invocation metadata (lower-case names, all values): an app's response
-/// headers, as our callee has always sent them.
+/// HTTP headers → invocation metadata (lower-case names, all values): an HTTPEndpoint's response
+/// headers, for this sidecar's own APIs.
 pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
     collect_headers(headers, skip, str::to_owned)
 }
@@ -231,6 +231,16 @@ pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metada
             canonical_name(name)
         }
     })
+}
+
+/// An app's response headers → the metadata of the response our callee sends back, named as
+/// upstream's callee names them: its `http.Header` keys, Go-canonical (`Content-Length`,
+/// `Date`). Upstream's caller renames those spellings of permanent HTTP headers `dapr-<name>` in
+/// its gRPC API's response (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`) and passes any
+/// other spelling through: a lower-case `content-length` would reach its gRPC client as the
+/// HTTP/2 response's own, which then fails as malformed.
+pub fn response_headers_to_metadata(headers: &HeaderMap) -> Metadata {
+    request_headers_to_metadata(headers, &[])
 }
 
 /// Every header but hop-by-hop ones and `skip`, with all its (text) values, under `key(name)`.
@@ -1079,6 +1089,23 @@ mod tests {
         stamps.remove_from(&mut spoofed.metadata);
         assert_eq!(first(&spoofed.metadata, names::CALLER_APP_ID), None);
         assert_eq!(first(&spoofed.metadata, "content-type"), Some("text/plain"));
+    }
+
+    #[test]
+    fn response_headers_travel_go_canonical_as_upstreams_callee_sends_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("334"));
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sat, 05 Dec 2026 05:59:20 GMT"),
+        );
+        headers.insert("x-custom-header", HeaderValue::from_static("v"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let md = response_headers_to_metadata(&headers);
+        let mut names: Vec<&str> = md.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["Content-Length", "Date", "X-Custom-Header"]);
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("334"));
     }
 
     #[test]

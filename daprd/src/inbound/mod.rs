@@ -229,11 +229,11 @@ fn wire_check_method(method: &str) -> Result<(), Error> {
 /// head's `data` (its bytes follow), as upstream's callee streams it
 /// (`pkg/api/grpc/daprinternal.go`).
 fn response_head(app: &AppResponse) -> InternalInvokeResponse {
-    let mut headers = wire::headers_to_metadata(&app.headers, &[]);
-    let content_type = wire::first(&headers, "content-type")
+    let mut headers = wire::response_headers_to_metadata(&app.headers);
+    let content_type = wire::first(&headers, "Content-Type")
         .unwrap_or_default()
         .to_owned();
-    headers.remove("content-type");
+    headers.remove("Content-Type");
     InternalInvokeResponse {
         status: Some(InvokeStatus {
             code: i32::from(app.status),
