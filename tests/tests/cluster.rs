@@ -2163,11 +2163,44 @@ async fn sidecar_ready(
     .await
 }
 
+/// `InvokeService` of `method` on app `target` (a GET) through the gRPC API at `api`; the
+/// echo-app's JSON answer.
+async fn invoke_over_grpc(
+    api: std::net::SocketAddr,
+    target: &str,
+    method: &str,
+) -> anyhow::Result<Value> {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let reply = dapr_proto::runtime::v1::dapr_client::DaprClient::new(channel)
+        .invoke_service(dapr_proto::runtime::v1::InvokeServiceRequest {
+            id: target.into(),
+            message: Some(InvokeRequest {
+                method: method.into(),
+                http_extension: Some(HttpExtension {
+                    verb: Verb::Get as i32,
+                    querystring: String::new(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("InvokeService: {status:?}"))?
+        .into_inner();
+    Ok(serde_json::from_slice(
+        &reply.data.context("no data in the reply")?.value,
+    )?)
+}
+
 /// Upstream's daprd as the sidecar of a pod our injector injected, under our control plane:
 /// sentry in kubernetes mode (TokenReview) signs its certificate; the injector, itself holding a
 /// `dapr-operator` certificate that sentry issued for the injector's control-plane pod's token,
 /// serves it its Configuration (access control), Resiliency and HTTPEndpoint over the operator
-/// API; it and our daprd invoke each other over mTLS. A Configuration change reaches ours (which
+/// API; it and our daprd invoke each other over mTLS (HTTP and gRPC APIs). A Configuration change reaches ours (which
 /// says a restart is needed) and reaches upstream's only through a restart: 1.16.5 has no
 /// `ConfigurationUpdate` (`dapr/proto/operator/v1/operator.proto` at v1.16.5), so until then it
 /// keeps the access control it started with.
@@ -2432,6 +2465,27 @@ async fn upstream_daprd_in_an_injected_pod_gets_its_certificate_from_our_sentry_
             && seen["method"] == "POST",
         "our app saw {seen}"
     );
+
+    // The same both ways through the gRPC API (`InvokeService`, a GET to the HTTP app).
+    let (orders_grpc, _orders_grpc_exposed) =
+        net.expose("orders", ([127, 0, 0, 1], 50001).into()).await?;
+    let (checkout_grpc, _checkout_grpc_exposed) = net
+        .expose("checkout", ([127, 0, 0, 1], 50001).into())
+        .await?;
+    for (api, target, caller) in [
+        (checkout_grpc, "orders", "checkout"),
+        (orders_grpc, "checkout", "orders"),
+    ] {
+        let seen = invoke_over_grpc(api, target, "inspect/over-grpc")
+            .await
+            .with_context(|| format!("{caller} calling {target} over gRPC\n{}", logs(1)))?;
+        ensure!(
+            seen["headers"]["dapr-caller-app-id"] == caller
+                && seen["method"] == "GET"
+                && seen["path"] == "/inspect/over-grpc",
+            "{target}'s app saw {seen}"
+        );
+    }
 
     // 2. Upstream's sidecar enforces the access control it read from our operator API.
     let denied = call(checkout_api, "orders", http::Method::POST, "inspect/first").await?;
