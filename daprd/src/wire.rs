@@ -1092,6 +1092,23 @@ mod tests {
     }
 
     #[test]
+    fn response_headers_travel_go_canonical_as_upstreams_callee_sends_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("334"));
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sat, 05 Dec 2026 05:59:20 GMT"),
+        );
+        headers.insert("x-custom-header", HeaderValue::from_static("v"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let md = app_response_headers_to_metadata(&headers, &[]);
+        let mut names: Vec<&str> = md.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["Content-Length", "Date", "X-Custom-Header"]);
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("334"));
+    }
+
+    #[test]
     fn app_headers_get_grpc_metadata_names_as_upstream() {
         let named = |name| grpc_metadata_name(name).map(|n| n.into_owned());
         assert_eq!(

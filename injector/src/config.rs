@@ -283,6 +283,18 @@ impl Config {
             .non_empty(penv::SENTRY_ADDRESS)
             .map(str::to_owned)
             .unwrap_or_else(|| address(control_plane::SENTRY_SERVICE));
+        // Upstream's security package reads DAPR_SENTRY_TOKEN_FILE before the projected token's
+        // path, and refuses it set but empty (`pkg/security/token/token.go`).
+        let token_file: PathBuf = match env.get(penv::SENTRY_TOKEN_FILE) {
+            None => SENTRY_TOKEN_PATH.into(),
+            Some("") => {
+                return Err(config_error(format!(
+                    "{} is set with an empty value",
+                    penv::SENTRY_TOKEN_FILE
+                )));
+            }
+            Some(path) => path.into(),
+        };
         let svid_request = |id: &str| -> Result<SvidRequest, Error> {
             Ok(SvidRequest {
                 sentry_address: sentry_address.clone(),
@@ -298,7 +310,7 @@ impl Config {
             Some(files) => files,
             None => ServingCert::Sentry {
                 request: svid_request(SENTRY_REQUEST_ID)?,
-                token_file: SENTRY_TOKEN_PATH.into(),
+                token_file: token_file.clone(),
                 trust_anchors_file: trust_anchors_file.clone(),
             },
         };
@@ -312,7 +324,7 @@ impl Config {
                     "operator-api-listen-address",
                 )?,
                 svid: svid_request(crate::operator::OPERATOR_ID)?,
-                token_file: SENTRY_TOKEN_PATH.into(),
+                token_file,
                 trust_anchors_file: trust_anchors_file.clone(),
             })
         };
@@ -556,6 +568,34 @@ mod tests {
         let half = Flags::try_parse_from(["injector", "--tls-cert-file", "c.pem"]).unwrap();
         let err = Config::from_flags(half, &Env::from_pairs(required())).unwrap_err();
         assert!(err.to_string().contains("together"), "{err}");
+    }
+
+    #[test]
+    fn the_sentry_token_is_read_from_dapr_sentry_token_file_when_set() {
+        let no_files = || Flags::try_parse_from(["injector"]).unwrap();
+        let token_files = |c: &Config| {
+            let ServingCert::Sentry { token_file, .. } = &c.serving_cert else {
+                panic!("expected sentry, got {:?}", c.serving_cert);
+            };
+            let operator = c.operator_api.as_ref().expect("operator API");
+            (token_file.clone(), operator.token_file.clone())
+        };
+        let c = Config::from_flags(no_files(), &Env::from_pairs(required())).unwrap();
+        let projected = PathBuf::from("/var/run/secrets/dapr.io/sentrytoken/token");
+        assert_eq!(token_files(&c), (projected.clone(), projected));
+        let mut pairs = required();
+        pairs.push((penv::SENTRY_TOKEN_FILE, "/run/tokens/sentry"));
+        let c = Config::from_flags(no_files(), &Env::from_pairs(pairs)).unwrap();
+        let given = PathBuf::from("/run/tokens/sentry");
+        assert_eq!(token_files(&c), (given.clone(), given));
+        let mut pairs = required();
+        pairs.push((penv::SENTRY_TOKEN_FILE, ""));
+        let err = Config::from_flags(no_files(), &Env::from_pairs(pairs)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("DAPR_SENTRY_TOKEN_FILE is set with an empty value"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub mod process_env {
     pub const TRUST_ANCHORS_FILE: &str = "DAPR_TRUST_ANCHORS_FILE";
     pub const CONTROL_PLANE_TRUST_DOMAIN: &str = "DAPR_CONTROL_PLANE_TRUST_DOMAIN";
     pub const SENTRY_ADDRESS: &str = "DAPR_SENTRY_ADDRESS";
+    /// The token sent to sentry, when not at the projected token's path (upstream's
+    /// `pkg/security/token/token.go` reads it in every binary that asks sentry).
+    pub const SENTRY_TOKEN_FILE: &str = "DAPR_SENTRY_TOKEN_FILE";
     /// Default folder for pluggable-component sockets (same name as the env daprd gets).
     pub const COMPONENT_SOCKETS_FOLDER: &str = "DAPR_COMPONENT_SOCKETS_FOLDER";
 }

@@ -1383,7 +1383,7 @@ async fn injected_pods_read_their_configuration_get_identities_through_token_rev
     let body = String::from_utf8_lossy(&denied.body).into_owned();
     assert!(
         body.contains(
-            "access control policy has denied access to id: checkout operation: inspect/first verb: POST"
+            "access control policy has denied access to id: spiffe://public/ns/apps/checkout operation: inspect/first verb: POST"
         ),
         "{body}"
     );
@@ -2034,5 +2034,552 @@ spec:
         "the injector exited:\n{}",
         injector.log_text()
     );
+    Ok(())
+}
+
+/// The user and group upstream's daprd must run as in kubernetes mode (the distroless image's
+/// `nonroot`; it refuses any other, `pkg/security/usergroup.go`).
+const NON_ROOT: u32 = 65532;
+
+/// Upstream Dapr's daprd 1.16.5 (`scripts/test.sh` builds it from `tests/upstream/go.mod`).
+fn upstream_daprd() -> PathBuf {
+    repo().join(".cache/upstream/bin/daprd")
+}
+
+/// The Configuration of the mixed fleet: `orders` (upstream's sidecar) accepts from `checkout`
+/// only `GET` on `/inspect/*`; `checkout` (ours) accepts anything from `orders`.
+const MIXED_CONFIGURATION: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: appconfig
+  namespace: apps
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: public
+    policies:
+      - appId: checkout
+        defaultAction: deny
+        trustDomain: public
+        namespace: apps
+        operations:
+          - name: /inspect/*
+            httpVerb: ["GET"]
+            action: allow
+      - appId: orders
+        defaultAction: allow
+        trustDomain: public
+        namespace: apps
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: partner, namespace: apps}
+stringData: {token: s3cret}
+---
+apiVersion: dapr.io/v1alpha1
+kind: HTTPEndpoint
+metadata: {name: partner, namespace: apps}
+spec:
+  baseUrl: http://127.0.0.1:8080
+  headers:
+    - name: x-partner-token
+      secretKeyRef: {name: partner, key: token}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: patience, namespace: apps}
+spec:
+  policies: {retries: {twice: {policy: constant, duration: 1s, maxRetries: 2}}}
+  targets: {apps: {checkout: {retry: twice}}}
+"#;
+
+/// The command the kubelet would run for the injected `daprd` container of `stored`, in
+/// network-namespace host `host`, with `program` as the binary: exactly the container's args
+/// (`--control-plane-address` included) and env (fieldRefs resolved), plus what the kubelet
+/// mounts, as files: the projected sentry token (`DAPR_SENTRY_TOKEN_FILE`, which both our daprd
+/// and upstream's (`pkg/security/token/token.go`) read before the mount path, and which in
+/// kubernetes mode means the kubernetes validator) and the service-account token
+/// (`KUBECONFIG`, for upstream's built-in `kubernetes` secret store). With `run_as`, the
+/// process runs as that user and group (`setpriv`), as the kubelet runs the image's user.
+#[allow(clippy::too_many_arguments)]
+fn pod_sidecar(
+    net: &e2e::netns::Network,
+    host: &str,
+    program: &Path,
+    run_as: Option<u32>,
+    stored: &Value,
+    token_file: &Path,
+    kubeconfig: &Path,
+    log: &Path,
+) -> anyhow::Result<tokio::process::Command> {
+    let pod_name = stored["metadata"]["name"].as_str().context("pod name")?;
+    let container = daprd(stored)?;
+    let container_args = args(container);
+    ensure!(
+        container_args.first() == Some(&"/daprd"),
+        "{container_args:?}"
+    );
+    let out = std::fs::File::create(log)?;
+    let mut cmd = match run_as {
+        None => net.command(host, program),
+        Some(id) => {
+            let id = id.to_string();
+            let mut cmd = net.command(host, "setpriv");
+            cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+                .arg(program);
+            cmd
+        }
+    };
+    cmd.args(&container_args[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DAPR_SENTRY_TOKEN_FILE", token_file)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .kill_on_drop(true);
+    for entry in container["env"].as_array().into_iter().flatten() {
+        let name = entry["name"].as_str().context("env name")?;
+        if let Some(value) = resolve_env(entry, pod_name, &net.host(host).ip.to_string())? {
+            cmd.env(name, value);
+        }
+    }
+    Ok(cmd)
+}
+
+/// Waits (bounded) until a sidecar's HTTP API at `api` answers `/v1.0/healthz` with 204.
+async fn sidecar_ready(
+    client: &e2e::sidecar::HttpClient,
+    api: std::net::SocketAddr,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let url = format!("http://{api}/v1.0/healthz");
+    eventually(within, "the sidecar ready", || {
+        let url = &url;
+        async move { Ok((client.get(url).await?.status == 204).then_some(())) }
+    })
+    .await
+}
+
+/// `InvokeService` of `method` on app `target` (a GET) through the gRPC API at `api`; the
+/// echo-app's JSON answer.
+async fn invoke_over_grpc(
+    api: std::net::SocketAddr,
+    target: &str,
+    method: &str,
+) -> anyhow::Result<Value> {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest, http_extension::Verb};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let reply = dapr_proto::runtime::v1::dapr_client::DaprClient::new(channel)
+        .invoke_service(dapr_proto::runtime::v1::InvokeServiceRequest {
+            id: target.into(),
+            message: Some(InvokeRequest {
+                method: method.into(),
+                http_extension: Some(HttpExtension {
+                    verb: Verb::Get as i32,
+                    querystring: String::new(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("InvokeService: {status:?}"))?
+        .into_inner();
+    Ok(serde_json::from_slice(
+        &reply.data.context("no data in the reply")?.value,
+    )?)
+}
+
+/// Upstream's daprd as the sidecar of a pod our injector injected, under our control plane:
+/// sentry in kubernetes mode (TokenReview) signs its certificate; the injector, itself holding a
+/// `dapr-operator` certificate that sentry issued for the injector's control-plane pod's token,
+/// serves it its Configuration (access control), Resiliency and HTTPEndpoint over the operator
+/// API; it and our daprd invoke each other over mTLS (HTTP and gRPC APIs). A Configuration change reaches ours (which
+/// says a restart is needed) and reaches upstream's only through a restart: 1.16.5 has no
+/// `ConfigurationUpdate` (`dapr/proto/operator/v1/operator.proto` at v1.16.5), so until then it
+/// keeps the access control it started with.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_daprd_in_an_injected_pod_gets_its_certificate_from_our_sentry_its_configuration_from_our_operator_api_and_invokes_ours_over_mtls()
+-> anyhow::Result<()> {
+    let upstream = upstream_daprd();
+    if !upstream.exists() {
+        eprintln!(
+            "SKIPPED: upstream's daprd is not built ({}; scripts/test.sh builds it with Go)",
+            upstream.display()
+        );
+        return Ok(());
+    }
+    let Some(cluster) = start("upstream-sidecar").await? else {
+        return Ok(());
+    };
+    helm_install(&cluster).await?;
+    cluster.create_namespace(APPS).await?;
+    let kubeconfig = cluster
+        .service_account_kubeconfig(NAMESPACE, "dapr-sentry")
+        .await?;
+    let sentry = start_sentry(&cluster, &kubeconfig, "upstream").await?;
+    let sentry_root = stored_bundle(&cluster).await?.secret["ca.crt"].clone();
+    // Before the injector starts, so that its first list holds them: an object created just
+    // after a kind's first list can take a second or more to arrive through a watch on a
+    // freshly started API server, longer than the sidecars take to start.
+    cluster.apply(MIXED_CONFIGURATION).await?;
+
+    // The injector's own pod, for the token the kubelet would project into it: sentry gives a
+    // control-plane pod of the injector `dapr-injector`, and `dapr-operator` for the operator API.
+    let injector_pod = cluster
+        .kubectl_as(
+            &cluster.admin_kubeconfig,
+            &["create", "-f", "-", "-o", "json"],
+            Some(
+                &json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": "dapr-sidecar-injector-0",
+                        "namespace": NAMESPACE,
+                        "annotations": {"dapr.io/control-plane": "injector"}
+                    },
+                    "spec": {
+                        "serviceAccountName": "dapr-injector",
+                        "containers": [{"name": "dapr-sidecar-injector", "image": "localhost/dapr-rs/injector:e2e"}]
+                    }
+                })
+                .to_string(),
+            ),
+        )
+        .await?
+        .ok()?
+        .json()?;
+    let injector_pod_uid = injector_pod["metadata"]["uid"]
+        .as_str()
+        .context("pod uid")?;
+    let injector_token = cluster
+        .pod_token(
+            NAMESPACE,
+            "dapr-injector",
+            Some("dapr.io/sentry"),
+            ("dapr-sidecar-injector-0", injector_pod_uid),
+        )
+        .await?;
+    let injector_token_file = cluster.dir.join("injector-sentry-token");
+    std::fs::write(&injector_token_file, injector_token)?;
+    let operator_port = free_port()?;
+    let sentry_address = sentry.addr.to_string();
+    let mut injector = start_injector_with(
+        &cluster,
+        &sentry_root,
+        &[
+            "--operator-api-listen-address",
+            "127.0.0.1",
+            "--operator-api-port",
+            &operator_port.to_string(),
+        ],
+        &[
+            ("DAPR_SENTRY_ADDRESS", sentry_address.as_str()),
+            (
+                "DAPR_SENTRY_TOKEN_FILE",
+                &injector_token_file.display().to_string(),
+            ),
+        ],
+    )
+    .await?;
+    route_webhook_to(
+        &cluster,
+        &mut injector,
+        &format!("{}{sentry_root}", cluster.ca.cert_pem),
+    )
+    .await?;
+    let orders_pod = create_injected_pod(&cluster, "orders", "orders", Some("appconfig")).await?;
+    let checkout_pod =
+        create_injected_pod(&cluster, "checkout", "checkout", Some("appconfig")).await?;
+
+    let hosts = ["operator", "orders", "checkout"];
+    let mut net = e2e::netns::Network::create(&hosts)?;
+    let ip = |host: &str| net.host(host).ip;
+    let injected = args(daprd(&orders_pod)?);
+    // The injector names sentry by the address it uses itself (DAPR_SENTRY_ADDRESS, the host's
+    // loopback): each pod's loopback forwards that port to sentry.
+    ensure!(
+        arg_value(&injected, "--sentry-address") == Some(sentry_address.as_str()),
+        "{injected:?}"
+    );
+    // The operator API by its Service name, as the injector names it.
+    let (operator_name, operator_port_in_pods) = ("dapr-api.dapr-system.svc.cluster.local", 443);
+    ensure!(
+        arg_value(&injected, "--control-plane-address")
+            == Some(format!("{operator_name}:{operator_port_in_pods}").as_str()),
+        "{injected:?}"
+    );
+    let records = [
+        (operator_name, vec![ip("operator")]),
+        ("orders-dapr.apps.svc.cluster.local", vec![ip("orders")]),
+        ("checkout-dapr.apps.svc.cluster.local", vec![ip("checkout")]),
+    ];
+    net.start_dns(&records)?;
+    let _to_sentry = ["orders", "checkout"]
+        .into_iter()
+        .map(|host| net.forward_from(host, sentry.addr, sentry.addr))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let _to_operator = net.forward(
+        "operator",
+        operator_port_in_pods,
+        ([127, 0, 0, 1], operator_port).into(),
+    )?;
+    let api = cluster.address()?;
+    let _to_api = ["orders", "checkout"]
+        .into_iter()
+        .map(|host| net.forward_from(host, api, api))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut apps = Vec::new();
+    for host in ["orders", "checkout"] {
+        let mut app = net.command(host, binary("echo-app"));
+        app.args(["--port", "8080"]);
+        apps.push(
+            e2e::spawn_echo_app(app, Duration::from_secs(10))
+                .await?
+                .child,
+        );
+    }
+    // orders runs upstream's daprd, checkout ours.
+    let mut files = std::collections::HashMap::new();
+    for (host, stored) in [("orders", &orders_pod), ("checkout", &checkout_pod)] {
+        let pod_name = stored["metadata"]["name"].as_str().context("pod name")?;
+        let pod_uid = stored["metadata"]["uid"].as_str().context("pod uid")?;
+        let token = cluster
+            .pod_token(APPS, "default", Some("dapr.io/sentry"), (pod_name, pod_uid))
+            .await?;
+        let token_file = net.dir().join(format!("{host}.token"));
+        std::fs::write(&token_file, token)?;
+        let kubeconfig = cluster
+            .pod_kubeconfig(APPS, "default", (pod_name, pod_uid))
+            .await?;
+        files.insert(host, (token_file, kubeconfig));
+    }
+    // The sidecars' logs stay with the cluster's after the test.
+    let pods_dir = cluster.dir.join("pods");
+    std::fs::create_dir_all(&pods_dir)?;
+    let orders_log = |run: u32| pods_dir.join(format!("orders-upstream-{run}.log"));
+    let checkout_log = pods_dir.join("checkout.log");
+    let start_orders = |run: u32| {
+        let (token, kubeconfig) = &files["orders"];
+        pod_sidecar(
+            &net,
+            "orders",
+            &upstream,
+            Some(NON_ROOT),
+            &orders_pod,
+            token,
+            kubeconfig,
+            &orders_log(run),
+        )
+    };
+    let mut orders = start_orders(1)?.spawn().context("upstream daprd")?;
+    let (token, kubeconfig) = &files["checkout"];
+    let _checkout = pod_sidecar(
+        &net,
+        "checkout",
+        &binary("daprd"),
+        None,
+        &checkout_pod,
+        token,
+        kubeconfig,
+        &checkout_log,
+    )?
+    .spawn()
+    .context("daprd")?;
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let logs = |run: u32| {
+        format!(
+            "upstream orders:\n{}\nour checkout:\n{}\ninjector:\n{}\nsentry:\n{}",
+            read(&orders_log(run)),
+            read(&checkout_log),
+            injector.log_text(),
+            sentry.log_text()
+        )
+    };
+
+    let (orders_api, _orders_exposed) = net.expose("orders", ([127, 0, 0, 1], 3500).into()).await?;
+    let (checkout_api, _checkout_exposed) = net
+        .expose("checkout", ([127, 0, 0, 1], 3500).into())
+        .await?;
+    let client = e2e::sidecar::HttpClient::new();
+    // 1. Both become ready: upstream's only once it has its certificate from our sentry (a
+    // kubernetes-mode sentry has no other validator than TokenReview) and has read its
+    // Configuration from the operator API.
+    sidecar_ready(&client, orders_api, Duration::from_secs(60))
+        .await
+        .with_context(|| logs(1))?;
+    sidecar_ready(&client, checkout_api, Duration::from_secs(60))
+        .await
+        .with_context(|| logs(1))?;
+
+    // 4. Each invokes the other over mutual TLS; each callee names the caller by the SPIFFE id
+    // our sentry wrote into the caller's certificate.
+    let call = |api: std::net::SocketAddr, target: &str, method: http::Method, path: &str| {
+        let url = format!("http://{api}/v1.0/invoke/{target}/method/{path}");
+        let client = &client;
+        async move { client.send(method, &url, &[], "ping".into()).await }
+    };
+    let first = eventually(
+        Duration::from_secs(30),
+        "ours calling upstream's",
+        || async {
+            let reply = call(checkout_api, "orders", http::Method::GET, "inspect/first").await?;
+            Ok((reply.status == 200).then_some(reply))
+        },
+    )
+    .await
+    .with_context(|| logs(1))?;
+    let seen = first.json()?;
+    ensure!(
+        seen["headers"]["dapr-caller-app-id"] == "checkout" && seen["method"] == "GET",
+        "upstream's app saw {seen}"
+    );
+    let back = eventually(
+        Duration::from_secs(30),
+        "upstream's calling ours",
+        || async {
+            let reply = call(
+                orders_api,
+                "checkout",
+                http::Method::POST,
+                "inspect/orders/42",
+            )
+            .await?;
+            Ok((reply.status == 200).then_some(reply))
+        },
+    )
+    .await
+    .with_context(|| logs(1))?;
+    let seen = back.json()?;
+    ensure!(
+        seen["headers"]["dapr-caller-app-id"] == "orders"
+            && seen["headers"]["dapr-caller-namespace"] == APPS
+            && seen["method"] == "POST",
+        "our app saw {seen}"
+    );
+
+    // The same both ways through the gRPC API (`InvokeService`, a GET to the HTTP app).
+    let (orders_grpc, _orders_grpc_exposed) =
+        net.expose("orders", ([127, 0, 0, 1], 50001).into()).await?;
+    let (checkout_grpc, _checkout_grpc_exposed) = net
+        .expose("checkout", ([127, 0, 0, 1], 50001).into())
+        .await?;
+    for (api, target, caller) in [
+        (checkout_grpc, "orders", "checkout"),
+        (orders_grpc, "checkout", "orders"),
+    ] {
+        let seen = invoke_over_grpc(api, target, "inspect/over-grpc")
+            .await
+            .with_context(|| format!("{caller} calling {target} over gRPC\n{}", logs(1)))?;
+        ensure!(
+            seen["headers"]["dapr-caller-app-id"] == caller
+                && seen["method"] == "GET"
+                && seen["path"] == "/inspect/over-grpc",
+            "{target}'s app saw {seen}"
+        );
+    }
+
+    // 2. Upstream's sidecar enforces the access control it read from our operator API.
+    let denied = call(checkout_api, "orders", http::Method::POST, "inspect/first").await?;
+    let denied_body = String::from_utf8_lossy(&denied.body).into_owned();
+    ensure!(
+        denied.status == 403
+            && denied_body.contains(
+                "access control policy has denied access to id: spiffe://public/ns/apps/checkout \
+                 operation: inspect/first verb: POST"
+            ),
+        "upstream's access control: {} {denied_body}\n{}",
+        denied.status,
+        logs(1)
+    );
+    // Its Resiliency, and its HTTPEndpoint with the header our operator filled from the Secret.
+    ensure!(
+        read(&orders_log(1)).contains("Loading Resiliency configuration: patience"),
+        "upstream did not load the Resiliency:\n{}",
+        logs(1)
+    );
+    let endpoint = call(orders_api, "partner", http::Method::GET, "inspect/hello").await?;
+    ensure!(
+        endpoint.status == 200 && endpoint.json()?["headers"]["x-partner-token"] == "s3cret",
+        "HTTPEndpoint partner through upstream's daprd: {} {:?}\n{}",
+        endpoint.status,
+        String::from_utf8_lossy(&endpoint.body),
+        logs(1)
+    );
+
+    // 3. A Configuration change through the API: checkout may now POST to orders.
+    cluster
+        .kubectl(&[
+            "patch",
+            "configuration",
+            "appconfig",
+            "-n",
+            APPS,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/accessControl/policies/0/operations/0/httpVerb","value":["GET","POST"]}]"#,
+        ])
+        .await?
+        .ok()?;
+    eventually(
+        Duration::from_secs(10),
+        "our daprd notices the change",
+        || async {
+            Ok(read(&checkout_log)
+                .contains("restart the pod to apply it")
+                .then_some(()))
+        },
+    )
+    .await
+    .with_context(|| logs(1))?;
+    // The operator has pushed the change (ours got it); upstream's keeps running on the
+    // Configuration it started with.
+    ensure!(
+        orders.try_wait()?.is_none(),
+        "upstream's daprd exited on the change:\n{}",
+        logs(1)
+    );
+    let still = call(checkout_api, "orders", http::Method::POST, "inspect/first").await?;
+    ensure!(
+        still.status == 403,
+        "upstream applied the change without a restart: {}\n{}",
+        still.status,
+        logs(1)
+    );
+    // A restart (what the pod needs) reads the new Configuration from the operator API.
+    orders.start_kill()?;
+    tokio::time::timeout(Duration::from_secs(10), orders.wait())
+        .await
+        .context("upstream's daprd did not stop")??;
+    let _orders = start_orders(2)?.spawn().context("upstream daprd again")?;
+    sidecar_ready(&client, orders_api, Duration::from_secs(60))
+        .await
+        .with_context(|| logs(2))?;
+    let allowed = eventually(
+        Duration::from_secs(30),
+        "the POST allowed after the restart",
+        || async {
+            let reply = call(checkout_api, "orders", http::Method::POST, "inspect/first").await?;
+            Ok((reply.status == 200).then_some(reply))
+        },
+    )
+    .await
+    .with_context(|| logs(2))?;
+    ensure!(allowed.json()?["method"] == "POST", "{:?}", allowed.body);
+    ensure!(
+        injector.child.try_wait()?.is_none(),
+        "the injector exited:\n{}",
+        injector.log_text()
+    );
+    drop(apps);
     Ok(())
 }

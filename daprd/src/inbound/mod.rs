@@ -89,31 +89,25 @@ impl Internal {
         let Some(acl) = &self.acl else {
             return Ok(());
         };
-        let (caller, caller_app) = match peer {
-            Some(PeerIdentity(id)) => (
-                Some(CallerIdentity {
-                    trust_domain: id.trust_domain(),
-                    namespace: id.namespace(),
-                    app_id: id.app_id(),
+        let caller = match peer {
+            Some(PeerIdentity(id)) => Some(CallerIdentity {
+                trust_domain: id.trust_domain(),
+                namespace: id.namespace(),
+                app_id: id.app_id(),
+            }),
+            None => caller_app
+                .zip(caller_ns)
+                .map(|(app_id, namespace)| CallerIdentity {
+                    trust_domain: DEFAULT_TRUST_DOMAIN,
+                    namespace,
+                    app_id,
                 }),
-                Some(id.app_id()),
-            ),
-            None => (
-                caller_app
-                    .zip(caller_ns)
-                    .map(|(app_id, namespace)| CallerIdentity {
-                        trust_domain: DEFAULT_TRUST_DOMAIN,
-                        namespace,
-                        app_id,
-                    }),
-                caller_app,
-            ),
         };
         if acl.is_allowed(caller, operation, verb) {
             return Ok(());
         }
         let err = Error::PermissionDenied {
-            caller: caller_app.unwrap_or("unknown").to_owned(),
+            caller: denied_caller(peer),
             operation: operation.to_owned(),
             verb: verb.to_owned(),
         };
@@ -454,6 +448,14 @@ pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
     tonic::service::Routes::from(router)
 }
 
+/// The caller as upstream names it in an access-control denial: the SPIFFE id of its
+/// certificate, or nothing without one (`pkg/acl/acl.go` prints the id's URL, empty when the
+/// call carries no SPIFFE id).
+fn denied_caller(peer: Option<&PeerIdentity>) -> String {
+    peer.map(|PeerIdentity(id)| id.to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use http::{HeaderMap, HeaderValue};
@@ -502,5 +504,22 @@ mod tests {
             head.message.expect("message").content_type,
             "application/json"
         );
+    }
+
+    #[test]
+    fn a_denial_names_the_caller_by_its_spiffe_id_as_upstream() {
+        let id = dapr_identity::spiffe::SpiffeId::new("public", "apps", "checkout").unwrap();
+        let peer = PeerIdentity(Arc::new(id));
+        let denied = Error::PermissionDenied {
+            caller: denied_caller(Some(&peer)),
+            operation: "inspect/first".into(),
+            verb: "POST".into(),
+        };
+        assert_eq!(
+            denied.to_string(),
+            "access control policy has denied access to id: spiffe://public/ns/apps/checkout \
+             operation: inspect/first verb: POST"
+        );
+        assert_eq!(denied_caller(None), "");
     }
 }
