@@ -170,6 +170,31 @@ else
 fi
 fi
 
+if needs e2e; then
+step "Go SDK driver (github.com/dapr/go-sdk pinned in tests/gosdk/go.mod) into .cache/gosdk/bin"
+# tests/tests/go_sdk.rs runs it against our daprd; without Go that suite skips. Rebuilt only
+# when go.mod/go.sum, main.go or the Go toolchain change; Go's caches are removed after a build.
+if ! command -v go >/dev/null; then
+  echo "SKIPPED: Go is missing, so the Go SDK driver is not built and tests/tests/go_sdk.rs skips"
+else
+  if changed gosdk tests/gosdk/go.mod tests/gosdk/go.sum tests/gosdk/main.go <(go version) \
+      || [ ! -x "$cache/gosdk/bin/gosdk" ]; then
+    (
+      export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
+      bin="$cache/gosdk/bin"
+      mkdir -p "$bin"
+      cd tests/gosdk
+      go build -trimpath -ldflags="-s -w" -o "$bin/gosdk.tmp" .
+      mv "$bin/gosdk.tmp" "$bin/gosdk"
+      go clean -cache -modcache
+    )
+    rm -rf "$cache/go"
+    done_install gosdk 2>/dev/null || true
+  fi
+  echo "Go SDK $(awk '$1 == "github.com/dapr/go-sdk" {print $2}' tests/gosdk/go.mod) driver in .cache/gosdk/bin/gosdk"
+fi
+fi
+
 step "docs: every path named in README.md and docs/ exists"
 bash scripts/check-doc-paths.sh
 
