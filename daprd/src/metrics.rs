@@ -1204,21 +1204,14 @@ pub struct GrpcCall {
     start: Instant,
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get("grpc-status")
-        .map(HeaderValue::as_bytes)
-        .map(tonic::Code::from_bytes)
-}
-
 impl Recorder for GrpcCall {
     fn head(&mut self, _status: StatusCode, headers: &HeaderMap) {
         // A trailers-only response (most errors) carries the status in its head.
-        self.status = grpc_status(headers);
+        self.status = crate::wire::grpc_status(headers);
     }
 
     fn trailers(&mut self, trailers: &HeaderMap) {
-        if let Some(code) = grpc_status(trailers) {
+        if let Some(code) = crate::wire::grpc_status(trailers) {
             self.status = Some(code);
         }
     }

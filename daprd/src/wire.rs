@@ -151,6 +151,13 @@ pub fn frame_head(len: usize) -> bytes::BytesMut {
     buf
 }
 
+/// The `grpc-status` of a response head (a trailers-only answer) or of its trailers.
+pub fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
 /// HTTP headers that have a meaning of their own on a gRPC call (framing, content, caching):
 /// upstream passes them on in gRPC metadata as `dapr-<name>` (the list of its
 /// `isPermanentHTTPHeader`), so that an app's `content-length` does not become the length of a

@@ -411,12 +411,19 @@ async fn grpc_invoke_service_gets_the_same_retries_and_breaker() {
     assert_eq!(p.seen.calls("b"), 4);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
-    use e2e::echo::Note;
-    use e2e::echo::echo_client::EchoClient;
-
-    let dir = scratch_dir("resiliency-proxy").expect("scratch dir");
+/// `orders` (a gRPC echo-app behind it) and `checkout` loading a Resiliency with `policies` for
+/// `orders` (`target`), with an `e2e.echo.v1.Echo` client on checkout's gRPC API for proxied
+/// calls. The app and the sidecars live as long as the returned values.
+async fn grpc_proxy_pair(
+    name: &str,
+    policies: &str,
+    target: &str,
+) -> (
+    e2e::EchoApp,
+    (Sidecar, Sidecar),
+    e2e::echo::echo_client::EchoClient<tonic::transport::Channel>,
+) {
+    let dir = scratch_dir(name).expect("scratch dir");
     let app = e2e::echo_app("grpc").await.expect("echo-app starts");
     let callee = SidecarOptions {
         app_port: Some(app.addr.port()),
@@ -424,25 +431,30 @@ async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
         extra_args: vec!["--app-protocol".into(), "grpc".into()],
         ..Default::default()
     };
-    let breaker = "    circuitBreakers:\n      cb1:\n        timeout: 30s\n        trip: consecutiveFailures >= 2\n";
     let caller = SidecarOptions {
         config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-        extra_args: resources_args(
-            &dir,
-            &[("res.yaml", &resiliency("", breaker, "circuitBreaker: cb1"))],
-        ),
+        extra_args: resources_args(&dir, &[("res.yaml", &resiliency("", policies, target))]),
         ..Default::default()
     };
-    let (_callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
+    let (callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
         .await
         .expect("both sidecars start");
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", caller.grpc_port))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connects");
-    let mut echo = EchoClient::new(channel);
+    let echo = e2e::echo::echo_client::EchoClient::connect(format!(
+        "http://127.0.0.1:{}",
+        caller.grpc_port
+    ))
+    .await
+    .expect("connects");
+    (app, (callee, caller), echo)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
+    use e2e::echo::Note;
+
+    let breaker = "    circuitBreakers:\n      cb1:\n        timeout: 30s\n        trip: consecutiveFailures >= 2\n";
+    let (_app, _sidecars, mut echo) =
+        grpc_proxy_pair("resiliency-proxy", breaker, "circuitBreaker: cb1").await;
     let call = |fail_with: tonic::Code| {
         let mut request = tonic::Request::new(Note {
             text: "x".into(),
@@ -490,31 +502,10 @@ async fn proxied_grpc_calls_get_the_breaker_by_full_method() {
 #[tokio::test(flavor = "multi_thread")]
 async fn proxied_unary_grpc_calls_are_retried_and_marked_streams_are_not() {
     use e2e::echo::Note;
-    use e2e::echo::echo_client::EchoClient;
 
-    let dir = scratch_dir("resiliency-proxy-retry").expect("scratch dir");
-    let app = e2e::echo_app("grpc").await.expect("echo-app starts");
-    let callee = SidecarOptions {
-        app_port: Some(app.addr.port()),
-        config: Some(sqlite_config(&dir, "callee", "").expect("config")),
-        extra_args: vec!["--app-protocol".into(), "grpc".into()],
-        ..Default::default()
-    };
     let retry = "    retries:\n      three:\n        policy: constant\n        duration: 100ms\n        maxRetries: 3\n        matching:\n          gRPCStatusCodes: \"14\"\n";
-    let caller = SidecarOptions {
-        config: Some(sqlite_config(&dir, "caller", "").expect("config")),
-        extra_args: resources_args(
-            &dir,
-            &[("res.yaml", &resiliency("", retry, "retry: three"))],
-        ),
-        ..Default::default()
-    };
-    let (_callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
-        .await
-        .expect("both sidecars start");
-    let mut echo = EchoClient::connect(format!("http://127.0.0.1:{}", caller.grpc_port))
-        .await
-        .expect("connects");
+    let (app, _sidecars, mut echo) =
+        grpc_proxy_pair("resiliency-proxy-retry", retry, "retry: three").await;
     let call = |text: &str, fail_with: tonic::Code, fail_times: i32, stream: bool| {
         let mut request = tonic::Request::new(Note {
             text: text.into(),

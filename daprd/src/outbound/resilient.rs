@@ -499,7 +499,10 @@ pub async fn proxy(
     let (head, body) = request.into_parts();
     let kept = Arc::new(std::sync::Mutex::new(FirstMessage::default()));
     let mut first = Some(FirstMessage::tee(body, &kept));
-    let not_replayable = || kept.lock().map_or(Some(ONCE.to_owned()), |k| k.why_not());
+    let not_replayable = || {
+        let why = kept.lock().map_or(Some(ONCE), |k| k.why_not());
+        why.map(str::to_owned)
+    };
     call.run(&not_replayable, || {
         let body = match first.take() {
             Some(body) => body,
@@ -584,15 +587,17 @@ impl FirstMessage {
         }
     }
 
-    fn why_not(&self) -> Option<String> {
-        if let Some(why) = self.spoiled {
-            return Some(why.to_owned());
+    fn why_not(&self) -> Option<&'static str> {
+        if self.spoiled.is_some() {
+            return self.spoiled;
         }
-        if !self.ended && !self.one_message() {
-            return Some("the client had not sent its whole request".to_owned());
+        if self.one_message() {
+            return None;
         }
-        (!self.one_message()).then(|| {
-            "the client sent more than one message (a stream: mark it dapr-stream: true)".to_owned()
+        Some(if self.ended {
+            "the client sent more than one message (a stream: mark it dapr-stream: true)"
+        } else {
+            "the client had not sent its whole request"
         })
     }
 

@@ -5,10 +5,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use super::Span;
+use crate::wire::grpc_status;
 
 /// `response` with `span` ended when its body ends: with the `grpc-status` of the head or the
 /// trailers, or as cancelled when the body is dropped before its end.
@@ -16,7 +16,7 @@ pub fn ended_with_stream(
     mut span: Span,
     response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    if let Some(code) = status(response.headers()) {
+    if let Some(code) = grpc_status(response.headers()) {
         // Trailers-only: the whole answer is in the head.
         span.grpc_status(code);
         span.end();
@@ -28,12 +28,6 @@ pub fn ended_with_stream(
             span: Some(span),
         })
     })
-}
-
-fn status(headers: &HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get("grpc-status")
-        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }
 
 pin_project_lite::pin_project! {
@@ -66,7 +60,7 @@ impl Body for SpanBody {
         let code = match &polled {
             Some(Ok(frame)) => frame
                 .trailers_ref()
-                .map(|t| status(t).unwrap_or(tonic::Code::Unknown)),
+                .map(|t| grpc_status(t).unwrap_or(tonic::Code::Unknown)),
             Some(Err(e)) => Some(e.code()),
             // Ended without trailers: no status, which gRPC clients report as `Unknown`.
             None => Some(tonic::Code::Unknown),
