@@ -1,7 +1,8 @@
 //! Workload identity, the part of Dapr's security that a sidecar and the injector share with
 //! sentry: SPIFFE ids ([`spiffe`]), PEM helpers ([`pem`]), the SPIFFE-aware rustls verifiers
 //! ([`tls`]), the client of `CA/SignCertificate` ([`client`]), the loop that renews a certificate
-//! at half its lifetime ([`renewal`]) and the names every side agrees on ([`token`]). The certificate authority itself (signing, validators, trust-bundle storage)
+//! at half its lifetime ([`renewal`]), the poller of mounted files ([`files`]) and the names
+//! every side agrees on ([`token`]). The certificate authority itself (signing, validators, trust-bundle storage)
 //! stays in the `sentry` crate, so a sidecar links none of its server dependencies
 //! (docs/dependencies.md).
 //!
@@ -12,6 +13,7 @@
 
 pub mod client;
 mod error;
+pub mod files;
 pub mod pem;
 pub mod renewal;
 pub mod spiffe;

@@ -12,7 +12,6 @@ pub mod admission;
 pub mod authz;
 pub mod cluster;
 pub mod config;
-pub mod files;
 pub mod metrics;
 pub mod names;
 pub mod operator;
@@ -257,11 +256,11 @@ fn spawn_plain(
 
 /// The trust-anchors file as text, kept current; `None` until it could be read.
 fn watch_trust_anchors(config: &Config) -> watch::Receiver<Option<String>> {
-    let mut files = files::watch(
+    let mut files = dapr_identity::files::watch(
         vec![config.trust_anchors_file.clone()],
         config.reload_interval,
     );
-    let decode = |contents: &Option<files::Contents>| {
+    let decode = |contents: &Option<dapr_identity::files::Contents>| {
         contents
             .as_ref()
             .and_then(|c| c.first())

@@ -21,7 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Error, files};
+use crate::Error;
+use dapr_identity::files;
 
 /// Where the webhook's serving certificate comes from.
 #[derive(Debug, Clone)]

@@ -7,10 +7,11 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use dapr_identity::files;
 use dapr_proto::sentry::v1::SignCertificateRequest;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
@@ -62,6 +63,16 @@ pub struct JwksValidator {
     keys: RwLock<Arc<JwkSet>>,
     /// When a URL source was last fetched; the lock also serialises refreshes.
     last_fetch: tokio::sync::Mutex<Instant>,
+    /// The task following a file source; stopped with the validator.
+    follower: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for JwksValidator {
+    fn drop(&mut self) {
+        if let Some(follower) = self.follower.get() {
+            follower.abort();
+        }
+    }
 }
 
 enum Refusal {
@@ -110,13 +121,17 @@ impl JwksValidator {
             min_refresh_interval: options.min_refresh_interval,
             keys: RwLock::new(Arc::new(keys)),
             last_fetch: tokio::sync::Mutex::new(Instant::now()),
+            follower: OnceLock::new(),
         });
         if let Source::File { path, loaded } = &validator.source {
-            tokio::spawn(watch_file(
+            let changes = files::watch(vec![path.clone()], FILE_POLL_INTERVAL);
+            let task = tokio::spawn(follow_file(
                 Arc::downgrade(&validator),
                 path.clone(),
                 loaded.clone(),
+                changes,
             ));
+            let _ = validator.follower.set(task.abort_handle());
         }
         Ok(validator)
     }
@@ -241,30 +256,38 @@ fn describe(source: &Source) -> String {
     }
 }
 
-/// Re-reads the file whenever its content changes, until the validator is dropped.
-async fn watch_file(validator: Weak<JwksValidator>, path: PathBuf, loaded: Vec<u8>) {
-    let mut last = Some(loaded);
+/// Reloads the keys whenever the file's content changes (dapr_identity::files polls it), until
+/// the validator is dropped. A file that cannot be read keeps the last keys.
+async fn follow_file(
+    validator: Weak<JwksValidator>,
+    path: PathBuf,
+    mut last: Vec<u8>,
+    mut changes: tokio::sync::watch::Receiver<Option<files::Contents>>,
+) {
     loop {
-        tokio::time::sleep(FILE_POLL_INTERVAL).await;
-        let Some(validator) = validator.upgrade() else {
-            return;
-        };
-        let now = std::fs::read(&path).ok();
-        if now == last {
-            continue;
-        }
-        last = now.clone();
-        match now
-            .ok_or_else(|| "cannot read the file".to_owned())
-            .and_then(|b| parse_json(&b))
+        let now = changes
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|contents| contents.first().cloned());
+        if let Some(now) = now
+            && now != last
         {
-            Ok(keys) => {
-                tracing::info!(keys = keys.keys.len(), path = %path.display(), "JWKS file reloaded");
-                validator.replace_keys(keys);
+            let Some(validator) = validator.upgrade() else {
+                return;
+            };
+            match parse_json(&now) {
+                Ok(keys) => {
+                    tracing::info!(keys = keys.keys.len(), path = %path.display(), "JWKS file reloaded");
+                    validator.replace_keys(keys);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "JWKS file not reloaded, keeping the old keys: {e}")
+                }
             }
-            Err(e) => {
-                tracing::error!(path = %path.display(), "JWKS file not reloaded, keeping the old keys: {e}")
-            }
+            last = now;
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -259,6 +259,25 @@ async fn a_file_source_is_reloaded_when_it_changes() {
     );
 }
 
+#[tokio::test]
+async fn dropping_the_validator_stops_following_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks(&[&ed25519("k")])).unwrap();
+    let v = validator(path.to_str().unwrap()).await;
+    let follower = v.follower.get().expect("a file source is followed").clone();
+    assert!(!follower.is_finished());
+    drop(v);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !follower.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the follower outlived its validator"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A loopback HTTP server answering every request with the current body; counts requests.
 struct JwksServer {
     url: String,

@@ -1,7 +1,7 @@
-//! Files that change under a running injector (cert-manager renewing the serving certificate,
-//! a rotated trust bundle): polled and published through a watch channel. Polling sees
+//! Files that change under a running process (cert-manager renewing a serving certificate, a
+//! rotated trust bundle, a JWKS): polled and published through a watch channel. Polling sees
 //! Kubernetes' atomic symlink swaps of mounted Secrets and ConfigMaps, which inotify watches on
-//! the file itself miss.
+//! the file itself miss. The one file watcher of the injector and sentry.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,7 +65,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_file_is_published_and_an_unchanged_one_is_not() {
-        let dir = std::env::temp_dir().join(format!("injector-files-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("identity-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a");
         std::fs::write(&path, "one").unwrap();
