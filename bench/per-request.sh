@@ -191,9 +191,10 @@ sys.exit(f"{len(failed)} failed requests: {failed[:5]}" if failed else 0)
 PY
 }
 # snap PID: voluntary and involuntary context switches and on-CPU ns, summed over its threads.
+# (a thread that exits meanwhile is skipped)
 snap() {
-  cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{i+=$2} END{printf "%d %d ", v, i}'
-  cat /proc/"$1"/task/*/schedstat | awk '{t+=$1} END{printf "%d\n", t}'
+  { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{i+=$2} END{printf "%d %d ", v, i}'
+  { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{t+=$1} END{printf "%d\n", t}'
 }
 # the syscalls perf counts by kind (the rest are "other"; "-EAGAIN" are some of those counted
 # already); strace lists every kind but slows each syscall down
@@ -269,7 +270,7 @@ print("  ".join(f"{f} {counts.get(f, 0) / n:.2f}" for f in ("malloc", "calloc", 
       + f" (not NULL: {counts.get('_int_free', 0) / n:.2f})")
 PY
 }
-echo "chain $chain, $n requests of 1 KiB, 4 connections; paced: one request every $pace_ms ms"
+echo "chain $chain, $n requests of 1 KiB, 4 connections${regimes[1]:+; paced: one request every $pace_ms ms}"
 roles=(caller callee)
 for i in 0 1; do
   who=${roles[$i]}; pid=${!who}
