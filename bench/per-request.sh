@@ -1,83 +1,245 @@
 #!/usr/bin/env bash
-# Per-request costs of the two-sidecar chain that do not depend on how busy the machine is:
-# user-space instructions (valgrind callgrind) and write/read syscalls (strace), for the caller
-# and the callee daprd, over N POSTs of 1 KiB through the HTTP API, mTLS on, sqlite resolver.
+# Per-request costs of a two-hop chain that do not depend on how busy the machine is, over N
+# POSTs of 1 KiB (4 keep-alive connections, Python's http.client) through
+#   daprd (default): client → caller daprd (HTTP API) → mTLS → callee daprd → echo-app,
+#                    sqlite resolver;
+#   nginx:           client → nginx A → TLS 1.3, client certificates (ECDSA P-256) → nginx B →
+#                    echo-app, the HTTP chain of bench/src/nginx.rs (HTTP/1.1 keep-alive
+#                    upstreams), each nginx one process (`master_process off`);
+# for the first hop ("caller": caller daprd or nginx A) and the second ("callee": callee daprd or
+# nginx B):
+#   - user-space instructions (valgrind callgrind, zeroed after a warm-up) and the calls to
+#     malloc/free/realloc/calloc among them (bench/callgrind-crates.py splits a kept profile by
+#     crate);
+#   - syscalls, all kinds (strace -f -c, attached after the warm-up; it slows every syscall, so
+#     more requests may wait per wake-up) and, when perf is there, counted by kernel tracepoints
+#     (perf stat: the total, the common kinds, reads that found nothing), which stop nothing;
+#   - context switches (voluntary, involuntary) and on-CPU time, summed over the threads'
+#     /proc/<pid>/task/*/{status,schedstat} with no tracer attached (perf's counters excepted);
+#     CPU time depends on the machine, the rest does not;
+# with the requests back-to-back and, unless PER_REQUEST_PACE_MS=0, paced (one request every
+# PER_REQUEST_PACE_MS ms, default 1, across the 4 connections), which changes how many requests
+# each wake-up finds.
 #
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
+#   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
 # With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
-# With PER_REQUEST_RESOURCES=DIR the caller loads that --resources-path (e.g. a Resiliency with a
-# timeout and a retry policy for `orders`, to measure what applying policies costs).
-# Needs valgrind and strace (Debian). Not a test and not part of the bench command: it is how
+# With PER_REQUEST_RESOURCES=DIR the caller daprd loads that --resources-path (e.g. a Resiliency
+# with a timeout and a retry policy for `orders`, to measure what applying policies costs).
+# nginx is $NGINX, else the one on PATH or in /usr/sbin, else Debian's package (the one the
+# bench installs) unpacked into .cache/nginx with `apt-get download` + `dpkg -x` (no root).
+# Needs valgrind, strace and openssl (Debian); perf (linux-perf) is optional. Not a test and not part of the bench command: it is how
 # changes to the data path are compared on a shared 2-core machine (bench/notes.md).
 set -euo pipefail
-bin=$(realpath "${1:-$(dirname "$0")/../target/release}")
+repo=$(realpath "$(dirname "$0")/..")
+bin=$(realpath "${1:-$repo/target/release}")
 n=${2:-2000}
-for tool in valgrind callgrind_control strace python3 curl; do
+chain=${PER_REQUEST_CHAIN:-daprd}
+pace_ms=${PER_REQUEST_PACE_MS:-1}
+case $chain in daprd | nginx) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd or nginx" >&2; exit 1 ;; esac
+for tool in valgrind callgrind_control strace python3 curl openssl; do
   command -v "$tool" >/dev/null || { echo "per-request.sh: $tool is missing" >&2; exit 1; }
 done
 d=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sentry_port=$(port); healthz=$(port); app=$(port); callee_http=$(port); caller_http=$(port)
-wait_http() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-
-mkdir -p "$d/creds"
-printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: daprsystem}\nspec: {mtls: {enabled: true, workloadCertTTL: 1h, allowedClockSkew: 1m}}\n' > "$d/sentry.yaml"
-"$bin/sentry" --issuer-credentials "$d/creds" --config "$d/sentry.yaml" --listen-address 127.0.0.1 \
-  --port "$sentry_port" --healthz-listen-address 127.0.0.1 --healthz-port "$healthz" \
-  --enable-metrics=false > "$d/sentry.log" 2>&1 &
-wait_http "http://127.0.0.1:$healthz/healthz"
-"$bin/echo-app" --protocol http --port "$app" > "$d/app.log" 2>&1 &
-printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: bench}\nspec:\n  nameResolution:\n    component: sqlite\n    configuration: {connectionString: %s}\n' "$d/nr.db" > "$d/config.yaml"
-common=(--enable-mtls --sentry-address "127.0.0.1:$sentry_port" --control-plane-trust-domain localhost
-  --dapr-listen-addresses 127.0.0.1 --config "$d/config.yaml" --enable-metrics=false)
-# start_pair PREFIX...: a callee and a caller daprd, each run under PREFIX (may be empty).
-start_pair() {
-  DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id orders --app-port "$app" \
-    --dapr-http-port "$callee_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
-    "${common[@]}" > "$d/callee.log" 2>&1 &
-  callee=$!
-  DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout \
-    --dapr-http-port "$caller_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
-    "${common[@]}" ${PER_REQUEST_RESOURCES:+--resources-path "$PER_REQUEST_RESOURCES"} \
-    > "$d/caller.log" 2>&1 &
-  caller=$!
-  wait_http "http://127.0.0.1:$callee_http/v1.0/healthz"
-  wait_http "http://127.0.0.1:$caller_http/v1.0/healthz"
+app=$(port)
+# wait_http URL [CURL_ARGS...]: until URL answers 2xx, at most 600 tries (~60 s and more).
+wait_http() {
+  local url=$1; shift
+  for _ in $(seq 600); do curl -sf --max-time 2 -o /dev/null "$@" "$url" && return 0; sleep 0.1; done
+  echo "no answer from $url" >&2; exit 1
 }
+"$bin/echo-app" --protocol http --port "$app" > "$d/app.log" 2>&1 &
+
+if [ "$chain" = daprd ]; then
+  sentry_port=$(port); healthz=$(port); callee_http=$(port); caller_http=$(port)
+  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo
+  mkdir -p "$d/creds"
+  printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: daprsystem}\nspec: {mtls: {enabled: true, workloadCertTTL: 1h, allowedClockSkew: 1m}}\n' > "$d/sentry.yaml"
+  "$bin/sentry" --issuer-credentials "$d/creds" --config "$d/sentry.yaml" --listen-address 127.0.0.1 \
+    --port "$sentry_port" --healthz-listen-address 127.0.0.1 --healthz-port "$healthz" \
+    --enable-metrics=false > "$d/sentry.log" 2>&1 &
+  wait_http "http://127.0.0.1:$healthz/healthz"
+  printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: bench}\nspec:\n  nameResolution:\n    component: sqlite\n    configuration: {connectionString: %s}\n' "$d/nr.db" > "$d/config.yaml"
+  common=(--enable-mtls --sentry-address "127.0.0.1:$sentry_port" --control-plane-trust-domain localhost
+    --dapr-listen-addresses 127.0.0.1 --config "$d/config.yaml" --enable-metrics=false)
+  # start_pair PREFIX...: a callee and a caller daprd, each run under PREFIX (may be empty).
+  start_pair() {
+    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id orders --app-port "$app" \
+      --dapr-http-port "$callee_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
+      "${common[@]}" > "$d/callee.log" 2>&1 &
+    callee=$!
+    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout \
+      --dapr-http-port "$caller_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
+      "${common[@]}" ${PER_REQUEST_RESOURCES:+--resources-path "$PER_REQUEST_RESOURCES"} \
+      > "$d/caller.log" 2>&1 &
+    caller=$!
+    wait_http "http://127.0.0.1:$callee_http/v1.0/healthz"
+    wait_http "http://127.0.0.1:$caller_http/v1.0/healthz"
+  }
+  names=(caller callee)
+else
+  nginx=${NGINX:-$(command -v nginx || true)}
+  [ -n "$nginx" ] || [ ! -x /usr/sbin/nginx ] || nginx=/usr/sbin/nginx
+  if [ -z "$nginx" ]; then
+    nginx=$repo/.cache/nginx/root/usr/sbin/nginx
+    if [ ! -x "$nginx" ]; then
+      echo "per-request.sh: unpacking Debian's nginx into $repo/.cache/nginx" >&2
+      mkdir -p "$repo/.cache/nginx"
+      (cd "$repo/.cache/nginx" && timeout 300 apt-get download nginx && dpkg -x nginx_*.deb root)
+    fi
+  fi
+  a_http=$(port); b_http=$(port)
+  entry_port=$a_http; entry_path=/echo
+  # Certificates as bench/src/nginx.rs writes them: a CA, B's serving certificate (localhost,
+  # 127.0.0.1) and A's client certificate, all ECDSA P-256.
+  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$1.key" 2>/dev/null; }
+  key ca
+  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=bench CA" -days 2 -out "$d/ca.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  for pair in server:DNS:localhost,IP:127.0.0.1 client:DNS:nginx-a; do
+    name=${pair%%:*}
+    key "$name"
+    openssl req -new -key "$d/$name.key" -subj "/CN=$name" -out "$d/$name.csr"
+    printf 'subjectAltName=%s\n' "${pair#*:}" > "$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+  done
+  # The HTTP parts of bench/src/nginx.rs's config_a / config_b (its gRPC servers carry no
+  # traffic here), one process each instead of a master and one worker.
+  nginx_head() {
+    printf 'master_process off;\ndaemon off;\npid %s/%s.pid;\nerror_log %s/%s-error.log warn;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n' "$d" "$1" "$d" "$1"
+    for t in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s/%s-%s;\n' "$t" "$d" "$1" "$t"; done
+    printf '  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_body_buffer_size 64k;\n  proxy_buffering off;\n  proxy_request_buffering off;\n'
+  }
+  { nginx_head nginx-a; cat <<EOF
+  upstream b_http { server 127.0.0.1:$b_http; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$a_http;
+    location / {
+      proxy_pass https://b_http;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $d/client.crt;
+      proxy_ssl_certificate_key $d/client.key;
+      proxy_ssl_trusted_certificate $d/ca.crt;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+  } > "$d/nginx-a.conf"
+  { nginx_head nginx-b; cat <<EOF
+  upstream app_http { server 127.0.0.1:$app; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$b_http ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate $d/server.crt;
+    ssl_certificate_key $d/server.key;
+    ssl_client_certificate $d/ca.crt;
+    ssl_verify_client on;
+    location / {
+      proxy_pass http://app_http;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  } > "$d/nginx-b.conf"
+  "$nginx" -t -p "$d" -c "$d/nginx-a.conf" > "$d/nginx-t.log" 2>&1 && "$nginx" -t -p "$d" -c "$d/nginx-b.conf" >> "$d/nginx-t.log" 2>&1 \
+    || { cat "$d/nginx-t.log" >&2; exit 1; }
+  wait_http "http://127.0.0.1:$app/healthz"
+  # start_pair PREFIX...: nginx B ("callee") and nginx A ("caller"), each run under PREFIX.
+  start_pair() {
+    "$@" "$nginx" -p "$d" -c "$d/nginx-b.conf" > "$d/callee.log" 2>&1 &
+    callee=$!
+    "$@" "$nginx" -p "$d" -c "$d/nginx-a.conf" > "$d/caller.log" 2>&1 &
+    caller=$!
+    wait_http "https://127.0.0.1:$b_http/healthz" --cacert "$d/ca.crt" --cert "$d/client.crt" \
+      --key "$d/client.key" --resolve "localhost:$b_http:127.0.0.1"
+    wait_http "http://127.0.0.1:$a_http/healthz"
+  }
+  names=(nginx-a nginx-b)
+fi
 stop_pair() { kill "$caller" "$callee"; wait "$caller" "$callee" 2>/dev/null || true; }
 
-# N requests on 4 keep-alive connections (N/4 each); exits non-zero on any non-200.
+# load N [PACE_MS]: N requests on 4 keep-alive connections (N/4 each), back-to-back or one every
+# PACE_MS across the connections; exits non-zero on any non-200, gives up after 20 minutes.
 load() {
-  python3 - "$1" "$caller_http" <<'PY'
-import http.client, sys, threading
-n, port = int(sys.argv[1]), int(sys.argv[2])
-body, failed = b"x" * 1024, []
-def run():
+  timeout 1200 python3 - "$1" "${2:-0}" "$entry_port" "$entry_path" <<'PY'
+import http.client, sys, threading, time
+n, pace, port, path = int(sys.argv[1]), float(sys.argv[2]) / 1000, int(sys.argv[3]), sys.argv[4]
+body, failed, start = b"x" * 1024, [], time.monotonic() + 0.05
+def run(j):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    for _ in range(n // 4):
-        c.request("POST", "/v1.0/invoke/orders/method/echo", body, {"Content-Type": "application/octet-stream"})
+    for k in range(n // 4):
+        if pace:
+            delay = start + (4 * k + j) * pace - time.monotonic()
+            if delay > 0: time.sleep(delay)
+        c.request("POST", path, body, {"Content-Type": "application/octet-stream"})
         r = c.getresponse(); r.read()
         if r.status != 200: failed.append(r.status)
-threads = [threading.Thread(target=run) for _ in range(4)]
+threads = [threading.Thread(target=run, args=(j,)) for j in range(4)]
 [t.start() for t in threads]; [t.join() for t in threads]
 sys.exit(f"{len(failed)} failed requests: {failed[:5]}" if failed else 0)
 PY
 }
-traced=(writev write sendto recvfrom read epoll_wait)
-# 1. syscalls of the native processes
-start_pair
-load 400                                   # warm-up: connections, pools, caches
-for who in caller callee; do
-  strace -f -c -e trace="$(IFS=,; echo "${traced[*]}")" -o "$d/strace.$who" -p "${!who}" 2>/dev/null &
-  eval "strace_$who=\$!"
+# snap PID: voluntary and involuntary context switches and on-CPU ns, summed over its threads.
+# (a thread that exits meanwhile is skipped)
+snap() {
+  { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{i+=$2} END{printf "%d %d ", v, i}'
+  { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{t+=$1} END{printf "%d\n", t}'
+}
+# the syscalls perf counts by kind (the rest are "other"; "-EAGAIN" are some of those counted
+# already); strace lists every kind but slows each syscall down
+perf_events=()
+for sc in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl \
+  futex getsockopt setsockopt ioctl accept4 close sched_yield madvise mmap munmap brk getrandom; do
+  perf_events+=(-e "syscalls:sys_enter_$sc")
 done
-sleep 1                                    # strace attaches asynchronously
-load "$n"
-kill -INT "$strace_caller" "$strace_callee"; wait "$strace_caller" "$strace_callee" 2>/dev/null || true
+for sc in read recvfrom; do           # and the reads that found nothing (EAGAIN)
+  perf_events+=(-e "syscalls:sys_exit_$sc" --filter 'ret == -11')
+done
+regimes=(burst); [ "$pace_ms" = 0 ] || regimes+=(paced)
+pace_of() { [ "$1" = burst ] && echo 0 || echo "$pace_ms"; }
+
+# 1. context switches and CPU time of the native processes, no tracer attached (perf stat's
+#    tracepoint counter excepted: it counts in the kernel and stops nothing)
+start_pair
+load 400                                   # warm-up: connections, pools, caches, TLS sessions
+for regime in "${regimes[@]}"; do
+  perfs=()
+  if command -v perf >/dev/null; then
+    for who in caller callee; do
+      timeout 1300 perf stat -x, -e raw_syscalls:sys_enter "${perf_events[@]}" -o "$d/perf.$regime.$who" -p "${!who}" &
+      perfs+=($!)
+    done
+    sleep 1                                # perf attaches asynchronously
+  fi
+  for who in caller callee; do snap "${!who}" > "$d/snap0.$regime.$who"; done
+  load "$n" "$(pace_of "$regime")"
+  for who in caller callee; do snap "${!who}" > "$d/snap1.$regime.$who"; done
+  [ ${#perfs[@]} = 0 ] || { kill -INT "${perfs[@]}"; wait "${perfs[@]}" 2>/dev/null || true; }
+done
+# 2. syscalls by kind, strace attached (it slows each syscall down, so more requests may
+#    be waiting per wake-up than in 1.)
+for regime in "${regimes[@]}"; do
+  for who in caller callee; do
+    timeout 1300 strace -f -c -o "$d/strace.$regime.$who" -p "${!who}" 2>/dev/null &
+    eval "strace_$who=\$!"
+  done
+  sleep 1                                  # strace attaches asynchronously
+  load "$n" "$(pace_of "$regime")"
+  kill -INT "$strace_caller" "$strace_callee"; wait "$strace_caller" "$strace_callee" 2>/dev/null || true
+done
 stop_pair
-# 2. instructions, under callgrind, counted from after a warm-up
+# 3. instructions, under callgrind, counted from after a warm-up
 start_pair valgrind --tool=callgrind "--callgrind-out-file=$d/callgrind.%p"
 load 400
 callgrind_control -z "$caller" >/dev/null; callgrind_control -z "$callee" >/dev/null
@@ -85,13 +247,54 @@ load "$n"
 callgrind_control -d "$caller" >/dev/null; callgrind_control -d "$callee" >/dev/null
 if [ -n "${PER_REQUEST_KEEP:-}" ]; then
   mkdir -p "$PER_REQUEST_KEEP"
-  cp "$(ls -t "$d"/callgrind."$caller"* | head -1)" "$PER_REQUEST_KEEP/caller.callgrind"
-  cp "$(ls -t "$d"/callgrind."$callee"* | head -1)" "$PER_REQUEST_KEEP/callee.callgrind"
+  cp "$(ls -t "$d"/callgrind."$caller"* | head -1)" "$PER_REQUEST_KEEP/${names[0]}.callgrind"
+  cp "$(ls -t "$d"/callgrind."$callee"* | head -1)" "$PER_REQUEST_KEEP/${names[1]}.callgrind"
 fi
-for who in caller callee; do
-  pid=${!who}
+
+# alloc_calls FILE: calls per request of glibc's allocator entry points, from callgrind's call
+# counts (all callers: Rust's global allocator, OpenSSL's CRYPTO_malloc, nginx's pools).
+alloc_calls() {
+  python3 - "$1" "$n" <<'PY'
+import re, sys
+names, counts, cfn = {}, {}, None
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        if m.group(2): names[m.group(1)] = m.group(2).split("'")[0]
+        if line.startswith("cfn="): cfn = names[m.group(1)]
+    elif line.startswith("calls=") and cfn:
+        counts[cfn] = counts.get(cfn, 0) + int(line[6:].split()[0])
+n = int(sys.argv[2])
+# free(NULL) returns before _int_free (OpenSSL frees NULL often): count both
+print("  ".join(f"{f} {counts.get(f, 0) / n:.2f}" for f in ("malloc", "calloc", "realloc", "free"))
+      + f" (not NULL: {counts.get('_int_free', 0) / n:.2f})")
+PY
+}
+echo "chain $chain, $n requests of 1 KiB, 4 connections${regimes[1]:+; paced: one request every $pace_ms ms}"
+roles=(caller callee)
+for i in 0 1; do
+  who=${roles[$i]}; pid=${!who}
   file=$(ls -t "$d"/callgrind."$pid"* | head -1)
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$file")
-  calls=$(awk -v n="$n" '$NF ~ /^(writev|write|sendto|recvfrom|read|epoll_wait)$/ {printf "%s %.2f  ", $NF, $4 / n}' "$d/strace.$who")
-  printf '%-6s  instructions/request %7d   syscalls/request: %s\n' "$who" $((ir / n)) "$calls"
+  calls=$(awk -v n="$n" '$NF ~ /^(writev|write|sendto|recvfrom|read|epoll_wait)$/ {printf "%s %.2f  ", $NF, $4 / n}' "$d/strace.burst.$who")
+  printf '%-7s instructions/request %7d   syscalls/request: %s\n' "${names[$i]}" $((ir / n)) "$calls"
+  printf '        allocator calls/request: %s\n' "$(alloc_calls "$file")"
+  for regime in "${regimes[@]}"; do
+    perf=""
+    # perf stat -x,: "count,unit,event,..."; total first, then the kinds, then what is left
+    [ ! -s "$d/perf.$regime.$who" ] || perf=$(awk -F, -v n="$n" '$3 == "raw_syscalls:sys_enter" {t = $1}
+      $3 ~ /^syscalls:sys_exit_/ {sub("syscalls:sys_exit_", "", $3); print $1, $3 "-EAGAIN"; next}
+      $3 ~ /^syscalls:/ && $1 > 0 {sub("syscalls:sys_enter_", "", $3); print $1, $3; s += $1}
+      END {print t, "total"; print t - s, "other"}' "$d/perf.$regime.$who" | sort -k1,1nr \
+      | awk -v n="$n" '$1 / n >= 0.005 {printf "%s %.2f  ", $2, $1 / n}')
+    printf '        %-5s %s\n' "$regime" "$(awk -v n="$n" -v after="$d/snap1.$regime.$who" '{getline a < after; split(a, x)
+      printf "context switches/request: voluntary %.2f involuntary %.2f   CPU us/request %.1f", (x[1] - $1) / n, (x[2] - $2) / n, (x[3] - $3) / n / 1000}' \
+      "$d/snap0.$regime.$who")"
+    [ -z "$perf" ] || printf '        %-5s syscalls/request (perf): %s\n' "$regime" "$perf"
+    # strace -c: "% time, seconds, usecs/call, calls, [errors,] syscall", then a "total" row;
+    # errors (in parentheses) are mostly EAGAIN: a read that found nothing
+    printf '        %-5s syscalls/request (strace): %s\n' "$regime" "$(awk '$1 ~ /^[0-9.]+$/ {print $4, $NF, (NF == 6 ? $5 : 0)}' \
+      "$d/strace.$regime.$who" | sort -k1,1nr \
+      | awk -v n="$n" '$1 / n >= 0.005 {printf "%s %.2f", $2, $1 / n; if ($3 / n >= 0.005) printf " (%.2f)", $3 / n; printf "  "}')"
+  done
 done

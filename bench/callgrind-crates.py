@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Self (exclusive) instructions per request of a callgrind profile, by crate or library, and in
+a few groups (TLS, allocator, memcpy, h2, HTTP/1 + header maps, gRPC/protobuf, runtime, daprd),
+so a daprd profile can be set beside an nginx one (bench/notes.md, issue 18).
+
+    python3 bench/callgrind-crates.py PROFILE N [TOP]
+
+PROFILE is a file kept by `PER_REQUEST_KEEP=DIR bash bench/per-request.sh` (with either chain),
+N the number of measured requests. A generic function is counted in the crate its symbol names
+first (`core::ptr::drop_in_place<...>` is "core"), and fat LTO inlines across crates, so the
+crate split is approximate; the totals are exact.
+"""
+import collections
+import re
+import sys
+
+path, n = sys.argv[1], int(sys.argv[2])
+top = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+obs, fns, cost = {}, {}, collections.Counter()
+ob = fn = None
+after_calls = False
+
+
+def name(table, rest):
+    """Callgrind's name compression: "(id) name" defines, "(id)" refers back."""
+    m = re.match(r"\((\d+)\)(?: (.*))?", rest)
+    if not m:
+        return rest
+    if m.group(2) is not None:
+        table[m.group(1)] = m.group(2)
+    return table[m.group(1)]
+
+
+for line in open(path, errors="replace"):
+    if line.startswith("ob="):
+        ob = name(obs, line[3:].strip())
+    elif line.startswith("cob="):
+        name(obs, line[4:].strip())
+    elif line.startswith("fn="):
+        fn = (ob, name(fns, line[3:].strip()))
+    elif line.startswith("cfn="):
+        name(fns, line[4:].strip())
+    elif line.startswith("calls="):
+        after_calls = True  # the next cost line is the call's inclusive cost
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        parts = line.split()
+        if after_calls:
+            after_calls = False
+        elif len(parts) >= 2 and fn:
+            cost[fn] += int(parts[1])
+
+
+def crate(ob, f):
+    o = ob or ""
+    if "libc.so" in o or "ld-linux" in o:
+        if re.search(r"malloc|free|_int_|tcache|unlink_chunk|alloc_perturb|consolidate|realloc|calloc", f):
+            return "glibc malloc/free"
+        if re.search(r"mem(cpy|move|set|cmp|chr)|str", f):
+            return "glibc memcpy/memset/str*"
+        return "glibc other"
+    if "libssl" in o:
+        return "OpenSSL libssl"
+    if "libcrypto" in o:
+        return "OpenSSL libcrypto"
+    if o.endswith("/nginx"):
+        return "nginx"
+    if "::" not in f:
+        if re.search(r"aes|gcm|ghash|ring_core|p256|sha|nistz|chacha|poly1305|x25519|bn_|gfp", f, re.I):
+            return "ring (asm/C)"
+        return "other C/asm"
+    return f.lstrip("<&*").replace("dyn ", "").replace("mut ", "").split("::")[0].split("<")[0].strip()
+
+
+GROUPS = [
+    ("TLS (rustls, ring, tokio-rustls / libssl, libcrypto)",
+     {"rustls", "ring", "ring (asm/C)", "tokio_rustls", "OpenSSL libssl", "OpenSSL libcrypto"}),
+    ("malloc/free", {"glibc malloc/free"}),
+    ("memcpy/memset", {"glibc memcpy/memset/str*"}),
+    ("h2", {"h2"}),
+    ("HTTP/1 and header maps (hyper, hyper-util, http, httparse)", {"hyper", "hyper_util", "http", "httparse"}),
+    ("gRPC/protobuf (tonic, prost, dapr_proto)", {"tonic", "tonic_prost", "prost", "dapr_proto"}),
+    ("runtime (tokio, mio)", {"tokio", "mio", "tokio_util"}),
+    ("daprd", {"daprd", "dapr_serve"}),
+    ("nginx", {"nginx"}),
+]
+by_crate = collections.Counter()
+for (o, f), c in cost.items():
+    by_crate[crate(o, f)] += c
+total = sum(by_crate.values())
+print(f"{path}: {total / n:.0f} instructions/request")
+for k, v in by_crate.most_common(top):
+    print(f"  {v / n:8.0f}  {100 * v / total:5.1f}%  {k}")
+print("groups:")
+rest = total
+for label, members in GROUPS:
+    v = sum(by_crate[m] for m in members)
+    rest -= v
+    if v:
+        print(f"  {v / n:8.0f}  {100 * v / total:5.1f}%  {label}")
+print(f"  {rest / n:8.0f}  {100 * rest / total:5.1f}%  other (core, alloc, bytes, futures, tower, axum, libc, ...)")
