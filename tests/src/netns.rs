@@ -611,6 +611,19 @@ fn sweep_stale(ip: &Path) {
     }
 }
 
+/// `true`, after one `SKIPPED:` line, when this process cannot create network namespaces: a test
+/// that needs them then returns and passes without running, so a plain `cargo test` as a user
+/// other than root passes (docs/testing.md). `scripts/test.sh` runs as root.
+pub fn skip_without_root() -> bool {
+    match ensure_root() {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("SKIPPED: {e:#}");
+            true
+        }
+    }
+}
+
 /// Network namespaces need root (CAP_SYS_ADMIN); say so instead of failing in `ip`.
 fn ensure_root() -> anyhow::Result<()> {
     let status =

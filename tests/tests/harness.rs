@@ -30,6 +30,9 @@ fn url(addr: SocketAddr, path_and_query: &str) -> String {
 
 #[tokio::test]
 async fn two_hosts_reach_each_other_by_ip() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a", "b"]).expect("network");
     let a = net.host("a").clone();
     assert_eq!(a.ip, Ipv4Addr::new(198, 18, 0, 11));
@@ -66,6 +69,9 @@ async fn two_hosts_reach_each_other_by_ip() {
 
 #[tokio::test]
 async fn loopback_is_up_inside_a_host() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["solo"]).expect("network");
     let mut cmd = net.command("solo", ECHO_APP);
     cmd.args(["--port", "0"]);
@@ -86,6 +92,9 @@ async fn loopback_is_up_inside_a_host() {
 
 #[tokio::test]
 async fn hosts_have_no_route_out_of_the_network() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a"]).expect("network");
     // `ip route get` only asks the routing table: nothing is sent.
     let out = net
@@ -104,6 +113,9 @@ async fn hosts_have_no_route_out_of_the_network() {
 
 #[tokio::test]
 async fn wait_for_tcp_gives_up_at_its_deadline() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a"]).expect("network");
     let started = Instant::now();
     let err = net
@@ -120,6 +132,9 @@ async fn wait_for_tcp_gives_up_at_its_deadline() {
 
 #[tokio::test]
 async fn dnsmasq_answers_a_name_with_two_a_records() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let mut net = Network::create(&["a", "b"]).expect("network");
     let (a, b) = (net.host("a").ip, net.host("b").ip);
     let name = "app-dapr.default.svc.cluster.local";
@@ -169,6 +184,9 @@ async fn dnsmasq_answers_a_name_with_two_a_records() {
 
 #[tokio::test]
 async fn dropping_the_network_removes_its_namespaces() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let mut net = Network::create(&["a", "b"]).expect("network");
     net.start_dns(&[]).expect("dnsmasq");
     let mut namespaces: Vec<String> = net.hosts().iter().map(|h| h.netns.clone()).collect();

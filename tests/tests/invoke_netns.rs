@@ -36,6 +36,9 @@ fn daprd(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_in_their_own_namespaces_invoke_each_other_through_kube_dns_names() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let mut net = Network::create(&["a", "b1", "b2"])
         .expect("network (the e2e tier needs root, iproute2, dnsmasq)");
     let (b1, b2) = (net.host("b1").ip, net.host("b2").ip);
@@ -140,6 +143,9 @@ async fn json_from(net: &Network, host: &str, program: &str, args: &[&str]) -> s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_apps_in_another_namespace_and_large_bodies_cross_pods_by_dns_name() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let mut net = Network::create(&["a", "g", "h"])
         .expect("network (the e2e tier needs root, iproute2, dnsmasq)");
     let (g, h) = (net.host("g").ip, net.host("h").ip);

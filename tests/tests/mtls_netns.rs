@@ -120,6 +120,9 @@ async fn wait_ready(net: &Network, host: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sidecars_in_their_own_namespaces_use_mtls_and_refuse_another_roots_identities() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let mut net = Network::create(&["sentry", "rogue-sentry", "orders", "checkout", "rogue"])
         .expect("network (the e2e tier needs root, iproute2, dnsmasq)");
     let ip = |host: &str| net.host(host).ip;

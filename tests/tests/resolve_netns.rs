@@ -240,12 +240,18 @@ async fn scenario(net: &Network, resolver: Resolver) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sidecars_on_separate_hosts_find_each_other_over_mdns_by_default() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a", "b"]).expect("network (the e2e tier needs root, iproute2)");
     scenario(&net, Resolver::Mdns).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sidecars_on_separate_hosts_find_each_other_through_a_shared_sqlite_file() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a", "b"]).expect("network (the e2e tier needs root, iproute2)");
     let config = e2e::sidecar::sqlite_config(net.dir(), "sqlite", "").expect("config");
     scenario(&net, Resolver::Sqlite(config)).await;
@@ -253,6 +259,9 @@ async fn sidecars_on_separate_hosts_find_each_other_through_a_shared_sqlite_file
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_callee_is_forgotten_once_it_fails_to_answer_mdns_queries() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let net = Network::create(&["a", "b"]).expect("network (the e2e tier needs root, iproute2)");
     let mut apps = Vec::new();
     for host in ["a", "b"] {

@@ -330,6 +330,9 @@ async fn invoke_in_netns(
 /// standalone default `mdns`: each finds the other's app by multicast, both ways. Needs root.
 #[tokio::test(flavor = "multi_thread")]
 async fn ours_and_upstream_find_each_other_over_mdns() {
+    if e2e::netns::skip_without_root() {
+        return;
+    }
     let upstream = upstream_binary();
     if !present(&upstream) {
         return;
