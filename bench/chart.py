@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PCTS = [("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("p99.9", "p999_us")]
-COLORS = {"direct": "#888888", "nginx": "#2a9d8f", "daprd": "#e76f51"}
+COLORS = {"direct": "#888888", "nginx": "#2a9d8f", "daprd": "#e76f51", "upstream": "#6d597a"}
 
 
 def main(src: str, dst: str) -> None:

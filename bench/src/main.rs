@@ -6,9 +6,10 @@
 //! ```
 //!
 //! Starts sentry, two echo apps (HTTP and gRPC), three daprd sidecars with mTLS (a caller and
-//! one callee per app protocol), two nginx instances (the TLS 1.3 mutual-TLS comparison chain)
-//! and the injector, all on loopback, then measures latency at a constant rate, CPU, memory,
-//! sidecar start, sentry and injector throughput, and the maximum throughput of each chain.
+//! one callee per app protocol), the same three of upstream Dapr's daprd when scripts/test.sh
+//! has built it, two nginx instances (the TLS 1.3 mutual-TLS comparison chain) and the
+//! injector, all on loopback, then measures latency at a constant rate, CPU, memory, sidecar
+//! start, sentry and injector throughput, and the maximum throughput of each chain.
 //! Writes `BENCHMARKS.md`, `bench/results.json` and `bench/latency.png`.
 
 mod load;
@@ -132,30 +133,64 @@ impl Settings {
     }
 }
 
+/// Which implementation a bench sidecar runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Implementation {
+    Ours,
+    /// Upstream Dapr's daprd, built by scripts/test.sh from its published Go module
+    /// (`e2e::upstream::upstream_binary`).
+    Upstream,
+}
+
 /// One `daprd` process started by the bench (info logs, metrics on, mTLS through sentry).
 struct Daprd {
     child: tokio::process::Child,
     http_port: u16,
     grpc_port: u16,
+    internal_port: u16,
     log: PathBuf,
     /// Process start to `/v1.0/healthz/outbound` 204.
     ready_after: Duration,
 }
 
 impl Daprd {
+    /// Ours, with the sqlite resolver over `dir/nr.db`.
     async fn start(
         app_id: &str,
         dir: &Path,
         sentry: &Sentry,
         app: Option<(u16, &str)>,
     ) -> anyhow::Result<Daprd> {
+        let config = sqlite_config(dir, &format!("config-{app_id}"), "")?;
+        Self::start_with(Implementation::Ours, app_id, dir, sentry, app, &config).await
+    }
+
+    /// `implementation`'s daprd with the Configuration file `config`. Both take the same flags;
+    /// upstream's takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`.
+    async fn start_with(
+        implementation: Implementation,
+        app_id: &str,
+        dir: &Path,
+        sentry: &Sentry,
+        app: Option<(u16, &str)>,
+        config: &Path,
+    ) -> anyhow::Result<Daprd> {
         let (http_port, grpc_port, internal_port, metrics_port) =
             (free_port()?, free_port()?, free_port()?, free_port()?);
         let log = dir.join(format!("daprd-{app_id}.log"));
         let out = std::fs::File::create(&log)?;
-        let config = sqlite_config(dir, &format!("config-{app_id}"), "")?;
-        let (args, env) = sentry.sidecar_options();
-        let mut cmd = tokio::process::Command::new(binary("daprd"));
+        let (args, mut env) = sentry.sidecar_options();
+        let program = match implementation {
+            Implementation::Ours => binary("daprd"),
+            Implementation::Upstream => {
+                env.push((
+                    "DAPR_TRUST_ANCHORS".to_owned(),
+                    std::fs::read_to_string(sentry.trust_anchors())?,
+                ));
+                e2e::upstream::upstream_binary()
+            }
+        };
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args(["--app-id", app_id])
             .args(["--dapr-http-port", &http_port.to_string()])
             .args(["--dapr-grpc-port", &grpc_port.to_string()])
@@ -199,6 +234,7 @@ impl Daprd {
             child,
             http_port,
             grpc_port,
+            internal_port,
             log,
             ready_after,
         })
@@ -223,6 +259,120 @@ impl Daprd {
         }
         bail!("daprd not healthy; see {}", self.log.display())
     }
+}
+
+/// The upstream chain's callees' app ids.
+const UPSTREAM_HTTP_ID: &str = "upstream-orders";
+const UPSTREAM_GRPC_ID: &str = "upstream-orders-grpc";
+
+/// Upstream daprd as the fourth chain: a caller and a callee per app protocol, with
+/// certificates from the same sentry as ours.
+struct UpstreamSidecars {
+    caller: Daprd,
+    callee_http: Daprd,
+    callee_grpc: Daprd,
+}
+
+impl UpstreamSidecars {
+    /// `None` (after saying why) when upstream's daprd is not built.
+    async fn start(
+        dir: &Path,
+        sentry: &Sentry,
+        app_http: u16,
+        app_grpc: u16,
+    ) -> anyhow::Result<Option<Self>> {
+        let program = e2e::upstream::upstream_binary();
+        if !program.exists() {
+            eprintln!(
+                "bench: no upstream chain: {} is missing (scripts/test.sh builds it with Go)",
+                program.display()
+            );
+            return Ok(None);
+        }
+        let callee_config = upstream_config(dir, "upstream-callee", &[])?;
+        let callee = |id, port, protocol| {
+            Daprd::start_with(
+                Implementation::Upstream,
+                id,
+                dir,
+                sentry,
+                Some((port, protocol)),
+                &callee_config,
+            )
+        };
+        let callee_http = callee(UPSTREAM_HTTP_ID, app_http, "http").await?;
+        let callee_grpc = callee(UPSTREAM_GRPC_ID, app_grpc, "grpc").await?;
+        let caller_config = upstream_config(
+            dir,
+            "upstream-caller",
+            &[
+                (UPSTREAM_HTTP_ID, callee_http.internal_port),
+                (UPSTREAM_GRPC_ID, callee_grpc.internal_port),
+            ],
+        )?;
+        let caller = Daprd::start_with(
+            Implementation::Upstream,
+            "upstream-checkout",
+            dir,
+            sentry,
+            None,
+            &caller_config,
+        )
+        .await?;
+        callee_http.wait_healthy().await?;
+        callee_grpc.wait_healthy().await?;
+        Ok(Some(UpstreamSidecars {
+            caller,
+            callee_http,
+            callee_grpc,
+        }))
+    }
+}
+
+/// A Configuration for upstream's daprd: its kubernetes resolver with a `template` that maps
+/// each of `routes`' app ids to its internal port on loopback (a Go template, evaluated per
+/// call without a lookup, as a cluster's DNS name would be). Ours uses the sqlite resolver.
+fn upstream_config(dir: &Path, name: &str, routes: &[(&str, u16)]) -> anyhow::Result<PathBuf> {
+    let mut template = String::new();
+    for (id, port) in routes {
+        template.push_str(&format!(
+            "{{{{if eq .ID \"{id}\"}}}}127.0.0.1:{port}{{{{end}}}}"
+        ));
+    }
+    if template.is_empty() {
+        template.push_str("127.0.0.1:1");
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: {name}\nspec:\n  nameResolution:\n    component: kubernetes\n    configuration:\n      template: '{template}'\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The upstream Dapr release tests/upstream/go.mod pins (what scripts/test.sh builds).
+fn upstream_version(repo: &Path) -> String {
+    std::fs::read_to_string(repo.join("tests/upstream/go.mod"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("github.com/dapr/dapr "))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_owned)
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Median, min and max of start times (ms).
+fn starts_summary(starts: &[f64]) -> Value {
+    let mut sorted = starts.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    json!({
+        "runs_ms": starts,
+        "median_ms": percentile_sorted(&sorted, 0.5),
+        "min_ms": sorted.first().copied().unwrap_or(0.0),
+        "max_ms": sorted.last().copied().unwrap_or(0.0),
+    })
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -484,13 +634,20 @@ async fn main() -> anyhow::Result<()> {
     let caller = Daprd::start("checkout", &dir, &sentry, None).await?;
     callee_http.wait_healthy().await?;
     callee_grpc.wait_healthy().await?;
+    let upstream =
+        UpstreamSidecars::start(&dir, &sentry, app_http.addr.port(), app_grpc.addr.port()).await?;
     // Idle: certificate loaded, no traffic yet.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = json!({
+    let mut idle_rss = json!({
         "caller": procfs::rss(caller.pid()?)?,
         "callee_http": procfs::rss(callee_http.pid()?)?,
         "callee_grpc": procfs::rss(callee_grpc.pid()?)?,
     });
+    if let Some(up) = &upstream {
+        idle_rss["upstream_caller"] = json!(procfs::rss(up.caller.pid()?)?);
+        idle_rss["upstream_callee_http"] = json!(procfs::rss(up.callee_http.pid()?)?);
+        idle_rss["upstream_callee_grpc"] = json!(procfs::rss(up.callee_grpc.pid()?)?);
+    }
 
     let ports = nginx::Ports {
         a_http: free_port()?,
@@ -527,7 +684,7 @@ async fn main() -> anyhow::Result<()> {
         tls: None,
         content_type: "application/octet-stream",
     };
-    let chains = vec![
+    let mut chains = vec![
         Chain {
             protocol: "http",
             name: "direct",
@@ -555,6 +712,22 @@ async fn main() -> anyhow::Result<()> {
                 ("daprd-callee".into(), callee_http.pid()?),
             ],
         },
+    ];
+    if let Some(up) = &upstream {
+        chains.push(Chain {
+            protocol: "http",
+            name: "upstream",
+            target: http(
+                loopback(up.caller.http_port),
+                &format!("/v1.0/invoke/{UPSTREAM_HTTP_ID}/method/echo"),
+            ),
+            proxies: vec![
+                ("upstream-caller".into(), up.caller.pid()?),
+                ("upstream-callee".into(), up.callee_http.pid()?),
+            ],
+        });
+    }
+    chains.extend([
         Chain {
             protocol: "grpc",
             name: "direct",
@@ -589,7 +762,22 @@ async fn main() -> anyhow::Result<()> {
                 ("daprd-callee".into(), callee_grpc.pid()?),
             ],
         },
-    ];
+    ]);
+    if let Some(up) = &upstream {
+        chains.push(Chain {
+            protocol: "grpc",
+            name: "upstream",
+            target: Target::DaprGrpc {
+                addr: loopback(up.caller.grpc_port),
+                app_id: UPSTREAM_GRPC_ID.into(),
+                body: body.clone(),
+            },
+            proxies: vec![
+                ("upstream-caller".into(), up.caller.pid()?),
+                ("upstream-callee".into(), up.callee_grpc.pid()?),
+            ],
+        });
+    }
     // Every chain answers before anything is measured.
     for c in &chains {
         let mut conn = c.target.connect(0).await?;
@@ -642,13 +830,18 @@ async fn main() -> anyhow::Result<()> {
             "proxies": proxies,
         }));
     }
-    let hwm = json!({
+    let mut hwm = json!({
         "caller": procfs::hwm(caller.pid()?)?,
         "callee_http": procfs::hwm(callee_http.pid()?)?,
         "callee_grpc": procfs::hwm(callee_grpc.pid()?)?,
         "nginx_a": procfs::hwm(nginx_a.pid()?)?,
         "nginx_b": procfs::hwm(nginx_b.pid()?)?,
     });
+    if let Some(up) = &upstream {
+        hwm["upstream_caller"] = json!(procfs::hwm(up.caller.pid()?)?);
+        hwm["upstream_callee_http"] = json!(procfs::hwm(up.callee_http.pid()?)?);
+        hwm["upstream_callee_grpc"] = json!(procfs::hwm(up.callee_grpc.pid()?)?);
+    }
 
     // --- 6: maximum throughput, closed loop ------------------------------------------------
     let mut max_throughput = Vec::new();
@@ -666,6 +859,8 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(nginx_a);
     drop(nginx_b);
+    let upstream_present = upstream.is_some();
+    drop(upstream);
 
     // --- 3: sidecar start ------------------------------------------------------------------
     let mut starts = Vec::new();
@@ -676,14 +871,27 @@ async fn main() -> anyhow::Result<()> {
         starts.push(d.ready_after.as_secs_f64() * 1000.0);
         drop(d);
     }
-    let mut sorted = starts.clone();
-    sorted.sort_by(f64::total_cmp);
-    let start_json = json!({
-        "runs_ms": starts,
-        "median_ms": percentile_sorted(&sorted, 0.5),
-        "min_ms": sorted.first().copied().unwrap_or(0.0),
-        "max_ms": sorted.last().copied().unwrap_or(0.0),
-    });
+    let mut start_json = starts_summary(&starts);
+    if upstream_present {
+        let mut starts = Vec::new();
+        let config = upstream_config(&dir, "upstream-start", &[])?;
+        for i in 0..s.starts {
+            let start_dir = dir.join(format!("upstream-start-{i}"));
+            std::fs::create_dir_all(&start_dir)?;
+            let d = Daprd::start_with(
+                Implementation::Upstream,
+                &format!("start-{i}"),
+                &start_dir,
+                &sentry,
+                None,
+                &config,
+            )
+            .await?;
+            starts.push(d.ready_after.as_secs_f64() * 1000.0);
+            drop(d);
+        }
+        start_json["upstream"] = starts_summary(&starts);
+    }
 
     // --- 4: sentry -------------------------------------------------------------------------
     let anchors = Arc::new(dapr_identity::tls::root_store(&std::fs::read(
@@ -696,7 +904,8 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let mut csrs = Vec::new();
     for _ in 0..s.sentry_clients {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        // The key type our daprd and upstream's ask with.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         csrs.push(params.serialize_request(&key)?.pem()?.into_bytes());
@@ -778,6 +987,7 @@ async fn main() -> anyhow::Result<()> {
         "settings": s,
         "load_generator": "e2e bench (this repository): Rust, hyper 1 HTTP/1.1 and tonic 0.14 clients, one connection per worker, open loop paced by a dedicated thread (std::thread::sleep), latency from the scheduled send time (coordinated-omission corrected), hdrhistogram 7 (ns, 3 significant digits)",
         "nginx_version": nginx::version(&nginx_bin),
+        "upstream_version": upstream_present.then(|| upstream_version(&repo)),
         "latency": latency,
         "rss": {"idle": idle_rss, "nginx_idle": nginx_idle_rss, "hwm_after_load": hwm},
         "max_throughput": max_throughput,

@@ -79,6 +79,7 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     let s = &r["settings"];
     let quick = s["mode"] == "quick";
     let mc = &r["machine"];
+    let upstream = r["upstream_version"].as_str();
     writeln!(m, "# Benchmarks\n")?;
     if quick {
         writeln!(
@@ -112,18 +113,29 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     )?;
     writeln!(
         m,
-        "| latency runs | open loop at {} req/s, {} connections, {} B body (POST, echoed back), {} round(s) × {} s per chain, chains interleaved (direct, nginx, daprd; HTTP then gRPC), {} s warm-up at the same rate before each |",
+        "| latency runs | open loop at {} req/s, {} connections, {} B body (POST, echoed back), {} round(s) × {} s per chain, chains interleaved (direct, nginx, daprd{}; HTTP then gRPC), {} s warm-up at the same rate before each |",
         s["rate"],
         s["connections"],
         s["body_bytes"],
         s["rounds"],
         s["seconds_per_round"],
+        if upstream.is_some() {
+            ", upstream daprd"
+        } else {
+            ""
+        },
         s["warmup_seconds"]
     )?;
     writeln!(
         m,
-        "| chains | (a) client → echo-app; (b) client → nginx A → TLS 1.3, client certificates (ECDSA P-256) → nginx B → echo-app ({}; one worker each; HTTP/1.1 keep-alive upstreams for HTTP, `grpc_pass` over h2 for gRPC); (c) client → daprd → mTLS (sentry-issued Ed25519 SVIDs) → daprd → echo-app (HTTP: `POST /v1.0/invoke/orders/method/echo`; gRPC: `Dapr/InvokeService` → `AppCallback/OnInvoke`) |",
-        r["nginx_version"].as_str().unwrap_or("nginx")
+        "| chains | (a) client → echo-app; (b) client → nginx A → TLS 1.3, client certificates (ECDSA P-256) → nginx B → echo-app ({}; one worker each; HTTP/1.1 keep-alive upstreams for HTTP, `grpc_pass` over h2 for gRPC); (c) client → daprd → mTLS (sentry-issued ECDSA P-256 SVIDs) → daprd → echo-app (HTTP: `POST /v1.0/invoke/orders/method/echo`; gRPC: `Dapr/InvokeService` → `AppCallback/OnInvoke`; sqlite name resolution){} |",
+        r["nginx_version"].as_str().unwrap_or("nginx"),
+        match upstream {
+            Some(v) => format!(
+                "; (d) the same with upstream Dapr's daprd {v} (built from its published Go module, `stablecomponents`; certificates from the same sentry; its kubernetes resolver with a literal `template` per app id, no lookups)"
+            ),
+            None => String::new(),
+        }
     )?;
     writeln!(
         m,
@@ -132,7 +144,7 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     )?;
     writeln!(
         m,
-        "| sentry | {} TLS clients (one connection each, Ed25519 CSRs), closed loop {} s, then open loop {} CSR/s for {} s; sentry pinned to one CPU with `taskset`: {} |",
+        "| sentry | {} TLS clients (one connection each, ECDSA P-256 CSRs, as daprd sends), closed loop {} s, then open loop {} CSR/s for {} s; sentry pinned to one CPU with `taskset`: {} |",
         s["sentry_clients"],
         s["sentry_seconds"],
         s["sentry_rate"],
@@ -146,8 +158,13 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     )?;
     writeln!(
         m,
-        "| sidecar start | `daprd --enable-mtls` (sentry on loopback, no app) from spawn to the first 204 of `/v1.0/healthz/outbound`, polled every 1 ms; {} starts |",
-        s["starts"]
+        "| sidecar start | `daprd --enable-mtls` (sentry on loopback, no app) from spawn to the first 204 of `/v1.0/healthz/outbound`, polled every 1 ms; {} starts{} |",
+        s["starts"],
+        if upstream.is_some() {
+            " of ours, then as many of upstream's"
+        } else {
+            ""
+        }
     )?;
     writeln!(m)?;
 
@@ -310,6 +327,20 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
             mib(&r["rss"]["hwm_after_load"][key])
         )?;
     }
+    if upstream.is_some() {
+        for (label, key) in [
+            ("upstream daprd caller", "upstream_caller"),
+            ("upstream daprd callee, HTTP app", "upstream_callee_http"),
+            ("upstream daprd callee, gRPC app", "upstream_callee_grpc"),
+        ] {
+            writeln!(
+                m,
+                "| {label} | {} | {} |",
+                mib(&idle[key]),
+                mib(&r["rss"]["hwm_after_load"][key])
+            )?;
+        }
+    }
     for (label, key) in [
         ("nginx A (master + worker)", "nginx_a"),
         ("nginx B (master + worker)", "nginx_b"),
@@ -336,19 +367,28 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     let st = &r["start"];
     writeln!(
         m,
-        "\n## 3. Sidecar start\n\n| median | min | max | runs (ms) |\n|---:|---:|---:|---|\n| {:.1} ms | {:.1} ms | {:.1} ms | {} |",
-        f(&st["median_ms"]),
-        f(&st["min_ms"]),
-        f(&st["max_ms"]),
-        st["runs_ms"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .map(|v| format!("{:.1}", f(v)))
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        "\n## 3. Sidecar start\n\n| daprd | median | min | max | runs (ms) |\n|---|---:|---:|---:|---|"
     )?;
+    for (label, st) in [("ours", st), ("upstream", &st["upstream"])] {
+        if st.is_null() {
+            continue;
+        }
+        writeln!(
+            m,
+            "| {label} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            f(&st["median_ms"]),
+            f(&st["min_ms"]),
+            f(&st["max_ms"]),
+            st["runs_ms"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .map(|v| format!("{:.1}", f(v)))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        )?;
+    }
     goals.push((
         "start ≤ 100 ms (median)".into(),
         format!("{:.1} ms", f(&st["median_ms"])),
@@ -421,13 +461,13 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     // Max throughput.
     writeln!(
         m,
-        "\n## 6. Maximum throughput (closed loop, {} connections)\n\n| API | chain | req/s | p50 (ms) | p99 (ms) | errors | daprd / nginx |\n|---|---|---:|---:|---:|---:|---:|",
+        "\n## 6. Maximum throughput (closed loop, {} connections)\n\n| API | chain | req/s | p50 (ms) | p99 (ms) | errors | chain / nginx |\n|---|---|---:|---:|---:|---:|---:|",
         s["connections"]
     )?;
     for e in r["max_throughput"].as_array().into_iter().flatten() {
         let sm = &e["summary"];
         let proto = e["protocol"].as_str().unwrap_or("");
-        let vs = if e["chain"] == "daprd" {
+        let vs = if e["chain"] == "daprd" || e["chain"] == "upstream" {
             find(&r["max_throughput"], proto, "nginx")
                 .map(|n| format!("{:.2}", f(&sm["rate"]) / f(&n["summary"]["rate"])))
                 .unwrap_or_default()
@@ -445,6 +485,10 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
         )?;
     }
 
+    if let Some(version) = upstream {
+        upstream_section(&mut m, r, version)?;
+    }
+
     // Goals.
     writeln!(
         m,
@@ -457,4 +501,98 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
         writeln!(m, "\n{}", notes.trim_end())?;
     }
     Ok(m)
+}
+
+/// Section 7: upstream's daprd beside ours, from the same run.
+fn upstream_section(m: &mut String, r: &Value, version: &str) -> anyhow::Result<()> {
+    writeln!(
+        m,
+        "\n## 7. Upstream daprd {version} beside ours (same run, same load)\n\n| API | measure | daprd (ours) | upstream daprd | upstream / ours |\n|---|---|---:|---:|---:|"
+    )?;
+    let mut row = |proto: &str, measure: &str, ours: f64, theirs: f64, digits: usize| {
+        writeln!(
+            m,
+            "| {proto} | {measure} | {ours:.digits$} | {theirs:.digits$} | {:.2} |",
+            theirs / ours
+        )
+    };
+    for proto in ["http", "grpc"] {
+        let (Some(a), Some(c), Some(d)) = (
+            find(&r["latency"], proto, "direct"),
+            find(&r["latency"], proto, "daprd"),
+            find(&r["latency"], proto, "upstream"),
+        ) else {
+            continue;
+        };
+        for (label, key) in [("p50", "p50_us"), ("p99", "p99_us")] {
+            let direct = f(&a["summary"][key]);
+            row(
+                proto,
+                &format!("added {label} over direct (ms)"),
+                (f(&c["summary"][key]) - direct) / 1000.0,
+                (f(&d["summary"][key]) - direct) / 1000.0,
+                3,
+            )?;
+        }
+        let cpu = |e: &Value| -> f64 {
+            e["proxies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| f(&p["cpu_seconds_per_1000_requests"]))
+                .sum()
+        };
+        row(
+            proto,
+            "CPU s per 1000 requests, caller + callee",
+            cpu(c),
+            cpu(d),
+            4,
+        )?;
+        if let (Some(c), Some(d)) = (
+            find(&r["max_throughput"], proto, "daprd"),
+            find(&r["max_throughput"], proto, "upstream"),
+        ) {
+            row(
+                proto,
+                "max req/s (closed loop)",
+                f(&c["summary"]["rate"]),
+                f(&d["summary"]["rate"]),
+                0,
+            )?;
+        }
+    }
+    let worst = |group: &Value, keys: [&str; 3]| {
+        keys.iter().map(|k| f(&group[k])).fold(0.0, f64::max) / 1048576.0
+    };
+    let ours = ["caller", "callee_http", "callee_grpc"];
+    let theirs = [
+        "upstream_caller",
+        "upstream_callee_http",
+        "upstream_callee_grpc",
+    ];
+    let rss = &r["rss"];
+    row(
+        "both",
+        "idle RSS, largest sidecar (MiB)",
+        worst(&rss["idle"], ours),
+        worst(&rss["idle"], theirs),
+        1,
+    )?;
+    row(
+        "both",
+        "VmHWM after the latency runs, largest sidecar (MiB)",
+        worst(&rss["hwm_after_load"], ours),
+        worst(&rss["hwm_after_load"], theirs),
+        1,
+    )?;
+    let start = &r["start"];
+    row(
+        "both",
+        "start to outbound health, median (ms)",
+        f(&start["median_ms"]),
+        f(&start["upstream"]["median_ms"]),
+        1,
+    )?;
+    Ok(())
 }
