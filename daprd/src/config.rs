@@ -17,6 +17,7 @@ use crate::Error;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "daprd", version, about = "Dapr-compatible sidecar")]
 pub struct Flags {
+    /// Runtime mode.
     #[arg(long, value_enum, default_value_t = Mode::Standalone)]
     pub mode: Mode,
     /// The id of the app this sidecar serves.
@@ -25,6 +26,7 @@ pub struct Flags {
     /// The port the app listens on; empty for apps that only call out.
     #[arg(long = "app-port", default_value = "")]
     pub app_port: String,
+    /// How daprd calls the app (any case).
     #[arg(long = "app-protocol", value_enum, ignore_case = true, default_value_t = AppProtocol::Http)]
     pub app_protocol: AppProtocol,
     /// The address the app listens on.
