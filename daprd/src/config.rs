@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dapr_crds::Configuration;
+use dapr_process::{LogArgs, MetricsArgs};
 
 use crate::Error;
 
@@ -16,18 +17,18 @@ use crate::Error;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "daprd", version, about = "Dapr-compatible sidecar")]
 pub struct Flags {
-    /// Runtime mode: standalone or kubernetes.
-    #[arg(long, default_value = "standalone")]
-    pub mode: String,
+    /// Runtime mode.
+    #[arg(long, value_enum, default_value_t = Mode::Standalone)]
+    pub mode: Mode,
     /// The id of the app this sidecar serves.
     #[arg(long = "app-id", default_value = "")]
     pub app_id: String,
     /// The port the app listens on; empty for apps that only call out.
     #[arg(long = "app-port", default_value = "")]
     pub app_port: String,
-    /// http, https, grpc, grpcs or h2c.
-    #[arg(long = "app-protocol", default_value = "http")]
-    pub app_protocol: String,
+    /// How daprd calls the app (any case).
+    #[arg(long = "app-protocol", value_enum, ignore_case = true, default_value_t = AppProtocol::Http)]
+    pub app_protocol: AppProtocol,
     /// The address the app listens on.
     #[arg(long = "app-channel-address", default_value = "127.0.0.1")]
     pub app_channel_address: String,
@@ -58,22 +59,16 @@ pub struct Flags {
     /// Comma-separated addresses for the HTTP and gRPC APIs; empty means all interfaces.
     #[arg(long = "dapr-listen-addresses", default_value = "")]
     pub dapr_listen_addresses: String,
-    #[arg(long = "metrics-port", default_value_t = 9090)]
-    pub metrics_port: u16,
-    #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
-    pub metrics_listen_address: String,
-    #[arg(long = "enable-metrics", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_metrics: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Configuration file (standalone) or name (kubernetes); repeatable, the first is used.
     #[arg(long = "config")]
     pub config: Vec<String>,
     /// Directory of resource YAML files (Resiliency, HTTPEndpoint); repeatable.
     #[arg(long = "resources-path", alias = "components-path")]
     pub resources_path: Vec<PathBuf>,
-    #[arg(long = "log-level", default_value = "info")]
-    pub log_level: String,
-    #[arg(long = "log-as-json", default_value_t = false)]
-    pub log_as_json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[arg(long = "enable-api-logging", num_args = 0..=1, default_missing_value = "true")]
     pub enable_api_logging: Option<bool>,
     /// Largest request body accepted, as a quantity (4Mi, 16M, 1Gi).
@@ -225,8 +220,8 @@ impl AcceptedFlags {
     }
 }
 
-/// How daprd reaches its app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How daprd reaches its app (`--app-protocol`, any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AppProtocol {
     Http,
     Https,
@@ -251,7 +246,9 @@ impl AppProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--mode`: standalone, or kubernetes (Configuration, operator and sentry token from the
+/// cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     Standalone,
     Kubernetes,
@@ -291,8 +288,7 @@ pub struct Config {
     pub metrics: Option<(IpAddr, u16)>,
     pub max_body_size: usize,
     pub graceful_shutdown: Duration,
-    pub log_level: String,
-    pub log_as_json: bool,
+    pub log: LogArgs,
     pub api_logging: bool,
     /// The Configuration resource from `--config`, or the defaults. In kubernetes mode it is
     /// filled in by [`crate::configuration::load`] when the sidecar starts.
@@ -543,16 +539,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 impl Config {
     /// Validates flags and environment into a config; reads the `--config` file if given.
     pub fn from_flags(flags: Flags, env: Env) -> Result<Config, Error> {
-        let mode = match flags.mode.as_str() {
-            "standalone" => Mode::Standalone,
-            "kubernetes" => Mode::Kubernetes,
-            other => {
-                return Err(bad(
-                    "--mode",
-                    format!("{other:?} is not standalone or kubernetes"),
-                ));
-            }
-        };
+        let mode = flags.mode;
         let app_id = flags.app_id.trim().to_owned();
         if app_id.is_empty() {
             return Err(bad("--app-id", "must not be empty"));
@@ -560,20 +547,10 @@ impl Config {
         if app_id.contains('.') {
             return Err(bad("--app-id", format!("{app_id:?} must not contain dots")));
         }
-        let app_protocol = match flags.app_protocol.to_ascii_lowercase().as_str() {
-            "http" if flags.app_ssl => AppProtocol::Https,
-            "grpc" if flags.app_ssl => AppProtocol::Grpcs,
-            "http" => AppProtocol::Http,
-            "https" => AppProtocol::Https,
-            "grpc" => AppProtocol::Grpc,
-            "grpcs" => AppProtocol::Grpcs,
-            "h2c" => AppProtocol::H2c,
-            other => {
-                return Err(bad(
-                    "--app-protocol",
-                    format!("{other:?} is not one of http, https, grpc, grpcs, h2c"),
-                ));
-            }
+        let app_protocol = match flags.app_protocol {
+            AppProtocol::Http if flags.app_ssl => AppProtocol::Https,
+            AppProtocol::Grpc if flags.app_ssl => AppProtocol::Grpcs,
+            protocol => protocol,
         };
         let app_port = parse_port("--app-port", &flags.app_port)?;
         if let Some(port) = app_port
@@ -721,20 +698,20 @@ impl Config {
             api_listen_addresses,
             api_sockets,
             metrics: flags
+                .metrics
                 .enable_metrics
                 .then(|| {
                     parse_ip(
                         "--metrics-listen-address",
-                        &flags.metrics_listen_address,
+                        &flags.metrics.metrics_listen_address,
                         unspecified,
                     )
-                    .map(|ip| (ip, flags.metrics_port))
+                    .map(|ip| (ip, flags.metrics.metrics_port))
                 })
                 .transpose()?,
             max_body_size,
             graceful_shutdown: Duration::from_secs(graceful),
-            log_level: flags.log_level,
-            log_as_json: flags.log_as_json,
+            log: flags.log,
             api_logging,
             configuration,
             configuration_name,
@@ -1006,13 +983,8 @@ mod tests {
         for (args, flag) in [
             (vec!["--app-id", "a.b"], "--app-id"),
             (vec!["--app-id", ""], "--app-id"),
-            (
-                vec!["--app-id", "a", "--app-protocol", "ftp"],
-                "--app-protocol",
-            ),
             (vec!["--app-id", "a", "--app-port", "70000"], "--app-port"),
             (vec!["--app-id", "a", "--app-port", "3500"], "--app-port"),
-            (vec!["--app-id", "a", "--mode", "cloud"], "--mode"),
             (
                 vec!["--app-id", "a", "--max-body-size", "4Xi"],
                 "--max-body-size",
@@ -1032,6 +1004,48 @@ mod tests {
     }
 
     #[test]
+    fn unknown_modes_and_protocols_are_usage_errors_naming_the_flag_and_its_values() {
+        for (args, flag, values) in [
+            (["--mode", "cloud"], "--mode", "standalone, kubernetes"),
+            (
+                ["--app-protocol", "ftp"],
+                "--app-protocol",
+                "http, https, grpc, grpcs, h2c",
+            ),
+        ] {
+            let err = Flags::try_parse_from(["daprd", "--app-id", "a"].into_iter().chain(args))
+                .expect_err("not a value");
+            assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue, "{args:?}");
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(values), "{text}");
+        }
+        assert_eq!(
+            config(&["--app-id", "a", "--mode", "kubernetes"])
+                .unwrap()
+                .mode,
+            Mode::Kubernetes
+        );
+        for protocol in ["http", "https", "grpc", "grpcs", "h2c"] {
+            let c = config(&["--app-id", "a", "--app-protocol", protocol]).unwrap();
+            assert_eq!(c.app_protocol.as_str(), protocol);
+        }
+    }
+
+    #[test]
+    fn log_as_json_is_a_go_bool_flag() {
+        for (args, json) in [
+            (&[][..], false),
+            (&["--log-as-json"][..], true),
+            (&["--log-as-json=true"][..], true),
+            (&["--log-as-json=false"][..], false),
+        ] {
+            let mut argv = vec!["--app-id", "a"];
+            argv.extend_from_slice(args);
+            assert_eq!(config(&argv).unwrap().log.log_as_json, json, "{args:?}");
+        }
+    }
+
+    #[test]
     fn protocols_are_case_insensitive_and_app_ssl_upgrades_them() {
         assert_eq!(
             config(&["--app-id", "a", "--app-protocol", "GRPC"])
@@ -1044,6 +1058,12 @@ mod tests {
                 .unwrap()
                 .app_protocol,
             AppProtocol::Https
+        );
+        assert_eq!(
+            config(&["--app-id", "a", "--app-ssl", "--app-protocol", "grpc"])
+                .unwrap()
+                .app_protocol,
+            AppProtocol::Grpcs
         );
     }
 

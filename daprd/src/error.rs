@@ -101,6 +101,13 @@ pub enum Error {
     TracingExport(#[from] crate::trace::export::ExportError),
 }
 
+/// Start-up configuration errors exit 64, every other failure 1.
+impl dapr_process::ExitStatus for Error {
+    fn is_usage(&self) -> bool {
+        matches!(self, Error::Config { .. })
+    }
+}
+
 impl Error {
     /// Dapr's `errorCode`.
     pub fn code(&self) -> &'static str {

@@ -309,7 +309,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
 
     tokio::select! {
         _ = stop.cancelled() => {}
-        _ = termination_signal() => {
+        () = dapr_process::shutdown_signal() => {
             tracing::info!("received termination signal, shutting down gracefully");
             stop.cancel();
         }
@@ -519,29 +519,6 @@ async fn wait_for_app(shared: &Shared, stop: &CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-    }
-}
-
-async fn termination_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending::<()>().await,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -11,6 +11,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use dapr_identity::SpiffeId;
 use dapr_identity::client::SvidRequest;
 use dapr_identity::token::SENTRY_TOKEN_PATH;
+use dapr_process::{LogArgs, MetricsArgs};
 use k8s_openapi::api::core::v1::Toleration;
 
 use crate::Error;
@@ -43,16 +44,10 @@ pub struct Flags {
     /// Kubeconfig to use instead of the in-cluster or default configuration.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    #[arg(long = "log-level", default_value = "info")]
-    pub log_level: String,
-    #[arg(long = "log-as-json", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub log_as_json: bool,
-    #[arg(long = "enable-metrics", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_metrics: bool,
-    #[arg(long = "metrics-port", default_value_t = 9090)]
-    pub metrics_port: u16,
-    #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
-    pub metrics_listen_address: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// PEM certificate chain for the webhook (e.g. from cert-manager); reloaded on change.
     #[arg(long = "tls-cert-file")]
     pub tls_cert_file: Option<PathBuf>,
@@ -159,8 +154,7 @@ pub struct Config {
     pub webhook_addr: SocketAddr,
     pub healthz_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
-    pub log_level: String,
-    pub log_as_json: bool,
+    pub log: LogArgs,
     pub serving_cert: ServingCert,
     pub kubeconfig: Option<PathBuf>,
     pub settings: Settings,
@@ -369,17 +363,16 @@ impl Config {
                 flags.healthz_port,
                 "healthz-listen-address",
             )?,
-            metrics_addr: if flags.enable_metrics {
+            metrics_addr: if flags.metrics.enable_metrics {
                 Some(listen(
-                    &flags.metrics_listen_address,
-                    flags.metrics_port,
+                    &flags.metrics.metrics_listen_address,
+                    flags.metrics.metrics_port,
                     "metrics-listen-address",
                 )?)
             } else {
                 None
             },
-            log_level: flags.log_level,
-            log_as_json: flags.log_as_json,
+            log: flags.log,
             serving_cert,
             kubeconfig: flags.kubeconfig,
             settings,
@@ -502,6 +495,19 @@ mod tests {
             (penv::NAMESPACE, "dapr-system"),
             (penv::SIDECAR_IMAGE, "ghcr.io/dapr/daprd:1.18.3"),
         ]
+    }
+
+    #[test]
+    fn log_as_json_is_a_go_bool_flag() {
+        for (args, json) in [
+            (&[][..], false),
+            (&["--log-as-json"][..], true),
+            (&["--log-as-json=true"][..], true),
+            (&["--log-as-json=false"][..], false),
+        ] {
+            let c = Config::from_flags(flags(args), &Env::from_pairs(required())).unwrap();
+            assert_eq!(c.log.log_as_json, json, "{args:?}");
+        }
     }
 
     #[test]

@@ -75,6 +75,13 @@ pub enum Error {
     OperatorApi(#[source] tonic::transport::Error),
 }
 
+/// Flag, environment and id errors exit 64, every other failure 1.
+impl dapr_process::ExitStatus for Error {
+    fn is_usage(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::InvalidId(_))
+    }
+}
+
 /// How long to wait before retrying a failed caBundle patch, doubling to a minute.
 const CA_BUNDLE_RETRY: Duration = Duration::from_secs(1);
 
@@ -83,34 +90,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        dapr_process::shutdown_signal().await;
         info!("shutting down");
         signal.cancel();
     });
     serve(config, shutdown).await
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// Serves until `shutdown` is cancelled.

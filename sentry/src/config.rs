@@ -7,9 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dapr_crds::Configuration;
 use dapr_crds::configuration::TokenValidatorSpec;
+use dapr_process::{LogArgs, MetricsArgs};
 
 use crate::Error;
 
@@ -39,8 +40,8 @@ pub mod env {
 pub struct Flags {
     /// standalone, or kubernetes (trust bundle and Configuration from the API server, tokens
     /// checked with a TokenReview).
-    #[arg(long, default_value = "standalone")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = Mode::Standalone)]
+    pub mode: Mode,
     /// Standalone: path to a Configuration YAML (optional). Kubernetes: its name (daprsystem).
     #[arg(long)]
     pub config: Option<String>,
@@ -68,16 +69,10 @@ pub struct Flags {
     pub healthz_port: u16,
     #[arg(long = "healthz-listen-address", default_value = "0.0.0.0")]
     pub healthz_listen_address: String,
-    #[arg(long = "metrics-port", default_value_t = 9090)]
-    pub metrics_port: u16,
-    #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
-    pub metrics_listen_address: String,
-    #[arg(long = "enable-metrics", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub enable_metrics: bool,
-    #[arg(long = "log-level", default_value = "info")]
-    pub log_level: String,
-    #[arg(long = "log-as-json", default_value_t = false)]
-    pub log_as_json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Values read from the environment, passed in so config building stays pure.
@@ -94,7 +89,8 @@ impl Env {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     Standalone,
     Kubernetes,
@@ -154,8 +150,7 @@ pub struct Config {
     pub workload_cert_ttl: Duration,
     pub allowed_clock_skew: Duration,
     pub validators: Vec<ValidatorConfig>,
-    pub log_level: String,
-    pub log_as_json: bool,
+    pub log: LogArgs,
     /// Kubernetes mode: the Configuration to read mTLS settings from (`--config`, default
     /// `daprsystem`).
     pub configuration_name: String,
@@ -173,8 +168,8 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> Error {
 impl Config {
     /// Builds the config, reading the `--config` file in standalone mode.
     pub fn from_flags(flags: Flags, env: Env) -> Result<Self, Error> {
-        let configuration = match (flags.mode.as_str(), &flags.config) {
-            ("standalone", Some(path)) => Some(read_configuration(Path::new(path))?),
+        let configuration = match (flags.mode, &flags.config) {
+            (Mode::Standalone, Some(path)) => Some(read_configuration(Path::new(path))?),
             _ => None,
         };
         Self::build(flags, env, configuration)
@@ -186,16 +181,7 @@ impl Config {
         env: Env,
         configuration: Option<Configuration>,
     ) -> Result<Self, Error> {
-        let mode = match flags.mode.as_str() {
-            "standalone" => Mode::Standalone,
-            "kubernetes" => Mode::Kubernetes,
-            other => {
-                return Err(bad(
-                    "--mode",
-                    format!("{other:?} is not one of standalone, kubernetes"),
-                ));
-            }
-        };
+        let mode = flags.mode;
         let configuration_name = match mode {
             Mode::Kubernetes => flags
                 .config
@@ -269,10 +255,13 @@ impl Config {
             ip("--healthz-listen-address", &flags.healthz_listen_address)?,
             flags.healthz_port,
         );
-        let metrics = if flags.enable_metrics {
+        let metrics = if flags.metrics.enable_metrics {
             Some(SocketAddr::new(
-                ip("--metrics-listen-address", &flags.metrics_listen_address)?,
-                flags.metrics_port,
+                ip(
+                    "--metrics-listen-address",
+                    &flags.metrics.metrics_listen_address,
+                )?,
+                flags.metrics.metrics_port,
             ))
         } else {
             None
@@ -289,8 +278,7 @@ impl Config {
             workload_cert_ttl,
             allowed_clock_skew,
             validators,
-            log_level: flags.log_level,
-            log_as_json: flags.log_as_json,
+            log: flags.log,
             configuration_name,
             trust_domain_from_flag,
         })
@@ -556,9 +544,29 @@ spec:
     }
 
     #[test]
-    fn an_unknown_mode_is_a_config_error() {
-        let err = Config::build(flags(&["--mode", "cloud"]), Env::default(), None).unwrap_err();
-        assert!(matches!(err, Error::Config { .. }), "{err}");
+    fn an_unknown_mode_is_a_usage_error_naming_the_modes() {
+        let err = Flags::try_parse_from(["sentry", "--mode", "cloud"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        let text = err.to_string();
+        assert!(
+            text.contains("--mode") && text.contains("standalone, kubernetes"),
+            "{text}"
+        );
+        let config = Config::build(flags(&["--mode", "kubernetes"]), Env::default(), None).unwrap();
+        assert_eq!(config.mode, Mode::Kubernetes);
+    }
+
+    #[test]
+    fn log_as_json_is_a_go_bool_flag() {
+        for (args, json) in [
+            (&[][..], false),
+            (&["--log-as-json"][..], true),
+            (&["--log-as-json=true"][..], true),
+            (&["--log-as-json=false"][..], false),
+        ] {
+            let config = Config::build(flags(args), Env::default(), None).unwrap();
+            assert_eq!(config.log.log_as_json, json, "{args:?}");
+        }
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum Error {
     Sign(String),
 }
 
+/// Start-up configuration errors exit 64, every other failure 1.
+impl dapr_process::ExitStatus for Error {
+    fn is_usage(&self) -> bool {
+        matches!(self, Error::Config { .. })
+    }
+}
+
 impl Error {
     /// Whether this is a SPIFFE or app id that sentry refuses to sign for.
     fn is_invalid_id(&self) -> bool {

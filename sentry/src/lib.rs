@@ -37,9 +37,13 @@ use dapr_identity::spiffe::SpiffeId;
 /// The app id sentry's own SVID carries.
 pub use dapr_identity::SENTRY_APP_ID;
 
-/// Runs sentry until SIGTERM or Ctrl-C.
+/// Runs sentry until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), Error> {
-    run_until(config, shutdown_signal()).await
+    run_until(config, async {
+        dapr_process::shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+    })
+    .await
 }
 
 /// Runs sentry until `shutdown` completes.
@@ -186,26 +190,4 @@ pub async fn run_until(
     watcher.abort();
     tracing::info!("sentry stopped");
     result
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -5,69 +5,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use sentry::Config;
 use sentry::config::{Env, Flags};
-use sentry::{Config, Error};
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse() {
-        Ok(flags) => flags,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
-    let config = match Config::from_flags(flags, Env::from_process()) {
+    let config = match dapr_process::parse_flags::<Flags>().and_then(|flags| {
+        Config::from_flags(flags, Env::from_process())
+            .map_err(|e| dapr_process::config_error("sentry", &e))
+    }) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("sentry: {e}");
-            return ExitCode::from(64);
-        }
+        Err(code) => return code,
     };
-    init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sentry: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(sentry::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e @ Error::Config { .. }) => {
-            tracing::error!("{e}");
-            ExitCode::from(64)
-        }
-        Err(e) => {
-            tracing::error!("fatal error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn init_logging(config: &Config) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    // Per-target levels without `EnvFilter`'s regex engine (code every process would page in).
-    let filter: tracing_subscriber::filter::Targets = format!(
-        "{},h2=warn,hyper=warn,tower=warn,rustls=warn",
-        config.log_level
-    )
-    .parse()
-    .unwrap_or_else(|_| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    });
-    let registry = tracing_subscriber::registry().with(filter);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if config.log_as_json {
-        registry.with(layer.json().flatten_event(true)).init();
-    } else {
-        registry.with(layer).init();
+    dapr_process::init_logging(config.log, &["h2", "hyper", "tower", "rustls"]);
+    match dapr_process::runtime("sentry", true) {
+        Ok(runtime) => dapr_process::exit(runtime.block_on(sentry::run(config))),
+        Err(code) => code,
     }
 }
