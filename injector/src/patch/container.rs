@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, Probe, ResourceRequirements,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
     SeccompProfile, SecurityContext, TCPSocketAction, Toleration, VolumeMount,
     WindowsSecurityContextOptions,
 };
@@ -32,109 +32,17 @@ pub(super) struct SidecarInputs<'a> {
     pub(super) native: bool,
 }
 
+/// The `daprd` container, from its command line, environment, security context, mounts,
+/// probes and resources.
 pub(super) fn sidecar_container(
     inputs: &SidecarInputs<'_>,
     warnings: &mut Vec<String>,
 ) -> Container {
     let o = inputs.options;
     let s = inputs.settings;
-    let ports = inputs.ports;
-    let mut container_ports = vec![
-        port(sidecar::HTTP_PORT_NAME, i32::from(sidecar::HTTP_PORT)),
-        port(sidecar::GRPC_PORT_NAME, ports.grpc),
-        port(sidecar::INTERNAL_GRPC_PORT_NAME, ports.internal),
-        port(sidecar::METRICS_PORT_NAME, ports.metrics),
-    ];
-
-    let mut args = daprd_args(inputs);
-    let mut command = sidecar::COMMAND.to_owned();
-    if let Some(debug_port) = ports.debug {
-        container_ports.push(port(sidecar::DEBUG_PORT_NAME, debug_port));
-        command = sidecar::DEBUGGER_COMMAND.to_owned();
-        let mut wrapped: Vec<String> = [
-            "--listen",
-            &format!(":{debug_port}"),
-            "--accept-multiclient",
-            "--headless=true",
-            "--log",
-            "--api-version=2",
-            "exec",
-            sidecar::COMMAND,
-            "--",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        wrapped.append(&mut args);
-        args = wrapped;
-    }
-    // The command goes first in args so the image's ENTRYPOINT runs it, except on nodes whose
-    // runtimes ignore ENTRYPOINT (recognised by their tolerations).
-    let ignores_entrypoint = inputs
-        .tolerations
-        .iter()
-        .any(|t| s.ignore_entrypoint_tolerations.contains(t));
-    let (command, args) = if ignores_entrypoint {
-        (Some(vec![command]), args)
-    } else {
-        let mut all = vec![command];
-        all.extend(args);
-        (None, all)
-    };
-
-    let mut env_vars = vec![
-        literal_env(env::NAMESPACE, inputs.namespace),
-        literal_env(env::TRUST_ANCHORS, inputs.trust_anchors),
-        field_env(env::POD_NAME, "metadata.name"),
-        literal_env(env::CONTROL_PLANE_NAMESPACE, &s.control_plane_namespace),
-        literal_env(
-            env::CONTROL_PLANE_TRUST_DOMAIN,
-            &s.control_plane_trust_domain,
-        ),
-    ];
-    if s.downward_apis {
-        env_vars.push(field_env(env::HOST_IP, "status.podIP"));
-    }
-    let (mut keys, plain) = parse_env_annotation(&o.env);
-    env_vars.extend(plain);
-    let (secret_keys, from_secret) = parse_env_from_secret(&o.env_from_secret);
-    keys.extend(secret_keys);
-    env_vars.extend(from_secret);
-    if !keys.is_empty() {
-        env_vars.push(literal_env(env::ENV_KEYS, &keys.join(" ")));
-    }
-
-    let mut security = SecurityContext {
-        allow_privilege_escalation: Some(false),
-        run_as_non_root: Some(s.run_as_non_root),
-        run_as_user: s.run_as_user,
-        run_as_group: s.run_as_group,
-        read_only_root_filesystem: Some(s.read_only_root_filesystem),
-        ..Default::default()
-    };
-    if !o.seccomp_profile_type.is_empty() {
-        security.seccomp_profile = Some(SeccompProfile {
-            type_: o.seccomp_profile_type.clone(),
-            ..Default::default()
-        });
-    }
-    if s.drop_all_capabilities {
-        security.capabilities = Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            ..Default::default()
-        });
-    }
-    // Windows needs administrator rights to install certificates from SSL_CERT_DIR.
-    if env_vars.iter().any(|e| e.name == env::SSL_CERT_DIR) {
-        security.windows_options = Some(WindowsSecurityContextOptions {
-            run_as_user_name: Some("ContainerAdministrator".to_owned()),
-            ..Default::default()
-        });
-        security.run_as_non_root = Some(false);
-        security.read_only_root_filesystem = Some(false);
-        security.run_as_user = None;
-        security.run_as_group = None;
-    }
+    let (container_ports, command, args) = command_line(inputs);
+    let mut env_vars = sidecar_env(inputs);
+    let security = security_context(o, s, &env_vars);
 
     let mut mounts = inputs.mounts.clone();
     if let Some(sockets) = inputs.sockets_mount {
@@ -190,6 +98,123 @@ pub(super) fn sidecar_container(
         restart_policy: inputs.native.then(|| "Always".to_owned()),
         ..Default::default()
     }
+}
+
+/// The container's ports, `command` and `args`: daprd's flags, wrapped in the debugger when
+/// debugging is on.
+fn command_line(
+    inputs: &SidecarInputs<'_>,
+) -> (Vec<ContainerPort>, Option<Vec<String>>, Vec<String>) {
+    let s = inputs.settings;
+    let ports = inputs.ports;
+    let mut container_ports = vec![
+        port(sidecar::HTTP_PORT_NAME, i32::from(sidecar::HTTP_PORT)),
+        port(sidecar::GRPC_PORT_NAME, ports.grpc),
+        port(sidecar::INTERNAL_GRPC_PORT_NAME, ports.internal),
+        port(sidecar::METRICS_PORT_NAME, ports.metrics),
+    ];
+
+    let mut args = daprd_args(inputs);
+    let mut command = sidecar::COMMAND.to_owned();
+    if let Some(debug_port) = ports.debug {
+        container_ports.push(port(sidecar::DEBUG_PORT_NAME, debug_port));
+        command = sidecar::DEBUGGER_COMMAND.to_owned();
+        let mut wrapped: Vec<String> = [
+            "--listen",
+            &format!(":{debug_port}"),
+            "--accept-multiclient",
+            "--headless=true",
+            "--log",
+            "--api-version=2",
+            "exec",
+            sidecar::COMMAND,
+            "--",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        wrapped.append(&mut args);
+        args = wrapped;
+    }
+    // The command goes first in args so the image's ENTRYPOINT runs it, except on nodes whose
+    // runtimes ignore ENTRYPOINT (recognised by their tolerations).
+    let ignores_entrypoint = inputs
+        .tolerations
+        .iter()
+        .any(|t| s.ignore_entrypoint_tolerations.contains(t));
+    let (command, args) = if ignores_entrypoint {
+        (Some(vec![command]), args)
+    } else {
+        let mut all = vec![command];
+        all.extend(args);
+        (None, all)
+    };
+    (container_ports, command, args)
+}
+
+/// daprd's own environment and the `dapr.io/env` and `dapr.io/env-from-secret` annotations'.
+fn sidecar_env(inputs: &SidecarInputs<'_>) -> Vec<EnvVar> {
+    let o = inputs.options;
+    let s = inputs.settings;
+    let mut env_vars = vec![
+        literal_env(env::NAMESPACE, inputs.namespace),
+        literal_env(env::TRUST_ANCHORS, inputs.trust_anchors),
+        field_env(env::POD_NAME, "metadata.name"),
+        literal_env(env::CONTROL_PLANE_NAMESPACE, &s.control_plane_namespace),
+        literal_env(
+            env::CONTROL_PLANE_TRUST_DOMAIN,
+            &s.control_plane_trust_domain,
+        ),
+    ];
+    if s.downward_apis {
+        env_vars.push(field_env(env::HOST_IP, "status.podIP"));
+    }
+    let (mut keys, plain) = parse_env_annotation(&o.env);
+    env_vars.extend(plain);
+    let (secret_keys, from_secret) = parse_env_from_secret(&o.env_from_secret);
+    keys.extend(secret_keys);
+    env_vars.extend(from_secret);
+    if !keys.is_empty() {
+        env_vars.push(literal_env(env::ENV_KEYS, &keys.join(" ")));
+    }
+    env_vars
+}
+
+/// The settings' security context, with the annotation's seccomp profile; administrator
+/// rights on Windows when `env_vars` set `SSL_CERT_DIR`.
+fn security_context(o: &SidecarOptions, s: &Settings, env_vars: &[EnvVar]) -> SecurityContext {
+    let mut security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(s.run_as_non_root),
+        run_as_user: s.run_as_user,
+        run_as_group: s.run_as_group,
+        read_only_root_filesystem: Some(s.read_only_root_filesystem),
+        ..Default::default()
+    };
+    if !o.seccomp_profile_type.is_empty() {
+        security.seccomp_profile = Some(SeccompProfile {
+            type_: o.seccomp_profile_type.clone(),
+            ..Default::default()
+        });
+    }
+    if s.drop_all_capabilities {
+        security.capabilities = Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        });
+    }
+    // Windows needs administrator rights to install certificates from SSL_CERT_DIR.
+    if env_vars.iter().any(|e| e.name == env::SSL_CERT_DIR) {
+        security.windows_options = Some(WindowsSecurityContextOptions {
+            run_as_user_name: Some("ContainerAdministrator".to_owned()),
+            ..Default::default()
+        });
+        security.run_as_non_root = Some(false);
+        security.read_only_root_filesystem = Some(false);
+        security.run_as_user = None;
+        security.run_as_group = None;
+    }
+    security
 }
 
 /// daprd's command line, built flag by flag.
