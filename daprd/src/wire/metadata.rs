@@ -1,0 +1,466 @@
+//! Headers ↔ invocation metadata: which headers travel, under which spelling (Go-canonical or
+//! lower-case, `dapr-`-prefixed for a gRPC call), and reading and setting metadata entries.
+
+use dapr_proto::internals::v1::ListStringValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{Metadata, names};
+
+/// Headers that belong to one connection and never travel on. (`content-length` does travel:
+/// apps that cannot read chunked bodies still get a framed one.)
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+    )
+}
+
+/// HTTP headers that have a meaning of their own on a gRPC call (framing, content, caching):
+/// upstream passes them on in gRPC metadata as `dapr-<name>` (the list of its
+/// `isPermanentHTTPHeader`), so that an app's `content-length` does not become the length of a
+/// gRPC response.
+pub fn is_permanent_http_header(name: &str) -> bool {
+    matches!(
+        name,
+        "accept"
+            | "accept-charset"
+            | "accept-language"
+            | "accept-ranges"
+            | "age"
+            | "authorization"
+            | "cache-control"
+            | "content-type"
+            | "content-disposition"
+            | "content-encoding"
+            | "content-length"
+            | "content-location"
+            | "content-range"
+            | "date"
+            | "etag"
+            | "expect"
+            | "expires"
+            | "from"
+            | "host"
+            | "if-match"
+            | "if-modified-since"
+            | "if-none-match"
+            | "if-schedule-tag-match"
+            | "if-unmodified-since"
+            | "max-forwards"
+            | "origin"
+            | "pragma"
+            | "referer"
+            | "user-agent"
+            | "via"
+            | "warning"
+    )
+}
+
+/// The gRPC metadata name (lower-case) for a header of an app's response or request, in any
+/// case (upstream's callee sends an HTTP app's names Go-canonical, and `Content-Type` must not
+/// become the gRPC response's own `content-type`): hop-by-hop headers and gRPC's own `:`-names
+/// have none, permanent HTTP headers and `grpc-*` get a `dapr-` prefix.
+pub fn grpc_metadata_name(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    };
+    if is_hop_by_hop(&name) || name.starts_with(':') {
+        None
+    } else if is_permanent_http_header(&name) || name.starts_with("grpc-") {
+        Some(format!("dapr-{name}").into())
+    } else {
+        Some(name)
+    }
+}
+
+/// HTTP headers → invocation metadata (lower-case names, all values): a gRPC app's response
+/// metadata, and an HTTPEndpoint's answer (which never leaves this sidecar).
+pub fn headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    collect_headers(headers, skip, str::to_owned)
+}
+
+/// An HTTP app's response headers → invocation metadata under Go-canonical names, as upstream's
+/// callee sends them (the app response's `http.Header`, `pkg/channel/http/http_channel.go`).
+/// Upstream's caller renames permanent HTTP headers `dapr-<name>` for its gRPC API only under
+/// those spellings (`InternalMetadataToGrpcMetadata`, `isPermanentHTTPHeader` in
+/// `pkg/messaging/v1/util.go`): a lower-case `content-length` would reach its `InvokeService`
+/// client as the gRPC response's own, which HTTP/2 rejects as malformed.
+pub fn app_response_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    collect_headers(headers, skip, canonical_name)
+}
+
+/// An HTTP API request's headers → invocation metadata, named as upstream's caller names them:
+/// its `http.Header` keys, Go-canonical (`Content-Type`, `X-Custom-Header`), which is the
+/// spelling upstream's callee looks for when it renames permanent HTTP headers `dapr-<name>` for
+/// a gRPC app (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`). Dapr's own entries
+/// (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced and stamped
+/// under those, here and by upstream. Each name costs the one `String` the map key needs anyway.
+pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
+    collect_headers(headers, skip, |name| {
+        if name.starts_with("dapr-") || name == names::TRACEPARENT {
+            name.to_owned()
+        } else {
+            canonical_name(name)
+        }
+    })
+}
+
+/// Every header but hop-by-hop ones and `skip`, with all its (text) values, under `key(name)`.
+fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> String) -> Metadata {
+    let mut metadata = Metadata::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        if is_hop_by_hop(name) || skip.contains(&name) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        metadata
+            .entry(key(name))
+            .or_default()
+            .values
+            .push(value.to_owned());
+    }
+    metadata
+}
+
+/// `name` as Go's `textproto.CanonicalMIMEHeaderKey` spells it: the first letter and every letter
+/// after a `-` upper-case, the rest lower-case (`name` is a valid header name, as `http` parsed
+/// it, so Go's exception for invalid names never applies). One lower-cased copy, then one byte
+/// changed per word.
+pub fn canonical_name(name: &str) -> String {
+    let mut out = name.to_ascii_lowercase();
+    let mut word = 0;
+    loop {
+        if let Some(letter) = out.get_mut(word..word + 1) {
+            letter.make_ascii_uppercase();
+        }
+        match out
+            .as_bytes()
+            .get(word..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'-'))
+        {
+            Some(dash) => word += dash + 1,
+            None => return out,
+        }
+    }
+}
+
+/// Whether `name` is spelled as [`canonical_name`] would spell it.
+pub fn is_canonical(name: &str) -> bool {
+    let mut upper = true;
+    for b in name.bytes() {
+        let wrong = if upper {
+            b.is_ascii_lowercase()
+        } else {
+            b.is_ascii_uppercase()
+        };
+        if wrong {
+            return false;
+        }
+        upper = b == b'-';
+    }
+    true
+}
+
+/// Sets one metadata value, replacing what a client may have sent under that name.
+pub fn set(metadata: &mut Metadata, name: &str, value: &str) {
+    metadata.insert(
+        name.to_owned(),
+        ListStringValue {
+            values: vec![value.to_owned()],
+        },
+    );
+}
+
+pub fn first<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
+    metadata
+        .get(name)
+        .and_then(|v| v.values.first())
+        .map(String::as_str)
+}
+
+/// The spellings of `content-length` in invocation metadata: Go-canonical from upstream's caller
+/// (and ours) for HTTP API requests, lower-case from gRPC callers and older callers of ours.
+pub const CONTENT_LENGTH: [&str; 2] = ["content-length", "Content-Length"];
+
+/// The first value under the first of `spellings` the map has.
+pub fn first_of<'a>(metadata: &'a Metadata, spellings: &[&str]) -> Option<&'a str> {
+    spellings.iter().find_map(|name| first(metadata, name))
+}
+
+/// Sets one value under the first of `spellings` the map has (else the first one), and removes
+/// the others: the map never holds the header twice, and keeps the caller's spelling.
+pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
+    let Some(&default) = spellings.first() else {
+        return;
+    };
+    let name = spellings
+        .iter()
+        .copied()
+        .find(|name| metadata.contains_key(*name))
+        .unwrap_or(default);
+    for other in spellings {
+        if *other != name {
+            metadata.remove(*other);
+        }
+    }
+    set(metadata, name, value);
+}
+
+/// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
+/// any case (HTTP header names are case-insensitive). gRPC's reserved names are re-prefixed
+/// `dapr-`, and `content-type` is left to the message's own content type, as upstream
+/// (`InternalMetadataToHTTPHeader`, `pkg/messaging/v1/util.go`).
+pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
+    for (name, values) in metadata {
+        let Some(header) = header_name(name) else {
+            continue;
+        };
+        if header == http::header::CONTENT_TYPE {
+            continue;
+        }
+        append_all(headers, header, values);
+    }
+}
+
+/// Invocation metadata → gRPC metadata for a gRPC app's `OnInvoke`: as
+/// [`metadata_to_headers`], and a permanent HTTP header under its Go-canonical spelling (what
+/// upstream's caller sends for HTTP API requests) becomes `dapr-<name>`, as upstream's
+/// `InternalMetadataToGrpcMetadata` renames it, so that no HTTP framing header (such as
+/// `Content-Length`) reaches a gRPC call as its own. Other spellings keep their name.
+pub fn metadata_to_grpc_headers(metadata: &Metadata, headers: &mut HeaderMap) {
+    for (name, values) in metadata {
+        let Some(header) = header_name(name) else {
+            continue;
+        };
+        let header = if name.as_str() != header.as_str()
+            && is_canonical(name)
+            && is_permanent_http_header(header.as_str())
+        {
+            match HeaderName::try_from(format!("dapr-{header}")) {
+                Ok(prefixed) => prefixed,
+                Err(_) => continue,
+            }
+        } else {
+            header
+        };
+        append_all(headers, header, values);
+    }
+}
+
+/// The header name of a metadata entry that travels on to an app, lower-case: none for
+/// hop-by-hop headers, `destination-app-id` and `:`-names; `grpc-*` as `dapr-grpc-*`.
+fn header_name(name: &str) -> Option<HeaderName> {
+    if name.starts_with(':') {
+        return None;
+    }
+    let header = HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let lower = header.as_str();
+    if is_hop_by_hop(lower) || lower == names::DESTINATION_APP_ID {
+        None
+    } else if lower.starts_with("grpc-") {
+        HeaderName::try_from(format!("dapr-{lower}")).ok()
+    } else {
+        Some(header)
+    }
+}
+
+fn append_all(headers: &mut HeaderMap, header: HeaderName, values: &ListStringValue) {
+    for value in &values.values {
+        if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+            headers.append(header.clone(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_become_metadata_without_hop_by_hop_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("dapr-app-id", HeaderValue::from_static("b"));
+        let md = headers_to_metadata(&headers, &[names::DAPR_APP_ID]);
+        assert_eq!(md["x-multi"].values, vec!["a", "b"]);
+        assert_eq!(first(&md, "content-type"), Some("text/plain"));
+        assert!(!md.contains_key("connection"));
+        assert!(!md.contains_key("dapr-app-id"));
+    }
+
+    #[test]
+    fn names_are_made_canonical_as_go_makes_them() {
+        for (name, canonical) in [
+            ("content-length", "Content-Length"),
+            ("x-custom-header", "X-Custom-Header"),
+            ("accept", "Accept"),
+            ("x--a", "X--A"),
+            ("www-authenticate", "Www-Authenticate"),
+            ("x-b3-traceid", "X-B3-Traceid"),
+        ] {
+            assert_eq!(canonical_name(name), canonical);
+            assert!(is_canonical(canonical), "{canonical}");
+            assert!(!is_canonical(name), "{name}");
+        }
+        assert!(is_canonical("-"));
+        assert!(!is_canonical("Content-length"));
+    }
+
+    #[test]
+    fn request_headers_travel_canonical_except_daprs_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert("traceparent", HeaderValue::from_static("00-t-s-01"));
+        headers.insert("dapr-caller-app-id", HeaderValue::from_static("spoof"));
+        headers.insert("dapr-app-id", HeaderValue::from_static("b"));
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        let md = request_headers_to_metadata(&headers, &[names::DAPR_APP_ID]);
+        let names: Vec<&str> = md.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "X-Multi",
+                "dapr-caller-app-id",
+                "traceparent"
+            ]
+        );
+        assert_eq!(md["X-Multi"].values, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn content_length_is_found_and_set_in_either_spelling() {
+        let mut md = Metadata::new();
+        set(&mut md, "Content-Length", "5");
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(first(&md, "Content-Length"), Some("7"));
+        let mut md = Metadata::new();
+        set(&mut md, "content-length", "5");
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
+        set(&mut md, "Content-Length", "6");
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(first(&md, "content-length"), Some("7"));
+        let mut md = Metadata::new();
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), None);
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "1");
+        assert_eq!(first(&md, "content-length"), Some("1"));
+    }
+
+    #[test]
+    fn metadata_in_either_case_becomes_the_same_headers_for_an_http_app() {
+        for (content_length, destination, custom, grpc) in [
+            (
+                "content-length",
+                "destination-app-id",
+                "x-custom",
+                "grpc-timeout",
+            ),
+            (
+                "Content-Length",
+                "Destination-App-Id",
+                "X-Custom",
+                "Grpc-Timeout",
+            ),
+        ] {
+            let mut md = Metadata::new();
+            set(&mut md, content_length, "5");
+            set(&mut md, destination, "b");
+            set(&mut md, custom, "1");
+            set(&mut md, grpc, "1S");
+            set(&mut md, "Connection", "close");
+            set(&mut md, "Content-Type", "text/plain");
+            let mut headers = HeaderMap::new();
+            metadata_to_headers(&md, &mut headers);
+            assert_eq!(headers["content-length"], "5");
+            assert_eq!(headers["x-custom"], "1");
+            assert_eq!(headers["dapr-grpc-timeout"], "1S");
+            // The content type is the message's own, not the metadata's.
+            assert_eq!(headers.len(), 3, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_permanent_headers_reach_a_grpc_app_as_dapr_names() {
+        let mut md = Metadata::new();
+        set(&mut md, "Content-Length", "5");
+        set(&mut md, "Accept", "*/*");
+        set(&mut md, "X-Custom", "1");
+        set(&mut md, "content-type", "text/plain");
+        set(&mut md, "ACCEPT-LANGUAGE", "en");
+        let mut headers = HeaderMap::new();
+        metadata_to_grpc_headers(&md, &mut headers);
+        assert_eq!(headers["dapr-content-length"], "5");
+        assert_eq!(headers["dapr-accept"], "*/*");
+        assert_eq!(headers["x-custom"], "1");
+        // Other spellings keep their names, as upstream's exact match leaves them.
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers["accept-language"], "en");
+        assert!(!headers.contains_key("content-length"));
+    }
+
+    #[test]
+    fn metadata_becomes_headers_with_reserved_names_prefixed() {
+        let mut md = Metadata::new();
+        set(&mut md, "grpc-timeout", "1S");
+        set(&mut md, "destination-app-id", "b");
+        set(&mut md, ":authority", "x");
+        set(&mut md, "x-ok", "1");
+        let mut headers = HeaderMap::new();
+        metadata_to_headers(&md, &mut headers);
+        assert_eq!(headers["dapr-grpc-timeout"], "1S");
+        assert_eq!(headers["x-ok"], "1");
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn response_headers_travel_go_canonical_as_upstreams_callee_sends_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", HeaderValue::from_static("334"));
+        headers.insert(
+            "date",
+            HeaderValue::from_static("Sat, 05 Dec 2026 05:59:20 GMT"),
+        );
+        headers.insert("x-custom-header", HeaderValue::from_static("v"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let md = app_response_headers_to_metadata(&headers, &[]);
+        let mut names: Vec<&str> = md.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["Content-Length", "Date", "X-Custom-Header"]);
+        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("334"));
+    }
+
+    #[test]
+    fn app_headers_get_grpc_metadata_names_as_upstream() {
+        let named = |name| grpc_metadata_name(name).map(|n| n.into_owned());
+        assert_eq!(
+            named("content-length").as_deref(),
+            Some("dapr-content-length")
+        );
+        assert_eq!(named("grpc-status").as_deref(), Some("dapr-grpc-status"));
+        assert_eq!(named("x-custom").as_deref(), Some("x-custom"));
+        assert_eq!(named("transfer-encoding"), None);
+        assert_eq!(named(":status"), None);
+        // Go-canonical names, as upstream's callee sends them, come out the same.
+        assert_eq!(named("Content-Type").as_deref(), Some("dapr-content-type"));
+        assert_eq!(named("X-Custom").as_deref(), Some("x-custom"));
+        assert_eq!(named("Transfer-Encoding"), None);
+    }
+}
