@@ -69,7 +69,7 @@ pub struct Flags {
     pub resources_path: Vec<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
-    #[arg(long = "enable-api-logging", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "enable-api-logging", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_api_logging: Option<bool>,
     /// Largest request body accepted, as a quantity (4Mi, 16M, 1Gi).
     #[arg(long = "max-body-size", default_value = "4Mi")]
@@ -126,7 +126,7 @@ pub struct AcceptedFlags {
     pub reminders_service: Option<String>,
     #[arg(long = "actors-disseminate-timeout")]
     pub actors_disseminate_timeout: Option<String>,
-    #[arg(long = "enable-profiling", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "enable-profiling", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_profiling: Option<bool>,
     #[arg(long = "profile-port")]
     pub profile_port: Option<u16>,
@@ -138,7 +138,7 @@ pub struct AcceptedFlags {
     pub allowed_origins: Option<String>,
     #[arg(long = "dapr-block-shutdown-duration")]
     pub dapr_block_shutdown_duration: Option<String>,
-    #[arg(long = "disable-builtin-k8s-secret-store", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "disable-builtin-k8s-secret-store", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub disable_builtin_k8s_secret_store: Option<bool>,
     #[arg(long = "app-binding-options-timeout")]
     pub app_binding_options_timeout: Option<String>,

@@ -39,7 +39,7 @@ pub struct Flags {
     #[arg(long = "healthz-listen-address", default_value = "")]
     pub healthz_listen_address: String,
     /// Whether sidecars get a default `--scheduler-host-address`.
-    #[arg(long = "scheduler-enabled", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "scheduler-enabled", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub scheduler_enabled: bool,
     /// Kubeconfig to use instead of the in-cluster or default configuration.
     #[arg(long)]
@@ -55,12 +55,12 @@ pub struct Flags {
     #[arg(long = "tls-key-file")]
     pub tls_key_file: Option<PathBuf>,
     /// Do not run the `<app-id>-dapr` Service reconciler.
-    #[arg(long = "disable-service-reconciler", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "disable-service-reconciler", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub disable_service_reconciler: bool,
     /// Do not create the `dapr-configuration-reader` RoleBinding in workload namespaces (the
     /// reconciler's; without it daprd cannot read a Configuration named by `dapr.io/config`
     /// unless the user grants that).
-    #[arg(long = "disable-configuration-reader-bindings", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "disable-configuration-reader-bindings", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub disable_configuration_reader_bindings: bool,
     /// Port of the operator API (`dapr.proto.operator.v1.Operator`, upstream operator's
     /// `--port`), served over mTLS as `dapr-operator` (Service `dapr-api`).
@@ -70,7 +70,7 @@ pub struct Flags {
     pub operator_api_listen_address: String,
     /// Do not serve the operator API (sidecars then read their Configuration from the API
     /// server themselves).
-    #[arg(long = "disable-operator-api", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "disable-operator-api", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub disable_operator_api: bool,
 }
 

@@ -51,14 +51,14 @@ pub struct LogArgs {
     pub log_level: LogLevel,
     /// Log as JSON, one object per line. A Go bool flag: `--log-as-json`, `--log-as-json=true`
     /// or `--log-as-json=false`.
-    #[arg(long = "log-as-json", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "log-as-json", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub log_as_json: bool,
 }
 
 /// `--enable-metrics`, `--metrics-port` and `--metrics-listen-address`, as upstream's binaries.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct MetricsArgs {
-    #[arg(long = "enable-metrics", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long = "enable-metrics", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub enable_metrics: bool,
     #[arg(long = "metrics-port", default_value_t = 9090)]
     pub metrics_port: u16,
@@ -210,6 +210,9 @@ mod tests {
             );
         }
         assert!(parse(&["--log-as-json=yes"]).is_err());
+        // As a Go bool flag, the value needs `=`: the next word is never taken as one (the
+        // injector's `render` subcommand follows its flags).
+        assert!(parse(&["--log-as-json", "false"]).is_err());
     }
 
     #[test]
