@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dapr_crds::Configuration;
 
-use crate::Error;
+use crate::StartError;
 
 /// How long the API server may be unreachable before the sidecar gives up.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -24,9 +24,12 @@ pub async fn load(
     source: &crate::apiserver::Source,
     namespace: &str,
     name: &str,
-) -> Result<Configuration, Error> {
+) -> Result<Configuration, StartError> {
     let what = format!("Configuration {namespace}/{name} (--config)");
-    let fail = |reason: String| Error::Configuration(format!("{what}: {reason}"));
+    let fail = |reason: String| StartError::Configuration {
+        what: what.clone(),
+        reason,
+    };
     if !is_dns_label(namespace) {
         return Err(fail(format!(
             "namespace {namespace:?} is not a Kubernetes namespace name"

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, StartError};
 
 use inbound::app_channel::AppChannel;
 use outbound::invoker::{Caller, Invoker};
@@ -45,7 +45,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 fn operator_client(
     config: &Config,
     identity: Option<&identity::Current>,
-) -> Result<Option<operator::Client>, Error> {
+) -> Result<Option<operator::Client>, StartError> {
     match (&config.operator_address, identity, &config.mtls) {
         (Some(address), Some(current), Some(mtls)) => Ok(Some(operator::client(
             address,
@@ -64,7 +64,7 @@ async fn load_configuration(
     name: &str,
     operator: Option<&operator::Client>,
     shutdown: &Shutdown,
-) -> Result<(), Error> {
+) -> Result<(), StartError> {
     match operator {
         Some(client) => {
             let mut client = client.clone();
@@ -95,211 +95,31 @@ async fn load_configuration(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    dapr_serve::bind(addr).map_err(|source| Error::Bind { addr, source })
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    dapr_serve::bind(addr).map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Runs the sidecar until SIGTERM/SIGINT or a shutdown request, then drains in-flight calls
-/// within the configured grace period.
-pub async fn run(mut config: Config) -> Result<(), Error> {
+/// within the configured grace period. The steps, in order: [`Sidecar::assemble`],
+/// [`start_servers`], readiness ([`wait_for_app`]), [`drain`].
+pub async fn run(config: Config) -> Result<(), StartError> {
     let started = Instant::now();
     tracing::info!(mode = ?config.mode, app_id = %config.app_id, "starting Dapr Runtime -- version {VERSION}");
     let shutdown = Shutdown::default();
-    // The identity comes first: the operator serves the Configuration over mTLS only.
-    let identity = match &config.mtls {
-        None => {
-            tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
-            None
-        }
-        Some(mtls) => {
-            tracing::info!(sentry = %mtls.sentry_address, "mTLS enabled. Creating sidecar authenticator");
-            Some(
-                identity::start(
-                    mtls.clone(),
-                    config.namespace.clone(),
-                    shutdown.graceful.clone(),
-                )
-                .await?,
-            )
-        }
-    };
-    let operator = operator_client(&config, identity.as_ref())?;
-    if let Some(name) = config.configuration_name.clone() {
-        load_configuration(&mut config, &name, operator.as_ref(), &shutdown).await?;
-    }
-    let resources = load_resources(&config, operator).await?;
-    resources.warn_not_implemented();
-    let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
-    let config = Arc::new(config);
-
-    let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
-    tracing::info!("Initialized name resolution to {}", resolver.name());
-
-    let ignored = config.ignored_flags.join(" ");
-    if !ignored.is_empty() {
-        tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
-    }
-    let metrics = Arc::new(metrics::Metrics::new(
-        &config.app_id,
-        config.metrics.is_some(),
-    ));
-    for (name, namespace) in resiliency.iter().flat_map(|r| &r.loaded) {
-        tracing::info!("Loading Resiliency configuration: {name}");
-        metrics.resiliency_loaded(name, namespace);
-    }
-    let tracing_settings = trace::Settings::from_spec(config.configuration.spec.tracing.as_ref())?;
-    let tracer = Arc::new(trace::Tracer::start(
-        &tracing_settings,
-        &config.app_id,
-        &metrics,
-    )?);
-    if tracing_settings.enabled {
-        tracing::info!(
-            sampling_rate = tracing_settings.sampling_rate,
-            stdout = tracing_settings.stdout,
-            zipkin = tracing_settings.zipkin.is_some(),
-            otel = tracing_settings.otel.is_some(),
-            "tracing enabled"
-        );
-    }
-    let shared = Arc::new(Shared {
-        invoker: Invoker::new(
-            Caller::new(
-                &config.app_id,
-                &config.namespace,
-                &config.hostname,
-                resolve::known_address(&config),
-            ),
-            Arc::clone(&resolver),
-        )
-        .with_metrics(Arc::clone(&metrics))
-        .with_identity(identity.clone())
-        .with_resiliency(resiliency),
-        config: Arc::clone(&config),
-        endpoints: outbound::endpoint::Endpoints::new(&resources.http_endpoints)?,
-        health: Health::default(),
-        resolver_name: resolver.name(),
-        extended: Mutex::new(Default::default()),
-        shutdown: shutdown.clone(),
-        metrics: Arc::clone(&metrics),
-        tracer: Arc::clone(&tracer),
-    });
-
-    let internal = inbound::server(&config, &metrics, &tracer)?;
-    let mut servers = JoinSet::new();
     let stop = shutdown.graceful.clone();
-
-    if let Some((ip, port)) = config.metrics {
-        let addr = SocketAddr::new(ip, port);
-        let listener = bind(addr).await?;
-        servers.spawn(serve_http(
-            "metrics",
-            listener,
-            metrics::router(Arc::clone(&metrics)),
-            stop.clone(),
-        ));
-        tracing::info!("metrics server started on {addr}/");
-    }
-
-    let grpc_api = grpc_api(&shared);
-    let http_api = outbound::http::router(Arc::clone(&shared));
-    if let Some(sockets) = &config.api_sockets {
-        let listener = bind_unix(&sockets.grpc).await?;
-        servers.spawn(serve_grpc_api(
-            grpc_api.clone(),
-            plaintext("grpc-api", listener, stop.clone()),
-            &metrics,
-            stop.clone(),
-        ));
-        tracing::info!(
-            "gRPC API server listening on UNIX socket: {}",
-            sockets.grpc.display()
-        );
-        let listener = bind_unix(&sockets.http).await?;
-        servers.spawn(serve_http(
-            "http-api",
-            listener,
-            http_api.clone(),
-            stop.clone(),
-        ));
-        tracing::info!(
-            "HTTP server listening on UNIX socket: {}",
-            sockets.http.display()
-        );
-    } else {
-        for ip in &config.api_listen_addresses {
-            let addr = SocketAddr::new(*ip, config.grpc_port);
-            let listener = bind(addr).await?;
-            servers.spawn(serve_grpc_api(
-                grpc_api.clone(),
-                plaintext("grpc-api", listener, stop.clone()),
-                &metrics,
-                stop.clone(),
-            ));
-            tracing::info!("gRPC API server listening on {addr}");
-        }
-        for ip in &config.api_listen_addresses {
-            let addr = SocketAddr::new(*ip, config.http_port);
-            let listener = bind(addr).await?;
-            servers.spawn(serve_http(
-                "http-api",
-                listener,
-                http_api.clone(),
-                stop.clone(),
-            ));
-            tracing::info!("HTTP server listening on {addr}");
-        }
-    }
-    if let Some(port) = config.public_port {
-        let addr = SocketAddr::new(config.public_listen_address, port);
-        let listener = bind(addr).await?;
-        let router = outbound::http::public_router(Arc::clone(&shared));
-        servers.spawn(serve_http("public-http", listener, router, stop.clone()));
-        tracing::info!("public HTTP server listening on {addr}");
-    }
-    {
-        let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
-        let listener = bind(addr).await?;
-        let internal = inbound::routes(Arc::clone(&internal));
-        let stop = stop.clone();
-        let layer = metrics::GrpcLayer::new(&metrics);
-        let mut server = internal_grpc_server().layer(layer);
-        let router = server.add_routes(internal);
-        match identity.clone() {
-            None => servers.spawn(async move {
-                let incoming = plaintext("internal", listener, stop.clone());
-                router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
-            }),
-            Some(current) => servers.spawn(async move {
-                let incoming =
-                    identity::transport::incoming(listener, current, LIMITS, stop.clone());
-                router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
-            }),
-        };
-        let security = if identity.is_some() {
-            "mTLS"
-        } else {
-            "plaintext"
-        };
-        tracing::info!("internal gRPC server listening on {addr} ({security})");
-    }
+    let sidecar = Sidecar::assemble(config, &shutdown).await?;
+    let servers = start_servers(&sidecar, &stop).await?;
+    let shared = &sidecar.shared;
     shared.health.set_outbound_ready();
 
     let registration = {
-        let resolver = Arc::clone(&resolver);
+        let resolver = Arc::clone(&sidecar.resolver);
         let stop = stop.clone();
         tokio::spawn(async move { resolver.register(stop).await })
     };
-
-    wait_for_app(&shared, &stop).await;
-    if let Some(check) = config.app_health_check.clone() {
-        let (internal, stop) = (Arc::clone(&internal), stop.clone());
+    wait_for_app(shared, &stop).await;
+    if let Some(check) = shared.config.app_health_check.clone() {
+        let (internal, stop) = (Arc::clone(&sidecar.internal), stop.clone());
         tokio::spawn(async move { internal.probe_app(&check, &stop).await });
     }
     tracing::info!(
@@ -315,7 +135,251 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         }
     }
     shared.health.set_app_ready(false);
-    let grace = config.graceful_shutdown;
+    drain(servers, shared.config.graceful_shutdown, &shutdown).await;
+    if let Some(sockets) = &shared.config.api_sockets {
+        // As Go's listeners do on close, so the next start binds them afresh.
+        for path in [&sockets.http, &sockets.grpc] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
+    shared.tracer.flush(Duration::from_secs(5)).await;
+    tracing::info!("dapr shutdown complete");
+    Ok(())
+}
+
+/// Everything the servers share, built before any port is bound.
+struct Sidecar {
+    /// The workload identity, with mTLS.
+    identity: Option<identity::Current>,
+    resolver: Arc<resolve::Resolver>,
+    /// The internal API's handler (peers calling our app).
+    internal: Arc<inbound::Internal>,
+    /// The app-facing APIs' state (configuration, invoker, metrics, tracer, health).
+    shared: Arc<Shared>,
+}
+
+impl Sidecar {
+    /// Identity first (the operator serves over mTLS only), then the Configuration and the
+    /// resources, then what is built from them: policies, name resolution, metrics, tracing.
+    async fn assemble(mut config: Config, shutdown: &Shutdown) -> Result<Sidecar, StartError> {
+        let identity = start_identity(&config, &shutdown.graceful).await?;
+        let operator = operator_client(&config, identity.as_ref())?;
+        if let Some(name) = config.configuration_name.clone() {
+            load_configuration(&mut config, &name, operator.as_ref(), shutdown).await?;
+        }
+        let resources = load_resources(&config, operator).await?;
+        resources.warn_not_implemented();
+        let resiliency = resiliency::Resiliency::compile(&resources.resiliencies)?;
+        let config = Arc::new(config);
+
+        let resolver = Arc::new(resolve::Resolver::from_config(&config)?);
+        tracing::info!("Initialized name resolution to {}", resolver.name());
+        let ignored = config.ignored_flags.join(" ");
+        if !ignored.is_empty() {
+            tracing::info!("accepted for compatibility, no effect in this sidecar: {ignored}");
+        }
+        let metrics = Arc::new(metrics::Metrics::new(
+            &config.app_id,
+            config.metrics.is_some(),
+        ));
+        for (name, namespace) in resiliency.iter().flat_map(|r| &r.loaded) {
+            tracing::info!("Loading Resiliency configuration: {name}");
+            metrics.resiliency_loaded(name, namespace);
+        }
+        let tracer = Arc::new(start_tracer(&config, &metrics)?);
+        let shared = Arc::new(Shared {
+            invoker: Invoker::new(
+                Caller::new(
+                    &config.app_id,
+                    &config.namespace,
+                    &config.hostname,
+                    resolve::known_address(&config),
+                ),
+                Arc::clone(&resolver),
+            )
+            .with_metrics(Arc::clone(&metrics))
+            .with_identity(identity.clone())
+            .with_resiliency(resiliency),
+            config: Arc::clone(&config),
+            endpoints: outbound::endpoint::Endpoints::new(&resources.http_endpoints)?,
+            health: Health::default(),
+            resolver_name: resolver.name(),
+            extended: Mutex::new(Default::default()),
+            shutdown: shutdown.clone(),
+            metrics: Arc::clone(&metrics),
+            tracer: Arc::clone(&tracer),
+        });
+        let internal =
+            inbound::server(&config, &metrics, &tracer).map_err(StartError::AppChannel)?;
+        Ok(Sidecar {
+            identity,
+            resolver,
+            internal,
+            shared,
+        })
+    }
+}
+
+/// The workload identity from sentry, kept fresh until `stop`; `None` without mTLS.
+async fn start_identity(
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<Option<identity::Current>, StartError> {
+    let Some(mtls) = &config.mtls else {
+        tracing::info!("mTLS is disabled. Skipping certificate request and tls validation");
+        return Ok(None);
+    };
+    tracing::info!(sentry = %mtls.sentry_address, "mTLS enabled. Creating sidecar authenticator");
+    let current = identity::start(mtls.clone(), config.namespace.clone(), stop.clone()).await?;
+    Ok(Some(current))
+}
+
+/// The span exporter `Configuration.spec.tracing` asks for (a disabled one records nothing).
+fn start_tracer(config: &Config, metrics: &metrics::Metrics) -> Result<trace::Tracer, StartError> {
+    let settings = trace::Settings::from_spec(config.configuration.spec.tracing.as_ref())?;
+    let tracer = trace::Tracer::start(&settings, &config.app_id, metrics)?;
+    if settings.enabled {
+        tracing::info!(
+            sampling_rate = settings.sampling_rate,
+            stdout = settings.stdout,
+            zipkin = settings.zipkin.is_some(),
+            otel = settings.otel.is_some(),
+            "tracing enabled"
+        );
+    }
+    Ok(tracer)
+}
+
+/// The sidecar's servers, each until `stop`; what one fails with is logged by [`drain`].
+type Servers = JoinSet<Result<(), String>>;
+
+/// Binds and serves every port: metrics, the app-facing HTTP and gRPC APIs (TCP or Unix-domain
+/// sockets), the public health port, and the internal API peers call.
+async fn start_servers(sidecar: &Sidecar, stop: &CancellationToken) -> Result<Servers, StartError> {
+    let shared = &sidecar.shared;
+    let (config, metrics) = (&shared.config, &shared.metrics);
+    let mut servers = JoinSet::new();
+    if let Some((ip, port)) = config.metrics {
+        let addr = SocketAddr::new(ip, port);
+        let listener = bind(addr).await?;
+        servers.spawn(serve_http(
+            "metrics",
+            listener,
+            metrics::router(Arc::clone(metrics)),
+            stop.clone(),
+        ));
+        tracing::info!("metrics server started on {addr}/");
+    }
+    start_api_servers(shared, &mut servers, stop).await?;
+    if let Some(port) = config.public_port {
+        let addr = SocketAddr::new(config.public_listen_address, port);
+        let listener = bind(addr).await?;
+        let router = outbound::http::public_router(Arc::clone(shared));
+        servers.spawn(serve_http("public-http", listener, router, stop.clone()));
+        tracing::info!("public HTTP server listening on {addr}");
+    }
+    start_internal_server(sidecar, &mut servers, stop).await?;
+    Ok(servers)
+}
+
+/// The app-facing gRPC and HTTP APIs, on `--unix-domain-socket` or on every API listen address.
+async fn start_api_servers(
+    shared: &Arc<Shared>,
+    servers: &mut Servers,
+    stop: &CancellationToken,
+) -> Result<(), StartError> {
+    let (config, metrics) = (&shared.config, &shared.metrics);
+    let grpc_api = grpc_api(shared);
+    let http_api = outbound::http::router(Arc::clone(shared));
+    if let Some(sockets) = &config.api_sockets {
+        let listener = bind_unix(&sockets.grpc).await?;
+        servers.spawn(serve_grpc_api(
+            grpc_api,
+            plaintext("grpc-api", listener, stop.clone()),
+            metrics,
+            stop.clone(),
+        ));
+        tracing::info!(
+            "gRPC API server listening on UNIX socket: {}",
+            sockets.grpc.display()
+        );
+        let listener = bind_unix(&sockets.http).await?;
+        servers.spawn(serve_http("http-api", listener, http_api, stop.clone()));
+        tracing::info!(
+            "HTTP server listening on UNIX socket: {}",
+            sockets.http.display()
+        );
+        return Ok(());
+    }
+    for ip in &config.api_listen_addresses {
+        let addr = SocketAddr::new(*ip, config.grpc_port);
+        let listener = bind(addr).await?;
+        servers.spawn(serve_grpc_api(
+            grpc_api.clone(),
+            plaintext("grpc-api", listener, stop.clone()),
+            metrics,
+            stop.clone(),
+        ));
+        tracing::info!("gRPC API server listening on {addr}");
+    }
+    for ip in &config.api_listen_addresses {
+        let addr = SocketAddr::new(*ip, config.http_port);
+        let listener = bind(addr).await?;
+        servers.spawn(serve_http(
+            "http-api",
+            listener,
+            http_api.clone(),
+            stop.clone(),
+        ));
+        tracing::info!("HTTP server listening on {addr}");
+    }
+    Ok(())
+}
+
+/// The internal API other sidecars call: mTLS with an identity, else plaintext.
+async fn start_internal_server(
+    sidecar: &Sidecar,
+    servers: &mut Servers,
+    stop: &CancellationToken,
+) -> Result<(), StartError> {
+    let config = &sidecar.shared.config;
+    let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
+    let listener = bind(addr).await?;
+    let layer = metrics::GrpcLayer::new(&sidecar.shared.metrics);
+    let mut server = internal_grpc_server().layer(layer);
+    let router = server.add_routes(inbound::routes(Arc::clone(&sidecar.internal)));
+    let stop = stop.clone();
+    let security = match sidecar.identity.clone() {
+        None => {
+            servers.spawn(async move {
+                let incoming = plaintext("internal", listener, stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
+            });
+            "plaintext"
+        }
+        Some(current) => {
+            servers.spawn(async move {
+                let incoming =
+                    identity::transport::incoming(listener, current, LIMITS, stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
+            });
+            "mTLS"
+        }
+    };
+    tracing::info!("internal gRPC server listening on {addr} ({security})");
+    Ok(())
+}
+
+/// Waits for the servers to finish their in-flight calls, at most `grace`, or until a forced
+/// shutdown.
+async fn drain(mut servers: Servers, grace: Duration, shutdown: &Shutdown) {
     let drained = async {
         while let Some(result) = servers.join_next().await {
             if let Ok(Err(e)) = result {
@@ -328,16 +392,6 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period of {}s over, stopping with calls in flight", grace.as_secs()),
         _ = shutdown.force.cancelled() => tracing::warn!("forced shutdown"),
     }
-    if let Some(sockets) = &config.api_sockets {
-        // As Go's listeners do on close, so the next start binds them afresh.
-        for path in [&sockets.http, &sockets.grpc] {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), registration).await;
-    tracer.flush(Duration::from_secs(5)).await;
-    tracing::info!("dapr shutdown complete");
-    Ok(())
 }
 
 /// The resources for this app: `--resources-path` in standalone mode; in kubernetes mode the
@@ -347,7 +401,7 @@ pub async fn run(mut config: Config) -> Result<(), Error> {
 async fn load_resources(
     config: &Config,
     operator: Option<operator::Client>,
-) -> Result<resources::Resources, Error> {
+) -> Result<resources::Resources, StartError> {
     match (config.mode, operator) {
         (config::Mode::Standalone, _) => Ok(resources::load_dirs(
             &config.resources_paths,
@@ -468,10 +522,10 @@ where
 }
 
 /// Binds one of `--unix-domain-socket`'s sockets.
-async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, Error> {
+async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
     dapr_serve::bind_unix(path)
         .await
-        .map_err(|source| Error::BindUnix {
+        .map_err(|source| StartError::BindUnix {
             path: path.to_owned(),
             source,
         })

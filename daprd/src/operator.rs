@@ -21,7 +21,7 @@ use dapr_proto::operator::v1::operator_client::OperatorClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::Error;
+use crate::StartError;
 use crate::identity::Current;
 use crate::identity::transport::Connector;
 
@@ -43,8 +43,11 @@ pub fn client(
     current: Current,
     control_plane_trust_domain: &str,
     control_plane_namespace: &str,
-) -> Result<OperatorClient<Channel>, Error> {
-    let fail = |reason: String| Error::Configuration(format!("operator {address}: {reason}"));
+) -> Result<OperatorClient<Channel>, StartError> {
+    let fail = |reason: String| StartError::Configuration {
+        what: format!("operator {address}"),
+        reason,
+    };
     let expected = SpiffeId::new(
         control_plane_trust_domain,
         control_plane_namespace,
@@ -65,9 +68,12 @@ pub async fn load(
     client: &mut OperatorClient<Channel>,
     namespace: &str,
     name: &str,
-) -> Result<(Configuration, serde_json::Value), Error> {
+) -> Result<(Configuration, serde_json::Value), StartError> {
     let what = format!("Configuration {namespace}/{name} (--config) from the operator");
-    let fail = |reason: String| Error::Configuration(format!("{what}: {reason}"));
+    let fail = |reason: String| StartError::Configuration {
+        what: what.clone(),
+        reason,
+    };
     let deadline = Instant::now() + PATIENCE;
     let mut delay = Duration::from_millis(250);
     loop {

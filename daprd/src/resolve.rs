@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 
-use crate::Error;
 use crate::config::{Config, Mode};
+use crate::{Error, StartError};
 
 /// How long resolved addresses are reused (upstream caches for at most 20s).
 const CACHE_TTL: Duration = Duration::from_secs(20);
@@ -38,7 +38,7 @@ pub enum Resolver {
 impl Resolver {
     /// Picks the resolver as upstream does: `spec.nameResolution.component` of the Configuration,
     /// else `kubernetes` in kubernetes mode and `mdns` in standalone mode.
-    pub fn from_config(config: &Config) -> Result<Resolver, Error> {
+    pub fn from_config(config: &Config) -> Result<Resolver, StartError> {
         let spec = config
             .configuration
             .spec
@@ -57,32 +57,41 @@ impl Resolver {
             })
             .collect();
         match component {
-            "kubernetes" => Ok(Resolver::Kubernetes(Box::new(Kubernetes::new(
-                options.get("clusterDomain").cloned(),
-                options.get("template").cloned(),
-                config.internal_grpc_port,
-            )?))),
+            "kubernetes" => Ok(Resolver::Kubernetes(Box::new(
+                Kubernetes::new(
+                    options.get("clusterDomain").cloned(),
+                    options.get("template").cloned(),
+                    config.internal_grpc_port,
+                )
+                .map_err(StartError::NameResolution)?,
+            ))),
             "mdns" => {
                 // Without a known address every interface announces its own addresses.
                 let addresses: Vec<IpAddr> = known_address(config).into_iter().collect();
-                Ok(Resolver::Mdns(mdns::Mdns::new(
-                    &config.app_id,
-                    &config.hostname,
-                    &addresses,
-                    config.internal_grpc_port,
-                )?))
+                Ok(Resolver::Mdns(
+                    mdns::Mdns::new(
+                        &config.app_id,
+                        &config.hostname,
+                        &addresses,
+                        config.internal_grpc_port,
+                    )
+                    .map_err(StartError::NameResolution)?,
+                ))
             }
             "sqlite" => {
                 // Without a known address, loopback: sidecars on one machine.
                 let ip = known_address(config).unwrap_or(IpAddr::from([127, 0, 0, 1]));
                 let address = SocketAddr::new(ip, config.internal_grpc_port);
-                Ok(Resolver::Sqlite(Box::new(sqlite::Sqlite::open(
-                    sqlite::Options::from_map(&options)?,
-                    &config.app_id,
-                    address,
-                )?)))
+                Ok(Resolver::Sqlite(Box::new(
+                    sqlite::Sqlite::open(
+                        sqlite::Options::from_map(&options)?,
+                        &config.app_id,
+                        address,
+                    )
+                    .map_err(StartError::NameResolution)?,
+                )))
             }
-            other => Err(Error::Config {
+            other => Err(StartError::Config {
                 flag: "--config",
                 reason: format!(
                     "nameResolution component {other:?} is not supported (kubernetes, mdns, sqlite)"

@@ -13,8 +13,6 @@ pub enum Error {
     /// A flag, environment variable or Configuration field that cannot be used.
     #[error("invalid {field}: {reason}")]
     Config { field: String, reason: String },
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
     /// Issuer credentials that are missing, unreadable or inconsistent; names the file.
     #[error("issuer credentials: {path}: {reason}")]
     Credentials { path: PathBuf, reason: String },
@@ -23,8 +21,31 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The CA's gRPC server failed.
     #[error("server: {0}")]
-    Serve(String),
+    Serve(#[from] tonic::transport::Error),
+    /// The server's TLS settings were refused by rustls.
+    #[error("server TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A call to the Kubernetes API server failed (`what`: a TokenReview, reading a pod).
+    #[error("{what}: {source}")]
+    KubeApi { what: String, source: kube::Error },
+    /// The trust bundle's Secret or ConfigMap, which the chart creates, is missing.
+    #[error(
+        "{kind} {namespace}/dapr-trust-bundle does not exist; the chart creates it (empty) before sentry starts"
+    )]
+    NoTrustBundle {
+        kind: &'static str,
+        namespace: String,
+    },
+    /// Kubernetes mode without a client for the API server (the TokenReview validator needs one).
+    #[error("kubernetes mode needs API access for the validator")]
+    NoApiAccess,
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The task that loads or generates the issuer credentials did not finish.
+    #[error("credential loader failed: {0}")]
+    CredentialLoader(#[from] tokio::task::JoinError),
     #[error("JWKS validator: {0}")]
     Jwks(String),
 
@@ -87,10 +108,15 @@ impl From<Error> for tonic::Status {
             e if e.is_invalid_id() => Code::PermissionDenied,
             Error::Identity(_)
             | Error::Config { .. }
-            | Error::NotImplemented(_)
             | Error::Credentials { .. }
             | Error::Bind { .. }
             | Error::Serve(_)
+            | Error::Tls(_)
+            | Error::KubeApi { .. }
+            | Error::NoApiAccess
+            | Error::NoTrustBundle { .. }
+            | Error::Metrics(_)
+            | Error::CredentialLoader(_)
             | Error::Jwks(_)
             | Error::IssuerExpired(_)
             | Error::Sign(_) => Code::Internal,
@@ -162,11 +188,6 @@ mod tests {
                 "--port",
             ),
             (
-                Error::NotImplemented("kubernetes mode"),
-                Code::Internal,
-                "not implemented",
-            ),
-            (
                 Error::Credentials {
                     path: "/tmp/issuer.crt".into(),
                     reason: "expired".into(),
@@ -182,7 +203,7 @@ mod tests {
                 Code::Internal,
                 "cannot listen",
             ),
-            (Error::Serve("x".into()), Code::Internal, "server"),
+            (Error::NoApiAccess, Code::Internal, "needs API access"),
             (Error::Jwks("x".into()), Code::Internal, "JWKS"),
             (
                 Error::Identity(dapr_identity::Error::NoSpiffeUri),

@@ -20,17 +20,18 @@ use crate::config::CredentialPaths;
 /// Name of the Secret and the ConfigMap holding the trust bundle.
 pub const TRUST_BUNDLE: &str = "dapr-trust-bundle";
 
-fn api_error(what: &str, e: kube::Error) -> Error {
-    Error::Serve(format!("{what}: {e}"))
+fn api_error(what: &str, source: kube::Error) -> Error {
+    Error::KubeApi {
+        what: what.to_owned(),
+        source,
+    }
 }
 
 /// An API client from the in-cluster environment or `KUBECONFIG`.
 pub async fn client() -> Result<kube::Client, Error> {
-    kube::Client::try_default().await.map_err(|e| {
-        Error::Serve(format!(
-            "no Kubernetes API access (in-cluster or KUBECONFIG): {e}"
-        ))
-    })
+    kube::Client::try_default()
+        .await
+        .map_err(|e| api_error("no Kubernetes API access (in-cluster or KUBECONFIG)", e))
 }
 
 /// The Configuration sentry reads its mTLS settings from; `None` (defaults) when missing, as
@@ -114,10 +115,9 @@ pub async fn load_or_generate_bundle(
 ) -> Result<(RawCredentials, Origin), Error> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    let missing = |kind: &str| {
-        Error::Serve(format!(
-            "{kind} {namespace}/{TRUST_BUNDLE} does not exist; the chart creates it (empty) before sentry starts"
-        ))
+    let missing = |kind: &'static str| Error::NoTrustBundle {
+        kind,
+        namespace: namespace.to_owned(),
     };
     let mut secret = secrets
         .get_opt(TRUST_BUNDLE)

@@ -74,8 +74,7 @@ pub async fn run_until(
         }
     };
 
-    let metrics =
-        Arc::new(Metrics::new().map_err(|e| Error::Serve(format!("metrics registry: {e}")))?);
+    let metrics = Arc::new(Metrics::new()?);
     let health = Health::default();
     probes::serve_healthz(config.healthz, health.clone()).await?;
     if let Some(addr) = config.metrics {
@@ -112,8 +111,7 @@ pub async fn run_until(
         tokio::task::spawn_blocking(move || {
             store.load_or_generate(&td, &ns, skew, SystemTime::now())
         })
-        .await
-        .map_err(|e| Error::Serve(format!("credential loader failed: {e}")))??
+        .await??
     };
     match loaded.origin {
         Origin::Generated => tracing::info!(

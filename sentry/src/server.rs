@@ -289,8 +289,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Serve(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(service.authority.clone());
     tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -311,7 +310,7 @@ pub async fn serve(
             stop.cancel();
         })
         .await
-        .map_err(|e| Error::Serve(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// A server-side TLS connection tonic can serve (tonic's own impl needs its TLS features,

@@ -492,12 +492,15 @@ async fn a_missing_secret_or_config_map_is_a_clear_error() {
     )
     .await;
     match result {
-        Err(Error::Serve(message)) => assert!(
-            message.contains("Secret dapr-system/dapr-trust-bundle does not exist")
-                && message.contains("the chart creates it"),
-            "{message}"
-        ),
-        other => panic!("expected Error::Serve, got {other:?}"),
+        Err(e @ Error::NoTrustBundle { kind: "Secret", .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("dapr-system/dapr-trust-bundle")
+                    && message.contains("the chart creates it"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Error::NoTrustBundle for the Secret, got {other:?}"),
     }
 
     let (result, _) = load(
@@ -515,11 +518,11 @@ async fn a_missing_secret_or_config_map_is_a_clear_error() {
     )
     .await;
     match result {
-        Err(Error::Serve(message)) => assert!(
-            message.contains("ConfigMap dapr-system/dapr-trust-bundle does not exist"),
-            "{message}"
-        ),
-        other => panic!("expected Error::Serve, got {other:?}"),
+        Err(Error::NoTrustBundle {
+            kind: "ConfigMap",
+            namespace,
+        }) => assert_eq!(namespace, "dapr-system"),
+        other => panic!("expected Error::NoTrustBundle for the ConfigMap, got {other:?}"),
     }
     drop(client);
     no_more_calls(handle).await;
@@ -547,13 +550,16 @@ async fn a_forbidden_secret_read_is_reported_with_the_api_servers_reason() {
     drop(client);
     no_more_calls(handle).await;
     match result {
-        Err(Error::Serve(message)) => assert!(
-            message.contains("reading the trust bundle Secret")
-                && message.contains("is forbidden")
-                && message.contains("cannot get resource \"secrets\""),
-            "{message}"
-        ),
-        other => panic!("expected Error::Serve, got {other:?}"),
+        Err(Error::KubeApi { what, source }) => {
+            assert_eq!(what, "reading the trust bundle Secret");
+            let message = source.to_string();
+            assert!(
+                message.contains("is forbidden")
+                    && message.contains("cannot get resource \"secrets\""),
+                "{message}"
+            );
+        }
+        other => panic!("expected Error::KubeApi, got {other:?}"),
     }
 }
 
@@ -584,12 +590,15 @@ async fn a_conflicting_secret_update_fails_and_leaves_the_config_map_alone() {
     drop(client);
     no_more_calls(handle).await;
     match result {
-        Err(Error::Serve(message)) => assert!(
-            message.contains("storing the generated CA in the Secret")
-                && message.contains("the object has been modified"),
-            "{message}"
-        ),
-        other => panic!("expected Error::Serve, got {other:?}"),
+        Err(Error::KubeApi { what, source }) => {
+            assert_eq!(what, "storing the generated CA in the Secret");
+            let message = source.to_string();
+            assert!(
+                message.contains("the object has been modified"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Error::KubeApi, got {other:?}"),
     }
 }
 
@@ -1114,11 +1123,12 @@ async fn a_failing_token_review_is_an_internal_error_not_a_denial() {
     )
     .await;
     match result {
-        Err(Error::Serve(message)) => assert!(
-            message.contains("TokenReview failed") && message.contains("cannot create resource"),
-            "{message}"
-        ),
-        other => panic!("expected Error::Serve, got {other:?}"),
+        Err(Error::KubeApi { what, source }) => {
+            assert_eq!(what, "TokenReview failed");
+            let message = source.to_string();
+            assert!(message.contains("cannot create resource"), "{message}");
+        }
+        other => panic!("expected Error::KubeApi, got {other:?}"),
     }
 }
 

@@ -18,7 +18,6 @@ use rustls::RootCertStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
 use crate::config::{MtlsConfig, TrustAnchors};
 
 pub use dapr_identity::client::Svid;
@@ -32,7 +31,7 @@ pub struct Material {
 }
 
 impl Material {
-    fn new(svid: Arc<Svid>, roots: Arc<RootCertStore>) -> Result<Self, Error> {
+    fn new(svid: Arc<Svid>, roots: Arc<RootCertStore>) -> Result<Self, dapr_identity::Error> {
         let server =
             mutual_server_config(Arc::clone(&roots), svid.chain.clone(), svid.key.clone_key())?;
         Ok(Material {
@@ -43,7 +42,10 @@ impl Material {
     }
 
     /// A client config presenting our identity and accepting only `expected`.
-    pub fn client(&self, expected: ExpectedId) -> Result<Arc<rustls::ClientConfig>, Error> {
+    pub fn client(
+        &self,
+        expected: ExpectedId,
+    ) -> Result<Arc<rustls::ClientConfig>, dapr_identity::Error> {
         let config = mutual_client_config(
             Arc::clone(&self.roots),
             expected,
@@ -58,7 +60,9 @@ impl Material {
 pub type Current = watch::Receiver<Option<Arc<Material>>>;
 
 /// Loads the trust anchors.
-fn load_anchors(source: &TrustAnchors) -> Result<(Vec<u8>, Arc<RootCertStore>), Error> {
+fn load_anchors(
+    source: &TrustAnchors,
+) -> Result<(Vec<u8>, Arc<RootCertStore>), dapr_identity::Error> {
     let pem = match source {
         TrustAnchors::Pem(pem) => pem.clone().into_bytes(),
         TrustAnchors::File(path) => {
@@ -163,7 +167,7 @@ pub async fn start(
     config: MtlsConfig,
     namespace: String,
     stop: CancellationToken,
-) -> Result<Current, Error> {
+) -> Result<Current, dapr_identity::Error> {
     let (pem, roots) = load_anchors(&config.trust_anchors)?;
     let (roots_tx, mut roots_rx) = watch::channel(roots);
     // Without a file the sender is dropped here: the anchors never change.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Cache, Target};
-use crate::Error;
+use crate::{Error, StartError};
 
 /// The metadata key holding the migration level (upstream's `MetadataKey`).
 const MIGRATIONS_KEY: &str = "nr-migrations";
@@ -52,8 +52,8 @@ pub struct Options {
 impl Options {
     /// Reads the options; an absent `connectionString` is `dapr-name-resolution.db` in the
     /// temporary directory (upstream requires one).
-    pub fn from_map(options: &BTreeMap<String, String>) -> Result<Options, Error> {
-        let invalid = |reason: String| Error::Config {
+    pub fn from_map(options: &BTreeMap<String, String>) -> Result<Options, StartError> {
+        let invalid = |reason: String| StartError::Config {
             flag: "--config",
             reason: format!("sqlite name resolution: {reason}"),
         };
@@ -62,7 +62,7 @@ impl Options {
                 .find_map(|k| options.get(*k))
                 .map(String::as_str)
         };
-        let duration = |keys: &[&str], default: Duration| -> Result<Duration, Error> {
+        let duration = |keys: &[&str], default: Duration| -> Result<Duration, StartError> {
             match get(keys) {
                 None | Some("") => Ok(default),
                 // A plain number is seconds (upstream's metadata decoder does the same).

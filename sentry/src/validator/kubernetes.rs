@@ -171,7 +171,10 @@ impl KubernetesValidator {
         let answer = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Error::Serve(format!("TokenReview failed: {e}")))?;
+            .map_err(|source| Error::KubeApi {
+                what: "TokenReview failed".into(),
+                source,
+            })?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(Error::Denied(format!(
@@ -218,7 +221,10 @@ impl KubernetesValidator {
         let pod = Api::<Pod>::namespaced(self.client.clone(), &req.namespace)
             .get_opt(&claims.pod)
             .await
-            .map_err(|e| Error::Serve(format!("reading pod {}: {e}", claims.pod)))?
+            .map_err(|source| Error::KubeApi {
+                what: format!("reading pod {}", claims.pod),
+                source,
+            })?
             .ok_or_else(|| {
                 Error::Denied(format!("pod {}/{} not found", req.namespace, claims.pod))
             })?;

@@ -82,9 +82,7 @@ impl Validators {
             Mode::Standalone => None,
             // Kubernetes mode: TokenReview, always enabled and the default (upstream's rule).
             Mode::Kubernetes => {
-                let validator = kubernetes.ok_or_else(|| {
-                    Error::Serve("kubernetes mode needs API access for the validator".into())
-                })?;
+                let validator = kubernetes.ok_or(Error::NoApiAccess)?;
                 enabled.push(Validator::Kubernetes(Arc::new(validator)));
                 Some(TokenValidator::Kubernetes)
             }

@@ -1,7 +1,10 @@
-//! daprd's one error type, and its mapping to the wire: Dapr's JSON error body for HTTP and a
-//! `tonic::Status` for gRPC, each in exactly one place.
+//! daprd's errors: [`Error`], what a call fails with, and its mapping to the wire (Dapr's JSON
+//! error body for HTTP and a `tonic::Status` for gRPC, each in exactly one place); and
+//! [`StartError`], why the sidecar could not start, with its exit code.
 
-use std::net::SocketAddr;
+mod start;
+
+pub use start::StartError;
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -10,20 +13,9 @@ use http::StatusCode;
 /// Header carrying an HTTP app's status on gRPC errors (upstream name).
 pub const DAPR_HTTP_STATUS: &str = "dapr-http-status";
 
+/// What a call through the sidecar fails with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid {flag}: {reason}")]
-    Config { flag: &'static str, reason: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on the Unix-domain socket {}: {source}", path.display())]
-    BindUnix {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("name resolution: {0}")]
     Resolver(String),
     #[error("failed getting app id either from the URL path or the header dapr-app-id")]
@@ -85,27 +77,6 @@ pub enum Error {
     AppChannel(String),
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("workload identity: {0}")]
-    Identity(#[from] dapr_identity::Error),
-    #[error("error loading configuration: {0}")]
-    Configuration(String),
-    #[error("loading resources: {0}")]
-    Resources(#[from] crate::resources::ResourcesError),
-    #[error(transparent)]
-    Endpoint(#[from] crate::resources::EndpointError),
-    #[error("invalid Resiliency: {0}")]
-    Resiliency(#[from] crate::resiliency::PolicyError),
-    #[error("Configuration {0}")]
-    TracingSettings(#[from] crate::trace::SettingsError),
-    #[error(transparent)]
-    TracingExport(#[from] crate::trace::export::ExportError),
-}
-
-/// Start-up configuration errors exit 64, every other failure 1.
-impl dapr_process::ExitStatus for Error {
-    fn is_usage(&self) -> bool {
-        matches!(self, Error::Config { .. })
-    }
 }
 
 impl Error {
@@ -132,16 +103,6 @@ impl Error {
             Error::OutboundNotReady => "ERR_OUTBOUND_HEALTH_NOT_READY",
             Error::AppIdMismatch { .. } => "ERR_HEALTH_APPID_NOT_MATCH",
             Error::Malformed(_) => "ERR_MALFORMED_REQUEST",
-            Error::Config { .. }
-            | Error::Bind { .. }
-            | Error::BindUnix { .. }
-            | Error::Identity(_)
-            | Error::Configuration(_)
-            | Error::Resources(_)
-            | Error::Endpoint(_)
-            | Error::Resiliency(_)
-            | Error::TracingSettings(_)
-            | Error::TracingExport(_) => "ERR_INTERNAL",
         }
     }
 
@@ -165,17 +126,7 @@ impl Error {
             | Error::AppUnhealthy
             | Error::NotReady(_)
             | Error::OutboundNotReady
-            | Error::AppIdMismatch { .. }
-            | Error::Config { .. }
-            | Error::Bind { .. }
-            | Error::BindUnix { .. }
-            | Error::Identity(_)
-            | Error::Configuration(_)
-            | Error::Resources(_)
-            | Error::Endpoint(_)
-            | Error::Resiliency(_)
-            | Error::TracingSettings(_)
-            | Error::TracingExport(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::AppIdMismatch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -200,17 +151,7 @@ impl Error {
                 tonic::Code::Unavailable
             }
             Error::AppIdMismatch { .. } => tonic::Code::FailedPrecondition,
-            Error::AppChannel(_)
-            | Error::Config { .. }
-            | Error::Bind { .. }
-            | Error::BindUnix { .. }
-            | Error::Identity(_)
-            | Error::Configuration(_)
-            | Error::Resources(_)
-            | Error::Endpoint(_)
-            | Error::Resiliency(_)
-            | Error::TracingSettings(_)
-            | Error::TracingExport(_) => tonic::Code::Internal,
+            Error::AppChannel(_) => tonic::Code::Internal,
         }
     }
 }
