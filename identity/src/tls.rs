@@ -281,15 +281,26 @@ pub fn mutual_client_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<rustls::ClientConfig, Error> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Tls)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected)))
+    let mut config = spiffe_client_builder(roots, expected)?
         .with_client_auth_cert(chain, key)
         .map_err(Error::OwnCertificate)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// A client config builder trusting `roots` and accepting only the server `expected`, before
+/// the client's own certificate (or none) is chosen.
+fn spiffe_client_builder(
+    roots: Arc<RootCertStore>,
+    expected: ExpectedId,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(Error::Tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected))),
+    )
 }
 
 /// A client config (ALPN h2, for gRPC) that trusts `roots` and accepts only `expected`.
@@ -297,12 +308,7 @@ pub fn client_config(
     roots: Arc<RootCertStore>,
     expected: ExpectedId,
 ) -> Result<rustls::ClientConfig, Error> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(Error::Tls)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected)))
-        .with_no_client_auth();
+    let mut config = spiffe_client_builder(roots, expected)?.with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
