@@ -16,8 +16,56 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 
+use crate::StartError;
 use crate::config::{Config, Mode};
-use crate::{Error, StartError};
+
+/// Why a resolver could not be set up, or could not find an app.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot read the system DNS configuration: {0}")]
+    DnsConfiguration(#[source] hickory_resolver::net::NetError),
+    #[error("cannot build the DNS resolver: {0}")]
+    DnsResolver(#[source] hickory_resolver::net::NetError),
+    #[error("cannot resolve {name}: {source}")]
+    Lookup {
+        name: String,
+        source: hickory_resolver::net::NetError,
+    },
+    #[error("{name} has no addresses")]
+    NoAddresses { name: String },
+    /// Upstream's template gives `host:port`; a rendering without a port is refused here.
+    #[error("the kubernetes resolver's template gave {rendered:?}, which is not host:port")]
+    Template { rendered: String },
+    /// No mDNS answer for the app in time (upstream's message first).
+    #[error("couldn't find service: {app_id} (no mDNS answer for {service} within {seconds}s)")]
+    NoMdnsAnswer {
+        app_id: String,
+        service: String,
+        seconds: u64,
+    },
+    /// The mDNS socket could not be opened (the error is kept for every later lookup).
+    #[error("cannot listen on mDNS port {port}: {source}")]
+    MdnsSocket {
+        port: u16,
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot open {path}: {source}")]
+    SqliteOpen {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("sqlite connection poisoned")]
+    SqlitePoisoned,
+    #[error("sqlite query took longer than {0:?}")]
+    SqliteTimeout(Duration),
+    #[error("sqlite task failed: {0}")]
+    SqliteTask(#[from] tokio::task::JoinError),
+    /// No live registration of the app in the sqlite table (upstream's message).
+    #[error("no host found with the given ID: {0}")]
+    NotRegistered(String),
+}
 
 /// How long resolved addresses are reused (upstream caches for at most 20s).
 const CACHE_TTL: Duration = Duration::from_secs(20);
@@ -57,39 +105,30 @@ impl Resolver {
             })
             .collect();
         match component {
-            "kubernetes" => Ok(Resolver::Kubernetes(Box::new(
-                Kubernetes::new(
-                    options.get("clusterDomain").cloned(),
-                    options.get("template").cloned(),
-                    config.internal_grpc_port,
-                )
-                .map_err(StartError::NameResolution)?,
-            ))),
+            "kubernetes" => Ok(Resolver::Kubernetes(Box::new(Kubernetes::new(
+                options.get("clusterDomain").cloned(),
+                options.get("template").cloned(),
+                config.internal_grpc_port,
+            )?))),
             "mdns" => {
                 // Without a known address every interface announces its own addresses.
                 let addresses: Vec<IpAddr> = known_address(config).into_iter().collect();
-                Ok(Resolver::Mdns(
-                    mdns::Mdns::new(
-                        &config.app_id,
-                        &config.hostname,
-                        &addresses,
-                        config.internal_grpc_port,
-                    )
-                    .map_err(StartError::NameResolution)?,
-                ))
+                Ok(Resolver::Mdns(mdns::Mdns::new(
+                    &config.app_id,
+                    &config.hostname,
+                    &addresses,
+                    config.internal_grpc_port,
+                )?))
             }
             "sqlite" => {
                 // Without a known address, loopback: sidecars on one machine.
                 let ip = known_address(config).unwrap_or(IpAddr::from([127, 0, 0, 1]));
                 let address = SocketAddr::new(ip, config.internal_grpc_port);
-                Ok(Resolver::Sqlite(Box::new(
-                    sqlite::Sqlite::open(
-                        sqlite::Options::from_map(&options)?,
-                        &config.app_id,
-                        address,
-                    )
-                    .map_err(StartError::NameResolution)?,
-                )))
+                Ok(Resolver::Sqlite(Box::new(sqlite::Sqlite::open(
+                    sqlite::Options::from_map(&options)?,
+                    &config.app_id,
+                    address,
+                )?)))
             }
             other => Err(StartError::Config {
                 flag: "--config",
@@ -109,7 +148,7 @@ impl Resolver {
     }
 
     /// One address of the target's sidecar; successive calls spread over all known addresses.
-    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
+    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, ResolveError> {
         match self {
             Resolver::Kubernetes(k) => k.resolve(target).await,
             Resolver::Mdns(m) => m.resolve(target).await,
@@ -207,11 +246,11 @@ impl Kubernetes {
         cluster_domain: Option<String>,
         template: Option<String>,
         port: u16,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ResolveError> {
         let dns = TokioResolver::builder_tokio()
-            .map_err(|e| Error::Resolver(format!("cannot read the system DNS configuration: {e}")))?
+            .map_err(ResolveError::DnsConfiguration)?
             .build()
-            .map_err(|e| Error::Resolver(format!("cannot build the DNS resolver: {e}")))?;
+            .map_err(ResolveError::DnsResolver)?;
         Ok(Kubernetes {
             cluster_domain: cluster_domain.unwrap_or_else(|| "cluster.local".to_owned()),
             template,
@@ -226,7 +265,7 @@ impl Kubernetes {
     /// (components-contrib `nameresolution/kubernetes/kubernetes.go`, `ResolveIDMulti`): at the
     /// last `:` when something follows it. A rendering without a port gives upstream an address
     /// with an empty port that no dial succeeds on; here it is an error naming the template.
-    pub fn host_port(&self, target: &Target) -> Result<(String, u16), Error> {
+    pub fn host_port(&self, target: &Target) -> Result<(String, u16), ResolveError> {
         let Some(template) = &self.template else {
             return Ok((
                 format!(
@@ -237,38 +276,36 @@ impl Kubernetes {
             ));
         };
         let rendered = render_template(template, target, self.port);
-        split_host_port(&rendered).ok_or_else(|| {
-            Error::Resolver(format!(
-                "the kubernetes resolver's template gave {rendered:?}, which is not host:port"
-            ))
-        })
+        split_host_port(&rendered).ok_or(ResolveError::Template { rendered })
     }
 
-    async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
+    async fn resolve(&self, target: &Target) -> Result<SocketAddr, ResolveError> {
         if let Some(addr) = self.cache.get(target) {
             return Ok(addr);
         }
         let (name, port) = self.host_port(target)?;
-        let addrs: Arc<[SocketAddr]> = if let Ok(ip) = name.parse::<IpAddr>() {
-            Arc::from([SocketAddr::new(ip, port)])
-        } else {
-            // An absolute name, so no search domains are tried.
-            let fqdn = if name.ends_with('.') {
-                name.clone()
+        let addrs: Arc<[SocketAddr]> =
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                Arc::from([SocketAddr::new(ip, port)])
             } else {
-                format!("{name}.")
+                // An absolute name, so no search domains are tried.
+                let fqdn = if name.ends_with('.') {
+                    name.clone()
+                } else {
+                    format!("{name}.")
+                };
+                let lookup = self.dns.lookup_ip(fqdn.as_str()).await.map_err(|source| {
+                    ResolveError::Lookup {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+                lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect()
             };
-            let lookup = self
-                .dns
-                .lookup_ip(fqdn.as_str())
-                .await
-                .map_err(|e| Error::Resolver(format!("cannot resolve {name}: {e}")))?;
-            lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect()
-        };
         let addr = self
             .cache
             .pick(&addrs)
-            .ok_or_else(|| Error::Resolver(format!("{name} has no addresses")))?;
+            .ok_or(ResolveError::NoAddresses { name })?;
         self.cache.put(target, addrs);
         Ok(addr)
     }

@@ -17,7 +17,7 @@ pub const DAPR_HTTP_STATUS: &str = "dapr-http-status";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("name resolution: {0}")]
-    Resolver(String),
+    Resolver(#[from] crate::resolve::ResolveError),
     #[error("failed getting app id either from the URL path or the header dapr-app-id")]
     NoAppId,
     #[error(

@@ -21,8 +21,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The name resolver could not be set up (its DNS configuration, its sqlite file).
-    #[error("{0}")]
-    NameResolution(#[source] super::Error),
+    #[error("name resolution: {0}")]
+    NameResolution(#[from] crate::resolve::ResolveError),
     /// The app channel could not be set up (the app's address, TLS to the app).
     #[error("{0}")]
     AppChannel(#[source] super::Error),

@@ -226,28 +226,28 @@ impl Invoker {
 
     /// A target no resolver knows is one that cannot be invoked, and says so as upstream's
     /// `ERR_DIRECT_INVOKE` does (`failed to invoke, id: <id>, err: ...`).
-    fn unresolved(target: &Target, e: Error) -> Error {
-        match e {
-            Error::Resolver(reason) => Error::Invoke {
-                id: target.app_id.to_owned(),
-                reason: format!("name resolution: {reason}"),
-            },
-            other => other,
+    fn unresolved(target: &Target, e: crate::resolve::ResolveError) -> Error {
+        Error::Invoke {
+            id: target.app_id.to_owned(),
+            reason: format!("name resolution: {e}"),
         }
     }
 
     fn channel(&self, addr: SocketAddr, target: &Target) -> Result<Channel, Error> {
-        let mut channels = self
-            .channels
-            .lock()
-            .map_err(|_| Error::Resolver("channel pool poisoned".into()))?;
+        let mut channels = self.channels.lock().map_err(|_| Error::Invoke {
+            id: target.app_id.to_owned(),
+            reason: "channel pool poisoned".into(),
+        })?;
         if let Some((opened_for, channel)) = channels.get(&addr)
             && (self.identity.is_none() || opened_for == target)
         {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Resolver(format!("bad peer address {addr}: {e}")))?
+            .map_err(|e| Error::Invoke {
+                id: target.app_id.to_owned(),
+                reason: format!("bad peer address {addr}: {e}"),
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use super::ResolveError;
 use super::Target;
-use crate::Error;
 
 /// How long a lookup of an app not seen yet waits for an answer (upstream: 1s).
 const FIRST_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -616,7 +616,7 @@ struct Inner {
     own: Announcement,
     interfaces: Vec<Ipv4Addr>,
     /// Bound on first use (inside the runtime), with its receive loop.
-    socket: OnceLock<Result<Arc<UdpSocket>, String>>,
+    socket: OnceLock<Result<Arc<UdpSocket>, Arc<std::io::Error>>>,
     /// Sends are serialised: each picks its outgoing interface first.
     send_lock: tokio::sync::Mutex<()>,
     book: Mutex<AddressBook>,
@@ -634,7 +634,7 @@ impl Mdns {
         hostname: &str,
         addresses: &[IpAddr],
         port: u16,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ResolveError> {
         let interfaces = interface_addresses();
         let announced = if addresses.is_empty() {
             interfaces.iter().copied().map(IpAddr::V4).collect()
@@ -656,7 +656,7 @@ impl Mdns {
         })
     }
 
-    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
+    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, ResolveError> {
         let inner = &self.inner;
         inner.socket()?;
         let app_id = target.app_id.as_str();
@@ -675,11 +675,11 @@ impl Mdns {
                 return Ok(addr);
             }
         }
-        Err(Error::Resolver(format!(
-            "couldn't find service: {app_id} (no mDNS answer for {} within {}s)",
-            service_name(app_id),
-            FIRST_LOOKUP_TIMEOUT.as_secs()
-        )))
+        Err(ResolveError::NoMdnsAnswer {
+            app_id: app_id.to_owned(),
+            service: service_name(app_id).to_string(),
+            seconds: FIRST_LOOKUP_TIMEOUT.as_secs(),
+        })
     }
 
     /// Forgets an app after a connection to it failed: the next lookup asks the network, and
@@ -743,7 +743,7 @@ impl Mdns {
 }
 
 impl Inner {
-    fn socket(self: &Arc<Self>) -> Result<Arc<UdpSocket>, Error> {
+    fn socket(self: &Arc<Self>) -> Result<Arc<UdpSocket>, ResolveError> {
         self.socket
             .get_or_init(|| match bind(&self.interfaces) {
                 Ok(socket) => {
@@ -751,10 +751,13 @@ impl Inner {
                     tokio::spawn(Arc::clone(self).receive(Arc::clone(&socket)));
                     Ok(socket)
                 }
-                Err(e) => Err(format!("cannot listen on mDNS port {MDNS_PORT}: {e}")),
+                Err(e) => Err(Arc::new(e)),
             })
             .clone()
-            .map_err(Error::Resolver)
+            .map_err(|source| ResolveError::MdnsSocket {
+                port: MDNS_PORT,
+                source,
+            })
     }
 
     /// Marks an app id as looked up; true when the network may be asked about it now.

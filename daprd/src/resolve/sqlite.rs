@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::ResolveError;
 use super::{Cache, Target};
-use crate::{Error, StartError};
+use crate::StartError;
 
 /// The metadata key holding the migration level (upstream's `MetadataKey`).
 const MIGRATIONS_KEY: &str = "nr-migrations";
@@ -131,10 +132,6 @@ impl Options {
 /// Upstream's `ValidIdentifier`: ASCII letters, digits and `_`, not empty.
 fn valid_identifier(v: &str) -> bool {
     !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn sql_error(e: rusqlite::Error) -> Error {
-    Error::Resolver(format!("sqlite: {e}"))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -281,21 +278,24 @@ pub struct Sqlite {
 
 impl Sqlite {
     /// Opens the database and migrates it; registration starts with [`Sqlite::run_registration`].
-    pub fn open(opts: Options, app_id: &str, address: SocketAddr) -> Result<Self, Error> {
+    pub fn open(opts: Options, app_id: &str, address: SocketAddr) -> Result<Self, ResolveError> {
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
             | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
             | rusqlite::OpenFlags::SQLITE_OPEN_URI
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let db = rusqlite::Connection::open_with_flags(&opts.path, flags)
-            .map_err(|e| Error::Resolver(format!("cannot open {}: {e}", opts.path)))?;
-        db.busy_timeout(opts.busy_timeout).map_err(sql_error)?;
+        let db = rusqlite::Connection::open_with_flags(&opts.path, flags).map_err(|source| {
+            ResolveError::SqliteOpen {
+                path: opts.path.clone(),
+                source,
+            }
+        })?;
+        db.busy_timeout(opts.busy_timeout)?;
         let journal = if opts.disable_wal { "DELETE" } else { "WAL" };
         // Switching the journal can fail with "database is locked" without waiting on the busy
         // timeout when another sidecar initialises the same file at the same moment.
-        retry_locked(|| db.execute_batch(&format!("PRAGMA journal_mode={journal}")))
-            .map_err(sql_error)?;
+        retry_locked(|| db.execute_batch(&format!("PRAGMA journal_mode={journal}")))?;
         tracing::info!(path = %opts.path, "Configuring SQLite name resolution");
-        match migrate(&db, &opts.table, &opts.metadata_table).map_err(sql_error)? {
+        match migrate(&db, &opts.table, &opts.metadata_table)? {
             Migrated::UpToDate => {}
             Migrated::Created => {
                 tracing::info!(table = %opts.table, "created the sqlite name resolution table")
@@ -318,26 +318,18 @@ impl Sqlite {
     /// Runs a blocking database call off the async threads, bounded by `timeout`.
     /// (The call is boxed: a generic closure over `&Connection` would make callers' futures
     /// fail the higher-ranked `Send` check.)
-    async fn with_db<T: Send + 'static>(&self, f: DbCall<T>) -> Result<T, Error> {
+    async fn with_db<T: Send + 'static>(&self, f: DbCall<T>) -> Result<T, ResolveError> {
         let db = Arc::clone(&self.db);
         let call = tokio::task::spawn_blocking(move || {
-            let conn = db
-                .lock()
-                .map_err(|_| Error::Resolver("sqlite connection poisoned".into()))?;
-            f(&conn).map_err(sql_error)
+            let conn = db.lock().map_err(|_| ResolveError::SqlitePoisoned)?;
+            Ok(f(&conn)?)
         });
         tokio::time::timeout(self.opts.timeout, call)
             .await
-            .map_err(|_| {
-                Error::Resolver(format!(
-                    "sqlite query took longer than {:?}",
-                    self.opts.timeout
-                ))
-            })?
-            .map_err(|e| Error::Resolver(format!("sqlite task failed: {e}")))?
+            .map_err(|_| ResolveError::SqliteTimeout(self.opts.timeout))??
     }
 
-    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, Error> {
+    pub async fn resolve(&self, target: &Target) -> Result<SocketAddr, ResolveError> {
         if let Some(addr) = self.cache.get(target) {
             return Ok(addr);
         }
@@ -355,19 +347,17 @@ impl Sqlite {
             }))
             .await?;
         let addrs: Arc<[SocketAddr]> = rows.iter().filter_map(|a| a.parse().ok()).collect();
-        let addr = self.cache.pick(&addrs).ok_or_else(|| {
-            Error::Resolver(format!(
-                "no host found with the given ID: {}",
-                target.app_id
-            ))
-        })?;
+        let addr = self
+            .cache
+            .pick(&addrs)
+            .ok_or_else(|| ResolveError::NotRegistered(target.app_id.clone()))?;
         self.cache.put(target, addrs);
         Ok(addr)
     }
 
     /// Takes over `address` with a fresh registration id (upstream's `REPLACE`: the address is
     /// unique, so an older registration of it is replaced).
-    async fn register(&self) -> Result<(), Error> {
+    async fn register(&self) -> Result<(), ResolveError> {
         let id = registration_id();
         let sql = format!(
             "REPLACE INTO {} (registration_id, address, app_id, namespace, last_update) VALUES (?1, ?2, ?3, '', unixepoch(CURRENT_TIMESTAMP))",
@@ -392,7 +382,7 @@ impl Sqlite {
     }
 
     /// Renews this sidecar's row; `Ok(false)` when the row is gone.
-    async fn renew(&self) -> Result<bool, Error> {
+    async fn renew(&self) -> Result<bool, ResolveError> {
         let sql = format!(
             "UPDATE {} SET last_update = unixepoch(CURRENT_TIMESTAMP) WHERE registration_id = ?1 AND address = ?2",
             self.opts.table
@@ -408,7 +398,7 @@ impl Sqlite {
 
     /// Deletes rows not renewed within `updateInterval`, at most once per `cleanupInterval`
     /// across every sidecar sharing the file (the `nr-last-cleanup` row decides who runs it).
-    async fn collect_garbage(&self) -> Result<usize, Error> {
+    async fn collect_garbage(&self) -> Result<usize, ResolveError> {
         let claim = format!(
             "INSERT INTO {} (key, value) VALUES ('{LAST_CLEANUP_KEY}', CURRENT_TIMESTAMP)
              ON CONFLICT (key) DO UPDATE SET value = CURRENT_TIMESTAMP
