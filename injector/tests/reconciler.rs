@@ -8,21 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use dapr_kube_mock::{self as kube_mock, body_json, next, no_more_calls};
+use http::{Method, StatusCode};
 use injector::reconciler::{self, Context, Desired};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::Client;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-fn mock_client() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
-}
 
 fn deployment(annotations: Value) -> Deployment {
     serde_json::from_value(json!({
@@ -61,54 +52,9 @@ fn enabled(app_id: &str) -> Value {
     json!({"dapr.io/enabled": "true", "dapr.io/app-id": app_id})
 }
 
-async fn body_json(request: Request<Body>) -> Value {
-    let bytes = request.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusCode, body: Value) {
-    let response = Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap();
-    send.send_response(response);
-}
-
-fn not_found(name: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("services \"{name}\" not found"), "reason": "NotFound",
-           "details": {"name": name, "kind": "services"}, "code": 404})
-}
-
-/// Waits (bounded) for the next API call.
-async fn next(
-    handle: &mut Handle,
-) -> (
-    Request<Body>,
-    tower_test::mock::SendResponse<Response<Body>>,
-) {
-    tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("an API call within 5s")
-        .expect("the client is still alive")
-}
-
-/// After the client is gone, no call may be left unanswered.
-async fn no_more_calls(mut handle: Handle) {
-    let rest = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("the client is dropped within 5s");
-    assert!(
-        rest.is_none(),
-        "unexpected API call: {:?}",
-        rest.map(|(r, _)| r.uri().clone())
-    );
-}
-
 #[tokio::test]
 async fn a_deployment_that_enables_dapr_gets_a_headless_service_created() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let scenario = tokio::spawn(async move {
         let (get, send) = next(&mut handle).await;
         assert_eq!(get.method(), Method::GET);
@@ -116,7 +62,11 @@ async fn a_deployment_that_enables_dapr_gets_a_headless_service_created() {
             get.uri().path(),
             "/api/v1/namespaces/shop/services/orders-dapr"
         );
-        respond(send, StatusCode::NOT_FOUND, not_found("orders-dapr"));
+        kube_mock::respond_json(
+            send,
+            StatusCode::NOT_FOUND,
+            &kube_mock::not_found("services", "orders-dapr"),
+        );
 
         let (post, send) = next(&mut handle).await;
         assert_eq!(post.method(), Method::POST);
@@ -128,7 +78,7 @@ async fn a_deployment_that_enables_dapr_gets_a_headless_service_created() {
                 .contains("fieldManager=dapr-injector")
         );
         let created = body_json(post).await;
-        respond(send, StatusCode::CREATED, created.clone());
+        kube_mock::respond_json(send, StatusCode::CREATED, &created);
         (created, handle)
     });
     let ctx = Arc::new(Context::new(client, true));
@@ -176,7 +126,7 @@ async fn a_deployment_that_enables_dapr_gets_a_headless_service_created() {
 
 #[tokio::test]
 async fn an_outdated_service_is_replaced_keeping_its_resource_version_and_cluster_ips() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let workload = deployment(json!({
         "dapr.io/enabled": "true", "dapr.io/app-id": "orders", "dapr.io/grpc-port": "50011"
     }));
@@ -190,7 +140,7 @@ async fn an_outdated_service_is_replaced_keeping_its_resource_version_and_cluste
     let scenario = tokio::spawn(async move {
         let (get, send) = next(&mut handle).await;
         assert_eq!(get.method(), Method::GET);
-        respond(send, StatusCode::OK, existing);
+        kube_mock::respond_json(send, StatusCode::OK, &existing);
         let (put, send) = next(&mut handle).await;
         assert_eq!(put.method(), Method::PUT);
         assert_eq!(
@@ -198,7 +148,7 @@ async fn an_outdated_service_is_replaced_keeping_its_resource_version_and_cluste
             "/api/v1/namespaces/shop/services/orders-dapr"
         );
         let replaced = body_json(put).await;
-        respond(send, StatusCode::OK, replaced.clone());
+        kube_mock::respond_json(send, StatusCode::OK, &replaced);
         (replaced, handle)
     });
     let ctx = Arc::new(Context::new(client, true));
@@ -215,7 +165,7 @@ async fn an_outdated_service_is_replaced_keeping_its_resource_version_and_cluste
 
 #[tokio::test]
 async fn an_up_to_date_service_is_left_alone() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let workload = deployment(enabled("orders"));
     let Desired::Service(current) = reconciler::desired_service(&workload, true) else {
         panic!("a Service is desired");
@@ -224,7 +174,7 @@ async fn an_up_to_date_service_is_left_alone() {
     existing["metadata"]["resourceVersion"] = json!("7");
     let scenario = tokio::spawn(async move {
         let (_get, send) = next(&mut handle).await;
-        respond(send, StatusCode::OK, existing);
+        kube_mock::respond_json(send, StatusCode::OK, &existing);
         handle
     });
     let ctx = Arc::new(Context::new(client, true));
@@ -237,7 +187,7 @@ async fn an_up_to_date_service_is_left_alone() {
 
 #[tokio::test]
 async fn workloads_that_do_not_enable_dapr_or_lack_a_valid_app_id_cause_no_api_calls() {
-    let (client, handle) = mock_client();
+    let (client, handle) = kube_mock::client();
     let ctx = Arc::new(Context::new(client, true));
     for annotations in [
         json!({}),
@@ -256,17 +206,21 @@ async fn workloads_that_do_not_enable_dapr_or_lack_a_valid_app_id_cause_no_api_c
 
 #[tokio::test]
 async fn a_statefulset_gets_the_same_service_with_grpc_on_the_internal_port_when_mtls_is_off() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let scenario = tokio::spawn(async move {
         let (get, send) = next(&mut handle).await;
         assert_eq!(
             get.uri().path(),
             "/api/v1/namespaces/bank/services/ledger-dapr"
         );
-        respond(send, StatusCode::NOT_FOUND, not_found("ledger-dapr"));
+        kube_mock::respond_json(
+            send,
+            StatusCode::NOT_FOUND,
+            &kube_mock::not_found("services", "ledger-dapr"),
+        );
         let (post, send) = next(&mut handle).await;
         let created = body_json(post).await;
-        respond(send, StatusCode::CREATED, created.clone());
+        kube_mock::respond_json(send, StatusCode::CREATED, &created);
         (created, handle)
     });
     let ctx = Arc::new(Context::new(client, false));
@@ -298,22 +252,26 @@ async fn a_statefulset_gets_the_same_service_with_grpc_on_the_internal_port_when
 
 #[tokio::test]
 async fn api_errors_are_retried_with_exponential_backoff_reset_by_success() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let scenario = tokio::spawn(async move {
         for _ in 0..2 {
             let (_get, send) = next(&mut handle).await;
-            respond(
+            kube_mock::respond_json(
                 send,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                        "message": "etcd unavailable", "reason": "InternalError", "code": 500}),
             );
         }
         let (_get, send) = next(&mut handle).await;
-        respond(send, StatusCode::NOT_FOUND, not_found("orders-dapr"));
+        kube_mock::respond_json(
+            send,
+            StatusCode::NOT_FOUND,
+            &kube_mock::not_found("services", "orders-dapr"),
+        );
         let (post, send) = next(&mut handle).await;
         let created = body_json(post).await;
-        respond(send, StatusCode::CREATED, created);
+        kube_mock::respond_json(send, StatusCode::CREATED, &created);
         handle
     });
     let ctx = Arc::new(Context::new(client, true));
@@ -374,18 +332,22 @@ fn a_workload_being_deleted_gets_no_service() {
 /// ClusterRole); the binding is looked up once per namespace.
 #[tokio::test]
 async fn the_first_workload_of_a_namespace_gets_the_configuration_reader_binding_once() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let scenario = tokio::spawn(async move {
         let (get, send) = next(&mut handle).await;
         assert_eq!(
             get.uri().path(),
             "/api/v1/namespaces/shop/services/orders-dapr"
         );
-        respond(send, StatusCode::NOT_FOUND, not_found("orders-dapr"));
+        kube_mock::respond_json(
+            send,
+            StatusCode::NOT_FOUND,
+            &kube_mock::not_found("services", "orders-dapr"),
+        );
         let (post, send) = next(&mut handle).await;
         assert_eq!(post.uri().path(), "/api/v1/namespaces/shop/services");
         let created = body_json(post).await;
-        respond(send, StatusCode::CREATED, created);
+        kube_mock::respond_json(send, StatusCode::CREATED, &created);
 
         let (get, send) = next(&mut handle).await;
         assert_eq!(get.method(), Method::GET);
@@ -393,10 +355,10 @@ async fn the_first_workload_of_a_namespace_gets_the_configuration_reader_binding
             get.uri().path(),
             "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/dapr-configuration-reader"
         );
-        respond(
+        kube_mock::respond_json(
             send,
             StatusCode::NOT_FOUND,
-            not_found("dapr-configuration-reader"),
+            &kube_mock::not_found("rolebindings", "dapr-configuration-reader"),
         );
         let (post, send) = next(&mut handle).await;
         assert_eq!(post.method(), Method::POST);
@@ -405,7 +367,7 @@ async fn the_first_workload_of_a_namespace_gets_the_configuration_reader_binding
             "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings"
         );
         let binding = body_json(post).await;
-        respond(send, StatusCode::CREATED, binding.clone());
+        kube_mock::respond_json(send, StatusCode::CREATED, &binding);
 
         // The second reconcile: the Service is up to date, the binding is not asked for again.
         let (get, send) = next(&mut handle).await;
@@ -418,10 +380,10 @@ async fn the_first_workload_of_a_namespace_gets_the_configuration_reader_binding
         else {
             panic!("a Service is desired");
         };
-        respond(
+        kube_mock::respond_json(
             send,
             StatusCode::OK,
-            serde_json::to_value(&*current).unwrap(),
+            &serde_json::to_value(&*current).unwrap(),
         );
         (binding, handle)
     });

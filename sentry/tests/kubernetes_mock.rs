@@ -1,5 +1,5 @@
-//! Sentry's kubernetes mode against a mocked Kubernetes API (kube-rs' `tower-test` pattern, as
-//! in the injector's reconciler tests): the trust bundle in the Secret and ConfigMap
+//! Sentry's kubernetes mode against a mocked Kubernetes API (`dapr-kube-mock`, shared with
+//! the injector's reconciler tests): the trust bundle in the Secret and ConfigMap
 //! `dapr-trust-bundle`, and the `kubernetes` token validator (TokenReview, pod, Configuration).
 //!
 //! Why a mock: the decisions themselves (`bundle_action`, `expected_identity`, `token_claims`)
@@ -14,18 +14,16 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use dapr_identity::SpiffeId;
+use dapr_kube_mock::{self as kube_mock, Call, Handle, Reply, call, exchange, no_more_calls};
 use dapr_proto::sentry::v1::SignCertificateRequest;
 use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use kube::Client;
-use kube::client::Body;
 use sentry::Error;
 use sentry::ca::store::{Origin, RawCredentials};
 use sentry::config::CredentialPaths;
@@ -33,10 +31,6 @@ use sentry::kubernetes::load_or_generate_bundle;
 use sentry::validator::kubernetes::KubernetesValidator;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// Every wait for the code under test or for one of its calls ends by this deadline.
-const DEADLINE: Duration = Duration::from_secs(5);
 const SKEW: Duration = Duration::from_secs(15 * 60);
 
 const CP_NAMESPACE: &str = "dapr-system";
@@ -44,141 +38,16 @@ const SECRET_PATH: &str = "/api/v1/namespaces/dapr-system/secrets/dapr-trust-bun
 const CONFIG_MAP_PATH: &str = "/api/v1/namespaces/dapr-system/configmaps/dapr-trust-bundle";
 const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
-fn mock_client() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
-}
-
-/// How the mock answers one expected call.
-enum Reply {
-    /// This status and JSON body.
-    Json(StatusCode, Value),
-    /// 200 with the request's own body, as an update that succeeded.
-    Echo,
-}
-
-/// One API call a scenario expects, in order.
-struct Call {
-    method: Method,
-    path: String,
-    reply: Reply,
-}
-
-fn call(method: Method, path: &str, reply: Reply) -> Call {
-    Call {
-        method,
-        path: path.to_owned(),
-        reply,
-    }
-}
-
 fn ok(body: Value) -> Reply {
     Reply::Json(StatusCode::OK, body)
 }
 
 fn api_status(code: StatusCode, reason: &str, message: &str) -> Reply {
-    Reply::Json(
-        code,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": message, "reason": reason, "code": code.as_u16()}),
-    )
+    Reply::Json(code, kube_mock::status(code, reason, message))
 }
 
 fn not_found(kind: &str, name: &str) -> Reply {
-    api_status(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("{kind} \"{name}\" not found"),
-    )
-}
-
-fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusCode, body: &[u8]) {
-    let response = Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_vec()))
-        .unwrap();
-    send.send_response(response);
-}
-
-/// Runs `code` while answering `calls` in order; returns its result and the JSON body of each
-/// call (`Null` for a call without one). Fails on a call out of order, on an expected call that
-/// never comes, and on a call beyond the script (the code under test then cannot finish).
-async fn exchange<T>(
-    handle: &mut Handle,
-    calls: Vec<Call>,
-    code: impl Future<Output = T>,
-) -> (T, Vec<Value>) {
-    let expected: Vec<String> = calls
-        .iter()
-        .map(|c| format!("{} {}", c.method, c.path))
-        .collect();
-    let outcome = {
-        let serve = async {
-            let mut seen = Vec::new();
-            let mut bodies = Vec::new();
-            for (n, call) in calls.into_iter().enumerate() {
-                let (request, send) = tokio::time::timeout(DEADLINE, handle.next_request())
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "expected call #{n} ({} {}) was not made; calls made: {seen:?}",
-                            call.method, call.path
-                        )
-                    })
-                    .expect("the client is still alive");
-                let made = format!("{} {}", request.method(), request.uri().path());
-                seen.push(made.clone());
-                assert_eq!(
-                    made,
-                    format!("{} {}", call.method, call.path),
-                    "call #{n} out of script; expected {expected:?}, made so far {seen:?}"
-                );
-                let bytes = request.into_body().collect().await.unwrap().to_bytes();
-                let body = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                match call.reply {
-                    Reply::Json(status, reply) => {
-                        respond(send, status, &serde_json::to_vec(&reply).unwrap());
-                    }
-                    Reply::Echo => respond(send, StatusCode::OK, &bytes),
-                }
-                bodies.push(body);
-            }
-            bodies
-        };
-        tokio::join!(tokio::time::timeout(DEADLINE, code), serve)
-    };
-    match outcome {
-        (Ok(result), bodies) => (result, bodies),
-        (Err(_), _) => {
-            // Ready at once if the code under test is stuck on a call nobody answers.
-            let extra = tokio::time::timeout(Duration::ZERO, handle.next_request())
-                .await
-                .ok()
-                .flatten()
-                .map(|(r, _)| format!("{} {}", r.method(), r.uri().path()));
-            panic!(
-                "the code under test did not finish within {DEADLINE:?}; unexpected call: \
-                 {extra:?} (script: {expected:?})"
-            );
-        }
-    }
-}
-
-/// Once the client is dropped, the API must not have been called again.
-async fn no_more_calls(mut handle: Handle) {
-    let rest = tokio::time::timeout(DEADLINE, handle.next_request())
-        .await
-        .expect("the client is dropped within the deadline");
-    assert!(
-        rest.is_none(),
-        "unexpected API call: {:?}",
-        rest.map(|(r, _)| format!("{} {}", r.method(), r.uri()))
-    );
+    Reply::Json(StatusCode::NOT_FOUND, kube_mock::not_found(kind, name))
 }
 
 fn denied_reason(result: Result<sentry::validator::Validated, Error>) -> String {
@@ -272,7 +141,7 @@ async fn load(
 
 #[tokio::test]
 async fn an_empty_secret_and_config_map_get_a_generated_ca_written_to_both() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let paths = default_paths();
     let (result, bodies) = load(
         &mut handle,
@@ -330,7 +199,7 @@ async fn an_empty_secret_and_config_map_get_a_generated_ca_written_to_both() {
 #[tokio::test]
 async fn a_complete_secret_and_matching_config_map_cause_no_write() {
     let ca = real_ca();
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let (result, _) = load(
         &mut handle,
         &client,
@@ -373,7 +242,7 @@ async fn a_complete_secret_wins_and_only_a_stale_or_missing_config_map_is_rewrit
             config_map(Some(json!({"jwks.json": "{\"keys\":[]}"}))),
         ),
     ] {
-        let (client, mut handle) = mock_client();
+        let (client, mut handle) = kube_mock::client();
         let (result, bodies) = load(
             &mut handle,
             &client,
@@ -408,7 +277,7 @@ async fn a_complete_secret_wins_and_only_a_stale_or_missing_config_map_is_rewrit
 async fn the_keys_are_the_basenames_of_the_configured_credential_files() {
     let ca = real_ca();
     let paths = paths("root.pem", "chain.pem", "signing.key");
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let stored = secret(json!({
         "root.pem": b64(ca.0.as_bytes()), "chain.pem": b64(ca.1.as_bytes()),
         "signing.key": b64(ca.2.as_bytes()),
@@ -446,7 +315,7 @@ async fn the_keys_are_the_basenames_of_the_configured_credential_files() {
 #[tokio::test]
 async fn a_partial_secret_is_refused_naming_the_missing_keys_and_nothing_is_written() {
     let ca = real_ca();
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let (result, _) = load(
         &mut handle,
         &client,
@@ -479,7 +348,7 @@ async fn a_partial_secret_is_refused_naming_the_missing_keys_and_nothing_is_writ
 
 #[tokio::test]
 async fn a_missing_secret_or_config_map_is_a_clear_error() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let (result, _) = load(
         &mut handle,
         &client,
@@ -530,7 +399,7 @@ async fn a_missing_secret_or_config_map_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_forbidden_secret_read_is_reported_with_the_api_servers_reason() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let (result, _) = load(
         &mut handle,
         &client,
@@ -566,7 +435,7 @@ async fn a_forbidden_secret_read_is_reported_with_the_api_servers_reason() {
 #[tokio::test]
 async fn a_conflicting_secret_update_fails_and_leaves_the_config_map_alone() {
     // Another sentry replica stored its CA first: this one must not publish its own roots.
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let (result, _) = load(
         &mut handle,
         &client,
@@ -739,7 +608,7 @@ async fn validate_once(
     req: &SignCertificateRequest,
     calls: Vec<Call>,
 ) -> (Result<sentry::validator::Validated, Error>, Vec<Value>) {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let validator = validator(client);
     let outcome = exchange(&mut handle, calls, validator.validate(req)).await;
     drop(validator);
@@ -881,7 +750,7 @@ async fn a_configuration_trust_domain_that_is_no_spiffe_trust_domain_is_refused(
 #[tokio::test]
 async fn an_unauthenticated_token_is_denied_with_the_reviews_error_and_not_cached() {
     let error = "[invalid bearer token, service account token has been invalidated]";
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let validator = validator(client);
     let req = sign_request("orders", "apps", &orders_token());
     // A refusal is not remembered: the same token is reviewed again.
@@ -1066,7 +935,7 @@ async fn a_control_plane_annotation_outside_the_control_plane_namespace_is_denie
 
 #[tokio::test]
 async fn a_reviewed_token_is_not_reviewed_again_within_the_cache_ttl() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let validator = validator(client);
     let req = sign_request("orders", "apps", &orders_token());
     let annotations = json!({"dapr.io/app-id": "orders"});
@@ -1179,7 +1048,7 @@ async fn a_pod_recreated_under_the_token_pods_name_is_denied() {
 
 #[tokio::test]
 async fn a_review_is_not_reused_past_the_tokens_expiry() {
-    let (client, mut handle) = mock_client();
+    let (client, mut handle) = kube_mock::client();
     let validator = validator(client);
     // Already expired by its own claim (the mocked API server vouches for it anyway): the
     // answer may not be reused, so each validation asks again.
