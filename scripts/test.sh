@@ -36,7 +36,7 @@ done_install() { mv "$cache/$1.pending" "$cache/$1.stamp"; }
 step "Debian packages"
 need=()
 # umoci: assembles and reads OCI images without a Docker daemon (tests/tests/image.rs).
-# openssl: reads the keys and certificates sentry generates (sentry/tests/sentry_process.rs).
+# openssl: reads the keys and certificates sentry generates (tests/tests/sentry_process.rs).
 for pkg in dnsmasq iproute2 curl umoci openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done

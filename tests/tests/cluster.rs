@@ -735,36 +735,14 @@ async fn start_sentry(
     // bundle through the API and takes only the key names from these paths.
     let creds = dir.join("credentials");
     std::fs::create_dir_all(&creds)?;
-    let port = free_port()?;
-    let healthz_port = free_port()?;
-    let log = dir.join(format!("sentry-{run}.log"));
-    let out = std::fs::File::create(&log)?;
-    let child = tokio::process::Command::new(binary("sentry"))
+    e2e::sentry::Launch::new(&creds)?
+        .log(&dir.join(format!("sentry-{run}.log")))
         .args(["--mode", "kubernetes", "--config", "daprsystem"])
         .args(["--trust-domain", CONTROL_PLANE_TRUST_DOMAIN])
-        .arg("--issuer-credentials")
-        .arg(&creds)
-        .args(["--listen-address", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--healthz-listen-address", "127.0.0.1"])
-        .args(["--healthz-port", &healthz_port.to_string()])
-        .arg("--enable-metrics=false")
         .env("KUBECONFIG", kubeconfig)
         .env("NAMESPACE", NAMESPACE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning sentry")?;
-    let mut sentry = e2e::sentry::Sentry {
-        child,
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        healthz: std::net::SocketAddr::from(([127, 0, 0, 1], healthz_port)),
-        creds,
-        log,
-    };
-    sentry.wait_healthy(SENTRY_START).await?;
-    Ok(sentry)
+        .start(SENTRY_START)
+        .await
 }
 
 /// The trust bundle as stored: the Secret's keys (decoded), the ConfigMap's `ca.crt`, and both
@@ -1563,34 +1541,13 @@ async fn the_operator_api_serves_each_namespace_its_resources_over_mtls_and_push
     // Sentry (insecure validator) issues the operator's certificate and the test clients'.
     let sentry_dir = cluster.dir.join("operator-sentry");
     std::fs::create_dir_all(&sentry_dir)?;
-    let sentry_port = free_port()?;
-    let healthz_port = free_port()?;
-    let sentry_log = sentry_dir.join("sentry.log");
-    let out = std::fs::File::create(&sentry_log)?;
-    let child = tokio::process::Command::new(binary("sentry"))
-        .args(e2e::sentry::args(
-            &sentry_dir,
-            "127.0.0.1",
-            sentry_port,
-            healthz_port,
-            "1h",
-            "1m",
-        )?)
+    let sentry = e2e::sentry::Launch::new(&sentry_dir.join("creds"))?
+        .log(&sentry_dir.join("sentry.log"))
+        .config(&sentry_dir, "1h", "1m")?
         .args(["--trust-domain", OPERATOR_TEST_TRUST_DOMAIN])
         .env("NAMESPACE", NAMESPACE)
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning sentry")?;
-    let mut sentry = e2e::sentry::Sentry {
-        child,
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], sentry_port)),
-        healthz: std::net::SocketAddr::from(([127, 0, 0, 1], healthz_port)),
-        creds: sentry_dir.join("creds"),
-        log: sentry_log,
-    };
-    sentry.wait_healthy(SENTRY_START).await?;
+        .start(SENTRY_START)
+        .await?;
     let sentry_anchors = std::fs::read_to_string(sentry.trust_anchors())?;
 
     for ns in [SHOP, "billing"] {

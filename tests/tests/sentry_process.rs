@@ -2,9 +2,8 @@
 //! signing over TLS with SPIFFE-id verification, errors, user-provided RSA credentials, issuer
 //! rotation under load, the JWKS validator, healthz, metrics and exit codes.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,20 +11,35 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use dapr_identity::tls::{ExpectedId, SpiffeServerVerifier, root_store};
 use dapr_proto::sentry::v1::sign_certificate_request::TokenValidator;
+use e2e::sentry::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
-use support::*;
 use tonic::Code;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const SENTRY_ID: &str = "spiffe://localhost/ns/default/dapr-sentry";
-const RSA_ROOT: &str = include_str!("fixtures/rsa-root.key");
-const RSA_ISSUER: &str = include_str!("fixtures/rsa-issuer.key");
-const RSA_ISSUER_PKCS1: &str = include_str!("fixtures/rsa-issuer-pkcs1.key");
-const RSA_WORKLOAD: &str = include_str!("fixtures/rsa-workload.key");
+const RSA_ROOT: &str = include_str!("../../sentry/tests/fixtures/rsa-root.key");
+const RSA_ISSUER: &str = include_str!("../../sentry/tests/fixtures/rsa-issuer.key");
+const RSA_ISSUER_PKCS1: &str = include_str!("../../sentry/tests/fixtures/rsa-issuer-pkcs1.key");
+const RSA_WORKLOAD: &str = include_str!("../../sentry/tests/fixtures/rsa-workload.key");
+
+/// Every wait in these tests ends by this deadline.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The sentry of these tests: metrics on, debug logs, no `NAMESPACE`.
+fn launch(creds: &Path) -> anyhow::Result<Launch> {
+    Ok(Launch::new(creds)?
+        .metrics()?
+        .args(["--log-level", "debug"]))
+}
+
+/// [`launch`], started and healthy.
+async fn start(creds: &Path) -> anyhow::Result<Sentry> {
+    launch(creds)?.start(DEADLINE).await
+}
 
 fn parse(der: &[u8]) -> anyhow::Result<X509Certificate<'_>> {
     Ok(X509Certificate::from_der(der)?.1)
@@ -106,9 +120,7 @@ impl UserCa {
 async fn first_start_generates_its_ca_files_with_mode_0600_and_reports_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
-    let sentry = Sentry::start_ready(&creds, Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&creds).await.unwrap();
     for name in ["ca.crt", "issuer.crt", "issuer.key"] {
         let mode = std::fs::metadata(creds.join(name))
             .unwrap()
@@ -116,7 +128,7 @@ async fn first_start_generates_its_ca_files_with_mode_0600_and_reports_healthy()
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}");
     }
-    let root = certs(&sentry.trust_anchors().unwrap()).unwrap();
+    let root = certs(&sentry.anchors_pem().unwrap()).unwrap();
     assert_eq!(
         parse(&root[0]).unwrap().subject().to_string(),
         "O=localhost"
@@ -130,7 +142,7 @@ async fn first_start_generates_its_ca_files_with_mode_0600_and_reports_healthy()
         http_get(sentry.healthz, "/healthz").await.map(|r| r.0),
         Some(200)
     );
-    let logs = sentry.logs();
+    let logs = sentry.log_text();
     assert!(logs.contains("generated a root and an issuer"), "{logs}");
     let key = std::fs::read_to_string(creds.join("issuer.key")).unwrap();
     let body = key.lines().nth(1).unwrap();
@@ -178,9 +190,7 @@ fn without_hex(text: &str) -> String {
 async fn the_generated_root_and_issuer_are_ecdsa_p256_files_openssl_reads_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("creds");
-    let sentry = Sentry::start_ready(&creds, Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&creds).await.unwrap();
     let (ca_crt, issuer_crt, issuer_key) = (
         creds.join("ca.crt"),
         creds.join("issuer.crt"),
@@ -280,9 +290,7 @@ async fn the_generated_root_and_issuer_are_ecdsa_p256_files_openssl_reads_and_ve
 #[tokio::test]
 async fn a_client_verifying_sentrys_spiffe_id_gets_a_workload_certificate_for_app1() {
     let dir = tempfile::tempdir().unwrap();
-    let sentry = Sentry::start_ready(&dir.path().join("creds"), Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&dir.path().join("creds")).await.unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
     let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
     let mut req = request("app1", "default", &csr(&key).unwrap());
@@ -322,12 +330,12 @@ async fn a_client_verifying_sentrys_spiffe_id_gets_a_workload_certificate_for_ap
     assert_eq!(resp.trust_chain_certificates.len(), 1);
     assert_eq!(
         resp.trust_chain_certificates[0].as_ref(),
-        sentry.trust_anchors().unwrap()
+        sentry.anchors_pem().unwrap()
     );
 
     // The leaf verifies as a SPIFFE SVID against ca.crt, as a peer daprd would check it.
     let verifier = SpiffeServerVerifier::new(
-        Arc::new(root_store(&sentry.trust_anchors().unwrap()).unwrap()),
+        Arc::new(root_store(&sentry.anchors_pem().unwrap()).unwrap()),
         ExpectedId::Exact("spiffe://public/ns/default/app1".parse().unwrap()),
     );
     use rustls::client::danger::ServerCertVerifier;
@@ -366,15 +374,13 @@ async fn a_client_verifying_sentrys_spiffe_id_gets_a_workload_certificate_for_ap
 #[tokio::test]
 async fn a_client_expecting_another_sentry_id_or_root_fails_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let sentry = Sentry::start_ready(
-        &dir.path().join("creds"),
-        Options {
-            args: vec!["--trust-domain".into(), "cluster.local".into()],
-            namespace: Some("dapr-system"),
-        },
-    )
-    .await
-    .unwrap();
+    let sentry = launch(&dir.path().join("creds"))
+        .unwrap()
+        .args(["--trust-domain", "cluster.local"])
+        .env("NAMESPACE", "dapr-system")
+        .start(DEADLINE)
+        .await
+        .unwrap();
     let right = "spiffe://cluster.local/ns/dapr-system/dapr-sentry";
     let mut client = sentry.client(right).await.unwrap();
     sign(
@@ -403,7 +409,7 @@ async fn a_client_expecting_another_sentry_id_or_root_fails_the_handshake() {
     )
     .unwrap();
     assert!(
-        connect(sentry.grpc, other.trust_anchors_pem.as_bytes(), right)
+        connect(sentry.addr, other.trust_anchors_pem.as_bytes(), right)
             .await
             .is_err()
     );
@@ -412,9 +418,7 @@ async fn a_client_expecting_another_sentry_id_or_root_fails_the_handshake() {
 #[tokio::test]
 async fn bad_requests_get_invalid_argument_or_permission_denied_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let sentry = Sentry::start_ready(&dir.path().join("creds"), Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&dir.path().join("creds")).await.unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
     let good_csr = csr(&KeyPair::generate().unwrap()).unwrap();
     let der = rustls::pki_types::pem::PemObject::from_pem_slice(good_csr.as_bytes())
@@ -531,16 +535,14 @@ async fn bad_requests_get_invalid_argument_or_permission_denied_with_clear_messa
     sign(&mut client, request("app1", "default", &good_csr))
         .await
         .unwrap();
-    let logs = sentry.logs();
+    let logs = sentry.log_text();
     assert!(logs.contains("refused to sign a certificate"), "{logs}");
 }
 
 #[tokio::test]
 async fn metrics_count_sign_requests_successes_and_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let sentry = Sentry::start_ready(&dir.path().join("creds"), Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&dir.path().join("creds")).await.unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
     let good = csr(&KeyPair::generate().unwrap()).unwrap();
     for _ in 0..3 {
@@ -570,7 +572,10 @@ async fn metrics_count_sign_requests_successes_and_failures() {
         "{text}"
     );
     // Upstream's exporter serves on "/" too.
-    assert_eq!(http_get(sentry.metrics, "/").await.map(|r| r.0), Some(200));
+    assert_eq!(
+        http_get(sentry.metrics.unwrap(), "/").await.map(|r| r.0),
+        Some(200)
+    );
 }
 
 #[tokio::test]
@@ -587,9 +592,7 @@ async fn a_user_provided_rsa_root_and_issuer_are_used_as_is() {
         .map(|f| std::fs::read(creds.join(f)).unwrap())
         .collect();
 
-    let sentry = Sentry::start_ready(&creds, Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&creds).await.unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
     let resp = sign(
         &mut client,
@@ -618,8 +621,11 @@ async fn a_user_provided_rsa_root_and_issuer_are_used_as_is() {
         .map(|f| std::fs::read(creds.join(f)).unwrap())
         .collect();
     assert_eq!(before, after, "user files are never rewritten");
-    assert!(sentry.logs().contains("loaded issuer credentials"));
-    assert!(sentry.logs().contains("algorithm=\"RSA\"") || sentry.logs().contains("algorithm=RSA"));
+    assert!(sentry.log_text().contains("loaded issuer credentials"));
+    assert!(
+        sentry.log_text().contains("algorithm=\"RSA\"")
+            || sentry.log_text().contains("algorithm=RSA")
+    );
 }
 
 /// Signs in a loop on `workers` tasks until `stop` (at most 20 000 requests or 60 s each),
@@ -663,9 +669,7 @@ async fn rotating_the_issuer_under_load_drops_no_request_and_new_leaves_chain_to
     let old_issuer = ca.issuer("issuer one", &old_key).unwrap();
     ca.write(&creds, &old_issuer, &old_key.serialize_pem())
         .unwrap();
-    let sentry = Sentry::start_ready(&creds, Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&creds).await.unwrap();
     let client = sentry.client(SENTRY_ID).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -703,7 +707,7 @@ async fn rotating_the_issuer_under_load_drops_no_request_and_new_leaves_chain_to
         assert!(
             rotated_at.elapsed() < Duration::from_secs(15),
             "new issuer not used after 15s:\n{}",
-            sentry.logs()
+            sentry.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -734,7 +738,7 @@ async fn rotating_the_issuer_under_load_drops_no_request_and_new_leaves_chain_to
     );
 
     // New handshakes get a serving certificate from the new issuer too.
-    let served = served_chain(sentry.grpc, ca.root_pem.as_bytes(), SENTRY_ID)
+    let served = served_chain(sentry.addr, ca.root_pem.as_bytes(), SENTRY_ID)
         .await
         .unwrap();
     assert_eq!(served[1], new_issuer_der);
@@ -753,9 +757,7 @@ async fn an_invalid_new_issuer_is_rejected_and_the_old_one_keeps_serving() {
     let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
     let issuer = ca.issuer("issuer one", &key).unwrap();
     ca.write(&creds, &issuer, &key.serialize_pem()).unwrap();
-    let sentry = Sentry::start_ready(&creds, Options::default())
-        .await
-        .unwrap();
+    let sentry = start(&creds).await.unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
 
     // An issuer from another root does not chain to ca.crt.
@@ -768,10 +770,14 @@ async fn an_invalid_new_issuer_is_rejected_and_the_old_one_keeps_serving() {
     .unwrap();
     std::fs::write(creds.join("issuer.key"), stranger_key.serialize_pem()).unwrap();
     sentry
-        .wait_log("new issuer credentials rejected")
+        .wait_log("new issuer credentials rejected", DEADLINE)
         .await
         .unwrap();
-    assert!(sentry.logs().contains("issuer.crt"), "{}", sentry.logs());
+    assert!(
+        sentry.log_text().contains("issuer.crt"),
+        "{}",
+        sentry.log_text()
+    );
 
     let resp = sign(
         &mut client,
@@ -792,7 +798,7 @@ async fn an_invalid_new_issuer_is_rejected_and_the_old_one_keeps_serving() {
         text.contains("dapr_sentry_issuercert_changed_total 0"),
         "{text}"
     );
-    let logs = sentry.logs();
+    let logs = sentry.log_text();
     assert_eq!(
         logs.matches("new issuer credentials rejected").count(),
         1,
@@ -829,15 +835,12 @@ async fn the_jwks_validator_admits_signed_tokens_and_replaces_insecure() {
         ),
     )
     .unwrap();
-    let sentry = Sentry::start_ready(
-        &dir.path().join("creds"),
-        Options {
-            args: vec!["--config".into(), config.to_str().unwrap().into()],
-            namespace: None,
-        },
-    )
-    .await
-    .unwrap();
+    let sentry = launch(&dir.path().join("creds"))
+        .unwrap()
+        .args(["--config", config.to_str().unwrap()])
+        .start(DEADLINE)
+        .await
+        .unwrap();
     let mut client = sentry.client(SENTRY_ID).await.unwrap();
     let now = unix(SystemTime::now()).unwrap();
     let token = |sub: &str| {
@@ -992,14 +995,11 @@ async fn healthz_answers_503_until_the_ca_serves_and_a_failed_start_exits_1() {
         ),
     )
     .unwrap();
-    let mut sentry = Sentry::start(
-        &dir.path().join("creds"),
-        Options {
-            args: vec!["--config".into(), config.to_str().unwrap().into()],
-            namespace: None,
-        },
-    )
-    .unwrap();
+    let mut sentry = launch(&dir.path().join("creds"))
+        .unwrap()
+        .args(["--config", config.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
         match http_get(sentry.healthz, "/healthz").await {
@@ -1011,9 +1011,13 @@ async fn healthz_answers_503_until_the_ca_serves_and_a_failed_start_exits_1() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = sentry.wait_exit().await.unwrap();
-    assert_eq!(status.code(), Some(1), "{}", sentry.logs());
-    assert!(sentry.logs().contains("timed out"), "{}", sentry.logs());
+    let status = sentry.wait_exit(DEADLINE).await.unwrap();
+    assert_eq!(status.code(), Some(1), "{}", sentry.log_text());
+    assert!(
+        sentry.log_text().contains("timed out"),
+        "{}",
+        sentry.log_text()
+    );
 }
 
 #[test]
@@ -1050,10 +1054,10 @@ async fn a_partial_credentials_directory_fails_start_naming_the_missing_files() 
     let creds = dir.path().join("creds");
     std::fs::create_dir_all(&creds).unwrap();
     std::fs::write(creds.join("ca.crt"), "user root").unwrap();
-    let mut sentry = Sentry::start(&creds, Options::default()).unwrap();
-    let status = sentry.wait_exit().await.unwrap();
+    let mut sentry = launch(&creds).unwrap().spawn().unwrap();
+    let status = sentry.wait_exit(DEADLINE).await.unwrap();
     assert_eq!(status.code(), Some(1));
-    let logs = sentry.logs();
+    let logs = sentry.log_text();
     assert!(
         logs.contains("issuer.crt") && logs.contains("issuer.key"),
         "{logs}"
@@ -1089,16 +1093,14 @@ async fn connections_that_stall_before_or_after_the_tls_handshake_are_closed_at_
     // The handshake deadline of docs/limits.md.
     const DEADLINE: Duration = Duration::from_secs(10);
     let dir = tempfile::tempdir().unwrap();
-    let sentry = Sentry::start_ready(&dir.path().join("creds"), Options::default())
-        .await
-        .unwrap();
-    let anchors = sentry.trust_anchors().unwrap();
+    let sentry = start(&dir.path().join("creds")).await.unwrap();
+    let anchors = sentry.anchors_pem().unwrap();
     // One never starts its TLS handshake; one completes it and never sends the HTTP/2 preface.
-    let mut silent = tokio::net::TcpStream::connect(sentry.grpc).await.unwrap();
-    let tcp = tokio::net::TcpStream::connect(sentry.grpc).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(sentry.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sentry.addr).await.unwrap();
     let mut idle =
         tokio_rustls::TlsConnector::from(Arc::new(tls_config(&anchors, SENTRY_ID).unwrap()))
-            .connect(rustls::pki_types::ServerName::from(sentry.grpc.ip()), tcp)
+            .connect(rustls::pki_types::ServerName::from(sentry.addr.ip()), tcp)
             .await
             .expect("the TLS handshake completes");
     let bound = DEADLINE + Duration::from_secs(10);
