@@ -1,7 +1,7 @@
 //! Files that change under a running process (cert-manager renewing a serving certificate, a
 //! rotated trust bundle, a JWKS): polled and published through a watch channel. Polling sees
 //! Kubernetes' atomic symlink swaps of mounted Secrets and ConfigMaps, which inotify watches on
-//! the file itself miss. The one file watcher of the injector and sentry.
+//! the file itself miss. The one file watcher of daprd, the injector and sentry.
 
 use std::path::PathBuf;
 use std::time::Duration;

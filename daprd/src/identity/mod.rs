@@ -230,35 +230,45 @@ async fn combine(
 /// How often the trust anchors file is read.
 const ANCHORS_POLL: Duration = Duration::from_secs(1);
 
-/// Follows the trust anchors file until `stop`: anchors that changed and parse are published.
+/// Follows the trust anchors file (through `dapr_identity::files`, the one file poller) until
+/// `stop`: anchors that changed and parse are published.
 async fn follow_anchors(
     path: PathBuf,
     mut pem: Vec<u8>,
     tx: watch::Sender<Arc<RootCertStore>>,
     stop: CancellationToken,
 ) {
+    let mut files = dapr_identity::files::watch(vec![path.clone()], ANCHORS_POLL);
     loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(ANCHORS_POLL) => {}
-        }
-        if let Some((new_pem, roots)) = changed_anchors(&path, &pem) {
+        // The first pass also sees a change made between the first read and the watch.
+        let read = files
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|contents| contents.first().cloned());
+        if let Some((new_pem, roots)) = read.and_then(|read| changed_anchors(&path, &pem, read)) {
             tracing::info!(file = %path.display(), "trust anchors changed; new handshakes use them");
             pem = new_pem;
             tx.send_replace(roots);
         }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = files.changed() => if changed.is_err() { return },
+        }
     }
 }
 
-/// The anchors in `path` when they differ from `current` and parse; a broken file is logged and
-/// ignored (the old anchors stay).
-fn changed_anchors(path: &Path, current: &[u8]) -> Option<(Vec<u8>, Arc<RootCertStore>)> {
-    let pem = std::fs::read(path).ok()?;
-    if pem == current {
+/// The anchors `read` from `path` when they differ from `current` and parse; a broken file is
+/// logged and ignored (the old anchors stay).
+fn changed_anchors(
+    path: &Path,
+    current: &[u8],
+    read: Vec<u8>,
+) -> Option<(Vec<u8>, Arc<RootCertStore>)> {
+    if read == current {
         return None;
     }
-    match root_store(&pem) {
-        Ok(roots) => Some((pem, Arc::new(roots))),
+    match root_store(&read) {
+        Ok(roots) => Some((read, Arc::new(roots))),
         Err(e) => {
             tracing::warn!(file = %path.display(), "ignoring unreadable trust anchors: {e}");
             None
