@@ -213,7 +213,32 @@ pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
             metadata.remove(*other);
         }
     }
-    set(metadata, name, value);
+    match metadata.get_mut(name) {
+        // Already that one value (a caller's own content length, usually): nothing to do.
+        Some(list) if list.values.len() == 1 && list.values[0] == value => {}
+        // The entry's name and list are reused.
+        Some(list) => {
+            list.values.clear();
+            list.values.push(value.to_owned());
+        }
+        None => set(metadata, name, value),
+    }
+}
+
+/// `n` in decimal, as `n.to_string()` spells it, written into `buf` instead of a new `String`.
+pub fn decimal(n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        // A digit: `rest % 10` is below 10.
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
@@ -418,6 +443,18 @@ mod tests {
         set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
         assert_eq!(md.len(), 1);
         assert_eq!(first(&md, "content-length"), Some("7"));
+        let mut md = Metadata::new();
+        md.insert(
+            "Content-Length".to_owned(),
+            ListStringValue {
+                values: vec!["7".to_owned(), "8".to_owned()],
+            },
+        );
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md["Content-Length"].values, ["7"]);
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md["Content-Length"].values, ["7"]);
+        assert_eq!(md.len(), 1);
         let mut md = Metadata::new();
         assert_eq!(first_of(&md, &CONTENT_LENGTH), None);
         set_as_spelt(&mut md, &CONTENT_LENGTH, "1");
@@ -627,5 +664,13 @@ mod tests {
         assert_eq!(values("x-utf8"), ["caf\u{e9}".as_bytes().to_vec()]);
         assert!(!borrowed.contains_key("content-type"));
         assert!(!borrowed.contains_key("x-bad"));
+    }
+
+    #[test]
+    fn decimal_spells_as_to_string() {
+        let mut buf = [0; 20];
+        for n in [0, 1, 9, 10, 99, 100, 1024, 65_536, 1 << 40, usize::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
     }
 }
