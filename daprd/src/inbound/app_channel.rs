@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::Error;
 use crate::config::{AppProtocol, Config};
 use crate::metrics::Metrics;
-use crate::wire::{self, BoxError, BoxStream, Metadata, metadata_to_headers, names};
+use crate::wire::{self, BoxError, BoxStream, Metadata, names};
 
 /// The app's invocation callback.
 const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
@@ -195,7 +195,7 @@ impl AppChannel {
             .body(BodyExt::boxed_unsync(body))
             .map_err(|e| Error::AppChannel(format!("cannot build request for {uri}: {e}")))?;
         let headers = http_request.headers_mut();
-        metadata_to_headers(&request.metadata, headers);
+        wire::metadata_into_headers(request.metadata, headers);
         // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
         // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
         let content_type = wire::data_content_type(&request.type_url, &request.content_type);

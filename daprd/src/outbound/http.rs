@@ -354,7 +354,7 @@ async fn invoke(
     }
     let mut response = Response::new(Body::from_stream(peer.body));
     *response.status_mut() = status;
-    wire::metadata_to_headers(&peer.head.headers, response.headers_mut());
+    wire::metadata_into_headers(peer.head.headers, response.headers_mut());
     if let Some(value) = peer.head.message.as_ref().and_then(answer_content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }

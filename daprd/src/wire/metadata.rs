@@ -213,7 +213,32 @@ pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
             metadata.remove(*other);
         }
     }
-    set(metadata, name, value);
+    match metadata.get_mut(name) {
+        // Already that one value (a caller's own content length, usually): nothing to do.
+        Some(list) if list.values.len() == 1 && list.values[0] == value => {}
+        // The entry's name and list are reused.
+        Some(list) => {
+            list.values.clear();
+            list.values.push(value.to_owned());
+        }
+        None => set(metadata, name, value),
+    }
+}
+
+/// `n` in decimal, as `n.to_string()` spells it, written into `buf` instead of a new `String`.
+pub fn decimal(n: usize, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        // A digit: `rest % 10` is below 10.
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
@@ -222,14 +247,43 @@ pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
 /// (`InternalMetadataToHTTPHeader`, `pkg/messaging/v1/util.go`).
 pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
     for (name, values) in metadata {
-        let Some(header) = header_name(name) else {
+        let Some(header) = app_header_name(name) else {
             continue;
         };
-        if header == http::header::CONTENT_TYPE {
-            continue;
-        }
-        append_all(headers, header, values);
+        append_all(
+            headers,
+            header,
+            values
+                .values
+                .iter()
+                .map(|v| HeaderValue::try_from(v.as_str())),
+        );
     }
+}
+
+/// [`metadata_to_headers`] for a map that is not needed afterwards: each value's `String`
+/// becomes its header value as it is (checked as [`HeaderValue::try_from`] checks a `&str`),
+/// without a copy. The same headers, in the same order.
+pub fn metadata_into_headers(metadata: Metadata, headers: &mut HeaderMap) {
+    for (name, values) in metadata {
+        let Some(header) = app_header_name(&name) else {
+            continue;
+        };
+        append_all(
+            headers,
+            header,
+            values
+                .values
+                .into_iter()
+                .map(|v| HeaderValue::from_maybe_shared(bytes::Bytes::from(v))),
+        );
+    }
+}
+
+/// The header name of a metadata entry for an app's HTTP request or response: as
+/// [`header_name`], but never `content-type` (the message's own content type is).
+fn app_header_name(name: &str) -> Option<HeaderName> {
+    header_name(name).filter(|header| *header != http::header::CONTENT_TYPE)
 }
 
 /// Invocation metadata → gRPC metadata for a gRPC app's `OnInvoke`: as
@@ -253,13 +307,35 @@ pub fn metadata_to_grpc_headers(metadata: &Metadata, headers: &mut HeaderMap) {
         } else {
             header
         };
-        append_all(headers, header, values);
+        append_all(
+            headers,
+            header,
+            values
+                .values
+                .iter()
+                .map(|v| HeaderValue::try_from(v.as_str())),
+        );
     }
 }
+
+/// Names that are on (nearly) every invocation and are not among `http`'s standard headers,
+/// built once: a clone of one costs no allocation, where [`HeaderName::from_bytes`] copies the
+/// name each time.
+static KNOWN: [HeaderName; 6] = [
+    HeaderName::from_static(names::CALLER_APP_ID),
+    HeaderName::from_static(names::CALLER_NAMESPACE),
+    HeaderName::from_static(names::CALLEE_APP_ID),
+    HeaderName::from_static(names::TRACEPARENT),
+    HeaderName::from_static(names::X_FORWARDED_FOR),
+    HeaderName::from_static(names::X_FORWARDED_HOST),
+];
 
 /// The header name of a metadata entry that travels on to an app, lower-case: none for
 /// hop-by-hop headers, `destination-app-id` and `:`-names; `grpc-*` as `dapr-grpc-*`.
 fn header_name(name: &str) -> Option<HeaderName> {
+    if let Some(known) = KNOWN.iter().find(|k| k.as_str().eq_ignore_ascii_case(name)) {
+        return Some(known.clone());
+    }
     if name.starts_with(':') {
         return None;
     }
@@ -274,11 +350,20 @@ fn header_name(name: &str) -> Option<HeaderName> {
     }
 }
 
-fn append_all(headers: &mut HeaderMap, header: HeaderName, values: &ListStringValue) {
-    for value in &values.values {
-        if let Ok(value) = HeaderValue::try_from(value.as_str()) {
-            headers.append(header.clone(), value);
+/// Appends every value that is a valid header value, in order, under `header`; the last one
+/// takes `header` itself (a clone of a name built at run time allocates once, to share it).
+fn append_all<E>(
+    headers: &mut HeaderMap,
+    header: HeaderName,
+    values: impl Iterator<Item = Result<HeaderValue, E>>,
+) {
+    let mut values = values.filter_map(Result::ok).peekable();
+    while let Some(value) = values.next() {
+        if values.peek().is_none() {
+            headers.append(header, value);
+            return;
         }
+        headers.append(header.clone(), value);
     }
 }
 
@@ -358,6 +443,18 @@ mod tests {
         set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
         assert_eq!(md.len(), 1);
         assert_eq!(first(&md, "content-length"), Some("7"));
+        let mut md = Metadata::new();
+        md.insert(
+            "Content-Length".to_owned(),
+            ListStringValue {
+                values: vec!["7".to_owned(), "8".to_owned()],
+            },
+        );
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md["Content-Length"].values, ["7"]);
+        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
+        assert_eq!(md["Content-Length"].values, ["7"]);
+        assert_eq!(md.len(), 1);
         let mut md = Metadata::new();
         assert_eq!(first_of(&md, &CONTENT_LENGTH), None);
         set_as_spelt(&mut md, &CONTENT_LENGTH, "1");
@@ -462,5 +559,118 @@ mod tests {
         assert_eq!(named("Content-Type").as_deref(), Some("dapr-content-type"));
         assert_eq!(named("X-Custom").as_deref(), Some("x-custom"));
         assert_eq!(named("Transfer-Encoding"), None);
+    }
+
+    /// Every (name, value) of `headers`, in the order they would be written.
+    fn listed(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn metadata_into_headers_gives_what_metadata_to_headers_gives() {
+        let mut md = Metadata::new();
+        let mut put = |name: &str, values: &[&str]| {
+            md.insert(
+                name.to_owned(),
+                ListStringValue {
+                    values: values.iter().map(|v| (*v).to_owned()).collect(),
+                },
+            );
+        };
+        put("Content-Length", &["5"]);
+        put("content-length", &["6"]);
+        put("Accept-Encoding", &["identity"]);
+        put("dapr-caller-app-id", &["checkout"]);
+        put("Dapr-Caller-Namespace", &["default"]);
+        put("DAPR-CALLEE-APP-ID", &["orders"]);
+        put(
+            "traceparent",
+            &["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"],
+        );
+        put("X-Forwarded-For", &["127.0.0.1", "10.0.0.1"]);
+        put("x-forwarded-host", &["host"]);
+        put("Forwarded", &["for=127.0.0.1;by=127.0.0.1;host=host"]);
+        put("X-Multi", &["a", "bad\nvalue", "b", "c\u{7f}", "d"]);
+        put(
+            "x-long-custom-name-of-more-than-sixty-four-bytes-which-is-copied-otherwise",
+            &["1"],
+        );
+        put("X-Bad", &["\r"]);
+        put("x-empty", &[]);
+        put("x-empty-value", &[""]);
+        put("x-tab", &["a\tb"]);
+        put("x-utf8", &["caf\u{e9}"]);
+        put("grpc-timeout", &["1S"]);
+        put("Grpc-Trace-Bin", &["x"]);
+        put("Content-Type", &["text/plain"]);
+        put("content-type", &["text/html"]);
+        put("Connection", &["close"]);
+        put("te", &["trailers"]);
+        put("destination-app-id", &["orders"]);
+        put(":authority", &["x"]);
+        put("bad name", &["1"]);
+        put("x-caf\u{e9}", &["1"]);
+        put("", &["1"]);
+        put("dapr-caller-app-idx", &["1"]);
+        let mut borrowed = HeaderMap::new();
+        borrowed.insert("x-first", HeaderValue::from_static("0"));
+        let mut owned = borrowed.clone();
+        metadata_to_headers(&md, &mut borrowed);
+        metadata_into_headers(md, &mut owned);
+        assert_eq!(listed(&owned), listed(&borrowed));
+        let names: Vec<&str> = borrowed.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "x-first",
+                "accept-encoding",
+                "content-length",
+                "dapr-callee-app-id",
+                "dapr-caller-namespace",
+                "forwarded",
+                "dapr-grpc-trace-bin",
+                "x-forwarded-for",
+                "x-multi",
+                "dapr-caller-app-id",
+                "dapr-caller-app-idx",
+                "dapr-grpc-timeout",
+                "traceparent",
+                "x-empty-value",
+                "x-forwarded-host",
+                "x-long-custom-name-of-more-than-sixty-four-bytes-which-is-copied-otherwise",
+                "x-tab",
+                "x-utf8",
+            ]
+        );
+        let values = |name| {
+            borrowed
+                .get_all(name)
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("content-length"), [b"5".to_vec(), b"6".to_vec()]);
+        assert_eq!(
+            values("x-multi"),
+            [b"a".to_vec(), b"b".to_vec(), b"d".to_vec()]
+        );
+        assert_eq!(
+            values("x-forwarded-for"),
+            [b"127.0.0.1".to_vec(), b"10.0.0.1".to_vec()]
+        );
+        assert_eq!(values("x-utf8"), ["caf\u{e9}".as_bytes().to_vec()]);
+        assert!(!borrowed.contains_key("content-type"));
+        assert!(!borrowed.contains_key("x-bad"));
+    }
+
+    #[test]
+    fn decimal_spells_as_to_string() {
+        let mut buf = [0; 20];
+        for n in [0, 1, 9, 10, 99, 100, 1024, 65_536, 1 << 40, usize::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
     }
 }
