@@ -2,8 +2,10 @@
 //! error body for HTTP and a `tonic::Status` for gRPC, each in exactly one place); and
 //! [`StartError`], why the sidecar could not start, with its exit code.
 
+mod app;
 mod start;
 
+pub use app::AppChannelError;
 pub use start::StartError;
 
 use axum::Json;
@@ -74,7 +76,7 @@ pub enum Error {
     #[error("app is not in a healthy state")]
     AppUnhealthy,
     #[error("app channel: {0}")]
-    AppChannel(String),
+    AppChannel(#[from] AppChannelError),
     #[error("malformed request: {0}")]
     Malformed(String),
 }
@@ -335,6 +337,12 @@ mod tests {
                 "ERR_HEALTH_APPID_NOT_MATCH",
                 500,
                 tonic::Code::FailedPrecondition,
+            ),
+            (
+                Error::AppChannel(AppChannelError::Timeout { seconds: 60 }),
+                "ERR_DIRECT_INVOKE",
+                500,
+                tonic::Code::Internal,
             ),
             (
                 Error::Malformed("x".into()),

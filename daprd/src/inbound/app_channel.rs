@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
 use crate::config::{AppProtocol, Config};
+use crate::error::AppChannelError;
 use crate::metrics::Metrics;
 use crate::wire::{self, BoxError, BoxStream, Metadata, names};
 
@@ -102,7 +103,10 @@ impl AppChannel {
         let scheme = if tls { "https" } else { "http" };
         let base = format!("{scheme}://{host}:{port}");
         let grpc = Endpoint::from_shared(base.clone())
-            .map_err(|e| Error::AppChannel(format!("bad app address {base}: {e}")))?
+            .map_err(|source| AppChannelError::Address {
+                base: base.clone(),
+                source,
+            })?
             .connect_timeout(APP_CONNECT_TIMEOUT)
             .connect_with_connector_lazy(app_connector(false)?);
         let protocol = match config.app_protocol {
@@ -150,7 +154,7 @@ impl AppChannel {
                 .acquire_owned()
                 .await
                 .map(Some)
-                .map_err(|_| Error::AppChannel("concurrency limiter closed".into())),
+                .map_err(|_| AppChannelError::LimiterClosed.into()),
         }
     }
 
@@ -193,7 +197,10 @@ impl AppChannel {
             .method(request.verb)
             .uri(&uri)
             .body(BodyExt::boxed_unsync(body))
-            .map_err(|e| Error::AppChannel(format!("cannot build request for {uri}: {e}")))?;
+            .map_err(|source| AppChannelError::Request {
+                uri: uri.clone(),
+                source,
+            })?;
         let headers = http_request.headers_mut();
         wire::metadata_into_headers(request.metadata, headers);
         // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
@@ -374,18 +381,18 @@ impl AppChannel {
     }
 
     fn timed_out(&self) -> Error {
-        Error::AppChannel(format!(
-            "app did not answer within {}s",
-            APP_RESPONSE_TIMEOUT.as_secs()
-        ))
+        AppChannelError::Timeout {
+            seconds: APP_RESPONSE_TIMEOUT.as_secs(),
+        }
+        .into()
     }
 
     fn unreachable(&self, e: &dyn std::error::Error) -> Error {
-        Error::AppChannel(format!(
-            "cannot reach the app at {}: {}",
-            self.base,
-            crate::error::chain(e)
-        ))
+        AppChannelError::Unreachable {
+            base: self.base.clone(),
+            cause: crate::error::chain(e),
+        }
+        .into()
     }
 
     /// One health probe: `GET <path>` answering 2xx for HTTP apps, `HealthCheck` answering OK for
@@ -443,7 +450,7 @@ fn app_connector(http1: bool) -> Result<AppConnector, Error> {
     let provider = dapr_identity::tls::crypto_provider();
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::AppChannel(format!("TLS to the app: {e}")))?
+        .map_err(AppChannelError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AppCertificate(provider)))
         .with_no_client_auth();
@@ -519,7 +526,7 @@ where
 {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::AppChannel(format!("app body: {e}")))?;
+        let chunk = chunk.map_err(AppChannelError::Body)?;
         if buf.len() + chunk.len() > limit {
             return Err(Error::BodyTooLarge { limit });
         }

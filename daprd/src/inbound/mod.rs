@@ -58,7 +58,7 @@ impl Internal {
         let app = self
             .app
             .as_ref()
-            .ok_or_else(|| Error::AppChannel("this sidecar has no app port configured".into()))?;
+            .ok_or(crate::error::AppChannelError::NoAppPort)?;
         if !self.health.is_healthy() {
             return Err(Error::AppUnhealthy);
         }

@@ -405,7 +405,7 @@ mod tests {
         let failed = m
             .invocation_received(&Metadata::new())
             .respond(
-                async { Err(Error::AppChannel("down".into())) },
+                async { Err(Error::AppChannel(crate::error::AppChannelError::NoAppPort)) },
                 |r: &AppResponse| r.status,
             )
             .await;
@@ -551,7 +551,7 @@ mod tests {
         let failed = m
             .invocation_received(&Metadata::new())
             .respond(
-                async { Err(Error::AppChannel("down".into())) },
+                async { Err(Error::AppChannel(crate::error::AppChannelError::NoAppPort)) },
                 |r: &AppResponse| r.status,
             )
             .await;

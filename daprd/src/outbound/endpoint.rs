@@ -290,7 +290,7 @@ impl Endpoints {
         let data = body
             .collect()
             .await
-            .map_err(|e| Error::AppChannel(format!("endpoint answer: {e}")))?
+            .map_err(|e| crate::error::AppChannelError::EndpointAnswer(e.into()))?
             .to_bytes();
         let headers = wire::headers_to_metadata(&parts.headers, &[]);
         let content_type = parts
