@@ -95,8 +95,12 @@ async fn load_configuration(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    dapr_serve::bind(addr).map_err(|source| StartError::Bind { addr, source })
+/// Binds `addr`; also gives the address bound (the port the kernel chose for port 0), which is
+/// what the logs name.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = dapr_serve::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    Ok((listener, bound))
 }
 
 /// Runs the sidecar until SIGTERM/SIGINT or a shutdown request, then drains in-flight calls
@@ -262,7 +266,7 @@ async fn start_servers(sidecar: &Sidecar, stop: &CancellationToken) -> Result<Se
     let mut servers = JoinSet::new();
     if let Some((ip, port)) = config.metrics {
         let addr = SocketAddr::new(ip, port);
-        let listener = bind(addr).await?;
+        let (listener, addr) = bind(addr).await?;
         servers.spawn(serve_http(
             "metrics",
             listener,
@@ -274,7 +278,7 @@ async fn start_servers(sidecar: &Sidecar, stop: &CancellationToken) -> Result<Se
     start_api_servers(shared, &mut servers, stop).await?;
     if let Some(port) = config.public_port {
         let addr = SocketAddr::new(config.public_listen_address, port);
-        let listener = bind(addr).await?;
+        let (listener, addr) = bind(addr).await?;
         let router = outbound::http::public_router(Arc::clone(shared));
         servers.spawn(serve_http("public-http", listener, router, stop.clone()));
         tracing::info!("public HTTP server listening on {addr}");
@@ -314,7 +318,7 @@ async fn start_api_servers(
     }
     for ip in &config.api_listen_addresses {
         let addr = SocketAddr::new(*ip, config.grpc_port);
-        let listener = bind(addr).await?;
+        let (listener, addr) = bind(addr).await?;
         servers.spawn(serve_grpc_api(
             grpc_api.clone(),
             plaintext("grpc-api", listener, stop.clone()),
@@ -325,7 +329,7 @@ async fn start_api_servers(
     }
     for ip in &config.api_listen_addresses {
         let addr = SocketAddr::new(*ip, config.http_port);
-        let listener = bind(addr).await?;
+        let (listener, addr) = bind(addr).await?;
         servers.spawn(serve_http(
             "http-api",
             listener,
@@ -345,7 +349,7 @@ async fn start_internal_server(
 ) -> Result<(), StartError> {
     let config = &sidecar.shared.config;
     let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
-    let listener = bind(addr).await?;
+    let (listener, addr) = bind(addr).await?;
     let layer = metrics::GrpcLayer::new(&sidecar.shared.metrics);
     let mut server = internal_grpc_server().layer(layer);
     let router = server.add_routes(inbound::routes(Arc::clone(&sidecar.internal)));
