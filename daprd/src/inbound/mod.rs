@@ -282,7 +282,7 @@ impl ServiceInvocation for Internal {
         wire::set_as_spelt(
             &mut request.metadata,
             &wire::CONTENT_LENGTH,
-            wire::decimal(data.len(), &mut [0; 20]),
+            itoa::Buffer::new().format(data.len()),
         );
         let mut span = self.server_span(&mut request, CALL_LOCAL);
         let admitted = self.admit(peer.as_ref(), request, app_channel::once(data));

@@ -225,22 +225,6 @@ pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
     }
 }
 
-/// `n` in decimal, as `n.to_string()` spells it, written into `buf` instead of a new `String`.
-pub fn decimal(n: usize, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        // A digit: `rest % 10` is below 10.
-        buf[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
-}
-
 /// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
 /// any case (HTTP header names are case-insensitive). gRPC's reserved names are re-prefixed
 /// `dapr-`, and `content-type` is left to the message's own content type, as upstream
@@ -664,13 +648,5 @@ mod tests {
         assert_eq!(values("x-utf8"), ["caf\u{e9}".as_bytes().to_vec()]);
         assert!(!borrowed.contains_key("content-type"));
         assert!(!borrowed.contains_key("x-bad"));
-    }
-
-    #[test]
-    fn decimal_spells_as_to_string() {
-        let mut buf = [0; 20];
-        for n in [0, 1, 9, 10, 99, 100, 1024, 65_536, 1 << 40, usize::MAX] {
-            assert_eq!(decimal(n, &mut buf), n.to_string());
-        }
     }
 }

@@ -18,7 +18,7 @@ use http::Method;
 
 pub use frame::{Stamps, frame_head, grpc_status};
 pub use metadata::{
-    CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, decimal, first, first_of,
+    CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, first, first_of,
     grpc_metadata_name, headers_to_metadata, is_canonical, is_permanent_http_header,
     metadata_into_headers, metadata_to_grpc_headers, metadata_to_headers,
     request_headers_to_metadata, set, set_as_spelt,
