@@ -19,7 +19,7 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tonic::transport::Channel;
 
-use crate::sidecar::{HttpClient, binary, free_port};
+use crate::sidecar::{HttpClient, binary, free_port, wait_ready};
 
 /// How long [`Sentry::start`] waits for `/healthz`.
 const START: Duration = Duration::from_secs(20);
@@ -265,22 +265,16 @@ impl Sentry {
     /// Polls `/healthz` until it answers 200, for at most `within`; fails at once, with the
     /// log, if sentry exits.
     pub async fn wait_healthy(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((200, _)) = http_get(self.healthz, "/healthz").await {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("sentry exited with {status}; log:\n{}", self.log_text());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "sentry not healthy within {within:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let healthz = self.healthz;
+        wait_ready(
+            &mut self.child,
+            "sentry",
+            &self.log,
+            within,
+            Duration::from_millis(50),
+            || async move { matches!(http_get(healthz, "/healthz").await, Some((200, _))) },
+        )
+        .await
     }
 
     /// Waits (at most `within`) for the process to exit on its own.

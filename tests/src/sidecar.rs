@@ -74,6 +74,36 @@ fn newest_in(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) 
     }
 }
 
+/// Polls `ready` every `every` until it holds. Fails at once, with the process's log, if the
+/// process (`what`) exits first, and after `within` if it never becomes ready.
+pub async fn wait_ready<F, Fut>(
+    child: &mut tokio::process::Child,
+    what: &str,
+    log: &Path,
+    within: Duration,
+    every: Duration,
+    mut ready: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited with {status}; log:\n{}", log_text());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} not ready within {within:?}; log:\n{}", log_text());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A port that was free a moment ago (the test's processes bind it right after).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -207,31 +237,18 @@ impl Sidecar {
 
     /// Polls `path` until it answers 204 or the deadline passes.
     pub async fn wait_for(&mut self, path: &str, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
         let client = HttpClient::new();
         let url = format!("http://127.0.0.1:{}{path}", self.health_port);
-        loop {
-            if let Ok(r) = client.get(&url).await
-                && r.status == 204
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "daprd {} exited with {status}; log:\n{}",
-                    self.app_id,
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "daprd {} not ready at {path} within {within:?}; log:\n{}",
-                    self.app_id,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("daprd {} (at {path})", self.app_id);
+        wait_ready(
+            &mut self.child,
+            &what,
+            &self.log,
+            within,
+            Duration::from_millis(50),
+            || async { client.get(&url).await.is_ok_and(|r| r.status == 204) },
+        )
+        .await
     }
 
     pub fn log_text(&self) -> String {

@@ -10,13 +10,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::sentry::Sentry;
 use crate::sidecar::{
     HttpClient, Sidecar, SidecarOptions, free_port, loopback, scratch_dir, sqlite_config,
+    wait_ready,
 };
 use crate::{EchoApp, echo_app};
 
@@ -130,30 +131,18 @@ impl Upstream {
     }
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
         let client = HttpClient::new();
-        loop {
-            if let Ok(r) = client.get(&self.url("/v1.0/healthz")).await
-                && r.status == 204
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "upstream daprd {} exited with {status}; log:\n{}",
-                    self.app_id,
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "upstream daprd {} not ready within {within:?}; log:\n{}",
-                    self.app_id,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let url = self.url("/v1.0/healthz");
+        let what = format!("upstream daprd {}", self.app_id);
+        wait_ready(
+            &mut self.child,
+            &what,
+            &self.log,
+            within,
+            Duration::from_millis(100),
+            || async { client.get(&url).await.is_ok_and(|r| r.status == 204) },
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
