@@ -44,6 +44,129 @@ enum Credential {
     TokenFile(PathBuf),
 }
 
+/// Why the API server could not be reached or asked. Each message is what a start-up error or
+/// log line shows, so the texts stay stable; the cause is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("no Kubernetes API access: neither KUBECONFIG nor KUBERNETES_SERVICE_HOST/PORT is set")]
+    NoAccess,
+    #[error("KUBERNETES_SERVICE_PORT {port:?} is not a port")]
+    BadPort {
+        port: String,
+        source: std::num::ParseIntError,
+    },
+    /// The service account's CA, or a token file (re-read for every request).
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("KUBECONFIG {}: {source}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        source: KubeconfigError,
+    },
+    #[error("{0}")]
+    TlsConfig(#[from] TlsConfigError),
+    #[error("{host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host}: no address")]
+    NoAddress { host: String },
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server name {host:?}: {source}")]
+    ServerName {
+        host: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP with {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request {path}: {source}")]
+    Request { path: String, source: http::Error },
+    #[error("GET {path}: {source}")]
+    Get { path: String, source: hyper::Error },
+    /// The body failed or exceeded [`MAX_ANSWER`].
+    #[error("GET {path}: reading the answer: {source}")]
+    Answer {
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What is wrong with the kubeconfig or what it names; shown after `KUBECONFIG <path>: `.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Parse(#[source] yaml_serde::Error),
+    #[error("no context {0:?} (current-context)")]
+    NoContext(String),
+    #[error("no cluster {0:?}")]
+    NoCluster(String),
+    #[error("insecure-skip-tls-verify is not supported: give the cluster's CA")]
+    InsecureSkipTlsVerify,
+    #[error("server {server:?}: {source}")]
+    Server {
+        server: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("server {0:?}: only https is supported")]
+    NotHttps(String),
+    #[error("server {0:?} has no host")]
+    NoHost(String),
+    /// A `*-data` field that is not base64.
+    #[error("{field}: {source}")]
+    Data {
+        field: &'static str,
+        source: base64::DecodeError,
+    },
+    #[error("the cluster names no certificate-authority[-data]")]
+    NoCertificateAuthority,
+    #[error("exec and auth-provider credentials are not supported")]
+    UnsupportedCredential,
+    #[error("a client certificate needs its key and the key its certificate")]
+    UnpairedClientCertificate,
+    /// A file the kubeconfig names (CA, client certificate or key).
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    TlsConfig(#[from] TlsConfigError),
+}
+
+/// Why the CA or client credentials do not make a TLS client config. The larger causes are
+/// boxed to keep every `Result` that carries this small.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("certificate authority: {0}")]
+    CertificateAuthority(#[source] Box<dapr_identity::Error>),
+    #[error("{0}")]
+    ProtocolVersions(#[source] Box<rustls::Error>),
+    #[error("client certificate: {0}")]
+    ClientCertificate(#[source] rustls::pki_types::pem::Error),
+    #[error("client key: {0}")]
+    ClientKey(#[source] rustls::pki_types::pem::Error),
+    #[error("client certificate and key: {0}")]
+    ClientAuth(#[source] Box<rustls::Error>),
+}
+
 /// A connection recipe for the API server.
 #[derive(Clone)]
 pub struct ApiServer {
@@ -85,21 +208,23 @@ impl Answer {
 
 impl ApiServer {
     /// From `KUBECONFIG` when set, else the in-cluster service account.
-    pub fn from_source(source: &Source) -> Result<Self, String> {
+    pub fn from_source(source: &Source) -> Result<Self, ApiServerError> {
         if let Some(path) = &source.kubeconfig {
             return Self::from_kubeconfig(path);
         }
         let Some((host, port)) = &source.in_cluster else {
-            return Err(
-                "no Kubernetes API access: neither KUBECONFIG nor KUBERNETES_SERVICE_HOST/PORT is set"
-                    .into(),
-            );
+            return Err(ApiServerError::NoAccess);
         };
-        let port = port
-            .parse()
-            .map_err(|_| format!("KUBERNETES_SERVICE_PORT {port:?} is not a port"))?;
+        let port = port.parse().map_err(|source| ApiServerError::BadPort {
+            port: port.clone(),
+            source,
+        })?;
         let dir = Path::new(SERVICE_ACCOUNT_DIR);
-        let ca = read(&dir.join("ca.crt"))?;
+        let ca_path = dir.join("ca.crt");
+        let ca = std::fs::read(&ca_path).map_err(|source| ApiServerError::Read {
+            path: ca_path,
+            source,
+        })?;
         Ok(ApiServer {
             host: host
                 .trim_start_matches('[')
@@ -111,44 +236,58 @@ impl ApiServer {
         })
     }
 
-    fn from_kubeconfig(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("KUBECONFIG {}: {e}", path.display()))?;
-        let config: Kubeconfig = yaml_serde::from_str(&text)
-            .map_err(|e| format!("KUBECONFIG {}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config
-            .resolve(base)
-            .map_err(|e| format!("KUBECONFIG {}: {e}", path.display()))
+    fn from_kubeconfig(path: &Path) -> Result<Self, ApiServerError> {
+        let load = || {
+            let text = std::fs::read_to_string(path).map_err(KubeconfigError::Read)?;
+            let config: Kubeconfig = yaml_serde::from_str(&text).map_err(KubeconfigError::Parse)?;
+            config.resolve(path.parent().unwrap_or(Path::new(".")))
+        };
+        load().map_err(|source| ApiServerError::Kubeconfig {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// `GET path`, bounded by the caller's deadline.
-    pub async fn get(&self, path: &str) -> Result<Answer, String> {
+    pub async fn get(&self, path: &str) -> Result<Answer, ApiServerError> {
         let authorization = match &self.credential {
             Credential::None => None,
             Credential::Token(token) => Some(token.clone()),
             Credential::TokenFile(file) => {
-                Some(read(file).map(|t| String::from_utf8_lossy(&t).trim().to_owned())?)
+                let token = std::fs::read(file).map_err(|source| ApiServerError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+                Some(String::from_utf8_lossy(&token).trim().to_owned())
             }
         };
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("{}: {e}", self.host))?
+            .map_err(|source| ApiServerError::Lookup {
+                host: self.host.clone(),
+                source,
+            })?
             .next()
-            .ok_or_else(|| format!("{}: no address", self.host))?;
+            .ok_or_else(|| ApiServerError::NoAddress {
+                host: self.host.clone(),
+            })?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            .map_err(|source| ApiServerError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| format!("server name {:?}: {e}", self.host))?;
+        let name = ServerName::try_from(self.host.clone()).map_err(|source| {
+            ApiServerError::ServerName {
+                host: self.host.clone(),
+                source,
+            }
+        })?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+            .map_err(|source| ApiServerError::Tls { addr, source })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| format!("HTTP with {addr}: {e}"))?;
+            .map_err(|source| ApiServerError::Http { addr, source })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -162,50 +301,56 @@ impl ApiServer {
         if let Some(token) = authorization {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request {path}: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        let request =
+            request
+                .body(Empty::<Bytes>::new())
+                .map_err(|source| ApiServerError::Request {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        let response =
+            sender
+                .send_request(request)
+                .await
+                .map_err(|source| ApiServerError::Get {
+                    path: path.to_owned(),
+                    source,
+                })?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| format!("GET {path}: reading the answer: {e}"))?
+            .map_err(|source| ApiServerError::Answer {
+                path: path.to_owned(),
+                source,
+            })?
             .to_bytes();
         Ok(Answer { status, body })
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Trusts `ca` (PEM) and presents `client` (certificate chain and key, PEM) when given.
 fn tls_config(
     ca: &[u8],
     client: Option<(Vec<u8>, Vec<u8>)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots =
-        dapr_identity::tls::root_store(ca).map_err(|e| format!("certificate authority: {e}"))?;
+) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    let roots = dapr_identity::tls::root_store(ca)
+        .map_err(|e| TlsConfigError::CertificateAuthority(Box::new(e)))?;
     let builder =
         rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| TlsConfigError::ProtocolVersions(Box::new(e)))?
             .with_root_certificates(roots);
     let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => {
             let chain = CertificateDer::pem_slice_iter(&chain)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("client certificate: {e}"))?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("client key: {e}"))?;
+                .map_err(TlsConfigError::ClientCertificate)?;
+            let key = PrivateKeyDer::from_pem_slice(&key).map_err(TlsConfigError::ClientKey)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate and key: {e}"))?
+                .map_err(|e| TlsConfigError::ClientAuth(Box::new(e)))?
         }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -277,39 +422,39 @@ struct Context {
 impl Kubeconfig {
     /// The current context's server and credentials; relative paths are relative to `base`
     /// (the kubeconfig's directory), as kubectl reads them.
-    fn resolve(self, base: &Path) -> Result<ApiServer, String> {
+    fn resolve(self, base: &Path) -> Result<ApiServer, KubeconfigError> {
         let context = self
             .contexts
             .iter()
             .find(|c| c.name == self.current_context)
-            .ok_or_else(|| format!("no context {:?} (current-context)", self.current_context))?;
+            .ok_or_else(|| KubeconfigError::NoContext(self.current_context.clone()))?;
         let cluster = self
             .clusters
             .iter()
             .find(|c| c.name == context.context.cluster)
             .map(|c| &c.cluster)
-            .ok_or_else(|| format!("no cluster {:?}", context.context.cluster))?;
+            .ok_or_else(|| KubeconfigError::NoCluster(context.context.cluster.clone()))?;
         let user = self
             .users
             .iter()
             .find(|u| u.name == context.context.user)
             .map(|u| &u.user);
         if cluster.insecure_skip_tls_verify {
-            return Err("insecure-skip-tls-verify is not supported: give the cluster's CA".into());
+            return Err(KubeconfigError::InsecureSkipTlsVerify);
         }
         let uri: http::Uri = cluster
             .server
             .parse()
-            .map_err(|e| format!("server {:?}: {e}", cluster.server))?;
+            .map_err(|source| KubeconfigError::Server {
+                server: cluster.server.clone(),
+                source,
+            })?;
         if uri.scheme_str() != Some("https") {
-            return Err(format!(
-                "server {:?}: only https is supported",
-                cluster.server
-            ));
+            return Err(KubeconfigError::NotHttps(cluster.server.clone()));
         }
         let host = uri
             .host()
-            .ok_or_else(|| format!("server {:?} has no host", cluster.server))?
+            .ok_or_else(|| KubeconfigError::NoHost(cluster.server.clone()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
@@ -320,26 +465,30 @@ impl Kubeconfig {
                 base.join(p)
             }
         };
-        let data = |what: &str, b64: &str| {
+        let data = |field: &'static str, b64: &str| {
             base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
-                .map_err(|e| format!("{what}: {e}"))
+                .map_err(|source| KubeconfigError::Data { field, source })
+        };
+        let read = |file: &PathBuf| {
+            let file = path(file);
+            std::fs::read(&file).map_err(|source| KubeconfigError::File { path: file, source })
         };
         let ca = match (
             &cluster.certificate_authority_data,
             &cluster.certificate_authority,
         ) {
             (Some(b64), _) => data("certificate-authority-data", b64)?,
-            (None, Some(file)) => read(&path(file))?,
+            (None, Some(file)) => read(file)?,
             (None, None) => {
-                return Err("the cluster names no certificate-authority[-data]".into());
+                return Err(KubeconfigError::NoCertificateAuthority);
             }
         };
         let mut credential = Credential::None;
         let mut client = None;
         if let Some(user) = user {
             if user.exec.is_some() || user.auth_provider.is_some() {
-                return Err("exec and auth-provider credentials are not supported".into());
+                return Err(KubeconfigError::UnsupportedCredential);
             }
             credential = match (&user.token, &user.token_file) {
                 (Some(token), _) => Credential::Token(token.clone()),
@@ -348,21 +497,19 @@ impl Kubeconfig {
             };
             let cert = match (&user.client_certificate_data, &user.client_certificate) {
                 (Some(b64), _) => Some(data("client-certificate-data", b64)?),
-                (None, Some(file)) => Some(read(&path(file))?),
+                (None, Some(file)) => Some(read(file)?),
                 (None, None) => None,
             };
             let key = match (&user.client_key_data, &user.client_key) {
                 (Some(b64), _) => Some(data("client-key-data", b64)?),
-                (None, Some(file)) => Some(read(&path(file))?),
+                (None, Some(file)) => Some(read(file)?),
                 (None, None) => None,
             };
             client = match (cert, key) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 (None, None) => None,
                 _ => {
-                    return Err(
-                        "a client certificate needs its key and the key its certificate".into(),
-                    );
+                    return Err(KubeconfigError::UnpairedClientCertificate);
                 }
             };
         }
@@ -475,11 +622,34 @@ mod tests {
                 kubeconfig: Some(path),
                 in_cluster: None,
             })
-            .expect_err(expected);
+            .expect_err(expected)
+            .to_string();
             assert!(err.contains(expected), "{expected}: {err}");
             assert!(err.starts_with("KUBECONFIG "), "names the file: {err}");
         }
-        let err = ApiServer::from_source(&Source::default()).expect_err("nothing set");
+        let path = kubeconfig(
+            dir.path(),
+            "    server: https://h:1\n    certificate-authority: missing.pem",
+            "    token: t",
+        );
+        let err = ApiServer::from_source(&Source {
+            kubeconfig: Some(path),
+            in_cluster: None,
+        })
+        .expect_err("missing CA file");
+        assert!(
+            matches!(
+                err,
+                ApiServerError::Kubeconfig {
+                    source: KubeconfigError::File { ref source, .. },
+                    ..
+                } if source.kind() == std::io::ErrorKind::NotFound
+            ),
+            "keeps the I/O error as its cause: {err:?}"
+        );
+        let err = ApiServer::from_source(&Source::default())
+            .expect_err("nothing set")
+            .to_string();
         assert!(
             err.contains("neither KUBECONFIG nor KUBERNETES_SERVICE_HOST"),
             "{err}"

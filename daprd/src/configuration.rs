@@ -35,7 +35,12 @@ pub async fn load(
             "namespace {namespace:?} is not a Kubernetes namespace name"
         )));
     }
-    let api = crate::apiserver::ApiServer::from_source(source).map_err(fail)?;
+    let api = crate::apiserver::ApiServer::from_source(source).map_err(|source| {
+        StartError::ConfigurationAccess {
+            what: what.clone(),
+            source,
+        }
+    })?;
     let path = format!("/apis/dapr.io/v1alpha1/namespaces/{namespace}/configurations/{name}");
     let deadline = Instant::now() + PATIENCE;
     let mut delay = Duration::from_millis(250);
@@ -62,7 +67,7 @@ pub async fn load(
                 )));
             }
             Ok(Ok(answer)) => format!("{}: {}", answer.status, answer.message()),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {}s", ATTEMPT.as_secs()),
         };
         if Instant::now() + delay > deadline {

@@ -109,7 +109,30 @@ pub enum ResourcesError {
         api_version: String,
     },
     #[error("reading Resiliencies from the API server: {0}")]
-    ApiServer(String),
+    ApiServer(#[source] ListError),
+}
+
+/// Why the Resiliencies could not be listed from the API server. Kept apart from the other
+/// [`ResourcesError`]s because the sidecar logs these and runs without them, as upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("{0}")]
+    Client(#[from] crate::apiserver::ApiServerError),
+    #[error("no answer within {}s", .0.as_secs())]
+    Timeout(std::time::Duration),
+    #[error("{status}: {message}")]
+    Status {
+        status: http::StatusCode,
+        message: String,
+    },
+    #[error("not a list: {0}")]
+    NotAList(#[source] serde_json::Error),
+}
+
+impl From<crate::apiserver::ApiServerError> for ResourcesError {
+    fn from(e: crate::apiserver::ApiServerError) -> Self {
+        ResourcesError::ApiServer(e.into())
+    }
 }
 
 /// Reads every YAML file of `dirs` (sorted by name, directories in the order given) for the
@@ -300,19 +323,17 @@ pub async fn list_resiliencies(
     namespace: &str,
     app_id: &str,
 ) -> Result<Vec<Loaded<Resiliency>>, ResourcesError> {
-    let api =
-        crate::apiserver::ApiServer::from_source(source).map_err(ResourcesError::ApiServer)?;
+    let api = crate::apiserver::ApiServer::from_source(source)?;
     let path = format!("/apis/dapr.io/v1alpha1/namespaces/{namespace}/resiliencies");
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), api.get(&path))
+    let patience = std::time::Duration::from_secs(10);
+    let answer = tokio::time::timeout(patience, api.get(&path))
         .await
-        .map_err(|_| ResourcesError::ApiServer("no answer within 10s".into()))?
-        .map_err(ResourcesError::ApiServer)?;
+        .map_err(|_| ResourcesError::ApiServer(ListError::Timeout(patience)))??;
     if !answer.status.is_success() {
-        return Err(ResourcesError::ApiServer(format!(
-            "{}: {}",
-            answer.status,
-            answer.message()
-        )));
+        return Err(ResourcesError::ApiServer(ListError::Status {
+            status: answer.status,
+            message: answer.message(),
+        }));
     }
     from_list(&answer.body, namespace, app_id)
 }
@@ -401,7 +422,7 @@ fn from_list(
         items: Vec<serde_json::Value>,
     }
     let list: List = serde_json::from_slice(body)
-        .map_err(|e| ResourcesError::ApiServer(format!("not a list: {e}")))?;
+        .map_err(|e| ResourcesError::ApiServer(ListError::NotAList(e)))?;
     let mut found = Vec::new();
     for mut item in list.items {
         // List items may leave out their type.

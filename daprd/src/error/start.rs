@@ -31,6 +31,13 @@ pub enum StartError {
     /// The Configuration named by `--config` could not be read (which one, from where, and why).
     #[error("error loading configuration: {what}: {reason}")]
     Configuration { what: String, reason: String },
+    /// No way to ask the API server for that Configuration (no kubeconfig or service account,
+    /// or one that does not make a client).
+    #[error("error loading configuration: {what}: {source}")]
+    ConfigurationAccess {
+        what: String,
+        source: crate::apiserver::ApiServerError,
+    },
     #[error("loading resources: {0}")]
     Resources(#[from] crate::resources::ResourcesError),
     #[error(transparent)]
