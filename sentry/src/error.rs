@@ -46,8 +46,9 @@ pub enum Error {
     /// The task that loads or generates the issuer credentials did not finish.
     #[error("credential loader failed: {0}")]
     CredentialLoader(#[from] tokio::task::JoinError),
+    /// The JWKS validator could not load its keys at start-up.
     #[error("JWKS validator: {0}")]
-    Jwks(String),
+    Jwks(#[from] crate::validator::jwks::JwksError),
 
     /// The request names no validator and this sentry has no default one.
     #[error("a validator name must be specified in this environment")]
@@ -63,8 +64,36 @@ pub enum Error {
     /// The issuer (or a certificate above it) has expired: nothing valid can be issued.
     #[error("failed to sign certificate: the issuer certificate expired at {0}")]
     IssuerExpired(String),
+    /// rcgen refused to sign the leaf.
     #[error("failed to sign certificate: {0}")]
-    Sign(String),
+    Sign(#[source] rcgen::Error),
+    /// A SAN (`what`: the SPIFFE id or a DNS name) that is not ASCII.
+    #[error("failed to sign certificate: {what} is not an IA5 string: {source}")]
+    SignIa5 { what: String, source: rcgen::Error },
+    /// A key for the generated root or issuer (`what`), at first start without credentials.
+    #[error("failed to sign certificate: cannot generate the {what}: {source}")]
+    GenerateKey {
+        what: &'static str,
+        source: crate::ca::GenerateKeyError,
+    },
+    /// The generated root or issuer certificate (`what`) could not be signed.
+    #[error("failed to sign certificate: cannot generate the {what}: {source}")]
+    GenerateCertificate {
+        what: &'static str,
+        source: rcgen::Error,
+    },
+    /// The key of sentry's own serving certificate.
+    #[error("failed to sign certificate: {0}")]
+    KeyGeneration(#[from] crate::ca::GenerateKeyError),
+    /// ring's error says nothing more (and, built without its `std` feature, is no `Error`).
+    #[error("failed to sign certificate: no randomness for a serial number")]
+    NoRandomness,
+    /// A validity bound `time` cannot represent.
+    #[error("failed to sign certificate: time out of range: {0}")]
+    TimeOutOfRange(#[source] time::error::ComponentRange),
+    /// rustls refused the key of sentry's own serving certificate.
+    #[error("failed to sign certificate: serving key: {0}")]
+    ServingKey(#[source] rustls::Error),
 }
 
 /// Start-up configuration errors exit 64, every other failure 1.
@@ -119,7 +148,14 @@ impl From<Error> for tonic::Status {
             | Error::CredentialLoader(_)
             | Error::Jwks(_)
             | Error::IssuerExpired(_)
-            | Error::Sign(_) => Code::Internal,
+            | Error::Sign(_)
+            | Error::SignIa5 { .. }
+            | Error::GenerateKey { .. }
+            | Error::GenerateCertificate { .. }
+            | Error::KeyGeneration(_)
+            | Error::NoRandomness
+            | Error::TimeOutOfRange(_)
+            | Error::ServingKey(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
     }
@@ -175,7 +211,7 @@ mod tests {
                 "issuer certificate expired",
             ),
             (
-                Error::Sign("boom".into()),
+                Error::Sign(rcgen::Error::RingUnspecified),
                 Code::Internal,
                 "failed to sign certificate",
             ),
@@ -204,7 +240,13 @@ mod tests {
                 "cannot listen",
             ),
             (Error::NoApiAccess, Code::Internal, "needs API access"),
-            (Error::Jwks("x".into()), Code::Internal, "JWKS"),
+            (
+                Error::Jwks(crate::validator::jwks::JwksError::NoCaCertificates {
+                    url: "https://idp.example/jwks".into(),
+                }),
+                Code::Internal,
+                "JWKS",
+            ),
             (
                 Error::Identity(dapr_identity::Error::NoSpiffeUri),
                 Code::Internal,
@@ -229,6 +271,9 @@ mod tests {
             Error::InvalidCsr("x".into()).sign_failure_reason(),
             "cert_parse"
         );
-        assert_eq!(Error::Sign("x".into()).sign_failure_reason(), "cert_sign");
+        assert_eq!(
+            Error::Sign(rcgen::Error::RingUnspecified).sign_failure_reason(),
+            "cert_sign"
+        );
     }
 }

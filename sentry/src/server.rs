@@ -142,7 +142,7 @@ fn activate(
     policy: SignPolicy,
     now: SystemTime,
 ) -> Result<Active, Error> {
-    let key = IssuerKey::generate_ecdsa_p256().map_err(Error::Sign)?;
+    let key = IssuerKey::generate_ecdsa_p256()?;
     let issued = ca::issue(
         &bundle,
         &key,
@@ -159,7 +159,7 @@ fn activate(
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             key.to_pkcs8_der(),
         )))
-        .map_err(|e| Error::Sign(format!("serving key: {e}")))?;
+        .map_err(Error::ServingKey)?;
     let lifetime = issued
         .not_after
         .duration_since(issued.not_before)

@@ -7,6 +7,14 @@ use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 
+/// A key the system could not generate (ring found no randomness or refused the algorithm).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot generate an {algorithm} key: {source}")]
+pub struct GenerateKeyError {
+    algorithm: &'static str,
+    source: rcgen::Error,
+}
+
 /// A signing key whose `Debug` shows the algorithm only.
 pub struct IssuerKey(KeyPair);
 
@@ -43,18 +51,24 @@ impl IssuerKey {
     /// serving certificate, as upstream does (root: pkg/sentry/server/ca/ca.go; issuer:
     /// pkg/sentry/server/ca/bundle.go), so a bundle written here is one upstream's sentry and
     /// operators' tools take as it is.
-    pub fn generate_ecdsa_p256() -> Result<Self, String> {
+    pub fn generate_ecdsa_p256() -> Result<Self, GenerateKeyError> {
         KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map(IssuerKey)
-            .map_err(|e| format!("cannot generate an ECDSA P-256 key: {e}"))
+            .map_err(|source| GenerateKeyError {
+                algorithm: "ECDSA P-256",
+                source,
+            })
     }
 
     /// A fresh Ed25519 key: what earlier versions of this sentry generated. Their trust bundles
     /// still load ([`IssuerKey::from_pem`]); this stays for tests that reproduce them.
-    pub fn generate_ed25519() -> Result<Self, String> {
+    pub fn generate_ed25519() -> Result<Self, GenerateKeyError> {
         KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .map(IssuerKey)
-            .map_err(|e| format!("cannot generate an Ed25519 key: {e}"))
+            .map_err(|source| GenerateKeyError {
+                algorithm: "Ed25519",
+                source,
+            })
     }
 
     /// PKCS#8 PEM (`PRIVATE KEY`), the form sentry writes.

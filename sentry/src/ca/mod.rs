@@ -19,7 +19,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
-pub use keys::{IssuerKey, algorithm_name};
+pub use keys::{GenerateKeyError, IssuerKey, algorithm_name};
 
 use crate::Error;
 use crate::config::CredentialPaths;
@@ -194,7 +194,7 @@ impl CaBundle {
     /// key the signer cannot use, or an issuer name that would not be reproduced byte for byte.
     /// The probe's key is P-256, the key daprd asks for.
     fn check_signing(&self, now: SystemTime) -> Result<(), String> {
-        let probe_key = IssuerKey::generate_ecdsa_p256()?;
+        let probe_key = IssuerKey::generate_ecdsa_p256().map_err(|e| e.to_string())?;
         let probe_id =
             SpiffeId::new("probe.invalid", "probe", "probe").map_err(|e| e.to_string())?;
         let policy = SignPolicy {
@@ -343,14 +343,19 @@ pub fn issue(
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    let mut sans =
-        vec![SanType::URI(id.to_string().try_into().map_err(|e| {
-            Error::Sign(format!("SPIFFE id is not an IA5 string: {e}"))
-        })?)];
+    let mut sans = vec![SanType::URI(id.to_string().try_into().map_err(
+        |source| Error::SignIa5 {
+            what: "SPIFFE id".into(),
+            source,
+        },
+    )?)];
     for name in dns_names {
-        sans.push(SanType::DnsName(name.clone().try_into().map_err(|e| {
-            Error::Sign(format!("DNS name {name:?} is not an IA5 string: {e}"))
-        })?));
+        sans.push(SanType::DnsName(name.clone().try_into().map_err(
+            |source| Error::SignIa5 {
+                what: format!("DNS name {name:?}"),
+                source,
+            },
+        )?));
     }
     params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
@@ -366,7 +371,7 @@ pub fn issue(
 
     let leaf = params
         .signed_by(public_key, &bundle.issuer)
-        .map_err(|e| Error::Sign(e.to_string()))?;
+        .map_err(Error::Sign)?;
     let leaf = leaf.der().clone();
     let mut chain_pem = pem_encode("CERTIFICATE", &leaf);
     chain_pem.push_str(&bundle.issuer_chain_pem);
@@ -421,14 +426,15 @@ fn generate_with(
     namespace: &str,
     now: SystemTime,
     allowed_clock_skew: Duration,
-    new_key: fn() -> Result<IssuerKey, String>,
+    new_key: fn() -> Result<IssuerKey, GenerateKeyError>,
 ) -> Result<GeneratedCredentials, Error> {
-    let failed = |what: &str, e: String| Error::Sign(format!("cannot generate the {what}: {e}"));
+    let key_failed = |what, source| Error::GenerateKey { what, source };
+    let cert_failed = |what, source| Error::GenerateCertificate { what, source };
     let now_secs = unix_secs(now);
     let not_before = offset_date_time(now_secs.saturating_sub(secs(allowed_clock_skew)))?;
     let not_after = offset_date_time(now_secs.saturating_add(secs(GENERATED_CA_VALIDITY)))?;
 
-    let root_key = new_key().map_err(|e| failed("root key", e))?;
+    let root_key = new_key().map_err(|e| key_failed("root key", e))?;
     let mut root = CertificateParams::default();
     root.distinguished_name = DistinguishedName::new();
     root.distinguished_name
@@ -443,9 +449,9 @@ fn generate_with(
     root.not_after = not_after;
     let root_cert = root
         .self_signed(&root_key)
-        .map_err(|e| failed("root certificate", e.to_string()))?;
+        .map_err(|e| cert_failed("root certificate", e))?;
 
-    let issuer_key = new_key().map_err(|e| failed("issuer key", e))?;
+    let issuer_key = new_key().map_err(|e| key_failed("issuer key", e))?;
     let mut issuer = CertificateParams::default();
     issuer.distinguished_name = DistinguishedName::new();
     issuer.distinguished_name.push(
@@ -464,7 +470,7 @@ fn generate_with(
     issuer.use_authority_key_identifier_extension = true;
     let issuer_cert = issuer
         .signed_by(&issuer_key, &Issuer::new(root, &root_key))
-        .map_err(|e| failed("issuer certificate", e.to_string()))?;
+        .map_err(|e| cert_failed("issuer certificate", e))?;
 
     Ok(GeneratedCredentials {
         trust_anchors_pem: pem_encode("CERTIFICATE", root_cert.der()),
@@ -479,7 +485,7 @@ pub fn random_serial() -> Result<[u8; 16], Error> {
     let mut serial = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut serial)
-        .map_err(|_| Error::Sign("no randomness for a serial number".into()))?;
+        .map_err(|_| Error::NoRandomness)?;
     Ok(serial)
 }
 
@@ -536,8 +542,7 @@ fn system_time(secs: i64) -> SystemTime {
 }
 
 fn offset_date_time(secs: i64) -> Result<OffsetDateTime, Error> {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .map_err(|e| Error::Sign(format!("time out of range: {e}")))
+    OffsetDateTime::from_unix_timestamp(secs).map_err(Error::TimeOutOfRange)
 }
 
 #[cfg(test)]

@@ -43,6 +43,71 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest JWKS document accepted from a URL.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
+/// Why the JWKS could not be loaded at start-up (sentry then does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    ParseFile { path: PathBuf, source: NotAJwks },
+    #[error("source is not a URL, an existing file, or a JWKS (JSON, optionally base64)")]
+    UnknownSource,
+    #[error("invalid source URL {url:?}: {source}")]
+    Url {
+        url: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("caCertificate: {0}")]
+    CaCertificate(#[source] dapr_identity::Error),
+    #[error("no CA certificates to verify {url} (set caCertificate)")]
+    NoCaCertificates { url: String },
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+}
+
+/// A document that does not parse as a JWKS.
+#[derive(Debug, thiserror::Error)]
+#[error("not a JWKS: {0}")]
+pub struct NotAJwks(#[source] serde_json::Error);
+
+/// Why fetching the JWKS from its URL failed: at start-up an error, later a logged refresh.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetching {url} timed out after {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("fetching {url}: {source}")]
+    Failed { url: String, source: FetchFailure },
+}
+
+/// What went wrong within one fetch; [`FetchError`] names the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Request(#[source] http::Error),
+    #[error("{0}")]
+    ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("{0}")]
+    Tls(#[source] std::io::Error),
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
+    #[error("HTTP status {0}")]
+    Status(http::StatusCode),
+    /// The body failed or exceeded [`MAX_JWKS_BYTES`].
+    #[error("{0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    NotAJwks(#[from] NotAJwks),
+}
+
 #[derive(Debug)]
 enum Source {
     Url(Fetcher),
@@ -90,14 +155,18 @@ impl JwksValidator {
                 tracing::warn!(source = location, "JWKS is fetched without TLS");
             }
             let fetcher = Fetcher::new(location, options)?;
-            let keys = fetcher.fetch().await.map_err(Error::Jwks)?;
+            let keys = fetcher.fetch().await.map_err(JwksError::Fetch)?;
             (Source::Url(fetcher), keys)
         } else if std::path::Path::new(location).is_file() {
             let path = PathBuf::from(location);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Error::Jwks(format!("{}: {e}", path.display())))?;
-            let keys =
-                parse_json(&bytes).map_err(|e| Error::Jwks(format!("{}: {e}", path.display())))?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(source) => return Err(JwksError::ReadFile { path, source }.into()),
+            };
+            let keys = match parse_json(&bytes) {
+                Ok(keys) => keys,
+                Err(source) => return Err(JwksError::ParseFile { path, source }.into()),
+            };
             (
                 Source::File {
                     path,
@@ -106,12 +175,7 @@ impl JwksValidator {
                 keys,
             )
         } else {
-            let keys = parse_inline(location).ok_or_else(|| {
-                Error::Jwks(
-                    "source is not a URL, an existing file, or a JWKS (JSON, optionally base64)"
-                        .into(),
-                )
-            })?;
+            let keys = parse_inline(location).ok_or(JwksError::UnknownSource)?;
             (Source::Inline, keys)
         };
         tracing::info!(keys = keys.keys.len(), source = %describe(&source), "JWKS loaded");
@@ -292,8 +356,8 @@ async fn follow_file(
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<JwkSet, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))
+fn parse_json(bytes: &[u8]) -> Result<JwkSet, NotAJwks> {
+    serde_json::from_slice(bytes).map_err(NotAJwks)
 }
 
 /// The option value itself: base64 (padding optional) of a JWKS, or the JWKS JSON.
@@ -317,15 +381,16 @@ struct Fetcher {
 
 impl Fetcher {
     fn new(url: &str, options: &JwksOptions) -> Result<Self, Error> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| Error::Jwks(format!("invalid source URL {url:?}: {e}")))?;
+        let uri: http::Uri = url.parse().map_err(|source| JwksError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
         let tls = if uri.scheme_str() == Some("https") {
             let mut roots = rustls::RootCertStore::empty();
             match &options.ca_certificate {
                 Some(pem) => {
                     let certs = crate::ca::certs_from_pem(pem.as_bytes())
-                        .map_err(|e| Error::Jwks(format!("caCertificate: {e}")))?;
+                        .map_err(JwksError::CaCertificate)?;
                     roots.add_parsable_certificates(certs);
                 }
                 None => {
@@ -334,14 +399,15 @@ impl Fetcher {
                 }
             }
             if roots.is_empty() {
-                return Err(Error::Jwks(format!(
-                    "no CA certificates to verify {url} (set caCertificate)"
-                )));
+                return Err(JwksError::NoCaCertificates {
+                    url: url.to_owned(),
+                }
+                .into());
             }
             let config =
                 rustls::ClientConfig::builder_with_provider(dapr_identity::tls::crypto_provider())
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| Error::Jwks(e.to_string()))?
+                    .map_err(JwksError::Tls)?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
             Some(Arc::new(config))
@@ -356,22 +422,28 @@ impl Fetcher {
         })
     }
 
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    async fn fetch(&self) -> Result<JwkSet, FetchError> {
         tokio::time::timeout(self.timeout, self.fetch_once())
             .await
-            .map_err(|_| format!("fetching {} timed out after {:?}", self.url, self.timeout))?
-            .map_err(|e| format!("fetching {}: {e}", self.url))
+            .map_err(|_| FetchError::Timeout {
+                url: self.url.clone(),
+                timeout: self.timeout,
+            })?
+            .map_err(|source| FetchError::Failed {
+                url: self.url.clone(),
+                source,
+            })
     }
 
-    async fn fetch_once(&self) -> Result<JwkSet, String> {
-        let host = self.uri.host().ok_or("the URL has no host")?.to_owned();
+    async fn fetch_once(&self) -> Result<JwkSet, FetchFailure> {
+        let host = self.uri.host().ok_or(FetchFailure::NoHost)?.to_owned();
         let port = self
             .uri
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(FetchFailure::Connect)?;
         let request = http::Request::get(self.uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(
                 http::header::HOST,
@@ -379,46 +451,46 @@ impl Fetcher {
             )
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(FetchFailure::Request)?;
         let response = match &self.tls {
             Some(config) => {
                 let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(FetchFailure::ServerName)?;
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(FetchFailure::Tls)?;
                 send(TokioIo::new(stream), request).await?
             }
             None => send(TokioIo::new(tcp), request).await?,
         };
         if !response.status().is_success() {
-            return Err(format!("HTTP status {}", response.status()));
+            return Err(FetchFailure::Status(response.status()));
         }
         let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(FetchFailure::Body)?
             .to_bytes();
-        parse_json(&body)
+        Ok(parse_json(&body)?)
     }
 }
 
 async fn send<T>(
     io: T,
     request: http::Request<Empty<bytes::Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+) -> Result<http::Response<hyper::body::Incoming>, FetchFailure>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(FetchFailure::Http)?;
     tokio::spawn(connection);
     sender
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(FetchFailure::Http)
 }
 
 #[cfg(test)]
