@@ -1,8 +1,17 @@
 //! `bench`: the numbers of issue 8, measured side by side in one run on this machine.
 //!
 //! ```text
-//! cargo build --release --workspace --bins
-//! cargo run --release -p bench -- [--quick]
+//! cargo build --release --locked -p daprd -p sentry -p injector --bins
+//! cargo build --release --locked -p e2e --bins
+//! cargo run --release --locked -p bench -- [--quick]
+//! ```
+//!
+//! The sidecars are built as the images build them (`Dockerfile`): a `--workspace` build
+//! unifies other features into daprd's dependencies, which changes their symbol names, and
+//! `daprd/symbol-order.txt` then places few of daprd's functions (idle RSS reads about 4 MiB
+//! high). The bench warns when that happens.
+//!
+//! ```text
 //! ```
 //!
 //! Starts sentry, two echo apps (HTTP and gRPC), three daprd sidecars with mTLS (a caller and
@@ -564,6 +573,36 @@ async fn start_injector(dir: &Path) -> anyhow::Result<Injector> {
     })
 }
 
+/// Warns when the daprd being measured places under 90% of `daprd/symbol-order.txt` (built with
+/// other features than the images, or a stale file): its idle RSS is then not the images'.
+fn warn_if_unordered(repo: &Path, daprd: &Path) {
+    let Ok(order) = std::fs::read_to_string(repo.join("daprd/symbol-order.txt")) else {
+        return;
+    };
+    let Ok(nm) = std::process::Command::new("nm").arg(daprd).output() else {
+        eprintln!("bench: nm is missing; cannot check daprd's function placement");
+        return;
+    };
+    let symbols: std::collections::HashSet<&[u8]> = nm
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter_map(|line| line.rsplit(|b| *b == b' ').next())
+        .collect();
+    let names: Vec<&str> = order.lines().filter(|l| !l.is_empty()).collect();
+    let placed = names
+        .iter()
+        .filter(|n| symbols.contains(n.as_bytes()))
+        .count();
+    if placed * 10 < names.len() * 9 {
+        eprintln!(
+            "bench: WARNING: {} places {placed} of {} functions of daprd/symbol-order.txt; build it \
+             with `cargo build --release -p daprd -p sentry -p injector --bins` (bench/notes.md)",
+            daprd.display(),
+            names.len()
+        );
+    }
+}
+
 fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -597,11 +636,12 @@ async fn main() -> anyhow::Result<()> {
     for bin in ["daprd", "sentry", "injector", "echo-app"] {
         if !binary(bin).exists() {
             bail!(
-                "{} is missing: run `cargo build --release --workspace --bins` first",
+                "{} is missing: build as this file's first lines say",
                 binary(bin).display()
             );
         }
     }
+    warn_if_unordered(&repo, &binary("daprd"));
     let nginx_bin = nginx::ensure_installed()?;
     let began = Instant::now();
     let machine = machine();
