@@ -230,7 +230,7 @@ case "$tier" in
   unit)
     step "cargo test: unit and crate integration"
     # shellcheck disable=SC2046
-    cargo test --workspace --locked --lib --bins $(suites sentry/tests/*.rs injector/tests/*.rs crds/tests/*.rs) ;;
+    cargo test --workspace --locked --lib --bins $(suites sentry/tests/*.rs injector/tests/*.rs crds/tests/*.rs daprd/tests/*.rs) ;;
   e2e)
     step "cargo test: loopback end to end"
     # shellcheck disable=SC2046
