@@ -43,14 +43,9 @@ for tool in valgrind callgrind_control strace python3 curl openssl; do
 done
 d=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 app=$(port)
-# wait_http URL [CURL_ARGS...]: until URL answers 2xx, at most 600 tries (~60 s and more).
-wait_http() {
-  local url=$1; shift
-  for _ in $(seq 600); do curl -sf --max-time 2 -o /dev/null "$@" "$url" && return 0; sleep 0.1; done
-  echo "no answer from $url" >&2; exit 1
-}
 "$bin/echo-app" --protocol http --port "$app" > "$d/app.log" 2>&1 &
 
 if [ "$chain" = daprd ]; then

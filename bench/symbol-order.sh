@@ -50,12 +50,8 @@ for tool in valgrind callgrind_control python3 curl; do
 done
 d=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_http URL: until URL answers 2xx, at most 600 tries (~60 s and more).
-wait_http() {
-  for _ in $(seq 600); do curl -sf --max-time 2 -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "symbol-order.sh: no answer from $1" >&2; exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 app=$(port); grpc_app=$(port); sentry_port=$(port); healthz=$(port)
 callee_http=$(port); callee_grpc_http=$(port); caller_http=$(port); caller_grpc=$(port)
 "$tools/echo-app" --protocol http --port "$app" > "$d/app.log" 2>&1 &

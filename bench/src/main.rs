@@ -574,32 +574,25 @@ async fn start_injector(dir: &Path) -> anyhow::Result<Injector> {
 }
 
 /// Warns when the daprd being measured places under 90% of `daprd/symbol-order.txt` (built with
-/// other features than the images, or a stale file): its idle RSS is then not the images'.
+/// other features than the images, or a stale file): its idle RSS is then not the images'. The
+/// count is `bench/symbol-order.sh --check`'s.
 fn warn_if_unordered(repo: &Path, daprd: &Path) {
-    let Ok(order) = std::fs::read_to_string(repo.join("daprd/symbol-order.txt")) else {
-        return;
-    };
-    let Ok(nm) = std::process::Command::new("nm").arg(daprd).output() else {
-        eprintln!("bench: nm is missing; cannot check daprd's function placement");
-        return;
-    };
-    let symbols: std::collections::HashSet<&[u8]> = nm
-        .stdout
-        .split(|b| *b == b'\n')
-        .filter_map(|line| line.rsplit(|b| *b == b' ').next())
-        .collect();
-    let names: Vec<&str> = order.lines().filter(|l| !l.is_empty()).collect();
-    let placed = names
-        .iter()
-        .filter(|n| symbols.contains(n.as_bytes()))
-        .count();
-    if placed * 10 < names.len() * 9 {
-        eprintln!(
-            "bench: WARNING: {} places {placed} of {} functions of daprd/symbol-order.txt; build it \
-             with `cargo build --release -p daprd -p sentry -p injector --bins` (bench/notes.md)",
-            daprd.display(),
-            names.len()
-        );
+    let dir = daprd.parent().unwrap_or(Path::new("."));
+    match std::process::Command::new("bash")
+        .arg(repo.join("bench/symbol-order.sh"))
+        .arg("--check")
+        .arg(dir)
+        .output()
+    {
+        Ok(check) if check.status.success() => {}
+        Ok(check) => eprintln!(
+            "bench: WARNING: {}build daprd with `cargo build --release -p daprd -p sentry -p \
+             injector --bins` (bench/notes.md)",
+            String::from_utf8_lossy(&[check.stdout, check.stderr].concat())
+                .trim_start_matches("symbol-order.sh: ")
+                .replace('\n', "; "),
+        ),
+        Err(e) => eprintln!("bench: cannot check daprd's function placement: {e}"),
     }
 }
 

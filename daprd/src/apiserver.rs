@@ -220,11 +220,7 @@ impl ApiServer {
             source,
         })?;
         let dir = Path::new(SERVICE_ACCOUNT_DIR);
-        let ca_path = dir.join("ca.crt");
-        let ca = std::fs::read(&ca_path).map_err(|source| ApiServerError::Read {
-            path: ca_path,
-            source,
-        })?;
+        let ca = read(&dir.join("ca.crt"))?;
         Ok(ApiServer {
             host: host
                 .trim_start_matches('[')
@@ -254,11 +250,7 @@ impl ApiServer {
             Credential::None => None,
             Credential::Token(token) => Some(token.clone()),
             Credential::TokenFile(file) => {
-                let token = std::fs::read(file).map_err(|source| ApiServerError::Read {
-                    path: file.clone(),
-                    source,
-                })?;
-                Some(String::from_utf8_lossy(&token).trim().to_owned())
+                Some(String::from_utf8_lossy(&read(file)?).trim().to_owned())
             }
         };
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -327,6 +319,14 @@ impl ApiServer {
             .to_bytes();
         Ok(Answer { status, body })
     }
+}
+
+/// A file the service account or a credential names, read whole.
+fn read(path: &Path) -> Result<Vec<u8>, ApiServerError> {
+    std::fs::read(path).map_err(|source| ApiServerError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Trusts `ca` (PEM) and presents `client` (certificate chain and key, PEM) when given.
@@ -470,7 +470,7 @@ impl Kubeconfig {
                 .decode(b64.trim())
                 .map_err(|source| KubeconfigError::Data { field, source })
         };
-        let read = |file: &PathBuf| {
+        let read_file = |file: &PathBuf| {
             let file = path(file);
             std::fs::read(&file).map_err(|source| KubeconfigError::File { path: file, source })
         };
@@ -479,7 +479,7 @@ impl Kubeconfig {
             &cluster.certificate_authority,
         ) {
             (Some(b64), _) => data("certificate-authority-data", b64)?,
-            (None, Some(file)) => read(file)?,
+            (None, Some(file)) => read_file(file)?,
             (None, None) => {
                 return Err(KubeconfigError::NoCertificateAuthority);
             }
@@ -497,12 +497,12 @@ impl Kubeconfig {
             };
             let cert = match (&user.client_certificate_data, &user.client_certificate) {
                 (Some(b64), _) => Some(data("client-certificate-data", b64)?),
-                (None, Some(file)) => Some(read(file)?),
+                (None, Some(file)) => Some(read_file(file)?),
                 (None, None) => None,
             };
             let key = match (&user.client_key_data, &user.client_key) {
                 (Some(b64), _) => Some(data("client-key-data", b64)?),
-                (None, Some(file)) => Some(read(file)?),
+                (None, Some(file)) => Some(read_file(file)?),
                 (None, None) => None,
             };
             client = match (cert, key) {
