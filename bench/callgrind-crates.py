@@ -65,6 +65,8 @@ def crate(ob, f):
     if o.endswith("/nginx"):
         return "nginx"
     if "::" not in f:
+        if re.match(r"_?mi_", f):
+            return "mimalloc"
         if re.search(r"aes|gcm|ghash|ring_core|p256|sha|nistz|chacha|poly1305|x25519|bn_|gfp", f, re.I):
             return "ring (asm/C)"
         return "other C/asm"
@@ -74,7 +76,7 @@ def crate(ob, f):
 GROUPS = [
     ("TLS (rustls, ring, tokio-rustls / libssl, libcrypto)",
      {"rustls", "ring", "ring (asm/C)", "tokio_rustls", "OpenSSL libssl", "OpenSSL libcrypto"}),
-    ("malloc/free", {"glibc malloc/free"}),
+    ("malloc/free", {"glibc malloc/free", "mimalloc"}),
     ("memcpy/memset", {"glibc memcpy/memset/str*"}),
     ("h2", {"h2"}),
     ("HTTP/1 and header maps (hyper, hyper-util, http, httparse)", {"hyper", "hyper_util", "http", "httparse"}),

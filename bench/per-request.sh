@@ -246,8 +246,9 @@ if [ -n "${PER_REQUEST_KEEP:-}" ]; then
   cp "$(ls -t "$d"/callgrind."$callee"* | head -1)" "$PER_REQUEST_KEEP/${names[1]}.callgrind"
 fi
 
-# alloc_calls FILE: calls per request of glibc's allocator entry points, from callgrind's call
-# counts (all callers: Rust's global allocator, OpenSSL's CRYPTO_malloc, nginx's pools).
+# alloc_calls FILE: calls per request of the allocators' entry points, from callgrind's call
+# counts (all callers: Rust's global allocator, OpenSSL's CRYPTO_malloc, nginx's pools): glibc's,
+# plus mimalloc's as Rust's global allocator calls them (daprd's, `mimalloc` crate).
 alloc_calls() {
   python3 - "$1" "$n" <<'PY'
 import re, sys
@@ -260,9 +261,13 @@ for line in open(sys.argv[1], errors="replace"):
     elif line.startswith("calls=") and cfn:
         counts[cfn] = counts.get(cfn, 0) + int(line[6:].split()[0])
 n = int(sys.argv[2])
-# free(NULL) returns before _int_free (OpenSSL frees NULL often): count both
-print("  ".join(f"{f} {counts.get(f, 0) / n:.2f}" for f in ("malloc", "calloc", "realloc", "free"))
-      + f" (not NULL: {counts.get('_int_free', 0) / n:.2f})")
+entries = {"malloc": ("malloc", "mi_malloc_aligned"), "calloc": ("calloc", "mi_zalloc_aligned"),
+           "realloc": ("realloc", "mi_realloc_aligned"), "free": ("free", "mi_free")}
+calls = {f: sum(counts.get(name, 0) for name in names) for f, names in entries.items()}
+# glibc's free(NULL) returns before _int_free (OpenSSL frees NULL often): count both; Rust
+# never frees NULL
+print("  ".join(f"{f} {calls[f] / n:.2f}" for f in entries)
+      + f" (not NULL: {(counts.get('_int_free', 0) + counts.get('mi_free', 0)) / n:.2f})")
 PY
 }
 echo "chain $chain, $n requests of 1 KiB, 4 connections${regimes[1]:+; paced: one request every $pace_ms ms}"
