@@ -295,7 +295,7 @@ async fn start_api_servers(
 ) -> Result<(), StartError> {
     let (config, metrics) = (&shared.config, &shared.metrics);
     let grpc_api = grpc_api(shared);
-    let http_api = outbound::http::router(Arc::clone(shared));
+    let http_api = outbound::http::api(Arc::clone(shared));
     if let Some(sockets) = &config.api_sockets {
         let listener = bind_unix(&sockets.grpc).await?;
         servers.spawn(serve_grpc_api(
@@ -464,14 +464,25 @@ fn ignored_resources_path(config: &Config) {
 /// The bounds of every server of the sidecar (`docs/limits.md`).
 const LIMITS: dapr_serve::Limits = dapr_serve::Limits::DEFAULT;
 
-async fn serve_http<L>(
+async fn serve_http<L, R, B>(
     server: &'static str,
     listener: L,
-    router: axum::Router,
+    router: R,
     stop: CancellationToken,
 ) -> Result<(), String>
 where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
+    R: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    R::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;
     Ok(())

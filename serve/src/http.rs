@@ -1,7 +1,11 @@
-//! Serving an axum router on guarded connections: HTTP/1 with a header deadline, HTTP/2 (h2c
+//! Serving an axum router (or any service of the same shape) on guarded connections: HTTP/1 with a header deadline, HTTP/2 (h2c
 //! or over TLS) with keepalive pings, graceful shutdown of every open connection.
 
+use std::convert::Infallible;
 use std::io;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -9,21 +13,30 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Service;
 
 use crate::{Guarded, Limits, Listener, incoming};
 
 /// Serves `router` on each connection `connections` yields until `stop` is cancelled, then
 /// shuts every open connection down gracefully (in-flight requests finish) and returns once
 /// all are closed. The caller bounds that wait by its grace period.
-pub async fn serve_http<T, S>(
+pub async fn serve_http<T, S, R, B>(
     server: &'static str,
     mut connections: S,
-    router: axum::Router,
+    router: R,
     limits: Limits,
     stop: CancellationToken,
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
+    R: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    R::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -72,14 +85,22 @@ pub async fn serve_http<T, S>(
 
 /// [`serve_http`] on plaintext connections accepted from `listener` (TCP or Unix-domain)
 /// within `limits`.
-pub async fn serve_plain_http<L>(
+pub async fn serve_plain_http<L, R, B>(
     server: &'static str,
     listener: L,
-    router: axum::Router,
+    router: R,
     limits: Limits,
     stop: CancellationToken,
 ) where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
+    R: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    R::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
         Ok(io)

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use base64::Engine;
@@ -20,25 +19,62 @@ use super::invoker::parse_target;
 use super::state::Shared;
 use crate::Error;
 use crate::error::grpc_to_http;
-use crate::metrics::HttpLayer;
+use crate::metrics::{HttpLayer, HttpService};
 use crate::trace::{self, attr};
 use crate::wire::{self, BoxError, names};
 
 type AppState = State<Arc<Shared>>;
 
-/// Routes of the main API port.
-pub fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
+/// Where invocations by path start (`/v1.0/invoke/<id>/method/<method>`).
+const INVOKE_PREFIX: &str = "/v1.0/invoke/";
+
+/// The main API port's service: every request metered ([`HttpLayer`]) and checked for the API
+/// token, then invocations by path straight to their handler and the rest through the router.
+pub fn api(shared: Arc<Shared>) -> HttpService<Api> {
+    let routes = Router::new()
         .route("/v1.0/healthz", get(healthz))
         .route("/v1.0/healthz/outbound", get(healthz_outbound))
         .route("/v1.0/metadata", get(metadata))
         .route("/v1.0/metadata/{key}", put(set_metadata))
         .route("/v1.0/shutdown", post(shutdown))
-        .route("/v1.0/invoke/{*rest}", axum::routing::any(invoke_by_path))
-        .fallback(invoke_by_header);
-    api.layer(middleware::from_fn_with_state(shared.clone(), api_token))
-        .layer(HttpLayer::new(&shared.metrics))
-        .with_state(shared)
+        .fallback(invoke_by_header)
+        .with_state(Arc::clone(&shared));
+    tower::Layer::layer(&HttpLayer::new(&shared.metrics), Api { shared, routes })
+}
+
+/// The API port's dispatch. Invocations by path, nearly every request a sidecar serves, are
+/// matched here rather than as an axum route: per request, the router cloned the boxed route and
+/// middleware services, boxed their futures and captured the path as a URL parameter
+/// (bench/notes.md, "the HTTP API without the router").
+#[derive(Clone)]
+pub struct Api {
+    shared: Arc<Shared>,
+    routes: Router,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Api {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        if let Err(refused) = check_api_token(&self.shared, &mut request) {
+            return Box::pin(std::future::ready(Ok(refused.into_response())));
+        }
+        if request.uri().path().starts_with(INVOKE_PREFIX) {
+            let shared = Arc::clone(&self.shared);
+            return Box::pin(async move { Ok(invoke_by_path(State(shared), request).await) });
+        }
+        Box::pin(tower::ServiceExt::oneshot(self.routes.clone(), request))
+    }
 }
 
 /// Routes of the public port: health and metadata only, without the token check.
@@ -53,7 +89,7 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
 
 /// Requires `dapr-api-token` when `DAPR_API_TOKEN` is set (GET health checks are exempt) and
 /// strips it so it never reaches another app.
-async fn api_token(State(shared): AppState, mut request: Request, next: Next) -> Response {
+fn check_api_token(shared: &Shared, request: &mut Request) -> Result<(), Error> {
     if let Some(expected) = shared.config.api_token.as_deref() {
         let path = request.uri().path();
         let exempt = request.method() == http::Method::GET
@@ -64,11 +100,11 @@ async fn api_token(State(shared): AppState, mut request: Request, next: Next) ->
             .map(HeaderValue::as_bytes);
         if !exempt && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
             tracing::debug!(path, "request rejected: invalid api token");
-            return Error::Unauthorized.into_response();
+            return Err(Error::Unauthorized);
         }
         request.headers_mut().remove(names::API_TOKEN);
     }
-    next.run(request).await
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -164,7 +200,7 @@ async fn invoke_by_path(State(shared): AppState, request: Request) -> Response {
         return invoke_by_header(State(shared), request).await;
     }
     let path = request.uri().path();
-    let rest = path.strip_prefix("/v1.0/invoke/").unwrap_or_default();
+    let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
     let Some((id, method)) = rest.split_once("/method/") else {
         return Error::NoAppId.into_response();
     };
