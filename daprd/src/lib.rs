@@ -472,17 +472,8 @@ async fn serve_http<L, R, B>(
 ) -> Result<(), String>
 where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
-    R: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: dapr_serve::HttpService<B>,
+    B: dapr_serve::ResponseBody,
 {
     dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;
     Ok(())

@@ -17,6 +17,40 @@ use tower::Service;
 
 use crate::{Guarded, Limits, Listener, incoming};
 
+/// What [`serve_http`] serves: an axum `Router`, or any cloneable service of the same shape.
+pub trait HttpService<B>:
+    Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The body of an [`HttpService`]'s responses.
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// Serves `router` on each connection `connections` yields until `stop` is cancelled, then
 /// shuts every open connection down gracefully (in-flight requests finish) and returns once
 /// all are closed. The caller bounds that wait by its grace period.
@@ -29,14 +63,8 @@ pub async fn serve_http<T, S, R, B>(
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
-    R: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: HttpService<B>,
+    B: ResponseBody,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -93,14 +121,8 @@ pub async fn serve_plain_http<L, R, B>(
     stop: CancellationToken,
 ) where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
-    R: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    R::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: HttpService<B>,
+    B: ResponseBody,
 {
     let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
         Ok(io)
