@@ -472,7 +472,7 @@ async fn serve_http<L, R, B>(
 ) -> Result<(), String>
 where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
-    R: dapr_serve::HttpService<B>,
+    R: dapr_serve::HttpHandler<B>,
     B: dapr_serve::ResponseBody,
 {
     dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;

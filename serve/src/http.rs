@@ -1,12 +1,12 @@
-//! Serving an axum router (or any service of the same shape) on guarded connections: HTTP/1 with a header deadline, HTTP/2 (h2c
-//! or over TLS) with keepalive pings, graceful shutdown of every open connection.
+//! Serving an axum router (or any service of the same shape) on guarded connections: HTTP/1
+//! with a header deadline, HTTP/2 (h2c or over TLS) with keepalive pings, graceful shutdown of
+//! every open connection.
 
 use std::convert::Infallible;
 use std::io;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,7 +18,7 @@ use tower::Service;
 use crate::{Guarded, Limits, Listener, incoming};
 
 /// What [`serve_http`] serves: an axum `Router`, or any cloneable service of the same shape.
-pub trait HttpService<B>:
+pub trait HttpHandler<B>:
     Service<Request<Incoming>, Response = Response<B>, Error = Infallible, Future: Send + 'static>
     + Clone
     + Send
@@ -26,7 +26,7 @@ pub trait HttpService<B>:
 {
 }
 
-impl<S, B> HttpService<B> for S where
+impl<S, B> HttpHandler<B> for S where
     S: Service<
             Request<Incoming>,
             Response = Response<B>,
@@ -38,7 +38,7 @@ impl<S, B> HttpService<B> for S where
 {
 }
 
-/// The body of an [`HttpService`]'s responses.
+/// The body of an [`HttpHandler`]'s responses.
 pub trait ResponseBody:
     http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
 {
@@ -63,7 +63,7 @@ pub async fn serve_http<T, S, R, B>(
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
-    R: HttpService<B>,
+    R: HttpHandler<B>,
     B: ResponseBody,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -121,7 +121,7 @@ pub async fn serve_plain_http<L, R, B>(
     stop: CancellationToken,
 ) where
     L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
-    R: HttpService<B>,
+    R: HttpHandler<B>,
     B: ResponseBody,
 {
     let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
