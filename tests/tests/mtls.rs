@@ -190,6 +190,53 @@ async fn sidecars_get_certificates_from_sentry_and_invoke_each_other_over_mtls()
     );
 }
 
+/// The internal server reads `CallLocal` and `CallLocalStream` with its own decoder
+/// (`daprd/src/wire/received.rs`): a message it cannot read is refused with the reason, as
+/// prost's decoder refuses one, and a method of `ServiceInvocation` it does not serve is
+/// unimplemented, not proxied to the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_internal_server_refuses_unreadable_requests_and_unknown_methods() {
+    let dir = scratch_dir("mtls-unreadable").expect("dir");
+    let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
+    let app = http_app().await;
+    let (callee, _caller) = mtls_pair(&sentry, &dir, "", &app).await;
+    let identity = sentry.issue("checkout").await.expect("certificate");
+    let channel = tls_channel(
+        ([127, 0, 0, 1], callee.internal_port).into(),
+        client_config(identity, "orders"),
+    )
+    .await
+    .expect("mTLS handshake");
+    let call = |path: &'static str| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.expect("ready");
+            // Field 2, the metadata map, as a varint: no InternalInvokeRequest reads so.
+            let unreadable = prost_types::Duration {
+                seconds: 1,
+                nanos: 2,
+            };
+            let codec =
+                tonic_prost::ProstCodec::<prost_types::Duration, prost_types::Duration>::default();
+            grpc.unary(
+                tonic::Request::new(unreadable),
+                http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .expect_err("refused")
+        }
+    };
+    let refused = call("/dapr.proto.internals.v1.ServiceInvocation/CallLocal").await;
+    assert_eq!(refused.code(), tonic::Code::Internal, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "field 2 has wire type 0, which this message does not use there"
+    );
+    let unknown = call("/dapr.proto.internals.v1.ServiceInvocation/CallActor").await;
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn access_control_keys_on_the_certificate_not_on_the_claimed_caller() {
     let dir = scratch_dir("mtls-acl").expect("dir");

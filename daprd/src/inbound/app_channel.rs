@@ -24,7 +24,7 @@ use crate::Error;
 use crate::config::{AppProtocol, Config};
 use crate::error::AppChannelError;
 use crate::metrics::Metrics;
-use crate::wire::{self, BoxError, BoxStream, Metadata, names};
+use crate::wire::{self, BoxError, BoxStream, names};
 
 /// The app's invocation callback.
 const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
@@ -65,7 +65,7 @@ pub struct AppRequest {
     pub content_type: String,
     /// The `type_url` of the caller's data (gRPC callers' typed data); usually empty.
     pub type_url: String,
-    pub metadata: Metadata,
+    pub metadata: wire::ReceivedMetadata,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
 
@@ -202,7 +202,7 @@ impl AppChannel {
                 source,
             })?;
         let headers = http_request.headers_mut();
-        wire::metadata_into_headers(request.metadata, headers);
+        request.metadata.into_headers(headers);
         // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
         // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
         let content_type = wire::data_content_type(&request.type_url, &request.content_type);
@@ -238,7 +238,7 @@ impl AppChannel {
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let data = collect(request.body, usize::MAX).await?;
         let mut headers = HeaderMap::new();
-        wire::metadata_to_grpc_headers(&request.metadata, &mut headers);
+        request.metadata.to_grpc_headers(&mut headers);
         headers.remove(header::CONTENT_TYPE);
         headers.remove(header::CONTENT_LENGTH);
         self.swap_token(&mut headers);

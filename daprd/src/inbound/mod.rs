@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod app_channel;
+mod grpc;
 pub mod health;
 
 use std::sync::Arc;
@@ -10,10 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
-use dapr_proto::internals::v1::service_invocation_server::ServiceInvocation;
 use dapr_proto::internals::v1::{
-    InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-    InternalInvokeResponseStream, Status as InvokeStatus,
+    InternalInvokeResponse, InternalInvokeResponseStream, Status as InvokeStatus,
 };
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,7 +22,7 @@ use crate::config::Config;
 use crate::identity::transport::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::trace::{Kind, Span, Tracer};
-use crate::wire::{self, BoxError, BoxStream, names};
+use crate::wire::{self, BoxError, BoxStream, ReceivedRequest, ReceivedStreamMessage, names};
 use acl::{AccessControl, CallerIdentity};
 use app_channel::{AppChannel, AppRequest, AppResponse};
 
@@ -177,7 +176,7 @@ impl Internal {
     fn admit(
         &self,
         peer: Option<&PeerIdentity>,
-        mut request: InternalInvokeRequest,
+        mut request: ReceivedRequest,
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> Result<(&AppChannel, AppRequest), Error> {
         let app = self.app()?;
@@ -189,8 +188,8 @@ impl Internal {
         let verb = wire::method_of(Verb::try_from(ext.verb).unwrap_or(Verb::None));
         self.check_access(
             peer,
-            wire::first(&request.metadata, names::CALLER_APP_ID),
-            wire::first(&request.metadata, names::CALLER_NAMESPACE),
+            request.metadata.first(names::CALLER_APP_ID),
+            request.metadata.first(names::CALLER_NAMESPACE),
             &message.method,
             verb.as_str(),
         )?;
@@ -201,8 +200,8 @@ impl Internal {
                 (names::CALLER_APP_ID, id.app_id()),
                 (names::CALLER_NAMESPACE, id.namespace()),
             ] {
-                if !is_only(&request.metadata, name, value) {
-                    wire::set(&mut request.metadata, name, value);
+                if !request.metadata.is_only(name, value) {
+                    request.metadata.set(name, value);
                 }
             }
         }
@@ -262,11 +261,11 @@ fn response_head(app: &AppResponse) -> InternalInvokeResponse {
     }
 }
 
-#[tonic::async_trait]
-impl ServiceInvocation for Internal {
+/// `ServiceInvocation`'s methods, served by [`grpc::routes`].
+impl Internal {
     async fn call_local(
         &self,
-        request: Request<InternalInvokeRequest>,
+        request: Request<ReceivedRequest>,
     ) -> Result<Response<InternalInvokeResponse>, Status> {
         let peer = peer_of(request.extensions());
         let mut request = request.into_inner();
@@ -279,15 +278,15 @@ impl ServiceInvocation for Internal {
             .unwrap_or_default();
         // The whole body is here, so the app gets it framed by its length (as upstream sends
         // it), not chunked, whatever length the caller's metadata claimed (in whichever case).
-        wire::set_as_spelt(
-            &mut request.metadata,
+        request.metadata.set_as_spelt(
             &wire::CONTENT_LENGTH,
             itoa::Buffer::new().format(data.len()),
         );
         let mut span = self.server_span(&mut request, CALL_LOCAL);
         let admitted = self.admit(peer.as_ref(), request, app_channel::once(data));
         let (app, app_request) = ended_on_error(&mut span, admitted)?;
-        let received = self.metrics.invocation_received(&app_request.metadata);
+        let caller = app_request.metadata.first(names::CALLER_APP_ID);
+        let received = self.metrics.invocation_received(caller);
         let response = received
             .respond(app.invoke(app_request), |r| r.status)
             .await;
@@ -303,12 +302,10 @@ impl ServiceInvocation for Internal {
         Ok(Response::new(head))
     }
 
-    type CallLocalStreamStream = BoxStream<Result<InternalInvokeResponseStream, Status>>;
-
     async fn call_local_stream(
         &self,
-        request: Request<Streaming<InternalInvokeRequestStream>>,
-    ) -> Result<Response<Self::CallLocalStreamStream>, Status> {
+        request: Request<Streaming<ReceivedStreamMessage>>,
+    ) -> Result<Response<BoxStream<Result<InternalInvokeResponseStream, Status>>>, Status> {
         let peer = peer_of(request.extensions());
         let mut incoming = request.into_inner();
         let first = incoming
@@ -320,11 +317,12 @@ impl ServiceInvocation for Internal {
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         let mut span = self.server_span(&mut head, CALL_LOCAL_STREAM);
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.
-        let declared = wire::declared_len(wire::first_of(&head.metadata, &wire::CONTENT_LENGTH));
+        let declared = wire::declared_len(head.metadata.first_of(&wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         let admitted = self.admit(peer.as_ref(), head, body);
         let (app, app_request) = ended_on_error(&mut span, admitted)?;
-        let received = self.metrics.invocation_received(&app_request.metadata);
+        let caller = app_request.metadata.first(names::CALLER_APP_ID);
+        let received = self.metrics.invocation_received(caller);
         let response = received
             .respond(app.invoke(app_request), |r| r.status)
             .await;
@@ -373,17 +371,12 @@ const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/Call
 impl Internal {
     /// The server span of an invocation, when tracing is on: it continues the caller's
     /// `traceparent`, which is replaced by the span's own so the app sees the callee's hop.
-    fn server_span(&self, request: &mut InternalInvokeRequest, rpc: &str) -> Option<Span> {
+    fn server_span(&self, request: &mut ReceivedRequest, rpc: &str) -> Option<Span> {
         let active = self.tracer.active()?;
-        let mut span = active.start(
-            wire::first(&request.metadata, names::TRACEPARENT),
-            Kind::Server,
-        );
-        wire::set(
-            &mut request.metadata,
-            names::TRACEPARENT,
-            &span.traceparent(),
-        );
+        let mut span = active.start(request.metadata.first(names::TRACEPARENT), Kind::Server);
+        request
+            .metadata
+            .set(names::TRACEPARENT, &span.traceparent());
         if span.recording() {
             let method = request.message.as_ref().map_or("", |m| m.method.as_str());
             span.server_invocation(method, rpc);
@@ -391,7 +384,7 @@ impl Internal {
                 request
                     .metadata
                     .iter()
-                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+                    .filter_map(|(name, values)| Some((name, &**values.first()?))),
             );
         }
         Some(span)
@@ -403,13 +396,6 @@ impl Internal {
 fn ended_on_error<T>(span: &mut Option<Span>, result: Result<T, Error>) -> Result<T, Error> {
     crate::trace::end_on_error(span, &result);
     result
-}
-
-/// Whether `metadata` holds exactly one value under `name`, and that is `value`.
-fn is_only(metadata: &wire::Metadata, name: &str, value: &str) -> bool {
-    metadata
-        .get(name)
-        .is_some_and(|list| list.values.len() == 1 && list.values[0] == value)
 }
 
 /// The verified peer of a request that came over mTLS.
@@ -426,27 +412,7 @@ pub fn server(
     Internal::new(config, metrics, tracer).map(Arc::new)
 }
 
-/// The internal server's routes: `ServiceInvocation`, and every other gRPC path proxied to the
-/// app.
-pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
-    use dapr_proto::internals::v1::service_invocation_server::ServiceInvocationServer;
-    let service = ServiceInvocationServer::from_arc(Arc::clone(&internal))
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let router = tonic::service::Routes::new(service)
-        .into_axum_router()
-        .fallback(move |request: axum::extract::Request| {
-            let internal = Arc::clone(&internal);
-            async move {
-                let request = request.map(tonic::body::Body::new);
-                match internal.proxy(request).await {
-                    Ok(response) => response.map(axum::body::Body::new),
-                    Err(e) => tonic::Status::from(e).into_http::<axum::body::Body>(),
-                }
-            }
-        });
-    tonic::service::Routes::from(router)
-}
+pub use grpc::routes;
 
 /// The caller as upstream names it in an access-control denial: the SPIFFE id of its
 /// certificate, or nothing without one (`pkg/acl/acl.go` prints the id's URL, empty when the

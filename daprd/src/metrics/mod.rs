@@ -59,7 +59,6 @@ pub use grpc_server::{GrpcCall, GrpcLayer, GrpcReceived, GrpcService};
 pub use http_server::{HttpCall, HttpLayer, HttpService};
 pub use labels::{grpc_code_label, grpc_method_label, verb_label};
 
-use crate::wire::{Metadata, names};
 use registry::{Families, inc, observe};
 
 /// Metric names, as upstream's Prometheus exporter writes them.
@@ -228,13 +227,14 @@ impl Metrics {
         }
     }
 
-    /// Counts a request from another sidecar that access control let through; the app's answer
-    /// is recorded by [`ReceivedInvocation::respond`].
-    pub fn invocation_received(&self, metadata: &Metadata) -> ReceivedInvocation<'_> {
+    /// Counts a request from another sidecar that access control let through, from the app id
+    /// its metadata names (`dapr-caller-app-id`); the app's answer is recorded by
+    /// [`ReceivedInvocation::respond`].
+    pub fn invocation_received(&self, caller: Option<&str>) -> ReceivedInvocation<'_> {
         let Some(f) = self.families.as_deref() else {
             return ReceivedInvocation { call: None };
         };
-        let caller = crate::wire::first(metadata, names::CALLER_APP_ID).unwrap_or(UNKNOWN_CALLER);
+        let caller = caller.unwrap_or(UNKNOWN_CALLER);
         let peer = f.peers.label(caller);
         inc(&f.invocation_req_recv, &[&peer]);
         ReceivedInvocation {
@@ -403,7 +403,7 @@ mod tests {
         let sent = m.invocation_sent("checkout");
         sent.received(InternalInvokeResponse::default());
         let failed = m
-            .invocation_received(&Metadata::new())
+            .invocation_received(None)
             .respond(
                 async { Err(Error::AppChannel(crate::error::AppChannelError::NoAppPort)) },
                 |r: &AppResponse| r.status,
@@ -533,8 +533,6 @@ mod tests {
     #[tokio::test]
     async fn the_callee_records_the_callers_id_and_the_apps_status_or_internal() {
         let m = metrics();
-        let mut metadata = Metadata::new();
-        crate::wire::set(&mut metadata, names::CALLER_APP_ID, "checkout");
         let ok = AppResponse {
             message: String::new(),
             type_url: String::new(),
@@ -544,12 +542,12 @@ mod tests {
             body: crate::inbound::app_channel::once(Bytes::new()),
         };
         let answered = m
-            .invocation_received(&metadata)
+            .invocation_received(Some("checkout"))
             .respond(async { Ok(ok) }, |r: &AppResponse| r.status)
             .await;
         assert!(answered.is_ok());
         let failed = m
-            .invocation_received(&Metadata::new())
+            .invocation_received(None)
             .respond(
                 async { Err(Error::AppChannel(crate::error::AppChannelError::NoAppPort)) },
                 |r: &AppResponse| r.status,

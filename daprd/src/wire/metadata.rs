@@ -249,17 +249,31 @@ pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
 /// becomes its header value as it is (checked as [`HeaderValue::try_from`] checks a `&str`),
 /// without a copy. The same headers, in the same order.
 pub fn metadata_into_headers(metadata: Metadata, headers: &mut HeaderMap) {
-    for (name, values) in metadata {
-        let Some(header) = app_header_name(&name) else {
+    entries_into_headers(
+        metadata.into_iter().map(|(name, list)| (name, list.values)),
+        headers,
+    );
+}
+
+/// [`metadata_into_headers`] for any map's entries (a name and its values) in name order: the
+/// callee's [`super::ReceivedMetadata`], whose values are slices of the received message.
+pub fn entries_into_headers<N, V>(
+    entries: impl IntoIterator<Item = (N, impl IntoIterator<Item = V>)>,
+    headers: &mut HeaderMap,
+) where
+    N: AsRef<str>,
+    V: Into<bytes::Bytes>,
+{
+    for (name, values) in entries {
+        let Some(header) = app_header_name(name.as_ref()) else {
             continue;
         };
         append_all(
             headers,
             header,
             values
-                .values
                 .into_iter()
-                .map(|v| HeaderValue::from_maybe_shared(bytes::Bytes::from(v))),
+                .map(|v| HeaderValue::from_maybe_shared(v.into())),
         );
     }
 }
@@ -275,12 +289,16 @@ fn app_header_name(name: &str) -> Option<HeaderName> {
 /// upstream's caller sends for HTTP API requests) becomes `dapr-<name>`, as upstream's
 /// `InternalMetadataToGrpcMetadata` renames it, so that no HTTP framing header (such as
 /// `Content-Length`) reaches a gRPC call as its own. Other spellings keep their name.
-pub fn metadata_to_grpc_headers(metadata: &Metadata, headers: &mut HeaderMap) {
-    for (name, values) in metadata {
+/// The entries are names with their values, in name order.
+pub fn metadata_to_grpc_headers<'a, V: AsRef<str> + 'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a [V])>,
+    headers: &mut HeaderMap,
+) {
+    for (name, values) in entries {
         let Some(header) = header_name(name) else {
             continue;
         };
-        let header = if name.as_str() != header.as_str()
+        let header = if name != header.as_str()
             && is_canonical(name)
             && is_permanent_http_header(header.as_str())
         {
@@ -294,10 +312,7 @@ pub fn metadata_to_grpc_headers(metadata: &Metadata, headers: &mut HeaderMap) {
         append_all(
             headers,
             header,
-            values
-                .values
-                .iter()
-                .map(|v| HeaderValue::try_from(v.as_str())),
+            values.iter().map(|v| HeaderValue::try_from(v.as_ref())),
         );
     }
 }
@@ -487,7 +502,7 @@ mod tests {
         set(&mut md, "content-type", "text/plain");
         set(&mut md, "ACCEPT-LANGUAGE", "en");
         let mut headers = HeaderMap::new();
-        metadata_to_grpc_headers(&md, &mut headers);
+        super::super::ReceivedMetadata::from(&md).to_grpc_headers(&mut headers);
         assert_eq!(headers["dapr-content-length"], "5");
         assert_eq!(headers["dapr-accept"], "*/*");
         assert_eq!(headers["x-custom"], "1");

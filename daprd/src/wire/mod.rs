@@ -8,6 +8,7 @@
 
 mod frame;
 mod metadata;
+mod received;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -18,10 +19,13 @@ use http::Method;
 
 pub use frame::{Stamps, frame_head, grpc_status};
 pub use metadata::{
-    CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, first, first_of,
-    grpc_metadata_name, headers_to_metadata, is_canonical, is_permanent_http_header,
+    CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, entries_into_headers, first,
+    first_of, grpc_metadata_name, headers_to_metadata, is_canonical, is_permanent_http_header,
     metadata_into_headers, metadata_to_grpc_headers, metadata_to_headers,
     request_headers_to_metadata, set, set_as_spelt,
+};
+pub use received::{
+    DecodeError, Received, ReceivedMetadata, ReceivedRequest, ReceivedStreamMessage, Values,
 };
 pub use stream::{
     BoxError, BoxStream, Chunked, Ready, SeqCheck, declared_len, into_payloads, payload_body,

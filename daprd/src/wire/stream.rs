@@ -153,7 +153,7 @@ pub trait Chunked: Send + 'static {
     fn take_payload(self) -> Option<StreamPayload>;
 }
 
-impl Chunked for dapr_proto::internals::v1::InternalInvokeRequestStream {
+impl Chunked for super::ReceivedStreamMessage {
     fn take_payload(self) -> Option<StreamPayload> {
         self.payload
     }
