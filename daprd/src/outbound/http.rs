@@ -253,7 +253,12 @@ pub fn check_method(method: &str) -> Result<(), Error> {
     if !percent_encoding_is_valid(method) {
         return invalid("malformed percent-encoding: every % must start a %XX hex escape");
     }
-    let decoded = method.replace("%2e", ".").replace("%2E", ".");
+    // Nearly every method has no escape at all: then it is checked as it is, without a copy.
+    let decoded = if method.contains('%') {
+        std::borrow::Cow::Owned(method.replace("%2e", ".").replace("%2E", "."))
+    } else {
+        std::borrow::Cow::Borrowed(method)
+    };
     if decoded.split(['/', '\\']).any(|segment| segment == "..") {
         return invalid("path traversal is not allowed");
     }
