@@ -19,13 +19,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
+use dapr_proto::internals::v1::InternalInvokeResponse;
 use http::{HeaderMap, HeaderValue};
 use prost::Message;
 use tokio::sync::OnceCell;
 
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
+use crate::wire::{ReceivedDecoder, ReceivedResponseStream};
 
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
@@ -90,7 +91,7 @@ impl Peers {
         addr: SocketAddr,
         target: &Target,
         frame: Bytes,
-    ) -> Result<tonic::Streaming<InternalInvokeResponseStream>, tonic::Status> {
+    ) -> Result<tonic::Streaming<ReceivedResponseStream>, tonic::Status> {
         let (_, answer) = self
             .call(
                 addr,
@@ -98,6 +99,7 @@ impl Peers {
                 CALL_LOCAL_STREAM,
                 HeaderMap::new(),
                 frame,
+                ReceivedDecoder::default(),
             )
             .await?;
         Ok(answer)
@@ -141,7 +143,10 @@ impl Peers {
         headers: HeaderMap,
         frame: Bytes,
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
-        let (headers, mut answer) = self.call(addr, target, path, headers, frame).await?;
+        let decoder = tonic_prost::ProstDecoder::<Resp>::default();
+        let (headers, mut answer) = self
+            .call(addr, target, path, headers, frame, decoder)
+            .await?;
         let response = answer
             .message()
             .await?
@@ -150,14 +155,20 @@ impl Peers {
         Ok((headers, response))
     }
 
-    async fn call<Resp: Message + Default + 'static>(
+    /// The answer's messages are read by `decoder`.
+    async fn call<D>(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
         path: &'static str,
         headers: HeaderMap,
         frame: Bytes,
-    ) -> Result<(HeaderMap, tonic::Streaming<Resp>), tonic::Status> {
+        decoder: D,
+    ) -> Result<(HeaderMap, tonic::Streaming<D::Item>), tonic::Status>
+    where
+        D: tonic::codec::Decoder<Error = tonic::Status> + Send + 'static,
+        D::Item: Send + 'static,
+    {
         let mut retried = false;
         let (response, conn) = loop {
             let (conn, send) = self.connection(addr, target).await?;
@@ -194,7 +205,7 @@ impl Peers {
             return Err(status);
         }
         let answer = tonic::Streaming::new_response(
-            tonic_prost::ProstDecoder::<Resp>::default(),
+            decoder,
             RecvBody {
                 recv: body,
                 data_done: false,

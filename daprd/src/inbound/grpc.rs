@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::routing::any;
 use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstEncoder;
 
 use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
-use crate::wire::{Received, ReceivedRequest, ReceivedStreamMessage};
+use crate::wire::{Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage};
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
 const SERVICE_PATHS: &str = "/dapr.proto.internals.v1.ServiceInvocation/{*method}";
@@ -100,24 +100,6 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ReceivedDecoder(PhantomData)
-    }
-}
-
-struct ReceivedDecoder<D>(PhantomData<fn() -> D>);
-
-impl<D: Received + Send + 'static> Decoder for ReceivedDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    /// The message's bytes are taken from tonic's buffer without a copy, so what the message
-    /// holds shares it.
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        use bytes::Buf;
-        let message = buf.copy_to_bytes(buf.remaining());
-        // As prost's decoder answers a message it cannot read.
-        D::decode(message)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+        ReceivedDecoder::default()
     }
 }

@@ -313,7 +313,7 @@ impl Internal {
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the request"))?;
         let mut head = first
-            .request
+            .head
             .ok_or_else(|| Status::invalid_argument("the first message carries no request"))?;
         let mut span = self.server_span(&mut head, CALL_LOCAL_STREAM);
         // The caller's --max-body-size bounds what it streams; here only each message is bounded.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dapr_proto::internals::v1::InternalInvokeResponse;
+use dapr_proto::internals::v1::Status;
 use http::StatusCode;
 
 use super::UNARY;
@@ -63,11 +63,11 @@ pub struct SentInvocation<'a> {
 }
 
 impl SentInvocation<'_> {
-    /// Records the response head (its status: the app's HTTP status, or a gRPC code) and hands
-    /// it back. A call that ends without a head is not a received response, as upstream.
-    pub fn received(self, head: InternalInvokeResponse) -> InternalInvokeResponse {
+    /// Records the response head by its status (the app's HTTP status, or a gRPC code). A call
+    /// that ends without a head is not a received response, as upstream.
+    pub fn received(self, status: Option<&Status>) {
         if let Some((f, peer, start)) = self.call {
-            let code = head.status.as_ref().map_or(0, |s| s.code);
+            let code = status.map_or(0, |s| s.code);
             let status = StatusLabel::new(code);
             inc(&f.invocation_res_recv, &[&peer, status.as_str(), UNARY]);
             observe(
@@ -76,7 +76,6 @@ impl SentInvocation<'_> {
                 millis_since(start),
             );
         }
-        head
     }
 }
 

@@ -362,7 +362,6 @@ mod tests {
     use crate::Error;
     use crate::inbound::app_channel::AppResponse;
     use bytes::Bytes;
-    use dapr_proto::internals::v1::InternalInvokeResponse;
     use dapr_proto::internals::v1::Status as InvokeStatus;
     use http::HeaderMap;
 
@@ -401,7 +400,7 @@ mod tests {
         let m = metrics();
         // Touch one series per family so the exposition lists them all.
         let sent = m.invocation_sent("checkout");
-        sent.received(InternalInvokeResponse::default());
+        sent.received(None);
         let failed = m
             .invocation_received(None)
             .respond(
@@ -468,13 +467,10 @@ mod tests {
     fn latency_histograms_use_upstreams_millisecond_buckets() {
         let m = metrics();
         let sent = m.invocation_sent("checkout");
-        sent.received(InternalInvokeResponse {
-            status: Some(InvokeStatus {
-                code: 200,
-                ..Default::default()
-            }),
+        sent.received(Some(&InvokeStatus {
+            code: 200,
             ..Default::default()
-        });
+        }));
         let text = m.render();
         let labels = |le| {
             vec![
@@ -495,14 +491,10 @@ mod tests {
     fn invocation_counters_carry_peer_ids_and_status_but_no_method() {
         let m = metrics();
         for code in [200, 200, 404] {
-            m.invocation_sent("checkout")
-                .received(InternalInvokeResponse {
-                    status: Some(InvokeStatus {
-                        code,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
+            m.invocation_sent("checkout").received(Some(&InvokeStatus {
+                code,
+                ..Default::default()
+            }));
         }
         // Sent but never answered: counted as sent only.
         drop(m.invocation_sent("checkout"));
@@ -655,8 +647,7 @@ mod tests {
     fn disabled_metrics_record_and_render_nothing() {
         let m = Metrics::new("orders", false);
         assert!(!m.enabled());
-        m.invocation_sent("checkout")
-            .received(InternalInvokeResponse::default());
+        m.invocation_sent("checkout").received(None);
         drop(m.app_call(&Method::GET));
         assert_eq!(m.render(), "");
     }

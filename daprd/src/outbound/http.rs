@@ -379,7 +379,7 @@ async fn invoke(
             return Err(e);
         }
     };
-    let code = peer.head.status.as_ref().map_or(200, |s| s.code);
+    let code = peer.head.code();
     // HTTP apps report an HTTP status; gRPC apps a gRPC code (0-16).
     let status = if (0..100).contains(&code) {
         grpc_to_http(tonic::Code::from(code))
@@ -395,7 +395,7 @@ async fn invoke(
     }
     let mut response = Response::new(Body::from_stream(peer.body));
     *response.status_mut() = status;
-    wire::metadata_into_headers(peer.head.headers, response.headers_mut());
+    peer.head.headers.into_headers(response.headers_mut());
     if let Some(value) = peer.head.message.as_ref().and_then(answer_content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }

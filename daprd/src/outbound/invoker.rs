@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use dapr_proto::internals::v1::{
     InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-    InternalInvokeResponseStream,
 };
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -130,7 +129,7 @@ impl Drop for Lent<'_> {
 
 /// The response of a peer: its head and the stream of body bytes after it.
 pub struct PeerResponse {
-    pub head: InternalInvokeResponse,
+    pub head: wire::ReceivedResponse,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
 
@@ -422,11 +421,12 @@ impl Invoker {
         if known.is_none() {
             self.set_peer_kind(addr, Some(PeerKind::Streaming));
         }
-        let head = sent.received(first.response.ok_or_else(|| Error::Invoke {
+        let head = first.head.ok_or_else(|| Error::Invoke {
             id: target.app_id.to_owned(),
             reason: "peer's first message carries no response".into(),
-        })?);
-        let declared = wire::declared_len(wire::first_of(&head.headers, &wire::CONTENT_LENGTH));
+        })?;
+        sent.received(head.status.as_ref());
+        let declared = wire::declared_len(head.headers.first_of(&wire::CONTENT_LENGTH));
         let body = wire::payload_body(first.payload, incoming, declared).await;
         Ok(PeerResponse {
             head,
@@ -574,7 +574,7 @@ impl Invoker {
             .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         Ok(PeerResponse {
-            head,
+            head: head.into(),
             body: Box::pin(futures::stream::once(async move { Ok(data) })),
         })
     }
@@ -606,7 +606,8 @@ impl Invoker {
                 rpc.finish(tonic::Code::Ok, size, || {
                     prost::Message::encoded_len(&response)
                 });
-                Ok(sent.received(response))
+                sent.received(response.status.as_ref());
+                Ok(response)
             }
         }
     }
@@ -708,7 +709,7 @@ impl Invoker {
 /// What a streamed call got back: the peer's response stream, or the answer of the unary retry
 /// a peer without streaming needed.
 enum Streamed {
-    Stream(tonic::Streaming<InternalInvokeResponseStream>),
+    Stream(tonic::Streaming<wire::ReceivedResponseStream>),
     Unary(PeerResponse),
 }
 

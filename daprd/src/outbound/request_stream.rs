@@ -4,10 +4,12 @@
 //! error, which makes the HTTP/2 client reset the stream (RST_STREAM), so the peer cancels its
 //! app call and this side's response stream ends with an error too.
 
-use dapr_proto::internals::v1::{InternalInvokeRequestStream, InternalInvokeResponseStream};
+use dapr_proto::internals::v1::InternalInvokeRequestStream;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
-use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic_prost::ProstEncoder;
+
+use crate::wire::{ReceivedDecoder, ReceivedResponseStream};
 
 /// One item of the request stream. Not boxed: nearly every item is a message, and a box would
 /// cost an allocation per chunk.
@@ -18,22 +20,23 @@ pub enum Outbound {
     Failed(String),
 }
 
-/// prost's codec for the messages, with [`Outbound::Failed`] encoded as an error.
+/// prost's encoder for the messages, with [`Outbound::Failed`] encoded as an error; the
+/// answers read in place ([`ReceivedDecoder`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OutboundCodec;
 
 impl Codec for OutboundCodec {
     type Encode = Outbound;
-    type Decode = InternalInvokeResponseStream;
+    type Decode = ReceivedResponseStream;
     type Encoder = OutboundEncoder;
-    type Decoder = ProstDecoder<InternalInvokeResponseStream>;
+    type Decoder = ReceivedDecoder<ReceivedResponseStream>;
 
     fn encoder(&mut self) -> Self::Encoder {
         OutboundEncoder(ProstEncoder::default())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
+        ReceivedDecoder::default()
     }
 }
 

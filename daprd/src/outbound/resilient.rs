@@ -95,7 +95,7 @@ trait Answer {
 
 impl Answer for PeerResponse {
     fn code(&self) -> i32 {
-        self.head.status.as_ref().map_or(200, |s| s.code)
+        self.head.code()
     }
     fn bounded(self, deadline: tokio::time::Instant) -> Self {
         PeerResponse {

@@ -502,7 +502,7 @@ mod tests {
         set(&mut md, "content-type", "text/plain");
         set(&mut md, "ACCEPT-LANGUAGE", "en");
         let mut headers = HeaderMap::new();
-        super::super::ReceivedMetadata::from(&md).to_grpc_headers(&mut headers);
+        super::super::ReceivedMetadata::from(md.clone()).to_grpc_headers(&mut headers);
         assert_eq!(headers["dapr-content-length"], "5");
         assert_eq!(headers["dapr-accept"], "*/*");
         assert_eq!(headers["x-custom"], "1");

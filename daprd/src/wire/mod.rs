@@ -25,7 +25,8 @@ pub use metadata::{
     request_headers_to_metadata, set, set_as_spelt,
 };
 pub use received::{
-    DecodeError, Received, ReceivedMetadata, ReceivedRequest, ReceivedStreamMessage, Values,
+    DecodeError, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest, ReceivedResponse,
+    ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
 };
 pub use stream::{
     BoxError, BoxStream, Chunked, Ready, SeqCheck, declared_len, into_payloads, payload_body,

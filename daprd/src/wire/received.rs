@@ -1,10 +1,11 @@
-//! The callee's reading of `InternalInvokeRequest` and `InternalInvokeRequestStream`.
+//! What a sidecar receives from another, read in place: the callee's `InternalInvokeRequest`
+//! (`CallLocal`, and the head of `CallLocalStream`) and the caller's `InternalInvokeResponse`.
 //!
 //! prost's generated map decodes each metadata entry into a `String` per name and value and a
 //! `Vec` per list: about 30 allocations and a tenth of the callee's instructions per call
-//! (bench/notes.md, "the callee's metadata"). Here the names and values stay slices of the
-//! received message ([`ByteString`]); the invocation itself (`InvokeRequest`) and the payload
-//! are decoded by prost as before.
+//! (bench/notes.md, "the callee's metadata read in place"). Here the names and values stay
+//! slices of the received message ([`ByteString`]); the invocation (`InvokeRequest`,
+//! `InvokeResponse`), its status and the payload are decoded by prost as before.
 //!
 //! The reading follows the protobuf encoding (<https://protobuf.dev/programming-guides/encoding/>)
 //! as prost's generated code does: unknown fields are skipped, a message field that comes twice
@@ -14,9 +15,11 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use dapr_proto::common::v1::{InvokeRequest, StreamPayload};
+use dapr_proto::common::v1::{InvokeRequest, InvokeResponse, StreamPayload};
+use dapr_proto::internals::v1::Status;
 use prost::Message;
 use smallvec::SmallVec;
+use tonic::codec::{DecodeBuf, Decoder};
 
 /// The values of one metadata entry: nearly always one, kept inline.
 pub type Values = SmallVec<[ByteString; 1]>;
@@ -112,14 +115,16 @@ impl ReceivedMetadata {
     }
 }
 
-impl From<&super::Metadata> for ReceivedMetadata {
-    fn from(metadata: &super::Metadata) -> Self {
+/// A map prost decoded (a unary `CallLocal`'s answer): each `String` becomes its
+/// [`ByteString`] without a copy.
+impl From<super::Metadata> for ReceivedMetadata {
+    fn from(metadata: super::Metadata) -> Self {
         ReceivedMetadata(
             metadata
-                .iter()
+                .into_iter()
                 .map(|(name, list)| {
-                    let values = list.values.iter().map(|v| ByteString::from(v.as_str()));
-                    (ByteString::from(name.as_str()), values.collect())
+                    let values = list.values.into_iter().map(ByteString::from);
+                    (ByteString::from(name), values.collect())
                 })
                 .collect(),
         )
@@ -134,12 +139,47 @@ pub struct ReceivedRequest {
     pub message: Option<InvokeRequest>,
 }
 
-/// An `InternalInvokeRequestStream` message as the callee reads it.
+/// An `InternalInvokeResponse` as the caller reads it. Its `trailers` are not read: nothing
+/// passes a peer's trailers on (an HTTP API answer has none, and the gRPC API answers with the
+/// headers).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ReceivedStreamMessage {
-    pub request: Option<ReceivedRequest>,
+pub struct ReceivedResponse {
+    pub status: Option<Status>,
+    pub headers: ReceivedMetadata,
+    pub message: Option<InvokeResponse>,
+}
+
+impl ReceivedResponse {
+    /// The app's status: an HTTP status, a gRPC code (0-16), or 200 when the peer sent none.
+    pub fn code(&self) -> i32 {
+        self.status.as_ref().map_or(200, |s| s.code)
+    }
+}
+
+/// A unary `CallLocal`'s answer, as prost decoded it.
+impl From<dapr_proto::internals::v1::InternalInvokeResponse> for ReceivedResponse {
+    fn from(response: dapr_proto::internals::v1::InternalInvokeResponse) -> Self {
+        ReceivedResponse {
+            status: response.status,
+            headers: response.headers.into(),
+            message: response.message,
+        }
+    }
+}
+
+/// A message of a `CallLocalStream` (`InternalInvokeRequestStream` or
+/// `InternalInvokeResponseStream`): the first carries the head (field 1), any may carry a
+/// payload (field 2).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StreamMessage<H> {
+    pub head: Option<H>,
     pub payload: Option<StreamPayload>,
 }
+
+/// The callee's request stream.
+pub type ReceivedStreamMessage = StreamMessage<ReceivedRequest>;
+/// The caller's response stream.
+pub type ReceivedResponseStream = StreamMessage<ReceivedResponse>;
 
 /// Why a received message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -175,13 +215,14 @@ pub trait Received: Sized + Default {
     }
 }
 
-impl Received for ReceivedStreamMessage {
+impl<H: Received> Received for StreamMessage<H> {
     fn merge_from(&mut self, message: &Bytes, mut part: &[u8]) -> Result<(), DecodeError> {
         while !part.is_empty() {
             match field(&mut part)? {
-                (1, Value::Delimited(request)) => {
-                    let head = self.request.get_or_insert_default();
-                    head.merge_from(message, request)?;
+                (1, Value::Delimited(head)) => {
+                    self.head
+                        .get_or_insert_default()
+                        .merge_from(message, head)?;
                 }
                 (2, Value::Delimited(payload)) => {
                     // The payload's data is a slice of the message, not a copy.
@@ -209,6 +250,51 @@ impl Received for ReceivedRequest {
             }
         }
         Ok(())
+    }
+}
+
+impl Received for ReceivedResponse {
+    fn merge_from(&mut self, message: &Bytes, mut part: &[u8]) -> Result<(), DecodeError> {
+        while !part.is_empty() {
+            match field(&mut part)? {
+                (1, Value::Delimited(status)) => {
+                    self.status.get_or_insert_default().merge(status)?;
+                }
+                (2, Value::Delimited(entry)) => self.headers.merge_entry(message, entry)?,
+                (4, Value::Delimited(answer)) => {
+                    self.message.get_or_insert_default().merge(answer)?;
+                }
+                (field @ 1..=4, Value::Scalar(wire_type)) => {
+                    return Err(DecodeError::WireType { field, wire_type });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// tonic's decoder for a [`Received`] message: its bytes are taken from tonic's buffer without
+/// a copy, so what the message keeps shares them.
+pub struct ReceivedDecoder<D>(std::marker::PhantomData<fn() -> D>);
+
+impl<D> Default for ReceivedDecoder<D> {
+    fn default() -> Self {
+        ReceivedDecoder(std::marker::PhantomData)
+    }
+}
+
+impl<D: Received + Send + 'static> Decoder for ReceivedDecoder<D> {
+    type Item = D;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, tonic::Status> {
+        use bytes::Buf;
+        let message = buf.copy_to_bytes(buf.remaining());
+        // As prost's decoder answers a message it cannot read.
+        D::decode(message)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -377,7 +463,7 @@ mod tests {
 
     fn expected(request: &InternalInvokeRequest) -> ReceivedRequest {
         ReceivedRequest {
-            metadata: ReceivedMetadata::from(&request.metadata),
+            metadata: ReceivedMetadata::from(request.metadata.clone()),
             message: request.message.clone(),
         }
     }
@@ -406,10 +492,10 @@ mod tests {
         let buf = Bytes::from(message.encode_to_vec());
         let range = buf.as_ptr_range();
         let read = ReceivedStreamMessage::decode(buf.clone()).expect("decodes");
-        assert_eq!(read.request, Some(expected(&request)));
+        assert_eq!(read.head, Some(expected(&request)));
         let payload = read.payload.expect("payload");
         assert_eq!((&payload.data[..], payload.seq), (&b"payload"[..], 7));
-        let name = read.request.as_ref().and_then(|r| r.metadata.iter().next());
+        let name = read.head.as_ref().and_then(|r| r.metadata.iter().next());
         let name = name.expect("an entry").0;
         assert!(
             range.contains(&name.as_ptr()),
@@ -424,7 +510,7 @@ mod tests {
             }),
         };
         let read = ReceivedStreamMessage::decode(later.encode_to_vec().into()).expect("decodes");
-        assert_eq!(read.request, None);
+        assert_eq!(read.head, None);
         assert_eq!(read.payload.map(|p| p.seq), Some(8));
     }
 
@@ -495,6 +581,62 @@ mod tests {
         let entry: &[u8] = &[0x12, 0x04, 0x0a, 0x02, 0xc3, 0x28];
         let e = ReceivedRequest::decode(Bytes::from_static(entry)).expect_err("refused");
         assert_eq!(e.to_string(), "metadata name is not UTF-8");
+    }
+
+    #[test]
+    fn a_response_stream_reads_as_prost_decodes_it_without_its_trailers() {
+        use dapr_proto::common::v1::InvokeResponse;
+        use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
+        let mut headers = super::super::Metadata::new();
+        headers.insert("Content-Length".into(), list(&["7"]));
+        headers.insert("X-Multi".into(), list(&["a", "b"]));
+        let mut trailers = super::super::Metadata::new();
+        trailers.insert("grpc-status".into(), list(&["0"]));
+        let response = InternalInvokeResponse {
+            status: Some(Status {
+                code: 404,
+                message: "not found".into(),
+                details: Vec::new(),
+            }),
+            headers,
+            trailers,
+            message: Some(InvokeResponse {
+                data: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/x".into(),
+                    value: Vec::new(),
+                }),
+                content_type: "application/json".into(),
+            }),
+        };
+        let message = InternalInvokeResponseStream {
+            response: Some(response.clone()),
+            payload: Some(StreamPayload {
+                data: Bytes::from_static(b"payload"),
+                seq: 0,
+            }),
+        };
+        let read = ReceivedResponseStream::decode(message.encode_to_vec().into()).expect("reads");
+        let head = read.head.expect("head");
+        assert_eq!(
+            head,
+            ReceivedResponse::from(InternalInvokeResponse {
+                trailers: Default::default(),
+                ..response
+            })
+        );
+        assert_eq!(head.code(), 404);
+        assert_eq!(
+            head.headers.first_of(&super::super::CONTENT_LENGTH),
+            Some("7")
+        );
+        assert_eq!(
+            read.payload.map(|p| p.data),
+            Some(Bytes::from_static(b"payload"))
+        );
+        assert_eq!(ReceivedResponse::default().code(), 200);
+        // A scalar where the status message should be is refused.
+        let e = ReceivedResponse::decode(Bytes::from_static(&[0x08, 0x01])).expect_err("refused");
+        assert!(e.to_string().starts_with("field 1 has wire type 0"), "{e}");
     }
 
     #[test]

@@ -153,13 +153,7 @@ pub trait Chunked: Send + 'static {
     fn take_payload(self) -> Option<StreamPayload>;
 }
 
-impl Chunked for super::ReceivedStreamMessage {
-    fn take_payload(self) -> Option<StreamPayload> {
-        self.payload
-    }
-}
-
-impl Chunked for dapr_proto::internals::v1::InternalInvokeResponseStream {
+impl<H: Send + 'static> Chunked for super::StreamMessage<H> {
     fn take_payload(self) -> Option<StreamPayload> {
         self.payload
     }
