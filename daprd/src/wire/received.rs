@@ -328,6 +328,7 @@ impl ReceivedMetadata {
 }
 
 /// `text`, a slice of `message`, as a string that shares `message`'s storage.
+#[inline(always)]
 fn string(message: &Bytes, text: &[u8], what: &'static str) -> Result<ByteString, DecodeError> {
     ByteString::try_from(message.slice_ref(text))
         .map_err(|source| DecodeError::Utf8 { what, source })
@@ -353,6 +354,7 @@ impl Value<'_> {
 
 /// Reads one field from the front of `buf`: its number and value. Groups (wire types 3 and 4,
 /// unused by proto3) are refused, as is any other unknown wire type.
+#[inline(always)]
 fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Value<'a>), DecodeError> {
     let key = varint(buf)?;
     let number = u32::try_from(key >> 3).map_err(|_| DecodeError::Varint)?;
@@ -388,6 +390,7 @@ fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Value<'a>), DecodeError> {
 }
 
 /// The next `len` bytes of `buf`.
+#[inline(always)]
 fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], DecodeError> {
     let Some((taken, rest)) = buf.split_at_checked(len) else {
         return Err(DecodeError::Truncated);
@@ -397,7 +400,7 @@ fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], DecodeError> {
 }
 
 /// A base-128 varint of at most 10 bytes (64 bits), from the front of `buf`.
-#[inline]
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
     let mut value = 0u64;
     for (i, &byte) in buf.iter().take(10).enumerate() {
