@@ -183,11 +183,17 @@ impl AppChannel {
     ) -> Result<AppResponse, Error> {
         let call = self.metrics.app_call(&request.verb);
         let method = request.method.trim_start_matches('/');
-        let uri = if request.query.is_empty() {
-            format!("{}/{method}", self.base)
-        } else {
-            format!("{}/{method}?{}", self.base, request.query)
-        };
+        // Concatenated, not `format!`ed: its machinery cost 0.8k instructions per call.
+        let query = (!request.query.is_empty()).then_some(request.query.as_str());
+        let mut uri =
+            String::with_capacity(self.base.len() + method.len() + 2 + query.map_or(0, str::len));
+        uri.push_str(&self.base);
+        uri.push('/');
+        uri.push_str(method);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
         let mut sent = call.request_body();
         let body = StreamBody::new(request.body.map(move |chunk| {
             sent.count(&chunk);
