@@ -207,20 +207,19 @@ impl Invoker {
         &self.caller
     }
 
-    /// Adds the callee's identity and the next `traceparent` as upstream stamps them on the
-    /// remote leg, and takes out what a client sent under the caller's stamps: those travel
-    /// pre-encoded ([`wire::Stamps`]), or in the map of a call that streams through tonic.
-    pub fn stamp(&self, request: &mut InternalInvokeRequest, target: &Target) {
-        self.caller.stamps.remove_from(&mut request.metadata);
-        wire::set(&mut request.metadata, names::CALLEE_APP_ID, &target.app_id);
-        wire::set(
-            &mut request.metadata,
-            names::DESTINATION_APP_ID,
-            &target.app_id,
-        );
-        let traceparent =
-            crate::trace::next_hop(wire::first(&request.metadata, names::TRACEPARENT));
-        wire::set(&mut request.metadata, names::TRACEPARENT, &traceparent);
+    /// What this call stamps on `request`: the callee's identity and the next `traceparent`,
+    /// as upstream stamps them on the remote leg. The request's map is not changed, so another
+    /// attempt stamps it anew; the stamps are written into the frame ([`wire::Stamps::frame`]),
+    /// or into the map of a request that streams through tonic.
+    fn call_stamps<'a>(
+        &self,
+        request: &InternalInvokeRequest,
+        target: &'a Target,
+    ) -> wire::CallStamps<'a> {
+        wire::CallStamps {
+            callee: &target.app_id,
+            traceparent: crate::trace::next_hop(wire::first(&request.metadata, names::TRACEPARENT)),
+        }
     }
 
     /// A target no resolver knows is one that cannot be invoked, and says so as upstream's
@@ -333,9 +332,9 @@ impl Invoker {
         }
     }
 
-    /// One call, without policies. With `kept`, the (stamped) request is left there for another
-    /// attempt: moved back once the call's single frame is encoded, so a call that succeeds
-    /// costs no copy; copied on the paths that hand it to tonic.
+    /// One call, without policies. With `kept`, the request (as the client sent it, unstamped)
+    /// is left there for another attempt: moved back once the call's single frame is encoded,
+    /// so a call that succeeds costs no copy; copied on the paths that hand it to tonic.
     pub(super) async fn invoke_stream_inner(
         &self,
         target: &Target,
@@ -347,7 +346,7 @@ impl Invoker {
             request: Some(request),
             kept,
         };
-        self.stamp(lent.request(), target);
+        let stamps = self.call_stamps(lent.request(), target);
         let addr = self
             .resolver
             .resolve(target)
@@ -357,7 +356,7 @@ impl Invoker {
         if known == Some(PeerKind::UnaryOnly) {
             let data = collect_body(body).await?;
             let request = lent.give();
-            return Box::pin(self.unary_at(target, addr, request, data)).await;
+            return Box::pin(self.unary_at(target, addr, request, &stamps, data)).await;
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
         let retry = (known != Some(PeerKind::Streaming)).then(|| lent.request().clone());
@@ -372,7 +371,7 @@ impl Invoker {
                         seq: 0,
                     }),
                 };
-                let frame = self.caller.stamps.stream_frame(&message);
+                let frame = self.caller.stamps.stream_frame(&mut message, &stamps);
                 lent.put_back(message.request.take());
                 let call = self.direct.call_local_stream(addr, target, frame);
                 match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
@@ -381,7 +380,7 @@ impl Invoker {
                         return match retry {
                             Some(request) => {
                                 self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
-                                Box::pin(self.unary_at(target, addr, request, data)).await
+                                Box::pin(self.unary_at(target, addr, request, &stamps, data)).await
                             }
                             None => {
                                 self.set_peer_kind(addr, None);
@@ -401,7 +400,7 @@ impl Invoker {
                 };
                 // Boxed: its state (tonic's client, the pump) would otherwise grow the future of
                 // every call, which is moved whole into its box per call.
-                match Box::pin(self.stream_to(target, addr, request, body, retry)).await? {
+                match Box::pin(self.stream_to(target, addr, request, &stamps, body, retry)).await? {
                     Streamed::Stream(incoming) => incoming,
                     Streamed::Unary(answer) => return Ok(answer),
                 }
@@ -448,14 +447,16 @@ impl Invoker {
         target: &Target,
         addr: SocketAddr,
         mut request: InternalInvokeRequest,
+        stamps: &wire::CallStamps<'_>,
         body: BoxStream<Result<Bytes, BoxError>>,
         retry: Option<InternalInvokeRequest>,
     ) -> Result<Streamed, Error> {
         let mut client = tonic::client::Grpc::new(self.channel(addr, target)?)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
-        // tonic encodes this one: the caller's stamps go into its map.
+        // tonic encodes this one: the stamps go into its map.
         self.caller.stamps.insert_into(&mut request.metadata);
+        stamps.insert_into(&mut request.metadata);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let (outgoing, pump) = outgoing(request, body, retry.is_some(), failed_tx);
         let call = tokio::time::timeout(RESPONSE_TIMEOUT, async move {
@@ -477,7 +478,7 @@ impl Invoker {
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                     match retry {
                         Some(request) => self
-                            .fall_back_to_unary(target, addr, request, pump)
+                            .fall_back_to_unary(target, addr, request, stamps, pump)
                             .await
                             .map(Streamed::Unary),
                         None => {
@@ -516,6 +517,7 @@ impl Invoker {
         target: &Target,
         addr: SocketAddr,
         request: InternalInvokeRequest,
+        stamps: &wire::CallStamps<'_>,
         pump: futures::future::BoxFuture<'static, Option<Replay>>,
     ) -> Result<PeerResponse, Error> {
         tracing::info!(%addr, "peer does not implement CallLocalStream; using CallLocal");
@@ -548,7 +550,7 @@ impl Invoker {
                 });
             }
         };
-        self.unary_at(target, addr, request, data).await
+        self.unary_at(target, addr, request, stamps, data).await
     }
 
     /// `CallLocal` with the body in `data`, answered as a [`PeerResponse`].
@@ -557,6 +559,7 @@ impl Invoker {
         target: &Target,
         addr: SocketAddr,
         mut request: InternalInvokeRequest,
+        stamps: &wire::CallStamps<'_>,
         data: Bytes,
     ) -> Result<PeerResponse, Error> {
         if let Some(message) = request.message.as_mut() {
@@ -565,7 +568,7 @@ impl Invoker {
                 value: data.to_vec(),
             });
         }
-        let mut head = self.call_local(target, addr, request).await?;
+        let mut head = self.call_local(target, addr, request, stamps).await?;
         // The bytes only: the data's `type_url` stays in the head, as a streamed head has it.
         let data = head
             .message
@@ -583,13 +586,14 @@ impl Invoker {
         &self,
         target: &Target,
         addr: SocketAddr,
-        request: InternalInvokeRequest,
+        mut request: InternalInvokeRequest,
+        stamps: &wire::CallStamps<'_>,
     ) -> Result<InternalInvokeResponse, Error> {
         let sent = self.metrics.invocation_sent(&target.app_id);
         let rpc = self
             .metrics
             .grpc_client(crate::metrics::client_rpc::CALL_LOCAL);
-        let frame = self.caller.stamps.frame(&request);
+        let frame = self.caller.stamps.frame(&mut request, stamps);
         // The message without its 5-byte gRPC prefix, as upstream's `proto.Size`.
         let size = frame.len().saturating_sub(5);
         let call = self.direct.call_local(addr, target, frame);
@@ -694,15 +698,15 @@ impl Invoker {
     pub(super) async fn invoke_unary_inner(
         &self,
         target: &Target,
-        mut request: InternalInvokeRequest,
+        request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
-        self.stamp(&mut request, target);
+        let stamps = self.call_stamps(&request, target);
         let addr = self
             .resolver
             .resolve(target)
             .await
             .map_err(|e| Self::unresolved(target, e))?;
-        self.call_local(target, addr, request).await
+        self.call_local(target, addr, request, &stamps).await
     }
 }
 

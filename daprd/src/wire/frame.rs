@@ -1,33 +1,86 @@
-//! gRPC message frames written by hand: the 5-byte prefix, requests with the caller's identity
-//! stamped on once, and the `grpc-status` of a response.
+//! gRPC message frames written by hand: the 5-byte prefix, requests with the caller's and the
+//! call's stamps written into their metadata, and the `grpc-status` of a response.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use dapr_proto::internals::v1::{InternalInvokeRequest, InternalInvokeRequestStream};
 use http::HeaderMap;
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use super::{Metadata, set};
+use super::{Metadata, names, set};
+
+/// `InternalInvokeRequest.metadata`'s field number.
+const METADATA: u32 = 2;
 
 /// Metadata entries encoded once, as `InternalInvokeRequest.metadata` entries on the wire, for
 /// values that are the same on every call (the caller's identity): appended to each encoded
 /// request instead of being inserted into, encoded from and dropped with its map every time.
-/// A map entry that comes later on the wire replaces an earlier one of the same key (protobuf's
-/// rule), but the names are taken out of the map anyway so that nothing says two things.
+/// The request's own entries under a stamped name are left out of the frame (nothing says two
+/// things), and its map is left as the client sent it, for another attempt.
 #[derive(Debug, Clone, Default)]
 pub struct Stamps {
     entries: Vec<(&'static str, String)>,
     encoded: Bytes,
 }
 
+/// What each call stamps on its request, as upstream does on the remote leg: the callee's app
+/// id (under both of upstream's names) and the `traceparent` of the next hop. Written after the
+/// request's map when it is framed here ([`Stamps::frame`]), so no entry is inserted into the
+/// map, copied or dropped per call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStamps<'a> {
+    pub callee: &'a str,
+    pub traceparent: String,
+}
+
+impl CallStamps<'_> {
+    /// The names a call stamps.
+    const NAMES: [&'static str; 3] = [
+        names::CALLEE_APP_ID,
+        names::DESTINATION_APP_ID,
+        names::TRACEPARENT,
+    ];
+
+    fn entries(&self) -> [(&'static str, &str); 3] {
+        let [callee, destination, traceparent] = Self::NAMES;
+        [
+            (callee, self.callee),
+            (destination, self.callee),
+            (traceparent, &self.traceparent),
+        ]
+    }
+
+    /// Sets every stamp in `metadata` (for requests that are not framed here).
+    pub fn insert_into(&self, metadata: &mut Metadata) {
+        for (name, value) in self.entries() {
+            set(metadata, name, value);
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.entries()
+            .iter()
+            .map(|(name, value)| entry_len(name, &[value]))
+            .sum()
+    }
+
+    fn encode(&self, buf: &mut BytesMut) {
+        for (name, value) in self.entries() {
+            encode_entry(name, &[value], buf);
+        }
+    }
+}
+
 impl Stamps {
     pub fn new(entries: Vec<(&'static str, String)>) -> Self {
-        let mut stamps = Stamps {
+        let mut encoded = BytesMut::new();
+        for (name, value) in &entries {
+            encode_entry(name, &[value], &mut encoded);
+        }
+        Stamps {
             entries,
-            encoded: Bytes::new(),
-        };
-        let mut only = InternalInvokeRequest::default();
-        stamps.insert_into(&mut only.metadata);
-        stamps.encoded = prost::Message::encode_to_vec(&only).into();
-        stamps
+            encoded: encoded.freeze(),
+        }
     }
 
     /// Sets every stamp in `metadata` (for requests that are not framed here).
@@ -37,56 +90,149 @@ impl Stamps {
         }
     }
 
-    /// Takes the stamped names out of `metadata`: whatever a client sent under them.
-    pub fn remove_from(&self, metadata: &mut Metadata) {
-        for (name, _) in &self.entries {
-            metadata.remove(*name);
-        }
+    /// Whether `name` is stamped, by the caller or by each call: the request's own entry under
+    /// it is not written.
+    fn stamps(&self, name: &str) -> bool {
+        CallStamps::NAMES.contains(&name) || self.entries.iter().any(|(n, _)| *n == name)
     }
 
-    /// `request` as a gRPC message frame, the stamps appended to its metadata.
-    pub fn frame(&self, request: &InternalInvokeRequest) -> Bytes {
-        use prost::Message;
-        let len = request.encoded_len() + self.encoded.len();
+    /// `request` as a gRPC message frame, with the caller's and the call's stamps.
+    pub fn frame(&self, request: &mut InternalInvokeRequest, call: &CallStamps) -> Bytes {
+        let metadata = std::mem::take(&mut request.metadata);
+        let len = self.request_len(request, &metadata, call);
         let mut buf = frame_head(len);
-        request.encode_raw(&mut buf);
-        buf.extend_from_slice(&self.encoded);
+        self.encode_request(request, &metadata, call, &mut buf);
+        request.metadata = metadata;
         buf.freeze()
     }
 
-    /// The first message of a `CallLocalStream` as a gRPC message frame, the stamps appended to
-    /// its request's metadata.
-    pub fn stream_frame(&self, message: &InternalInvokeRequestStream) -> Bytes {
-        use prost::Message;
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    /// The first message of a `CallLocalStream` as a gRPC message frame, its request with the
+    /// caller's and the call's stamps.
+    pub fn stream_frame(
+        &self,
+        message: &mut InternalInvokeRequestStream,
+        call: &CallStamps,
+    ) -> Bytes {
+        let metadata = message
+            .request
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.metadata))
+            .unwrap_or_default();
         let request_len = message
             .request
             .as_ref()
-            .map(|r| r.encoded_len() + self.encoded.len());
+            .map(|r| self.request_len(r, &metadata, call));
         let payload_len = message
             .payload
             .as_ref()
             .map_or(0, |p| prost::encoding::message::encoded_len(2, p));
         let len = request_len.map_or(0, |n| key_len(1) + encoded_len_varint(n as u64) + n);
         let mut buf = frame_head(len + payload_len);
-        if let (Some(request), Some(request_len)) = (&message.request, request_len) {
+        if let (Some(request), Some(request_len)) = (&mut message.request, request_len) {
             encode_key(1, WireType::LengthDelimited, &mut buf);
             encode_varint(request_len as u64, &mut buf);
-            request.encode_raw(&mut buf);
-            buf.extend_from_slice(&self.encoded);
+            self.encode_request(request, &metadata, call, &mut buf);
+            request.metadata = metadata;
         }
         if let Some(payload) = &message.payload {
             prost::encoding::message::encode(2, payload, &mut buf);
         }
         buf.freeze()
     }
+
+    /// The encoded length of `request` (its map taken out into `metadata`) with the stamps.
+    fn request_len(
+        &self,
+        request: &InternalInvokeRequest,
+        metadata: &Metadata,
+        call: &CallStamps,
+    ) -> usize {
+        let kept: usize = metadata
+            .iter()
+            .filter(|(name, _)| !self.stamps(name))
+            .map(|(name, list)| entry_len(name, &list.values))
+            .sum();
+        request.encoded_len() + kept + self.encoded.len() + call.encoded_len()
+    }
+
+    /// `request`'s fields but its map, then the map's entries that are not stamped, then the
+    /// stamps. Fields in any order are one message to a protobuf reader.
+    fn encode_request(
+        &self,
+        request: &InternalInvokeRequest,
+        metadata: &Metadata,
+        call: &CallStamps,
+        buf: &mut BytesMut,
+    ) {
+        request.encode_raw(buf);
+        for (name, list) in metadata {
+            if !self.stamps(name) {
+                encode_entry(name, &list.values, buf);
+            }
+        }
+        buf.extend_from_slice(&self.encoded);
+        call.encode(buf);
+    }
+}
+
+/// A string field's encoded length.
+fn string_len(tag: u32, value: &str) -> usize {
+    key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+}
+
+fn encode_string(tag: u32, value: &str, buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.put_slice(value.as_bytes());
+}
+
+/// The encoded length of a `ListStringValue` of `values`.
+fn values_len<S: AsRef<str>>(values: &[S]) -> usize {
+    values.iter().map(|v| string_len(1, v.as_ref())).sum()
+}
+
+/// The length of a map entry's message, as prost writes it: the key and the value are left out
+/// when they are empty (their defaults).
+fn entry_body_len<S: AsRef<str>>(name: &str, values: &[S]) -> usize {
+    let key = if name.is_empty() {
+        0
+    } else {
+        string_len(1, name)
+    };
+    let value = match values_len(values) {
+        0 => 0,
+        n => key_len(2) + encoded_len_varint(n as u64) + n,
+    };
+    key + value
+}
+
+/// The encoded length of one `metadata` entry.
+fn entry_len<S: AsRef<str>>(name: &str, values: &[S]) -> usize {
+    let n = entry_body_len(name, values);
+    key_len(METADATA) + encoded_len_varint(n as u64) + n
+}
+
+/// One `metadata` entry: `name` and a `ListStringValue` of `values`.
+fn encode_entry<S: AsRef<str>>(name: &str, values: &[S], buf: &mut BytesMut) {
+    encode_key(METADATA, WireType::LengthDelimited, buf);
+    encode_varint(entry_body_len(name, values) as u64, buf);
+    if !name.is_empty() {
+        encode_string(1, name, buf);
+    }
+    let n = values_len(values);
+    if n > 0 {
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(n as u64, buf);
+        for value in values {
+            encode_string(1, value.as_ref(), buf);
+        }
+    }
 }
 
 /// A buffer holding the 5-byte gRPC message prefix (not compressed, `len` bytes follow) with
 /// room for the message.
-pub fn frame_head(len: usize) -> bytes::BytesMut {
-    use bytes::BufMut;
-    let mut buf = bytes::BytesMut::with_capacity(5 + len);
+pub fn frame_head(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     buf
@@ -102,8 +248,9 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{first, names};
+    use crate::wire::first;
     use dapr_proto::common::v1::StreamPayload;
+    use dapr_proto::internals::v1::ListStringValue;
 
     fn stamps() -> Stamps {
         Stamps::new(vec![
@@ -132,13 +279,27 @@ mod tests {
         &frame[5..]
     }
 
+    fn call() -> CallStamps<'static> {
+        CallStamps {
+            callee: "orders",
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        }
+    }
+
+    /// What a reader of the frame of `request` must see: its map with every stamp set.
+    fn stamped(stamps: &Stamps, mut request: InternalInvokeRequest) -> InternalInvokeRequest {
+        stamps.insert_into(&mut request.metadata);
+        call().insert_into(&mut request.metadata);
+        request
+    }
+
     #[test]
     fn framed_requests_decode_with_the_stamps_in_their_metadata() {
-        use prost::Message;
         let stamps = stamps();
-        let mut expected = request();
-        stamps.insert_into(&mut expected.metadata);
-        let unary = stamps.frame(&request());
+        let expected = stamped(&stamps, request());
+        let mut sent = request();
+        let unary = stamps.frame(&mut sent, &call());
+        assert_eq!(sent, request(), "the request's own map is left as it was");
         assert_eq!(
             InternalInvokeRequest::decode(body_of(&unary)).expect("decodes"),
             expected
@@ -152,13 +313,13 @@ mod tests {
             (Some(request()), None),
             (None, payload),
         ] {
-            let message = InternalInvokeRequestStream {
+            let mut message = InternalInvokeRequestStream {
                 request: request_of.clone(),
                 payload: payload.clone(),
             };
-            let decoded =
-                InternalInvokeRequestStream::decode(body_of(&stamps.stream_frame(&message)))
-                    .expect("decodes");
+            let frame = stamps.stream_frame(&mut message, &call());
+            assert_eq!(message.request, request_of, "left as it was");
+            let decoded = InternalInvokeRequestStream::decode(body_of(&frame)).expect("decodes");
             let expected = InternalInvokeRequestStream {
                 request: request_of.is_some().then(|| expected.clone()),
                 payload,
@@ -168,19 +329,60 @@ mod tests {
     }
 
     #[test]
+    fn map_entries_are_written_as_prost_writes_them() {
+        // Several values, an empty name and an empty list (prost leaves both out of the entry),
+        // multi-byte lengths: byte for byte what prost writes for the map, then for the call's
+        // stamps. A request of only a map, so that no other field comes between them.
+        let long = "v".repeat(300);
+        let mut request = InternalInvokeRequest::default();
+        set(&mut request.metadata, "content-type", "text/plain");
+        request.metadata.insert(
+            "x-many".into(),
+            ListStringValue {
+                values: vec!["a".into(), String::new(), long.clone()],
+            },
+        );
+        request
+            .metadata
+            .insert(String::new(), ListStringValue::default());
+        request.metadata.insert(long, ListStringValue::default());
+        let mut only_call = InternalInvokeRequest::default();
+        call().insert_into(&mut only_call.metadata);
+        let mut expected = request.encode_to_vec();
+        expected.extend(only_call.encode_to_vec());
+        let frame = Stamps::new(Vec::new()).frame(&mut request.clone(), &call());
+        assert_eq!(body_of(&frame), expected);
+    }
+
+    #[test]
     fn a_stamp_on_the_wire_replaces_what_a_client_sent_under_its_name() {
-        use prost::Message;
         let stamps = stamps();
         let mut spoofed = request();
-        set(&mut spoofed.metadata, names::CALLER_APP_ID, "admin");
-        let decoded =
-            InternalInvokeRequest::decode(body_of(&stamps.frame(&spoofed))).expect("decodes");
+        for name in [
+            names::CALLER_APP_ID,
+            names::CALLEE_APP_ID,
+            names::TRACEPARENT,
+        ] {
+            set(&mut spoofed.metadata, name, "admin");
+        }
+        let before = spoofed.clone();
+        let frame = stamps.frame(&mut spoofed, &call());
+        let decoded = InternalInvokeRequest::decode(body_of(&frame)).expect("decodes");
+        assert_eq!(decoded, stamped(&stamps, request()));
         assert_eq!(
             first(&decoded.metadata, names::CALLER_APP_ID),
             Some("checkout")
         );
-        stamps.remove_from(&mut spoofed.metadata);
-        assert_eq!(first(&spoofed.metadata, names::CALLER_APP_ID), None);
-        assert_eq!(first(&spoofed.metadata, "content-type"), Some("text/plain"));
+        assert_eq!(
+            first(&decoded.metadata, names::CALLEE_APP_ID),
+            Some("orders")
+        );
+        // Only the stamps are on the wire, not what the client sent under their names.
+        let admin = frame.windows(5).filter(|w| w == b"admin").count();
+        assert_eq!(admin, 0, "the client's values are left out");
+        assert_eq!(
+            spoofed, before,
+            "another attempt gets the request as the client sent it"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! only payloads with `seq` counting from 0).
 //!
 //! Here: the names, the metadata map and the HTTP verb mapping. `metadata` converts headers to
-//! metadata and back, `frame` writes gRPC message frames with the stamped caller identity, and
-//! `stream` carries bodies as numbered payloads.
+//! metadata and back, `frame` writes gRPC message frames with the caller's and the call's
+//! stamps, and `stream` carries bodies as numbered payloads.
 
 mod frame;
 mod metadata;
@@ -17,7 +17,7 @@ use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::internals::v1::ListStringValue;
 use http::Method;
 
-pub use frame::{Stamps, frame_head, grpc_status};
+pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
 pub use metadata::{
     CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, entries_into_headers, first,
     first_of, grpc_metadata_name, headers_to_metadata, is_canonical, is_permanent_http_header,
