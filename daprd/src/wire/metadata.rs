@@ -8,7 +8,7 @@ use super::{Metadata, names};
 
 /// Headers that belong to one connection and never travel on. (`content-length` does travel:
 /// apps that cannot read chunked bodies still get a framed one.)
-fn is_hop_by_hop(name: &str) -> bool {
+pub(super) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -264,6 +264,10 @@ pub fn entries_into_headers<N, V>(
     N: AsRef<str>,
     V: Into<bytes::Bytes>,
 {
+    let entries = entries.into_iter();
+    // Room for every entry at once: the map would otherwise grow (and rehash) twice for the
+    // dozen entries of a usual call. Beyond `http`'s limit, `append_all` stops.
+    let _ = headers.try_reserve(entries.size_hint().0);
     for (name, values) in entries {
         let Some(header) = app_header_name(name.as_ref()) else {
             continue;
@@ -351,6 +355,8 @@ fn header_name(name: &str) -> Option<HeaderName> {
 
 /// Appends every value that is a valid header value, in order, under `header`; the last one
 /// takes `header` itself (a clone of a name built at run time allocates once, to share it).
+/// A map at `http`'s size limit (a table of 32 768 slots) takes no more (`append` would panic):
+/// no server takes that many headers anyway.
 fn append_all<E>(
     headers: &mut HeaderMap,
     header: HeaderName,
@@ -359,16 +365,32 @@ fn append_all<E>(
     let mut values = values.filter_map(Result::ok).peekable();
     while let Some(value) = values.next() {
         if values.peek().is_none() {
-            headers.append(header, value);
+            let _ = headers.try_append(header, value);
             return;
         }
-        headers.append(header.clone(), value);
+        if headers.try_append(header.clone(), value).is_err() {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_beyond_https_limit_fills_the_header_map_without_a_panic() {
+        // A peer's message may hold any number of entries; `HeaderMap::append` panics once the
+        // map is full (its table has at most 32 768 slots).
+        let entries = (0..40_000).map(|i| (format!("x-{i}"), ["v".to_owned()]));
+        let mut headers = HeaderMap::new();
+        entries_into_headers(entries, &mut headers);
+        assert!(
+            (20_000..=32_768).contains(&headers.len()),
+            "{}",
+            headers.len()
+        );
+    }
 
     #[test]
     fn headers_become_metadata_without_hop_by_hop_ones() {
