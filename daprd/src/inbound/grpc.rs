@@ -1,18 +1,21 @@
 //! The internal gRPC server's routes: `ServiceInvocation`'s two methods, whose requests are read
 //! with the callee's own decoder (`wire::ReceivedRequest`: metadata as slices of the received
-//! message), and every other gRPC path proxied to the app.
+//! message) and whose streamed answers are written by its own encoder (`wire::SentResponse`:
+//! headers straight from the app's), and every other gRPC path proxied to the app.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::routing::any;
-use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
+use dapr_proto::internals::v1::InternalInvokeResponse;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec};
-use tonic_prost::ProstEncoder;
+use tonic::codec::Codec;
 
 use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
-use crate::wire::{Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage};
+use crate::wire::{
+    Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage, Sent, SentEncoder,
+    SentResponseStream,
+};
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
 const SERVICE_PATHS: &str = "/dapr.proto.internals.v1.ServiceInvocation/{*method}";
@@ -44,7 +47,7 @@ pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
                     let internal = Arc::clone(&internal);
                     async move { internal.call_local_stream(request).await }
                 });
-                let response = server::<InternalInvokeResponseStream, ReceivedStreamMessage>()
+                let response = server::<SentResponseStream, ReceivedStreamMessage>()
                     .streaming(method, request)
                     .await;
                 response.map(axum::body::Body::new)
@@ -73,30 +76,30 @@ pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
 
 /// A method's server: no compression (as the generated servers, by default), and no limit on
 /// a message's size (each caller's `--max-body-size` bounds what it sends).
-fn server<E, D>() -> tonic::server::Grpc<ReceivedCodec<E, D>>
+fn server<E, D>() -> tonic::server::Grpc<InternalCodec<E, D>>
 where
-    E: prost::Message + Send + 'static,
+    E: Sent + Send + 'static,
     D: Received + Send + 'static,
 {
-    tonic::server::Grpc::new(ReceivedCodec(PhantomData))
+    tonic::server::Grpc::new(InternalCodec(PhantomData))
         .apply_max_message_size_config(Some(usize::MAX), Some(usize::MAX))
 }
 
-/// prost's encoder for the responses, [`Received`]'s decoder for the requests.
-struct ReceivedCodec<E, D>(PhantomData<fn(E) -> D>);
+/// [`Sent`]'s encoder for the responses, [`Received`]'s decoder for the requests.
+struct InternalCodec<E, D>(PhantomData<fn(E) -> D>);
 
-impl<E, D> Codec for ReceivedCodec<E, D>
+impl<E, D> Codec for InternalCodec<E, D>
 where
-    E: prost::Message + Send + 'static,
+    E: Sent + Send + 'static,
     D: Received + Send + 'static,
 {
     type Encode = E;
     type Decode = D;
-    type Encoder = ProstEncoder<E>;
+    type Encoder = SentEncoder<E>;
     type Decoder = ReceivedDecoder<D>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
+        SentEncoder::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
-use dapr_proto::internals::v1::{
-    InternalInvokeResponse, InternalInvokeResponseStream, Status as InvokeStatus,
-};
+use dapr_proto::internals::v1::{InternalInvokeResponse, Status as InvokeStatus};
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,7 +20,10 @@ use crate::config::Config;
 use crate::identity::transport::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::trace::{Kind, Span, Tracer};
-use crate::wire::{self, BoxError, BoxStream, ReceivedRequest, ReceivedStreamMessage, names};
+use crate::wire::{
+    self, BoxError, BoxStream, ReceivedRequest, ReceivedStreamMessage, SentResponse,
+    SentResponseStream, Spelling, names,
+};
 use acl::{AccessControl, CallerIdentity};
 use app_channel::{AppChannel, AppRequest, AppResponse};
 
@@ -231,34 +232,55 @@ fn wire_check_method(method: &str) -> Result<(), Error> {
 /// sends them (`wire::app_response_headers_to_metadata`); the content type travels in the
 /// message only.
 fn response_head(app: &AppResponse) -> InternalInvokeResponse {
-    let content_type = app
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
     let skip = [http::header::CONTENT_TYPE.as_str()];
     let headers = if app.from_http_app {
         wire::app_response_headers_to_metadata(&app.headers, &skip)
     } else {
         wire::headers_to_metadata(&app.headers, &skip)
     };
+    let (status, message) = response_status_and_message(app);
     InternalInvokeResponse {
-        status: Some(InvokeStatus {
-            code: i32::from(app.status),
-            message: app.message.clone(),
-            details: Vec::new(),
-        }),
+        status: Some(status),
         headers,
         trailers: Default::default(),
-        message: Some(InvokeResponse {
-            data: (!app.type_url.is_empty()).then(|| prost_types::Any {
-                type_url: app.type_url.clone(),
-                value: Vec::new(),
-            }),
-            content_type,
-        }),
+        message: Some(message),
     }
+}
+
+/// [`response_head`] as a streamed answer sends it: written straight from the app's headers,
+/// which it takes, without a map of them ([`wire::SentResponse`]).
+fn sent_head(app: &mut AppResponse) -> SentResponse {
+    let (status, message) = response_status_and_message(app);
+    let spelling = if app.from_http_app {
+        Spelling::Canonical
+    } else {
+        Spelling::AsIs
+    };
+    SentResponse::new(status, std::mem::take(&mut app.headers), spelling, message)
+}
+
+/// The app's status, and its content type and data's `type_url` (the data's bytes are not
+/// here).
+fn response_status_and_message(app: &AppResponse) -> (InvokeStatus, InvokeResponse) {
+    let content_type = app
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let status = InvokeStatus {
+        code: i32::from(app.status),
+        message: app.message.clone(),
+        details: Vec::new(),
+    };
+    let message = InvokeResponse {
+        data: (!app.type_url.is_empty()).then(|| prost_types::Any {
+            type_url: app.type_url.clone(),
+            value: Vec::new(),
+        }),
+        content_type,
+    };
+    (status, message)
 }
 
 /// `ServiceInvocation`'s methods, served by [`grpc::routes`].
@@ -305,7 +327,7 @@ impl Internal {
     async fn call_local_stream(
         &self,
         request: Request<Streaming<ReceivedStreamMessage>>,
-    ) -> Result<Response<BoxStream<Result<InternalInvokeResponseStream, Status>>>, Status> {
+    ) -> Result<Response<BoxStream<Result<SentResponseStream, Status>>>, Status> {
         let peer = peer_of(request.extensions());
         let mut incoming = request.into_inner();
         let first = incoming
@@ -326,14 +348,10 @@ impl Internal {
         let response = received
             .respond(app.invoke(app_request), |r| r.status)
             .await;
-        let response = ended_on_error(&mut span, response)?;
+        let mut response = ended_on_error(&mut span, response)?;
         if let Some(span) = span {
             span.end();
         }
-        let mut head = InternalInvokeResponseStream {
-            response: Some(response_head(&response)),
-            payload: None,
-        };
         // A small answer the app has sent in full rides in the head message.
         let declared = wire::declared_len(
             response
@@ -341,6 +359,10 @@ impl Internal {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()),
         );
+        let mut head = SentResponseStream {
+            head: Some(sent_head(&mut response)),
+            payload: None,
+        };
         let body = wire::read_small(response.body, declared, app_channel::APP_RESPONSE_TIMEOUT)
             .await
             .map_err(|e| Status::aborted(format!("app response body failed: {e}")))?;
@@ -353,8 +375,8 @@ impl Internal {
             wire::Ready::Streaming(body) => body,
         };
         let payloads = wire::into_payloads(rest).map(|p| {
-            p.map(|payload| InternalInvokeResponseStream {
-                response: None,
+            p.map(|payload| SentResponseStream {
+                head: None,
                 payload: Some(payload),
             })
             .map_err(|e| Status::aborted(format!("app response body failed: {e}")))
@@ -424,6 +446,7 @@ fn denied_caller(peer: Option<&PeerIdentity>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use dapr_proto::internals::v1::InternalInvokeResponseStream;
     use http::{HeaderMap, HeaderValue};
 
     use super::*;
@@ -470,6 +493,45 @@ mod tests {
             head.message.expect("message").content_type,
             "application/json"
         );
+    }
+
+    #[test]
+    fn a_streamed_head_reads_as_the_one_prost_would_send() {
+        use prost::Message;
+        for from_http_app in [true, false] {
+            let mut app = answer(from_http_app);
+            app.headers
+                .append("x-custom-header", HeaderValue::from_static("2"));
+            app.headers
+                .insert("www-authenticate", HeaderValue::from_static("basic"));
+            app.headers
+                .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+            app.headers
+                .insert("x-b3--id", HeaderValue::from_static("a"));
+            // Not visible ASCII: left out, and a header with no other value with it.
+            let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").expect("a header value");
+            app.headers.insert("x-opaque", opaque.clone());
+            app.headers.append("x-custom-header", opaque);
+            app.status = 201;
+            app.message = "created".into();
+            app.type_url = "type.googleapis.com/x".into();
+            let expected = InternalInvokeResponseStream {
+                response: Some(response_head(&app)),
+                payload: Some(StreamPayload {
+                    data: Bytes::from_static(b"hello"),
+                    seq: 0,
+                }),
+            };
+            let sent = SentResponseStream {
+                head: Some(sent_head(&mut app)),
+                payload: expected.payload.clone(),
+            };
+            let mut buf = bytes::BytesMut::new();
+            wire::Sent::encode(&sent, &mut buf);
+            assert_eq!(buf.len(), wire::Sent::encoded_len(&sent));
+            let decoded = InternalInvokeResponseStream::decode(buf.freeze()).expect("decodes");
+            assert_eq!(decoded, expected, "from an HTTP app: {from_http_app}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
+use super::encode::{Spelling, encode_entry, entry_len};
 use super::{Metadata, names, set};
 
 /// `InternalInvokeRequest.metadata`'s field number.
@@ -60,13 +61,13 @@ impl CallStamps<'_> {
     fn encoded_len(&self) -> usize {
         self.entries()
             .iter()
-            .map(|(name, value)| entry_len(name, &[value]))
+            .map(|(name, value)| entry_len(METADATA, name, &[value]))
             .sum()
     }
 
     fn encode(&self, buf: &mut BytesMut) {
         for (name, value) in self.entries() {
-            encode_entry(name, &[value], buf);
+            encode_entry(METADATA, name, Spelling::AsIs, &[value], buf);
         }
     }
 }
@@ -75,7 +76,7 @@ impl Stamps {
     pub fn new(entries: Vec<(&'static str, String)>) -> Self {
         let mut encoded = BytesMut::new();
         for (name, value) in &entries {
-            encode_entry(name, &[value], &mut encoded);
+            encode_entry(METADATA, name, Spelling::AsIs, &[value], &mut encoded);
         }
         Stamps {
             entries,
@@ -150,7 +151,7 @@ impl Stamps {
         let kept: usize = metadata
             .iter()
             .filter(|(name, _)| !self.stamps(name))
-            .map(|(name, list)| entry_len(name, &list.values))
+            .map(|(name, list)| entry_len(METADATA, name, &list.values))
             .sum();
         request.encoded_len() + kept + self.encoded.len() + call.encoded_len()
     }
@@ -167,65 +168,11 @@ impl Stamps {
         request.encode_raw(buf);
         for (name, list) in metadata {
             if !self.stamps(name) {
-                encode_entry(name, &list.values, buf);
+                encode_entry(METADATA, name, Spelling::AsIs, &list.values, buf);
             }
         }
         buf.extend_from_slice(&self.encoded);
         call.encode(buf);
-    }
-}
-
-/// A string field's encoded length.
-fn string_len(tag: u32, value: &str) -> usize {
-    key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
-}
-
-fn encode_string(tag: u32, value: &str, buf: &mut BytesMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
-    buf.put_slice(value.as_bytes());
-}
-
-/// The encoded length of a `ListStringValue` of `values`.
-fn values_len<S: AsRef<str>>(values: &[S]) -> usize {
-    values.iter().map(|v| string_len(1, v.as_ref())).sum()
-}
-
-/// The length of a map entry's message, as prost writes it: the key and the value are left out
-/// when they are empty (their defaults).
-fn entry_body_len<S: AsRef<str>>(name: &str, values: &[S]) -> usize {
-    let key = if name.is_empty() {
-        0
-    } else {
-        string_len(1, name)
-    };
-    let value = match values_len(values) {
-        0 => 0,
-        n => key_len(2) + encoded_len_varint(n as u64) + n,
-    };
-    key + value
-}
-
-/// The encoded length of one `metadata` entry.
-fn entry_len<S: AsRef<str>>(name: &str, values: &[S]) -> usize {
-    let n = entry_body_len(name, values);
-    key_len(METADATA) + encoded_len_varint(n as u64) + n
-}
-
-/// One `metadata` entry: `name` and a `ListStringValue` of `values`.
-fn encode_entry<S: AsRef<str>>(name: &str, values: &[S], buf: &mut BytesMut) {
-    encode_key(METADATA, WireType::LengthDelimited, buf);
-    encode_varint(entry_body_len(name, values) as u64, buf);
-    if !name.is_empty() {
-        encode_string(1, name, buf);
-    }
-    let n = values_len(values);
-    if n > 0 {
-        encode_key(2, WireType::LengthDelimited, buf);
-        encode_varint(n as u64, buf);
-        for value in values {
-            encode_string(1, value.as_ref(), buf);
-        }
     }
 }
 

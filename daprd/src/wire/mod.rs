@@ -6,9 +6,11 @@
 //! metadata and back, `frame` writes gRPC message frames with the caller's and the call's
 //! stamps, and `stream` carries bodies as numbered payloads.
 
+mod encode;
 mod frame;
 mod metadata;
 mod received;
+mod sent;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::internals::v1::ListStringValue;
 use http::Method;
 
+pub use encode::Spelling;
 pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
 pub use metadata::{
     CONTENT_LENGTH, app_response_headers_to_metadata, canonical_name, entries_into_headers, first,
@@ -28,6 +31,7 @@ pub use received::{
     DecodeError, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest, ReceivedResponse,
     ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
 };
+pub use sent::{Sent, SentEncoder, SentResponse, SentResponseStream};
 pub use stream::{
     BoxError, BoxStream, Chunked, Ready, SeqCheck, declared_len, into_payloads, payload_body,
     read_small, ready_part,
