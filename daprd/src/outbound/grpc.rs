@@ -88,6 +88,34 @@ pub fn headers_before_status(
     response
 }
 
+/// At most this many values of a peer's answer become the gRPC response's metadata: tonic's
+/// map panics when it is full (a table of 32 768 slots), and a peer's answer may carry any
+/// number of headers. No gRPC client takes a header block of this size anyway.
+const MAX_RESPONSE_METADATA: usize = 16_384;
+
+/// A peer's answer headers → the gRPC API response's metadata, named as
+/// [`wire::grpc_metadata_name`] names them; at most [`MAX_RESPONSE_METADATA`] values.
+fn response_metadata(headers: &Metadata) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    for (name, values) in headers {
+        let Some(name) = wire::grpc_metadata_name(name) else {
+            continue;
+        };
+        let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>() else {
+            continue;
+        };
+        for value in &values.values {
+            if metadata.len() >= MAX_RESPONSE_METADATA {
+                return metadata;
+            }
+            if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+                metadata.append(key.clone(), value);
+            }
+        }
+    }
+    metadata
+}
+
 /// Incoming gRPC metadata → invocation metadata (ASCII entries; the token never travels on).
 fn grpc_metadata(metadata: &MetadataMap) -> Metadata {
     let mut out = Metadata::new();
@@ -185,21 +213,7 @@ impl Dapr for DaprApi {
             .await
             .map_err(invoke_status)?;
         let code = response.status.as_ref().map_or(200, |s| s.code);
-        let mut headers = MetadataMap::new();
-        for (name, values) in &response.headers {
-            let Some(name) = wire::grpc_metadata_name(name) else {
-                continue;
-            };
-            let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
-            else {
-                continue;
-            };
-            for value in &values.values {
-                if let Ok(value) = MetadataValue::try_from(value.as_str()) {
-                    headers.append(key.clone(), value);
-                }
-            }
-        }
+        let mut headers = response_metadata(&response.headers);
         // An HTTP app's non-2xx status becomes a gRPC error, as upstream.
         let grpc_code = if (0..100).contains(&code) {
             tonic::Code::from(code)
@@ -306,6 +320,18 @@ impl Dapr for DaprApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_answer_with_too_many_headers_is_cut_short_without_a_panic() {
+        let mut headers = Metadata::new();
+        // `MetadataMap::append` would panic at about 24 000 entries.
+        for i in 0..40_000 {
+            wire::set(&mut headers, &format!("x-{i}"), "v");
+        }
+        assert_eq!(response_metadata(&headers).len(), MAX_RESPONSE_METADATA);
+        let few: Metadata = headers.into_iter().take(3).collect();
+        assert_eq!(response_metadata(&few).len(), 3, "a usual answer is whole");
+    }
 
     #[tokio::test]
     async fn an_error_with_metadata_sends_it_as_headers_before_the_status_trailers() {
