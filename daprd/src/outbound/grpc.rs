@@ -106,6 +106,11 @@ fn response_metadata(headers: &Metadata) -> MetadataMap {
         };
         for value in &values.values {
             if metadata.len() >= MAX_RESPONSE_METADATA {
+                tracing::warn!(
+                    kept = MAX_RESPONSE_METADATA,
+                    "the peer's answer has more header values than a gRPC response can carry; \
+                     the rest are left out"
+                );
                 return metadata;
             }
             if let Ok(value) = MetadataValue::try_from(value.as_str()) {
