@@ -234,14 +234,14 @@ pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
         let Some(header) = app_header_name(name) else {
             continue;
         };
-        append_all(
+        let values = values.values.iter();
+        if !append_all(
             headers,
             header,
-            values
-                .values
-                .iter()
-                .map(|v| HeaderValue::try_from(v.as_str())),
-        );
+            values.map(|v| HeaderValue::try_from(v.as_str())),
+        ) {
+            return warn_full();
+        }
     }
 }
 
@@ -266,19 +266,20 @@ pub fn entries_into_headers<N, V>(
 {
     let entries = entries.into_iter();
     // Room for every entry at once: the map would otherwise grow (and rehash) twice for the
-    // dozen entries of a usual call. Beyond `http`'s limit, `append_all` stops.
+    // dozen entries of a usual call. Beyond `http`'s limit, `append_all` refuses.
     let _ = headers.try_reserve(entries.size_hint().0);
     for (name, values) in entries {
         let Some(header) = app_header_name(name.as_ref()) else {
             continue;
         };
-        append_all(
+        let values = values.into_iter();
+        if !append_all(
             headers,
             header,
-            values
-                .into_iter()
-                .map(|v| HeaderValue::from_maybe_shared(v.into())),
-        );
+            values.map(|v| HeaderValue::from_maybe_shared(v.into())),
+        ) {
+            return warn_full();
+        }
     }
 }
 
@@ -313,11 +314,14 @@ pub fn metadata_to_grpc_headers<'a, V: AsRef<str> + 'a>(
         } else {
             header
         };
-        append_all(
+        let values = values.iter();
+        if !append_all(
             headers,
             header,
-            values.iter().map(|v| HeaderValue::try_from(v.as_ref())),
-        );
+            values.map(|v| HeaderValue::try_from(v.as_ref())),
+        ) {
+            return warn_full();
+        }
     }
 }
 
@@ -355,23 +359,33 @@ fn header_name(name: &str) -> Option<HeaderName> {
 
 /// Appends every value that is a valid header value, in order, under `header`; the last one
 /// takes `header` itself (a clone of a name built at run time allocates once, to share it).
-/// A map at `http`'s size limit (a table of 32 768 slots) takes no more (`append` would panic):
-/// no server takes that many headers anyway.
+/// False when the map is full: at `http`'s size limit (a table of 32 768 slots) it takes no
+/// more (`append` would panic), and the caller stops with [`warn_full`]. A peer's message may
+/// carry any number of entries; no server takes that many headers anyway.
+#[must_use]
 fn append_all<E>(
     headers: &mut HeaderMap,
     header: HeaderName,
     values: impl Iterator<Item = Result<HeaderValue, E>>,
-) {
+) -> bool {
     let mut values = values.filter_map(Result::ok).peekable();
     while let Some(value) = values.next() {
         if values.peek().is_none() {
-            let _ = headers.try_append(header, value);
-            return;
+            return headers.try_append(header, value).is_ok();
         }
         if headers.try_append(header.clone(), value).is_err() {
-            return;
+            return false;
         }
     }
+    true
+}
+
+/// Says that a map's entries did not all become headers ([`append_all`]).
+fn warn_full() {
+    tracing::warn!(
+        "the metadata has more entries than a header map can hold (http's limit); the rest are \
+         left out"
+    );
 }
 
 #[cfg(test)]
