@@ -192,39 +192,6 @@ pub fn first<'a>(metadata: &'a Metadata, name: &str) -> Option<&'a str> {
 /// (and ours) for HTTP API requests, lower-case from gRPC callers and older callers of ours.
 pub const CONTENT_LENGTH: [&str; 2] = ["content-length", "Content-Length"];
 
-/// The first value under the first of `spellings` the map has.
-pub fn first_of<'a>(metadata: &'a Metadata, spellings: &[&str]) -> Option<&'a str> {
-    spellings.iter().find_map(|name| first(metadata, name))
-}
-
-/// Sets one value under the first of `spellings` the map has (else the first one), and removes
-/// the others: the map never holds the header twice, and keeps the caller's spelling.
-pub fn set_as_spelt(metadata: &mut Metadata, spellings: &[&str], value: &str) {
-    let Some(&default) = spellings.first() else {
-        return;
-    };
-    let name = spellings
-        .iter()
-        .copied()
-        .find(|name| metadata.contains_key(*name))
-        .unwrap_or(default);
-    for other in spellings {
-        if *other != name {
-            metadata.remove(*other);
-        }
-    }
-    match metadata.get_mut(name) {
-        // Already that one value (a caller's own content length, usually): nothing to do.
-        Some(list) if list.values.len() == 1 && list.values[0] == value => {}
-        // The entry's name and list are reused.
-        Some(list) => {
-            list.values.clear();
-            list.values.push(value.to_owned());
-        }
-        None => set(metadata, name, value),
-    }
-}
-
 /// Invocation metadata → headers for the callee's app (or back to the caller's app), names in
 /// any case (HTTP header names are case-insensitive). gRPC's reserved names are re-prefixed
 /// `dapr-`, and `content-type` is left to the message's own content type, as upstream
@@ -245,18 +212,11 @@ pub fn metadata_to_headers(metadata: &Metadata, headers: &mut HeaderMap) {
     }
 }
 
-/// [`metadata_to_headers`] for a map that is not needed afterwards: each value's `String`
-/// becomes its header value as it is (checked as [`HeaderValue::try_from`] checks a `&str`),
-/// without a copy. The same headers, in the same order.
-pub fn metadata_into_headers(metadata: Metadata, headers: &mut HeaderMap) {
-    entries_into_headers(
-        metadata.into_iter().map(|(name, list)| (name, list.values)),
-        headers,
-    );
-}
-
-/// [`metadata_into_headers`] for any map's entries (a name and its values) in name order: the
-/// callee's [`super::ReceivedMetadata`], whose values are slices of the received message.
+/// [`metadata_to_headers`] for entries (a name and its values, in name order) that are not
+/// needed afterwards: each value becomes its header value as it is (checked as
+/// [`HeaderValue::try_from`] checks a `&str`), without a copy. The same headers, in the same
+/// order. The callee's [`super::ReceivedMetadata`] goes through here, its values slices of the
+/// received message.
 pub fn entries_into_headers<N, V>(
     entries: impl IntoIterator<Item = (N, impl IntoIterator<Item = V>)>,
     headers: &mut HeaderMap,
@@ -464,39 +424,6 @@ mod tests {
     }
 
     #[test]
-    fn content_length_is_found_and_set_in_either_spelling() {
-        let mut md = Metadata::new();
-        set(&mut md, "Content-Length", "5");
-        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
-        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
-        assert_eq!(md.len(), 1);
-        assert_eq!(first(&md, "Content-Length"), Some("7"));
-        let mut md = Metadata::new();
-        set(&mut md, "content-length", "5");
-        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("5"));
-        set(&mut md, "Content-Length", "6");
-        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
-        assert_eq!(md.len(), 1);
-        assert_eq!(first(&md, "content-length"), Some("7"));
-        let mut md = Metadata::new();
-        md.insert(
-            "Content-Length".to_owned(),
-            ListStringValue {
-                values: vec!["7".to_owned(), "8".to_owned()],
-            },
-        );
-        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
-        assert_eq!(md["Content-Length"].values, ["7"]);
-        set_as_spelt(&mut md, &CONTENT_LENGTH, "7");
-        assert_eq!(md["Content-Length"].values, ["7"]);
-        assert_eq!(md.len(), 1);
-        let mut md = Metadata::new();
-        assert_eq!(first_of(&md, &CONTENT_LENGTH), None);
-        set_as_spelt(&mut md, &CONTENT_LENGTH, "1");
-        assert_eq!(first(&md, "content-length"), Some("1"));
-    }
-
-    #[test]
     fn metadata_in_either_case_becomes_the_same_headers_for_an_http_app() {
         for (content_length, destination, custom, grpc) in [
             (
@@ -576,7 +503,8 @@ mod tests {
         let mut names: Vec<&str> = md.keys().map(String::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["Content-Length", "Date", "X-Custom-Header"]);
-        assert_eq!(first_of(&md, &CONTENT_LENGTH), Some("334"));
+        let received = super::super::ReceivedMetadata::from(md);
+        assert_eq!(received.first_of(&CONTENT_LENGTH), Some("334"));
     }
 
     #[test]
@@ -605,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn metadata_into_headers_gives_what_metadata_to_headers_gives() {
+    fn received_metadata_into_headers_gives_what_metadata_to_headers_gives() {
         let mut md = Metadata::new();
         let mut put = |name: &str, values: &[&str]| {
             md.insert(
@@ -654,7 +582,7 @@ mod tests {
         borrowed.insert("x-first", HeaderValue::from_static("0"));
         let mut owned = borrowed.clone();
         metadata_to_headers(&md, &mut borrowed);
-        metadata_into_headers(md, &mut owned);
+        super::super::ReceivedMetadata::from(md).into_headers(&mut owned);
         assert_eq!(listed(&owned), listed(&borrowed));
         let names: Vec<&str> = borrowed.keys().map(HeaderName::as_str).collect();
         assert_eq!(

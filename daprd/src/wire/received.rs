@@ -63,7 +63,9 @@ impl ReceivedMetadata {
     }
 
     /// Sets one value under the first of `spellings` the map has (else the first one), and
-    /// removes the others: as [`super::set_as_spelt`].
+    /// removes the others: the map never holds the header twice, and keeps the caller's
+    /// spelling. An entry that is already that one value (a caller's own content length,
+    /// usually) is left as it is.
     pub fn set_as_spelt(&mut self, spellings: &[&'static str], value: &str) {
         let Some(&default) = spellings.first() else {
             return;
@@ -90,7 +92,7 @@ impl ReceivedMetadata {
             .map(|(name, values)| (&**name, values.as_slice()))
     }
 
-    /// The entries as headers for an app's HTTP request ([`super::metadata_into_headers`]):
+    /// The entries as headers for an app's HTTP request ([`super::entries_into_headers`]):
     /// each value becomes its header value without a copy.
     pub fn into_headers(self, headers: &mut http::HeaderMap) {
         let entries = self
@@ -640,6 +642,48 @@ mod tests {
         // A scalar where the status message should be is refused.
         let e = ReceivedResponse::decode(Bytes::from_static(&[0x08, 0x01])).expect_err("refused");
         assert!(e.to_string().starts_with("field 1 has wire type 0"), "{e}");
+    }
+
+    #[test]
+    fn content_length_is_found_and_set_in_either_spelling() {
+        use super::super::{CONTENT_LENGTH, Metadata};
+        use dapr_proto::internals::v1::ListStringValue;
+        let values = |md: &ReceivedMetadata, name: &str| -> Vec<String> {
+            md.iter()
+                .filter(|(n, _)| *n == name)
+                .flat_map(|(_, values)| values.iter().map(ToString::to_string))
+                .collect()
+        };
+        let mut md = ReceivedMetadata::default();
+        md.set("Content-Length", "5");
+        assert_eq!(md.first_of(&CONTENT_LENGTH), Some("5"));
+        md.set_as_spelt(&CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(md.first("Content-Length"), Some("7"));
+        let mut md = ReceivedMetadata::default();
+        md.set("content-length", "5");
+        assert_eq!(md.first_of(&CONTENT_LENGTH), Some("5"));
+        md.set("Content-Length", "6");
+        md.set_as_spelt(&CONTENT_LENGTH, "7");
+        assert_eq!(md.len(), 1);
+        assert_eq!(md.first("content-length"), Some("7"));
+        let mut two = Metadata::new();
+        two.insert(
+            "Content-Length".to_owned(),
+            ListStringValue {
+                values: vec!["7".to_owned(), "8".to_owned()],
+            },
+        );
+        let mut md = ReceivedMetadata::from(two);
+        md.set_as_spelt(&CONTENT_LENGTH, "7");
+        assert_eq!(values(&md, "Content-Length"), ["7"]);
+        md.set_as_spelt(&CONTENT_LENGTH, "7");
+        assert_eq!(values(&md, "Content-Length"), ["7"]);
+        assert_eq!(md.len(), 1);
+        let mut md = ReceivedMetadata::default();
+        assert_eq!(md.first_of(&CONTENT_LENGTH), None);
+        md.set_as_spelt(&CONTENT_LENGTH, "1");
+        assert_eq!(md.first("content-length"), Some("1"));
     }
 
     #[test]
