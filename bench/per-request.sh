@@ -25,6 +25,11 @@
 #   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
 # With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
+# With PER_REQUEST_PROFILE=DIR the two processes are also sampled by perf (cpu-clock, 4999 Hz,
+# call graphs; linux-perf needed) under the same load, unperturbed by the other instruments, into
+# DIR/<name>.<regime>.data, and each one's time is split by where it ran (the kernel, the
+# program, each library); PER_REQUEST_PROFILE_ONLY=1 stops there. One sample is 200 us of CPU,
+# so a DSO's samples × 200 us / N is its CPU time per request (bench/notes.md).
 # With PER_REQUEST_RESOURCES=DIR the caller daprd loads that --resources-path (e.g. a Resiliency
 # with a timeout and a retry policy for `orders`, to measure what applying policies costs).
 # nginx is $NGINX, else the one on PATH or in /usr/sbin, else Debian's package (the one the
@@ -222,6 +227,35 @@ for regime in "${regimes[@]}"; do
   for who in caller callee; do snap "${!who}" > "$d/snap1.$regime.$who"; done
   [ ${#perfs[@]} = 0 ] || { kill -INT "${perfs[@]}"; wait "${perfs[@]}" 2>/dev/null || true; }
 done
+# 1b. with PER_REQUEST_PROFILE=DIR: where the on-CPU time goes, user space and kernel, sampled
+#     by perf (cpu-clock, call graphs) into DIR/<name>.<regime>.data; with
+#     PER_REQUEST_PROFILE_ONLY=1 the script stops after printing each one's split
+if [ -n "${PER_REQUEST_PROFILE:-}" ]; then
+  mkdir -p "$PER_REQUEST_PROFILE"
+  for regime in "${regimes[@]}"; do
+    recs=()
+    for i in 0 1; do
+      who=${names[$i]}; role=$([ "$i" = 0 ] && echo caller || echo callee)
+      timeout 1300 perf record -q -e cpu-clock -F 4999 -g -p "${!role}" \
+        -o "$PER_REQUEST_PROFILE/$who.$regime.data" > /dev/null 2>&1 &
+      recs+=($!)
+    done
+    sleep 1                                # perf attaches asynchronously
+    load "$n" "$(pace_of "$regime")"
+    kill -INT "${recs[@]}"; wait "${recs[@]}" 2>/dev/null || true
+  done
+  for regime in "${regimes[@]}"; do
+    for who in "${names[@]}"; do
+      # CPU us per request in the kernel ([kernel.kallsyms]), in user space (the program and its
+      # libraries) and in each of those: a sample is 1/4999 s of CPU
+      printf '%-7s %-5s CPU us/request: %s\n' "$who" "$regime" "$(perf report -q -n -g none -i "$PER_REQUEST_PROFILE/$who.$regime.data" \
+        --no-children --sort dso --stdio 2>/dev/null | awk -v n="$n" 'NF >= 3 && $1 ~ /%$/ {us = $2 * 1e6 / 4999 / n; t += us
+          if ($3 == "[kernel.kallsyms]") k = us; else line = line sprintf("%s %.1f  ", $3, us)}
+          END {printf "total %.1f  kernel %.1f  user %.1f (%s)", t, k, t - k, line}')"
+    done
+  done
+  [ -z "${PER_REQUEST_PROFILE_ONLY:-}" ] || exit 0
+fi
 # 2. syscalls by kind, strace attached (it slows each syscall down, so more requests may
 #    be waiting per wake-up than in 1.)
 for regime in "${regimes[@]}"; do
