@@ -12,7 +12,7 @@ use dapr_proto::runtime::v1::app_callback_client::AppCallbackClient;
 use dapr_proto::runtime::v1::app_callback_health_check_client::AppCallbackHealthCheckClient;
 use futures::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, Request, header};
-use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
+use super::app_pool::{AppBody, AppPool, PoolSettings};
 use crate::Error;
 use crate::config::{AppProtocol, Config};
 use crate::error::AppChannelError;
@@ -38,7 +39,6 @@ pub const APP_POOL_MAX_IDLE: usize = 64;
 /// How long an idle connection to an HTTP app is kept.
 pub const APP_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Plain TCP for `http`/`grpc`/`h2c` apps, TLS without verification for `https`/`grpcs`.
 type AppConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -70,8 +70,18 @@ pub struct AppRequest {
 }
 
 enum Protocol {
+    /// A plaintext HTTP/1.1 app: its connections pooled by hand ([`super::app_pool`]).
+    Http1(AppPool),
+    /// An `https` or `h2c` app: hyper_util's pooled client (TLS with ALPN, HTTP/2).
     Http(Box<Client<AppConnector, AppBody>>),
     Grpc,
+}
+
+/// How an HTTP app is called.
+#[derive(Clone, Copy)]
+enum HttpApp<'a> {
+    Pool(&'a AppPool),
+    Client(&'a Client<AppConnector, AppBody>),
 }
 
 pub struct AppChannel {
@@ -111,7 +121,22 @@ impl AppChannel {
             .connect_with_connector_lazy(app_connector(false)?);
         let protocol = match config.app_protocol {
             AppProtocol::Grpc | AppProtocol::Grpcs => Protocol::Grpc,
-            AppProtocol::Http | AppProtocol::Https | AppProtocol::H2c => {
+            AppProtocol::Http => {
+                let settings = PoolSettings {
+                    max_idle: APP_POOL_MAX_IDLE,
+                    idle_timeout: APP_POOL_IDLE_TIMEOUT,
+                    connect_timeout: APP_CONNECT_TIMEOUT,
+                };
+                let host = address.trim_start_matches('[').trim_end_matches(']');
+                let pool = AppPool::new(host, port, settings).map_err(|source| {
+                    AppChannelError::Request {
+                        uri: base.clone(),
+                        source,
+                    }
+                })?;
+                Protocol::Http1(pool)
+            }
+            AppProtocol::Https | AppProtocol::H2c => {
                 // The pool's timer closes connections idle for 90 s; without it expiry is
                 // only checked on checkout, and the newest connection is always the one
                 // checked out, so a burst's connections would stay open under light traffic.
@@ -162,7 +187,8 @@ impl AppChannel {
     pub async fn invoke(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let permit = self.permit().await?;
         let mut response = match &self.protocol {
-            Protocol::Http(client) => self.invoke_http(client, request).await?,
+            Protocol::Http1(pool) => self.invoke_http(HttpApp::Pool(pool), request).await?,
+            Protocol::Http(client) => self.invoke_http(HttpApp::Client(client), request).await?,
             // Boxed: a gRPC call's future is the larger, and every invocation's future (moved
             // when the server boxes it) would otherwise carry its size (bench/notes.md).
             Protocol::Grpc => Box::pin(self.invoke_grpc(request)).await?,
@@ -178,16 +204,21 @@ impl AppChannel {
 
     async fn invoke_http(
         &self,
-        client: &Client<AppConnector, AppBody>,
+        client: HttpApp<'_>,
         request: AppRequest,
     ) -> Result<AppResponse, Error> {
         let call = self.metrics.app_call(&request.verb);
         let method = request.method.trim_start_matches('/');
         // Concatenated, not `format!`ed: its machinery cost 0.8k instructions per call.
         let query = (!request.query.is_empty()).then_some(request.query.as_str());
+        // The pool's connections take the origin form (`/path?query`), the client an absolute URI.
+        let base = match client {
+            HttpApp::Pool(_) => "",
+            HttpApp::Client(_) => self.base.as_str(),
+        };
         let mut uri =
-            String::with_capacity(self.base.len() + method.len() + 2 + query.map_or(0, str::len));
-        uri.push_str(&self.base);
+            String::with_capacity(base.len() + method.len() + 2 + query.map_or(0, str::len));
+        uri.push_str(base);
         uri.push('/');
         uri.push_str(method);
         if let Some(query) = query {
@@ -218,25 +249,23 @@ impl AppChannel {
             headers.insert(header::CONTENT_TYPE, value);
         }
         self.swap_token(headers);
-        let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.request(http_request))
-            .await
-            .map_err(|_| self.timed_out())?
-            .map_err(|e| self.unreachable(&e))?;
-        let (parts, body) = response.into_parts();
-        let mut received = call.answered(parts.status);
-        let body = body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(BoxError::from);
-            received.count(&chunk);
-            chunk
-        });
-        Ok(AppResponse {
-            status: parts.status.as_u16(),
-            message: String::new(),
-            type_url: String::new(),
-            from_http_app: true,
-            headers: parts.headers,
-            body: Box::pin(body),
-        })
+        match client {
+            HttpApp::Pool(pool) => {
+                let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, pool.send(http_request))
+                    .await
+                    .map_err(|_| self.timed_out())?
+                    .map_err(|e| self.unreachable(&e))?;
+                Ok(http_answer(response, call))
+            }
+            HttpApp::Client(client) => {
+                let response =
+                    tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.request(http_request))
+                        .await
+                        .map_err(|_| self.timed_out())?
+                        .map_err(|e| self.unreachable(&e))?;
+                Ok(http_answer(response, call))
+            }
+        }
     }
 
     /// `AppCallback/OnInvoke`: the body is collected (the callback is unary); the app's status,
@@ -407,11 +436,25 @@ impl AppChannel {
     pub async fn probe(&self, path: &str, timeout: Duration) -> bool {
         let probe = async {
             match &self.protocol {
+                Protocol::Http1(pool) => {
+                    let Some(request) = probe_request("", path) else {
+                        return false;
+                    };
+                    match pool.send(request).await {
+                        Ok(response) if response.status().is_success() => {
+                            // Read (a bounded amount) to the end, so the connection is reused.
+                            let body = http_body_util::Limited::new(
+                                response.into_body(),
+                                PROBE_BODY_LIMIT,
+                            );
+                            let _ = body.collect().await;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
                 Protocol::Http(client) => {
-                    let uri = format!("{}/{}", self.base, path.trim_start_matches('/'));
-                    let Ok(request) = Request::get(&uri).body(BodyExt::boxed_unsync(
-                        http_body_util::Empty::<Bytes>::new().map_err(BoxError::from),
-                    )) else {
+                    let Some(request) = probe_request(&self.base, path) else {
                         return false;
                     };
                     client
@@ -442,6 +485,43 @@ impl AppChannel {
             tokio::time::timeout(Duration::from_millis(500), connect).await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// A health probe's body that is read to its end (so its connection is reused); a longer one
+/// is dropped with its connection.
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// `GET <base>/<path>` with no body, for a health probe.
+fn probe_request(base: &str, path: &str) -> Option<Request<AppBody>> {
+    let uri = format!("{base}/{}", path.trim_start_matches('/'));
+    Request::get(&uri)
+        .body(BodyExt::boxed_unsync(
+            http_body_util::Empty::<Bytes>::new().map_err(BoxError::from),
+        ))
+        .ok()
+}
+
+/// An HTTP app's answer: its status and headers, and its body counted as it streams.
+fn http_answer<B>(response: http::Response<B>, call: crate::metrics::AppCall) -> AppResponse
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let mut received = call.answered(parts.status);
+    let body = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(Into::into);
+        received.count(&chunk);
+        chunk
+    });
+    AppResponse {
+        status: parts.status.as_u16(),
+        message: String::new(),
+        type_url: String::new(),
+        from_http_app: true,
+        headers: parts.headers,
+        body: Box::pin(body),
     }
 }
 

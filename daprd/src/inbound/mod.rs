@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod app_channel;
+mod app_pool;
 mod grpc;
 pub mod health;
 
