@@ -337,7 +337,7 @@ async fn invoke(
         return Err(Error::BodyTooLarge { limit });
     }
     let skip = [names::DAPR_APP_ID, names::API_TOKEN];
-    let metadata = wire::request_headers_to_metadata(&parts.headers, &skip);
+    let client = wire::ClientHeaders::new(&parts.headers, &skip);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -346,7 +346,8 @@ async fn invoke(
         .to_owned();
     let internal = InternalInvokeRequest {
         ver: ApiVersion::V1 as i32,
-        metadata,
+        // The client's headers travel beside it (`client`).
+        metadata: Default::default(),
         message: Some(InvokeRequest {
             method,
             data: None,
@@ -368,7 +369,9 @@ async fn invoke(
     let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
         .await
         .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
-    let call = shared.invoker.invoke_stream(&target, internal, body);
+    let call = shared
+        .invoker
+        .invoke_stream(&target, internal, client, body);
     let peer = match trace::traced(&mut span, call).await {
         Ok(peer) => peer,
         Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {

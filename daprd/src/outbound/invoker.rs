@@ -214,11 +214,14 @@ impl Invoker {
     fn call_stamps<'a>(
         &self,
         request: &InternalInvokeRequest,
+        client: &wire::ClientHeaders,
         target: &'a Target,
     ) -> wire::CallStamps<'a> {
+        let incoming = wire::first(&request.metadata, names::TRACEPARENT)
+            .or_else(|| client.first(names::TRACEPARENT));
         wire::CallStamps {
             callee: &target.app_id,
-            traceparent: crate::trace::next_hop(wire::first(&request.metadata, names::TRACEPARENT)),
+            traceparent: crate::trace::next_hop(incoming),
         }
     }
 
@@ -318,17 +321,26 @@ impl Invoker {
     /// peers are remembered and get unary calls from then on.
     ///
     /// Boxed so the future's `Send`-ness is proven here, once, with concrete lifetimes.
+    ///
+    /// `client` are the client's headers that travel as metadata besides the request's own
+    /// ([`wire::ClientHeaders`]): written straight into the frame on the usual path, put into
+    /// the request's map where it is handed to tonic or kept for another attempt.
     pub fn invoke_stream<'a>(
         &'a self,
         target: &'a Target,
-        request: InternalInvokeRequest,
+        mut request: InternalInvokeRequest,
+        client: wire::ClientHeaders,
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> futures::future::BoxFuture<'a, Result<PeerResponse, Error>> {
         match &self.resiliency {
-            None => Box::pin(self.invoke_stream_inner(target, request, body, None)),
-            Some(policies) => Box::pin(super::resilient::invoke_stream(
-                self, policies, target, request, body,
-            )),
+            None => Box::pin(self.invoke_stream_inner(target, request, client, body, None)),
+            Some(policies) => {
+                // Attempts after the first send the request again: its map holds everything.
+                client.insert_into(&mut request.metadata);
+                Box::pin(super::resilient::invoke_stream(
+                    self, policies, target, request, body,
+                ))
+            }
         }
     }
 
@@ -339,6 +351,7 @@ impl Invoker {
         &self,
         target: &Target,
         request: InternalInvokeRequest,
+        client: wire::ClientHeaders,
         body: BoxStream<Result<Bytes, BoxError>>,
         kept: Option<&Kept>,
     ) -> Result<PeerResponse, Error> {
@@ -346,7 +359,7 @@ impl Invoker {
             request: Some(request),
             kept,
         };
-        let stamps = self.call_stamps(lent.request(), target);
+        let stamps = self.call_stamps(lent.request(), &client, target);
         let addr = self
             .resolver
             .resolve(target)
@@ -355,11 +368,16 @@ impl Invoker {
         let known = self.peer_kind(addr);
         if known == Some(PeerKind::UnaryOnly) {
             let data = collect_body(body).await?;
-            let request = lent.give();
+            let mut request = lent.give();
+            client.insert_into(&mut request.metadata);
             return Box::pin(self.unary_at(target, addr, request, &stamps, data)).await;
         }
         // Only a peer not yet known to stream may need the request again for a unary retry.
-        let retry = (known != Some(PeerKind::Streaming)).then(|| lent.request().clone());
+        let retry = (known != Some(PeerKind::Streaming)).then(|| {
+            let mut request = lent.request().clone();
+            client.clone().insert_into(&mut request.metadata);
+            request
+        });
         let sent = self.metrics.invocation_sent(&target.app_id);
         let mut incoming = match wire::ready_part(body) {
             // The whole request is in hand: one message, one write (`crate::peer`).
@@ -371,7 +389,10 @@ impl Invoker {
                         seq: 0,
                     }),
                 };
-                let frame = self.caller.stamps.stream_frame(&mut message, &stamps);
+                let frame = self
+                    .caller
+                    .stamps
+                    .stream_frame(&mut message, &client, &stamps);
                 lent.put_back(message.request.take());
                 let call = self.direct.call_local_stream(addr, target, frame);
                 match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
@@ -393,7 +414,8 @@ impl Invoker {
                 }
             }
             ready => {
-                let request = lent.give();
+                let mut request = lent.give();
+                client.insert_into(&mut request.metadata);
                 let body = match ready {
                     wire::Ready::Complete(data) => Box::pin(futures::stream::iter([Ok(data)])),
                     wire::Ready::Streaming(body) => body,
@@ -700,7 +722,7 @@ impl Invoker {
         target: &Target,
         request: InternalInvokeRequest,
     ) -> Result<InternalInvokeResponse, Error> {
-        let stamps = self.call_stamps(&request, target);
+        let stamps = self.call_stamps(&request, &wire::ClientHeaders::default(), target);
         let addr = self
             .resolver
             .resolve(target)

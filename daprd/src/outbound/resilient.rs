@@ -447,7 +447,13 @@ pub async fn invoke_stream(
             Some(request) => request,
             None => kept.lock().ok()?.take()?,
         };
-        Some(invoker.invoke_stream_inner(target, request, body, Some(&kept)))
+        Some(invoker.invoke_stream_inner(
+            target,
+            request,
+            crate::wire::ClientHeaders::default(),
+            body,
+            Some(&kept),
+        ))
     })
     .await
 }

@@ -18,6 +18,23 @@ pub enum Spelling {
     Canonical,
 }
 
+/// Whether `lower`, a lower-case header name, spelt Go-canonical ([`Spelling::Canonical`])
+/// is `other`.
+pub fn is_spelt_canonical(lower: &str, other: &str) -> bool {
+    lower.len() == other.len() && {
+        let mut word_start = true;
+        lower.bytes().zip(other.bytes()).all(|(b, o)| {
+            let spelt = if word_start {
+                b.to_ascii_uppercase()
+            } else {
+                b.to_ascii_lowercase()
+            };
+            word_start = b == b'-';
+            spelt == o
+        })
+    }
+}
+
 /// A string field's encoded length.
 fn string_len(tag: u32, value: &[u8]) -> usize {
     key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
@@ -92,5 +109,19 @@ pub fn encode_entry<S: AsRef<[u8]>>(
         for value in values {
             encode_string(1, value.as_ref(), buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_spelt_canonical;
+
+    #[test]
+    fn a_name_spelt_canonical_is_compared_byte_by_byte() {
+        assert!(is_spelt_canonical("content-type", "Content-Type"));
+        assert!(is_spelt_canonical("x-a-b", "X-A-B"));
+        assert!(!is_spelt_canonical("content-type", "content-type"));
+        assert!(!is_spelt_canonical("content-type", "Content-type"));
+        assert!(!is_spelt_canonical("content-type", "Content-Types"));
     }
 }

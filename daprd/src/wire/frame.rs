@@ -8,7 +8,7 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::encode::{Spelling, encode_entry, entry_len};
-use super::{Metadata, names, set};
+use super::{ClientHeaders, Metadata, names, set};
 
 /// `InternalInvokeRequest.metadata`'s field number.
 const METADATA: u32 = 2;
@@ -97,21 +97,40 @@ impl Stamps {
         CallStamps::NAMES.contains(&name) || self.entries.iter().any(|(n, _)| *n == name)
     }
 
+    /// Whether a client header, spelt as it travels, is under a stamped name.
+    fn stamps_header(&self, name: &http::HeaderName, spelling: Spelling) -> bool {
+        match spelling {
+            Spelling::AsIs => self.stamps(name.as_str()),
+            Spelling::Canonical => CallStamps::NAMES
+                .iter()
+                .chain(self.entries.iter().map(|(n, _)| n))
+                .any(|stamp| super::encode::is_spelt_canonical(name.as_str(), stamp)),
+        }
+    }
+
     /// `request` as a gRPC message frame, with the caller's and the call's stamps.
     pub fn frame(&self, request: &mut InternalInvokeRequest, call: &CallStamps) -> Bytes {
         let metadata = std::mem::take(&mut request.metadata);
         let len = self.request_len(request, &metadata, call);
         let mut buf = frame_head(len);
-        self.encode_request(request, &metadata, call, &mut buf);
+        self.encode_request(
+            request,
+            &metadata,
+            &ClientHeaders::default(),
+            call,
+            &mut buf,
+        );
         request.metadata = metadata;
         buf.freeze()
     }
 
     /// The first message of a `CallLocalStream` as a gRPC message frame, its request with the
-    /// caller's and the call's stamps.
+    /// client's headers (after the request's own entries) and the caller's and the call's
+    /// stamps.
     pub fn stream_frame(
         &self,
         message: &mut InternalInvokeRequestStream,
+        client: &ClientHeaders,
         call: &CallStamps,
     ) -> Bytes {
         let metadata = message
@@ -122,7 +141,7 @@ impl Stamps {
         let request_len = message
             .request
             .as_ref()
-            .map(|r| self.request_len(r, &metadata, call));
+            .map(|r| self.request_len(r, &metadata, call) + self.client_len(client));
         let payload_len = message
             .payload
             .as_ref()
@@ -132,7 +151,7 @@ impl Stamps {
         if let (Some(request), Some(request_len)) = (&mut message.request, request_len) {
             encode_key(1, WireType::LengthDelimited, &mut buf);
             encode_varint(request_len as u64, &mut buf);
-            self.encode_request(request, &metadata, call, &mut buf);
+            self.encode_request(request, &metadata, client, call, &mut buf);
             request.metadata = metadata;
         }
         if let Some(payload) = &message.payload {
@@ -156,12 +175,23 @@ impl Stamps {
         request.encoded_len() + kept + self.encoded.len() + call.encoded_len()
     }
 
-    /// `request`'s fields but its map, then the map's entries that are not stamped, then the
-    /// stamps. Fields in any order are one message to a protobuf reader.
+    /// The encoded length of the client's headers that are not stamped, as map entries.
+    fn client_len(&self, client: &ClientHeaders) -> usize {
+        client
+            .iter()
+            .filter(|(name, spelling, _)| !self.stamps_header(name, *spelling))
+            .map(|(name, _, values)| entry_len(METADATA, name.as_str(), values))
+            .sum()
+    }
+
+    /// `request`'s fields but its map, then the map's entries and the client's headers that
+    /// are not stamped, then the stamps. Fields in any order are one message to a protobuf
+    /// reader, and a map entry that comes twice is the last one.
     fn encode_request(
         &self,
         request: &InternalInvokeRequest,
         metadata: &Metadata,
+        client: &ClientHeaders,
         call: &CallStamps,
         buf: &mut BytesMut,
     ) {
@@ -169,6 +199,11 @@ impl Stamps {
         for (name, list) in metadata {
             if !self.stamps(name) {
                 encode_entry(METADATA, name, Spelling::AsIs, &list.values, buf);
+            }
+        }
+        for (name, spelling, values) in client.iter() {
+            if !self.stamps_header(name, spelling) {
+                encode_entry(METADATA, name.as_str(), spelling, values, buf);
             }
         }
         buf.extend_from_slice(&self.encoded);
@@ -241,6 +276,62 @@ mod tests {
     }
 
     #[test]
+    fn client_headers_in_the_frame_read_as_the_map_they_stand_for() {
+        // Go-canonical and Dapr's own spellings, several values, a stamped name in each
+        // spelling (the lower-case stamp replaces the client's; the canonical one does not
+        // match the lower-case stamp, as in the map), hop-by-hop and skipped headers.
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "text/plain"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("traceparent", "00-client-span-01"),
+            ("dapr-caller-app-id", "spoof"),
+            ("x-forwarded-host", "client-host"),
+            ("dapr-app-id", "orders"),
+            ("connection", "keep-alive"),
+        ] {
+            headers.append(name, http::HeaderValue::from_static(value));
+        }
+        let skip = [names::DAPR_APP_ID];
+        let client = ClientHeaders::new(&headers, &skip);
+        let stamps = stamps();
+        let mut with_map = request();
+        with_map.metadata = crate::wire::request_headers_to_metadata(&headers, &skip);
+        let mut without = request();
+        without.metadata = Default::default();
+        let frame_of = |request: InternalInvokeRequest, client: &ClientHeaders| {
+            let mut message = InternalInvokeRequestStream {
+                request: Some(request),
+                payload: None,
+            };
+            let frame = stamps.stream_frame(&mut message, client, &call());
+            InternalInvokeRequestStream::decode(body_of(&frame)).expect("decodes")
+        };
+        let by_map = frame_of(with_map, &ClientHeaders::default());
+        let by_headers = frame_of(without, &client);
+        assert_eq!(by_headers, by_map);
+        let metadata = &by_headers.request.expect("a request").metadata;
+        assert_eq!(metadata["X-Multi"].values, ["a", "b"]);
+        assert_eq!(
+            first(metadata, "traceparent"),
+            Some(call().traceparent.as_str())
+        );
+        assert_eq!(first(metadata, "dapr-caller-app-id"), Some("checkout"));
+        assert_eq!(first(metadata, "X-Forwarded-Host"), Some("client-host"));
+        assert_eq!(first(metadata, "x-forwarded-host"), Some("node-1"));
+        assert!(!metadata.contains_key("dapr-app-id") && !metadata.contains_key("Connection"));
+        // The map they stand for, for the paths that need one.
+        let mut map = Metadata::new();
+        client.clone().insert_into(&mut map);
+        assert_eq!(
+            map,
+            crate::wire::request_headers_to_metadata(&headers, &skip)
+        );
+        assert_eq!(client.first("traceparent"), Some("00-client-span-01"));
+    }
+
+    #[test]
     fn framed_requests_decode_with_the_stamps_in_their_metadata() {
         let stamps = stamps();
         let expected = stamped(&stamps, request());
@@ -264,7 +355,7 @@ mod tests {
                 request: request_of.clone(),
                 payload: payload.clone(),
             };
-            let frame = stamps.stream_frame(&mut message, &call());
+            let frame = stamps.stream_frame(&mut message, &ClientHeaders::default(), &call());
             assert_eq!(message.request, request_of, "left as it was");
             let decoded = InternalInvokeRequestStream::decode(body_of(&frame)).expect("decodes");
             let expected = InternalInvokeRequestStream {

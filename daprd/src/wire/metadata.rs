@@ -103,15 +103,12 @@ pub fn app_response_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> M
 /// spelling upstream's callee looks for when it renames permanent HTTP headers `dapr-<name>` for
 /// a gRPC app (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`). Dapr's own entries
 /// (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced and stamped
-/// under those, here and by upstream. Each name costs the one `String` the map key needs anyway.
+/// under those, here and by upstream. The caller's own path writes these entries without the
+/// map ([`ClientHeaders`]); this is the map they stand for.
 pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
-    collect_headers(headers, skip, |name| {
-        if name.starts_with("dapr-") || name == names::TRACEPARENT {
-            name.to_owned()
-        } else {
-            canonical_name(name)
-        }
-    })
+    let mut metadata = Metadata::new();
+    ClientHeaders::new(headers, skip).insert_into(&mut metadata);
+    metadata
 }
 
 /// Every header but hop-by-hop ones and `skip`, with all its (text) values, under `key(name)`.
@@ -130,6 +127,87 @@ fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> Str
             .push(value.to_owned());
     }
     metadata
+}
+
+/// An HTTP API request's headers that travel as invocation metadata, kept as the client's
+/// header names and values (shared, not copied) instead of a map of owned strings: the caller
+/// writes them straight into the request's frame ([`super::Stamps::stream_frame`]), under the
+/// names [`request_headers_to_metadata`] gives them, and puts them into a map
+/// ([`ClientHeaders::insert_into`]) only on the paths that hand a request to tonic or keep it
+/// for another attempt. Names are the map's own (lower-case), each once, with its values in
+/// order; the filter is [`request_headers_to_metadata`]'s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientHeaders(Vec<(HeaderName, smallvec::SmallVec<[HeaderValue; 1]>)>);
+
+impl ClientHeaders {
+    /// Every header of `headers` but hop-by-hop ones and `skip`, with its text values.
+    pub fn new(headers: &HeaderMap, skip: &[&str]) -> Self {
+        let mut kept: Vec<(HeaderName, smallvec::SmallVec<[HeaderValue; 1]>)> =
+            Vec::with_capacity(headers.keys_len());
+        for name in headers.keys() {
+            if is_hop_by_hop(name.as_str()) || skip.contains(&name.as_str()) {
+                continue;
+            }
+            let values: smallvec::SmallVec<[HeaderValue; 1]> = headers
+                .get_all(name)
+                .iter()
+                .filter(|value| value.to_str().is_ok())
+                .cloned()
+                .collect();
+            if !values.is_empty() {
+                kept.push((name.clone(), values));
+            }
+        }
+        ClientHeaders(kept)
+    }
+
+    /// How `name` is spelt as metadata: Dapr's own names as they are, others Go-canonical.
+    pub fn spelling(name: &HeaderName) -> super::Spelling {
+        let name = name.as_str();
+        if name.starts_with("dapr-") || name == names::TRACEPARENT {
+            super::Spelling::AsIs
+        } else {
+            super::Spelling::Canonical
+        }
+    }
+
+    /// Each header with its spelling and values.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, super::Spelling, &[HeaderValue])> {
+        self.0
+            .iter()
+            .map(|(name, values)| (name, Self::spelling(name), values.as_slice()))
+    }
+
+    /// The first value of the header `name` (lower-case).
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(held, _)| held.as_str() == name)
+            .and_then(|(_, values)| values.first())
+            .and_then(|value| value.to_str().ok())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The headers as map entries, as [`request_headers_to_metadata`] makes them, added to
+    /// `metadata`'s (the values after any it holds under the same name).
+    pub fn insert_into(self, metadata: &mut Metadata) {
+        for (name, values) in self.0 {
+            let key = match Self::spelling(&name) {
+                super::Spelling::AsIs => name.as_str().to_owned(),
+                super::Spelling::Canonical => canonical_name(name.as_str()),
+            };
+            let list = &mut metadata.entry(key).or_default().values;
+            list.extend(
+                values
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .map(str::to_owned),
+            );
+        }
+    }
 }
 
 /// `name` as Go's `textproto.CanonicalMIMEHeaderKey` spells it: the first letter and every letter
