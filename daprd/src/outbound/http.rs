@@ -326,7 +326,7 @@ async fn invoke(
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;
     let limit = shared.config.max_body_size;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let declared = wire::declared_len(
         parts
             .headers
@@ -336,8 +336,6 @@ async fn invoke(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(Error::BodyTooLarge { limit });
     }
-    let skip = [names::DAPR_APP_ID, names::API_TOKEN];
-    let client = wire::ClientHeaders::new(&parts.headers, &skip);
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -365,6 +363,9 @@ async fn invoke(
         &id,
         internal.message.as_ref().map_or("", |m| m.method.as_str()),
     );
+    // The headers are read: they travel on as they are.
+    let skip = [names::DAPR_APP_ID, names::API_TOKEN];
+    let client = wire::ClientHeaders::new(std::mem::take(&mut parts.headers), &skip);
     let body = limited(body, limit);
     let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
         .await

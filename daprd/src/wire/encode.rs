@@ -18,21 +18,23 @@ pub enum Spelling {
     Canonical,
 }
 
-/// Whether `lower`, a lower-case header name, spelt Go-canonical ([`Spelling::Canonical`])
-/// is `other`.
+/// The bytes of `name`, a header name, spelt Go-canonical ([`Spelling::Canonical`]).
+fn canonical_bytes(name: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut word_start = true;
+    name.bytes().map(move |b| {
+        let spelt = if word_start {
+            b.to_ascii_uppercase()
+        } else {
+            b.to_ascii_lowercase()
+        };
+        word_start = b == b'-';
+        spelt
+    })
+}
+
+/// Whether `lower`, a lower-case header name, spelt Go-canonical is `other`.
 pub fn is_spelt_canonical(lower: &str, other: &str) -> bool {
-    lower.len() == other.len() && {
-        let mut word_start = true;
-        lower.bytes().zip(other.bytes()).all(|(b, o)| {
-            let spelt = if word_start {
-                b.to_ascii_uppercase()
-            } else {
-                b.to_ascii_lowercase()
-            };
-            word_start = b == b'-';
-            spelt == o
-        })
-    }
+    lower.len() == other.len() && canonical_bytes(lower).eq(other.bytes())
 }
 
 /// A string field's encoded length.
@@ -90,14 +92,8 @@ pub fn encode_entry<S: AsRef<[u8]>>(
             Spelling::Canonical => {
                 encode_key(1, WireType::LengthDelimited, buf);
                 encode_varint(name.len() as u64, buf);
-                let mut word_start = true;
-                for b in name.bytes() {
-                    buf.put_u8(if word_start {
-                        b.to_ascii_uppercase()
-                    } else {
-                        b.to_ascii_lowercase()
-                    });
-                    word_start = b == b'-';
+                for b in canonical_bytes(name) {
+                    buf.put_u8(b);
                 }
             }
         }

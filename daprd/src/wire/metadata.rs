@@ -3,6 +3,7 @@
 
 use dapr_proto::internals::v1::ListStringValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use super::{Metadata, names};
 
@@ -98,19 +99,6 @@ pub fn app_response_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> M
     collect_headers(headers, skip, canonical_name)
 }
 
-/// An HTTP API request's headers → invocation metadata, named as upstream's caller names them:
-/// its `http.Header` keys, Go-canonical (`Content-Type`, `X-Custom-Header`), which is the
-/// spelling upstream's callee looks for when it renames permanent HTTP headers `dapr-<name>` for
-/// a gRPC app (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`). Dapr's own entries
-/// (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced and stamped
-/// under those, here and by upstream. The caller's own path writes these entries without the
-/// map ([`ClientHeaders`]); this is the map they stand for.
-pub fn request_headers_to_metadata(headers: &HeaderMap, skip: &[&str]) -> Metadata {
-    let mut metadata = Metadata::new();
-    ClientHeaders::new(headers, skip).insert_into(&mut metadata);
-    metadata
-}
-
 /// Every header but hop-by-hop ones and `skip`, with all its (text) values, under `key(name)`.
 fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> String) -> Metadata {
     let mut metadata = Metadata::new();
@@ -129,36 +117,53 @@ fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> Str
     metadata
 }
 
-/// An HTTP API request's headers that travel as invocation metadata, kept as the client's
-/// header names and values (shared, not copied) instead of a map of owned strings: the caller
-/// writes them straight into the request's frame ([`super::Stamps::stream_frame`]), under the
-/// names [`request_headers_to_metadata`] gives them, and puts them into a map
-/// ([`ClientHeaders::insert_into`]) only on the paths that hand a request to tonic or keep it
-/// for another attempt. Names are the map's own (lower-case), each once, with its values in
-/// order; the filter is [`request_headers_to_metadata`]'s.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClientHeaders(Vec<(HeaderName, smallvec::SmallVec<[HeaderValue; 1]>)>);
+/// Header names, each once, with their values: a header map's entries as they travel.
+pub(super) type HeaderEntries = Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)>;
 
-impl ClientHeaders {
-    /// Every header of `headers` but hop-by-hop ones and `skip`, with its text values.
-    pub fn new(headers: &HeaderMap, skip: &[&str]) -> Self {
-        let mut kept: Vec<(HeaderName, smallvec::SmallVec<[HeaderValue; 1]>)> =
-            Vec::with_capacity(headers.keys_len());
-        for name in headers.keys() {
-            if is_hop_by_hop(name.as_str()) || skip.contains(&name.as_str()) {
-                continue;
-            }
-            let values: smallvec::SmallVec<[HeaderValue; 1]> = headers
-                .get_all(name)
-                .iter()
-                .filter(|value| value.to_str().is_ok())
-                .cloned()
-                .collect();
-            if !values.is_empty() {
-                kept.push((name.clone(), values));
+/// The entries of `headers` that travel, taken from it without a copy: all but hop-by-hop ones
+/// and those `drop` names, each with its values that are visible ASCII (a header with none
+/// does not travel), as [`collect_headers`] keeps them.
+pub(super) fn travelling(headers: HeaderMap, drop: impl Fn(&HeaderName) -> bool) -> HeaderEntries {
+    let mut kept: HeaderEntries = Vec::with_capacity(headers.keys_len());
+    // The map's own iterator names each header once, before all of its values.
+    let mut travels = false;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            travels = !is_hop_by_hop(name.as_str()) && !drop(&name);
+            if travels {
+                kept.push((name, SmallVec::new()));
             }
         }
-        ClientHeaders(kept)
+        if travels
+            && value.to_str().is_ok()
+            && let Some((_, values)) = kept.last_mut()
+        {
+            values.push(value);
+        }
+    }
+    kept.retain(|(_, values)| !values.is_empty());
+    kept
+}
+
+/// An HTTP API request's headers that travel as invocation metadata, named as upstream's caller
+/// names them: its `http.Header` keys, Go-canonical (`Content-Type`, `X-Custom-Header`), which
+/// is the spelling upstream's callee looks for when it renames permanent HTTP headers
+/// `dapr-<name>` for a gRPC app (`pkg/messaging/v1/util.go`, `isPermanentHTTPHeader`). Dapr's
+/// own entries (`dapr-*`, `traceparent`) keep their lower-case names: they are read, replaced
+/// and stamped under those, here and by upstream.
+///
+/// Kept as the client's header names and values instead of a map of owned strings: the caller
+/// writes them straight into the request's frame ([`super::Stamps::stream_frame`]) and puts
+/// them into a map ([`ClientHeaders::insert_into`]) only on the paths that hand a request to
+/// tonic or keep it for another attempt. Names are held lower-case, each once, with its values
+/// in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientHeaders(HeaderEntries);
+
+impl ClientHeaders {
+    /// Takes every header of `headers` but hop-by-hop ones and `skip`, with its text values.
+    pub fn new(headers: HeaderMap, skip: &[&str]) -> Self {
+        ClientHeaders(travelling(headers, |name| skip.contains(&name.as_str())))
     }
 
     /// How `name` is spelt as metadata: Dapr's own names as they are, others Go-canonical.
@@ -187,12 +192,8 @@ impl ClientHeaders {
             .and_then(|value| value.to_str().ok())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The headers as map entries, as [`request_headers_to_metadata`] makes them, added to
-    /// `metadata`'s (the values after any it holds under the same name).
+    /// The headers as map entries, named as they travel, added to `metadata`'s (the values
+    /// after any it holds under the same name).
     pub fn insert_into(self, metadata: &mut Metadata) {
         for (name, values) in self.0 {
             let key = match Self::spelling(&name) {
@@ -487,7 +488,8 @@ mod tests {
         headers.insert("dapr-caller-app-id", HeaderValue::from_static("spoof"));
         headers.insert("dapr-app-id", HeaderValue::from_static("b"));
         headers.insert("connection", HeaderValue::from_static("keep-alive"));
-        let md = request_headers_to_metadata(&headers, &[names::DAPR_APP_ID]);
+        let mut md = Metadata::new();
+        ClientHeaders::new(headers, &[names::DAPR_APP_ID]).insert_into(&mut md);
         let names: Vec<&str> = md.keys().map(String::as_str).collect();
         assert_eq!(
             names,

@@ -8,12 +8,11 @@ use std::marker::PhantomData;
 use bytes::BufMut;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::Status as InvokeStatus;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len, message};
-use smallvec::SmallVec;
 
 use super::encode::{Spelling, encode_entry, entry_len};
-use super::metadata::is_hop_by_hop;
+use super::metadata::{HeaderEntries, travelling};
 
 /// A message the internal server sends: written by its own code, or by prost.
 pub trait Sent {
@@ -60,7 +59,7 @@ impl<M: Sent> tonic::codec::Encoder for SentEncoder<M> {
 pub struct SentResponse {
     status: InvokeStatus,
     /// The headers that travel, each with its values that do.
-    headers: Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)>,
+    headers: HeaderEntries,
     spelling: Spelling,
     message: InvokeResponse,
 }
@@ -80,28 +79,9 @@ impl SentResponse {
         spelling: Spelling,
         message: InvokeResponse,
     ) -> Self {
-        let mut kept: Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)> =
-            Vec::with_capacity(headers.keys_len());
-        // The map's own iterator names each header once, before all of its values.
-        let mut travels = false;
-        for (name, value) in headers {
-            if let Some(name) = name {
-                travels = !is_hop_by_hop(name.as_str()) && name != http::header::CONTENT_TYPE;
-                if travels {
-                    kept.push((name, SmallVec::new()));
-                }
-            }
-            if travels
-                && value.to_str().is_ok()
-                && let Some((_, values)) = kept.last_mut()
-            {
-                values.push(value);
-            }
-        }
-        kept.retain(|(_, values)| !values.is_empty());
         SentResponse {
             status,
-            headers: kept,
+            headers: travelling(headers, |name| name == http::header::CONTENT_TYPE),
             spelling,
             message,
         }
