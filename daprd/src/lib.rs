@@ -341,7 +341,9 @@ async fn start_api_servers(
     Ok(())
 }
 
-/// The internal API other sidecars call: mTLS with an identity, else plaintext.
+/// The internal API other sidecars call: mTLS with an identity, else plaintext. Served by
+/// hyper's HTTP/2 server with [`inbound::Routes`] per connection, which carry the peer's
+/// verified identity.
 async fn start_internal_server(
     sidecar: &Sidecar,
     servers: &mut Servers,
@@ -350,34 +352,70 @@ async fn start_internal_server(
     let config = &sidecar.shared.config;
     let addr = SocketAddr::new(config.internal_listen_address, config.internal_grpc_port);
     let (listener, addr) = bind(addr).await?;
-    let layer = metrics::GrpcLayer::new(&sidecar.shared.metrics);
-    let mut server = internal_grpc_server().layer(layer);
-    let router = server.add_routes(inbound::routes(Arc::clone(&sidecar.internal)));
+    let routes = internal_routes(&sidecar.internal, &sidecar.shared.metrics);
     let stop = stop.clone();
     let security = match sidecar.identity.clone() {
         None => {
-            servers.spawn(async move {
-                let incoming = plaintext("internal", listener, stop.clone());
-                router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
-            });
+            let incoming = plaintext("internal", listener, stop.clone());
+            servers.spawn(serve_internal(incoming, stop, move |_| routes(None)));
             "plaintext"
         }
         Some(current) => {
-            servers.spawn(async move {
-                let incoming =
-                    identity::transport::incoming(listener, current, LIMITS, stop.clone());
-                router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                    .map_err(|e| format!("internal gRPC server on {addr}: {e}"))
-            });
+            let incoming = identity::transport::incoming(listener, current, LIMITS, stop.clone());
+            servers.spawn(serve_internal(incoming, stop, routes));
             "mTLS"
         }
     };
     tracing::info!("internal gRPC server listening on {addr} ({security})");
+    Ok(())
+}
+
+/// The internal server's service for a connection from `peer`: [`inbound::Routes`] under the
+/// `dapr_grpc_io_server_*` metrics.
+fn internal_routes(
+    internal: &Arc<inbound::Internal>,
+    metrics: &Arc<metrics::Metrics>,
+) -> impl Fn(Option<identity::transport::PeerIdentity>) -> InternalService + Send + 'static {
+    use tower::{Layer, ServiceExt};
+    let (internal, layer) = (Arc::clone(internal), metrics::GrpcLayer::new(metrics));
+    move |peer| {
+        let routes = layer.layer(inbound::Routes::new(Arc::clone(&internal), peer));
+        let routes = routes.map_request(to_tonic_body as fn(_) -> _);
+        hyper_util::service::TowerToHyperService::new(routes)
+    }
+}
+
+/// A connection's service on the internal port.
+type InternalService = hyper_util::service::TowerToHyperService<
+    tower::util::MapRequest<
+        metrics::GrpcService<inbound::Routes>,
+        fn(http::Request<hyper::body::Incoming>) -> http::Request<tonic::body::Body>,
+    >,
+>;
+
+fn to_tonic_body(
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Request<tonic::body::Body> {
+    request.map(tonic::body::Body::new)
+}
+
+/// Serves the internal API on `incoming` until `stop`, with [`INTERNAL_RECEIVE_WINDOW`].
+async fn serve_internal<IO, M>(
+    incoming: ReceiverStream<std::io::Result<Guarded<IO>>>,
+    stop: CancellationToken,
+    routes: M,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    M: Fn(IO::ConnectInfo) -> InternalService,
+{
+    let settings = dapr_serve::H2Settings {
+        receive_window: INTERNAL_RECEIVE_WINDOW,
+        // As grpc-go's server (upstream's callee) by default: a peer's streams are not bounded
+        // per connection.
+        max_concurrent_streams: None,
+    };
+    dapr_serve::serve_h2("internal", incoming, LIMITS, settings, stop, routes).await;
     Ok(())
 }
 
@@ -547,19 +585,12 @@ fn grpc_server() -> tonic::transport::Server {
 
 /// The internal server's HTTP/2 receive window, per stream and per connection: what grpc-go's
 /// server grows its windows to (its bandwidth-delay estimate is capped at 16 MiB), and so what
-/// upstream's callee buffers of a request (`docs/limits.md`).
-pub const INTERNAL_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
-
-/// The internal server: [`grpc_server`] with [`INTERNAL_RECEIVE_WINDOW`]. Upstream's caller sends
-/// a whole request before it reads any of the answer (`invokeRemoteStream`,
+/// upstream's callee buffers of a request (`docs/limits.md`). Upstream's caller sends a whole
+/// request before it reads any of the answer (`invokeRemoteStream`,
 /// `pkg/messaging/direct_messaging.go`), so with an app that answers while it reads (an echo)
 /// the request must fit in what the callee and the sockets buffer; with hyper's 1 MiB default a
 /// 10 MiB body from upstream's daprd stalled about one time in four.
-fn internal_grpc_server() -> tonic::transport::Server {
-    grpc_server()
-        .initial_stream_window_size(INTERNAL_RECEIVE_WINDOW)
-        .initial_connection_window_size(INTERNAL_RECEIVE_WINDOW)
-}
+pub const INTERNAL_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Blocks readiness until the app port accepts TCP connections (dial every 100ms), as upstream.
 async fn wait_for_app(shared: &Shared, stop: &CancellationToken) {
@@ -604,12 +635,20 @@ mod tests {
             let _held = request;
             std::future::pending::<axum::response::Response>().await
         });
-        let routes = tonic::service::Routes::from(router);
-        let server = tokio::spawn(
-            internal_grpc_server()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let stop = CancellationToken::new();
+        let incoming = plaintext("internal", listener, stop.clone());
+        let settings = dapr_serve::H2Settings {
+            receive_window: INTERNAL_RECEIVE_WINDOW,
+            max_concurrent_streams: None,
+        };
+        let server = tokio::spawn(dapr_serve::serve_h2(
+            "internal",
+            incoming,
+            LIMITS,
+            settings,
+            stop,
+            move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+        ));
 
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");

@@ -55,7 +55,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use accept::{Guarded, Listener, bind_unix, incoming};
-pub use http::{HttpHandler, ResponseBody, serve_http, serve_plain_http};
+pub use http::{H2Settings, HttpHandler, ResponseBody, serve_h2, serve_http, serve_plain_http};
 pub use peer::WithPeer;
 pub use preface::Preface;
 

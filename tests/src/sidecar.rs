@@ -39,12 +39,14 @@ pub fn binary(name: &str) -> PathBuf {
 /// binary (a missing binary is left to the caller, which names the build command).
 fn newer_source_than(binary: &Path) -> Option<PathBuf> {
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    // What every binary links, then its own crate.
-    let mut dirs = vec!["proto", "crds/src", "serve/src", "identity/src"];
+    // What every binary links, then what its own crate links: the products also link the
+    // serving and CRD crates, the test peers (this crate's binaries) do not.
+    let mut dirs = vec!["proto", "identity/src"];
+    let product = ["crds/src", "serve/src"];
     match binary.file_name().and_then(|n| n.to_str()) {
-        Some("sentry") => dirs.push("sentry/src"),
-        Some("daprd") => dirs.push("daprd/src"),
-        Some("injector") => dirs.push("injector/src"),
+        Some("sentry") => dirs.extend(product.iter().chain(&["sentry/src"])),
+        Some("daprd") => dirs.extend(product.iter().chain(&["daprd/src"])),
+        Some("injector") => dirs.extend(product.iter().chain(&["injector/src"])),
         _ => dirs.push("tests/src"),
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

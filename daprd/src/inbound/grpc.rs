@@ -2,76 +2,117 @@
 //! with the callee's own decoder (`wire::ReceivedRequest`: metadata as slices of the received
 //! message) and whose streamed answers are written by its own encoder (`wire::SentResponse`:
 //! headers straight from the app's), and every other gRPC path proxied to the app.
+//!
+//! Routed by a `match` on the path, served by hyper's HTTP/2 server directly
+//! (`dapr_serve::serve_h2`): no router, no tonic transport stack (bench/notes.md).
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::routing::any;
 use dapr_proto::internals::v1::InternalInvokeResponse;
+use futures::future::BoxFuture;
 use tonic::Status;
+use tonic::body::Body;
 use tonic::codec::Codec;
 
 use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
+use crate::identity::transport::PeerIdentity;
 use crate::wire::{
     Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage, Sent, SentEncoder,
     SentResponseStream,
 };
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
-const SERVICE_PATHS: &str = "/dapr.proto.internals.v1.ServiceInvocation/{*method}";
+const SERVICE_PREFIX: &str = "/dapr.proto.internals.v1.ServiceInvocation/";
 
-/// The routes of [`Internal`]'s server.
-pub fn routes(internal: Arc<Internal>) -> tonic::service::Routes {
-    let call_local = {
-        let internal = Arc::clone(&internal);
-        move |request: axum::extract::Request| {
-            let internal = Arc::clone(&internal);
-            async move {
+/// One connection's routes: the peer its certificate proved (none on a plaintext port) goes
+/// with every request on it.
+#[derive(Clone)]
+pub struct Routes {
+    internal: Arc<Internal>,
+    peer: Option<PeerIdentity>,
+}
+
+impl Routes {
+    pub fn new(internal: Arc<Internal>, peer: Option<PeerIdentity>) -> Routes {
+        Routes { internal, peer }
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Routes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let (internal, peer) = (Arc::clone(&self.internal), self.peer.clone());
+        let deadline = grpc_timeout(request.headers());
+        let answer: BoxFuture<'static, http::Response<Body>> = match request.uri().path() {
+            CALL_LOCAL => Box::pin(async move {
                 let method = tower::service_fn(move |request| {
-                    let internal = Arc::clone(&internal);
-                    async move { internal.call_local(request).await }
+                    let (internal, peer) = (Arc::clone(&internal), peer.clone());
+                    async move { internal.call_local(peer, request).await }
                 });
-                let response = server::<InternalInvokeResponse, ReceivedRequest>()
+                server::<InternalInvokeResponse, ReceivedRequest>()
                     .unary(method, request)
-                    .await;
-                response.map(axum::body::Body::new)
-            }
-        }
-    };
-    let call_local_stream = {
-        let internal = Arc::clone(&internal);
-        move |request: axum::extract::Request| {
-            let internal = Arc::clone(&internal);
-            async move {
+                    .await
+            }),
+            CALL_LOCAL_STREAM => Box::pin(async move {
                 let method = tower::service_fn(move |request| {
-                    let internal = Arc::clone(&internal);
-                    async move { internal.call_local_stream(request).await }
+                    let (internal, peer) = (Arc::clone(&internal), peer.clone());
+                    async move { internal.call_local_stream(peer, request).await }
                 });
-                let response = server::<SentResponseStream, ReceivedStreamMessage>()
+                server::<SentResponseStream, ReceivedStreamMessage>()
                     .streaming(method, request)
-                    .await;
-                response.map(axum::body::Body::new)
+                    .await
+            }),
+            path if path.starts_with(SERVICE_PREFIX) => {
+                Box::pin(async { Status::unimplemented("").into_http() })
             }
-        }
-    };
-    let router = axum::Router::new()
-        .route(CALL_LOCAL, any(call_local))
-        .route(CALL_LOCAL_STREAM, any(call_local_stream))
-        .route(
-            SERVICE_PATHS,
-            any(|| async { Status::unimplemented("").into_http::<axum::body::Body>() }),
-        )
-        .fallback(move |request: axum::extract::Request| {
-            let internal = Arc::clone(&internal);
-            async move {
-                let request = request.map(tonic::body::Body::new);
-                match internal.proxy(request).await {
-                    Ok(response) => response.map(axum::body::Body::new),
-                    Err(e) => Status::from(e).into_http::<axum::body::Body>(),
+            _ => Box::pin(async move {
+                match internal.proxy(peer.as_ref(), request).await {
+                    Ok(response) => response,
+                    Err(e) => Status::from(e).into_http(),
                 }
-            }
-        });
-    tonic::service::Routes::from(router)
+            }),
+        };
+        match deadline {
+            None => Box::pin(async move { Ok(answer.await) }),
+            Some(deadline) => Box::pin(async move {
+                Ok(tokio::time::timeout(deadline, answer)
+                    .await
+                    .unwrap_or_else(|_| Status::deadline_exceeded("timeout expired").into_http()))
+            }),
+        }
+    }
+}
+
+/// The caller's `grpc-timeout` (at most eight digits and a unit, per gRPC over HTTP/2):
+/// the handler gets that long to answer, as grpc-go's server cancels a call's context at its
+/// deadline. A value that does not parse is ignored, as tonic's server ignores it.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = value.split_last().map(|(unit, digits)| (digits, *unit))?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// A method's server: no compression (as the generated servers, by default), and no limit on
@@ -104,5 +145,33 @@ where
 
     fn decoder(&mut self) -> Self::Decoder {
         ReceivedDecoder::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("a header value"));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn a_grpc_timeout_reads_in_each_unit_and_a_malformed_one_is_ignored() {
+        assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout_of("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            timeout_of("99999999S"),
+            Some(Duration::from_secs(99_999_999))
+        );
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout_of("9n"), Some(Duration::from_nanos(9)));
+        for malformed in ["", "S", "100", "123456789S", "1x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(timeout_of(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

@@ -120,10 +120,11 @@ impl Internal {
     /// name, then forwarded to the app as it is.
     pub async fn proxy(
         &self,
+        peer: Option<&PeerIdentity>,
         mut request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         let mut span = self.proxy_span(&mut request);
-        let result = self.proxy_inner(request).await;
+        let result = self.proxy_inner(peer, request).await;
         crate::trace::end_on_error(&mut span, &result);
         Ok(match span {
             None => result?,
@@ -154,15 +155,12 @@ impl Internal {
 
     async fn proxy_inner(
         &self,
+        peer: Option<&PeerIdentity>,
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, Error> {
         {
             // Scoped so no borrow of the (non-`Sync`) request lives across the await below.
             let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-            let peer = request
-                .extensions()
-                .get::<Option<PeerIdentity>>()
-                .and_then(Option::as_ref);
             self.check_access(
                 peer,
                 header(names::CALLER_APP_ID),
@@ -284,13 +282,13 @@ fn response_status_and_message(app: &AppResponse) -> (InvokeStatus, InvokeRespon
     (status, message)
 }
 
-/// `ServiceInvocation`'s methods, served by [`grpc::routes`].
+/// `ServiceInvocation`'s methods, served by [`grpc::Routes`].
 impl Internal {
     async fn call_local(
         &self,
+        peer: Option<PeerIdentity>,
         request: Request<ReceivedRequest>,
     ) -> Result<Response<InternalInvokeResponse>, Status> {
-        let peer = peer_of(request.extensions());
         let mut request = request.into_inner();
         // The bytes only: the data's `type_url` stays with the message for the app.
         let data = request
@@ -327,9 +325,9 @@ impl Internal {
 
     async fn call_local_stream(
         &self,
+        peer: Option<PeerIdentity>,
         request: Request<Streaming<ReceivedStreamMessage>>,
     ) -> Result<Response<BoxStream<Result<SentResponseStream, Status>>>, Status> {
-        let peer = peer_of(request.extensions());
         let mut incoming = request.into_inner();
         let first = incoming
             .message()
@@ -421,11 +419,6 @@ fn ended_on_error<T>(span: &mut Option<Span>, result: Result<T, Error>) -> Resul
     result
 }
 
-/// The verified peer of a request that came over mTLS.
-fn peer_of(extensions: &http::Extensions) -> Option<PeerIdentity> {
-    extensions.get::<Option<PeerIdentity>>().cloned().flatten()
-}
-
 /// Shared handle for the server builder.
 pub fn server(
     config: &Config,
@@ -435,7 +428,7 @@ pub fn server(
     Internal::new(config, metrics, tracer).map(Arc::new)
 }
 
-pub use grpc::routes;
+pub use grpc::Routes;
 
 /// The caller as upstream names it in an access-control denial: the SPIFFE id of its
 /// certificate, or nothing without one (`pkg/acl/acl.go` prints the id's URL, empty when the
