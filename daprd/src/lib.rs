@@ -30,6 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+/// The maps looked up on every call (peer connections, resolved addresses), hashed with
+/// foldhash seeded per process instead of SipHash (`docs/dependencies.md`).
+pub(crate) type CallMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use config::Config;
 pub use error::{Error, StartError};
 

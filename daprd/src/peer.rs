@@ -11,7 +11,6 @@
 //! Both sides use it: [`crate::outbound`] for calls to other sidecars, [`crate::inbound`] for
 //! `OnInvoke` to a plaintext gRPC app; so it sits beside them, below both.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -64,7 +63,7 @@ struct Slot {
 
 /// The pool of peer connections for calls with the request in hand.
 pub struct Peers {
-    slots: Arc<Mutex<HashMap<SocketAddr, Slot>>>,
+    slots: Arc<Mutex<crate::CallMap<SocketAddr, Slot>>>,
     /// Dials with this identity under mTLS; `None` dials in plaintext.
     identity: Option<crate::identity::Current>,
     /// What is at the other end, for error messages: `peer` or `app`.
@@ -75,7 +74,7 @@ impl Peers {
     /// Connections to other sidecars, over mTLS with `identity`.
     pub fn new(identity: Option<crate::identity::Current>) -> Self {
         Peers {
-            slots: Arc::new(Mutex::new(HashMap::new())),
+            slots: Arc::default(),
             identity,
             what: "peer",
         }
@@ -327,7 +326,7 @@ impl Peers {
 }
 
 fn forget(
-    slots: &Mutex<HashMap<SocketAddr, Slot>>,
+    slots: &Mutex<crate::CallMap<SocketAddr, Slot>>,
     addr: SocketAddr,
     conn: &Arc<OnceCell<Dialled>>,
 ) {

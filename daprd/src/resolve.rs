@@ -8,7 +8,7 @@
 pub mod mdns;
 pub mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,7 +194,7 @@ pub fn known_address(config: &Config) -> Option<IpAddr> {
     })
 }
 
-type Entries = HashMap<Target, (Arc<[SocketAddr]>, Instant)>;
+type Entries = crate::CallMap<Target, (Arc<[SocketAddr]>, Instant)>;
 
 /// Addresses per target, reused for [`CACHE_TTL`].
 #[derive(Default)]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dapr_proto::internals::v1::InternalInvokeResponse;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
@@ -22,7 +21,7 @@ use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
 use crate::identity::transport::PeerIdentity;
 use crate::wire::{
     Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage, Sent, SentEncoder,
-    SentResponseStream,
+    SentResponse, SentResponseStream,
 };
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
@@ -60,7 +59,7 @@ impl tower::Service<http::Request<Body>> for Routes {
                     let (internal, peer) = (Arc::clone(&internal), peer.clone());
                     async move { internal.call_local(peer, request).await }
                 });
-                server::<InternalInvokeResponse, ReceivedRequest>()
+                server::<SentResponse, ReceivedRequest>()
                     .unary(method, request)
                     .await
             }),

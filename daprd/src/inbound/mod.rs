@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
-use dapr_proto::internals::v1::{InternalInvokeResponse, Status as InvokeStatus};
+use dapr_proto::internals::v1::Status as InvokeStatus;
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -224,32 +224,18 @@ fn wire_check_method(method: &str) -> Result<(), Error> {
     crate::outbound::http::check_method(method)
 }
 
-/// The response head sent back to the calling sidecar. Typed data's `type_url` travels in the
-/// head's `data` (its bytes follow), as upstream's callee streams it
+/// The response head sent back to the calling sidecar, written straight from the app's
+/// headers, which it takes, without a map of them ([`wire::SentResponse`]). An HTTP app's
+/// header names travel Go-canonical, a gRPC app's lower-case, as upstream's callee sends them;
+/// the content type travels in the message only. A unary answer carries the app's whole body
+/// as its `data`. A streamed one sends the bytes after the head, and typed data's `type_url`
+/// travels in the head's `data`, as upstream's callee streams it
 /// (`pkg/api/grpc/daprinternal.go`).
-/// An HTTP app's header names travel Go-canonical, a gRPC app's lower-case, as upstream's callee
-/// sends them (`wire::app_response_headers_to_metadata`); the content type travels in the
-/// message only.
-fn response_head(app: &AppResponse) -> InternalInvokeResponse {
-    let skip = [http::header::CONTENT_TYPE.as_str()];
-    let headers = if app.from_http_app {
-        wire::app_response_headers_to_metadata(&app.headers, &skip)
-    } else {
-        wire::headers_to_metadata(&app.headers, &skip)
-    };
-    let (status, message) = response_status_and_message(app);
-    InternalInvokeResponse {
-        status: Some(status),
-        headers,
-        trailers: Default::default(),
-        message: Some(message),
+fn sent_head(app: &mut AppResponse, data: Option<Vec<u8>>) -> SentResponse {
+    let (status, mut message) = response_status_and_message(app);
+    if let Some(data) = data {
+        message.data.get_or_insert_default().value = data;
     }
-}
-
-/// [`response_head`] as a streamed answer sends it: written straight from the app's headers,
-/// which it takes, without a map of them ([`wire::SentResponse`]).
-fn sent_head(app: &mut AppResponse) -> SentResponse {
-    let (status, message) = response_status_and_message(app);
     let spelling = if app.from_http_app {
         Spelling::Canonical
     } else {
@@ -288,7 +274,7 @@ impl Internal {
         &self,
         peer: Option<PeerIdentity>,
         request: Request<ReceivedRequest>,
-    ) -> Result<Response<InternalInvokeResponse>, Status> {
+    ) -> Result<Response<SentResponse>, Status> {
         let mut request = request.into_inner();
         // The bytes only: the data's `type_url` stays with the message for the app.
         let data = request
@@ -315,12 +301,11 @@ impl Internal {
         if let Some(span) = span {
             span.end();
         }
-        let mut head = response_head(&response);
-        let body = app_channel::collect(response.body, usize::MAX).await?;
-        if let Some(message) = head.message.as_mut() {
-            message.data.get_or_insert_default().value = body.to_vec();
-        }
-        Ok(Response::new(head))
+        let mut response = response;
+        // An empty stream in its place: a zero-sized box, no allocation.
+        let body = std::mem::replace(&mut response.body, Box::pin(futures::stream::empty()));
+        let body = app_channel::collect(body, usize::MAX).await?;
+        Ok(Response::new(sent_head(&mut response, Some(body.to_vec()))))
     }
 
     async fn call_local_stream(
@@ -359,7 +344,7 @@ impl Internal {
                 .and_then(|v| v.to_str().ok()),
         );
         let mut head = SentResponseStream {
-            head: Some(sent_head(&mut response)),
+            head: Some(sent_head(&mut response, None)),
             payload: None,
         };
         let body = wire::read_small(response.body, declared, app_channel::APP_RESPONSE_TIMEOUT)
@@ -440,10 +425,28 @@ fn denied_caller(peer: Option<&PeerIdentity>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use dapr_proto::internals::v1::InternalInvokeResponseStream;
+    use dapr_proto::internals::v1::{InternalInvokeResponse, InternalInvokeResponseStream};
     use http::{HeaderMap, HeaderValue};
 
     use super::*;
+
+    /// The answer head built as a map of the app's headers, for prost to encode: the reference
+    /// [`sent_head`], which writes it without a map, is checked against.
+    fn response_head(app: &AppResponse) -> InternalInvokeResponse {
+        let skip = [http::header::CONTENT_TYPE.as_str()];
+        let headers = if app.from_http_app {
+            wire::app_response_headers_to_metadata(&app.headers, &skip)
+        } else {
+            wire::headers_to_metadata(&app.headers, &skip)
+        };
+        let (status, message) = response_status_and_message(app);
+        InternalInvokeResponse {
+            status: Some(status),
+            headers,
+            trailers: Default::default(),
+            message: Some(message),
+        }
+    }
 
     fn answer(from_http_app: bool) -> AppResponse {
         let mut headers = HeaderMap::new();
@@ -489,26 +492,32 @@ mod tests {
         );
     }
 
+    /// An answer with headers that travel, repeat, do not travel, or are not visible ASCII.
+    fn awkward_answer(from_http_app: bool) -> AppResponse {
+        let mut app = answer(from_http_app);
+        app.headers
+            .append("x-custom-header", HeaderValue::from_static("2"));
+        app.headers
+            .insert("www-authenticate", HeaderValue::from_static("basic"));
+        app.headers
+            .insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        app.headers
+            .insert("x-b3--id", HeaderValue::from_static("a"));
+        // Not visible ASCII: left out, and a header with no other value with it.
+        let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").expect("a header value");
+        app.headers.insert("x-opaque", opaque.clone());
+        app.headers.append("x-custom-header", opaque);
+        app.status = 201;
+        app.message = "created".into();
+        app.type_url = "type.googleapis.com/x".into();
+        app
+    }
+
     #[test]
     fn a_streamed_head_reads_as_the_one_prost_would_send() {
         use prost::Message;
         for from_http_app in [true, false] {
-            let mut app = answer(from_http_app);
-            app.headers
-                .append("x-custom-header", HeaderValue::from_static("2"));
-            app.headers
-                .insert("www-authenticate", HeaderValue::from_static("basic"));
-            app.headers
-                .insert("transfer-encoding", HeaderValue::from_static("chunked"));
-            app.headers
-                .insert("x-b3--id", HeaderValue::from_static("a"));
-            // Not visible ASCII: left out, and a header with no other value with it.
-            let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").expect("a header value");
-            app.headers.insert("x-opaque", opaque.clone());
-            app.headers.append("x-custom-header", opaque);
-            app.status = 201;
-            app.message = "created".into();
-            app.type_url = "type.googleapis.com/x".into();
+            let mut app = awkward_answer(from_http_app);
             let expected = InternalInvokeResponseStream {
                 response: Some(response_head(&app)),
                 payload: Some(StreamPayload {
@@ -517,13 +526,30 @@ mod tests {
                 }),
             };
             let sent = SentResponseStream {
-                head: Some(sent_head(&mut app)),
+                head: Some(sent_head(&mut app, None)),
                 payload: expected.payload.clone(),
             };
             let mut buf = bytes::BytesMut::new();
             wire::Sent::encode(&sent, &mut buf);
             assert_eq!(buf.len(), wire::Sent::encoded_len(&sent));
             let decoded = InternalInvokeResponseStream::decode(buf.freeze()).expect("decodes");
+            assert_eq!(decoded, expected, "from an HTTP app: {from_http_app}");
+        }
+    }
+
+    #[test]
+    fn a_unary_answer_reads_as_the_one_prost_would_send_with_the_body_as_its_data() {
+        use prost::Message;
+        for from_http_app in [true, false] {
+            let mut app = awkward_answer(from_http_app);
+            let mut expected = response_head(&app);
+            let message = expected.message.as_mut().expect("a message");
+            message.data.get_or_insert_default().value = b"hello".to_vec();
+            let sent = sent_head(&mut app, Some(b"hello".to_vec()));
+            let mut buf = bytes::BytesMut::new();
+            wire::Sent::encode(&sent, &mut buf);
+            assert_eq!(buf.len(), wire::Sent::encoded_len(&sent));
+            let decoded = InternalInvokeResponse::decode(buf.freeze()).expect("decodes");
             assert_eq!(decoded, expected, "from an HTTP app: {from_http_app}");
         }
     }

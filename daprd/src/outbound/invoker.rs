@@ -1,7 +1,6 @@
 //! Calls another sidecar's internal API: resolve the target, reuse one HTTP/2 channel per
 //! address, stream the request, and hand back the response head and its payload stream.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,11 +137,11 @@ pub struct Invoker {
     resolver: Arc<Resolver>,
     /// One channel per peer address, with the target it was opened for (under mTLS the peer
     /// must prove that target's identity).
-    channels: Mutex<HashMap<SocketAddr, (Target, Channel)>>,
+    channels: Mutex<crate::CallMap<SocketAddr, (Target, Channel)>>,
     /// This sidecar's identity under mTLS; `None` dials in plaintext.
     identity: Option<crate::identity::Current>,
     /// What each peer is known to implement (learned from its first call).
-    peers: Mutex<HashMap<SocketAddr, PeerKind>>,
+    peers: Mutex<crate::CallMap<SocketAddr, PeerKind>>,
     /// Connections for calls whose request is in hand (see [`crate::peer`]).
     direct: crate::peer::Peers,
     metrics: Arc<Metrics>,
@@ -163,9 +162,9 @@ impl Invoker {
         Invoker {
             caller,
             resolver,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::default(),
             identity: None,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::default(),
             direct: crate::peer::Peers::new(None),
             metrics: Arc::new(Metrics::disabled()),
             resiliency: None,
