@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
-use crate::wire::{ReceivedDecoder, ReceivedResponseStream};
+use crate::wire::ReceivedResponseStream;
 
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
@@ -98,18 +98,17 @@ impl Peers {
         addr: SocketAddr,
         target: &Target,
         frame: Bytes,
-    ) -> Result<tonic::Streaming<ReceivedResponseStream>, tonic::Status> {
-        let (_, answer) = self
+    ) -> Result<PeerMessages, tonic::Status> {
+        let (parts, body) = self
             .call(
                 addr,
                 Some(target),
                 CALL_LOCAL_STREAM,
-                HeaderMap::new(),
+                &HeaderMap::new(),
                 frame,
-                ReceivedDecoder::default(),
             )
             .await?;
-        Ok(answer)
+        Ok(crate::wire::Messages::response(body, parts.status))
     }
 
     /// `CallLocal` with `frame` (the encoded `InternalInvokeRequest`, `wire::Stamps::frame`):
@@ -150,10 +149,10 @@ impl Peers {
         headers: HeaderMap,
         frame: Bytes,
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
+        let (parts, body) = self.call(addr, target, path, &headers, frame).await?;
         let decoder = tonic_prost::ProstDecoder::<Resp>::default();
-        let (headers, mut answer) = self
-            .call(addr, target, path, headers, frame, decoder)
-            .await?;
+        let mut answer = tonic::Streaming::new_response(decoder, body, parts.status, None, None);
+        let headers = parts.headers;
         let response = answer
             .message()
             .await?
@@ -162,27 +161,22 @@ impl Peers {
         Ok((headers, response))
     }
 
-    /// The answer's messages are read by `decoder`.
-    async fn call<D>(
+    /// The answer's head and its body, unless the head alone says the call failed.
+    async fn call(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
         path: &'static str,
-        headers: HeaderMap,
+        headers: &HeaderMap,
         frame: Bytes,
-        decoder: D,
-    ) -> Result<(HeaderMap, tonic::Streaming<D::Item>), tonic::Status>
-    where
-        D: tonic::codec::Decoder<Error = tonic::Status> + Send + 'static,
-        D::Item: Send + 'static,
-    {
+    ) -> Result<(http::response::Parts, RecvBody), tonic::Status> {
         let mut retried = false;
         let (response, conn) = loop {
             let (conn, connection) = self.connection(addr, target).await?;
             match connection.send.ready().await {
                 Ok(mut send) => {
                     let uri = uri(&connection.authority, path);
-                    break (start(&mut send, uri, &headers, frame.clone()), conn);
+                    break (start(&mut send, uri, headers, frame.clone()), conn);
                 }
                 Err(e) if !retried => {
                     tracing::debug!(%addr, "pooled peer connection closed ({e}); dialling again");
@@ -212,18 +206,12 @@ impl Peers {
         {
             return Err(status);
         }
-        let answer = tonic::Streaming::new_response(
-            decoder,
-            RecvBody {
-                recv: body,
-                data_done: false,
-                done: false,
-            },
-            parts.status,
-            None,
-            None,
-        );
-        Ok((parts.headers, answer))
+        let body = RecvBody {
+            recv: body,
+            data_done: false,
+            done: false,
+        };
+        Ok((parts, body))
     }
 
     /// The connection for `addr`, dialled once however many calls wait for it.
@@ -447,7 +435,12 @@ async fn drive(mut conn: h2::client::Connection<Box<dyn PeerIo>, Bytes>, addr: S
 }
 
 /// An h2 response body as an `http_body::Body`, returning receive capacity as data is read.
-struct RecvBody {
+/// A peer's `CallLocalStream` answer, message by message.
+pub type PeerMessages = crate::wire::Messages<RecvBody, ReceivedResponseStream>;
+
+/// An answer's body straight from h2: its DATA frames (their flow-control credit returned as
+/// they are read), then its trailers.
+pub struct RecvBody {
     recv: h2::RecvStream,
     data_done: bool,
     done: bool,

@@ -1,13 +1,13 @@
 //! The internal gRPC server's routes: `ServiceInvocation`'s two methods, whose requests are read
 //! with the callee's own decoder (`wire::ReceivedRequest`: metadata as slices of the received
-//! message) and whose streamed answers are written by its own encoder (`wire::SentResponse`:
-//! headers straight from the app's), and every other gRPC path proxied to the app.
+//! message) and whose answers are written by its own encoder (`wire::SentResponse`: headers
+//! straight from the app's), and every other gRPC path proxied to the app.
 //!
 //! Routed by a `match` on the path, served by hyper's HTTP/2 server directly
-//! (`dapr_serve::serve_h2`): no router, no tonic transport stack (bench/notes.md).
+//! (`dapr_serve::serve_h2`), the messages framed by `wire::Messages` and `wire::Answer`: no
+//! router, no tonic transport or codec stack (bench/notes.md).
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,14 +15,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::codec::Codec;
 
 use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
 use crate::identity::transport::PeerIdentity;
-use crate::wire::{
-    Received, ReceivedDecoder, ReceivedRequest, ReceivedStreamMessage, Sent, SentEncoder,
-    SentResponse, SentResponseStream,
-};
+use crate::wire::{self, Messages, ReceivedRequest};
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
 const SERVICE_PREFIX: &str = "/dapr.proto.internals.v1.ServiceInvocation/";
@@ -55,22 +51,27 @@ impl tower::Service<http::Request<Body>> for Routes {
         let deadline = grpc_timeout(request.headers());
         let answer: BoxFuture<'static, http::Response<Body>> = match request.uri().path() {
             CALL_LOCAL => Box::pin(async move {
-                let method = tower::service_fn(move |request| {
-                    let (internal, peer) = (Arc::clone(&internal), peer.clone());
-                    async move { internal.call_local(peer, request).await }
-                });
-                server::<SentResponse, ReceivedRequest>()
-                    .unary(method, request)
-                    .await
+                let mut messages = Messages::<_, ReceivedRequest>::request(request.into_body());
+                let answered = async {
+                    let message = messages
+                        .message()
+                        .await?
+                        .ok_or_else(|| Status::internal("Missing request message."))?;
+                    // The whole request, as a unary call reads it, before the handler runs.
+                    while messages.message().await?.is_some() {}
+                    internal.call_local(peer, message).await
+                };
+                match answered.await {
+                    Ok(head) => wire::answer(futures::stream::iter([Ok(head)])),
+                    Err(status) => status.into_http(),
+                }
             }),
             CALL_LOCAL_STREAM => Box::pin(async move {
-                let method = tower::service_fn(move |request| {
-                    let (internal, peer) = (Arc::clone(&internal), peer.clone());
-                    async move { internal.call_local_stream(peer, request).await }
-                });
-                server::<SentResponseStream, ReceivedStreamMessage>()
-                    .streaming(method, request)
-                    .await
+                let messages = Messages::request(request.into_body());
+                match internal.call_local_stream(peer, messages).await {
+                    Ok(answer) => wire::answer(answer),
+                    Err(status) => status.into_http(),
+                }
             }),
             path if path.starts_with(SERVICE_PREFIX) => {
                 Box::pin(async { Status::unimplemented("").into_http() })
@@ -112,39 +113,6 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
         b'n' => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-/// A method's server: no compression (as the generated servers, by default), and no limit on
-/// a message's size (each caller's `--max-body-size` bounds what it sends).
-fn server<E, D>() -> tonic::server::Grpc<InternalCodec<E, D>>
-where
-    E: Sent + Send + 'static,
-    D: Received + Send + 'static,
-{
-    tonic::server::Grpc::new(InternalCodec(PhantomData))
-        .apply_max_message_size_config(Some(usize::MAX), Some(usize::MAX))
-}
-
-/// [`Sent`]'s encoder for the responses, [`Received`]'s decoder for the requests.
-struct InternalCodec<E, D>(PhantomData<fn(E) -> D>);
-
-impl<E, D> Codec for InternalCodec<E, D>
-where
-    E: Sent + Send + 'static,
-    D: Received + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = SentEncoder<E>;
-    type Decoder = ReceivedDecoder<D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        SentEncoder::default()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ReceivedDecoder::default()
-    }
 }
 
 #[cfg(test)]

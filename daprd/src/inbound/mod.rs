@@ -14,7 +14,7 @@ use dapr_proto::common::v1::http_extension::Verb;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::Status as InvokeStatus;
 use futures::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::Error;
 use crate::config::Config;
@@ -273,9 +273,8 @@ impl Internal {
     async fn call_local(
         &self,
         peer: Option<PeerIdentity>,
-        request: Request<ReceivedRequest>,
-    ) -> Result<Response<SentResponse>, Status> {
-        let mut request = request.into_inner();
+        mut request: ReceivedRequest,
+    ) -> Result<SentResponse, Status> {
         // The bytes only: the data's `type_url` stays with the message for the app.
         let data = request
             .message
@@ -305,15 +304,18 @@ impl Internal {
         // An empty stream in its place: a zero-sized box, no allocation.
         let body = std::mem::replace(&mut response.body, Box::pin(futures::stream::empty()));
         let body = app_channel::collect(body, usize::MAX).await?;
-        Ok(Response::new(sent_head(&mut response, Some(body.to_vec()))))
+        Ok(sent_head(&mut response, Some(body.to_vec())))
     }
 
-    async fn call_local_stream(
+    async fn call_local_stream<B>(
         &self,
         peer: Option<PeerIdentity>,
-        request: Request<Streaming<ReceivedStreamMessage>>,
-    ) -> Result<Response<BoxStream<Result<SentResponseStream, Status>>>, Status> {
-        let mut incoming = request.into_inner();
+        mut incoming: wire::Messages<B, ReceivedStreamMessage>,
+    ) -> Result<BoxStream<Result<SentResponseStream, Status>>, Status>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let first = incoming
             .message()
             .await?
@@ -366,7 +368,7 @@ impl Internal {
             .map_err(|e| Status::aborted(format!("app response body failed: {e}")))
         });
         let stream = futures::stream::once(async move { Ok(head) }).chain(payloads);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Box::pin(stream))
     }
 }
 

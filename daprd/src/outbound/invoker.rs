@@ -409,7 +409,7 @@ impl Invoker {
                         };
                     }
                     Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
-                    Ok(Ok(incoming)) => incoming,
+                    Ok(Ok(incoming)) => Incoming::Direct(incoming),
                 }
             }
             ready => {
@@ -422,12 +422,17 @@ impl Invoker {
                 // Boxed: its state (tonic's client, the pump) would otherwise grow the future of
                 // every call, which is moved whole into its box per call.
                 match Box::pin(self.stream_to(target, addr, request, &stamps, body, retry)).await? {
-                    Streamed::Stream(incoming) => incoming,
+                    Streamed::Stream(incoming) => Incoming::Channel(incoming),
                     Streamed::Unary(answer) => return Ok(answer),
                 }
             }
         };
-        let first = match tokio::time::timeout(RESPONSE_TIMEOUT, incoming.message()).await {
+        let first = match tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            wire::MessageStream::message(&mut incoming),
+        )
+        .await
+        {
             Err(_) => return Err(self.timed_out(target)),
             Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
             Ok(Ok(None)) => {
@@ -728,6 +733,22 @@ impl Invoker {
             .await
             .map_err(|e| Self::unresolved(target, e))?;
         self.call_local(target, addr, request, &stamps).await
+    }
+}
+
+/// A peer's `CallLocalStream` answer: read from h2 by [`wire::Messages`] when the request went
+/// out whole (`crate::peer`), or by tonic when it streamed through the channel.
+enum Incoming {
+    Direct(crate::peer::PeerMessages),
+    Channel(tonic::Streaming<wire::ReceivedResponseStream>),
+}
+
+impl wire::MessageStream<wire::ReceivedResponseStream> for Incoming {
+    async fn message(&mut self) -> Result<Option<wire::ReceivedResponseStream>, tonic::Status> {
+        match self {
+            Incoming::Direct(messages) => messages.message().await,
+            Incoming::Channel(streaming) => streaming.message().await,
+        }
     }
 }
 

@@ -169,9 +169,9 @@ const EMPTY_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// last declared byte, before that byte is handed on: HTTP/1 peers stop polling a body once
 /// `content-length` bytes are written, and a gRPC stream dropped before its trailers is reset,
 /// which h2 counts against the connection (1024 resets and it is closed).
-pub async fn payload_body<M: Chunked>(
+pub async fn payload_body<M: Chunked, S: super::MessageStream<M>>(
     leading: Option<StreamPayload>,
-    mut incoming: tonic::Streaming<M>,
+    mut incoming: S,
     declared_len: Option<u64>,
 ) -> BoxStream<Result<Bytes, BoxError>> {
     if declared_len == Some(0) && leading.is_none() {
@@ -190,20 +190,20 @@ pub async fn payload_body<M: Chunked>(
         leading,
         remaining: declared_len,
     };
-    Box::pin(futures::stream::unfold(state, next_payload::<M>))
+    Box::pin(futures::stream::unfold(state, next_payload::<M, S>))
 }
 
-struct PayloadState<M> {
+struct PayloadState<S> {
     /// `None` once the stream has ended.
-    incoming: Option<tonic::Streaming<M>>,
+    incoming: Option<S>,
     seq: SeqCheck,
     leading: Option<StreamPayload>,
     remaining: Option<u64>,
 }
 
-async fn next_payload<M: Chunked>(
-    mut state: PayloadState<M>,
-) -> Option<(Result<Bytes, BoxError>, PayloadState<M>)> {
+async fn next_payload<M: Chunked, S: super::MessageStream<M>>(
+    mut state: PayloadState<S>,
+) -> Option<(Result<Bytes, BoxError>, PayloadState<S>)> {
     let payload = match state.leading.take() {
         Some(payload) => Some(payload),
         None => match state.incoming.as_mut()?.message().await {
@@ -244,7 +244,7 @@ async fn next_payload<M: Chunked>(
                 }
                 Some(Err(status)) => return Some((Err(BoxError::from(status)), state)),
                 None => {
-                    tokio::spawn(read_end(incoming));
+                    tokio::spawn(read_end::<M, S>(incoming));
                 }
             }
         }
@@ -254,7 +254,7 @@ async fn next_payload<M: Chunked>(
 
 /// Reads a stream's end after its declared body was handed on, so the stream closes cleanly
 /// instead of being reset; what comes instead of the end is only logged: the body was whole.
-async fn read_end<M: Chunked>(mut incoming: tonic::Streaming<M>) {
+async fn read_end<M: Chunked, S: super::MessageStream<M>>(mut incoming: S) {
     match tokio::time::timeout(EMPTY_END_TIMEOUT, incoming.message()).await {
         Ok(Ok(None)) => {}
         Ok(Ok(Some(_))) => tracing::debug!("a stream went on past its content-length"),
