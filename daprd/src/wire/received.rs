@@ -32,6 +32,9 @@ pub type Values = SmallVec<[ByteString; 1]>;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReceivedMetadata(Vec<(ByteString, Values)>);
 
+/// Room made for a message's metadata at its first entry: a call's client headers and stamps.
+const USUAL_ENTRIES: usize = 16;
+
 impl ReceivedMetadata {
     /// Where `name`'s entry is, or would go.
     fn find(&self, name: &str) -> Result<usize, usize> {
@@ -335,6 +338,10 @@ impl ReceivedMetadata {
                 (field @ (1 | 2), value) => return Err(value.unexpected(field)),
                 _ => {}
             }
+        }
+        if self.0.capacity() == 0 {
+            // One allocation for a usual call's entries (about a dozen), not one per doubling.
+            self.0.reserve(USUAL_ENTRIES);
         }
         self.0.push((name, values));
         Ok(())
