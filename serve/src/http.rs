@@ -56,7 +56,7 @@ impl<B> ResponseBody for B where
 /// all are closed. The caller bounds that wait by its grace period.
 pub async fn serve_http<T, S, R, B>(
     server: &'static str,
-    mut connections: S,
+    connections: S,
     router: R,
     limits: Limits,
     stop: CancellationToken,
@@ -76,6 +76,29 @@ pub async fn serve_http<T, S, R, B>(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);
+    accept_until_stopped(server, connections, &stop, |io| {
+        let (builder, router, stop) = (builder.clone(), router.clone(), stop.clone());
+        async move {
+            let service = TowerToHyperService::new(router);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            until_stopped(server, connection, &stop, |c| c.graceful_shutdown()).await;
+        }
+    })
+    .await;
+}
+
+/// Serves each connection `connections` yields on a task of its own (`serve`) until `stop` is
+/// cancelled, then waits for every open one to close.
+async fn accept_until_stopped<T, S, F, Fut>(
+    server: &'static str,
+    mut connections: S,
+    stop: &CancellationToken,
+    mut serve: F,
+) where
+    S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
+    F: FnMut(Guarded<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let open = TaskTracker::new();
     loop {
         let io = tokio::select! {
@@ -89,26 +112,35 @@ pub async fn serve_http<T, S, R, B>(
                 None => break,
             },
         };
-        let (builder, router, stop) = (builder.clone(), router.clone(), stop.clone());
-        open.spawn(async move {
-            let service = TowerToHyperService::new(router);
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(server, "connection ended with an error: {e}");
-                    }
-                }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
+        open.spawn(serve(io));
     }
     open.close();
     open.wait().await;
+}
+
+/// Drives `connection` to its end; on `stop`, shuts it down gracefully (in-flight requests
+/// finish) with `shut_down` and drives it to its end then.
+async fn until_stopped<C, E>(
+    server: &'static str,
+    connection: C,
+    stop: &CancellationToken,
+    shut_down: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(server, "connection ended with an error: {e}");
+            }
+        }
+        () = stop.cancelled() => {
+            shut_down(connection.as_mut());
+            let _ = connection.await;
+        }
+    }
 }
 
 /// [`serve_http`] on plaintext connections accepted from `listener` (TCP or Unix-domain)
@@ -149,7 +181,7 @@ pub struct H2Settings {
 /// (`docs/limits.md`).
 pub async fn serve_h2<T, S, M, Svc, B>(
     server: &'static str,
-    mut connections: S,
+    connections: S,
     limits: Limits,
     settings: H2Settings,
     stop: CancellationToken,
@@ -173,37 +205,13 @@ pub async fn serve_h2<T, S, M, Svc, B>(
         .initial_connection_window_size(settings.receive_window)
         .max_concurrent_streams(settings.max_concurrent_streams)
         .auto_date_header(false);
-    let open = TaskTracker::new();
-    loop {
-        let io = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = connections.next() => match next {
-                Some(Ok(io)) => io,
-                Some(Err(e)) => {
-                    tracing::debug!(server, "connection failed before serving: {e}");
-                    continue;
-                }
-                None => break,
-            },
-        };
+    accept_until_stopped(server, connections, &stop, |io| {
         let peer = tonic::transport::server::Connected::connect_info(&io);
         let connection = builder.serve_connection(TokioIo::new(io), service(peer));
         let stop = stop.clone();
-        open.spawn(async move {
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(server, "connection ended with an error: {e}");
-                    }
-                }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
-    }
-    open.close();
-    open.wait().await;
+        async move {
+            until_stopped(server, connection, &stop, |c| c.graceful_shutdown()).await;
+        }
+    })
+    .await;
 }
