@@ -403,7 +403,14 @@ fn to_tonic_body(
     request.map(tonic::body::Body::new)
 }
 
-/// Serves the internal API on `incoming` until `stop`, with [`INTERNAL_RECEIVE_WINDOW`].
+/// The internal server's HTTP/2 settings: [`INTERNAL_RECEIVE_WINDOW`], and a peer's streams not
+/// bounded per connection, as grpc-go's server (upstream's callee) by default.
+const INTERNAL_H2: dapr_serve::H2Settings = dapr_serve::H2Settings {
+    receive_window: INTERNAL_RECEIVE_WINDOW,
+    max_concurrent_streams: None,
+};
+
+/// Serves the internal API on `incoming` until `stop`, with [`INTERNAL_H2`].
 async fn serve_internal<IO, M>(
     incoming: ReceiverStream<std::io::Result<Guarded<IO>>>,
     stop: CancellationToken,
@@ -413,13 +420,7 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     M: Fn(IO::ConnectInfo) -> InternalService,
 {
-    let settings = dapr_serve::H2Settings {
-        receive_window: INTERNAL_RECEIVE_WINDOW,
-        // As grpc-go's server (upstream's callee) by default: a peer's streams are not bounded
-        // per connection.
-        max_concurrent_streams: None,
-    };
-    dapr_serve::serve_h2("internal", incoming, LIMITS, settings, stop, routes).await;
+    dapr_serve::serve_h2("internal", incoming, LIMITS, INTERNAL_H2, stop, routes).await;
     Ok(())
 }
 
@@ -641,15 +642,11 @@ mod tests {
         });
         let stop = CancellationToken::new();
         let incoming = plaintext("internal", listener, stop.clone());
-        let settings = dapr_serve::H2Settings {
-            receive_window: INTERNAL_RECEIVE_WINDOW,
-            max_concurrent_streams: None,
-        };
         let server = tokio::spawn(dapr_serve::serve_h2(
             "internal",
             incoming,
             LIMITS,
-            settings,
+            INTERNAL_H2,
             stop,
             move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
         ));

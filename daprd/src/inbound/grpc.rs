@@ -18,7 +18,7 @@ use tonic::body::Body;
 
 use super::{CALL_LOCAL, CALL_LOCAL_STREAM, Internal};
 use crate::identity::transport::PeerIdentity;
-use crate::wire::{self, Messages, ReceivedRequest};
+use crate::wire::{self, MessageStream, Messages, ReceivedRequest};
 
 /// The service's path prefix: a method of it not served here is unimplemented, not proxied.
 const SERVICE_PREFIX: &str = "/dapr.proto.internals.v1.ServiceInvocation/";

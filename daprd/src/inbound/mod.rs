@@ -22,7 +22,7 @@ use crate::identity::transport::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::trace::{Kind, Span, Tracer};
 use crate::wire::{
-    self, BoxError, BoxStream, ReceivedRequest, ReceivedStreamMessage, SentResponse,
+    self, BoxError, BoxStream, MessageStream, ReceivedRequest, ReceivedStreamMessage, SentResponse,
     SentResponseStream, Spelling, names,
 };
 use acl::{AccessControl, CallerIdentity};

@@ -164,17 +164,6 @@ where
     }
 }
 
-impl<B, M> Messages<B, M>
-where
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    M: Received + Send + 'static,
-{
-    pub async fn message(&mut self) -> Result<Option<M>, Status> {
-        std::future::poll_fn(|cx| self.poll_message(cx)).await
-    }
-}
-
 impl<B, M> MessageStream<M> for Messages<B, M>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,

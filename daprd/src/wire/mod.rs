@@ -32,7 +32,7 @@ pub use received::{
     DecodeError, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest, ReceivedResponse,
     ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
 };
-pub use sent::{Sent, SentEncoder, SentResponse, SentResponseStream};
+pub use sent::{Sent, SentResponse, SentResponseStream};
 pub use stream::{
     BoxError, BoxStream, Chunked, Ready, SeqCheck, declared_len, into_payloads, payload_body,
     read_small, ready_part,

@@ -3,8 +3,6 @@
 //! header became a `String` for its name, one for each value and a `Vec`, in a map encoded once
 //! and dropped (bench/notes.md, "the callee's response head written from the app's headers").
 
-use std::marker::PhantomData;
-
 use bytes::BufMut;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::Status as InvokeStatus;
@@ -27,29 +25,6 @@ impl<M: prost::Message> Sent for M {
 
     fn encode(&self, buf: &mut impl BufMut) {
         self.encode_raw(buf);
-    }
-}
-
-/// tonic's encoder for a [`Sent`] message.
-pub struct SentEncoder<M>(PhantomData<fn(M)>);
-
-impl<M> Default for SentEncoder<M> {
-    fn default() -> Self {
-        SentEncoder(PhantomData)
-    }
-}
-
-impl<M: Sent> tonic::codec::Encoder for SentEncoder<M> {
-    type Item = M;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: M,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        item.encode(dst);
-        Ok(())
     }
 }
 
