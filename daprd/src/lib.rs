@@ -205,6 +205,7 @@ impl Sidecar {
                     resolve::known_address(&config),
                 ),
                 Arc::clone(&resolver),
+                wire::message_limit(config.max_body_size),
             )
             .with_metrics(Arc::clone(&metrics))
             .with_identity(identity.clone())

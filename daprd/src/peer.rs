@@ -68,23 +68,27 @@ pub struct Peers {
     identity: Option<crate::identity::Current>,
     /// What is at the other end, for error messages: `peer` or `app`.
     what: &'static str,
+    /// The largest message read from an answer (`wire::message_limit`).
+    message_limit: usize,
 }
 
 impl Peers {
-    /// Connections to other sidecars, over mTLS with `identity`.
-    pub fn new(identity: Option<crate::identity::Current>) -> Self {
+    /// Connections to other sidecars, over mTLS with `identity`, whose answers' messages are
+    /// at most `message_limit` bytes.
+    pub fn new(identity: Option<crate::identity::Current>, message_limit: usize) -> Self {
         Peers {
             slots: Arc::default(),
             identity,
             what: "peer",
+            message_limit,
         }
     }
 
     /// The connection to a local gRPC app (plaintext, h2c).
-    pub fn app() -> Self {
+    pub fn app(message_limit: usize) -> Self {
         Peers {
             what: "app",
-            ..Peers::new(None)
+            ..Peers::new(None, message_limit)
         }
     }
 
@@ -108,7 +112,11 @@ impl Peers {
                 frame,
             )
             .await?;
-        Ok(crate::wire::Messages::response(body, parts.status))
+        Ok(crate::wire::Messages::response(
+            body,
+            parts.status,
+            self.message_limit,
+        ))
     }
 
     /// `CallLocal` with `frame` (the encoded `InternalInvokeRequest`, `wire::Stamps::frame`):
@@ -151,7 +159,13 @@ impl Peers {
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
         let (parts, body) = self.call(addr, target, path, &headers, frame).await?;
         let decoder = tonic_prost::ProstDecoder::<Resp>::default();
-        let mut answer = tonic::Streaming::new_response(decoder, body, parts.status, None, None);
+        let mut answer = tonic::Streaming::new_response(
+            decoder,
+            body,
+            parts.status,
+            None,
+            Some(self.message_limit),
+        );
         let headers = parts.headers;
         let response = answer
             .message()

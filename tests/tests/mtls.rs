@@ -16,6 +16,7 @@ use e2e::sidecar::{
     GetLoad, HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
 };
 use e2e::{EchoApp, echo_app};
+use futures::StreamExt;
 use http::Method;
 use rustls::pki_types::pem::PemObject;
 
@@ -235,6 +236,143 @@ async fn the_internal_server_refuses_unreadable_requests_and_unknown_methods() {
     );
     let unknown = call("/dapr.proto.internals.v1.ServiceInvocation/CallActor").await;
     assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+}
+
+/// An HTTP/2 connection to the internal port at `port` as `identity`, without tonic's client
+/// (whose channel would itself time out a call at its `grpc-timeout`).
+async fn internal_h2(
+    port: u16,
+    identity: ClientIdentity,
+) -> hyper::client::conn::http2::SendRequest<tonic::body::Body> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let server = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let tls = tokio_rustls::TlsConnector::from(client_config(identity, "orders"))
+        .connect(server, tcp)
+        .await
+        .expect("mTLS handshake");
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    send
+}
+
+/// A `CallLocal` on `send` whose body is `first` and then whatever `rest` sends, with
+/// `headers` added: the call's status (from a trailers-only answer, or from the trailers),
+/// within 20 s.
+async fn call_local_raw(
+    send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    headers: &[(&'static str, &'static str)],
+    first: Bytes,
+    rest: tokio::sync::mpsc::Receiver<Bytes>,
+) -> tonic::Status {
+    use http_body_util::BodyExt;
+    let frames = futures::stream::once(async move { first })
+        .chain(tokio_stream::wrappers::ReceiverStream::new(rest))
+        .map(|data| Ok::<_, tonic::Status>(hyper::body::Frame::data(data)));
+    let mut request =
+        http::Request::post("https://orders/dapr.proto.internals.v1.ServiceInvocation/CallLocal")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+            frames,
+        )))
+        .expect("a request");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        send.ready().await.expect("the connection is open");
+        let response = send.send_request(request).await.expect("an answer");
+        if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+            return status;
+        }
+        let trailers = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the answer's body")
+            .trailers()
+            .cloned()
+            .expect("trailers");
+        tonic::Status::from_header_map(&trailers).expect("grpc-status")
+    })
+    .await
+    .expect("the call ends within 20 s")
+}
+
+/// What a peer with a valid certificate can make the internal server hold is bounded: a
+/// message longer than `--max-body-size` plus 1 MiB for its metadata is refused at its 5-byte
+/// prefix, with grpc-go's status, while the rest of it is still to come; and a call that
+/// outlives its `grpc-timeout` ends with `DeadlineExceeded` (docs/limits.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_internal_server_refuses_an_oversized_message_at_its_prefix_and_ends_a_call_at_its_deadline()
+ {
+    let dir = scratch_dir("mtls-bounds").expect("dir");
+    let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
+    let app = http_app().await;
+    let (callee, _caller) = mtls_pair(&sentry, &dir, "", &app).await;
+    let identity = sentry.issue("checkout").await.expect("certificate");
+    let mut send = internal_h2(callee.internal_port, identity).await;
+
+    // The default --max-body-size is 4Mi: the limit is 5 MiB. The sender stays open, so the
+    // answer cannot wait for the message's end.
+    let limit = (4usize << 20) + (1 << 20);
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&u32::try_from(limit + 1).expect("fits").to_be_bytes());
+    let (open, rest) = tokio::sync::mpsc::channel(1);
+    let refused = call_local_raw(&mut send, &[], Bytes::from(prefix), rest).await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        format!(
+            "grpc: received message larger than max ({} vs. {limit})",
+            limit + 1
+        )
+    );
+    drop(open);
+
+    // A call whose message never comes, with 300 ms to live.
+    let (open, rest) = tokio::sync::mpsc::channel(1);
+    let started = Instant::now();
+    let expired = call_local_raw(&mut send, &[("grpc-timeout", "300m")], Bytes::new(), rest).await;
+    assert_eq!(expired.code(), tonic::Code::DeadlineExceeded, "{expired:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(open);
+
+    // The sidecar still serves.
+    let identity = sentry.issue("checkout").await.expect("certificate");
+    let channel = tls_channel(
+        ([127, 0, 0, 1], callee.internal_port).into(),
+        client_config(identity, "orders"),
+    )
+    .await
+    .expect("mTLS handshake");
+    let answer = ServiceInvocationClient::new(channel)
+        .call_local(InternalInvokeRequest {
+            ver: 1,
+            message: Some(InvokeRequest {
+                method: "inspect/after".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -94,6 +94,9 @@ pub struct AppChannel {
     base: String,
     app_token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
+    /// The largest message read from the app's `OnInvoke` answer (`wire::message_limit`), as
+    /// upstream bounds it at `--max-body-size` (`pkg/channel/grpc/grpc_channel.go`).
+    message_limit: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -149,9 +152,10 @@ impl AppChannel {
                 Protocol::Http(Box::new(client))
             }
         };
+        let message_limit = crate::wire::message_limit(config.max_body_size);
         let direct = match (config.app_protocol, address.parse::<std::net::IpAddr>()) {
             (AppProtocol::Grpc, Ok(ip)) => Some((
-                crate::peer::Peers::app(),
+                crate::peer::Peers::app(message_limit),
                 std::net::SocketAddr::new(ip, port),
             )),
             _ => None,
@@ -168,6 +172,7 @@ impl AppChannel {
             limit: config
                 .app_max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n))),
+            message_limit,
             metrics: Arc::clone(metrics),
         }))
     }
@@ -302,7 +307,7 @@ impl AppChannel {
                 let mut call = tonic::Request::new(call);
                 *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
                 let mut client = AppCallbackClient::new(self.grpc.clone())
-                    .max_decoding_message_size(usize::MAX)
+                    .max_decoding_message_size(self.message_limit)
                     .max_encoding_message_size(usize::MAX);
                 tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.on_invoke(call))
                     .await

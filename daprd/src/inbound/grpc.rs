@@ -48,10 +48,12 @@ impl tower::Service<http::Request<Body>> for Routes {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (internal, peer) = (Arc::clone(&self.internal), self.peer.clone());
+        let limit = internal.message_limit;
         let deadline = grpc_timeout(request.headers());
         let answer: BoxFuture<'static, http::Response<Body>> = match request.uri().path() {
             CALL_LOCAL => Box::pin(async move {
-                let mut messages = Messages::<_, ReceivedRequest>::request(request.into_body());
+                let mut messages =
+                    Messages::<_, ReceivedRequest>::request(request.into_body(), limit);
                 let answered = async {
                     let message = messages
                         .message()
@@ -67,7 +69,7 @@ impl tower::Service<http::Request<Body>> for Routes {
                 }
             }),
             CALL_LOCAL_STREAM => Box::pin(async move {
-                let messages = Messages::request(request.into_body());
+                let messages = Messages::request(request.into_body(), limit);
                 match internal.call_local_stream(peer, messages).await {
                     Ok(answer) => wire::answer(answer),
                     Err(status) => status.into_http(),

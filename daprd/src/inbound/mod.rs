@@ -37,6 +37,8 @@ pub struct Internal {
     health: health::AppHealth,
     metrics: Arc<Metrics>,
     tracer: Arc<Tracer>,
+    /// The largest message a peer may send (`wire::message_limit`).
+    message_limit: usize,
 }
 
 impl Internal {
@@ -51,6 +53,7 @@ impl Internal {
             health: health::AppHealth::default(),
             metrics: Arc::clone(metrics),
             tracer: Arc::clone(tracer),
+            message_limit: crate::wire::message_limit(config.max_body_size),
         })
     }
 

@@ -144,6 +144,8 @@ pub struct Invoker {
     peers: Mutex<crate::CallMap<SocketAddr, PeerKind>>,
     /// Connections for calls whose request is in hand (see [`crate::peer`]).
     direct: crate::peer::Peers,
+    /// The largest message read from a peer's answer (`wire::message_limit`).
+    message_limit: usize,
     metrics: Arc<Metrics>,
     /// Resiliency policies; `None` (no Resiliency loaded) keeps calls on the plain path.
     resiliency: Option<Arc<crate::resiliency::Resiliency>>,
@@ -158,14 +160,17 @@ enum PeerKind {
 }
 
 impl Invoker {
-    pub fn new(caller: Caller, resolver: Arc<Resolver>) -> Self {
+    /// Calls as `caller`, finding peers through `resolver`; a peer's answer may carry messages
+    /// of up to `message_limit` bytes.
+    pub fn new(caller: Caller, resolver: Arc<Resolver>, message_limit: usize) -> Self {
         Invoker {
             caller,
             resolver,
             channels: Mutex::default(),
             identity: None,
             peers: Mutex::default(),
-            direct: crate::peer::Peers::new(None),
+            direct: crate::peer::Peers::new(None, message_limit),
+            message_limit,
             metrics: Arc::new(Metrics::disabled()),
             resiliency: None,
         }
@@ -174,7 +179,7 @@ impl Invoker {
     /// Dials peers over mTLS with this identity, accepting only the target's SPIFFE id.
     pub fn with_identity(self, identity: Option<crate::identity::Current>) -> Self {
         Invoker {
-            direct: crate::peer::Peers::new(identity.clone()),
+            direct: crate::peer::Peers::new(identity.clone(), self.message_limit),
             identity,
             ..self
         }
@@ -478,7 +483,7 @@ impl Invoker {
         retry: Option<InternalInvokeRequest>,
     ) -> Result<Streamed, Error> {
         let mut client = tonic::client::Grpc::new(self.channel(addr, target)?)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(self.message_limit)
             .max_encoding_message_size(usize::MAX);
         // tonic encodes this one: the stamps go into its map.
         self.caller.stamps.insert_into(&mut request.metadata);

@@ -22,6 +22,21 @@ use super::{Received, Sent, frame_head};
 /// The message prefix: the compressed flag and the length.
 const PREFIX: usize = 5;
 
+/// Room for a message's metadata and own fields beside the body it carries: hyper bounds a
+/// request's head (whence the metadata) well below this, so a call whose body is at
+/// `--max-body-size` still fits.
+const METADATA_ROOM: usize = 1 << 20;
+
+/// The largest message the internal API reads, in either direction, for a sidecar whose
+/// bodies are bounded by `max_body_size`. Upstream bounds the internal server and its
+/// clients at exactly `--max-body-size` (`grpc.MaxRecvMsgSize` in `pkg/api/grpc/server.go`,
+/// `MaxCallRecvMsgSize` in `pkg/messaging/direct_messaging.go`), which refuses a unary call
+/// whose body is at the limit for its metadata's bytes; ours leaves [`METADATA_ROOM`]
+/// (docs/limits.md).
+pub fn message_limit(max_body_size: usize) -> usize {
+    max_body_size.saturating_add(METADATA_ROOM)
+}
+
 /// What reads a stream's messages one at a time: tonic's `Streaming` (calls that go through a
 /// tonic channel) or [`Messages`].
 pub trait MessageStream<M>: Send + 'static {
@@ -45,6 +60,9 @@ pub struct Messages<B, M> {
     /// A response's HTTP status: its trailers (or head) carry the call's status. `None` for a
     /// request.
     response: Option<http::StatusCode>,
+    /// The largest message read: a longer one is refused at its prefix, before its bytes are
+    /// gathered.
+    limit: usize,
     ended: bool,
     _message: PhantomData<fn() -> M>,
 }
@@ -55,23 +73,25 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     M: Received,
 {
-    /// A request's messages (the callee's side): the body's end is the stream's.
-    pub fn request(body: B) -> Self {
-        Self::new(body, None)
+    /// A request's messages (the callee's side), each at most `limit` bytes: the body's end
+    /// is the stream's.
+    pub fn request(body: B, limit: usize) -> Self {
+        Self::new(body, None, limit)
     }
 
-    /// A response's messages (the caller's side): the stream ends with the status its trailers
-    /// carry, as tonic infers it from them and `status`.
-    pub fn response(body: B, status: http::StatusCode) -> Self {
-        Self::new(body, Some(status))
+    /// A response's messages (the caller's side), each at most `limit` bytes: the stream ends
+    /// with the status its trailers carry, as tonic infers it from them and `status`.
+    pub fn response(body: B, status: http::StatusCode, limit: usize) -> Self {
+        Self::new(body, Some(status), limit)
     }
 
-    fn new(body: B, response: Option<http::StatusCode>) -> Self {
+    fn new(body: B, response: Option<http::StatusCode>, limit: usize) -> Self {
         Messages {
             body,
             ready: Bytes::new(),
             partial: BytesMut::new(),
             response,
+            limit,
             ended: false,
             _message: PhantomData,
         }
@@ -122,7 +142,7 @@ where
     /// A whole message, if one has arrived: from the last frame without a copy, or gathered.
     fn next_complete(&mut self) -> Result<Option<Bytes>, Status> {
         if !self.ready.is_empty() {
-            match message_len(&self.ready)? {
+            match message_len(&self.ready, self.limit)? {
                 Some(len) if self.ready.len() >= PREFIX + len => {
                     self.ready.advance(PREFIX);
                     return Ok(Some(self.ready.split_to(len)));
@@ -133,7 +153,7 @@ where
                 }
             }
         }
-        match message_len(&self.partial)? {
+        match message_len(&self.partial, self.limit)? {
             Some(len) if self.partial.len() >= PREFIX + len => {
                 self.partial.advance(PREFIX);
                 Ok(Some(self.partial.split_to(len).freeze()))
@@ -176,8 +196,9 @@ where
 }
 
 /// The length of the message `buf` starts with, once its prefix is there. A compressed message
-/// is an error: nothing here offers an encoding.
-fn message_len(buf: &[u8]) -> Result<Option<usize>, Status> {
+/// is an error: nothing here offers an encoding. So is one longer than `limit`, with grpc-go's
+/// status and words (`ResourceExhausted`, as upstream's sidecars refuse it).
+fn message_len(buf: &[u8], limit: usize) -> Result<Option<usize>, Status> {
     let Some(prefix) = buf.get(..PREFIX) else {
         return Ok(None);
     };
@@ -194,8 +215,13 @@ fn message_len(buf: &[u8]) -> Result<Option<usize>, Status> {
             )));
         }
     }
-    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
-    Ok(Some(len as usize))
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > limit {
+        return Err(Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({len} vs. {limit})"
+        )));
+    }
+    Ok(Some(len))
 }
 
 /// A response that ended without `grpc-status`: the status its HTTP status maps to, as
@@ -303,6 +329,8 @@ mod tests {
     use super::*;
     use crate::wire::{ReceivedResponseStream, SentResponseStream};
 
+    const LIMIT: usize = 4 << 20;
+
     type Frames =
         StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Status>>>>;
 
@@ -364,7 +392,7 @@ mod tests {
                 .map(|c| Frame::data(Bytes::copy_from_slice(c)))
                 .collect();
             frames.push(Frame::trailers(trailers.clone()));
-            let messages = Messages::response(body(frames), http::StatusCode::OK);
+            let messages = Messages::response(body(frames), http::StatusCode::OK, LIMIT);
             let (read, end) = read_all(messages).await;
             assert_eq!(read, expected, "frames of {size} bytes");
             assert!(end.is_ok(), "{end:?}");
@@ -377,7 +405,12 @@ mod tests {
         let (bytes, trailers) = written(vec![Ok(payload("part", 0)), Err(failed)]).await;
         let mut frames = vec![Frame::data(bytes)];
         frames.push(Frame::trailers(trailers));
-        let (read, end) = read_all(Messages::response(body(frames), http::StatusCode::OK)).await;
+        let (read, end) = read_all(Messages::response(
+            body(frames),
+            http::StatusCode::OK,
+            LIMIT,
+        ))
+        .await;
         assert_eq!(read.len(), 1);
         let status = end.expect_err("the stream failed");
         assert_eq!(status.code(), tonic::Code::Aborted);
@@ -389,12 +422,13 @@ mod tests {
         let (bytes, _) = written(vec![Ok(payload("hello", 0))]).await;
         // Cut inside the message: the body ends with part of it.
         let cut = bytes.slice(..bytes.len() - 1);
-        let (_, end) = read_all(Messages::request(body(vec![Frame::data(cut)]))).await;
+        let (_, end) = read_all(Messages::request(body(vec![Frame::data(cut)]), LIMIT)).await;
         assert_eq!(end.expect_err("truncated").code(), tonic::Code::Internal);
         // A response without trailers: the status maps from the HTTP status.
         let (_, end) = read_all(Messages::response(
             body(vec![Frame::data(bytes.clone())]),
             http::StatusCode::OK,
+            LIMIT,
         ))
         .await;
         assert_eq!(
@@ -404,18 +438,24 @@ mod tests {
         let (_, end) = read_all(Messages::response(
             body(vec![]),
             http::StatusCode::SERVICE_UNAVAILABLE,
+            LIMIT,
         ))
         .await;
         assert_eq!(end.expect_err("503").code(), tonic::Code::Unavailable);
         // A request ends with its body, status or not.
-        let (read, end) = read_all(Messages::request(body(vec![Frame::data(bytes.clone())]))).await;
+        let (read, end) = read_all(Messages::request(
+            body(vec![Frame::data(bytes.clone())]),
+            LIMIT,
+        ))
+        .await;
         assert_eq!((read.len(), end.is_ok()), (1, true));
         // The compressed flag, which nothing here negotiates.
         let mut compressed = BytesMut::from(&bytes[..]);
         compressed[0] = 1;
-        let (_, end) = read_all(Messages::request(body(vec![Frame::data(
-            compressed.freeze(),
-        )])))
+        let (_, end) = read_all(Messages::request(
+            body(vec![Frame::data(compressed.freeze())]),
+            LIMIT,
+        ))
         .await;
         assert_eq!(end.expect_err("compressed").code(), tonic::Code::Internal);
     }
@@ -424,10 +464,38 @@ mod tests {
     async fn a_message_that_arrives_whole_is_a_slice_of_its_frame() {
         let (bytes, _) = written(vec![Ok(payload("hello", 0))]).await;
         let mut messages: Messages<_, ReceivedResponseStream> =
-            Messages::request(body(vec![Frame::data(bytes.clone())]));
+            Messages::request(body(vec![Frame::data(bytes.clone())]), LIMIT);
         let message = messages.message().await.expect("read").expect("a message");
         let data = message.payload.expect("a payload").data;
         let frame = bytes.as_ptr_range();
         assert!(frame.contains(&data.as_ptr()), "the payload was copied");
+    }
+
+    #[tokio::test]
+    async fn a_message_longer_than_the_limit_is_refused_at_its_prefix() {
+        let (bytes, _) = written(vec![Ok(payload("hello", 0))]).await;
+        let len = bytes.len() - PREFIX;
+        // At the limit: read.
+        let (read, end) = read_all(Messages::request(
+            body(vec![Frame::data(bytes.clone())]),
+            len,
+        ))
+        .await;
+        assert_eq!((read.len(), end.is_ok()), (1, true), "{end:?}");
+        // One byte over, with only the prefix arrived: refused without waiting for the rest.
+        let (_, end) = read_all(Messages::request(
+            body(vec![Frame::data(bytes.slice(..PREFIX))]),
+            len - 1,
+        ))
+        .await;
+        let status = end.expect_err("too long");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            format!(
+                "grpc: received message larger than max ({len} vs. {})",
+                len - 1
+            )
+        );
     }
 }

@@ -22,7 +22,7 @@ use http::Method;
 
 pub use encode::Spelling;
 pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
-pub use grpc::{Answer, MessageStream, Messages, answer};
+pub use grpc::{Answer, MessageStream, Messages, answer, message_limit};
 pub use metadata::{
     CONTENT_LENGTH, ClientHeaders, app_response_headers_to_metadata, canonical_name,
     entries_into_headers, first, grpc_metadata_name, headers_to_metadata, is_canonical,
