@@ -18,6 +18,12 @@ pub enum AppChannelError {
     LimiterClosed,
     #[error("cannot build request for {uri}: {source}")]
     Request { uri: String, source: http::Error },
+    /// A method path a plaintext HTTP/1.1 app's request line cannot carry.
+    #[error("cannot build request for {uri}: {source}")]
+    Target {
+        uri: String,
+        source: crate::wire::http1::Http1Error,
+    },
     #[error("app did not answer within {seconds}s")]
     Timeout { seconds: u64 },
     /// The connection to the app failed; `cause` is the error's chain as text (the transport

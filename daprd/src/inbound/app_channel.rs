@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
-use super::app_pool::{AppBody, AppPool, PoolSettings};
+use super::app_pool::{AppPool, PoolSettings, PooledBody};
 use crate::Error;
 use crate::config::{AppProtocol, Config};
 use crate::error::AppChannelError;
@@ -38,6 +38,9 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const APP_POOL_MAX_IDLE: usize = 64;
 /// How long an idle connection to an HTTP app is kept.
 pub const APP_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A request body for an `https` or `h2c` app.
+type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Plain TCP for `http`/`grpc`/`h2c` apps, TLS without verification for `https`/`grpcs`.
 type AppConnector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -75,13 +78,6 @@ enum Protocol {
     /// An `https` or `h2c` app: hyper_util's pooled client (TLS with ALPN, HTTP/2).
     Http(Box<Client<AppConnector, AppBody>>),
     Grpc,
-}
-
-/// How an HTTP app is called.
-#[derive(Clone, Copy)]
-enum HttpApp<'a> {
-    Pool(&'a AppPool),
-    Client(&'a Client<AppConnector, AppBody>),
 }
 
 pub struct AppChannel {
@@ -192,8 +188,8 @@ impl AppChannel {
     pub async fn invoke(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let permit = self.permit().await?;
         let mut response = match &self.protocol {
-            Protocol::Http1(pool) => self.invoke_http(HttpApp::Pool(pool), request).await?,
-            Protocol::Http(client) => self.invoke_http(HttpApp::Client(client), request).await?,
+            Protocol::Http1(pool) => self.invoke_pooled(pool, request).await?,
+            Protocol::Http(client) => self.invoke_http(client, request).await?,
             // Boxed: a gRPC call's future is the larger, and every invocation's future (moved
             // when the server boxes it) would otherwise carry its size (bench/notes.md).
             Protocol::Grpc => Box::pin(self.invoke_grpc(request)).await?,
@@ -207,20 +203,67 @@ impl AppChannel {
         Ok(response)
     }
 
+    /// A plaintext HTTP/1.1 app: the request head written straight from the metadata
+    /// ([`wire::http1::RequestHead`]), on a pooled connection.
+    async fn invoke_pooled(
+        &self,
+        pool: &AppPool,
+        request: AppRequest,
+    ) -> Result<AppResponse, Error> {
+        let call = self.metrics.app_call(&request.verb);
+        let query = (!request.query.is_empty()).then_some(request.query.as_str());
+        let mut head = wire::http1::RequestHead::new(&request.verb, &request.method, query)
+            .map_err(|source| AppChannelError::Target {
+                uri: format!("{}/{}", self.base, request.method.trim_start_matches('/')),
+                source,
+            })?;
+        head.metadata(&request.metadata);
+        // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
+        // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
+        let content_type = wire::data_content_type(&request.type_url, &request.content_type);
+        if !content_type.is_empty() && HeaderValue::from_str(content_type).is_ok() {
+            head.header("content-type", content_type.as_bytes());
+        }
+        if let Some(token) = &self.app_token {
+            head.header(names::API_TOKEN, token.as_bytes());
+        }
+        let declared = wire::declared_len(request.metadata.first_of(&wire::CONTENT_LENGTH));
+        let mut sent = call.request_body();
+        let body = request.body.map(move |chunk| {
+            sent.count(&chunk);
+            chunk
+        });
+        let send = pool.send(&request.verb, head, Box::pin(body), declared);
+        let (head, body) = tokio::time::timeout(APP_RESPONSE_TIMEOUT, send)
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| self.unreachable(&e))?;
+        let mut received = call.answered(head.status);
+        let body = body.map(move |chunk| {
+            received.count(&chunk);
+            chunk
+        });
+        Ok(AppResponse {
+            status: head.status.as_u16(),
+            message: String::new(),
+            type_url: String::new(),
+            from_http_app: true,
+            headers: head.headers,
+            body: Box::pin(body),
+        })
+    }
+
+    /// An `https` or `h2c` app, through hyper_util's client.
     async fn invoke_http(
         &self,
-        client: HttpApp<'_>,
+        client: &Client<AppConnector, AppBody>,
         request: AppRequest,
     ) -> Result<AppResponse, Error> {
         let call = self.metrics.app_call(&request.verb);
         let method = request.method.trim_start_matches('/');
         // Concatenated, not `format!`ed: its machinery cost 0.8k instructions per call.
         let query = (!request.query.is_empty()).then_some(request.query.as_str());
-        // The pool's connections take the origin form (`/path?query`), the client an absolute URI.
-        let base = match client {
-            HttpApp::Pool(_) => "",
-            HttpApp::Client(_) => self.base.as_str(),
-        };
+        let base = self.base.as_str();
         let mut uri =
             String::with_capacity(base.len() + method.len() + 2 + query.map_or(0, str::len));
         uri.push_str(base);
@@ -245,8 +288,6 @@ impl AppChannel {
             })?;
         let headers = http_request.headers_mut();
         request.metadata.into_headers(headers);
-        // Typed data reaches an HTTP app as protobuf, as upstream's `InvokeMethodRequest`
-        // `ContentType` (`pkg/messaging/v1/invoke_method_request.go`).
         let content_type = wire::data_content_type(&request.type_url, &request.content_type);
         if !content_type.is_empty()
             && let Ok(value) = HeaderValue::from_str(content_type)
@@ -254,23 +295,11 @@ impl AppChannel {
             headers.insert(header::CONTENT_TYPE, value);
         }
         self.swap_token(headers);
-        match client {
-            HttpApp::Pool(pool) => {
-                let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, pool.send(http_request))
-                    .await
-                    .map_err(|_| self.timed_out())?
-                    .map_err(|e| self.unreachable(&e))?;
-                Ok(http_answer(response, call))
-            }
-            HttpApp::Client(client) => {
-                let response =
-                    tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.request(http_request))
-                        .await
-                        .map_err(|_| self.timed_out())?
-                        .map_err(|e| self.unreachable(&e))?;
-                Ok(http_answer(response, call))
-            }
-        }
+        let response = tokio::time::timeout(APP_RESPONSE_TIMEOUT, client.request(http_request))
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(http_answer(response, call))
     }
 
     /// `AppCallback/OnInvoke`: the body is collected (the callback is unary); the app's status,
@@ -442,17 +471,14 @@ impl AppChannel {
         let probe = async {
             match &self.protocol {
                 Protocol::Http1(pool) => {
-                    let Some(request) = probe_request("", path) else {
+                    let Ok(head) = wire::http1::RequestHead::new(&Method::GET, path, None) else {
                         return false;
                     };
-                    match pool.send(request).await {
-                        Ok(response) if response.status().is_success() => {
+                    let empty = Box::pin(futures::stream::empty());
+                    match pool.send(&Method::GET, head, empty, None).await {
+                        Ok((head, body)) if head.status.is_success() => {
                             // Read (a bounded amount) to the end, so the connection is reused.
-                            let body = http_body_util::Limited::new(
-                                response.into_body(),
-                                PROBE_BODY_LIMIT,
-                            );
-                            let _ = body.collect().await;
+                            read_probe_body(body).await;
                             true
                         }
                         _ => false,
@@ -496,6 +522,18 @@ impl AppChannel {
 /// A health probe's body that is read to its end (so its connection is reused); a longer one
 /// is dropped with its connection.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads a probe's answer to its end, so its connection is reused, unless it is longer than
+/// [`PROBE_BODY_LIMIT`]: then the body is dropped, with its connection.
+async fn read_probe_body(mut body: PooledBody) {
+    let mut read = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len();
+        if read > PROBE_BODY_LIMIT {
+            return;
+        }
+    }
+}
 
 /// `GET <base>/<path>` with no body, for a health probe.
 fn probe_request(base: &str, path: &str) -> Option<Request<AppBody>> {

@@ -324,7 +324,7 @@ pub fn entries_into_headers<N, V>(
 
 /// The header name of a metadata entry for an app's HTTP request or response: as
 /// [`header_name`], but never `content-type` (the message's own content type is).
-fn app_header_name(name: &str) -> Option<HeaderName> {
+pub(super) fn app_header_name(name: &str) -> Option<HeaderName> {
     header_name(name).filter(|header| *header != http::header::CONTENT_TYPE)
 }
 

@@ -9,6 +9,7 @@
 mod encode;
 mod frame;
 mod grpc;
+pub mod http1;
 mod metadata;
 mod received;
 mod sent;
