@@ -199,11 +199,12 @@ impl AppPool {
                     };
                     return Err(self.failed(Http1Error::BodyLength(short)));
                 }
-                let mut request = head.finish(host, RequestFraming::Length(len));
-                for chunk in &chunks {
-                    request.extend_from_slice(chunk);
-                }
-                self.exchange_whole(verb, &request).await
+                let head = Bytes::from(head.finish(host, RequestFraming::Length(len)));
+                let body = match <[Bytes; 1]>::try_from(chunks) {
+                    Ok([chunk]) => chunk,
+                    Err(chunks) => chunks.concat().into(),
+                };
+                self.exchange_whole(verb, head, body).await
             }
             Gathered::Started(chunks) => {
                 let framing = declared.map_or(RequestFraming::Chunked, RequestFraming::Length);
@@ -214,12 +215,13 @@ impl AppPool {
         }
     }
 
-    /// An exchange whose request is all in `request`: on a reused connection the app closed,
-    /// sent again on another when that is safe (see the module's comment).
+    /// An exchange whose request is all here, written in one `writev`: on a reused connection
+    /// the app closed, sent again on another when that is safe (see the module's comment).
     async fn exchange_whole(
         &self,
         verb: &Method,
-        request: &[u8],
+        head: Bytes,
+        body: Bytes,
     ) -> Result<(ResponseHead, PooledBody), PoolError> {
         let replayable = matches!(
             *verb,
@@ -232,7 +234,8 @@ impl AppPool {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            if let Err(e) = conn.stream.write_all(request).await {
+            let mut request = head.clone().chain(body.clone());
+            if let Err(e) = conn.stream.write_all_buf(&mut request).await {
                 if reused {
                     continue;
                 }

@@ -47,11 +47,28 @@ impl tower::Service<http::Request<Body>> for Routes {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let (internal, peer) = (Arc::clone(&self.internal), self.peer.clone());
-        let limit = internal.message_limit;
+        // One box per call: the route's future and the deadline around it are one future.
         let deadline = grpc_timeout(request.headers());
-        let answer: BoxFuture<'static, http::Response<Body>> = match request.uri().path() {
-            CALL_LOCAL => Box::pin(async move {
+        let routes = self.clone();
+        Box::pin(async move {
+            let answer = routes.route(request);
+            Ok(match deadline {
+                None => answer.await,
+                Some(deadline) => tokio::time::timeout(deadline, answer)
+                    .await
+                    .unwrap_or_else(|_| Status::deadline_exceeded("timeout expired").into_http()),
+            })
+        })
+    }
+}
+
+impl Routes {
+    /// The answer to `request`, by its path.
+    async fn route(self, request: http::Request<Body>) -> http::Response<Body> {
+        let Routes { internal, peer } = self;
+        let limit = internal.message_limit;
+        match request.uri().path() {
+            CALL_LOCAL => {
                 let mut messages =
                     Messages::<_, ReceivedRequest>::request(request.into_body(), limit);
                 let answered = async {
@@ -67,31 +84,19 @@ impl tower::Service<http::Request<Body>> for Routes {
                     Ok(head) => wire::answer(futures::stream::iter([Ok(head)])),
                     Err(status) => status.into_http(),
                 }
-            }),
-            CALL_LOCAL_STREAM => Box::pin(async move {
+            }
+            CALL_LOCAL_STREAM => {
                 let messages = Messages::request(request.into_body(), limit);
                 match internal.call_local_stream(peer, messages).await {
                     Ok(answer) => wire::answer(answer),
                     Err(status) => status.into_http(),
                 }
-            }),
-            path if path.starts_with(SERVICE_PREFIX) => {
-                Box::pin(async { Status::unimplemented("").into_http() })
             }
-            _ => Box::pin(async move {
-                match internal.proxy(peer.as_ref(), request).await {
-                    Ok(response) => response,
-                    Err(e) => Status::from(e).into_http(),
-                }
-            }),
-        };
-        match deadline {
-            None => Box::pin(async move { Ok(answer.await) }),
-            Some(deadline) => Box::pin(async move {
-                Ok(tokio::time::timeout(deadline, answer)
-                    .await
-                    .unwrap_or_else(|_| Status::deadline_exceeded("timeout expired").into_http()))
-            }),
+            path if path.starts_with(SERVICE_PREFIX) => Status::unimplemented("").into_http(),
+            _ => match internal.proxy(peer.as_ref(), request).await {
+                Ok(response) => response,
+                Err(e) => Status::from(e).into_http(),
+            },
         }
     }
 }

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use smallvec::SmallVec;
 
 use super::ReceivedMetadata;
-use super::metadata::app_header_name;
+use super::metadata::push_app_header_name;
 use super::names;
 
 /// Headers an app's response head may carry: hyper's client default, which applied before.
@@ -103,17 +103,32 @@ impl RequestHead {
     /// sets them itself: `content-type`, `content-length` and `dapr-api-token`.
     pub fn metadata(&mut self, metadata: &ReceivedMetadata) {
         for (name, values) in metadata.iter() {
-            let Some(header) = app_header_name(name) else {
-                continue;
-            };
-            let header = header.as_str();
-            if header == "content-length" || header == names::API_TOKEN {
+            let start = self.buf.len();
+            if !push_app_header_name(name, &mut self.buf) {
                 continue;
             }
-            for value in values {
-                if is_header_value(value.as_bytes()) {
-                    self.header(header, value.as_bytes());
+            let end = self.buf.len();
+            let header = &self.buf[start..end];
+            if header == b"content-length" || header == names::API_TOKEN.as_bytes() {
+                self.buf.truncate(start);
+                continue;
+            }
+            // The name is written once; a second valid value writes it again.
+            let mut named = true;
+            for value in values.iter().map(|v| v.as_bytes()) {
+                if !is_header_value(value) {
+                    continue;
                 }
+                if !named {
+                    self.buf.extend_from_within(start..end);
+                }
+                named = false;
+                self.buf.extend_from_slice(b": ");
+                self.buf.extend_from_slice(value);
+                self.buf.extend_from_slice(b"\r\n");
+            }
+            if named {
+                self.buf.truncate(start);
             }
         }
     }

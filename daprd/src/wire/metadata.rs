@@ -10,16 +10,20 @@ use super::{Metadata, names};
 /// Headers that belong to one connection and never travel on. (`content-length` does travel:
 /// apps that cannot read chunked bodies still get a framed one.)
 pub(super) fn is_hop_by_hop(name: &str) -> bool {
+    is_hop_by_hop_bytes(name.as_bytes())
+}
+
+fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"transfer-encoding"
+            | b"te"
+            | b"trailer"
+            | b"upgrade"
+            | b"host"
     )
 }
 
@@ -324,7 +328,7 @@ pub fn entries_into_headers<N, V>(
 
 /// The header name of a metadata entry for an app's HTTP request or response: as
 /// [`header_name`], but never `content-type` (the message's own content type is).
-pub(super) fn app_header_name(name: &str) -> Option<HeaderName> {
+fn app_header_name(name: &str) -> Option<HeaderName> {
     header_name(name).filter(|header| *header != http::header::CONTENT_TYPE)
 }
 
@@ -396,6 +400,54 @@ fn header_name(name: &str) -> Option<HeaderName> {
     }
 }
 
+/// [`app_header_name`] written lower-case at the end of `out` instead of built as a
+/// `HeaderName` (which copies a name it does not know): false, with nothing written, for a
+/// name that does not travel on to the app. The same rules, checked against each other in a
+/// test.
+pub(super) fn push_app_header_name(name: &str, out: &mut Vec<u8>) -> bool {
+    let name = name.as_bytes();
+    if name.is_empty() || name.len() > MAX_HEADER_NAME || name[0] == b':' {
+        return false;
+    }
+    let start = out.len();
+    out.extend(name.iter().map(|&b| TOKEN_LOWER[usize::from(b)]));
+    let lower = &out[start..];
+    if lower.contains(&0)
+        || is_hop_by_hop_bytes(lower)
+        || lower == names::DESTINATION_APP_ID.as_bytes()
+        || lower == b"content-type"
+    {
+        out.truncate(start);
+        return false;
+    }
+    if lower.starts_with(b"grpc-") {
+        out.splice(start..start, *b"dapr-");
+    }
+    true
+}
+
+/// Each byte of a header name lower-case, or 0 where a header name cannot have it (RFC 9110
+/// `tchar`, as `http`'s `HeaderName` takes it).
+static TOKEN_LOWER: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' => c,
+            b'A'..=b'Z' => c.to_ascii_lowercase(),
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+            | b'`' | b'|' | b'~' => c,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The longest header name `http` takes.
+const MAX_HEADER_NAME: usize = (1 << 16) - 1;
+
 /// Appends every value that is a valid header value, in order, under `header`; the last one
 /// takes `header` itself (a clone of a name built at run time allocates once, to share it).
 /// False when the map is full: at `http`'s size limit (a table of 32 768 slots) it takes no
@@ -430,6 +482,43 @@ fn warn_full() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_written_for_an_app_follow_the_header_maps_rules() {
+        let names = [
+            "X-Custom",
+            "traceparent",
+            "Dapr-Caller-App-Id",
+            "grpc-trace-bin",
+            "Grpc-Timeout",
+            "content-type",
+            "Content-Type",
+            "connection",
+            "Keep-Alive",
+            "Host",
+            "te",
+            "destination-app-id",
+            ":authority",
+            "",
+            "bad name",
+            "bad\u{e9}",
+            "a\"b",
+            "x!#$%&'*+-.^_`|~9",
+            "user-agent",
+            "Content-Length",
+        ];
+        for name in names {
+            let mut written = Vec::new();
+            let pushed = push_app_header_name(name, &mut written).then_some(written);
+            let built = app_header_name(name).map(|h| h.as_str().as_bytes().to_vec());
+            assert_eq!(pushed, built, "{name:?}");
+        }
+        let long = "x".repeat(MAX_HEADER_NAME + 1);
+        assert_eq!(
+            push_app_header_name(&long, &mut Vec::new()),
+            app_header_name(&long).is_some()
+        );
+    }
 
     #[test]
     fn a_map_beyond_https_limit_fills_the_header_map_without_a_panic() {
