@@ -116,6 +116,18 @@ async fn served_serial(port: u16, identity: ClientIdentity) -> Vec<u8> {
     parsed.raw_serial().to_vec()
 }
 
+/// A gRPC channel to the internal port at `port` of `orders`, over mTLS with a certificate
+/// `sentry` issues for `app_id`.
+async fn internal_channel(sentry: &Sentry, app_id: &str, port: u16) -> tonic::transport::Channel {
+    let identity = sentry.issue(app_id).await.expect("certificate");
+    tls_channel(
+        ([127, 0, 0, 1], port).into(),
+        client_config(identity, "orders"),
+    )
+    .await
+    .expect("mTLS handshake")
+}
+
 /// A `CallLocal` of `inspect/<method>` on the sidecar's internal port as `identity`: `Ok` when
 /// the app answered, else the connection or call error.
 async fn call_local_as(port: u16, identity: ClientIdentity, method: &str) -> Result<(), String> {
@@ -201,13 +213,7 @@ async fn the_internal_server_refuses_unreadable_requests_and_unknown_methods() {
     let sentry = Sentry::start(&dir, "1h", "15m").await.expect("sentry");
     let app = http_app().await;
     let (callee, _caller) = mtls_pair(&sentry, &dir, "", &app).await;
-    let identity = sentry.issue("checkout").await.expect("certificate");
-    let channel = tls_channel(
-        ([127, 0, 0, 1], callee.internal_port).into(),
-        client_config(identity, "orders"),
-    )
-    .await
-    .expect("mTLS handshake");
+    let channel = internal_channel(&sentry, "checkout", callee.internal_port).await;
     let call = |path: &'static str| {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         async move {
@@ -355,13 +361,7 @@ async fn the_internal_server_refuses_an_oversized_message_at_its_prefix_and_ends
     drop(open);
 
     // The sidecar still serves.
-    let identity = sentry.issue("checkout").await.expect("certificate");
-    let channel = tls_channel(
-        ([127, 0, 0, 1], callee.internal_port).into(),
-        client_config(identity, "orders"),
-    )
-    .await
-    .expect("mTLS handshake");
+    let channel = internal_channel(&sentry, "checkout", callee.internal_port).await;
     let answer = ServiceInvocationClient::new(channel)
         .call_local(InternalInvokeRequest {
             ver: 1,

@@ -56,7 +56,7 @@ pub struct AppResponse {
     /// An HTTP app's answer (its headers travel Go-canonical), not a gRPC app's (its metadata
     /// keeps gRPC's lower-case names).
     pub from_http_app: bool,
-    pub headers: HeaderMap,
+    pub headers: wire::AppHeaders,
     pub body: BoxStream<Result<Bytes, BoxError>>,
 }
 
@@ -248,7 +248,7 @@ impl AppChannel {
             message: String::new(),
             type_url: String::new(),
             from_http_app: true,
-            headers: head.headers,
+            headers: wire::AppHeaders::Entries(head.headers),
             body: Box::pin(body),
         })
     }
@@ -385,7 +385,7 @@ impl AppChannel {
                     message: String::new(),
                     type_url,
                     from_http_app: false,
-                    headers,
+                    headers: wire::AppHeaders::Map(headers),
                     body: once(data),
                 })
             }
@@ -413,7 +413,7 @@ impl AppChannel {
                     message: status.message().to_owned(),
                     type_url: String::new(),
                     from_http_app: false,
-                    headers,
+                    headers: wire::AppHeaders::Map(headers),
                     body: once(Bytes::from(body.to_string())),
                 })
             }
@@ -563,7 +563,7 @@ where
         message: String::new(),
         type_url: String::new(),
         from_http_app: true,
-        headers: parts.headers,
+        headers: wire::AppHeaders::Map(parts.headers),
         body: Box::pin(body),
     }
 }

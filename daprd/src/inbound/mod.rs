@@ -252,7 +252,7 @@ fn sent_head(app: &mut AppResponse, data: Option<Vec<u8>>) -> SentResponse {
 fn response_status_and_message(app: &AppResponse) -> (InvokeStatus, InvokeResponse) {
     let content_type = app
         .headers
-        .get(http::header::CONTENT_TYPE)
+        .get(&http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
@@ -345,7 +345,7 @@ impl Internal {
         let declared = wire::declared_len(
             response
                 .headers
-                .get(http::header::CONTENT_LENGTH)
+                .get(&http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()),
         );
         let mut head = SentResponseStream {
@@ -439,10 +439,22 @@ mod tests {
     /// [`sent_head`], which writes it without a map, is checked against.
     fn response_head(app: &AppResponse) -> InternalInvokeResponse {
         let skip = [http::header::CONTENT_TYPE.as_str()];
+        let map = match &app.headers {
+            wire::AppHeaders::Map(map) => map.clone(),
+            wire::AppHeaders::Entries(entries) => {
+                let mut map = HeaderMap::new();
+                for (name, values) in entries {
+                    for value in values {
+                        map.append(name.clone(), value.clone());
+                    }
+                }
+                map
+            }
+        };
         let headers = if app.from_http_app {
-            wire::app_response_headers_to_metadata(&app.headers, &skip)
+            wire::app_response_headers_to_metadata(&map, &skip)
         } else {
-            wire::headers_to_metadata(&app.headers, &skip)
+            wire::headers_to_metadata(&map, &skip)
         };
         let (status, message) = response_status_and_message(app);
         InternalInvokeResponse {
@@ -468,7 +480,7 @@ mod tests {
             message: String::new(),
             type_url: String::new(),
             from_http_app,
-            headers,
+            headers: wire::AppHeaders::Map(headers),
             body: app_channel::once(Bytes::new()),
         }
     }
@@ -498,20 +510,30 @@ mod tests {
     }
 
     /// An answer with headers that travel, repeat, do not travel, or are not visible ASCII.
-    fn awkward_answer(from_http_app: bool) -> AppResponse {
+    /// As a map, or as the entries of a parsed HTTP/1.1 head (`entries`).
+    fn awkward_answer(from_http_app: bool, entries: bool) -> AppResponse {
         let mut app = answer(from_http_app);
-        app.headers
-            .append("x-custom-header", HeaderValue::from_static("2"));
-        app.headers
-            .insert("www-authenticate", HeaderValue::from_static("basic"));
-        app.headers
-            .insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        app.headers
-            .insert("x-b3--id", HeaderValue::from_static("a"));
+        let wire::AppHeaders::Map(headers) = &mut app.headers else {
+            unreachable!("answer() builds a map");
+        };
+        headers.append("x-custom-header", HeaderValue::from_static("2"));
+        headers.insert("www-authenticate", HeaderValue::from_static("basic"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-b3--id", HeaderValue::from_static("a"));
         // Not visible ASCII: left out, and a header with no other value with it.
         let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").expect("a header value");
-        app.headers.insert("x-opaque", opaque.clone());
-        app.headers.append("x-custom-header", opaque);
+        headers.insert("x-opaque", opaque.clone());
+        headers.append("x-custom-header", opaque);
+        if entries {
+            let mut grouped: wire::HeaderEntries = Vec::new();
+            for name in headers.keys() {
+                grouped.push((
+                    name.clone(),
+                    headers.get_all(name).iter().cloned().collect(),
+                ));
+            }
+            app.headers = wire::AppHeaders::Entries(grouped);
+        }
         app.status = 201;
         app.message = "created".into();
         app.type_url = "type.googleapis.com/x".into();
@@ -521,8 +543,8 @@ mod tests {
     #[test]
     fn a_streamed_head_reads_as_the_one_prost_would_send() {
         use prost::Message;
-        for from_http_app in [true, false] {
-            let mut app = awkward_answer(from_http_app);
+        for (from_http_app, entries) in [(true, false), (false, false), (true, true)] {
+            let mut app = awkward_answer(from_http_app, entries);
             let expected = InternalInvokeResponseStream {
                 response: Some(response_head(&app)),
                 payload: Some(StreamPayload {
@@ -538,15 +560,18 @@ mod tests {
             wire::Sent::encode(&sent, &mut buf);
             assert_eq!(buf.len(), wire::Sent::encoded_len(&sent));
             let decoded = InternalInvokeResponseStream::decode(buf.freeze()).expect("decodes");
-            assert_eq!(decoded, expected, "from an HTTP app: {from_http_app}");
+            assert_eq!(
+                decoded, expected,
+                "from an HTTP app: {from_http_app}, entries: {entries}"
+            );
         }
     }
 
     #[test]
     fn a_unary_answer_reads_as_the_one_prost_would_send_with_the_body_as_its_data() {
         use prost::Message;
-        for from_http_app in [true, false] {
-            let mut app = awkward_answer(from_http_app);
+        for (from_http_app, entries) in [(true, false), (false, false), (true, true)] {
+            let mut app = awkward_answer(from_http_app, entries);
             let mut expected = response_head(&app);
             let message = expected.message.as_mut().expect("a message");
             message.data.get_or_insert_default().value = b"hello".to_vec();
@@ -555,7 +580,10 @@ mod tests {
             wire::Sent::encode(&sent, &mut buf);
             assert_eq!(buf.len(), wire::Sent::encoded_len(&sent));
             let decoded = InternalInvokeResponse::decode(buf.freeze()).expect("decodes");
-            assert_eq!(decoded, expected, "from an HTTP app: {from_http_app}");
+            assert_eq!(
+                decoded, expected,
+                "from an HTTP app: {from_http_app}, entries: {entries}"
+            );
         }
     }
 

@@ -363,7 +363,6 @@ mod tests {
     use crate::inbound::app_channel::AppResponse;
     use bytes::Bytes;
     use dapr_proto::internals::v1::Status as InvokeStatus;
-    use http::HeaderMap;
 
     pub(super) fn metrics() -> Metrics {
         let m = Metrics::new("orders", true);
@@ -530,7 +529,7 @@ mod tests {
             type_url: String::new(),
             from_http_app: true,
             status: 404,
-            headers: HeaderMap::new(),
+            headers: crate::wire::AppHeaders::default(),
             body: crate::inbound::app_channel::once(Bytes::new()),
         };
         let answered = m

@@ -7,12 +7,12 @@
 //! without hyper's client"). The IO is `inbound::app_pool`'s; this module does no IO.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use smallvec::SmallVec;
 
-use super::ReceivedMetadata;
 use super::metadata::push_app_header_name;
 use super::names;
+use super::{HeaderEntries, ReceivedMetadata};
 
 /// Headers an app's response head may carry: hyper's client default, which applied before.
 pub const MAX_HEADERS: usize = 100;
@@ -182,7 +182,8 @@ pub enum BodyFraming {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// Each name once (lower-case), with its values in the order they came.
+    pub headers: HeaderEntries,
     pub framing: BodyFraming,
     /// Whether the connection may carry another request once the body has been read.
     pub keep_alive: bool,
@@ -233,7 +234,7 @@ pub fn parse_response(
             buf.advance(len);
             continue;
         }
-        let mut map = HeaderMap::with_capacity(spans.len());
+        let mut entries: HeaderEntries = Vec::with_capacity(spans.len());
         let mut content_length: Option<u64> = None;
         let mut length_valid = true;
         let mut chunked = None;
@@ -257,7 +258,11 @@ pub fn parse_response(
             // httparse has checked the value's bytes, as `HeaderValue` would.
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| Http1Error::MalformedHead(httparse::Error::HeaderValue))?;
-            map.append(name, value);
+            // Grouped by name as a map groups them; a head has a handful of names.
+            match entries.iter_mut().find(|(held, _)| *held == name) {
+                Some((_, values)) => values.push(value),
+                None => entries.push((name, SmallVec::from_buf([value]))),
+            }
         }
         let framing = if *request == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -285,7 +290,7 @@ pub fn parse_response(
         let keep_alive = !close && framing != BodyFraming::UntilClose;
         return Ok(Some(ResponseHead {
             status,
-            headers: map,
+            headers: entries,
             framing,
             keep_alive,
         }));
@@ -564,9 +569,11 @@ mod tests {
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.framing, BodyFraming::Length(5));
         assert!(head.keep_alive);
-        assert_eq!(head.headers["content-type"], "text/plain");
-        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
+        let names: Vec<&str> = head.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-a", "content-length"]);
+        assert_eq!(head.headers[0].1.as_slice(), ["text/plain"]);
+        // Two spellings of a name are one header, its values in order.
+        assert_eq!(head.headers[1].1.as_slice(), ["1", "2"]);
         assert_eq!(&rest[..], b"hello");
 
         // Partial heads wait for more; interim answers are skipped.
@@ -586,75 +593,69 @@ mod tests {
 
     #[test]
     fn framing_and_reuse_follow_rfc_9112() {
-        let framing = |bytes: &[u8], method: &Method| {
-            let head = parse(bytes, method).0.expect("parses").expect("complete");
-            (head.framing, head.keep_alive)
-        };
-        assert_eq!(
-            framing(
+        use BodyFraming::{Chunked, Empty, Length, UntilClose};
+        let cases: [(&[u8], Method, BodyFraming, bool); 10] = [
+            (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
-                &Method::HEAD
+                Method::HEAD,
+                Empty,
+                true,
             ),
-            (BodyFraming::Empty, true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 204 No Content\r\n\r\n", &Method::GET),
-            (BodyFraming::Empty, true)
-        );
-        assert_eq!(
-            framing(
+            (b"HTTP/1.1 204 No Content\r\n\r\n", Method::GET, Empty, true),
+            (
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Empty,
+                true,
             ),
-            (BodyFraming::Empty, true)
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\n\r\n", &Method::GET),
-            (BodyFraming::UntilClose, false)
-        );
-        assert_eq!(
-            framing(
+            (b"HTTP/1.1 200 OK\r\n\r\n", Method::GET, UntilClose, false),
+            (
                 b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 1\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Length(1),
+                false,
             ),
-            (BodyFraming::Length(1), false)
-        );
-        assert_eq!(
-            framing(
+            (
                 b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Length(1),
+                false,
             ),
-            (BodyFraming::Length(1), false)
-        );
-        assert_eq!(
-            framing(
+            (
                 b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Length(1),
+                true,
             ),
-            (BodyFraming::Length(1), true)
-        );
-        assert_eq!(
-            framing(
+            (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Length(3),
+                true,
             ),
-            (BodyFraming::Length(3), true)
-        );
-        // Both: chunked wins, and the connection is not reused.
-        assert_eq!(
-            framing(
+            // Both: chunked wins, and the connection is not reused.
+            (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                Chunked,
+                false,
             ),
-            (BodyFraming::Chunked, false)
-        );
-        assert_eq!(
-            framing(
+            (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                &Method::GET
+                Method::GET,
+                UntilClose,
+                false,
             ),
-            (BodyFraming::UntilClose, false)
-        );
+        ];
+        for (bytes, method, framing, keep_alive) in cases {
+            let head = parse(bytes, &method).0.expect("parses").expect("complete");
+            assert_eq!(
+                (head.framing, head.keep_alive),
+                (framing, keep_alive),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]

@@ -122,7 +122,52 @@ fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> Str
 }
 
 /// Header names, each once, with their values: a header map's entries as they travel.
-pub(super) type HeaderEntries = Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)>;
+pub type HeaderEntries = Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)>;
+
+/// An app's response headers: a map (a gRPC app's metadata, an `https` or `h2c` app's
+/// headers), or a plaintext HTTP/1.1 app's as its head was parsed (`super::http1`), each name
+/// once with its values in the order they came, which is the order a map gives them in.
+#[derive(Debug)]
+pub enum AppHeaders {
+    Map(HeaderMap),
+    Entries(HeaderEntries),
+}
+
+impl Default for AppHeaders {
+    fn default() -> Self {
+        AppHeaders::Entries(Vec::new())
+    }
+}
+
+impl AppHeaders {
+    /// The first value of the header `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        match self {
+            AppHeaders::Map(map) => map.get(name),
+            AppHeaders::Entries(entries) => entries
+                .iter()
+                .find(|(held, _)| held == name)
+                .and_then(|(_, values)| values.first()),
+        }
+    }
+
+    /// The entries that travel, as [`travelling`] keeps a map's.
+    pub(super) fn travelling(self, drop: impl Fn(&HeaderName) -> bool) -> HeaderEntries {
+        match self {
+            AppHeaders::Map(map) => travelling(map, drop),
+            AppHeaders::Entries(mut entries) => {
+                entries.retain_mut(|(name, values)| {
+                    if is_hop_by_hop(name.as_str()) || drop(name) {
+                        return false;
+                    }
+                    values.retain(|value| value.to_str().is_ok());
+                    !values.is_empty()
+                });
+                entries
+            }
+        }
+    }
+}
 
 /// The entries of `headers` that travel, taken from it without a copy: all but hop-by-hop ones
 /// and those `drop` names, each with its values that are visible ASCII (a header with none

@@ -25,9 +25,9 @@ pub use encode::Spelling;
 pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
 pub use grpc::{Answer, MessageStream, Messages, answer, message_limit};
 pub use metadata::{
-    CONTENT_LENGTH, ClientHeaders, app_response_headers_to_metadata, canonical_name,
-    entries_into_headers, first, grpc_metadata_name, headers_to_metadata, is_canonical,
-    is_permanent_http_header, metadata_to_grpc_headers, metadata_to_headers, set,
+    AppHeaders, CONTENT_LENGTH, ClientHeaders, HeaderEntries, app_response_headers_to_metadata,
+    canonical_name, entries_into_headers, first, grpc_metadata_name, headers_to_metadata,
+    is_canonical, is_permanent_http_header, metadata_to_grpc_headers, metadata_to_headers, set,
 };
 pub use received::{
     DecodeError, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest, ReceivedResponse,

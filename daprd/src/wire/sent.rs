@@ -6,11 +6,10 @@
 use bytes::BufMut;
 use dapr_proto::common::v1::{InvokeResponse, StreamPayload};
 use dapr_proto::internals::v1::Status as InvokeStatus;
-use http::HeaderMap;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len, message};
 
 use super::encode::{Spelling, encode_entry, entry_len};
-use super::metadata::{HeaderEntries, travelling};
+use super::metadata::{AppHeaders, HeaderEntries};
 
 /// A message the internal server sends: written by its own code, or by prost.
 pub trait Sent {
@@ -50,13 +49,13 @@ impl SentResponse {
     /// (a header with none does not travel), as `wire::headers_to_metadata` keeps them.
     pub fn new(
         status: InvokeStatus,
-        headers: HeaderMap,
+        headers: AppHeaders,
         spelling: Spelling,
         message: InvokeResponse,
     ) -> Self {
         SentResponse {
             status,
-            headers: travelling(headers, |name| name == http::header::CONTENT_TYPE),
+            headers: headers.travelling(|name| name == http::header::CONTENT_TYPE),
             spelling,
             message,
         }
