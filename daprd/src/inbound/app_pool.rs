@@ -230,10 +230,7 @@ impl AppPool {
         // Each pass takes another idle connection or opens one, and a new connection's
         // failure ends the loop: at most `max_idle` + 1 passes.
         loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
-            };
+            let (mut conn, reused) = self.connection().await?;
             let mut request = head.clone().chain(body.clone());
             if let Err(e) = conn.stream.write_all_buf(&mut request).await {
                 if reused {
@@ -266,11 +263,7 @@ impl AppPool {
         body: BoxStream<Result<Bytes, BoxError>>,
         framing: RequestFraming,
     ) -> Result<(ResponseHead, PooledBody), PoolError> {
-        let conn = match self.checkout() {
-            Some(conn) => conn,
-            None => self.connect().await?,
-        };
-        let Connection { stream, mut buf } = conn;
+        let (Connection { stream, mut buf }, _) = self.connection().await?;
         let (read, write) = stream.into_split();
         let mut pump = Pump(tokio::spawn(write_body(write, head, chunks, body, framing)));
         let mut reader = Reader::Split(read);
@@ -281,10 +274,9 @@ impl AppPool {
             loop {
                 tokio::select! {
                     head = &mut reading => break head,
-                    done = &mut pump.0, if written.is_none() => match done {
-                        Ok(Ok(write)) => written = Some(write),
-                        Ok(Err(e)) => return Err(self.failed(e)),
-                        Err(e) => return Err(self.failed(std::io::Error::other(e))),
+                    done = &mut pump, if written.is_none() => match done {
+                        Ok(write) => written = Some(write),
+                        Err(e) => return Err(self.failed(e)),
                     },
                 }
             }
@@ -299,6 +291,14 @@ impl AppPool {
                 Ok((head, body))
             }
             Err(Unanswered::Nothing(e) | Unanswered::Partly(e)) => Err(self.failed(e)),
+        }
+    }
+
+    /// An idle connection (true: reused) or a new one.
+    async fn connection(&self) -> Result<(Connection, bool), PoolError> {
+        match self.checkout() {
+            Some(conn) => Ok((conn, true)),
+            None => Ok((self.connect().await?, false)),
         }
     }
 
@@ -445,6 +445,19 @@ struct Pump(JoinHandle<Result<OwnedWriteHalf, ExchangeError>>);
 impl Drop for Pump {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The write half once the body is out, or why it is not (a task that panicked is an IO
+/// error).
+impl Future for Pump {
+    type Output = Result<OwnedWriteHalf, ExchangeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(match ready!(Pin::new(&mut self.0).poll(cx)) {
+            Ok(written) => written,
+            Err(e) => Err(std::io::Error::other(e).into()),
+        })
     }
 }
 
@@ -632,13 +645,9 @@ impl PooledBody {
     /// The streamed request's writer, checked: its failure is the body's.
     fn poll_writing(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
         if let Some(Writing::Pumping(pump)) = &mut self.writing
-            && let Poll::Ready(done) = Pin::new(&mut pump.0).poll(cx)
+            && let Poll::Ready(done) = Pin::new(pump).poll(cx)
         {
-            match done {
-                Ok(Ok(write)) => self.writing = Some(Writing::Done(write)),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(std::io::Error::other(e).into()),
-            }
+            self.writing = Some(Writing::Done(done?));
         }
         Ok(())
     }
@@ -660,10 +669,8 @@ impl Stream for PooledBody {
                 return this.fail(e);
             }
             match &mut this.remaining {
-                Remaining::Length(0) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
+                // Never 0 here: `new` finishes a body whose bytes are all there (an empty one
+                // among them), and the arm below finishes one when its last bytes are taken.
                 Remaining::Length(left) if !this.buf.is_empty() => {
                     let take =
                         usize::try_from(*left).map_or(this.buf.len(), |l| l.min(this.buf.len()));

@@ -425,6 +425,12 @@ static KNOWN: [HeaderName; 6] = [
     HeaderName::from_static(names::X_FORWARDED_HOST),
 ];
 
+/// Whether a lower-case header name stays on this hop: hop-by-hop names and
+/// `destination-app-id` ([`header_name`], [`push_app_header_name`]).
+fn stays_behind(lower: &[u8]) -> bool {
+    is_hop_by_hop_bytes(lower) || lower == names::DESTINATION_APP_ID.as_bytes()
+}
+
 /// The header name of a metadata entry that travels on to an app, lower-case: none for
 /// hop-by-hop headers, `destination-app-id` and `:`-names; `grpc-*` as `dapr-grpc-*`.
 fn header_name(name: &str) -> Option<HeaderName> {
@@ -436,7 +442,7 @@ fn header_name(name: &str) -> Option<HeaderName> {
     }
     let header = HeaderName::from_bytes(name.as_bytes()).ok()?;
     let lower = header.as_str();
-    if is_hop_by_hop(lower) || lower == names::DESTINATION_APP_ID {
+    if stays_behind(lower.as_bytes()) {
         None
     } else if lower.starts_with("grpc-") {
         HeaderName::try_from(format!("dapr-{lower}")).ok()
@@ -457,11 +463,7 @@ pub(super) fn push_app_header_name(name: &str, out: &mut Vec<u8>) -> bool {
     let start = out.len();
     out.extend(name.iter().map(|&b| TOKEN_LOWER[usize::from(b)]));
     let lower = &out[start..];
-    if lower.contains(&0)
-        || is_hop_by_hop_bytes(lower)
-        || lower == names::DESTINATION_APP_ID.as_bytes()
-        || lower == b"content-type"
-    {
+    if lower.contains(&0) || stays_behind(lower) || lower == b"content-type" {
         out.truncate(start);
         return false;
     }
