@@ -1,8 +1,11 @@
 mod decode;
+// PATCHED (see vendor/README.md): only the tests encode; the encoder writes raw literals.
+#[cfg(test)]
 mod encode;
 mod table;
 
 pub use self::decode::decode;
+#[cfg(test)]
 pub use self::encode::encode;
 
 #[cfg(test)]
