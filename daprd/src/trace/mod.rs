@@ -48,13 +48,19 @@ pub fn next(incoming: Option<&str>, trace: u128, span: u64) -> String {
     out
 }
 
-/// The lowest `digits` hex digits of `value`, lower-case and zero-padded, as `{:0digits$x}`.
-fn push_hex(out: &mut String, value: u128, digits: u32) {
+/// The lowest `digits` (at most 32) hex digits of `value`, lower-case and zero-padded, as
+/// `{:0digits$x}`: written into a stack buffer and pushed once, since `String::push` checks
+/// for room and encodes a `char` on every digit.
+fn push_hex(out: &mut String, value: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for digit in (0..digits).rev() {
-        let nibble = (value >> (4 * digit)) & 0xf;
-        out.push(char::from(HEX[nibble as usize]));
+    let mut text = [0u8; 32];
+    let digits = digits.min(text.len());
+    for (i, slot) in text[..digits].iter_mut().enumerate() {
+        let nibble = (value >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = HEX[nibble as usize];
     }
+    // Hex digits are ASCII, so this never falls back to the empty string.
+    out.push_str(std::str::from_utf8(&text[..digits]).unwrap_or_default());
 }
 
 /// A fresh `traceparent` for the next hop (random ids).
@@ -513,6 +519,24 @@ mod tests {
         assert_eq!(inside, mine);
         let outside = next_hop(Some(incoming));
         assert!(outside.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && outside != mine);
+    }
+
+    #[test]
+    fn hex_digits_are_zero_padded_lower_case_as_format_writes_them() {
+        for value in [
+            0,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123_4567_89ab_cdef << 60,
+        ] {
+            let (mut long, mut short) = (String::new(), String::new());
+            push_hex(&mut long, value, 32);
+            push_hex(&mut short, value, 16);
+            assert_eq!(long, format!("{value:032x}"));
+            assert_eq!(short, format!("{:016x}", value & u128::from(u64::MAX)));
+        }
     }
 
     #[test]
