@@ -374,7 +374,8 @@ impl ChunkedDecoder {
             match self.state {
                 ChunkState::Size => {
                     let Some(end) = line_end(buf) else {
-                        if buf.len() > MAX_CHUNK_LINE {
+                        // A line at the bound may have its CR here and its LF still to come.
+                        if buf.len() > MAX_CHUNK_LINE + 1 {
                             return Err(Http1Error::MalformedChunk("chunk-size line too long"));
                         }
                         return Ok(Decoded::Incomplete);
@@ -727,6 +728,66 @@ mod tests {
                 Decoded::Incomplete => return Err(Http1Error::ClosedInBody),
             }
         }
+    }
+
+    #[test]
+    fn a_chunk_size_line_is_bounded_however_its_bytes_arrive() {
+        // `1;xxx...`: a size with an extension padding the line to `len` bytes.
+        let line = |len: usize| {
+            let mut line = b"1;".to_vec();
+            line.resize(len, b'x');
+            line
+        };
+        let body = |len: usize| [line(len), b"\r\na\r\n0\r\n\r\n".to_vec()].concat();
+        // At the bound: whole, or cut between the line's CR and LF.
+        for step in [usize::MAX, MAX_CHUNK_LINE + 1, 1000] {
+            let decoded = decode_in_steps(&body(MAX_CHUNK_LINE), step);
+            assert_eq!(decoded.expect("a line at the bound"), b"a", "{step}");
+        }
+        for step in [usize::MAX, MAX_CHUNK_LINE + 1, 1000] {
+            let decoded = decode_in_steps(&body(MAX_CHUNK_LINE + 1), step);
+            assert!(
+                matches!(decoded, Err(Http1Error::MalformedChunk(_))),
+                "{step}"
+            );
+        }
+        // A line that never ends is refused once the bound is passed, not waited for.
+        let endless = line(MAX_CHUNK_LINE + 2);
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&endless[..MAX_CHUNK_LINE + 1]);
+        assert_eq!(
+            decoder.decode(&mut buf).expect("within"),
+            Decoded::Incomplete
+        );
+        buf.extend_from_slice(&endless[MAX_CHUNK_LINE + 1..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(Http1Error::MalformedChunk(_))
+        ));
+    }
+
+    #[test]
+    fn trailers_are_bounded_as_a_head_is() {
+        // One trailer whose line and CRLF take `len` bytes, after a one-byte body.
+        let body = |len: usize| {
+            let mut trailer = b"x-t: ".to_vec();
+            trailer.resize(len - 2, b'v');
+            [b"1\r\na\r\n0\r\n".to_vec(), trailer, b"\r\n\r\n".to_vec()].concat()
+        };
+        for step in [usize::MAX, 64 * 1024] {
+            let decoded = decode_in_steps(&body(MAX_HEAD), step);
+            assert_eq!(decoded.expect("trailers at the bound"), b"a", "{step}");
+            let decoded = decode_in_steps(&body(MAX_HEAD + 1), step);
+            assert!(
+                matches!(decoded, Err(Http1Error::MalformedChunk(_))),
+                "{step}"
+            );
+        }
+        // Trailers that never end are refused once the bound is passed.
+        let mut endless = body(MAX_HEAD + 3);
+        endless.truncate(endless.len() - 4);
+        let decoded = decode_in_steps(&endless, 64 * 1024);
+        assert!(matches!(decoded, Err(Http1Error::MalformedChunk(_))));
     }
 
     #[test]
