@@ -455,6 +455,13 @@ fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], DecodeError> {
 /// A base-128 varint of at most 10 bytes (64 bits), from the front of `buf`.
 #[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    // Most are one byte: every key, and the length of every name and value under 128 bytes.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0u64;
     for (i, &byte) in buf.iter().take(10).enumerate() {
         // The tenth byte holds the 64th bit only.
@@ -659,6 +666,30 @@ mod tests {
         let entry: &[u8] = &[0x12, 0x04, 0x0a, 0x02, 0xc3, 0x28];
         let e = ReceivedRequest::decode(Bytes::from_static(entry)).expect_err("refused");
         assert_eq!(e.to_string(), "metadata name is not UTF-8");
+    }
+
+    #[test]
+    fn varints_read_as_prost_encodes_them() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut encoded = Vec::new();
+            prost::encoding::encode_varint(value, &mut encoded);
+            encoded.push(0xaa);
+            let mut buf = &encoded[..];
+            assert_eq!(varint(&mut buf).expect("a varint"), value);
+            assert_eq!(buf, &[0xaa], "{value}: the rest is left");
+            let mut cut = &encoded[..encoded.len() - 2];
+            assert!(varint(&mut cut).is_err(), "{value} cut short");
+        }
     }
 
     #[test]
