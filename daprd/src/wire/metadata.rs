@@ -157,10 +157,10 @@ impl AppHeaders {
             AppHeaders::Map(map) => travelling(map, drop),
             AppHeaders::Entries(mut entries) => {
                 entries.retain_mut(|(name, values)| {
-                    if is_hop_by_hop(name.as_str()) || drop(name) {
+                    if !name_travels(name, &drop) {
                         return false;
                     }
-                    values.retain(|value| value.to_str().is_ok());
+                    values.retain(|value| value_travels(value));
                     !values.is_empty()
                 });
                 entries
@@ -178,13 +178,13 @@ pub(super) fn travelling(headers: HeaderMap, drop: impl Fn(&HeaderName) -> bool)
     let mut travels = false;
     for (name, value) in headers {
         if let Some(name) = name {
-            travels = !is_hop_by_hop(name.as_str()) && !drop(&name);
+            travels = name_travels(&name, &drop);
             if travels {
                 kept.push((name, SmallVec::new()));
             }
         }
         if travels
-            && value.to_str().is_ok()
+            && value_travels(&value)
             && let Some((_, values)) = kept.last_mut()
         {
             values.push(value);
@@ -192,6 +192,16 @@ pub(super) fn travelling(headers: HeaderMap, drop: impl Fn(&HeaderName) -> bool)
     }
     kept.retain(|(_, values)| !values.is_empty());
     kept
+}
+
+/// Whether a header goes on to the other sidecar: not hop-by-hop, and not one `drop` names.
+fn name_travels(name: &HeaderName, drop: impl Fn(&HeaderName) -> bool) -> bool {
+    !is_hop_by_hop(name.as_str()) && !drop(name)
+}
+
+/// Whether a header value goes on: visible ASCII (`to_str`); other values are left out.
+fn value_travels(value: &HeaderValue) -> bool {
+    value.to_str().is_ok()
 }
 
 /// An HTTP API request's headers that travel as invocation metadata, named as upstream's caller
