@@ -434,3 +434,81 @@ async fn malformed_percent_encoding_in_the_method_gets_400_with_dapr_error_json(
         );
     }
 }
+
+/// POSTs `chunks` chunks of 64 KiB (chunked, no length) to the `orders` app through the sidecar
+/// on `port` with `Connection: close`, and returns the status line and the whole answer.
+async fn chunked_post_then_close(port: u16, chunks: usize) -> (String, String) {
+    let mut stream = TcpStream::connect(loopback(port)).await.expect("connect");
+    let head = "POST /v1.0/invoke/orders/method/echo HTTP/1.1\r\nHost: localhost\r\n\
+                Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..chunks {
+        let sent = async {
+            stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            stream.write_all(&chunk).await?;
+            stream.write_all(b"\r\n").await
+        };
+        // The sidecar may answer and close before it has read everything.
+        if sent.await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let (seen, _) = read_until_closed(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("the sidecar answers and closes within 30 s");
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_body_over_the_callees_limit_is_refused_before_a_grpc_app_is_called() {
+    // A gRPC app's `OnInvoke` needs the body whole, so the callee gathers what the caller
+    // streams; its own --max-body-size bounds that, whatever the caller's allows.
+    let dir = scratch_dir("limits-grpc-gather").expect("scratch dir");
+    let app = echo_app("grpc").await.expect("echo-app starts");
+    let callee = SidecarOptions {
+        app_port: Some(app.addr.port()),
+        config: Some(e2e::sidecar::sqlite_config(&dir, "callee", "").expect("config")),
+        extra_args: ["--app-protocol", "grpc", "--max-body-size", "1Mi"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let caller = SidecarOptions {
+        config: Some(e2e::sidecar::sqlite_config(&dir, "caller", "").expect("config")),
+        ..Default::default()
+    };
+    let (_callee, caller) =
+        e2e::sidecar::start_pair(&dir, ("orders", callee), ("checkout", caller))
+            .await
+            .expect("pair starts");
+    // Within the callee's limit: the app echoes the 512 KiB back.
+    let (status, answer) = chunked_post_then_close(caller.http_port, 8).await;
+    assert_eq!(
+        status,
+        "HTTP/1.1 200 OK",
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(
+        answer.contains(&"x".repeat(64 * 1024)),
+        "the body comes back: {}",
+        &answer[..answer.len().min(300)]
+    );
+    // 2 MiB: within the caller's default 4 MiB, over the callee's 1 MiB.
+    let (status, answer) = chunked_post_then_close(caller.http_port, 32).await;
+    // The peer's refusal reaches the client as any failed peer call does (upstream's words).
+    let shown = &answer[..answer.len().min(400)];
+    assert_eq!(status, "HTTP/1.1 500 Internal Server Error", "{shown}");
+    assert!(
+        answer.contains("ERR_DIRECT_INVOKE")
+            && answer.contains("request body is larger than the limit of 1048576 bytes"),
+        "the callee refused it, not the app: {shown}"
+    );
+}

@@ -93,6 +93,9 @@ pub struct AppChannel {
     /// The largest message read from the app's `OnInvoke` answer (`wire::message_limit`), as
     /// upstream bounds it at `--max-body-size` (`pkg/channel/grpc/grpc_channel.go`).
     message_limit: usize,
+    /// The longest body gathered for a gRPC app's `OnInvoke` (`--max-body-size`): a peer may
+    /// stream a body of any length, and the call needs it whole (docs/limits.md).
+    body_limit: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -169,6 +172,7 @@ impl AppChannel {
                 .app_max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n))),
             message_limit,
+            body_limit: config.max_body_size,
             metrics: Arc::clone(metrics),
         }))
     }
@@ -305,7 +309,7 @@ impl AppChannel {
     /// `AppCallback/OnInvoke`: the body is collected (the callback is unary); the app's status,
     /// headers and data come back as an [`AppResponse`] with a gRPC code.
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
-        let data = collect(request.body, usize::MAX).await?;
+        let data = collect(request.body, self.body_limit).await?;
         let mut headers = HeaderMap::new();
         request.metadata.to_grpc_headers(&mut headers);
         headers.remove(header::CONTENT_TYPE);
