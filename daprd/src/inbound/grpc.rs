@@ -105,7 +105,7 @@ impl Routes {
 /// the handler gets that long to answer, as grpc-go's server cancels a call's context at its
 /// deadline. A value that does not parse is ignored, as tonic's server ignores it.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+    let value = headers.get(&wire::names::header::GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = value.split_last().map(|(unit, digits)| (digits, *unit))?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

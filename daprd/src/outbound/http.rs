@@ -196,7 +196,7 @@ async fn shutdown(State(shared): AppState, headers: HeaderMap) -> Response {
 
 /// `/v1.0/invoke/<id>/method/<method>`; the `dapr-app-id` header wins when present.
 async fn invoke_by_path(State(shared): AppState, request: Request) -> Response {
-    if request.headers().contains_key(names::DAPR_APP_ID) {
+    if request.headers().contains_key(&names::header::DAPR_APP_ID) {
         return invoke_by_header(State(shared), request).await;
     }
     let path = request.uri().path();

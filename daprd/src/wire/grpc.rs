@@ -171,7 +171,7 @@ where
         let Some(http_status) = self.response else {
             return Ok(None);
         };
-        match trailers.and_then(|t| t.get("grpc-status")) {
+        match trailers.and_then(|t| t.get(&super::names::header::GRPC_STATUS)) {
             // The usual end, without parsing the rest of the trailers.
             Some(code) if code == "0" => Ok(None),
             Some(_) => match trailers.and_then(Status::from_header_map) {

@@ -54,6 +54,16 @@ pub mod names {
     pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
     pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
     pub const FORWARDED: &str = "forwarded";
+
+    /// Names looked up in every call's head, as `HeaderName`s: a lookup by `&str` parses the
+    /// name before it hashes it (bench/notes.md, "header names looked up as names").
+    pub mod header {
+        use http::HeaderName;
+
+        pub static DAPR_APP_ID: HeaderName = HeaderName::from_static(super::DAPR_APP_ID);
+        pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+        pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    }
 }
 
 /// The content type of typed data (an `Any` with a `type_url`) for HTTP (upstream's
