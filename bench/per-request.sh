@@ -24,6 +24,13 @@
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
+# With PER_REQUEST_API=grpc the chains carry gRPC instead: `Dapr/InvokeService` to the caller
+# daprd's gRPC API → mTLS → callee daprd → `AppCallback/OnInvoke` to echo-app (`--app-protocol
+# grpc`); for nginx, `AppCallback/OnInvoke` through nginx A (h2c in) → `grpc_pass` over TLS 1.3
+# with client certificates → nginx B → `grpc_pass` to echo-app, bench/src/nginx.rs's gRPC chain.
+# Every hop of both then speaks HTTP/2. The calls come from `BIN_DIR/bench --calls` (Rust, tonic,
+# 4 connections) instead of Python's http.client.
+#
 # With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
 # With PER_REQUEST_PROFILE=DIR the two processes are also sampled by perf (cpu-clock, 4999 Hz,
 # call graphs; linux-perf needed) under the same load, unperturbed by the other instruments, into
@@ -42,7 +49,10 @@ bin=$(realpath "${1:-$repo/target/release}")
 n=${2:-2000}
 chain=${PER_REQUEST_CHAIN:-daprd}
 pace_ms=${PER_REQUEST_PACE_MS:-1}
+api=${PER_REQUEST_API:-http}
 case $chain in daprd | nginx) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd or nginx" >&2; exit 1 ;; esac
+case $api in http | grpc) ;; *) echo "per-request.sh: PER_REQUEST_API is http or grpc" >&2; exit 1 ;; esac
+[ "$api" = http ] || [ -x "$bin/bench" ] || { echo "per-request.sh: PER_REQUEST_API=grpc needs $bin/bench" >&2; exit 1; }
 for tool in valgrind callgrind_control strace python3 curl openssl; do
   command -v "$tool" >/dev/null || { echo "per-request.sh: $tool is missing" >&2; exit 1; }
 done
@@ -51,11 +61,16 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 app=$(port)
-"$bin/echo-app" --protocol http --port "$app" > "$d/app.log" 2>&1 &
+"$bin/echo-app" --protocol "$api" --port "$app" > "$d/app.log" 2>&1 &
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (a gRPC server has no /healthz here)
+wait_port() {
+  for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "per-request.sh: nothing listens on 127.0.0.1:$1" >&2; exit 1
+}
 
 if [ "$chain" = daprd ]; then
-  sentry_port=$(port); healthz=$(port); callee_http=$(port); caller_http=$(port)
-  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo
+  sentry_port=$(port); healthz=$(port); callee_http=$(port); caller_http=$(port); caller_grpc=$(port)
+  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo; entry_grpc=dapr=127.0.0.1:$caller_grpc
   mkdir -p "$d/creds"
   printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: daprsystem}\nspec: {mtls: {enabled: true, workloadCertTTL: 1h, allowedClockSkew: 1m}}\n' > "$d/sentry.yaml"
   "$bin/sentry" --issuer-credentials "$d/creds" --config "$d/sentry.yaml" --listen-address 127.0.0.1 \
@@ -68,11 +83,11 @@ if [ "$chain" = daprd ]; then
   # start_pair PREFIX...: a callee and a caller daprd, each run under PREFIX (may be empty).
   start_pair() {
     DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id orders --app-port "$app" \
-      --dapr-http-port "$callee_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
+      --app-protocol "$api" --dapr-http-port "$callee_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
       "${common[@]}" > "$d/callee.log" 2>&1 &
     callee=$!
     DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout \
-      --dapr-http-port "$caller_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
+      --dapr-http-port "$caller_http" --dapr-grpc-port "$caller_grpc" --dapr-internal-grpc-port "$(port)" \
       "${common[@]}" ${PER_REQUEST_RESOURCES:+--resources-path "$PER_REQUEST_RESOURCES"} \
       > "$d/caller.log" 2>&1 &
     caller=$!
@@ -91,8 +106,8 @@ else
       (cd "$repo/.cache/nginx" && timeout 300 apt-get download nginx && dpkg -x nginx_*.deb root)
     fi
   fi
-  a_http=$(port); b_http=$(port)
-  entry_port=$a_http; entry_path=/echo
+  a_http=$(port); b_http=$(port); a_grpc=$(port); b_grpc=$(port)
+  entry_port=$a_http; entry_path=/echo; entry_grpc=app=127.0.0.1:$a_grpc
   # Certificates as bench/src/nginx.rs writes them: a CA, B's serving certificate (localhost,
   # 127.0.0.1) and A's client certificate, all ECDSA P-256.
   key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$1.key" 2>/dev/null; }
@@ -107,8 +122,8 @@ else
     openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
       -days 2 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
   done
-  # The HTTP parts of bench/src/nginx.rs's config_a / config_b (its gRPC servers carry no
-  # traffic here), one process each instead of a master and one worker.
+  # bench/src/nginx.rs's config_a / config_b (the servers of the other API carry no traffic),
+  # one process each instead of a master and one worker.
   nginx_head() {
     printf 'master_process off;\ndaemon off;\npid %s/%s.pid;\nerror_log %s/%s-error.log warn;\nevents { worker_connections 4096; }\nhttp {\n  access_log off;\n' "$d" "$1" "$d" "$1"
     for t in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s/%s-%s;\n' "$t" "$d" "$1" "$t"; done
@@ -116,6 +131,20 @@ else
   }
   { nginx_head nginx-a; cat <<EOF
   upstream b_http { server 127.0.0.1:$b_http; keepalive 64; keepalive_requests 1000000; }
+  upstream b_grpc { server 127.0.0.1:$b_grpc; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$a_grpc http2;
+    location / {
+      grpc_pass grpcs://b_grpc;
+      grpc_ssl_protocols TLSv1.3;
+      grpc_ssl_certificate $d/client.crt;
+      grpc_ssl_certificate_key $d/client.key;
+      grpc_ssl_trusted_certificate $d/ca.crt;
+      grpc_ssl_verify on;
+      grpc_ssl_name localhost;
+      grpc_ssl_session_reuse on;
+    }
+  }
   server {
     listen 127.0.0.1:$a_http;
     location / {
@@ -136,6 +165,18 @@ EOF
   } > "$d/nginx-a.conf"
   { nginx_head nginx-b; cat <<EOF
   upstream app_http { server 127.0.0.1:$app; keepalive 64; keepalive_requests 1000000; }
+  upstream app_grpc { server 127.0.0.1:$app; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$b_grpc ssl http2;
+    ssl_protocols TLSv1.3;
+    ssl_certificate $d/server.crt;
+    ssl_certificate_key $d/server.key;
+    ssl_client_certificate $d/ca.crt;
+    ssl_verify_client on;
+    location / {
+      grpc_pass grpc://app_grpc;
+    }
+  }
   server {
     listen 127.0.0.1:$b_http ssl;
     ssl_protocols TLSv1.3;
@@ -154,13 +195,14 @@ EOF
   } > "$d/nginx-b.conf"
   "$nginx" -t -p "$d" -c "$d/nginx-a.conf" > "$d/nginx-t.log" 2>&1 && "$nginx" -t -p "$d" -c "$d/nginx-b.conf" >> "$d/nginx-t.log" 2>&1 \
     || { cat "$d/nginx-t.log" >&2; exit 1; }
-  wait_http "http://127.0.0.1:$app/healthz"
+  if [ "$api" = http ]; then wait_http "http://127.0.0.1:$app/healthz"; else wait_port "$app"; fi
   # start_pair PREFIX...: nginx B ("callee") and nginx A ("caller"), each run under PREFIX.
   start_pair() {
     "$@" "$nginx" -p "$d" -c "$d/nginx-b.conf" > "$d/callee.log" 2>&1 &
     callee=$!
     "$@" "$nginx" -p "$d" -c "$d/nginx-a.conf" > "$d/caller.log" 2>&1 &
     caller=$!
+    if [ "$api" = grpc ]; then wait_port "$b_grpc"; wait_port "$a_grpc"; return; fi
     wait_http "https://127.0.0.1:$b_http/healthz" --cacert "$d/ca.crt" --cert "$d/client.crt" \
       --key "$d/client.key" --resolve "localhost:$b_http:127.0.0.1"
     wait_http "http://127.0.0.1:$a_http/healthz"
@@ -172,6 +214,10 @@ stop_pair() { kill "$caller" "$callee"; wait "$caller" "$callee" 2>/dev/null || 
 # load N [PACE_MS]: N requests on 4 keep-alive connections (N/4 each), back-to-back or one every
 # PACE_MS across the connections; exits non-zero on any non-200, gives up after 20 minutes.
 load() {
+  if [ "$api" = grpc ]; then
+    timeout 1200 "$bin/bench" --calls "$1" --calls-to "$entry_grpc" --calls-pace-ms "${2:-0}"
+    return
+  fi
   timeout 1200 python3 - "$1" "${2:-0}" "$entry_port" "$entry_path" <<'PY'
 import http.client, sys, threading, time
 n, pace, port, path = int(sys.argv[1]), float(sys.argv[2]) / 1000, int(sys.argv[3]), sys.argv[4]
@@ -304,7 +350,7 @@ print("  ".join(f"{f} {calls[f] / n:.2f}" for f in entries)
       + f" (not NULL: {(counts.get('_int_free', 0) + counts.get('mi_free', 0)) / n:.2f})")
 PY
 }
-echo "chain $chain, $n requests of 1 KiB, 4 connections${regimes[1]:+; paced: one request every $pace_ms ms}"
+echo "chain $chain, API $api, $n requests of 1 KiB, 4 connections${regimes[1]:+; paced: one request every $pace_ms ms}"
 roles=(caller callee)
 for i in 0 1; do
   who=${roles[$i]}; pid=${!who}

@@ -57,6 +57,58 @@ struct Args {
     /// editing bench/notes.md).
     #[arg(long, value_name = "RESULTS_JSON")]
     report_only: Option<PathBuf>,
+    /// Measure nothing: send N gRPC calls of 1 KiB to `--calls-to` over four connections (N/4
+    /// each, back to back unless `--calls-pace-ms`) and fail if any does; the load of
+    /// bench/per-request.sh's gRPC chains.
+    #[arg(long, value_name = "N", requires = "calls_to")]
+    calls: Option<usize>,
+    /// Where `--calls` go: `dapr=ADDR` (`Dapr/InvokeService` for app id `orders`) or `app=ADDR`
+    /// (`AppCallback/OnInvoke`, as through nginx's `grpc_pass`).
+    #[arg(long, value_name = "dapr=ADDR|app=ADDR")]
+    calls_to: Option<String>,
+    /// With `--calls`: one call every this many ms across the four connections.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    calls_pace_ms: f64,
+}
+
+/// `--calls`: `n` calls to `to` on four connections, each connection's calls in turn (paced
+/// from one start when `pace` is not zero); every call is checked and bounded by
+/// [`load::CALL_TIMEOUT`].
+async fn calls(n: usize, to: &str, pace: Duration) -> anyhow::Result<()> {
+    const CONNECTIONS: usize = 4;
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let target = match to.split_once('=') {
+        Some(("dapr", addr)) => Target::DaprGrpc {
+            addr: addr.parse()?,
+            app_id: "orders".into(),
+            body,
+        },
+        Some(("app", addr)) => Target::AppGrpc {
+            addr: addr.parse()?,
+            body,
+        },
+        _ => bail!("--calls-to is dapr=ADDR or app=ADDR, not {to:?}"),
+    };
+    let conns = target.connect_all(CONNECTIONS).await?;
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let workers = conns.into_iter().enumerate().map(|(j, mut conn)| {
+        tokio::spawn(async move {
+            for k in 0..n / CONNECTIONS {
+                if !pace.is_zero() {
+                    let slot = u32::try_from(CONNECTIONS * k + j).unwrap_or(u32::MAX);
+                    tokio::time::sleep_until(start + pace * slot).await;
+                }
+                tokio::time::timeout(load::CALL_TIMEOUT, conn.call())
+                    .await
+                    .context("a call timed out")??;
+            }
+            anyhow::Ok(())
+        })
+    });
+    for worker in workers.collect::<Vec<_>>() {
+        worker.await??;
+    }
+    Ok(())
 }
 
 /// Writes the chart and BENCHMARKS.md for `results` (already saved at `json_path`).
@@ -612,6 +664,9 @@ async fn main() -> anyhow::Result<()> {
         .join("..")
         .canonicalize()?;
     let out = args.out.clone().unwrap_or_else(|| repo.clone());
+    if let (Some(n), Some(to)) = (args.calls, &args.calls_to) {
+        return calls(n, to, Duration::from_secs_f64(args.calls_pace_ms / 1000.0)).await;
+    }
     if let Some(json_path) = &args.report_only {
         let results: Value = serde_json::from_slice(
             &std::fs::read(json_path)
