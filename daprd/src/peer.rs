@@ -18,14 +18,13 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::internals::v1::InternalInvokeResponse;
 use http::{HeaderMap, HeaderValue};
 use prost::Message;
 use tokio::sync::OnceCell;
 
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
-use crate::wire::ReceivedResponseStream;
+use crate::wire::{MessageStream, ReceivedResponse, ReceivedResponseStream};
 
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
@@ -120,17 +119,33 @@ impl Peers {
     }
 
     /// `CallLocal` with `frame` (the encoded `InternalInvokeRequest`, `wire::Stamps::frame`):
-    /// the request out in one write, the answer and the call's status back.
+    /// the request out in one write; the answer, read in place as the streamed answers are
+    /// ([`crate::wire::ReceivedResponse`]), and its size, once the trailers say the call
+    /// succeeded. A second message is an error, as grpc-go's unary client finds it.
     pub async fn call_local(
         &self,
         addr: SocketAddr,
         target: &Target,
         frame: Bytes,
-    ) -> Result<InternalInvokeResponse, tonic::Status> {
-        let (_, response) = self
-            .unary_frame(addr, Some(target), CALL_LOCAL, HeaderMap::new(), frame)
+    ) -> Result<(ReceivedResponse, usize), tonic::Status> {
+        let (parts, body) = self
+            .call(addr, Some(target), CALL_LOCAL, &HeaderMap::new(), frame)
             .await?;
-        Ok(response)
+        let mut answer = crate::wire::Messages::<_, ReceivedResponse>::response(
+            body,
+            parts.status,
+            self.message_limit,
+        );
+        let response = answer
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal(format!("{CALL_LOCAL} answered no message")))?;
+        if answer.message().await?.is_some() {
+            return Err(tonic::Status::internal(format!(
+                "{CALL_LOCAL} answered more than one message"
+            )));
+        }
+        Ok((response, answer.received()))
     }
 
     /// A unary call to `path` at `addr` (an app, or a peer when `target` names it) with

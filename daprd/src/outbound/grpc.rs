@@ -95,16 +95,16 @@ const MAX_RESPONSE_METADATA: usize = 16_384;
 
 /// A peer's answer headers → the gRPC API response's metadata, named as
 /// [`wire::grpc_metadata_name`] names them; at most [`MAX_RESPONSE_METADATA`] values.
-fn response_metadata(headers: &Metadata) -> MetadataMap {
+fn response_metadata(headers: &wire::ReceivedMetadata) -> MetadataMap {
     let mut metadata = MetadataMap::new();
-    for (name, values) in headers {
+    for (name, values) in headers.iter() {
         let Some(name) = wire::grpc_metadata_name(name) else {
             continue;
         };
         let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>() else {
             continue;
         };
-        for value in &values.values {
+        for value in values {
             if metadata.len() >= MAX_RESPONSE_METADATA {
                 tracing::warn!(
                     kept = MAX_RESPONSE_METADATA,
@@ -113,7 +113,7 @@ fn response_metadata(headers: &Metadata) -> MetadataMap {
                 );
                 return metadata;
             }
-            if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+            if let Ok(value) = MetadataValue::try_from(&**value) {
                 metadata.append(key.clone(), value);
             }
         }
@@ -200,6 +200,7 @@ impl Dapr for DaprApi {
                                 .await
                             }
                         }
+                        .map(wire::ReceivedResponse::from)
                     })
                     .await
                 }
@@ -333,8 +334,14 @@ mod tests {
         for i in 0..40_000 {
             wire::set(&mut headers, &format!("x-{i}"), "v");
         }
+        let few: Metadata = headers
+            .iter()
+            .take(3)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let headers = wire::ReceivedMetadata::from(headers);
         assert_eq!(response_metadata(&headers).len(), MAX_RESPONSE_METADATA);
-        let few: Metadata = headers.into_iter().take(3).collect();
+        let few = wire::ReceivedMetadata::from(few);
         assert_eq!(response_metadata(&few).len(), 3, "a usual answer is whole");
     }
 

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dapr_proto::internals::v1::{
-    InternalInvokeRequest, InternalInvokeRequestStream, InternalInvokeResponse,
-};
+use dapr_proto::internals::v1::{InternalInvokeRequest, InternalInvokeRequestStream};
 use futures::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -608,7 +606,7 @@ impl Invoker {
             .map(|any| Bytes::from(std::mem::take(&mut any.value)))
             .unwrap_or_default();
         Ok(PeerResponse {
-            head: head.into(),
+            head,
             body: Box::pin(futures::stream::once(async move { Ok(data) })),
         })
     }
@@ -619,7 +617,7 @@ impl Invoker {
         addr: SocketAddr,
         mut request: InternalInvokeRequest,
         stamps: &wire::CallStamps<'_>,
-    ) -> Result<InternalInvokeResponse, Error> {
+    ) -> Result<wire::ReceivedResponse, Error> {
         let sent = self.metrics.invocation_sent(&target.app_id);
         let rpc = self
             .metrics
@@ -637,10 +635,8 @@ impl Invoker {
                 rpc.finish(status.code(), size, || 0);
                 Err(self.invoke_error(target, addr, &status))
             }
-            Ok(Ok(response)) => {
-                rpc.finish(tonic::Code::Ok, size, || {
-                    prost::Message::encoded_len(&response)
-                });
+            Ok(Ok((response, received))) => {
+                rpc.finish(tonic::Code::Ok, size, || received);
                 sent.received(response.status.as_ref());
                 Ok(response)
             }
@@ -713,7 +709,7 @@ impl Invoker {
         &self,
         target: &Target,
         request: InternalInvokeRequest,
-    ) -> Result<InternalInvokeResponse, Error> {
+    ) -> Result<wire::ReceivedResponse, Error> {
         match &self.resiliency {
             None => self.invoke_unary_inner(target, request).await,
             Some(policies) => {
@@ -730,7 +726,7 @@ impl Invoker {
         &self,
         target: &Target,
         request: InternalInvokeRequest,
-    ) -> Result<InternalInvokeResponse, Error> {
+    ) -> Result<wire::ReceivedResponse, Error> {
         let stamps = self.call_stamps(&request, &wire::ClientHeaders::default(), target);
         let addr = self
             .resolver

@@ -114,6 +114,15 @@ impl Answer for InternalInvokeResponse {
     }
 }
 
+impl Answer for wire::ReceivedResponse {
+    fn code(&self) -> i32 {
+        wire::ReceivedResponse::code(self)
+    }
+    fn bounded(self, _: tokio::time::Instant) -> Self {
+        self
+    }
+}
+
 /// The response body, failing at `deadline`: dropping the peer's stream resets it, so the
 /// callee's app sees the cancellation too.
 fn until(
@@ -464,7 +473,7 @@ pub async fn invoke_unary(
     policies: &Resiliency,
     target: &Target,
     request: InternalInvokeRequest,
-) -> Result<InternalInvokeResponse, Error> {
+) -> Result<wire::ReceivedResponse, Error> {
     let method = request.message.as_ref().map_or("", |m| m.method.as_str());
     let call = Call::new(invoker, policies, target, method);
     call.run(&|| None, || {

@@ -63,6 +63,9 @@ pub struct Messages<B, M> {
     /// The largest message read: a longer one is refused at its prefix, before its bytes are
     /// gathered.
     limit: usize,
+    /// The bytes of the messages read so far, without their prefixes (what upstream's metrics
+    /// count as a message's size).
+    received: usize,
     ended: bool,
     _message: PhantomData<fn() -> M>,
 }
@@ -92,6 +95,7 @@ where
             partial: BytesMut::new(),
             response,
             limit,
+            received: 0,
             ended: false,
             _message: PhantomData,
         }
@@ -101,6 +105,7 @@ where
     pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, Status>> {
         loop {
             if let Some(message) = self.next_complete()? {
+                self.received += message.len();
                 return Poll::Ready(
                     M::decode(message)
                         .map(Some)
@@ -127,6 +132,11 @@ where
                 None => self.ended = true,
             }
         }
+    }
+
+    /// The bytes of the messages read so far, without their 5-byte prefixes.
+    pub fn received(&self) -> usize {
+        self.received
     }
 
     fn push(&mut self, data: Bytes) {
