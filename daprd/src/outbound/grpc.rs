@@ -104,7 +104,8 @@ fn response_metadata(headers: &wire::ReceivedMetadata) -> MetadataMap {
         let Ok(key) = name.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>() else {
             continue;
         };
-        for value in values {
+        let mut values = values.iter().peekable();
+        while let Some(value) = values.next() {
             if metadata.len() >= MAX_RESPONSE_METADATA {
                 tracing::warn!(
                     kept = MAX_RESPONSE_METADATA,
@@ -114,7 +115,13 @@ fn response_metadata(headers: &wire::ReceivedMetadata) -> MetadataMap {
                 return metadata;
             }
             if let Ok(value) = MetadataValue::try_from(&**value) {
-                metadata.append(key.clone(), value);
+                // The key is moved into the map with its last value, not copied.
+                if values.peek().is_some() {
+                    metadata.append(key.clone(), value);
+                } else {
+                    metadata.append(key, value);
+                    break;
+                }
             }
         }
     }
@@ -122,9 +129,9 @@ fn response_metadata(headers: &wire::ReceivedMetadata) -> MetadataMap {
 }
 
 /// Incoming gRPC metadata → invocation metadata (ASCII entries; the token never travels on).
-fn grpc_metadata(metadata: &MetadataMap) -> Metadata {
+fn grpc_metadata(metadata: MetadataMap) -> Metadata {
     let mut out = Metadata::new();
-    for (name, value) in metadata.clone().into_headers().iter() {
+    for (name, value) in metadata.into_headers().iter() {
         let name = name.as_str();
         if name == names::API_TOKEN
             || name.starts_with("grpc-")
@@ -156,8 +163,8 @@ impl Dapr for DaprApi {
         request: Request<InvokeServiceRequest>,
     ) -> Result<Response<InvokeResponse>, Status> {
         self.authorize(request.metadata())?;
-        let metadata = grpc_metadata(request.metadata());
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
+        let metadata = grpc_metadata(metadata);
         // A named HTTPEndpoint or a URL first, then an app id, as upstream.
         let route = match self.shared.endpoints.destination(&request.id) {
             Some(endpoint) => Route::Endpoint(endpoint),
@@ -345,6 +352,35 @@ mod tests {
         assert_eq!(response_metadata(&few).len(), 3, "a usual answer is whole");
     }
 
+    #[test]
+    fn every_valid_value_of_a_peers_answer_header_is_kept_in_order() {
+        let mut headers = Metadata::new();
+        for value in ["a", "b\n", "c"] {
+            headers
+                .entry("x-multi".into())
+                .or_default()
+                .values
+                .push(value.into());
+        }
+        for value in ["d\n", "e"] {
+            headers
+                .entry("x-last".into())
+                .or_default()
+                .values
+                .push(value.into());
+        }
+        let metadata = response_metadata(&wire::ReceivedMetadata::from(headers));
+        let values = |name| {
+            metadata
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values("x-multi"), ["a", "c"]);
+        assert_eq!(values("x-last"), ["e"]);
+    }
+
     #[tokio::test]
     async fn an_error_with_metadata_sends_it_as_headers_before_the_status_trailers() {
         use http_body_util::BodyExt;
@@ -385,7 +421,7 @@ mod tests {
         md.insert("dapr-api-token", MetadataValue::from_static("secret"));
         md.insert("grpc-timeout", MetadataValue::from_static("1S"));
         md.insert("x-user", MetadataValue::from_static("a"));
-        let out = grpc_metadata(&md);
+        let out = grpc_metadata(md);
         assert_eq!(wire::first(&out, "x-user"), Some("a"));
         assert!(!out.contains_key("dapr-api-token"));
         assert!(!out.contains_key("grpc-timeout"));
