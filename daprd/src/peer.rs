@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
-use crate::wire::{MessageStream, ReceivedResponse, ReceivedResponseStream};
+use crate::wire::{Decoded, MessageStream, ReceivedResponse, ReceivedResponseStream};
 
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
@@ -107,7 +107,7 @@ impl Peers {
                 addr,
                 Some(target),
                 CALL_LOCAL_STREAM,
-                &HeaderMap::new(),
+                HeaderMap::new(),
                 frame,
             )
             .await?;
@@ -129,7 +129,7 @@ impl Peers {
         frame: Bytes,
     ) -> Result<(ReceivedResponse, usize), tonic::Status> {
         let (parts, body) = self
-            .call(addr, Some(target), CALL_LOCAL, &HeaderMap::new(), frame)
+            .call(addr, Some(target), CALL_LOCAL, HeaderMap::new(), frame)
             .await?;
         let mut answer = crate::wire::Messages::<_, ReceivedResponse>::response(
             body,
@@ -151,7 +151,7 @@ impl Peers {
     /// A unary call to `path` at `addr` (an app, or a peer when `target` names it) with
     /// `headers` as its metadata: the response's headers and message, once the trailers say
     /// the call succeeded (as tonic's unary client does).
-    pub async fn unary<Req: Message, Resp: Message + Default + 'static>(
+    pub async fn unary<Req: Message, Resp: Message + Default + Send + 'static>(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
@@ -163,8 +163,10 @@ impl Peers {
             .await
     }
 
-    /// [`Self::unary`] with the message already framed (`CallLocal` frames its own request).
-    async fn unary_frame<Resp: Message + Default + 'static>(
+    /// [`Self::unary`] with the message already framed. The answer is read as a peer's is
+    /// ([`crate::wire::Messages`]); a second message is an error, as grpc-go's unary client
+    /// (upstream's) finds it.
+    async fn unary_frame<Resp: Message + Default + Send + 'static>(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
@@ -172,22 +174,22 @@ impl Peers {
         headers: HeaderMap,
         frame: Bytes,
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
-        let (parts, body) = self.call(addr, target, path, &headers, frame).await?;
-        let decoder = tonic_prost::ProstDecoder::<Resp>::default();
-        let mut answer = tonic::Streaming::new_response(
-            decoder,
+        let (parts, body) = self.call(addr, target, path, headers, frame).await?;
+        let mut answer = crate::wire::Messages::<_, Decoded<Resp>>::response(
             body,
             parts.status,
-            None,
-            Some(self.message_limit),
+            self.message_limit,
         );
-        let headers = parts.headers;
         let response = answer
             .message()
             .await?
             .ok_or_else(|| tonic::Status::internal(format!("{path} answered no message")))?;
-        answer.trailers().await?;
-        Ok((headers, response))
+        if answer.message().await?.is_some() {
+            return Err(tonic::Status::internal(format!(
+                "{path} answered more than one message"
+            )));
+        }
+        Ok((parts.headers, response.0))
     }
 
     /// The answer's head and its body, unless the head alone says the call failed.
@@ -196,7 +198,7 @@ impl Peers {
         addr: SocketAddr,
         target: Option<&Target>,
         path: &'static str,
-        headers: &HeaderMap,
+        mut headers: HeaderMap,
         frame: Bytes,
     ) -> Result<(http::response::Parts, RecvBody), tonic::Status> {
         let mut retried = false;
@@ -205,6 +207,8 @@ impl Peers {
             match connection.send.ready().await {
                 Ok(mut send) => {
                     let uri = uri(&connection.authority, path);
+                    // Sent once: the loop ends here, so the headers move into the request.
+                    let headers = std::mem::take(&mut headers);
                     break (start(&mut send, uri, headers, frame.clone()), conn);
                 }
                 Err(e) if !retried => {
@@ -358,11 +362,11 @@ fn forget(
 fn start(
     send: &mut Ready,
     uri: http::Uri,
-    metadata: &HeaderMap,
+    metadata: HeaderMap,
     frame: Bytes,
 ) -> Result<h2::client::ResponseFuture, h2::Error> {
     let mut request = http::Request::new(());
-    *request.headers_mut() = metadata.clone();
+    *request.headers_mut() = metadata;
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();

@@ -410,6 +410,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prost_message_is_read_as_the_received_ones_are() {
+        use crate::wire::Decoded;
+        use dapr_proto::common::v1::InvokeResponse;
+        let answer = InvokeResponse {
+            data: Some(prost_types::Any {
+                type_url: "t".into(),
+                value: b"echo".to_vec(),
+            }),
+            content_type: "text/plain".into(),
+        };
+        let mut frame = frame_head(prost::Message::encoded_len(&answer)).to_vec();
+        prost::Message::encode(&answer, &mut frame).expect("encodes");
+        let mut ok = HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        // Split in two DATA frames, then the trailers.
+        let (first, second) = frame.split_at(3);
+        let frames = vec![
+            Frame::data(Bytes::copy_from_slice(first)),
+            Frame::data(Bytes::copy_from_slice(second)),
+            Frame::trailers(ok.clone()),
+        ];
+        let mut messages = Messages::<_, Decoded<InvokeResponse>>::response(
+            body(frames),
+            http::StatusCode::OK,
+            LIMIT,
+        );
+        let read = messages.message().await.expect("read").expect("a message");
+        assert_eq!(read.0, answer);
+        assert!(messages.message().await.expect("the end").is_none());
+        assert_eq!(messages.received(), frame.len() - 5);
+        // A failed call's status comes from its trailers, not a message.
+        let mut failed = HeaderMap::new();
+        failed.insert("grpc-status", http::HeaderValue::from_static("5"));
+        failed.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("no such method"),
+        );
+        let frames = vec![Frame::trailers(failed)];
+        let mut messages = Messages::<_, Decoded<InvokeResponse>>::response(
+            body(frames),
+            http::StatusCode::OK,
+            LIMIT,
+        );
+        let status = messages.message().await.expect_err("the call failed");
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "no such method");
+    }
+
+    #[tokio::test]
     async fn a_failed_stream_ends_with_its_status_in_the_trailers() {
         let failed = Status::aborted("app response body failed: gone");
         let (bytes, trailers) = written(vec![Ok(payload("part", 0)), Err(failed)]).await;

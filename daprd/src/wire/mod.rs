@@ -30,8 +30,8 @@ pub use metadata::{
     is_canonical, is_permanent_http_header, metadata_to_grpc_headers, metadata_to_headers, set,
 };
 pub use received::{
-    DecodeError, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest, ReceivedResponse,
-    ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
+    DecodeError, Decoded, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest,
+    ReceivedResponse, ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
 };
 pub use sent::{Sent, SentResponse, SentResponseStream};
 pub use stream::{

@@ -243,6 +243,18 @@ pub trait Received: Sized + Default {
     }
 }
 
+/// Any prost message, read by [`super::Messages`] as the messages above are: an app's
+/// `OnInvoke` answer, with the status its trailers carry checked the same way.
+#[derive(Debug, Default)]
+pub struct Decoded<M>(pub M);
+
+impl<M: Message + Default> Received for Decoded<M> {
+    fn merge_from(&mut self, message: &Bytes, part: &[u8]) -> Result<(), DecodeError> {
+        self.0.merge(message.slice_ref(part))?;
+        Ok(())
+    }
+}
+
 impl<H: Received> Received for StreamMessage<H> {
     fn merge_from(&mut self, message: &Bytes, mut part: &[u8]) -> Result<(), DecodeError> {
         while !part.is_empty() {
