@@ -143,7 +143,7 @@ impl Internal {
             .get(names::TRACEPARENT)
             .and_then(|v| v.to_str().ok());
         let mut span = active.start(incoming, Kind::Server);
-        if let Ok(value) = http::HeaderValue::from_str(&span.traceparent()) {
+        if let Ok(value) = wire::traceparent_value(&span.traceparent()) {
             headers.insert(names::TRACEPARENT, value);
         }
         span.proxied(request.uri().path());

@@ -674,7 +674,7 @@ impl Invoker {
         );
         headers.insert(
             names::TRACEPARENT,
-            http::HeaderValue::from_str(&traceparent)
+            wire::traceparent_value(&traceparent)
                 .map_err(|_| Error::Malformed("traceparent".into()))?,
         );
         for (name, value) in [

@@ -412,15 +412,31 @@ pub fn metadata_to_grpc_headers<'a, V: AsRef<str> + 'a>(
         } else {
             header
         };
-        let values = values.iter();
-        if !append_all(
-            headers,
-            header,
-            values.map(|v| HeaderValue::try_from(v.as_ref())),
-        ) {
+        let never_indexed = header == TRACEPARENT_NAME;
+        let values = values.iter().map(|v| {
+            HeaderValue::try_from(v.as_ref()).map(|mut value| {
+                value.set_sensitive(never_indexed);
+                value
+            })
+        });
+        if !append_all(headers, header, values) {
             return warn_full();
         }
     }
+}
+
+/// A `traceparent` header value for an HTTP/2 request. A call's `traceparent` is new on every
+/// call, so it goes out as a never-indexed HPACK literal (RFC 7541 §6.2.3, which
+/// `HeaderValue::set_sensitive` asks of h2): indexed, each call's value was compared with every
+/// earlier one still in the connection's table, then evicted the fields that are the same on
+/// every call, which cost one byte each while they stay (bench/notes.md, "traceparent never
+/// indexed").
+pub fn traceparent_value(
+    traceparent: &str,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = HeaderValue::from_str(traceparent)?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Names that are on (nearly) every invocation and are not among `http`'s standard headers,
@@ -430,10 +446,12 @@ static KNOWN: [HeaderName; 6] = [
     HeaderName::from_static(names::CALLER_APP_ID),
     HeaderName::from_static(names::CALLER_NAMESPACE),
     HeaderName::from_static(names::CALLEE_APP_ID),
-    HeaderName::from_static(names::TRACEPARENT),
+    TRACEPARENT_NAME,
     HeaderName::from_static(names::X_FORWARDED_FOR),
     HeaderName::from_static(names::X_FORWARDED_HOST),
 ];
+
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(names::TRACEPARENT);
 
 /// Whether a lower-case header name stays on this hop: hop-by-hop names and
 /// `destination-app-id` ([`header_name`], [`push_app_header_name`]).
@@ -682,6 +700,28 @@ mod tests {
             // The content type is the message's own, not the metadata's.
             assert_eq!(headers.len(), 3, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn a_traceparent_goes_to_a_grpc_app_never_indexed_and_the_rest_indexed() {
+        let mut md = Metadata::new();
+        set(
+            &mut md,
+            names::TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        set(&mut md, names::CALLER_APP_ID, "checkout");
+        set(&mut md, "x-custom", "1");
+        let mut headers = HeaderMap::new();
+        super::super::ReceivedMetadata::from(md).to_grpc_headers(&mut headers);
+        assert!(headers[names::TRACEPARENT].is_sensitive());
+        assert!(!headers[names::CALLER_APP_ID].is_sensitive());
+        assert!(!headers["x-custom"].is_sensitive());
+        assert!(
+            traceparent_value("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+                .expect("a valid value")
+                .is_sensitive()
+        );
     }
 
     #[test]
