@@ -533,11 +533,19 @@ fn plaintext<L: Listener>(
 }
 
 /// The app-facing gRPC API: the Dapr service, and every other service proxied to the app
-/// named by `dapr-app-id`.
-fn grpc_api(shared: &Arc<Shared>) -> tonic::service::Routes {
+/// named by `dapr-app-id`; `Dapr/InvokeService` ahead of the router
+/// ([`outbound::grpc::InvokeFirstLayer`]).
+#[derive(Clone)]
+struct GrpcApi {
+    routes: tonic::service::Routes,
+    invoke_first: outbound::grpc::InvokeFirstLayer,
+}
+
+fn grpc_api(shared: &Arc<Shared>) -> GrpcApi {
     let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(shared)))
         .max_decoding_message_size(shared.config.max_body_size)
         .max_encoding_message_size(usize::MAX);
+    let invoke_first = outbound::grpc::InvokeFirstLayer::new(service.clone());
     let routes = tonic::service::Routes::new(service)
         .into_axum_router()
         .route_layer(axum::middleware::map_response(|response| async move {
@@ -547,12 +555,15 @@ fn grpc_api(shared: &Arc<Shared>) -> tonic::service::Routes {
             let shared = Arc::clone(shared);
             move |request| outbound::proxy::handle(Arc::clone(&shared), request)
         });
-    tonic::service::Routes::from(routes)
+    GrpcApi {
+        routes: tonic::service::Routes::from(routes),
+        invoke_first,
+    }
 }
 
 /// Serves the gRPC API on `incoming` (TCP or Unix-domain connections) until `stop`.
 fn serve_grpc_api<IO>(
-    routes: tonic::service::Routes,
+    api: GrpcApi,
     incoming: ReceiverStream<std::io::Result<Guarded<IO>>>,
     metrics: &Arc<metrics::Metrics>,
     stop: CancellationToken,
@@ -564,7 +575,8 @@ where
     async move {
         grpc_server()
             .layer(layer)
-            .add_routes(routes)
+            .layer(api.invoke_first)
+            .add_routes(api.routes)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
             .map_err(|e| format!("gRPC API server: {e}"))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use dapr_proto::common::v1::InvokeResponse;
 use dapr_proto::internals::v1::{ApiVersion, InternalInvokeRequest};
-use dapr_proto::runtime::v1::dapr_server::Dapr;
+use dapr_proto::runtime::v1::dapr_server::{Dapr, DaprServer};
 use dapr_proto::runtime::v1::{
     AppConnectionHealthProperties, AppConnectionProperties, GetMetadataRequest,
     GetMetadataResponse, InvokeServiceRequest, SetMetadataRequest, ShutdownRequest,
@@ -66,26 +66,127 @@ fn invoke_status(e: Error) -> Status {
 pub fn headers_before_status(
     mut response: http::Response<axum::body::Body>,
 ) -> http::Response<axum::body::Body> {
+    if let Some(trailers) = status_trailers(response.headers_mut()) {
+        *response.body_mut() = axum::body::Body::new(only_trailers(trailers));
+    }
+    response
+}
+
+/// [`headers_before_status`] for a response of the Dapr service called ahead of the router
+/// ([`InvokeFirst`]).
+fn grpc_headers_before_status(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    if let Some(trailers) = status_trailers(response.headers_mut()) {
+        *response.body_mut() = tonic::body::Body::new(only_trailers(trailers));
+    }
+    response
+}
+
+/// The status of a trailers-only answer that carries metadata, taken out of `headers` to be
+/// sent as trailers ([`headers_before_status`]); `None` leaves the answer as it is.
+fn status_trailers(headers: &mut http::HeaderMap) -> Option<http::HeaderMap> {
     const STATUS_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
-    let headers = response.headers();
-    let trailers_only = headers.contains_key("grpc-status");
+    let trailers_only = headers.contains_key(&names::header::GRPC_STATUS);
     let has_metadata = headers
         .keys()
         .any(|name| name != http::header::CONTENT_TYPE && !STATUS_HEADERS.contains(&name.as_str()));
     if !trailers_only || !has_metadata {
-        return response;
+        return None;
     }
     let mut trailers = http::HeaderMap::new();
     for name in STATUS_HEADERS {
-        if let Some(value) = response.headers_mut().remove(name) {
+        if let Some(value) = headers.remove(name) {
             trailers.insert(name, value);
         }
     }
+    Some(trailers)
+}
+
+/// A body of no data that ends with `trailers`.
+fn only_trailers(
+    trailers: http::HeaderMap,
+) -> impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static {
     use http_body_util::BodyExt;
-    let body = http_body_util::Empty::<bytes::Bytes>::new()
-        .with_trailers(async move { Some(Ok(trailers)) });
-    *response.body_mut() = axum::body::Body::new(body);
-    response
+    http_body_util::Empty::<bytes::Bytes>::new().with_trailers(async move { Some(Ok(trailers)) })
+}
+
+/// The path of `Dapr/InvokeService`.
+const INVOKE_SERVICE_PATH: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
+
+/// The layer that sends `Dapr/InvokeService`, nearly every call the gRPC API serves, to the
+/// Dapr service ahead of the router: per call, axum's router matched the path, captured it as
+/// a URL parameter, cloned the boxed route and the route layer's services and boxed their
+/// futures (bench/notes.md, "InvokeService ahead of the router"). Every other call goes
+/// through the router as before. Answers get what the route layer gives the others:
+/// [`headers_before_status`].
+#[derive(Clone)]
+pub struct InvokeFirstLayer {
+    dapr: DaprServer<DaprApi>,
+}
+
+impl InvokeFirstLayer {
+    pub fn new(dapr: DaprServer<DaprApi>) -> Self {
+        InvokeFirstLayer { dapr }
+    }
+}
+
+impl<S> tower::Layer<S> for InvokeFirstLayer {
+    type Service = InvokeFirst<S>;
+
+    fn layer(&self, inner: S) -> InvokeFirst<S> {
+        InvokeFirst {
+            inner,
+            dapr: self.dapr.clone(),
+        }
+    }
+}
+
+/// [`InvokeFirstLayer`]'s service.
+#[derive(Clone)]
+pub struct InvokeFirst<S> {
+    inner: S,
+    dapr: DaprServer<DaprApi>,
+}
+
+type DaprFuture = <DaprServer<DaprApi> as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for InvokeFirst<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        futures::future::MapOk<
+            DaprFuture,
+            fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+        >,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The Dapr service is always ready (tonic's generated services are).
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::TryFutureExt;
+        if request.uri().path() == INVOKE_SERVICE_PATH {
+            let answer = tower::Service::call(&mut self.dapr, request);
+            let headers_first: fn(_) -> _ = grpc_headers_before_status;
+            futures::future::Either::Left(answer.map_ok(headers_first))
+        } else {
+            futures::future::Either::Right(self.inner.call(request))
+        }
+    }
 }
 
 /// At most this many values of a peer's answer become the gRPC response's metadata: tonic's
