@@ -129,6 +129,17 @@ else
     for t in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s/%s-%s;\n' "$t" "$d" "$1" "$t"; done
     printf '  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_body_buffer_size 64k;\n  proxy_buffering off;\n  proxy_request_buffering off;\n'
   }
+  # client_tls grpc|proxy: A's TLS 1.3 to B with its client certificate; server_tls: B's side
+  client_tls() {
+    for directive in "protocols TLSv1.3" "certificate $d/client.crt" "certificate_key $d/client.key" \
+      "trusted_certificate $d/ca.crt" "verify on" "name localhost" "session_reuse on"; do
+      printf '      %s_ssl_%s;\n' "$1" "$directive"
+    done
+  }
+  server_tls() {
+    printf '    ssl_protocols TLSv1.3;\n    ssl_certificate %s/server.crt;\n    ssl_certificate_key %s/server.key;\n' "$d" "$d"
+    printf '    ssl_client_certificate %s/ca.crt;\n    ssl_verify_client on;\n' "$d"
+  }
   { nginx_head nginx-a; cat <<EOF
   upstream b_http { server 127.0.0.1:$b_http; keepalive 64; keepalive_requests 1000000; }
   upstream b_grpc { server 127.0.0.1:$b_grpc; keepalive 64; keepalive_requests 1000000; }
@@ -136,13 +147,7 @@ else
     listen 127.0.0.1:$a_grpc http2;
     location / {
       grpc_pass grpcs://b_grpc;
-      grpc_ssl_protocols TLSv1.3;
-      grpc_ssl_certificate $d/client.crt;
-      grpc_ssl_certificate_key $d/client.key;
-      grpc_ssl_trusted_certificate $d/ca.crt;
-      grpc_ssl_verify on;
-      grpc_ssl_name localhost;
-      grpc_ssl_session_reuse on;
+$(client_tls grpc)
     }
   }
   server {
@@ -151,13 +156,7 @@ else
       proxy_pass https://b_http;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_ssl_protocols TLSv1.3;
-      proxy_ssl_certificate $d/client.crt;
-      proxy_ssl_certificate_key $d/client.key;
-      proxy_ssl_trusted_certificate $d/ca.crt;
-      proxy_ssl_verify on;
-      proxy_ssl_name localhost;
-      proxy_ssl_session_reuse on;
+$(client_tls proxy)
     }
   }
 }
@@ -168,22 +167,14 @@ EOF
   upstream app_grpc { server 127.0.0.1:$app; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$b_grpc ssl http2;
-    ssl_protocols TLSv1.3;
-    ssl_certificate $d/server.crt;
-    ssl_certificate_key $d/server.key;
-    ssl_client_certificate $d/ca.crt;
-    ssl_verify_client on;
+$(server_tls)
     location / {
       grpc_pass grpc://app_grpc;
     }
   }
   server {
     listen 127.0.0.1:$b_http ssl;
-    ssl_protocols TLSv1.3;
-    ssl_certificate $d/server.crt;
-    ssl_certificate_key $d/server.key;
-    ssl_client_certificate $d/ca.crt;
-    ssl_verify_client on;
+$(server_tls)
     location / {
       proxy_pass http://app_http;
       proxy_http_version 1.1;

@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 use crate::identity::transport::Connector;
 use crate::resolve::Target;
-use crate::wire::{Decoded, MessageStream, ReceivedResponse, ReceivedResponseStream};
+use crate::wire::{Decoded, MessageStream, Received, ReceivedResponse, ReceivedResponseStream};
 
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
@@ -120,8 +120,7 @@ impl Peers {
 
     /// `CallLocal` with `frame` (the encoded `InternalInvokeRequest`, `wire::Stamps::frame`):
     /// the request out in one write; the answer, read in place as the streamed answers are
-    /// ([`crate::wire::ReceivedResponse`]), and its size, once the trailers say the call
-    /// succeeded. A second message is an error, as grpc-go's unary client finds it.
+    /// ([`crate::wire::ReceivedResponse`]), and its size ([`Self::unary_answer`]).
     pub async fn call_local(
         &self,
         addr: SocketAddr,
@@ -131,21 +130,7 @@ impl Peers {
         let (parts, body) = self
             .call(addr, Some(target), CALL_LOCAL, HeaderMap::new(), frame)
             .await?;
-        let mut answer = crate::wire::Messages::<_, ReceivedResponse>::response(
-            body,
-            parts.status,
-            self.message_limit,
-        );
-        let response = answer
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::internal(format!("{CALL_LOCAL} answered no message")))?;
-        if answer.message().await?.is_some() {
-            return Err(tonic::Status::internal(format!(
-                "{CALL_LOCAL} answered more than one message"
-            )));
-        }
-        Ok((response, answer.received()))
+        self.unary_answer(CALL_LOCAL, parts.status, body).await
     }
 
     /// A unary call to `path` at `addr` (an app, or a peer when `target` names it) with
@@ -163,9 +148,8 @@ impl Peers {
             .await
     }
 
-    /// [`Self::unary`] with the message already framed. The answer is read as a peer's is
-    /// ([`crate::wire::Messages`]); a second message is an error, as grpc-go's unary client
-    /// (upstream's) finds it.
+    /// [`Self::unary`] with the message already framed; the answer is read as a peer's is
+    /// ([`Self::unary_answer`]).
     async fn unary_frame<Resp: Message + Default + Send + 'static>(
         &self,
         addr: SocketAddr,
@@ -175,12 +159,21 @@ impl Peers {
         frame: Bytes,
     ) -> Result<(HeaderMap, Resp), tonic::Status> {
         let (parts, body) = self.call(addr, target, path, headers, frame).await?;
-        let mut answer = crate::wire::Messages::<_, Decoded<Resp>>::response(
-            body,
-            parts.status,
-            self.message_limit,
-        );
-        let response = answer
+        let (Decoded(response), _) = self.unary_answer(path, parts.status, body).await?;
+        Ok((parts.headers, response))
+    }
+
+    /// The one message of a unary answer (read by [`crate::wire::Messages`]) and its size,
+    /// once the trailers say the call succeeded; no message, or a second one, is an error, as
+    /// grpc-go's unary client (upstream's) finds it.
+    async fn unary_answer<M: Received + Send + 'static>(
+        &self,
+        path: &str,
+        status: http::StatusCode,
+        body: RecvBody,
+    ) -> Result<(M, usize), tonic::Status> {
+        let mut answer = crate::wire::Messages::<_, M>::response(body, status, self.message_limit);
+        let message = answer
             .message()
             .await?
             .ok_or_else(|| tonic::Status::internal(format!("{path} answered no message")))?;
@@ -189,7 +182,7 @@ impl Peers {
                 "{path} answered more than one message"
             )));
         }
-        Ok((parts.headers, response.0))
+        Ok((message, answer.received()))
     }
 
     /// The answer's head and its body, unless the head alone says the call failed.
