@@ -378,12 +378,39 @@ impl GetLoad {
     }
 }
 
-/// A fresh scratch directory under the system temp dir.
+/// A fresh scratch directory under the system temp dir, `dapr-e2e-<name>-<pid>`. A test's
+/// directory stays when it ends (its logs are what a failure is read from); the first call in
+/// each test process removes those left by test processes that have exited.
 pub fn scratch_dir(name: &str) -> anyhow::Result<PathBuf> {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_exited_scratch_dirs(&std::env::temp_dir()));
     let dir = std::env::temp_dir().join(format!("dapr-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Removes the `dapr-e2e-*-<pid>` directories under `temp` whose process has exited (no
+/// `/proc/<pid>`): a run's directories are cleared by the next run, and a live run's never.
+fn remove_exited_scratch_dirs(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("dapr-e2e-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A Configuration file selecting the sqlite resolver over a database in `dir`, plus `extra`
@@ -469,4 +496,29 @@ pub async fn start_sqlite_pair(
         ..Default::default()
     };
     start_pair(dir, ("orders", callee), ("checkout", caller)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scratch_dirs_of_exited_processes_are_removed() {
+        let temp = std::env::temp_dir().join(format!("dapr-sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&temp);
+        // No process has a pid above the kernel's 2^22 limit.
+        let exited = temp.join("dapr-e2e-old-run-4000000000");
+        let live = temp.join(format!("dapr-e2e-this-run-{}", std::process::id()));
+        let others = [temp.join("dapr-e2e-no-pid"), temp.join("other-4000000000")];
+        for dir in [&exited, &live].into_iter().chain(&others) {
+            std::fs::create_dir_all(dir.join("inner")).expect("create");
+        }
+        remove_exited_scratch_dirs(&temp);
+        assert!(!exited.exists(), "an exited run's directory is removed");
+        assert!(live.exists(), "a live run's directory stays");
+        for dir in &others {
+            assert!(dir.exists(), "{} is not a scratch directory", dir.display());
+        }
+        std::fs::remove_dir_all(&temp).expect("clean up");
+    }
 }
