@@ -287,7 +287,24 @@ fn write_previous_schema(db: &Path) -> anyhow::Result<()> {
 /// `None` (after saying why) when the upstream binary is not built.
 /// With `mtls`, our sentry issues both sidecars' certificates (upstream's standalone daprd asks
 /// with no token, as ours does; it takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`).
+///
+/// The ports are picked free ([`free_port`]) before the processes bind them, so another test's
+/// connection can take one first; upstream's daprd then exits with "address already in use",
+/// and the fleet is started again (at most three times) with fresh ports, as
+/// [`Sidecar::start`] retries ours.
 pub async fn fleet(name: &str, options: FleetOptions) -> anyhow::Result<Option<Fleet>> {
+    let mut attempt = 1;
+    loop {
+        match fleet_once(name, options.clone()).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn fleet_once(name: &str, options: FleetOptions) -> anyhow::Result<Option<Fleet>> {
     let binary = match options.naming {
         Naming::Template => upstream_binary(),
         Naming::SharedSqlite { .. } => upstream_binary_with_sqlite(),
