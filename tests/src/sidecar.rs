@@ -145,23 +145,17 @@ pub struct SidecarOptions {
 impl Sidecar {
     /// Starts daprd and waits (bounded) until `/v1.0/healthz/outbound` answers 204.
     ///
-    /// A port picked by [`free_port`] can be taken by someone else's connection before daprd
-    /// binds it; daprd then exits with "cannot listen on", and the start is retried (at most
-    /// three times) with fresh ports.
+    /// daprd exits with "cannot listen on" when a port picked for it was taken first; the
+    /// start is then retried with fresh ports ([`with_fresh_ports`]).
     pub async fn start(
         app_id: &str,
         dir: &Path,
         options: SidecarOptions,
     ) -> anyhow::Result<Sidecar> {
-        let mut attempt = 1;
-        loop {
-            match Self::start_once(app_id, dir, options.clone()).await {
-                Err(e) if attempt < 3 && e.to_string().contains("cannot listen on") => {
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+        with_fresh_ports("cannot listen on", || {
+            Self::start_once(app_id, dir, options.clone())
+        })
+        .await
     }
 
     async fn start_once(
@@ -375,6 +369,22 @@ impl GetLoad {
             failures.extend(failed);
         }
         Ok((total, failures))
+    }
+}
+
+/// Runs `start` again, at most three times in all, while it fails with `taken` in its error:
+/// a port picked by [`free_port`] can be taken by someone else's connection before the
+/// process binds it, and each attempt picks fresh ones.
+pub async fn with_fresh_ports<T, F>(taken: &str, mut start: impl FnMut() -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains(taken) => attempt += 1,
+            result => return result,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use anyhow::Context;
 use crate::sentry::Sentry;
 use crate::sidecar::{
     HttpClient, Sidecar, SidecarOptions, free_port, loopback, scratch_dir, sqlite_config,
-    wait_ready,
+    wait_ready, with_fresh_ports,
 };
 use crate::{EchoApp, echo_app};
 
@@ -288,20 +288,13 @@ fn write_previous_schema(db: &Path) -> anyhow::Result<()> {
 /// With `mtls`, our sentry issues both sidecars' certificates (upstream's standalone daprd asks
 /// with no token, as ours does; it takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`).
 ///
-/// The ports are picked free ([`free_port`]) before the processes bind them, so another test's
-/// connection can take one first; upstream's daprd then exits with "address already in use",
-/// and the fleet is started again (at most three times) with fresh ports, as
-/// [`Sidecar::start`] retries ours.
+/// Upstream's daprd exits with "address already in use" when a port picked for it was taken
+/// first; the fleet is then started again with fresh ports ([`with_fresh_ports`]).
 pub async fn fleet(name: &str, options: FleetOptions) -> anyhow::Result<Option<Fleet>> {
-    let mut attempt = 1;
-    loop {
-        match fleet_once(name, options.clone()).await {
-            Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    with_fresh_ports("address already in use", || {
+        fleet_once(name, options.clone())
+    })
+    .await
 }
 
 async fn fleet_once(name: &str, options: FleetOptions) -> anyhow::Result<Option<Fleet>> {
