@@ -3,7 +3,7 @@ use crate::ext::Protocol;
 use crate::frame::{Error, Frame, Head, Kind};
 use crate::hpack::{self, BytesStr};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{uri, HeaderMap, Method, Request, StatusCode, Uri};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -75,15 +75,6 @@ pub struct Pseudo {
 
     // Response
     pub status: Option<StatusCode>,
-}
-
-#[derive(Debug)]
-pub struct Iter {
-    /// Pseudo headers
-    pseudo: Option<Pseudo>,
-
-    /// Header fields
-    fields: header::IntoIter<HeaderValue>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -708,48 +699,6 @@ impl EncodingHeaderBlock {
     }
 }
 
-// ===== impl Iter =====
-
-impl Iterator for Iter {
-    type Item = hpack::Header<Option<HeaderName>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        use crate::hpack::Header::*;
-
-        if let Some(ref mut pseudo) = self.pseudo {
-            if let Some(method) = pseudo.method.take() {
-                return Some(Method(method));
-            }
-
-            if let Some(scheme) = pseudo.scheme.take() {
-                return Some(Scheme(scheme));
-            }
-
-            if let Some(authority) = pseudo.authority.take() {
-                return Some(Authority(authority));
-            }
-
-            if let Some(path) = pseudo.path.take() {
-                return Some(Path(path));
-            }
-
-            if let Some(protocol) = pseudo.protocol.take() {
-                return Some(Protocol(protocol));
-            }
-
-            if let Some(status) = pseudo.status.take() {
-                return Some(Status(status));
-            }
-        }
-
-        self.pseudo = None;
-
-        self.fields
-            .next()
-            .map(|(name, value)| Field { name, value })
-    }
-}
-
 // ===== impl HeadersFlag =====
 
 impl HeadersFlag {
@@ -989,15 +938,39 @@ impl HeaderBlock {
         Ok(())
     }
 
+    /// PATCHED (see vendor/README.md): the fields are encoded where the block holds them
+    /// (pseudo-headers first, then the map's fields in its order), and the block is dropped whole
+    /// afterwards, instead of each field being moved out of the map through an iterator into
+    /// the encoder.
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
+        use crate::hpack::FieldRef;
+
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
+        encoder.begin_block(&mut hpack);
 
-        encoder.encode(headers, &mut hpack);
+        let pseudo = &self.pseudo;
+        if let Some(method) = &pseudo.method {
+            encoder.encode_field(FieldRef::Method(method), &mut hpack);
+        }
+        if let Some(scheme) = &pseudo.scheme {
+            encoder.encode_field(FieldRef::Scheme(scheme), &mut hpack);
+        }
+        if let Some(authority) = &pseudo.authority {
+            encoder.encode_field(FieldRef::Authority(authority), &mut hpack);
+        }
+        if let Some(path) = &pseudo.path {
+            encoder.encode_field(FieldRef::Path(path), &mut hpack);
+        }
+        if let Some(protocol) = &pseudo.protocol {
+            encoder.encode_field(FieldRef::Protocol(protocol), &mut hpack);
+        }
+        if let Some(status) = &pseudo.status {
+            encoder.encode_field(FieldRef::Status(status), &mut hpack);
+        }
+        for (name, value) in &self.fields {
+            encoder.encode_field(FieldRef::Field { name, value }, &mut hpack);
+        }
 
         EncodingHeaderBlock { hpack }
     }

@@ -1,7 +1,12 @@
-use super::table::{Index, Table};
+use super::header::FieldRef;
+use super::table::{Found, Index, Table};
+// PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
 use super::Header;
 
 use bytes::{BufMut, BytesMut};
+// PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
 use http::header::{HeaderName, HeaderValue};
 
 const DEFAULT_MAX_ALLOWED_SIZE: usize = 4 * 1024;
@@ -98,6 +103,8 @@ impl Encoder {
     }
 
     /// Encode a set of headers into the provide buffer
+    // PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
@@ -132,6 +139,37 @@ impl Encoder {
                         dst,
                     );
                 }
+            }
+        }
+    }
+
+    /// PATCHED (see vendor/README.md): starts a header block that [`Encoder::encode_field`]
+    /// writes field by field: the table size updates owed go first.
+    pub(crate) fn begin_block(&mut self, dst: &mut BytesMut) {
+        self.encode_size_updates(dst);
+    }
+
+    /// PATCHED (see vendor/README.md): encodes one field of a block, borrowed from where the
+    /// block holds it. A field the table already holds whole, or one it does not take (a
+    /// static match, a sensitive value, a `:path`), is written without being moved or copied;
+    /// only a field the table takes is copied into it (`Bytes` clones, which share storage).
+    /// [`Encoder::encode`] moved every field out of its map and into an `Index`, and dropped
+    /// it there, one at a time.
+    pub(crate) fn encode_field(&mut self, field: FieldRef<'_>, dst: &mut BytesMut) {
+        match self.table.find(field) {
+            Found::Indexed(idx) => encode_int(idx, 7, 0x80, dst),
+            Found::Literal(Some(idx)) => {
+                encode_not_indexed(idx, field.value_slice(), field.is_sensitive(), dst)
+            }
+            Found::Literal(None) => encode_not_indexed2(
+                field.name().as_slice(),
+                field.value_slice(),
+                field.is_sensitive(),
+                dst,
+            ),
+            Found::Insert => {
+                let index = self.table.index(field.to_owned());
+                self.encode_header(&index, dst);
             }
         }
     }
@@ -193,6 +231,8 @@ impl Encoder {
         }
     }
 
+    // PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
     fn encode_header_without_name(
         &mut self,
         last: &Index,

@@ -19,6 +19,23 @@ pub enum Header<T = HeaderName> {
     Status(StatusCode),
 }
 
+/// PATCHED (see vendor/README.md): a header field borrowed from the block being encoded, so
+/// that the encoder can look it up in its table without moving it out of its map. Only a field
+/// the table takes is made an owned [`Header`] (`to_owned`).
+#[derive(Debug, Clone, Copy)]
+pub enum FieldRef<'a> {
+    Field {
+        name: &'a HeaderName,
+        value: &'a HeaderValue,
+    },
+    Authority(&'a BytesStr),
+    Method(&'a Method),
+    Scheme(&'a BytesStr),
+    Path(&'a BytesStr),
+    Protocol(&'a Protocol),
+    Status(&'a StatusCode),
+}
+
 /// The header field name
 #[derive(Debug, Clone, Eq, PartialEq, Hash)]
 pub enum Name<'a> {
@@ -40,6 +57,8 @@ pub fn len(name: &HeaderName, value: &HeaderValue) -> usize {
     32 + n.len() + value.len()
 }
 
+// PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
 impl Header<Option<HeaderName>> {
     pub fn reify(self) -> Result<Header, HeaderValue> {
         use self::Header::*;
@@ -103,43 +122,32 @@ impl Header {
     }
 
     pub fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+
+    /// This header, borrowed.
+    pub fn as_ref(&self) -> FieldRef<'_> {
         match *self {
             Header::Field {
                 ref name,
                 ref value,
-            } => len(name, value),
-            Header::Authority(ref v) => 32 + 10 + v.len(),
-            Header::Method(ref v) => 32 + 7 + v.as_ref().len(),
-            Header::Scheme(ref v) => 32 + 7 + v.len(),
-            Header::Path(ref v) => 32 + 5 + v.len(),
-            Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
-            Header::Status(_) => 32 + 7 + 3,
+            } => FieldRef::Field { name, value },
+            Header::Authority(ref v) => FieldRef::Authority(v),
+            Header::Method(ref v) => FieldRef::Method(v),
+            Header::Scheme(ref v) => FieldRef::Scheme(v),
+            Header::Path(ref v) => FieldRef::Path(v),
+            Header::Protocol(ref v) => FieldRef::Protocol(v),
+            Header::Status(ref v) => FieldRef::Status(v),
         }
     }
 
     /// Returns the header name
     pub fn name(&self) -> Name<'_> {
-        match *self {
-            Header::Field { ref name, .. } => Name::Field(name),
-            Header::Authority(..) => Name::Authority,
-            Header::Method(..) => Name::Method,
-            Header::Scheme(..) => Name::Scheme,
-            Header::Path(..) => Name::Path,
-            Header::Protocol(..) => Name::Protocol,
-            Header::Status(..) => Name::Status,
-        }
+        self.as_ref().name()
     }
 
     pub fn value_slice(&self) -> &[u8] {
-        match *self {
-            Header::Field { ref value, .. } => value.as_ref(),
-            Header::Authority(ref v) => v.as_ref(),
-            Header::Method(ref v) => v.as_ref().as_ref(),
-            Header::Scheme(ref v) => v.as_ref(),
-            Header::Path(ref v) => v.as_ref(),
-            Header::Protocol(ref v) => v.as_ref(),
-            Header::Status(ref v) => v.as_str().as_ref(),
-        }
+        self.as_ref().value_slice()
     }
 
     pub fn value_eq(&self, other: &Header) -> bool {
@@ -179,18 +187,81 @@ impl Header {
     }
 
     pub fn is_sensitive(&self) -> bool {
-        match *self {
-            Header::Field { ref value, .. } => value.is_sensitive(),
+        self.as_ref().is_sensitive()
+    }
+
+    pub fn skip_value_index(&self) -> bool {
+        self.as_ref().skip_value_index()
+    }
+}
+
+impl<'a> FieldRef<'a> {
+    /// The size the table counts for this field (RFC 7541 section 4.1).
+    pub fn len(self) -> usize {
+        match self {
+            FieldRef::Field { name, value } => len(name, value),
+            FieldRef::Authority(v) => 32 + 10 + v.len(),
+            FieldRef::Method(v) => 32 + 7 + v.as_ref().len(),
+            FieldRef::Scheme(v) => 32 + 7 + v.len(),
+            FieldRef::Path(v) => 32 + 5 + v.len(),
+            FieldRef::Protocol(v) => 32 + 9 + v.as_str().len(),
+            FieldRef::Status(_) => 32 + 7 + 3,
+        }
+    }
+
+    pub fn name(self) -> Name<'a> {
+        match self {
+            FieldRef::Field { name, .. } => Name::Field(name),
+            FieldRef::Authority(..) => Name::Authority,
+            FieldRef::Method(..) => Name::Method,
+            FieldRef::Scheme(..) => Name::Scheme,
+            FieldRef::Path(..) => Name::Path,
+            FieldRef::Protocol(..) => Name::Protocol,
+            FieldRef::Status(..) => Name::Status,
+        }
+    }
+
+    pub fn value_slice(self) -> &'a [u8] {
+        match self {
+            FieldRef::Field { value, .. } => value.as_ref(),
+            FieldRef::Authority(v) => v.as_ref(),
+            FieldRef::Method(v) => v.as_ref().as_ref(),
+            FieldRef::Scheme(v) => v.as_ref(),
+            FieldRef::Path(v) => v.as_ref(),
+            FieldRef::Protocol(v) => v.as_ref(),
+            FieldRef::Status(v) => v.as_str().as_bytes(),
+        }
+    }
+
+    pub fn is_sensitive(self) -> bool {
+        match self {
+            FieldRef::Field { value, .. } => value.is_sensitive(),
             // TODO: Technically these other header values can be sensitive too.
             _ => false,
         }
     }
 
-    pub fn skip_value_index(&self) -> bool {
+    /// An owned copy, for the table to hold.
+    pub fn to_owned(self) -> Header {
+        match self {
+            FieldRef::Field { name, value } => Header::Field {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            FieldRef::Authority(v) => Header::Authority(v.clone()),
+            FieldRef::Method(v) => Header::Method(v.clone()),
+            FieldRef::Scheme(v) => Header::Scheme(v.clone()),
+            FieldRef::Path(v) => Header::Path(v.clone()),
+            FieldRef::Protocol(v) => Header::Protocol(v.clone()),
+            FieldRef::Status(v) => Header::Status(*v),
+        }
+    }
+
+    pub fn skip_value_index(self) -> bool {
         use http::header;
 
-        match *self {
-            Header::Field { ref name, .. } => matches!(
+        match self {
+            FieldRef::Field { name, .. } => matches!(
                 *name,
                 header::AGE
                     | header::AUTHORIZATION
@@ -202,7 +273,7 @@ impl Header {
                     | header::COOKIE
                     | header::SET_COOKIE
             ),
-            Header::Path(..) => true,
+            FieldRef::Path(..) => true,
             _ => false,
         }
     }

@@ -1,11 +1,10 @@
+use super::header::{FieldRef, Name};
 use super::Header;
 
-use fnv::FnvHasher;
 use http::header;
 use http::method::Method;
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::{cmp, mem};
 
 /// HPACK encoder table
@@ -36,6 +35,34 @@ pub enum Index {
 
     // The header is not indexed by this table
     NotIndexed(Header),
+}
+
+/// PATCHED (see vendor/README.md): [`Table::find`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The whole field is at this index.
+    Indexed(usize),
+    /// A literal that the table does not take, its name at this index (or a literal name).
+    Literal(Option<usize>),
+    /// [`Table::index`] would insert the field: it needs an owned header.
+    Insert,
+}
+
+impl Found {
+    /// The static table's answer alone, for a field the dynamic table is not asked about.
+    fn from_static(statik: Option<(usize, bool)>) -> Found {
+        match statik {
+            Some((n, true)) => Found::Indexed(n),
+            Some((n, false)) => Found::Literal(Some(n)),
+            None => Found::Literal(None),
+        }
+    }
+}
+
+/// A dynamic-table match: the whole field, or its name only (slot indices).
+enum Dynamic {
+    Whole(usize),
+    Name(usize),
 }
 
 #[derive(Debug)]
@@ -118,6 +145,8 @@ impl Table {
         }
     }
 
+    // PATCHED (see vendor/README.md): only the tests and fuzzing use this since `encode_field`.
+#[cfg(any(test, fuzzing))]
     pub fn resolve_idx(&self, index: &Index) -> usize {
         use self::Index::*;
 
@@ -130,10 +159,76 @@ impl Table {
         }
     }
 
+    /// PATCHED (see vendor/README.md): how `field` is written if that needs no change to the
+    /// table, looked up where the field is, without moving or copying it: [`Found::Insert`]
+    /// when [`Table::index`] would insert it (the only case that needs an owned header). The
+    /// answer is the one [`Table::index`] gives, with the same rules (static full matches;
+    /// `skip_value_index`; large fields; sensitive fields never become an index reference).
+    pub fn find(&self, field: FieldRef<'_>) -> Found {
+        let statik = index_static(field);
+
+        if field.skip_value_index() {
+            return Found::from_static(statik);
+        }
+        if let Some((n, true)) = statik {
+            return Found::Indexed(n);
+        }
+        if field.len() * 4 > self.max_size * 3 {
+            return Found::from_static(statik);
+        }
+
+        let sensitive = field.is_sensitive();
+        match self.find_dynamic(field.name(), field.value_slice()) {
+            Some(Dynamic::Whole(idx)) if !sensitive => Found::Indexed(idx + DYN_OFFSET),
+            Some(Dynamic::Whole(idx) | Dynamic::Name(idx)) if sensitive => {
+                Found::Literal(Some(idx + DYN_OFFSET))
+            }
+            None if sensitive => Found::from_static(statik),
+            _ => Found::Insert,
+        }
+    }
+
+    /// The dynamic table's entry for `name` and `value`, or for `name` alone (the last entry
+    /// of the name's chain, as `index_occupied` picks it): the same probe as
+    /// `index_dynamic`'s, reading only.
+    fn find_dynamic(&self, name: Name<'_>, value: &[u8]) -> Option<Dynamic> {
+        if self.indices.is_empty() {
+            return None;
+        }
+
+        let hash = hash_name(&name);
+        let mut probe = desired_pos(self.mask, hash);
+        let mut dist = 0;
+
+        probe_loop!(probe < self.indices.len(), {
+            let pos = self.indices[probe]?;
+            if probe_distance(self.mask, pos.hash, probe) < dist {
+                return None;
+            }
+            let real_idx = pos.index.wrapping_add(self.inserted);
+            if pos.hash == hash && self.slots[real_idx].header.name() == name {
+                let mut index = pos.index;
+                loop {
+                    let real_idx = index.wrapping_add(self.inserted);
+                    let slot = &self.slots[real_idx];
+                    if slot.header.value_slice() == value {
+                        return Some(Dynamic::Whole(real_idx));
+                    }
+                    match slot.next {
+                        Some(next) => index = next,
+                        None => return Some(Dynamic::Name(real_idx)),
+                    }
+                }
+            }
+
+            dist += 1;
+        });
+    }
+
     /// Index the header in the HPACK table.
     pub fn index(&mut self, header: Header) -> Index {
         // Check the static table
-        let statik = index_static(&header);
+        let statik = index_static(header.as_ref());
 
         // Don't index certain headers. This logic is borrowed from nghttp2.
         if header.skip_value_index() {
@@ -677,21 +772,40 @@ fn probe_distance(mask: usize, hash: HashValue, current: usize) -> usize {
 }
 
 fn hash_header(header: &Header) -> HashValue {
-    const MASK: u64 = (MAX_SIZE as u64) - 1;
+    hash_name(&header.name())
+}
 
-    let mut h = FnvHasher::default();
-    header.name().hash(&mut h);
-    HashValue((h.finish() & MASK) as usize)
+/// PATCHED (see vendor/README.md): a name's hash over its bytes, eight at a time (FxHash's
+/// step), where FNV took one byte at a time over the name's `Hash` encoding (two enum
+/// discriminants and a length before the bytes). Pseudo-header names hash as their `:` names,
+/// which no field name can be. The table holds at most a few hundred entries, so the hash
+/// only spreads them.
+fn hash_name(name: &Name<'_>) -> HashValue {
+    const MASK: u64 = (MAX_SIZE as u64) - 1;
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    let bytes = name.as_slice();
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+    }
+    HashValue(((h >> 32) & MASK) as usize)
 }
 
 /// Checks the static table for the header. If found, returns the index and a
 /// boolean representing if the value matched as well.
-fn index_static(header: &Header) -> Option<(usize, bool)> {
-    match *header {
-        Header::Field {
-            ref name,
-            ref value,
-        } => match *name {
+fn index_static(field: FieldRef<'_>) -> Option<(usize, bool)> {
+    match field {
+        FieldRef::Field { name, value } => match *name {
             header::ACCEPT_CHARSET => Some((15, false)),
             header::ACCEPT_ENCODING => {
                 if value == "gzip, deflate" {
@@ -747,24 +861,24 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             header::WWW_AUTHENTICATE => Some((61, false)),
             _ => None,
         },
-        Header::Authority(_) => Some((1, false)),
-        Header::Method(ref v) => match *v {
+        FieldRef::Authority(_) => Some((1, false)),
+        FieldRef::Method(v) => match *v {
             Method::GET => Some((2, true)),
             Method::POST => Some((3, true)),
             _ => Some((2, false)),
         },
-        Header::Scheme(ref v) => match &**v {
+        FieldRef::Scheme(v) => match &**v {
             "http" => Some((6, true)),
             "https" => Some((7, true)),
             _ => Some((6, false)),
         },
-        Header::Path(ref v) => match &**v {
+        FieldRef::Path(v) => match &**v {
             "/" => Some((4, true)),
             "/index.html" => Some((5, true)),
             _ => Some((4, false)),
         },
-        Header::Protocol(..) => None,
-        Header::Status(ref v) => match u16::from(*v) {
+        FieldRef::Protocol(..) => None,
+        FieldRef::Status(v) => match u16::from(*v) {
             200 => Some((8, true)),
             204 => Some((9, true)),
             206 => Some((10, true)),
