@@ -545,7 +545,9 @@ fn grpc_api(shared: &Arc<Shared>) -> GrpcApi {
     let service = DaprServer::new(outbound::grpc::DaprApi::new(Arc::clone(shared)))
         .max_decoding_message_size(shared.config.max_body_size)
         .max_encoding_message_size(usize::MAX);
-    let invoke_first = outbound::grpc::InvokeFirstLayer::new(service.clone());
+    let invoke_first = outbound::grpc::InvokeFirstLayer::new(Arc::new(
+        outbound::grpc::DaprApi::new(Arc::clone(shared)),
+    ));
     let routes = tonic::service::Routes::new(service)
         .into_axum_router()
         .route_layer(axum::middleware::map_response(|response| async move {

@@ -311,7 +311,7 @@ impl AppChannel {
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let data = collect(request.body, self.body_limit).await?;
         let mut headers = HeaderMap::new();
-        request.metadata.to_grpc_headers(&mut headers);
+        request.metadata.into_grpc_headers(&mut headers);
         headers.remove(header::CONTENT_TYPE);
         headers.remove(header::CONTENT_LENGTH);
         self.swap_token(&mut headers);

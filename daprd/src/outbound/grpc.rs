@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use dapr_proto::common::v1::InvokeResponse;
+use dapr_proto::common::v1::{InvokeRequest, InvokeResponse};
 use dapr_proto::internals::v1::{ApiVersion, InternalInvokeRequest};
-use dapr_proto::runtime::v1::dapr_server::{Dapr, DaprServer};
+use dapr_proto::runtime::v1::dapr_server::Dapr;
 use dapr_proto::runtime::v1::{
     AppConnectionHealthProperties, AppConnectionProperties, GetMetadataRequest,
     GetMetadataResponse, InvokeServiceRequest, SetMetadataRequest, ShutdownRequest,
@@ -17,7 +17,7 @@ use super::state::Shared;
 use crate::Error;
 use crate::error::{DAPR_HTTP_STATUS, http_to_grpc};
 use crate::trace::{self, attr};
-use crate::wire::{self, Metadata, names};
+use crate::wire::{self, MessageStream, Metadata, ReceivedInvokeService, names};
 
 /// The gRPC API's invocation method, as client spans name the API called.
 const INVOKE_SERVICE: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
@@ -33,13 +33,107 @@ impl DaprApi {
 
     /// Checks `dapr-api-token` when `DAPR_API_TOKEN` is set.
     fn authorize(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        self.authorize_token(metadata.get(names::API_TOKEN).map(|v| v.as_bytes()))
+    }
+
+    /// Checks the `dapr-api-token` a call `given` when `DAPR_API_TOKEN` is set.
+    fn authorize_token(&self, given: Option<&[u8]>) -> Result<(), Status> {
         match self.shared.config.api_token.as_deref() {
             None => Ok(()),
-            Some(expected) => match metadata.get(names::API_TOKEN).map(|v| v.as_bytes()) {
+            Some(expected) => match given {
                 Some(given) if given == expected.as_bytes() => Ok(()),
                 _ => Err(Error::Unauthorized.into()),
             },
         }
+    }
+
+    /// `Dapr/InvokeService`, read and answered here instead of by tonic's codec: the request
+    /// is read in place ([`wire::ReceivedInvokeService`]). A call to an app id with no
+    /// Resiliency policies loaded, nearly every call, goes to the peer framed in place: the
+    /// invocation's bytes and the client's metadata written into the `CallLocal` frame as they
+    /// came ([`super::Invoker::invoke_received`]; bench/notes.md, "InvokeService read and framed
+    /// in place"). An HTTPEndpoint, a URL, or a call under policies is decoded and goes through
+    /// [`Dapr::invoke_service`], as tonic called it. Either way the answer is what tonic's
+    /// unary service wrote, with [`headers_before_status`].
+    async fn serve_invoke(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let (parts, body) = request.into_parts();
+        let answer = async {
+            self.authorize_token(parts.headers.get(names::API_TOKEN).map(|v| v.as_bytes()))?;
+            let limit = self.shared.config.max_body_size;
+            let mut messages = wire::Messages::<_, ReceivedInvokeService>::request(body, limit);
+            let read = messages
+                .message()
+                .await?
+                .ok_or_else(|| Status::internal("Missing request message."))?;
+            // The whole request, as tonic's unary service reads it, before the call.
+            while messages.message().await?.is_some() {}
+            let framed_in_place = self.shared.invoker.resiliency().is_none()
+                && self.shared.endpoints.destination(&read.id).is_none();
+            if !framed_in_place {
+                return self.invoke_decoded(parts.headers, read).await;
+            }
+            let target = parse_target(&read.id, &self.shared.config.namespace)?;
+            let invocation = read.message.ok_or_else(|| {
+                Status::invalid_argument("InvokeServiceRequest.message is required")
+            })?;
+            super::http::check_method(&read.method)?;
+            let client = wire::ClientHeaders::grpc(parts.headers);
+            let mut span = self.shared.tracer.active().map(|active| {
+                active.client_span(
+                    client.first(names::TRACEPARENT),
+                    (&read.id, &read.method),
+                    attr::GRPC,
+                    || INVOKE_SERVICE.to_owned(),
+                    client.iter().filter_map(|(name, _, values)| {
+                        Some((name.as_str(), values.first()?.to_str().ok()?))
+                    }),
+                )
+            });
+            let call = self
+                .shared
+                .invoker
+                .invoke_received(&target, Some(&invocation), &client);
+            let response = trace::traced(&mut span, call)
+                .await
+                .map_err(invoke_status)?;
+            invoke_answer(response, span)
+        };
+        match answer.await {
+            Ok(reply) => {
+                let (metadata, message, _) = reply.into_parts();
+                let mut response = wire::answer(futures::stream::iter([Ok::<_, Status>(message)]));
+                response.headers_mut().extend(metadata.into_headers());
+                response
+            }
+            Err(status) => grpc_headers_before_status(status.into_http()),
+        }
+    }
+
+    /// An `InvokeService` request read in place, decoded by prost for [`Dapr::invoke_service`].
+    async fn invoke_decoded(
+        &self,
+        headers: http::HeaderMap,
+        read: ReceivedInvokeService,
+    ) -> Result<Response<InvokeResponse>, Status> {
+        use prost::Message;
+        let message = read
+            .message
+            .map(InvokeRequest::decode)
+            .transpose()
+            .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
+        let request = InvokeServiceRequest {
+            id: read.id.to_string(),
+            message,
+        };
+        self.invoke_service(Request::from_parts(
+            MetadataMap::from_headers(headers),
+            tonic::Extensions::default(),
+            request,
+        ))
+        .await
     }
 }
 
@@ -122,11 +216,11 @@ const INVOKE_SERVICE_PATH: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
 /// [`headers_before_status`].
 #[derive(Clone)]
 pub struct InvokeFirstLayer {
-    dapr: DaprServer<DaprApi>,
+    dapr: Arc<DaprApi>,
 }
 
 impl InvokeFirstLayer {
-    pub fn new(dapr: DaprServer<DaprApi>) -> Self {
+    pub fn new(dapr: Arc<DaprApi>) -> Self {
         InvokeFirstLayer { dapr }
     }
 }
@@ -137,7 +231,7 @@ impl<S> tower::Layer<S> for InvokeFirstLayer {
     fn layer(&self, inner: S) -> InvokeFirst<S> {
         InvokeFirst {
             inner,
-            dapr: self.dapr.clone(),
+            dapr: Arc::clone(&self.dapr),
         }
     }
 }
@@ -146,10 +240,8 @@ impl<S> tower::Layer<S> for InvokeFirstLayer {
 #[derive(Clone)]
 pub struct InvokeFirst<S> {
     inner: S,
-    dapr: DaprServer<DaprApi>,
+    dapr: Arc<DaprApi>,
 }
-
-type DaprFuture = <DaprServer<DaprApi> as tower::Service<http::Request<tonic::body::Body>>>::Future;
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for InvokeFirst<S>
 where
@@ -162,10 +254,7 @@ where
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = futures::future::Either<
-        futures::future::MapOk<
-            DaprFuture,
-            fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
-        >,
+        futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>,
         S::Future,
     >;
 
@@ -173,16 +262,16 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // The Dapr service is always ready (tonic's generated services are).
+        // `InvokeService` is always ready.
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        use futures::TryFutureExt;
         if request.uri().path() == INVOKE_SERVICE_PATH {
-            let answer = tower::Service::call(&mut self.dapr, request);
-            let headers_first: fn(_) -> _ = grpc_headers_before_status;
-            futures::future::Either::Left(answer.map_ok(headers_first))
+            let dapr = Arc::clone(&self.dapr);
+            futures::future::Either::Left(Box::pin(
+                async move { Ok(dapr.serve_invoke(request).await) },
+            ))
         } else {
             futures::future::Either::Right(self.inner.call(request))
         }
@@ -229,26 +318,64 @@ fn response_metadata(headers: &wire::ReceivedMetadata) -> MetadataMap {
     metadata
 }
 
-/// Incoming gRPC metadata → invocation metadata (ASCII entries; the token never travels on).
+/// Incoming gRPC metadata → invocation metadata, as [`wire::ClientHeaders::grpc`] keeps it
+/// (the token never travels on).
 fn grpc_metadata(metadata: MetadataMap) -> Metadata {
     let mut out = Metadata::new();
-    for (name, value) in metadata.into_headers().iter() {
-        let name = name.as_str();
-        if name == names::API_TOKEN
-            || name.starts_with("grpc-")
-            || name == "te"
-            || name == "content-type"
-        {
-            continue;
-        }
-        if let Ok(value) = value.to_str() {
-            out.entry(name.to_owned())
-                .or_default()
-                .values
-                .push(value.to_owned());
-        }
-    }
+    wire::ClientHeaders::grpc(metadata.into_headers()).insert_into(&mut out);
     out
+}
+
+/// The gRPC answer to an invocation the peer (or an endpoint) answered: its headers as
+/// metadata, and an HTTP app's non-2xx status or a gRPC app's error as an error status, as
+/// upstream's `InvokeService` (`pkg/api/grpc/grpc.go`).
+fn invoke_answer(
+    response: wire::ReceivedResponse,
+    span: Option<trace::Span>,
+) -> Result<Response<InvokeResponse>, Status> {
+    let code = response.status.as_ref().map_or(200, |s| s.code);
+    let mut headers = response_metadata(&response.headers);
+    // An HTTP app's non-2xx status becomes a gRPC error, as upstream.
+    let grpc_code = if (0..100).contains(&code) {
+        tonic::Code::from(code)
+    } else {
+        http_to_grpc(u16::try_from(code).unwrap_or(500))
+    };
+    if let Some(mut span) = span {
+        span.grpc_status(grpc_code);
+        span.end();
+    }
+    if grpc_code != tonic::Code::Ok {
+        // A gRPC app's own status message, or an HTTP app's body, as upstream.
+        let body = if code < 100 {
+            response
+                .status
+                .as_ref()
+                .map(|s| s.message.clone())
+                .unwrap_or_default()
+        } else {
+            response
+                .message
+                .as_ref()
+                .and_then(|m| m.data.as_ref())
+                .map(|d| String::from_utf8_lossy(&d.value).into_owned())
+                .unwrap_or_default()
+        };
+        // An HTTP app's headers and its status are header metadata, sent before the error
+        // status as upstream's `grpc.SetHeader` has them (`pkg/api/grpc/grpc.go`): see
+        // [`headers_before_status`].
+        let mut status = Status::new(grpc_code, body);
+        if code >= 100
+            && let Ok(value) = MetadataValue::try_from(code.to_string())
+        {
+            headers.insert(DAPR_HTTP_STATUS, value);
+            *status.metadata_mut() = headers;
+        }
+        return Err(status);
+    }
+    let mut reply = Response::new(response.message.unwrap_or_default());
+    *reply.metadata_mut() = headers;
+    Ok(reply)
 }
 
 /// Where an `InvokeService` call goes.
@@ -326,49 +453,7 @@ impl Dapr for DaprApi {
         let response = trace::traced(&mut span, call)
             .await
             .map_err(invoke_status)?;
-        let code = response.status.as_ref().map_or(200, |s| s.code);
-        let mut headers = response_metadata(&response.headers);
-        // An HTTP app's non-2xx status becomes a gRPC error, as upstream.
-        let grpc_code = if (0..100).contains(&code) {
-            tonic::Code::from(code)
-        } else {
-            http_to_grpc(u16::try_from(code).unwrap_or(500))
-        };
-        if let Some(mut span) = span {
-            span.grpc_status(grpc_code);
-            span.end();
-        }
-        if grpc_code != tonic::Code::Ok {
-            // A gRPC app's own status message, or an HTTP app's body, as upstream.
-            let body = if code < 100 {
-                response
-                    .status
-                    .as_ref()
-                    .map(|s| s.message.clone())
-                    .unwrap_or_default()
-            } else {
-                response
-                    .message
-                    .as_ref()
-                    .and_then(|m| m.data.as_ref())
-                    .map(|d| String::from_utf8_lossy(&d.value).into_owned())
-                    .unwrap_or_default()
-            };
-            // An HTTP app's headers and its status are header metadata, sent before the error
-            // status as upstream's `grpc.SetHeader` has them (`pkg/api/grpc/grpc.go`): see
-            // [`headers_before_status`].
-            let mut status = Status::new(grpc_code, body);
-            if code >= 100
-                && let Ok(value) = MetadataValue::try_from(code.to_string())
-            {
-                headers.insert(DAPR_HTTP_STATUS, value);
-                *status.metadata_mut() = headers;
-            }
-            return Err(status);
-        }
-        let mut reply = Response::new(response.message.unwrap_or_default());
-        *reply.metadata_mut() = headers;
-        Ok(reply)
+        invoke_answer(response, span)
     }
 
     async fn get_metadata(

@@ -618,11 +618,21 @@ impl Invoker {
         mut request: InternalInvokeRequest,
         stamps: &wire::CallStamps<'_>,
     ) -> Result<wire::ReceivedResponse, Error> {
+        let frame = self.caller.stamps.frame(&mut request, stamps);
+        self.send_call_local(target, addr, frame).await
+    }
+
+    /// Sends `frame`, a `CallLocal` request framed with its stamps, and reads the answer.
+    async fn send_call_local(
+        &self,
+        target: &Target,
+        addr: SocketAddr,
+        frame: bytes::Bytes,
+    ) -> Result<wire::ReceivedResponse, Error> {
         let sent = self.metrics.invocation_sent(&target.app_id);
         let rpc = self
             .metrics
             .grpc_client(crate::metrics::client_rpc::CALL_LOCAL);
-        let frame = self.caller.stamps.frame(&mut request, stamps);
         // The message without its 5-byte gRPC prefix, as upstream's `proto.Size`.
         let size = frame.len().saturating_sub(5);
         let call = self.direct.call_local(addr, target, frame);
@@ -719,6 +729,28 @@ impl Invoker {
                 .await
             }
         }
+    }
+
+    /// One unary call, without policies, of a gRPC API request as it came: the invocation's
+    /// bytes and the client's metadata are written into the `CallLocal` frame as they are
+    /// ([`wire::Stamps::invoke_frame`]).
+    pub async fn invoke_received(
+        &self,
+        target: &Target,
+        invocation: Option<&[u8]>,
+        client: &wire::ClientHeaders,
+    ) -> Result<wire::ReceivedResponse, Error> {
+        let stamps = wire::CallStamps {
+            callee: &target.app_id,
+            traceparent: crate::trace::next_hop(client.first(names::TRACEPARENT)),
+        };
+        let addr = self
+            .resolver
+            .resolve(target)
+            .await
+            .map_err(|e| Self::unresolved(target, e))?;
+        let frame = self.caller.stamps.invoke_frame(invocation, client, &stamps);
+        self.send_call_local(target, addr, frame).await
     }
 
     /// One unary call, without policies.

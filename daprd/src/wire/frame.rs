@@ -2,7 +2,7 @@
 //! call's stamps written into their metadata, and the `grpc-status` of a response.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use dapr_proto::internals::v1::{InternalInvokeRequest, InternalInvokeRequestStream};
+use dapr_proto::internals::v1::{ApiVersion, InternalInvokeRequest, InternalInvokeRequestStream};
 use http::HeaderMap;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -10,8 +10,10 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use super::encode::{Spelling, encode_entry, entry_len};
 use super::{ClientHeaders, Metadata, names, set};
 
-/// `InternalInvokeRequest.metadata`'s field number.
+/// `InternalInvokeRequest`'s field numbers.
+const VER: u32 = 1;
 const METADATA: u32 = 2;
+const MESSAGE: u32 = 3;
 
 /// Metadata entries encoded once, as `InternalInvokeRequest.metadata` entries on the wire, for
 /// values that are the same on every call (the caller's identity): appended to each encoded
@@ -124,6 +126,36 @@ impl Stamps {
         buf.freeze()
     }
 
+    /// A `CallLocal` request as a gRPC message frame, written from a gRPC API request as it
+    /// came ([`super::ReceivedInvokeService`]): `ver` (V1), the invocation's bytes unchanged,
+    /// the client's metadata that is not stamped, and the stamps.
+    pub fn invoke_frame(
+        &self,
+        invocation: Option<&[u8]>,
+        client: &ClientHeaders,
+        call: &CallStamps,
+    ) -> Bytes {
+        let message_len = invocation.map_or(0, |bytes| {
+            key_len(MESSAGE) + encoded_len_varint(bytes.len() as u64) + bytes.len()
+        });
+        let len = key_len(VER)
+            + 1
+            + message_len
+            + self.client_len(client)
+            + self.encoded.len()
+            + call.encoded_len();
+        let mut buf = frame_head(len);
+        encode_key(VER, WireType::Varint, &mut buf);
+        encode_varint(ApiVersion::V1 as u64, &mut buf);
+        if let Some(bytes) = invocation {
+            encode_key(MESSAGE, WireType::LengthDelimited, &mut buf);
+            encode_varint(bytes.len() as u64, &mut buf);
+            buf.extend_from_slice(bytes);
+        }
+        self.encode_metadata(&Metadata::new(), client, call, &mut buf);
+        buf.freeze()
+    }
+
     /// The first message of a `CallLocalStream` as a gRPC message frame, its request with the
     /// client's headers (after the request's own entries) and the caller's and the call's
     /// stamps.
@@ -196,6 +228,17 @@ impl Stamps {
         buf: &mut BytesMut,
     ) {
         request.encode_raw(buf);
+        self.encode_metadata(metadata, client, call, buf);
+    }
+
+    /// The map's entries and the client's headers that are not stamped, then the stamps.
+    fn encode_metadata(
+        &self,
+        metadata: &Metadata,
+        client: &ClientHeaders,
+        call: &CallStamps,
+        buf: &mut BytesMut,
+    ) {
         for (name, list) in metadata {
             if !self.stamps(name) {
                 encode_entry(METADATA, name, Spelling::AsIs, &list.values, buf);
@@ -323,6 +366,51 @@ mod tests {
         assert_eq!(first(metadata, "x-forwarded-host"), Some("node-1"));
         assert!(!metadata.contains_key("dapr-app-id") && !metadata.contains_key("Connection"));
         assert_eq!(client.first("traceparent"), Some("00-client-span-01"));
+    }
+
+    #[test]
+    fn a_grpc_requests_invocation_and_metadata_frame_as_the_typed_request_does() {
+        // gRPC metadata keeps its names as they came; the token and the transport's own
+        // entries stay behind; a stamped name is the stamp's.
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", "1S"),
+            ("dapr-api-token", "secret"),
+            ("user-agent", "grpc-python/1.66"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("dapr-caller-app-id", "spoof"),
+            ("traceparent", "00-client-span-01"),
+        ] {
+            headers.append(name, http::HeaderValue::from_static(value));
+        }
+        let client = ClientHeaders::grpc(headers);
+        let stamps = stamps();
+        let invocation = request().message.expect("an invocation");
+        let bytes = invocation.encode_to_vec();
+        let framed = stamps.invoke_frame(Some(&bytes), &client, &call());
+        let read = InternalInvokeRequest::decode(body_of(&framed)).expect("decodes");
+
+        let mut typed = InternalInvokeRequest {
+            ver: dapr_proto::internals::v1::ApiVersion::V1 as i32,
+            message: Some(invocation),
+            ..Default::default()
+        };
+        client.clone().insert_into(&mut typed.metadata);
+        assert_eq!(read, stamped(&stamps, typed));
+        let metadata = &read.metadata;
+        assert_eq!(metadata["x-multi"].values, ["a", "b"]);
+        assert_eq!(first(metadata, "user-agent"), Some("grpc-python/1.66"));
+        assert_eq!(first(metadata, "dapr-caller-app-id"), Some("checkout"));
+        for gone in ["content-type", "te", "grpc-timeout", "dapr-api-token"] {
+            assert!(!metadata.contains_key(gone), "{gone}");
+        }
+
+        let bare = stamps.invoke_frame(None, &ClientHeaders::grpc(HeaderMap::new()), &call());
+        let read = InternalInvokeRequest::decode(body_of(&bare)).expect("decodes");
+        assert_eq!((read.ver, read.message), (1, None));
     }
 
     #[test]

@@ -216,35 +216,74 @@ fn value_travels(value: &HeaderValue) -> bool {
 /// them into a map ([`ClientHeaders::insert_into`]) only on the paths that hand a request to
 /// tonic or keep it for another attempt. Names are held lower-case, each once, with its values
 /// in order.
+///
+/// A gRPC API request's metadata travels the same way ([`ClientHeaders::grpc`]), its names as
+/// they came.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClientHeaders(HeaderEntries);
+pub struct ClientHeaders {
+    entries: HeaderEntries,
+    names: ClientNames,
+}
 
-impl ClientHeaders {
-    /// Takes every header of `headers` but hop-by-hop ones and `skip`, with its text values.
-    pub fn new(headers: HeaderMap, skip: &[&str]) -> Self {
-        ClientHeaders(travelling(headers, |name| skip.contains(&name.as_str())))
-    }
+/// How a client's header names are spelt as metadata.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ClientNames {
+    /// An HTTP API request's: Go-canonical, but Dapr's own.
+    #[default]
+    Http,
+    /// A gRPC API request's: as they came (lower-case), as upstream's gRPC API passes its
+    /// incoming metadata on (`pkg/api/grpc/grpc.go`).
+    Grpc,
+}
 
-    /// How `name` is spelt as metadata: Dapr's own names as they are, others Go-canonical.
-    pub fn spelling(name: &HeaderName) -> super::Spelling {
+impl ClientNames {
+    /// How `name` is spelt as metadata: as it came (a gRPC request's, Dapr's own), else
+    /// Go-canonical.
+    fn spelling(self, name: &HeaderName) -> super::Spelling {
         let name = name.as_str();
-        if name.starts_with("dapr-") || name == names::TRACEPARENT {
+        if self == ClientNames::Grpc || name.starts_with("dapr-") || name == names::TRACEPARENT {
             super::Spelling::AsIs
         } else {
             super::Spelling::Canonical
         }
     }
+}
+
+impl ClientHeaders {
+    /// Takes every header of `headers` but hop-by-hop ones and `skip`, with its text values.
+    pub fn new(headers: HeaderMap, skip: &[&str]) -> Self {
+        ClientHeaders {
+            entries: travelling(headers, |name| skip.contains(&name.as_str())),
+            names: ClientNames::Http,
+        }
+    }
+
+    /// A gRPC API request's metadata: every entry but the API token and the transport's own
+    /// (`grpc-*`, `te`, `content-type`), with its text values, named as it came.
+    pub fn grpc(headers: HeaderMap) -> Self {
+        let transport = |name: &HeaderName| {
+            let name = name.as_str();
+            name == names::API_TOKEN
+                || name.starts_with("grpc-")
+                || name == "te"
+                || name == "content-type"
+        };
+        ClientHeaders {
+            entries: travelling(headers, transport),
+            names: ClientNames::Grpc,
+        }
+    }
 
     /// Each header with its spelling and values.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, super::Spelling, &[HeaderValue])> {
-        self.0
+        self.entries
             .iter()
-            .map(|(name, values)| (name, Self::spelling(name), values.as_slice()))
+            .map(|(name, values)| (name, self.names.spelling(name), values.as_slice()))
     }
 
     /// The first value of the header `name` (lower-case).
     pub fn first(&self, name: &str) -> Option<&str> {
-        self.0
+        self.entries
             .iter()
             .find(|(held, _)| held.as_str() == name)
             .and_then(|(_, values)| values.first())
@@ -254,8 +293,8 @@ impl ClientHeaders {
     /// The headers as map entries, named as they travel, added to `metadata`'s (the values
     /// after any it holds under the same name).
     pub fn insert_into(self, metadata: &mut Metadata) {
-        for (name, values) in self.0 {
-            let key = match Self::spelling(&name) {
+        for (name, values) in self.entries {
+            let key = match self.names.spelling(&name) {
                 super::Spelling::AsIs => name.as_str().to_owned(),
                 super::Spelling::Canonical => canonical_name(name.as_str()),
             };
@@ -393,11 +432,18 @@ fn app_header_name(name: &str) -> Option<HeaderName> {
 /// `InternalMetadataToGrpcMetadata` renames it, so that no HTTP framing header (such as
 /// `Content-Length`) reaches a gRPC call as its own. Other spellings keep their name.
 /// The entries are names with their values, in name order.
-pub fn metadata_to_grpc_headers<'a, V: AsRef<str> + 'a>(
-    entries: impl IntoIterator<Item = (&'a str, &'a [V])>,
+pub fn metadata_to_grpc_headers<N, V>(
+    entries: impl IntoIterator<Item = (N, impl IntoIterator<Item = V>)>,
     headers: &mut HeaderMap,
-) {
+) where
+    N: AsRef<str>,
+    V: Into<bytes::Bytes>,
+{
+    let entries = entries.into_iter();
+    // Room for every entry at once, as `entries_into_headers` makes it.
+    let _ = headers.try_reserve(entries.size_hint().0);
     for (name, values) in entries {
+        let name = name.as_ref();
         let Some(header) = header_name(name) else {
             continue;
         };
@@ -413,8 +459,9 @@ pub fn metadata_to_grpc_headers<'a, V: AsRef<str> + 'a>(
             header
         };
         let never_indexed = header == TRACEPARENT_NAME;
-        let values = values.iter().map(|v| {
-            HeaderValue::try_from(v.as_ref()).map(|mut value| {
+        // Each value becomes its header value without a copy.
+        let values = values.into_iter().map(|v| {
+            HeaderValue::from_maybe_shared(v.into()).map(|mut value| {
                 value.set_sensitive(never_indexed);
                 value
             })
@@ -713,7 +760,7 @@ mod tests {
         set(&mut md, names::CALLER_APP_ID, "checkout");
         set(&mut md, "x-custom", "1");
         let mut headers = HeaderMap::new();
-        super::super::ReceivedMetadata::from(md).to_grpc_headers(&mut headers);
+        super::super::ReceivedMetadata::from(md).into_grpc_headers(&mut headers);
         assert!(headers[names::TRACEPARENT].is_sensitive());
         assert!(!headers[names::CALLER_APP_ID].is_sensitive());
         assert!(!headers["x-custom"].is_sensitive());
@@ -733,7 +780,7 @@ mod tests {
         set(&mut md, "content-type", "text/plain");
         set(&mut md, "ACCEPT-LANGUAGE", "en");
         let mut headers = HeaderMap::new();
-        super::super::ReceivedMetadata::from(md.clone()).to_grpc_headers(&mut headers);
+        super::super::ReceivedMetadata::from(md.clone()).into_grpc_headers(&mut headers);
         assert_eq!(headers["dapr-content-length"], "5");
         assert_eq!(headers["dapr-accept"], "*/*");
         assert_eq!(headers["x-custom"], "1");

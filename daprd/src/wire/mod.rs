@@ -31,8 +31,9 @@ pub use metadata::{
     traceparent_value,
 };
 pub use received::{
-    DecodeError, Decoded, Received, ReceivedDecoder, ReceivedMetadata, ReceivedRequest,
-    ReceivedResponse, ReceivedResponseStream, ReceivedStreamMessage, StreamMessage, Values,
+    DecodeError, Decoded, Received, ReceivedDecoder, ReceivedInvokeService, ReceivedMetadata,
+    ReceivedRequest, ReceivedResponse, ReceivedResponseStream, ReceivedStreamMessage,
+    StreamMessage, Values,
 };
 pub use sent::{Sent, SentResponse, SentResponseStream};
 pub use stream::{

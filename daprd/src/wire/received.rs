@@ -129,9 +129,14 @@ impl ReceivedMetadata {
     }
 
     /// The entries as gRPC metadata for a gRPC app's `OnInvoke`
-    /// ([`super::metadata_to_grpc_headers`]).
-    pub fn to_grpc_headers(&self, headers: &mut http::HeaderMap) {
-        super::metadata_to_grpc_headers(self.iter(), headers);
+    /// ([`super::metadata_to_grpc_headers`]): each value becomes its header value without a
+    /// copy.
+    pub fn into_grpc_headers(self, headers: &mut http::HeaderMap) {
+        let entries = self
+            .0
+            .into_iter()
+            .map(|(name, values)| (name, values.into_iter().map(ByteString::into_bytes)));
+        super::metadata_to_grpc_headers(entries, headers);
     }
 
     pub fn len(&self) -> usize {
@@ -165,6 +170,95 @@ impl From<super::Metadata> for ReceivedMetadata {
 pub struct ReceivedRequest {
     pub metadata: ReceivedMetadata,
     pub message: Option<InvokeRequest>,
+}
+
+/// A `Dapr/InvokeService` request (`InvokeServiceRequest`) as the gRPC API reads it: the
+/// target's id, and the invocation (`InvokeRequest`, its field 3) kept as its bytes, a slice of
+/// the received message. They go to the peer unchanged, as `InternalInvokeRequest`'s field 3,
+/// instead of being decoded by prost (the data copied into a `Vec`, each string allocated) and
+/// encoded again (bench/notes.md, "InvokeService read and framed in place"). They are checked
+/// as prost would decode them ([`check_invoke_request`]), and the invocation's `method` is read.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReceivedInvokeService {
+    pub id: ByteString,
+    /// The invocation's encoding, `None` when the request has none.
+    pub message: Option<Bytes>,
+    /// The invocation's `method`.
+    pub method: ByteString,
+}
+
+impl Received for ReceivedInvokeService {
+    fn merge_from(&mut self, message: &Bytes, mut part: &[u8]) -> Result<(), DecodeError> {
+        while !part.is_empty() {
+            match field(&mut part)? {
+                (1, Value::Delimited(text)) => self.id = string(message, text, "id")?,
+                (3, Value::Delimited(invocation)) => {
+                    // A message field that comes twice is merged: one encoding after the other.
+                    self.message = Some(match self.message.take() {
+                        None => message.slice_ref(invocation),
+                        Some(held) => [&held[..], invocation].concat().into(),
+                    });
+                }
+                (field @ (1 | 3), value) => return Err(value.unexpected(field)),
+                _ => {}
+            }
+        }
+        if let Some(invocation) = &self.message {
+            self.method = check_invoke_request(invocation)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks `invocation`, an `InvokeRequest`'s encoding, as prost would decode it (wire types,
+/// UTF-8 strings, down to its `Any` and `HTTPExtension`), and returns its `method` (the last one,
+/// as protobuf keeps the last), without copying anything.
+fn check_invoke_request(invocation: &Bytes) -> Result<ByteString, DecodeError> {
+    let mut part = &invocation[..];
+    let mut method = ByteString::new();
+    while !part.is_empty() {
+        match field(&mut part)? {
+            (1, Value::Delimited(text)) => {
+                method = string(invocation, text, "InvokeRequest.method")?;
+            }
+            (2, Value::Delimited(mut any)) => {
+                // `google.protobuf.Any`: `type_url` (1, a string), `value` (2, bytes).
+                while !any.is_empty() {
+                    match field(&mut any)? {
+                        (1, Value::Delimited(text)) => utf8(text, "Any.type_url")?,
+                        (field @ (1 | 2), Value::Scalar(wire_type)) => {
+                            return Err(DecodeError::WireType { field, wire_type });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            (3, Value::Delimited(text)) => utf8(text, "InvokeRequest.content_type")?,
+            (4, Value::Delimited(mut extension)) => {
+                // `HTTPExtension`: `verb` (1, an enum), `querystring` (2, a string).
+                while !extension.is_empty() {
+                    match field(&mut extension)? {
+                        (1, Value::Scalar(0)) => {}
+                        (2, Value::Delimited(text)) => utf8(text, "HTTPExtension.querystring")?,
+                        (field @ (1 | 2), value) => return Err(value.unexpected(field)),
+                        _ => {}
+                    }
+                }
+            }
+            (field @ 1..=4, Value::Scalar(wire_type)) => {
+                return Err(DecodeError::WireType { field, wire_type });
+            }
+            _ => {}
+        }
+    }
+    Ok(method)
+}
+
+/// Checks that `text` is UTF-8, as prost checks a string field it decodes.
+fn utf8(text: &[u8], what: &'static str) -> Result<(), DecodeError> {
+    std::str::from_utf8(text)
+        .map(drop)
+        .map_err(|source| DecodeError::Utf8 { what, source })
 }
 
 /// An `InternalInvokeResponse` as the caller reads it. Its `trailers` are not read: nothing
@@ -220,7 +314,7 @@ pub enum DecodeError {
     FieldZero,
     #[error("field {field} has wire type {wire_type}, which this message does not use there")]
     WireType { field: u32, wire_type: u8 },
-    #[error("metadata {what} is not UTF-8")]
+    #[error("{what} is not UTF-8")]
     Utf8 {
         what: &'static str,
         #[source]
@@ -348,12 +442,12 @@ impl ReceivedMetadata {
         let mut values = Values::new();
         while !entry.is_empty() {
             match field(&mut entry)? {
-                (1, Value::Delimited(text)) => name = string(message, text, "name")?,
+                (1, Value::Delimited(text)) => name = string(message, text, "metadata name")?,
                 (2, Value::Delimited(mut list)) => {
                     while !list.is_empty() {
                         match field(&mut list)? {
                             (1, Value::Delimited(text)) => {
-                                values.push(string(message, text, "value")?);
+                                values.push(string(message, text, "metadata value")?);
                             }
                             (1, value) => return Err(value.unexpected(1)),
                             _ => {}
@@ -501,6 +595,71 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn an_invoke_service_request_keeps_its_invocation_as_bytes_and_reads_its_method() {
+        use dapr_proto::runtime::v1::InvokeServiceRequest;
+        let invocation = InvokeRequest {
+            method: "orders/ünïcode".into(),
+            data: Some(prost_types::Any {
+                type_url: "type.googleapis.com/x".into(),
+                value: vec![0xff; 300],
+            }),
+            content_type: "application/json".into(),
+            http_extension: Some(HttpExtension {
+                verb: 2,
+                querystring: "a=1".into(),
+            }),
+        };
+        let request = InvokeServiceRequest {
+            id: "orders.prod".into(),
+            message: Some(invocation.clone()),
+        };
+        let read = ReceivedInvokeService::decode(request.encode_to_vec().into()).expect("reads");
+        assert_eq!(&*read.id, "orders.prod");
+        assert_eq!(&*read.method, "orders/ünïcode");
+        let bytes = read.message.expect("the invocation");
+        assert_eq!(bytes, invocation.encode_to_vec());
+        assert_eq!(InvokeRequest::decode(bytes).expect("decodes"), invocation);
+
+        let none = InvokeServiceRequest {
+            id: "orders".into(),
+            message: None,
+        };
+        let read = ReceivedInvokeService::decode(none.encode_to_vec().into()).expect("reads");
+        assert_eq!((read.message, &*read.method), (None, ""));
+    }
+
+    #[test]
+    fn an_invocation_prost_refuses_is_refused_and_one_it_reads_is_read() {
+        use dapr_proto::runtime::v1::InvokeServiceRequest;
+        // InvokeServiceRequest { id: "a", message: <invocation> }, by hand.
+        let request = |invocation: &[u8]| {
+            let mut bytes = vec![0x0a, 1, b'a', 0x1a, invocation.len() as u8];
+            bytes.extend_from_slice(invocation);
+            Bytes::from(bytes)
+        };
+        let cases: [(&str, &[u8]); 9] = [
+            ("method not UTF-8", &[0x0a, 1, 0xff]),
+            ("method as a varint", &[0x08, 1]),
+            ("Any.type_url not UTF-8", &[0x12, 3, 0x0a, 1, 0xff]),
+            ("Any.value as a varint", &[0x12, 2, 0x10, 1]),
+            ("content_type not UTF-8", &[0x1a, 1, 0xc3]),
+            ("querystring not UTF-8", &[0x22, 3, 0x12, 1, 0xff]),
+            ("verb as a string", &[0x22, 3, 0x0a, 1, b'x']),
+            ("a truncated field", &[0x0a, 5, b'x']),
+            (
+                "unknown fields, an enum value unknown",
+                &[0x2a, 1, 0, 0x22, 2, 0x08, 99],
+            ),
+        ];
+        for (what, invocation) in cases {
+            let bytes = request(invocation);
+            let ours = ReceivedInvokeService::decode(bytes.clone()).is_ok();
+            let prost = InvokeServiceRequest::decode(bytes).is_ok();
+            assert_eq!(ours, prost, "{what}: read {ours}, prost {prost}");
+        }
+    }
 
     fn list(values: &[&str]) -> ListStringValue {
         ListStringValue {
