@@ -242,6 +242,43 @@ async fn a_grpc_caller_and_a_grpc_app_exchange_typed_data_with_its_type_url() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_invoke_service_message_over_max_body_size_is_refused_in_grpc_gos_words() {
+    let g = start("grpc-over-limit", "").await;
+    let mut dapr = DaprClient::new(channel(&g.caller).await).max_decoding_message_size(8 << 20);
+    let within = Duration::from_secs(30);
+    // Under the caller's default 4 MiB: the invocation travels in place and comes back whole.
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    let answer = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("orders", "greet", &data, "application/octet-stream")),
+    )
+    .await
+    .expect("answers within 30s")
+    .expect("3 MiB is under the limit")
+    .into_inner();
+    assert!(
+        answer.data.expect("data").value == data,
+        "echoed byte for byte"
+    );
+    // Over it: refused at the message's prefix with upstream's (grpc-go's) code and words.
+    let status = tokio::time::timeout(
+        within,
+        dapr.invoke_service(invoke("orders", "greet", &vec![7; 5 << 20], "")),
+    )
+    .await
+    .expect("answers within 30s")
+    .expect_err("5 MiB is over the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("grpc: received message larger than max ("),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn invoke_service_to_a_target_that_cannot_be_reached_answers_internal_as_upstream() {
     let mut g = start("grpc-unreachable", "").await;
     let mut dapr = DaprClient::new(channel(&g.caller).await);
