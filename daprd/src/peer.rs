@@ -29,6 +29,8 @@ use crate::wire::{Decoded, MessageStream, Received, ReceivedResponse, ReceivedRe
 /// The methods called here.
 const CALL_LOCAL_STREAM: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
 const CALL_LOCAL: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocal";
+/// A gRPC app's `AppCallback/OnInvoke`, which the callee calls for every invocation of it.
+pub const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
 /// How long dialling (TCP, TLS, HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle connection is pinged this often and dropped if the pong takes longer than
@@ -373,16 +375,18 @@ fn start(
     Ok(response)
 }
 
-/// The URI of a call to `path`. The two paths every peer call uses are parsed once
-/// (parsing one cost about 1,000 instructions per call); another path, an app's, is parsed here.
+/// The URI of a call to `path`. The paths of every call, the two a peer serves and a gRPC
+/// app's `OnInvoke`, are parsed once (parsing one cost about 600-1,000 instructions per call);
+/// another path is parsed here.
 fn uri(authority: &http::uri::Authority, path: &'static str) -> http::Uri {
-    static PEER_PATHS: std::sync::LazyLock<[http::uri::PathAndQuery; 2]> =
+    static PATHS: std::sync::LazyLock<[http::uri::PathAndQuery; 3]> =
         std::sync::LazyLock::new(|| {
-            [CALL_LOCAL_STREAM, CALL_LOCAL].map(http::uri::PathAndQuery::from_static)
+            [CALL_LOCAL_STREAM, CALL_LOCAL, ON_INVOKE].map(http::uri::PathAndQuery::from_static)
         });
     let path_and_query = match path {
-        CALL_LOCAL_STREAM => PEER_PATHS[0].clone(),
-        CALL_LOCAL => PEER_PATHS[1].clone(),
+        CALL_LOCAL_STREAM => PATHS[0].clone(),
+        CALL_LOCAL => PATHS[1].clone(),
+        ON_INVOKE => PATHS[2].clone(),
         other => http::uri::PathAndQuery::from_static(other),
     };
     let mut parts = http::uri::Parts::default();

@@ -25,10 +25,9 @@ use crate::Error;
 use crate::config::{AppProtocol, Config};
 use crate::error::AppChannelError;
 use crate::metrics::Metrics;
+use crate::peer::ON_INVOKE;
 use crate::wire::{self, BoxError, BoxStream, names};
 
-/// The app's invocation callback.
-const ON_INVOKE: &str = "/dapr.proto.runtime.v1.AppCallback/OnInvoke";
 /// How long the app may take to answer with a response head.
 pub const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to the app may take.
