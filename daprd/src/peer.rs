@@ -138,7 +138,7 @@ impl Peers {
     /// A unary call to `path` at `addr` (an app, or a peer when `target` names it) with
     /// `headers` as its metadata: the response's headers and message, once the trailers say
     /// the call succeeded (as tonic's unary client does).
-    pub async fn unary<Req: Message, Resp: Message + Default + Send + 'static>(
+    pub async fn unary<Req: crate::wire::Sent, Resp: Message + Default + Send + 'static>(
         &self,
         addr: SocketAddr,
         target: Option<&Target>,
@@ -397,9 +397,9 @@ fn uri(authority: &http::uri::Authority, path: &'static str) -> http::Uri {
 }
 
 /// The length-prefixed gRPC message (uncompressed).
-fn grpc_frame(message: &impl Message) -> Bytes {
+fn grpc_frame(message: &impl crate::wire::Sent) -> Bytes {
     let mut buf = crate::wire::frame_head(message.encoded_len());
-    message.encode_raw(&mut buf);
+    message.encode(&mut buf);
     buf.freeze()
 }
 

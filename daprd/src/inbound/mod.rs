@@ -187,8 +187,7 @@ impl Internal {
             .message
             .ok_or_else(|| Error::Malformed("request carries no message".into()))?;
         wire_check_method(&message.method)?;
-        let ext = message.http_extension.unwrap_or_default();
-        let verb = wire::method_of(Verb::try_from(ext.verb).unwrap_or(Verb::None));
+        let verb = wire::method_of(Verb::try_from(message.verb).unwrap_or(Verb::None));
         self.check_access(
             peer,
             request.metadata.first(names::CALLER_APP_ID),
@@ -213,9 +212,9 @@ impl Internal {
             AppRequest {
                 method: message.method,
                 verb,
-                query: ext.querystring,
+                query: message.querystring,
                 content_type: message.content_type,
-                type_url: message.data.map(|d| d.type_url).unwrap_or_default(),
+                type_url: message.type_url,
                 metadata: request.metadata,
                 body,
             },
@@ -282,8 +281,7 @@ impl Internal {
         let data = request
             .message
             .as_mut()
-            .and_then(|m| m.data.as_mut())
-            .map(|any| Bytes::from(std::mem::take(&mut any.value)))
+            .map(|m| std::mem::take(&mut m.data))
             .unwrap_or_default();
         // The whole body is here, so the app gets it framed by its length (as upstream sends
         // it), not chunked, whatever length the caller's metadata claimed (in whichever case).
@@ -389,7 +387,7 @@ impl Internal {
             .metadata
             .set(names::TRACEPARENT, &span.traceparent());
         if span.recording() {
-            let method = request.message.as_ref().map_or("", |m| m.method.as_str());
+            let method = request.message.as_ref().map_or("", |m| &*m.method);
             span.server_invocation(method, rpc);
             span.dapr_headers(
                 request

@@ -38,12 +38,12 @@ pub fn is_spelt_canonical(lower: &str, other: &str) -> bool {
 }
 
 /// A string field's encoded length.
-fn string_len(tag: u32, value: &[u8]) -> usize {
+pub(super) fn string_len(tag: u32, value: &[u8]) -> usize {
     key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
 }
 
 /// A string field: `value` is UTF-8 (a `str`'s bytes, or a header value that is visible ASCII).
-fn encode_string(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+pub(super) fn encode_string(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(value.len() as u64, buf);
     buf.put_slice(value);

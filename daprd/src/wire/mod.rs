@@ -31,11 +31,11 @@ pub use metadata::{
     traceparent_value,
 };
 pub use received::{
-    DecodeError, Decoded, Received, ReceivedDecoder, ReceivedInvokeService, ReceivedMetadata,
-    ReceivedRequest, ReceivedResponse, ReceivedResponseStream, ReceivedStreamMessage,
-    StreamMessage, Values,
+    DecodeError, Decoded, Received, ReceivedDecoder, ReceivedInvocation, ReceivedInvokeService,
+    ReceivedMetadata, ReceivedRequest, ReceivedResponse, ReceivedResponseStream,
+    ReceivedStreamMessage, StreamMessage, Values,
 };
-pub use sent::{Sent, SentResponse, SentResponseStream};
+pub use sent::{Sent, SentInvocation, SentResponse, SentResponseStream};
 pub use stream::{
     BoxError, BoxStream, Chunked, Ready, SeqCheck, declared_len, into_payloads, payload_body,
     read_small, ready_part,

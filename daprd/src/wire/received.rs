@@ -169,7 +169,90 @@ impl From<super::Metadata> for ReceivedMetadata {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReceivedRequest {
     pub metadata: ReceivedMetadata,
-    pub message: Option<InvokeRequest>,
+    pub message: Option<ReceivedInvocation>,
+}
+
+/// An `InvokeRequest` as the callee reads it: its strings and its data are slices of the
+/// received message (prost allocated each string and copied the data into a `Vec`; bench/notes.md,
+/// "the callee's invocation read in place"). Its `data` (an `Any`) and `http_extension` are
+/// flattened: nothing here tells an absent one from an empty one, as nothing upstream does.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReceivedInvocation {
+    pub method: ByteString,
+    /// `data.type_url`.
+    pub type_url: ByteString,
+    /// `data.value`.
+    pub data: Bytes,
+    pub content_type: ByteString,
+    /// `http_extension.verb`.
+    pub verb: i32,
+    /// `http_extension.querystring`.
+    pub querystring: ByteString,
+}
+
+impl Received for ReceivedInvocation {
+    /// Reads the fields as prost decodes them (wire types, UTF-8 strings), a message field that
+    /// comes twice merged into what was read.
+    fn merge_from(&mut self, message: &Bytes, mut part: &[u8]) -> Result<(), DecodeError> {
+        while !part.is_empty() {
+            match field(&mut part)? {
+                (1, Value::Delimited(text)) => {
+                    self.method = string(message, text, "InvokeRequest.method")?;
+                }
+                (2, Value::Delimited(mut any)) => {
+                    // `google.protobuf.Any`: `type_url` (1, a string), `value` (2, bytes).
+                    while !any.is_empty() {
+                        match field(&mut any)? {
+                            (1, Value::Delimited(text)) => {
+                                self.type_url = string(message, text, "Any.type_url")?;
+                            }
+                            (2, Value::Delimited(value)) => self.data = message.slice_ref(value),
+                            (field @ (1 | 2), value) => return Err(value.unexpected(field)),
+                            _ => {}
+                        }
+                    }
+                }
+                (3, Value::Delimited(text)) => {
+                    self.content_type = string(message, text, "InvokeRequest.content_type")?;
+                }
+                (4, Value::Delimited(mut extension)) => {
+                    // `HTTPExtension`: `verb` (1, an enum), `querystring` (2, a string).
+                    while !extension.is_empty() {
+                        match field(&mut extension)? {
+                            // An `int32` as protobuf reads it: the varint's low 32 bits.
+                            (1, Value::Varint(verb)) => self.verb = verb as i32,
+                            (2, Value::Delimited(text)) => {
+                                self.querystring =
+                                    string(message, text, "HTTPExtension.querystring")?;
+                            }
+                            (field @ (1 | 2), value) => return Err(value.unexpected(field)),
+                            _ => {}
+                        }
+                    }
+                }
+                (field @ 1..=4, value @ (Value::Varint(_) | Value::Scalar(_))) => {
+                    return Err(value.unexpected(field));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<InvokeRequest> for ReceivedInvocation {
+    fn from(request: InvokeRequest) -> Self {
+        let data = request.data.unwrap_or_default();
+        let extension = request.http_extension.unwrap_or_default();
+        ReceivedInvocation {
+            method: request.method.into(),
+            type_url: data.type_url.into(),
+            data: data.value.into(),
+            content_type: request.content_type.into(),
+            verb: extension.verb,
+            querystring: extension.querystring.into(),
+        }
+    }
 }
 
 /// A `Dapr/InvokeService` request (`InvokeServiceRequest`) as the gRPC API reads it: the
@@ -177,7 +260,7 @@ pub struct ReceivedRequest {
 /// the received message. They go to the peer unchanged, as `InternalInvokeRequest`'s field 3,
 /// instead of being decoded by prost (the data copied into a `Vec`, each string allocated) and
 /// encoded again (bench/notes.md, "InvokeService read and framed in place"). They are checked
-/// as prost would decode them ([`check_invoke_request`]), and the invocation's `method` is read.
+/// as the callee reads them ([`ReceivedInvocation`]), and the invocation's `method` is read.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReceivedInvokeService {
     pub id: ByteString,
@@ -204,61 +287,11 @@ impl Received for ReceivedInvokeService {
             }
         }
         if let Some(invocation) = &self.message {
-            self.method = check_invoke_request(invocation)?;
+            // Checked as the callee reads it (which is as prost decodes it).
+            self.method = ReceivedInvocation::decode(invocation.clone())?.method;
         }
         Ok(())
     }
-}
-
-/// Checks `invocation`, an `InvokeRequest`'s encoding, as prost would decode it (wire types,
-/// UTF-8 strings, down to its `Any` and `HTTPExtension`), and returns its `method` (the last one,
-/// as protobuf keeps the last), without copying anything.
-fn check_invoke_request(invocation: &Bytes) -> Result<ByteString, DecodeError> {
-    let mut part = &invocation[..];
-    let mut method = ByteString::new();
-    while !part.is_empty() {
-        match field(&mut part)? {
-            (1, Value::Delimited(text)) => {
-                method = string(invocation, text, "InvokeRequest.method")?;
-            }
-            (2, Value::Delimited(mut any)) => {
-                // `google.protobuf.Any`: `type_url` (1, a string), `value` (2, bytes).
-                while !any.is_empty() {
-                    match field(&mut any)? {
-                        (1, Value::Delimited(text)) => utf8(text, "Any.type_url")?,
-                        (field @ (1 | 2), Value::Scalar(wire_type)) => {
-                            return Err(DecodeError::WireType { field, wire_type });
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            (3, Value::Delimited(text)) => utf8(text, "InvokeRequest.content_type")?,
-            (4, Value::Delimited(mut extension)) => {
-                // `HTTPExtension`: `verb` (1, an enum), `querystring` (2, a string).
-                while !extension.is_empty() {
-                    match field(&mut extension)? {
-                        (1, Value::Scalar(0)) => {}
-                        (2, Value::Delimited(text)) => utf8(text, "HTTPExtension.querystring")?,
-                        (field @ (1 | 2), value) => return Err(value.unexpected(field)),
-                        _ => {}
-                    }
-                }
-            }
-            (field @ 1..=4, Value::Scalar(wire_type)) => {
-                return Err(DecodeError::WireType { field, wire_type });
-            }
-            _ => {}
-        }
-    }
-    Ok(method)
-}
-
-/// Checks that `text` is UTF-8, as prost checks a string field it decodes.
-fn utf8(text: &[u8], what: &'static str) -> Result<(), DecodeError> {
-    std::str::from_utf8(text)
-        .map(drop)
-        .map_err(|source| DecodeError::Utf8 { what, source })
 }
 
 /// An `InternalInvokeResponse` as the caller reads it. Its `trailers` are not read: nothing
@@ -377,7 +410,9 @@ impl Received for ReceivedRequest {
             match field(&mut part)? {
                 (2, Value::Delimited(entry)) => self.metadata.merge_entry(message, entry)?,
                 (3, Value::Delimited(invocation)) => {
-                    self.message.get_or_insert_default().merge(invocation)?;
+                    self.message
+                        .get_or_insert_default()
+                        .merge_from(message, invocation)?;
                 }
                 (field @ (2 | 3), value) => return Err(value.unexpected(field)),
                 _ => {}
@@ -399,8 +434,8 @@ impl Received for ReceivedResponse {
                 (4, Value::Delimited(answer)) => {
                     self.message.get_or_insert_default().merge(answer)?;
                 }
-                (field @ 1..=4, Value::Scalar(wire_type)) => {
-                    return Err(DecodeError::WireType { field, wire_type });
+                (field @ 1..=4, value @ (Value::Varint(_) | Value::Scalar(_))) => {
+                    return Err(value.unexpected(field));
                 }
                 _ => {}
             }
@@ -499,6 +534,8 @@ enum Value<'a> {
     Delimited(&'a [u8]),
     /// A varint, fixed 32 or fixed 64 bit value (skipped), by its wire type.
     Scalar(u8),
+    /// A varint, with its value.
+    Varint(u64),
 }
 
 impl Value<'_> {
@@ -506,6 +543,7 @@ impl Value<'_> {
         let wire_type = match self {
             Value::Delimited(_) => 2,
             Value::Scalar(wire_type) => *wire_type,
+            Value::Varint(_) => 0,
         };
         DecodeError::WireType { field, wire_type }
     }
@@ -522,10 +560,7 @@ fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Value<'a>), DecodeError> {
     }
     let wire_type = (key & 7) as u8;
     let value = match wire_type {
-        0 => {
-            varint(buf)?;
-            Value::Scalar(0)
-        }
+        0 => Value::Varint(varint(buf)?),
         1 => {
             take(buf, 8)?;
             Value::Scalar(1)
@@ -698,7 +733,7 @@ mod tests {
     fn expected(request: &InternalInvokeRequest) -> ReceivedRequest {
         ReceivedRequest {
             metadata: ReceivedMetadata::from(request.metadata.clone()),
-            message: request.message.clone(),
+            message: request.message.clone().map(ReceivedInvocation::from),
         }
     }
 

@@ -27,6 +27,83 @@ impl<M: prost::Message> Sent for M {
     }
 }
 
+/// A gRPC app's `OnInvoke` request (`InvokeRequest`), written from the parts the callee read
+/// in place ([`super::ReceivedInvocation`]) instead of copied into prost's `String`s and
+/// `Vec`: the bytes prost writes for `InvokeRequest { method, data: Some(Any { type_url, value:
+/// data }), content_type, http_extension: Some(HTTPExtension { verb, querystring }) }`
+/// (a unit test compares them).
+#[derive(Debug, Clone, Copy)]
+pub struct SentInvocation<'a> {
+    pub method: &'a str,
+    pub type_url: &'a str,
+    pub data: &'a [u8],
+    pub content_type: &'a str,
+    pub verb: i32,
+    pub querystring: &'a str,
+}
+
+/// A string or bytes field's encoded length, as prost writes it: none when it is empty.
+fn text_len(tag: u32, value: &[u8]) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        super::encode::string_len(tag, value)
+    }
+}
+
+/// A string or bytes field, as prost writes it: nothing when it is empty.
+fn encode_text(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        super::encode::encode_string(tag, value, buf);
+    }
+}
+
+impl SentInvocation<'_> {
+    fn any_len(&self) -> usize {
+        text_len(1, self.type_url.as_bytes()) + text_len(2, self.data)
+    }
+
+    fn extension_len(&self) -> usize {
+        let verb = if self.verb == 0 {
+            0
+        } else {
+            key_len(1) + encoded_len_varint(i64::from(self.verb) as u64)
+        };
+        verb + text_len(2, self.querystring.as_bytes())
+    }
+}
+
+impl Sent for SentInvocation<'_> {
+    fn encoded_len(&self) -> usize {
+        let any = self.any_len();
+        let extension = self.extension_len();
+        text_len(1, self.method.as_bytes())
+            + key_len(2)
+            + encoded_len_varint(any as u64)
+            + any
+            + text_len(3, self.content_type.as_bytes())
+            + key_len(4)
+            + encoded_len_varint(extension as u64)
+            + extension
+    }
+
+    fn encode(&self, buf: &mut impl BufMut) {
+        encode_text(1, self.method.as_bytes(), buf);
+        encode_key(2, WireType::LengthDelimited, buf);
+        encode_varint(self.any_len() as u64, buf);
+        encode_text(1, self.type_url.as_bytes(), buf);
+        encode_text(2, self.data, buf);
+        encode_text(3, self.content_type.as_bytes(), buf);
+        encode_key(4, WireType::LengthDelimited, buf);
+        encode_varint(self.extension_len() as u64, buf);
+        if self.verb != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(i64::from(self.verb) as u64, buf);
+        }
+        encode_text(2, self.querystring.as_bytes(), buf);
+    }
+}
+
 /// `InternalInvokeResponse` as the callee answers: the app's status, its headers and its
 /// content type. The fields an answer does not use (`trailers`) are not written.
 #[derive(Debug)]
@@ -114,6 +191,56 @@ impl Sent for SentResponseStream {
         }
         if let Some(payload) = &self.payload {
             message::encode(2, payload, buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dapr_proto::common::v1::{HttpExtension, InvokeRequest};
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn an_invocation_is_written_as_prost_writes_its_invoke_request() {
+        let cases = [
+            (
+                "orders/ü",
+                "type.googleapis.com/x",
+                &b"data"[..],
+                "text/plain",
+                3,
+                "a=1",
+            ),
+            ("", "", &b""[..], "", 0, ""),
+            ("m", "", &[0u8; 200][..], "", -1, ""),
+        ];
+        for (method, type_url, data, content_type, verb, querystring) in cases {
+            let sent = SentInvocation {
+                method,
+                type_url,
+                data,
+                content_type,
+                verb,
+                querystring,
+            };
+            let typed = InvokeRequest {
+                method: method.into(),
+                data: Some(prost_types::Any {
+                    type_url: type_url.into(),
+                    value: data.to_vec(),
+                }),
+                content_type: content_type.into(),
+                http_extension: Some(HttpExtension {
+                    verb,
+                    querystring: querystring.into(),
+                }),
+            };
+            let mut written = Vec::new();
+            sent.encode(&mut written);
+            assert_eq!(written, typed.encode_to_vec(), "{method:?}");
+            assert_eq!(Sent::encoded_len(&sent), written.len(), "{method:?}");
         }
     }
 }
