@@ -5,14 +5,12 @@
 //! sensitive values, fields too large to index, every pseudo-header); and a head sent again
 //! goes out as table references. h2's real client and server over an in-memory pipe.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+mod common;
+
 use std::time::Duration;
 
+use common::Counted;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
 /// The head of exchange `i`, request or response: fields that never change, one that changes
 /// every time, names with several values, a sensitive value, a field larger than 3/4 of the
@@ -161,54 +159,12 @@ async fn heads_decode_as_sent_with_small_and_empty_tables() {
     }
 }
 
-/// An in-memory stream that counts the bytes written through it.
-struct Counted {
-    io: DuplexStream,
-    written: Arc<AtomicUsize>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            self.written.fetch_add(n, Ordering::SeqCst);
-        }
-        written
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A head of ten constant fields and the request pseudo-headers, sent twice: the second time
 /// each field is one byte, a reference to the table.
 async fn repeated_head() {
     const FIELDS: usize = 10;
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let written = Arc::new(AtomicUsize::new(0));
-    let client_io = Counted {
-        io: client_io,
-        written: written.clone(),
-    };
+    let (client_io, counts) = Counted::new(client_io);
     let server = tokio::spawn(async move {
         let mut connection = h2::server::handshake(server_io).await.expect("handshake");
         while let Some(accepted) = connection.accept().await {
@@ -232,10 +188,10 @@ async fn repeated_head() {
                 HeaderValue::from_static("a value that stays the same"),
             );
         }
-        let before = written.load(Ordering::SeqCst);
+        let before = counts.bytes();
         let (response, _) = client.send_request(request, true).expect("sent");
         response.await.expect("response");
-        sizes.push(written.load(Ordering::SeqCst) - before);
+        sizes.push(counts.bytes() - before);
         client = client.ready().await.expect("ready");
     }
     drop(client);

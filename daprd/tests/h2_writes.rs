@@ -6,75 +6,17 @@
 //! response"). This runs h2's real server and client over an in-memory pipe and counts the
 //! server's writes.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-
-/// A pipe end that counts the writes made to it.
-struct Counted {
-    inner: DuplexStream,
-    writes: Arc<AtomicUsize>,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(_))) {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-        }
-        written
-    }
-
-    /// One write per call, as a TLS stream's is (rustls takes the slices into one record).
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        self.poll_write(cx, &joined)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+use common::Counted;
 
 /// How many writes the server made to answer one request with `payload` bytes and trailers.
 async fn writes_for_answer(payload: usize) -> usize {
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
-    let writes = Arc::new(AtomicUsize::new(0));
-    let server_io = Counted {
-        inner: server_io,
-        writes: Arc::clone(&writes),
-    };
+    let (server_io, counts) = Counted::new(server_io);
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel::<()>(1);
     let (answer_tx, mut answer_rx) = tokio::sync::mpsc::channel::<()>(1);
     let server = tokio::spawn(async move {
@@ -110,7 +52,7 @@ async fn writes_for_answer(payload: usize) -> usize {
         .recv()
         .await
         .expect("the server took the request");
-    writes.store(0, Ordering::SeqCst);
+    counts.reset();
     answer_tx.send(()).await.expect("answer");
     let mut body = response.await.expect("response").into_body();
     let mut received = 0;
@@ -124,7 +66,7 @@ async fn writes_for_answer(payload: usize) -> usize {
     assert_eq!(trailers["grpc-status"], "0");
     drop(client);
     server.abort();
-    writes.load(Ordering::SeqCst)
+    counts.writes()
 }
 
 #[tokio::test]
