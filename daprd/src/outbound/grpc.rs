@@ -73,7 +73,10 @@ impl DaprApi {
             let framed_in_place = self.shared.invoker.resiliency().is_none()
                 && self.shared.endpoints.destination(&read.id).is_none();
             if !framed_in_place {
-                return self.invoke_decoded(parts.headers, read).await;
+                return self
+                    .invoke_decoded(parts.headers, read)
+                    .await
+                    .map(typed_answer);
             }
             let target = parse_target(&read.id, &self.shared.config.namespace)?;
             let invocation = read.message.ok_or_else(|| {
@@ -99,15 +102,25 @@ impl DaprApi {
             let response = trace::traced(&mut span, call)
                 .await
                 .map_err(invoke_status)?;
-            invoke_answer(response, span)
+            if answer_code(&response).1 != tonic::Code::Ok {
+                return invoke_answer(response, span).map(typed_answer);
+            }
+            if let Some(mut span) = span {
+                span.grpc_status(tonic::Code::Ok);
+                span.end();
+            }
+            // A successful answer's head straight from the peer's headers.
+            let wire::ReceivedResponse {
+                headers, message, ..
+            } = response;
+            let mut answer = wire::answer(futures::stream::iter([Ok::<_, Status>(
+                message.unwrap_or_default(),
+            )]));
+            metadata_into_head(headers, answer.headers_mut());
+            Ok(answer)
         };
         match answer.await {
-            Ok(reply) => {
-                let (metadata, message, _) = reply.into_parts();
-                let mut response = wire::answer(futures::stream::iter([Ok::<_, Status>(message)]));
-                response.headers_mut().extend(metadata.into_headers());
-                response
-            }
+            Ok(answer) => answer,
             Err(status) => grpc_headers_before_status(status.into_http()),
         }
     }
@@ -326,6 +339,59 @@ fn grpc_metadata(metadata: MetadataMap) -> Metadata {
     out
 }
 
+/// The app's status in a peer's answer, and the gRPC code it is to the client: a gRPC app's
+/// own, or an HTTP app's status mapped (a non-2xx one is an error), as upstream.
+fn answer_code(response: &wire::ReceivedResponse) -> (i32, tonic::Code) {
+    let code = response.status.as_ref().map_or(200, |s| s.code);
+    let grpc_code = if (0..100).contains(&code) {
+        tonic::Code::from(code)
+    } else {
+        http_to_grpc(u16::try_from(code).unwrap_or(500))
+    };
+    (code, grpc_code)
+}
+
+/// A typed answer as tonic's unary service wrote it: its metadata, then the message.
+fn typed_answer(reply: Response<InvokeResponse>) -> http::Response<tonic::body::Body> {
+    let (metadata, message, _) = reply.into_parts();
+    let mut answer = wire::answer(futures::stream::iter([Ok::<_, Status>(message)]));
+    answer.headers_mut().extend(metadata.into_headers());
+    answer
+}
+
+/// A peer's answer headers → the gRPC API response's head, as [`response_metadata`] makes
+/// them metadata (the same names and values; no entry starts past [`MAX_RESPONSE_METADATA`]
+/// values) but without a metadata map between: each value becomes its header value without a
+/// copy.
+fn metadata_into_head(headers: wire::ReceivedMetadata, head: &mut http::HeaderMap) {
+    let _ = head.try_reserve(headers.len());
+    for (name, values) in headers.into_entries() {
+        let Some(name) = wire::grpc_metadata_name(&name) else {
+            continue;
+        };
+        // An ASCII metadata key, as tonic's `MetadataKey<Ascii>` takes one: binary (`-bin`)
+        // entries are left out.
+        if name.ends_with("-bin") {
+            continue;
+        }
+        let Ok(key) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        // `MetadataValue<Ascii>`'s check is `HeaderValue`'s.
+        let values = values
+            .into_iter()
+            .map(|value| http::HeaderValue::from_maybe_shared(value.into_bytes()));
+        if head.len() >= MAX_RESPONSE_METADATA || !wire::append_all(head, key, values) {
+            tracing::warn!(
+                kept = head.len(),
+                "the peer's answer has more header values than a gRPC response can carry; the \
+                 rest are left out"
+            );
+            return;
+        }
+    }
+}
+
 /// The gRPC answer to an invocation the peer (or an endpoint) answered: its headers as
 /// metadata, and an HTTP app's non-2xx status or a gRPC app's error as an error status, as
 /// upstream's `InvokeService` (`pkg/api/grpc/grpc.go`).
@@ -333,14 +399,8 @@ fn invoke_answer(
     response: wire::ReceivedResponse,
     span: Option<trace::Span>,
 ) -> Result<Response<InvokeResponse>, Status> {
-    let code = response.status.as_ref().map_or(200, |s| s.code);
+    let (code, grpc_code) = answer_code(&response);
     let mut headers = response_metadata(&response.headers);
-    // An HTTP app's non-2xx status becomes a gRPC error, as upstream.
-    let grpc_code = if (0..100).contains(&code) {
-        tonic::Code::from(code)
-    } else {
-        http_to_grpc(u16::try_from(code).unwrap_or(500))
-    };
     if let Some(mut span) = span {
         span.grpc_status(grpc_code);
         span.end();
@@ -536,6 +596,45 @@ mod tests {
         assert_eq!(response_metadata(&headers).len(), MAX_RESPONSE_METADATA);
         let few = wire::ReceivedMetadata::from(few);
         assert_eq!(response_metadata(&few).len(), 3, "a usual answer is whole");
+    }
+
+    #[test]
+    fn a_peers_answer_head_is_the_metadata_tonic_would_have_sent() {
+        let mut headers = Metadata::new();
+        for (name, value) in [
+            ("X-Multi", "a"),
+            ("X-Multi", "b\n"),
+            ("X-Multi", "c"),
+            ("Content-Type", "text/plain"),
+            ("grpc-status", "0"),
+            ("trace-bin", "AAEC"),
+            ("x-obs", "caf\u{e9}"),
+            ("Connection", "close"),
+            ("dapr-http-status", "200"),
+        ] {
+            headers
+                .entry(name.into())
+                .or_default()
+                .values
+                .push(value.into());
+        }
+        let received = wire::ReceivedMetadata::from(headers);
+        let by_tonic = response_metadata(&received).into_headers();
+        let mut head = http::HeaderMap::new();
+        metadata_into_head(received, &mut head);
+        assert_eq!(head, by_tonic);
+        assert_eq!(head.get_all("x-multi").iter().count(), 2);
+        assert_eq!(head["dapr-content-type"], "text/plain");
+        assert_eq!(head["dapr-grpc-status"], "0");
+        assert!(!head.contains_key("trace-bin") && !head.contains_key("connection"));
+
+        let mut many = Metadata::new();
+        for i in 0..20_000 {
+            wire::set(&mut many, &format!("x-{i}"), "v");
+        }
+        let mut head = http::HeaderMap::new();
+        metadata_into_head(wire::ReceivedMetadata::from(many), &mut head);
+        assert_eq!(head.len(), MAX_RESPONSE_METADATA);
     }
 
     #[test]

@@ -578,7 +578,7 @@ const MAX_HEADER_NAME: usize = (1 << 16) - 1;
 /// more (`append` would panic), and the caller stops with [`warn_full`]. A peer's message may
 /// carry any number of entries; no server takes that many headers anyway.
 #[must_use]
-fn append_all<E>(
+pub fn append_all<E>(
     headers: &mut HeaderMap,
     header: HeaderName,
     values: impl Iterator<Item = Result<HeaderValue, E>>,

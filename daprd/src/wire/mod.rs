@@ -26,9 +26,9 @@ pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
 pub use grpc::{Answer, MessageStream, Messages, answer, message_limit};
 pub use metadata::{
     AppHeaders, CONTENT_LENGTH, ClientHeaders, HeaderEntries, app_response_headers_to_metadata,
-    canonical_name, entries_into_headers, first, grpc_metadata_name, headers_to_metadata,
-    is_canonical, is_permanent_http_header, metadata_to_grpc_headers, metadata_to_headers, set,
-    traceparent_value,
+    append_all, canonical_name, entries_into_headers, first, grpc_metadata_name,
+    headers_to_metadata, is_canonical, is_permanent_http_header, metadata_to_grpc_headers,
+    metadata_to_headers, set, traceparent_value,
 };
 pub use received::{
     DecodeError, Decoded, Received, ReceivedDecoder, ReceivedInvocation, ReceivedInvokeService,

@@ -139,6 +139,11 @@ impl ReceivedMetadata {
         super::metadata_to_grpc_headers(entries, headers);
     }
 
+    /// The entries, each name with its values.
+    pub fn into_entries(self) -> impl Iterator<Item = (ByteString, Values)> {
+        self.0.into_iter()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
