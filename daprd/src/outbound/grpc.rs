@@ -84,17 +84,13 @@ impl DaprApi {
             })?;
             super::http::check_method(&read.method)?;
             let client = wire::ClientHeaders::grpc(parts.headers);
-            let mut span = self.shared.tracer.active().map(|active| {
-                active.client_span(
-                    client.first(names::TRACEPARENT),
-                    (&read.id, &read.method),
-                    attr::GRPC,
-                    || INVOKE_SERVICE.to_owned(),
-                    client.iter().filter_map(|(name, _, values)| {
-                        Some((name.as_str(), values.first()?.to_str().ok()?))
-                    }),
-                )
-            });
+            let mut span = self.invoke_span(
+                client.first(names::TRACEPARENT),
+                (&read.id, &read.method),
+                client.iter().filter_map(|(name, _, values)| {
+                    Some((name.as_str(), values.first()?.to_str().ok()?))
+                }),
+            );
             let call = self
                 .shared
                 .invoker
@@ -123,6 +119,24 @@ impl DaprApi {
             Ok(answer) => answer,
             Err(status) => grpc_headers_before_status(status.into_http()),
         }
+    }
+
+    /// The client span of an `InvokeService` call to `(target, method)`, when tracing is on:
+    /// it continues the client's `traceparent` and records its metadata.
+    fn invoke_span<'h>(
+        &self,
+        traceparent: Option<&str>,
+        call: (&str, &str),
+        metadata: impl IntoIterator<Item = (&'h str, &'h str)>,
+    ) -> Option<trace::Span> {
+        let active = self.shared.tracer.active()?;
+        Some(active.client_span(
+            traceparent,
+            call,
+            attr::GRPC,
+            || INVOKE_SERVICE.to_owned(),
+            metadata,
+        ))
     }
 
     /// An `InvokeService` request read in place, decoded by prost for [`Dapr::invoke_service`].
@@ -462,17 +476,13 @@ impl Dapr for DaprApi {
             .message
             .ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         super::http::check_method(&message.method)?;
-        let mut span = self.shared.tracer.active().map(|active| {
-            active.client_span(
-                wire::first(&metadata, names::TRACEPARENT),
-                (&request.id, &message.method),
-                attr::GRPC,
-                || INVOKE_SERVICE.to_owned(),
-                metadata
-                    .iter()
-                    .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
-            )
-        });
+        let mut span = self.invoke_span(
+            wire::first(&metadata, names::TRACEPARENT),
+            (&request.id, &message.method),
+            metadata
+                .iter()
+                .filter_map(|(k, list)| Some((k.as_str(), list.values.first()?.as_str()))),
+        );
         let call = async {
             match route {
                 // Boxed: rare next to app ids, and its future would add to every call's.
