@@ -563,7 +563,10 @@ fn grpc_api(shared: &Arc<Shared>) -> GrpcApi {
     }
 }
 
-/// Serves the gRPC API on `incoming` (TCP or Unix-domain connections) until `stop`.
+/// Serves the gRPC API on `incoming` (TCP or Unix-domain connections) until `stop`, with
+/// [`GRPC_API_H2`]: hyper's HTTP/2 server directly, as the internal port is served
+/// (`dapr_serve::serve_h2`), each call bounded by its `grpc-timeout`
+/// ([`outbound::grpc::InvokeFirst`]).
 fn serve_grpc_api<IO>(
     api: GrpcApi,
     incoming: ReceiverStream<std::io::Result<Guarded<IO>>>,
@@ -573,17 +576,25 @@ fn serve_grpc_api<IO>(
 where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
+    use tower::{Layer, ServiceExt};
     let layer = metrics::GrpcLayer::api(metrics);
+    let service = move |_| {
+        let api = layer.layer(api.invoke_first.layer(api.routes.clone()));
+        hyper_util::service::TowerToHyperService::new(api.map_request(to_tonic_body as fn(_) -> _))
+    };
     async move {
-        grpc_server()
-            .layer(layer)
-            .layer(api.invoke_first)
-            .add_routes(api.routes)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await
-            .map_err(|e| format!("gRPC API server: {e}"))
+        dapr_serve::serve_h2("grpc-api", incoming, LIMITS, GRPC_API_H2, stop, service).await;
+        Ok(())
     }
 }
+
+/// The gRPC API's HTTP/2 settings: hyper's 1 MiB receive windows, and a client's streams not
+/// bounded per connection, as grpc-go's server (upstream's API) by default and as tonic's
+/// server had them.
+const GRPC_API_H2: dapr_serve::H2Settings = dapr_serve::H2Settings {
+    receive_window: 1024 * 1024,
+    max_concurrent_streams: None,
+};
 
 /// Binds one of `--unix-domain-socket`'s sockets.
 async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
@@ -593,14 +604,6 @@ async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, S
             path: path.to_owned(),
             source,
         })
-}
-
-/// A gRPC server with HTTP/2 keepalive pings within [`LIMITS`] (a peer that stops answering
-/// them is dropped).
-fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(LIMITS.keepalive_interval))
-        .http2_keepalive_timeout(Some(LIMITS.keepalive_timeout))
 }
 
 /// The internal server's HTTP/2 receive window, per stream and per connection: what grpc-go's

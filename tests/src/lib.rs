@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod raw_grpc;
 pub mod sentry;
 pub mod sidecar;
 pub mod upstream;

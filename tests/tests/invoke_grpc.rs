@@ -278,6 +278,53 @@ async fn an_invoke_service_message_over_max_body_size_is_refused_in_grpc_gos_wor
     );
 }
 
+/// A gRPC API call that outlives its `grpc-timeout` ends with `DeadlineExceeded`, as grpc-go's
+/// server (upstream's API) ends it at its deadline: `InvokeService`, served ahead of the
+/// router, and a call proxied by `dapr-app-id`. Each request's message never comes, so
+/// nothing else could end the call (docs/limits.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_api_call_that_outlives_its_grpc_timeout_ends_with_deadline_exceeded() {
+    let g = start("grpc-deadline", "").await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", g.caller.grpc_port))
+        .await
+        .expect("connect to the gRPC API");
+    let mut send = e2e::raw_grpc::handshake(tcp).await;
+    let calls = [
+        (
+            "InvokeService",
+            "http://localhost/dapr.proto.runtime.v1.Dapr/InvokeService",
+        ),
+        ("a proxied call", "http://localhost/e2e.echo.v1.Echo/Unary"),
+    ];
+    for (what, uri) in calls {
+        let (open, rest) = tokio::sync::mpsc::channel(1);
+        let started = std::time::Instant::now();
+        let headers = [("grpc-timeout", "300m"), ("dapr-app-id", "orders")];
+        let status = e2e::raw_grpc::call(&mut send, uri, &headers, Bytes::new(), rest).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::DeadlineExceeded,
+            "{what}: {status:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{what}: ended after {:?}",
+            started.elapsed()
+        );
+        drop(open);
+    }
+    // The connection still serves a call that keeps to its deadline.
+    let mut dapr = DaprClient::new(channel(&g.caller).await);
+    let mut request = tonic::Request::new(invoke("orders", "greet", b"in time", ""));
+    request.set_timeout(Duration::from_secs(10));
+    let answer = dapr
+        .invoke_service(request)
+        .await
+        .expect("answered within its deadline")
+        .into_inner();
+    assert_eq!(answer.data.expect("data").value, b"in time");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invoke_service_to_a_target_that_cannot_be_reached_answers_internal_as_upstream() {
     let mut g = start("grpc-unreachable", "").await;

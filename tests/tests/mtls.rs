@@ -15,8 +15,7 @@ use e2e::sentry::{ClientIdentity, Sentry, tls_channel};
 use e2e::sidecar::{
     GetLoad, HttpClient, Sidecar, SidecarOptions, free_port, scratch_dir, sqlite_config, start_pair,
 };
-use e2e::{EchoApp, echo_app};
-use futures::StreamExt;
+use e2e::{EchoApp, echo_app, raw_grpc};
 use http::Method;
 use rustls::pki_types::pem::PemObject;
 
@@ -245,11 +244,8 @@ async fn the_internal_server_refuses_unreadable_requests_and_unknown_methods() {
 }
 
 /// An HTTP/2 connection to the internal port at `port` as `identity`, without tonic's client
-/// (whose channel would itself time out a call at its `grpc-timeout`).
-async fn internal_h2(
-    port: u16,
-    identity: ClientIdentity,
-) -> hyper::client::conn::http2::SendRequest<tonic::body::Body> {
+/// (`e2e::raw_grpc`).
+async fn internal_h2(port: u16, identity: ClientIdentity) -> raw_grpc::Sender {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -258,59 +254,18 @@ async fn internal_h2(
         .connect(server, tcp)
         .await
         .expect("mTLS handshake");
-    let (send, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
-    send
+    raw_grpc::handshake(tls).await
 }
 
-/// A `CallLocal` on `send` whose body is `first` and then whatever `rest` sends, with
-/// `headers` added: the call's status (from a trailers-only answer, or from the trailers),
-/// within 20 s.
+/// A `CallLocal` on `send`: [`raw_grpc::call`].
 async fn call_local_raw(
-    send: &mut hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    send: &mut raw_grpc::Sender,
     headers: &[(&'static str, &'static str)],
     first: Bytes,
     rest: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> tonic::Status {
-    use http_body_util::BodyExt;
-    let frames = futures::stream::once(async move { first })
-        .chain(tokio_stream::wrappers::ReceiverStream::new(rest))
-        .map(|data| Ok::<_, tonic::Status>(hyper::body::Frame::data(data)));
-    let mut request =
-        http::Request::post("https://orders/dapr.proto.internals.v1.ServiceInvocation/CallLocal")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
-            frames,
-        )))
-        .expect("a request");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        send.ready().await.expect("the connection is open");
-        let response = send.send_request(request).await.expect("an answer");
-        if let Some(status) = tonic::Status::from_header_map(response.headers()) {
-            return status;
-        }
-        let trailers = response
-            .into_body()
-            .collect()
-            .await
-            .expect("the answer's body")
-            .trailers()
-            .cloned()
-            .expect("trailers");
-        tonic::Status::from_header_map(&trailers).expect("grpc-status")
-    })
-    .await
-    .expect("the call ends within 20 s")
+    const CALL_LOCAL: &str = "https://orders/dapr.proto.internals.v1.ServiceInvocation/CallLocal";
+    raw_grpc::call(send, CALL_LOCAL, headers, first, rest).await
 }
 
 /// What a peer with a valid certificate can make the internal server hold is bounded: a

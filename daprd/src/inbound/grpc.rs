@@ -10,7 +10,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tonic::Status;
@@ -48,17 +47,9 @@ impl tower::Service<http::Request<Body>> for Routes {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // One box per call: the route's future and the deadline around it are one future.
-        let deadline = grpc_timeout(request.headers());
+        let deadline = wire::grpc_timeout(request.headers());
         let routes = self.clone();
-        Box::pin(async move {
-            let answer = routes.route(request);
-            Ok(match deadline {
-                None => answer.await,
-                Some(deadline) => tokio::time::timeout(deadline, answer)
-                    .await
-                    .unwrap_or_else(|_| Status::deadline_exceeded("timeout expired").into_http()),
-            })
-        })
+        Box::pin(async move { Ok(wire::within_deadline(deadline, routes.route(request)).await) })
     }
 }
 
@@ -98,54 +89,5 @@ impl Routes {
                 Err(e) => Status::from(e).into_http(),
             },
         }
-    }
-}
-
-/// The caller's `grpc-timeout` (at most eight digits and a unit, per gRPC over HTTP/2):
-/// the handler gets that long to answer, as grpc-go's server cancels a call's context at its
-/// deadline. A value that does not parse is ignored, as tonic's server ignores it.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(&wire::names::header::GRPC_TIMEOUT)?.as_bytes();
-    let (digits, unit) = value.split_last().map(|(unit, digits)| (digits, *unit))?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some(match unit {
-        b'H' => Duration::from_secs(amount * 3600),
-        b'M' => Duration::from_secs(amount * 60),
-        b'S' => Duration::from_secs(amount),
-        b'm' => Duration::from_millis(amount),
-        b'u' => Duration::from_micros(amount),
-        b'n' => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn timeout_of(value: &str) -> Option<Duration> {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("grpc-timeout", value.parse().expect("a header value"));
-        grpc_timeout(&headers)
-    }
-
-    #[test]
-    fn a_grpc_timeout_reads_in_each_unit_and_a_malformed_one_is_ignored() {
-        assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout_of("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            timeout_of("99999999S"),
-            Some(Duration::from_secs(99_999_999))
-        );
-        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(timeout_of("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(timeout_of("9n"), Some(Duration::from_nanos(9)));
-        for malformed in ["", "S", "100", "123456789S", "1x", "-1S", "1.5S", " 1S"] {
-            assert_eq!(timeout_of(malformed), None, "{malformed:?}");
-        }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

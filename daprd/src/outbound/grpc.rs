@@ -240,7 +240,8 @@ const INVOKE_SERVICE_PATH: &str = "/dapr.proto.runtime.v1.Dapr/InvokeService";
 /// a URL parameter, cloned the boxed route and the route layer's services and boxed their
 /// futures (bench/notes.md, "InvokeService ahead of the router"). Every other call goes
 /// through the router as before. Answers get what the route layer gives the others:
-/// [`headers_before_status`].
+/// [`headers_before_status`]. Every call is bounded by its `grpc-timeout`
+/// ([`wire::within_deadline`]), as grpc-go's server bounds upstream's.
 #[derive(Clone)]
 pub struct InvokeFirstLayer {
     dapr: Arc<DaprApi>,
@@ -276,6 +277,7 @@ where
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
             Error = std::convert::Infallible,
+            Future: Send + 'static,
         >,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -294,13 +296,22 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::future::Either;
+        let deadline = wire::grpc_timeout(request.headers());
         if request.uri().path() == INVOKE_SERVICE_PATH {
             let dapr = Arc::clone(&self.dapr);
-            futures::future::Either::Left(Box::pin(
-                async move { Ok(dapr.serve_invoke(request).await) },
-            ))
-        } else {
-            futures::future::Either::Right(self.inner.call(request))
+            return Either::Left(Box::pin(async move {
+                Ok(wire::within_deadline(deadline, dapr.serve_invoke(request)).await)
+            }));
+        }
+        let answer = self.inner.call(request);
+        match deadline {
+            None => Either::Right(answer),
+            Some(_) => {
+                use futures::FutureExt;
+                let answer = answer.map(|answered| answered.unwrap_or_else(|never| match never {}));
+                Either::Left(Box::pin(wire::within_deadline(deadline, answer).map(Ok)))
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -35,6 +36,54 @@ const METADATA_ROOM: usize = 1 << 20;
 /// (docs/limits.md).
 pub fn message_limit(max_body_size: usize) -> usize {
     max_body_size.saturating_add(METADATA_ROOM)
+}
+
+/// The caller's `grpc-timeout` (at most eight digits and a unit, per gRPC over HTTP/2):
+/// the handler gets that long to answer, as grpc-go's server cancels a call's context at its
+/// deadline. A value that does not parse is ignored, as tonic's server ignores it.
+/// See [`within_deadline`].
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(&super::names::header::GRPC_TIMEOUT)?.as_bytes();
+    let (digits, unit) = value.split_last().map(|(unit, digits)| (digits, *unit))?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// `answer`, or `DeadlineExceeded` "timeout expired" once `deadline` (a call's
+/// [`grpc_timeout`]) passes without an answer head: grpc-go's server cancels a call's context
+/// at its deadline, and upstream's handlers then answer with the context's error. Only the head
+/// is bounded, as grpc-go's deadline ends at the handler's return; a streamed answer's body is
+/// bounded by the client's own deadline.
+///
+/// A plain function over `futures`' combinators, not an `async fn`: an `async fn` keeps its
+/// argument and the `Timeout` around it side by side, twice the size of the handler's future,
+/// and every box or move of it copied both (5 KiB per call on the callee, bench/notes.md).
+pub fn within_deadline<F>(
+    deadline: Option<Duration>,
+    answer: F,
+) -> impl Future<Output = http::Response<tonic::body::Body>>
+where
+    F: Future<Output = http::Response<tonic::body::Body>>,
+{
+    use futures::FutureExt;
+    use futures::future::Either;
+    match deadline {
+        None => Either::Left(answer),
+        Some(deadline) => Either::Right(tokio::time::timeout(deadline, answer).map(|answered| {
+            answered.unwrap_or_else(|_| Status::deadline_exceeded("timeout expired").into_http())
+        })),
+    }
 }
 
 /// What reads a stream's messages one at a time: tonic's `Streaming` (calls that go through a
@@ -556,5 +605,28 @@ mod tests {
                 len - 1
             )
         );
+    }
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().expect("a header value"));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn a_grpc_timeout_reads_in_each_unit_and_a_malformed_one_is_ignored() {
+        assert_eq!(timeout_of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout_of("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            timeout_of("99999999S"),
+            Some(Duration::from_secs(99_999_999))
+        );
+        assert_eq!(timeout_of("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout_of("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout_of("9n"), Some(Duration::from_nanos(9)));
+        for malformed in ["", "S", "100", "123456789S", "1x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(timeout_of(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

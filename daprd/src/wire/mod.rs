@@ -23,7 +23,9 @@ use http::Method;
 
 pub use encode::Spelling;
 pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
-pub use grpc::{Answer, MessageStream, Messages, answer, message_limit};
+pub use grpc::{
+    Answer, MessageStream, Messages, answer, grpc_timeout, message_limit, within_deadline,
+};
 pub use metadata::{
     AppHeaders, CONTENT_LENGTH, ClientHeaders, HeaderEntries, app_response_headers_to_metadata,
     append_all, canonical_name, entries_into_headers, first, grpc_metadata_name,
