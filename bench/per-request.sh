@@ -24,6 +24,11 @@
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
+# PER_REQUEST_CHAIN=floor measures the floor of our HTTP chain instead: `BIN_DIR/floor-relay`
+# (bench/src/floor.rs), the same two hops built from daprd's libraries (hyper's HTTP/1 server,
+# h2 over rustls with client certificates, hyper's HTTP/2 server, hyper's HTTP/1 client to the
+# app) and nothing of Dapr's, with nginx's certificates; HTTP only.
+#
 # With PER_REQUEST_API=grpc the chains carry gRPC instead: `Dapr/InvokeService` to the caller
 # daprd's gRPC API → mTLS → callee daprd → `AppCallback/OnInvoke` to echo-app (`--app-protocol
 # grpc`); for nginx, `AppCallback/OnInvoke` through nginx A (h2c in) → `grpc_pass` over TLS 1.3
@@ -50,7 +55,9 @@ n=${2:-2000}
 chain=${PER_REQUEST_CHAIN:-daprd}
 pace_ms=${PER_REQUEST_PACE_MS:-1}
 api=${PER_REQUEST_API:-http}
-case $chain in daprd | nginx) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd or nginx" >&2; exit 1 ;; esac
+case $chain in daprd | nginx | floor) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd, nginx or floor" >&2; exit 1 ;; esac
+[ "$chain:$api" != floor:grpc ] || { echo "per-request.sh: the floor chain carries HTTP only" >&2; exit 1; }
+[ "$chain" != floor ] || [ -x "$bin/floor-relay" ] || { echo "per-request.sh: PER_REQUEST_CHAIN=floor needs $bin/floor-relay" >&2; exit 1; }
 case $api in http | grpc) ;; *) echo "per-request.sh: PER_REQUEST_API is http or grpc" >&2; exit 1 ;; esac
 [ "$api" = http ] || [ -x "$bin/bench" ] || { echo "per-request.sh: PER_REQUEST_API=grpc needs $bin/bench" >&2; exit 1; }
 for tool in valgrind callgrind_control strace python3 curl openssl; do
@@ -66,6 +73,23 @@ app=$(port)
 wait_port() {
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "per-request.sh: nothing listens on 127.0.0.1:$1" >&2; exit 1
+}
+
+# certificates: as bench/src/nginx.rs writes them, into $d: a CA, the second hop's serving
+# certificate (localhost, 127.0.0.1) and the first hop's client certificate, all ECDSA P-256.
+certificates() {
+  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$1.key" 2>/dev/null; }
+  key ca
+  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=bench CA" -days 2 -out "$d/ca.crt" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  for pair in server:DNS:localhost,IP:127.0.0.1 client:DNS:nginx-a; do
+    name=${pair%%:*}
+    key "$name"
+    openssl req -new -key "$d/$name.key" -subj "/CN=$name" -out "$d/$name.csr"
+    printf 'subjectAltName=%s\n' "${pair#*:}" > "$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 2 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+  done
 }
 
 if [ "$chain" = daprd ]; then
@@ -95,6 +119,23 @@ if [ "$chain" = daprd ]; then
     wait_http "http://127.0.0.1:$caller_http/v1.0/healthz"
   }
   names=(caller callee)
+elif [ "$chain" = floor ]; then
+  certificates
+  caller_http=$(port); callee_tls=$(port)
+  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo
+  wait_http "http://127.0.0.1:$app/healthz"
+  # start_pair PREFIX...: the callee and the caller relay, each run under PREFIX.
+  start_pair() {
+    "$@" "$bin/floor-relay" callee --listen "127.0.0.1:$callee_tls" --app "127.0.0.1:$app" \
+      --ca "$d/ca.crt" --cert "$d/server.crt" --key "$d/server.key" > "$d/callee.log" 2>&1 &
+    callee=$!
+    wait_port "$callee_tls"
+    "$@" "$bin/floor-relay" caller --listen "127.0.0.1:$caller_http" --peer "127.0.0.1:$callee_tls" \
+      --ca "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key" > "$d/caller.log" 2>&1 &
+    caller=$!
+    wait_port "$caller_http"
+  }
+  names=(floor-caller floor-callee)
 else
   nginx=${NGINX:-$(command -v nginx || true)}
   [ -n "$nginx" ] || [ ! -x /usr/sbin/nginx ] || nginx=/usr/sbin/nginx
@@ -108,20 +149,7 @@ else
   fi
   a_http=$(port); b_http=$(port); a_grpc=$(port); b_grpc=$(port)
   entry_port=$a_http; entry_path=/echo; entry_grpc=app=127.0.0.1:$a_grpc
-  # Certificates as bench/src/nginx.rs writes them: a CA, B's serving certificate (localhost,
-  # 127.0.0.1) and A's client certificate, all ECDSA P-256.
-  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/$1.key" 2>/dev/null; }
-  key ca
-  openssl req -x509 -new -key "$d/ca.key" -subj "/CN=bench CA" -days 2 -out "$d/ca.crt" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-  for pair in server:DNS:localhost,IP:127.0.0.1 client:DNS:nginx-a; do
-    name=${pair%%:*}
-    key "$name"
-    openssl req -new -key "$d/$name.key" -subj "/CN=$name" -out "$d/$name.csr"
-    printf 'subjectAltName=%s\n' "${pair#*:}" > "$d/$name.ext"
-    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-      -days 2 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
-  done
+  certificates
   # bench/src/nginx.rs's config_a / config_b (the servers of the other API carry no traffic),
   # one process each instead of a master and one worker.
   nginx_head() {
