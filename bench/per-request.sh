@@ -24,10 +24,12 @@
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
-# PER_REQUEST_CHAIN=floor measures the floor of our HTTP chain instead: `BIN_DIR/floor-relay`
+# PER_REQUEST_CHAIN=floor measures the floor of our chains instead: `BIN_DIR/floor-relay`
 # (bench/src/floor.rs), the same two hops built from daprd's libraries (hyper's HTTP/1 server,
 # h2 over rustls with client certificates, hyper's HTTP/2 server, hyper's HTTP/1 client to the
-# app) and nothing of Dapr's, with nginx's certificates; HTTP only.
+# app) and nothing of Dapr's, with nginx's certificates. With PER_REQUEST_API=grpc it passes
+# `AppCallback/OnInvoke` calls on unchanged, as nginx's gRPC chain does (h2c in, h2 over TLS,
+# h2c to the app).
 #
 # With PER_REQUEST_API=grpc the chains carry gRPC instead: `Dapr/InvokeService` to the caller
 # daprd's gRPC API → mTLS → callee daprd → `AppCallback/OnInvoke` to echo-app (`--app-protocol
@@ -56,7 +58,6 @@ chain=${PER_REQUEST_CHAIN:-daprd}
 pace_ms=${PER_REQUEST_PACE_MS:-1}
 api=${PER_REQUEST_API:-http}
 case $chain in daprd | nginx | floor) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd, nginx or floor" >&2; exit 1 ;; esac
-[ "$chain:$api" != floor:grpc ] || { echo "per-request.sh: the floor chain carries HTTP only" >&2; exit 1; }
 [ "$chain" != floor ] || [ -x "$bin/floor-relay" ] || { echo "per-request.sh: PER_REQUEST_CHAIN=floor needs $bin/floor-relay" >&2; exit 1; }
 case $api in http | grpc) ;; *) echo "per-request.sh: PER_REQUEST_API is http or grpc" >&2; exit 1 ;; esac
 [ "$api" = http ] || [ -x "$bin/bench" ] || { echo "per-request.sh: PER_REQUEST_API=grpc needs $bin/bench" >&2; exit 1; }
@@ -122,15 +123,16 @@ if [ "$chain" = daprd ]; then
 elif [ "$chain" = floor ]; then
   certificates
   caller_http=$(port); callee_tls=$(port)
-  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo
-  wait_http "http://127.0.0.1:$app/healthz"
+  entry_port=$caller_http; entry_path=/v1.0/invoke/orders/method/echo; entry_grpc=app=127.0.0.1:$caller_http
+  floor=(); [ "$api" = http ] || floor=(--grpc)
+  if [ "$api" = http ]; then wait_http "http://127.0.0.1:$app/healthz"; else wait_port "$app"; fi
   # start_pair PREFIX...: the callee and the caller relay, each run under PREFIX.
   start_pair() {
-    "$@" "$bin/floor-relay" callee --listen "127.0.0.1:$callee_tls" --app "127.0.0.1:$app" \
+    "$@" "$bin/floor-relay" callee "${floor[@]}" --listen "127.0.0.1:$callee_tls" --app "127.0.0.1:$app" \
       --ca "$d/ca.crt" --cert "$d/server.crt" --key "$d/server.key" > "$d/callee.log" 2>&1 &
     callee=$!
     wait_port "$callee_tls"
-    "$@" "$bin/floor-relay" caller --listen "127.0.0.1:$caller_http" --peer "127.0.0.1:$callee_tls" \
+    "$@" "$bin/floor-relay" caller "${floor[@]}" --listen "127.0.0.1:$caller_http" --peer "127.0.0.1:$callee_tls" \
       --ca "$d/ca.crt" --cert "$d/client.crt" --key "$d/client.key" > "$d/caller.log" 2>&1 &
     caller=$!
     wait_port "$caller_http"

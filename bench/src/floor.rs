@@ -10,6 +10,11 @@
 //!   message to the app on a pooled HTTP/1.1 keep-alive connection (hyper's client), and answers
 //!   with the app's body as one message and `grpc-status: 0` in the trailers.
 //!
+//! With `--grpc`, the gRPC chain's two hops as nginx's `grpc_pass` does them: the caller takes
+//! h2c (hyper's HTTP/2 server) and sends each call on, path, message and trailers unchanged, on
+//! the h2 connection over TLS; the callee sends it on to the app on one h2c connection (h2's
+//! client) and the answer back the same way.
+//!
 //! What daprd does beside this is left out: metadata in a protobuf envelope, name resolution,
 //! access control, stamps, tracing, metrics, limits and timeouts. Both run on one thread, with
 //! daprd's allocator (mimalloc) and its release profile. Not a proxy for use: the peer is the
@@ -23,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
+use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -34,8 +40,9 @@ use tokio::net::{TcpListener, TcpStream};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The path the caller calls, as daprd's caller calls a peer.
-const PATH: &str = "/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
+/// What the caller calls, as daprd's caller calls a peer.
+const CALL_LOCAL_STREAM: &str =
+    "https://localhost/dapr.proto.internals.v1.ServiceInvocation/CallLocalStream";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Role {
@@ -64,6 +71,9 @@ struct Args {
     /// Its key (PEM, PKCS#8).
     #[arg(long)]
     key: PathBuf,
+    /// Carry gRPC calls unchanged (the caller listens for h2c) instead of HTTP/1 requests.
+    #[arg(long)]
+    grpc: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,6 +133,21 @@ async fn caller(args: &Args) -> anyhow::Result<()> {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         let send = send.clone();
+        if args.grpc {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let uri = on(
+                    request.uri(),
+                    Scheme::HTTPS,
+                    &Authority::from_static("localhost"),
+                );
+                pass_on(send.clone(), uri, request)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+            continue;
+        }
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| relay(send.clone(), request));
             let _ = hyper::server::conn::http1::Builder::new()
@@ -132,6 +157,71 @@ async fn caller(args: &Args) -> anyhow::Result<()> {
     }
 }
 
+/// A gRPC call, on `send` at `uri` with its message and back with its answer's message and
+/// trailers, as `grpc_pass` passes one on.
+async fn pass_on(
+    send: h2::client::SendRequest<Bytes>,
+    uri: http::Uri,
+    request: Request<Incoming>,
+) -> Result<Response<Answer>, Infallible> {
+    let passed = async {
+        let body = request.into_body().collect().await?.to_bytes();
+        exchange(send, uri, body).await
+    };
+    let (data, trailers) = match passed.await {
+        Ok(answer) => answer,
+        Err(_) => (Bytes::new(), status_trailers("13")),
+    };
+    Ok(grpc_answer(data, trailers))
+}
+
+/// One h2 call at `uri` whose body is `body`: the answer's data and its trailers.
+async fn exchange(
+    send: h2::client::SendRequest<Bytes>,
+    uri: http::Uri,
+    body: Bytes,
+) -> anyhow::Result<(Bytes, HeaderMap)> {
+    let mut send = send.ready().await?;
+    let call = Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(())?;
+    let (answer, mut stream) = send.send_request(call, false)?;
+    stream.send_data(body, true)?;
+    let mut body = answer.await?.into_body();
+    let mut received = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await?.unwrap_or_default();
+    Ok((received.freeze(), trailers))
+}
+
+/// `received`'s path (shared, not copied) at `scheme://authority`.
+fn on(received: &http::Uri, scheme: Scheme, authority: &Authority) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = received.path_and_query().cloned();
+    http::Uri::from_parts(parts).expect("a URI")
+}
+
+fn status_trailers(status: &'static str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    trailers
+}
+
+fn grpc_answer(data: Bytes, trailers: HeaderMap) -> Response<Answer> {
+    let body = Full::new(data).with_trailers(std::future::ready(Some(Ok(trailers))));
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .expect("a response")
+}
+
 /// One request: its body to the callee as a gRPC message, the answer's message back.
 async fn relay(
     send: h2::client::SendRequest<Bytes>,
@@ -139,22 +229,8 @@ async fn relay(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let answer = async {
         let body = request.into_body().collect().await?.to_bytes();
-        let mut send = send.ready().await?;
-        let call = Request::post(format!("https://localhost{PATH}"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(())?;
-        let (answer, mut stream) = send.send_request(call, false)?;
-        stream.send_data(message(&body), true)?;
-        let mut body = answer.await?.into_body();
-        let mut received = BytesMut::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            received.extend_from_slice(&chunk);
-        }
-        body.trailers().await?;
-        let received = received.freeze();
+        let uri = http::Uri::from_static(CALL_LOCAL_STREAM);
+        let (received, _) = exchange(send, uri, message(&body)).await?;
         anyhow::Ok(received.slice(5.min(received.len())..))
     };
     Ok(match answer.await {
@@ -192,8 +268,32 @@ async fn callee(args: &Args) -> anyhow::Result<()> {
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let pool = Pool::default();
     let listener = TcpListener::bind(args.listen).await?;
+    if args.grpc {
+        let tcp = TcpStream::connect(app).await?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) = h2::client::handshake(tcp).await?;
+        tokio::spawn(connection);
+        let authority = Authority::try_from(app.to_string())?;
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            tcp.set_nodelay(true)?;
+            let (acceptor, send, authority) = (acceptor.clone(), send.clone(), authority.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let uri = on(request.uri(), Scheme::HTTP, &authority);
+                    pass_on(send.clone(), uri, request)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+    let pool = Pool::default();
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
@@ -251,11 +351,5 @@ async fn answer(app: SocketAddr, pool: &Pool, request: Request<Incoming>) -> Res
         // Internal, as daprd answers a failed app call.
         Err(_) => (Bytes::new(), "13"),
     };
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static(status));
-    let body = Full::new(data).with_trailers(std::future::ready(Some(Ok(trailers))));
-    Response::builder()
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .body(body)
-        .expect("a response")
+    grpc_answer(data, status_trailers(status))
 }
