@@ -11,7 +11,9 @@ use dapr_proto::runtime::v1::InvokeServiceRequest;
 use dapr_proto::runtime::v1::dapr_client::DaprClient;
 use e2e::echo::Note;
 use e2e::echo::echo_client::EchoClient;
-use e2e::sidecar::{HttpClient, Sidecar, scratch_dir, start_sqlite_pair};
+use e2e::sidecar::{
+    HttpClient, Sidecar, SidecarOptions, scratch_dir, sqlite_config, start_pair, start_sqlite_pair,
+};
 use e2e::{EchoApp, echo_app};
 use http::Method;
 use tonic::transport::Channel;
@@ -323,6 +325,45 @@ async fn a_grpc_api_call_that_outlives_its_grpc_timeout_ends_with_deadline_excee
         .expect("answered within its deadline")
         .into_inner();
     assert_eq!(answer.data.expect("data").value, b"in time");
+}
+
+/// A gRPC app gets `APP_API_TOKEN` as its `dapr-api-token`, and never the token a client sent
+/// as metadata; without `APP_API_TOKEN` it gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_app_sees_its_own_api_token_never_the_clients() {
+    let dir = scratch_dir("grpc-app-token").expect("scratch dir");
+    let app = echo_app("grpc").await.expect("echo-app starts");
+    let callee = SidecarOptions {
+        app_port: Some(app.addr.port()),
+        config: Some(sqlite_config(&dir, "callee", "").expect("config")),
+        extra_args: vec!["--app-protocol".into(), "grpc".into()],
+        env: vec![("APP_API_TOKEN".into(), "app-secret".into())],
+        ..Default::default()
+    };
+    let caller = SidecarOptions {
+        config: Some(sqlite_config(&dir, "caller", "").expect("config")),
+        ..Default::default()
+    };
+    let (_callee, caller) = start_pair(&dir, ("orders", callee), ("checkout", caller))
+        .await
+        .expect("sidecars start");
+    let without_token = start("grpc-no-app-token", "").await;
+    for (caller, expected) in [(&caller, Some("app-secret")), (&without_token.caller, None)] {
+        let mut dapr = DaprClient::new(channel(caller).await);
+        let mut request = tonic::Request::new(invoke("orders", "greet", b"x", ""));
+        request
+            .metadata_mut()
+            .insert("dapr-api-token", "the-clients".parse().expect("ascii"));
+        let answer = tokio::time::timeout(Duration::from_secs(20), dapr.invoke_service(request))
+            .await
+            .expect("answers within 20 s")
+            .expect("answered");
+        let seen = answer
+            .metadata()
+            .get("x-echo-token")
+            .map(|v| v.to_str().ok());
+        assert_eq!(seen, expected.map(Some), "{:?}", answer.metadata());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,6 +53,10 @@ pub enum Error {
     PolicyTimeout { id: String },
     #[error("failed to invoke, id: {id}, err: deadline of {seconds}s exceeded")]
     Timeout { id: String, seconds: u64 },
+    /// The call's own `grpc-timeout` passed before the peer answered (Go's
+    /// `context.DeadlineExceeded`, as upstream's proxy shows it).
+    #[error("failed to invoke, id: {id}, err: context deadline exceeded")]
+    CallDeadline { id: String },
     #[error(
         "access control policy has denied access to id: {caller} operation: {operation} verb: {verb}"
     )]
@@ -93,6 +97,7 @@ impl Error {
             | Error::CircuitBreaker { .. }
             | Error::PolicyTimeout { .. }
             | Error::Timeout { .. }
+            | Error::CallDeadline { .. }
             | Error::PermissionDenied { .. }
             | Error::DeniedByPeer { .. }
             | Error::InvalidMethod { .. }
@@ -123,6 +128,7 @@ impl Error {
             | Error::Peer { .. }
             | Error::CircuitBreaker { .. }
             | Error::PolicyTimeout { .. }
+            | Error::CallDeadline { .. }
             | Error::Resolver(_)
             | Error::AppChannel(_)
             | Error::AppUnhealthy
@@ -144,7 +150,9 @@ impl Error {
             }
             Error::BodyTooLarge { .. } => tonic::Code::ResourceExhausted,
             Error::Unauthorized => tonic::Code::Unauthenticated,
-            Error::Timeout { .. } | Error::PolicyTimeout { .. } => tonic::Code::DeadlineExceeded,
+            Error::Timeout { .. } | Error::PolicyTimeout { .. } | Error::CallDeadline { .. } => {
+                tonic::Code::DeadlineExceeded
+            }
             Error::Invoke { .. }
             | Error::Peer { .. }
             | Error::CircuitBreaker { .. }

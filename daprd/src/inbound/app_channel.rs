@@ -311,10 +311,11 @@ impl AppChannel {
     async fn invoke_grpc(&self, request: AppRequest) -> Result<AppResponse, Error> {
         let data = collect(request.body, self.body_limit).await?;
         let mut headers = HeaderMap::new();
+        // Without the content type, length and the client's API token.
         request.metadata.into_grpc_headers(&mut headers);
-        headers.remove(header::CONTENT_TYPE);
-        headers.remove(header::CONTENT_LENGTH);
-        self.swap_token(&mut headers);
+        if let Some(token) = &self.app_token {
+            headers.insert(names::API_TOKEN, token.clone());
+        }
         let call = wire::SentInvocation {
             method: &request.method,
             type_url: &request.type_url,

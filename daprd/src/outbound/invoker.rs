@@ -703,6 +703,10 @@ impl Invoker {
                 id: target.app_id.to_owned(),
                 seconds: RESPONSE_TIMEOUT.as_secs(),
             }),
+            // tonic's channel ends a call at its `grpc-timeout`; the connection is sound.
+            Ok(Err(e)) if deadline_passed(&e) => Err(Error::CallDeadline {
+                id: target.app_id.to_owned(),
+            }),
             Ok(Err(e)) => {
                 self.forget(target, addr);
                 Err(Error::Invoke {
@@ -910,6 +914,19 @@ async fn collect_body(mut body: BoxStream<Result<Bytes, BoxError>>) -> Result<By
         data.extend_from_slice(&chunk);
     }
     Ok(data.freeze())
+}
+
+/// Whether `error` (or one of its sources) is tonic's `TimeoutExpired`: the channel ended the
+/// call at the deadline its `grpc-timeout` set, not because the connection failed.
+fn deadline_passed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 #[cfg(test)]

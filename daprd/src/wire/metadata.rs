@@ -431,7 +431,11 @@ fn app_header_name(name: &str) -> Option<HeaderName> {
 /// upstream's caller sends for HTTP API requests) becomes `dapr-<name>`, as upstream's
 /// `InternalMetadataToGrpcMetadata` renames it, so that no HTTP framing header (such as
 /// `Content-Length`) reaches a gRPC call as its own. Other spellings keep their name.
-/// The entries are names with their values, in name order.
+/// `content-type` and `content-length` under any other spelling are left out (the call's
+/// transport sets its own), and so is `dapr-api-token` (the app gets its own token, if any, from
+/// the caller of this). Left out here rather than removed from the map afterwards: a removal
+/// costs a lookup each (bench/notes.md). The entries are names with their values, in name
+/// order.
 pub fn metadata_to_grpc_headers<N, V>(
     entries: impl IntoIterator<Item = (N, impl IntoIterator<Item = V>)>,
     headers: &mut HeaderMap,
@@ -458,6 +462,12 @@ pub fn metadata_to_grpc_headers<N, V>(
         } else {
             header
         };
+        if header == http::header::CONTENT_TYPE
+            || header == http::header::CONTENT_LENGTH
+            || header == API_TOKEN_NAME
+        {
+            continue;
+        }
         let never_indexed = header == TRACEPARENT_NAME;
         // Each value becomes its header value without a copy.
         let values = values.into_iter().map(|v| {
@@ -499,6 +509,7 @@ static KNOWN: [HeaderName; 6] = [
 ];
 
 const TRACEPARENT_NAME: HeaderName = HeaderName::from_static(names::TRACEPARENT);
+const API_TOKEN_NAME: HeaderName = HeaderName::from_static(names::API_TOKEN);
 
 /// Whether a lower-case header name stays on this hop: hop-by-hop names and
 /// `destination-app-id` ([`header_name`], [`push_app_header_name`]).
@@ -779,15 +790,20 @@ mod tests {
         set(&mut md, "X-Custom", "1");
         set(&mut md, "content-type", "text/plain");
         set(&mut md, "ACCEPT-LANGUAGE", "en");
+        set(&mut md, "content-length", "7");
+        set(&mut md, names::API_TOKEN, "the client's");
         let mut headers = HeaderMap::new();
         super::super::ReceivedMetadata::from(md.clone()).into_grpc_headers(&mut headers);
         assert_eq!(headers["dapr-content-length"], "5");
         assert_eq!(headers["dapr-accept"], "*/*");
         assert_eq!(headers["x-custom"], "1");
-        // Other spellings keep their names, as upstream's exact match leaves them.
-        assert_eq!(headers["content-type"], "text/plain");
+        // Other spellings keep their names, as upstream's exact match leaves them,
         assert_eq!(headers["accept-language"], "en");
-        assert!(!headers.contains_key("content-length"));
+        // but not the transport's own fields, nor the client's API token.
+        for gone in ["content-type", "content-length", names::API_TOKEN] {
+            assert!(!headers.contains_key(gone), "{gone}: {headers:?}");
+        }
+        assert_eq!(headers.len(), 4, "{headers:?}");
     }
 
     #[test]

@@ -380,6 +380,7 @@ impl AppCallback for Echo {
         request: tonic::Request<InvokeRequest>,
     ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
         let caller = request.metadata().get("dapr-caller-app-id").cloned();
+        let token = request.metadata().get("dapr-api-token").cloned();
         let req = request.into_inner();
         if let Some(code) = req.method.strip_prefix("fail/") {
             let code = code.parse::<i32>().unwrap_or(2);
@@ -404,6 +405,10 @@ impl AppCallback for Echo {
         let md = resp.metadata_mut();
         if let Some(caller) = caller {
             md.insert("x-caller", caller);
+        }
+        // The token the app was given (`APP_API_TOKEN`), as the HTTP echo's `x-echo-token`.
+        if let Some(token) = token {
+            md.insert("x-echo-token", token);
         }
         // Values that are not valid ASCII metadata are left out rather than failing the call.
         if let Ok(v) = req.method.parse() {
