@@ -439,28 +439,50 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for 
 
 /// Drives a peer connection until it closes (every handle dropped, GOAWAY, an I/O error) or
 /// stops answering pings.
+///
+/// The connection runs on a task of its own and the pings on this one, so a wake-up of the
+/// connection (several per call) does not also poll the ping timer, as one `select!` over both
+/// did (bench/notes.md, "per-wake-up costs"). The connection's end stops the pings; a ping
+/// without an answer ends the connection.
 async fn drive(mut conn: h2::client::Connection<Box<dyn PeerIo>, Bytes>, addr: SocketAddr) {
     let pings = conn.ping_pong();
-    let keepalive = async move {
-        let Some(mut pings) = pings else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(PING_INTERVAL).await;
-            match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("ping failed: {e}"),
-                Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
-            }
+    let closed = tokio_util::sync::CancellationToken::new();
+    let ended = closed.clone().drop_guard();
+    let connection = tokio::spawn(async move {
+        let _ended = ended;
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, "peer connection closed: {e}");
         }
+    });
+    let Some(pings) = pings else {
+        return;
     };
-    tokio::select! {
-        closed = &mut conn => {
-            if let Err(e) = closed {
-                tracing::debug!(%addr, "peer connection closed: {e}");
-            }
+    if let Some(reason) = keepalive(pings, &closed).await {
+        tracing::info!(%addr, "dropping the peer connection: {reason}");
+        connection.abort();
+    }
+}
+
+/// Pings every [`PING_INTERVAL`] until `closed`: why the peer is to be dropped when a ping
+/// fails or its answer takes longer than [`PING_TIMEOUT`], none once the connection closed.
+async fn keepalive(
+    mut pings: h2::PingPong,
+    closed: &tokio_util::sync::CancellationToken,
+) -> Option<String> {
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return None,
+            () = tokio::time::sleep(PING_INTERVAL) => {}
         }
-        reason = keepalive => tracing::info!(%addr, "dropping the peer connection: {reason}"),
+        let answered = tokio::select! {
+            () = closed.cancelled() => return None,
+            answered = tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())) => answered,
+        };
+        match answered {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(format!("ping failed: {e}")),
+            Err(_) => return Some(format!("no answer to a ping within {PING_TIMEOUT:?}")),
+        }
     }
 }
 
@@ -517,6 +539,55 @@ impl http_body::Body for RecvBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client connection to a peer over an in-memory pipe, driven by [`drive`] on a task
+    /// of its own, and the peer's end of the pipe (its h2 handshake done, then never polled,
+    /// so it never answers a ping).
+    async fn driven_to_a_silent_peer() -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<()>,
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (client, server) = tokio::join!(
+            h2::client::handshake(Box::new(client) as Box<dyn PeerIo>),
+            h2::server::handshake(server)
+        );
+        let (send, conn) = client.expect("client handshake");
+        let peer = server.expect("server handshake");
+        let driven = tokio::spawn(drive(conn, SocketAddr::from(([127, 0, 0, 1], 1))));
+        (send, driven, peer)
+    }
+
+    /// A peer that stops answering pings is dropped after [`PING_INTERVAL`] and
+    /// [`PING_TIMEOUT`]: the connection's handle fails from then on. Time is paused, so the
+    /// 15 virtual seconds take none.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_dropped() {
+        let started = tokio::time::Instant::now();
+        let (send, driven, _peer) = driven_to_a_silent_peer().await;
+        driven.await.expect("drive ends");
+        assert!(
+            started.elapsed() >= PING_INTERVAL + PING_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(1), send.ready()).await;
+        assert!(
+            matches!(closed, Ok(Err(_))),
+            "the connection is gone: {closed:?}"
+        );
+    }
+
+    /// A connection the peer closes ends the pings with it, before the first one is due.
+    #[tokio::test(start_paused = true)]
+    async fn the_pings_end_with_the_connection() {
+        let started = tokio::time::Instant::now();
+        let (_send, driven, peer) = driven_to_a_silent_peer().await;
+        drop(peer);
+        driven.await.expect("drive ends");
+        assert!(started.elapsed() < PING_INTERVAL, "{:?}", started.elapsed());
+    }
     use dapr_proto::internals::v1::InternalInvokeRequestStream;
 
     #[test]

@@ -3,7 +3,12 @@
 //! every open connection.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -120,25 +125,96 @@ async fn accept_until_stopped<T, S, F, Fut>(
 
 /// Drives `connection` to its end; on `stop`, shuts it down gracefully (in-flight requests
 /// finish) with `shut_down` and drives it to its end then.
+///
+/// The stop token is polled only after its own wake-up ([`StopWake`]), not on every wake-up
+/// of the connection: a `select!` over both polled it each time, about 160 instructions per
+/// wake-up and several wake-ups per request (bench/notes.md, "per-wake-up costs").
 async fn until_stopped<C, E>(
     server: &'static str,
     connection: C,
     stop: &CancellationToken,
-    shut_down: impl FnOnce(std::pin::Pin<&mut C>),
+    shut_down: impl FnOnce(Pin<&mut C>),
 ) where
-    C: std::future::Future<Output = Result<(), E>>,
+    C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+    let signal = Arc::new(StopWake::new());
+    let stop_waker = Waker::from(Arc::clone(&signal));
+    let mut task: Option<Waker> = None;
+    let ended = std::future::poll_fn(|cx| {
+        if !task
+            .as_ref()
+            .is_some_and(|known| known.will_wake(cx.waker()))
+        {
+            signal.wakes(cx.waker());
+            task = Some(cx.waker().clone());
+        }
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        if signal.take()
+            && stopped
+                .as_mut()
+                .poll(&mut Context::from_waker(&stop_waker))
+                .is_ready()
+        {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(server, "connection ended with an error: {e}"),
+        None => {
+            shut_down(connection.as_mut());
+            if let Err(e) = connection.await {
                 tracing::debug!(server, "connection ended with an error: {e}");
             }
         }
-        () = stop.cancelled() => {
-            shut_down(connection.as_mut());
-            let _ = connection.await;
+    }
+}
+
+/// The waker [`until_stopped`] gives the stop token: it records that the token woke the task,
+/// then wakes the task.
+struct StopWake {
+    /// Set by a wake-up, taken by the next poll; set at first, so the token is polled (and
+    /// its waker registered) once before anything woke it.
+    woke: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl StopWake {
+    fn new() -> Self {
+        StopWake {
+            woke: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Wake-ups go to `task` from now on.
+    fn wakes(&self, task: &Waker) {
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+    }
+
+    /// Whether the token woke the task since the last call.
+    fn take(&self) -> bool {
+        self.woke.load(Ordering::Relaxed) && self.woke.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for StopWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woke.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
         }
     }
 }
@@ -214,4 +290,101 @@ pub async fn serve_h2<T, S, M, Svc, B>(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// Reads until the server closes the connection (bounded): what it sent.
+    async fn until_closed(client: &mut TcpStream) -> String {
+        let mut received = Vec::new();
+        tokio::time::timeout(BOUND, client.read_to_end(&mut received))
+            .await
+            .expect("the server closes the connection in time")
+            .expect("read");
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    /// An HTTP/1 server on loopback whose only route waits for `release` (when given) and
+    /// then answers 200; its address and its task.
+    async fn server(
+        stop: &CancellationToken,
+        entered: tokio::sync::mpsc::Sender<()>,
+        release: Arc<tokio::sync::Notify>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let (entered, release) = (entered.clone(), Arc::clone(&release));
+                async move {
+                    let _ = entered.send(()).await;
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        );
+        let served = serve_plain_http("test", listener, router, Limits::DEFAULT, stop.clone());
+        (addr, tokio::spawn(served))
+    }
+
+    /// A stop closes an idle keep-alive connection, and the server returns, although the
+    /// connection's task is asleep when the stop comes (only the stop's own wake-up can
+    /// reach it).
+    #[tokio::test]
+    async fn a_stop_closes_an_idle_keep_alive_connection() {
+        let stop = CancellationToken::new();
+        let (entered, mut entries) = tokio::sync::mpsc::channel(1);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (addr, served) = server(&stop, entered, Arc::clone(&release)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client.write_all(REQUEST).await.expect("write");
+        entries.recv().await.expect("the request reached the route");
+        release.notify_one();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(BOUND, client.read_exact(&mut head))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // Idle now, kept alive; then the stop.
+        stop.cancel();
+        let rest = until_closed(&mut client).await;
+        assert!(rest.ends_with("done"), "{rest:?}");
+        tokio::time::timeout(BOUND, served)
+            .await
+            .expect("the server returns in time")
+            .expect("the server task");
+    }
+
+    /// A request in flight when the stop comes is answered, and the connection then closes.
+    #[tokio::test]
+    async fn a_request_in_flight_at_a_stop_is_answered_then_the_connection_closes() {
+        let stop = CancellationToken::new();
+        let (entered, mut entries) = tokio::sync::mpsc::channel(1);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (addr, served) = server(&stop, entered, Arc::clone(&release)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client.write_all(REQUEST).await.expect("write");
+        entries.recv().await.expect("the request reached the route");
+        stop.cancel();
+        release.notify_one();
+        let answer = until_closed(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with("done"), "{answer:?}");
+        tokio::time::timeout(BOUND, served)
+            .await
+            .expect("the server returns in time")
+            .expect("the server task");
+    }
 }
