@@ -314,28 +314,59 @@ mod tests {
         String::from_utf8_lossy(&received).into_owned()
     }
 
-    /// An HTTP/1 server on loopback whose only route waits for `release` (when given) and
-    /// then answers 200; its address and its task.
-    async fn server(
-        stop: &CancellationToken,
-        entered: tokio::sync::mpsc::Sender<()>,
+    /// A request held by an HTTP/1 server on loopback until [`Held::release`].
+    struct Held {
+        stop: CancellationToken,
         release: Arc<tokio::sync::Notify>,
-    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let router = axum::Router::new().route(
-            "/",
-            axum::routing::get(move || {
-                let (entered, release) = (entered.clone(), Arc::clone(&release));
-                async move {
-                    let _ = entered.send(()).await;
-                    release.notified().await;
-                    "done"
+        client: TcpStream,
+        served: tokio::task::JoinHandle<()>,
+    }
+
+    impl Held {
+        /// A server whose only route waits to be released and then answers 200 `done`, and a
+        /// client whose request has reached that route.
+        async fn start() -> Held {
+            let stop = CancellationToken::new();
+            let (entered, mut entries) = tokio::sync::mpsc::channel(1);
+            let release = Arc::new(tokio::sync::Notify::new());
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let route = {
+                let release = Arc::clone(&release);
+                move || {
+                    let (entered, release) = (entered.clone(), Arc::clone(&release));
+                    async move {
+                        let _ = entered.send(()).await;
+                        release.notified().await;
+                        "done"
+                    }
                 }
-            }),
-        );
-        let served = serve_plain_http("test", listener, router, Limits::DEFAULT, stop.clone());
-        (addr, tokio::spawn(served))
+            };
+            let router = axum::Router::new().route("/", axum::routing::get(route));
+            let served = serve_plain_http("test", listener, router, Limits::DEFAULT, stop.clone());
+            let served = tokio::spawn(served);
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            client.write_all(REQUEST).await.expect("write");
+            entries.recv().await.expect("the request reached the route");
+            Held {
+                stop,
+                release,
+                client,
+                served,
+            }
+        }
+
+        fn release(&self) {
+            self.release.notify_one();
+        }
+
+        /// Waits (bounded) for the server to return.
+        async fn served(self) {
+            tokio::time::timeout(BOUND, self.served)
+                .await
+                .expect("the server returns in time")
+                .expect("the server task");
+        }
     }
 
     /// A stop closes an idle keep-alive connection, and the server returns, although the
@@ -343,48 +374,30 @@ mod tests {
     /// reach it).
     #[tokio::test]
     async fn a_stop_closes_an_idle_keep_alive_connection() {
-        let stop = CancellationToken::new();
-        let (entered, mut entries) = tokio::sync::mpsc::channel(1);
-        let release = Arc::new(tokio::sync::Notify::new());
-        let (addr, served) = server(&stop, entered, Arc::clone(&release)).await;
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        client.write_all(REQUEST).await.expect("write");
-        entries.recv().await.expect("the request reached the route");
-        release.notify_one();
+        let mut held = Held::start().await;
+        held.release();
         let mut head = [0u8; 12];
-        tokio::time::timeout(BOUND, client.read_exact(&mut head))
+        tokio::time::timeout(BOUND, held.client.read_exact(&mut head))
             .await
             .expect("an answer in time")
             .expect("read");
         assert_eq!(&head, b"HTTP/1.1 200");
         // Idle now, kept alive; then the stop.
-        stop.cancel();
-        let rest = until_closed(&mut client).await;
+        held.stop.cancel();
+        let rest = until_closed(&mut held.client).await;
         assert!(rest.ends_with("done"), "{rest:?}");
-        tokio::time::timeout(BOUND, served)
-            .await
-            .expect("the server returns in time")
-            .expect("the server task");
+        held.served().await;
     }
 
     /// A request in flight when the stop comes is answered, and the connection then closes.
     #[tokio::test]
     async fn a_request_in_flight_at_a_stop_is_answered_then_the_connection_closes() {
-        let stop = CancellationToken::new();
-        let (entered, mut entries) = tokio::sync::mpsc::channel(1);
-        let release = Arc::new(tokio::sync::Notify::new());
-        let (addr, served) = server(&stop, entered, Arc::clone(&release)).await;
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        client.write_all(REQUEST).await.expect("write");
-        entries.recv().await.expect("the request reached the route");
-        stop.cancel();
-        release.notify_one();
-        let answer = until_closed(&mut client).await;
+        let mut held = Held::start().await;
+        held.stop.cancel();
+        held.release();
+        let answer = until_closed(&mut held.client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
         assert!(answer.ends_with("done"), "{answer:?}");
-        tokio::time::timeout(BOUND, served)
-            .await
-            .expect("the server returns in time")
-            .expect("the server task");
+        held.served().await;
     }
 }
