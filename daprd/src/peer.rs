@@ -469,20 +469,19 @@ async fn keepalive(
     mut pings: h2::PingPong,
     closed: &tokio_util::sync::CancellationToken,
 ) -> Option<String> {
-    loop {
-        tokio::select! {
-            () = closed.cancelled() => return None,
-            () = tokio::time::sleep(PING_INTERVAL) => {}
+    let pinging = async {
+        loop {
+            tokio::time::sleep(PING_INTERVAL).await;
+            match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return format!("ping failed: {e}"),
+                Err(_) => return format!("no answer to a ping within {PING_TIMEOUT:?}"),
+            }
         }
-        let answered = tokio::select! {
-            () = closed.cancelled() => return None,
-            answered = tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())) => answered,
-        };
-        match answered {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Some(format!("ping failed: {e}")),
-            Err(_) => return Some(format!("no answer to a ping within {PING_TIMEOUT:?}")),
-        }
+    };
+    tokio::select! {
+        () = closed.cancelled() => None,
+        reason = pinging => Some(reason),
     }
 }
 
@@ -538,6 +537,8 @@ impl http_body::Body for RecvBody {
 
 #[cfg(test)]
 mod tests {
+    use dapr_proto::internals::v1::InternalInvokeRequestStream;
+
     use super::*;
 
     /// A client connection to a peer over an in-memory pipe, driven by [`drive`] on a task
@@ -588,7 +589,6 @@ mod tests {
         driven.await.expect("drive ends");
         assert!(started.elapsed() < PING_INTERVAL, "{:?}", started.elapsed());
     }
-    use dapr_proto::internals::v1::InternalInvokeRequestStream;
 
     #[test]
     fn a_calls_uri_names_the_peer_and_the_method_whichever_path_it_is() {

@@ -313,9 +313,7 @@ impl AppChannel {
         let mut headers = HeaderMap::new();
         // Without the content type, length and the client's API token.
         request.metadata.into_grpc_headers(&mut headers);
-        if let Some(token) = &self.app_token {
-            headers.insert(names::API_TOKEN, token.clone());
-        }
+        self.add_token(&mut headers);
         let call = wire::SentInvocation {
             method: &request.method,
             type_url: &request.type_url,
@@ -457,6 +455,11 @@ impl AppChannel {
 
     fn swap_token(&self, headers: &mut HeaderMap) {
         headers.remove(names::API_TOKEN);
+        self.add_token(headers);
+    }
+
+    /// `APP_API_TOKEN`, if set, as the app's `dapr-api-token`.
+    fn add_token(&self, headers: &mut HeaderMap) {
         if let Some(token) = &self.app_token {
             headers.insert(names::API_TOKEN, token.clone());
         }
