@@ -106,6 +106,18 @@ where
     }
 }
 
+/// Whether daprd's `log` says a server of its own listens on loopback `port` (its
+/// "... listening on 127.0.0.1:<port>" lines, written once the port is bound).
+fn logs_listening(log: &str, port: u16) -> bool {
+    let needle = format!("listening on 127.0.0.1:{port}");
+    log.match_indices(&needle).any(|(at, _)| {
+        !log[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
 /// A port that was free a moment ago (the test's processes bind it right after).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -232,17 +244,25 @@ impl Sidecar {
     }
 
     /// Polls `path` until it answers 204 or the deadline passes.
+    ///
+    /// The answer counts only once this sidecar's log says it listens on the port polled: a
+    /// port [`free_port`] handed out may be bound by another test's sidecar first, whose 204
+    /// would otherwise pass for this one's readiness while this one exits ("cannot listen on").
     pub async fn wait_for(&mut self, path: &str, within: Duration) -> anyhow::Result<()> {
         let client = HttpClient::new();
         let url = format!("http://127.0.0.1:{}{path}", self.health_port);
         let what = format!("daprd {} (at {path})", self.app_id);
+        let (log, port) = (self.log.clone(), self.health_port);
         wait_ready(
             &mut self.child,
             &what,
             &self.log,
             within,
             Duration::from_millis(50),
-            || async { client.get(&url).await.is_ok_and(|r| r.status == 204) },
+            || async {
+                logs_listening(&std::fs::read_to_string(&log).unwrap_or_default(), port)
+                    && client.get(&url).await.is_ok_and(|r| r.status == 204)
+            },
         )
         .await
     }
@@ -530,5 +550,16 @@ mod tests {
             assert!(dir.exists(), "{} is not a scratch directory", dir.display());
         }
         std::fs::remove_dir_all(&temp).expect("clean up");
+    }
+
+    #[test]
+    fn only_a_listening_line_for_the_very_port_counts() {
+        let log = "INFO daprd: HTTP server listening on 127.0.0.1:35001\n\
+                   INFO daprd: public HTTP server listening on 127.0.0.1:4100 (public)\n";
+        assert!(logs_listening(log, 35001));
+        assert!(logs_listening(log, 4100));
+        assert!(!logs_listening(log, 3500), "a prefix of another port");
+        assert!(!logs_listening(log, 410));
+        assert!(!logs_listening("", 35001));
     }
 }
