@@ -2,7 +2,9 @@
 //! address, stream the request, and hand back the response head and its payload stream.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -381,6 +383,10 @@ impl Invoker {
             request
         });
         let sent = self.metrics.invocation_sent(&target.app_id);
+        // One deadline from the call to the peer's response head (its first message), for
+        // both waits below: a timer each cost a second registration with the runtime's timer.
+        let answer_deadline = tokio::time::sleep(RESPONSE_TIMEOUT);
+        tokio::pin!(answer_deadline);
         let mut incoming = match wire::ready_part(body) {
             // The whole request is in hand: one message, one write (`crate::peer`).
             wire::Ready::Complete(data) if data.len() <= wire::MAX_CHUNK => {
@@ -397,9 +403,9 @@ impl Invoker {
                     .stream_frame(&mut message, &client, &stamps);
                 lent.put_back(message.request.take());
                 let call = self.direct.call_local_stream(addr, target, frame);
-                match tokio::time::timeout(RESPONSE_TIMEOUT, call).await {
-                    Err(_) => return Err(self.timed_out(target)),
-                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                match before(answer_deadline.as_mut(), call).await {
+                    None => return Err(self.timed_out(target)),
+                    Some(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                         return match retry {
                             Some(request) => {
                                 self.set_peer_kind(addr, Some(PeerKind::UnaryOnly));
@@ -411,8 +417,8 @@ impl Invoker {
                             }
                         };
                     }
-                    Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
-                    Ok(Ok(incoming)) => Incoming::Direct(incoming),
+                    Some(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
+                    Some(Ok(incoming)) => Incoming::Direct(incoming),
                 }
             }
             ready => {
@@ -430,21 +436,17 @@ impl Invoker {
                 }
             }
         };
-        let first = match tokio::time::timeout(
-            RESPONSE_TIMEOUT,
-            wire::MessageStream::message(&mut incoming),
-        )
-        .await
+        let first = match before(answer_deadline, wire::MessageStream::message(&mut incoming)).await
         {
-            Err(_) => return Err(self.timed_out(target)),
-            Ok(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
-            Ok(Ok(None)) => {
+            None => return Err(self.timed_out(target)),
+            Some(Err(status)) => return Err(self.invoke_error(target, addr, &status)),
+            Some(Ok(None)) => {
                 return Err(Error::Invoke {
                     id: target.app_id.to_owned(),
                     reason: "peer closed the stream without a response".into(),
                 });
             }
-            Ok(Ok(Some(first))) => first,
+            Some(Ok(Some(first))) => first,
         };
         if known.is_none() {
             self.set_peer_kind(addr, Some(PeerKind::Streaming));
@@ -773,6 +775,34 @@ impl Invoker {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// [`before`]'s future.
+    struct Before<'d, F> {
+        #[pin]
+        future: F,
+        deadline: Pin<&'d mut tokio::time::Sleep>,
+    }
+}
+
+/// `future`'s output, or `None` once `deadline` has passed. The deadline is polled (and so
+/// registered with the runtime's timer) only while `future` is pending, so one deadline can
+/// bound several waits in turn. A struct, not an `async fn`, which would hold `future` twice.
+fn before<F: Future>(deadline: Pin<&mut tokio::time::Sleep>, future: F) -> Before<'_, F> {
+    Before { future, deadline }
+}
+
+impl<F: Future> Future for Before<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        this.deadline.as_mut().poll(cx).map(|()| None)
+    }
+}
+
 /// A peer's `CallLocalStream` answer: read from h2 by [`wire::Messages`] when the request went
 /// out whole (`crate::peer`), or by tonic when it streamed through the channel.
 enum Incoming {
@@ -932,6 +962,37 @@ fn deadline_passed(error: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One deadline bounds two waits in turn: the second ends when the first's time and its
+    /// own reach the deadline together, not a whole deadline after it began (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_bounds_successive_waits_together() {
+        let start = tokio::time::Instant::now();
+        let deadline = tokio::time::sleep(Duration::from_secs(60));
+        tokio::pin!(deadline);
+        let first = before(
+            deadline.as_mut(),
+            tokio::time::sleep(Duration::from_secs(40)),
+        );
+        assert_eq!(first.await, Some(()));
+        let second = before(deadline.as_mut(), std::future::pending::<()>());
+        assert_eq!(second.await, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    /// A future that is ready at once is answered even past the deadline: the deadline is
+    /// looked at only while the future waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_answer_wins_over_a_passed_deadline() {
+        let deadline = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(deadline);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            before(deadline.as_mut(), std::future::ready(7)).await,
+            Some(7)
+        );
+        assert_eq!(before(deadline, std::future::pending::<u8>()).await, None);
+    }
 
     #[test]
     fn targets_are_app_or_app_dot_namespace() {
