@@ -70,13 +70,8 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Api {
             return Box::pin(std::future::ready(Ok(refused.into_response())));
         }
         if request.uri().path().starts_with(INVOKE_PREFIX) {
-            // Moved into its box once (an async block around it was moved, then the invocation's
-            // future into the block).
             let shared = Arc::clone(&self.shared);
-            return Box::pin(futures::FutureExt::map(
-                invoke_by_path(State(shared), request),
-                Ok,
-            ));
+            return Box::pin(async move { Ok(invoke_by_path(State(shared), request).await) });
         }
         Box::pin(tower::ServiceExt::oneshot(self.routes.clone(), request))
     }
