@@ -664,18 +664,69 @@ pub fn once(data: Bytes) -> BoxStream<Result<Bytes, BoxError>> {
     Box::pin(futures::stream::once(async move { Ok(data) }))
 }
 
-/// Collects a body stream into memory (unary calls), bounded by `limit`.
+/// Collects a body stream into memory (unary calls), bounded by `limit`. A body of one chunk
+/// (nearly every unary one) is that chunk, not a copy of it.
 pub async fn collect<S>(mut body: S, limit: usize) -> Result<Bytes, Error>
 where
     S: Stream<Item = Result<Bytes, BoxError>> + Unpin,
 {
-    let mut buf = bytes::BytesMut::new();
+    let mut first = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(AppChannelError::Body)?;
-        if buf.len() + chunk.len() > limit {
+        if chunk.is_empty() {
+            continue;
+        }
+        let held = joined.as_ref().map_or(first.len(), bytes::BytesMut::len);
+        if held + chunk.len() > limit {
             return Err(Error::BodyTooLarge { limit });
         }
-        buf.extend_from_slice(&chunk);
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut both = bytes::BytesMut::with_capacity(first.len() + chunk.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&chunk);
+                joined = Some(both);
+            }
+        }
     }
-    Ok(buf.freeze())
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> BoxStream<Result<Bytes, BoxError>> {
+        let parts: Vec<Result<Bytes, BoxError>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures::stream::iter(parts))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_one_chunk_is_that_chunk_and_more_are_joined_in_order() {
+        let only = Bytes::from(vec![7u8; 1024]);
+        let at = only.as_ptr();
+        let collected = collect(once(only), usize::MAX).await.expect("collected");
+        assert_eq!(collected.as_ptr(), at, "the chunk itself, not a copy");
+        let joined = collect(chunks(&[b"ab", b"", b"cd", b"e"]), 5).await;
+        assert_eq!(joined.expect("joined"), Bytes::from_static(b"abcde"));
+        assert!(collect(chunks(&[]), 0).await.expect("empty").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_or_failing_is_an_error() {
+        let over = collect(chunks(&[b"ab", b"cd"]), 3).await;
+        assert!(
+            matches!(over, Err(Error::BodyTooLarge { limit: 3 })),
+            "{over:?}"
+        );
+        let failing: BoxStream<Result<Bytes, BoxError>> = Box::pin(futures::stream::iter([
+            Ok(Bytes::from_static(b"ab")),
+            Err(BoxError::from("reset")),
+        ]));
+        assert!(collect(failing, usize::MAX).await.is_err());
+    }
 }

@@ -305,7 +305,8 @@ impl Internal {
         // An empty stream in its place: a zero-sized box, no allocation.
         let body = std::mem::replace(&mut response.body, Box::pin(futures::stream::empty()));
         let body = app_channel::collect(body, usize::MAX).await?;
-        Ok(sent_head(&mut response, Some(body.to_vec())))
+        // The app's bytes, not a copy, when nothing else holds them (a gRPC app's data).
+        Ok(sent_head(&mut response, Some(Vec::from(body))))
     }
 
     async fn call_local_stream<B>(
