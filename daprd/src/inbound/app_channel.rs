@@ -53,6 +53,9 @@ pub struct AppResponse {
     pub message: String,
     /// The `type_url` of a gRPC app's typed data; empty otherwise.
     pub type_url: String,
+    /// A gRPC app's content type, from its `InvokeResponse`; `None`: the `content-type`
+    /// header says it (an HTTP app's, or an error's).
+    pub content_type: Option<String>,
     /// An HTTP app's answer (its headers travel Go-canonical), not a gRPC app's (its metadata
     /// keeps gRPC's lower-case names).
     pub from_http_app: bool,
@@ -251,6 +254,7 @@ impl AppChannel {
             status: head.status.as_u16(),
             message: String::new(),
             type_url: String::new(),
+            content_type: None,
             from_http_app: true,
             headers: wire::AppHeaders::Entries(head.headers),
             body: Box::pin(body),
@@ -378,15 +382,10 @@ impl AppChannel {
             Ok((mut headers, message)) => {
                 // The app's `content-type: application/grpc` describes its transport, not its
                 // data, whose content type is the one in its `InvokeResponse`, as upstream's
-                // (`pkg/channel/grpc/grpc_channel.go`); `grpc-encoding` is the transport's too
-                // (grpc-go keeps it out of header metadata).
-                headers.remove(header::CONTENT_TYPE);
+                // (`pkg/channel/grpc/grpc_channel.go`): that one goes on beside the headers,
+                // and the header never travels (`wire::SentResponse`). `grpc-encoding` is the
+                // transport's too (grpc-go keeps it out of header metadata).
                 headers.remove("grpc-encoding");
-                if !message.content_type.is_empty()
-                    && let Ok(value) = HeaderValue::from_str(&message.content_type)
-                {
-                    headers.insert(header::CONTENT_TYPE, value);
-                }
                 let (type_url, data) = message
                     .data
                     .map(|any| (any.type_url, Bytes::from(any.value)))
@@ -395,6 +394,7 @@ impl AppChannel {
                     status: 0,
                     message: String::new(),
                     type_url,
+                    content_type: Some(message.content_type),
                     from_http_app: false,
                     headers: wire::AppHeaders::Map(headers),
                     body: once(data),
@@ -423,6 +423,7 @@ impl AppChannel {
                     status: status.code() as u16,
                     message: status.message().to_owned(),
                     type_url: String::new(),
+                    content_type: None,
                     from_http_app: false,
                     headers: wire::AppHeaders::Map(headers),
                     body: once(Bytes::from(body.to_string())),
@@ -578,6 +579,7 @@ where
         status: parts.status.as_u16(),
         message: String::new(),
         type_url: String::new(),
+        content_type: None,
         from_http_app: true,
         headers: wire::AppHeaders::Map(parts.headers),
         body: Box::pin(body),

@@ -249,12 +249,15 @@ fn sent_head(app: &mut AppResponse, data: Option<Vec<u8>>) -> SentResponse {
 /// The app's status, and its content type and data's `type_url` (the data's bytes are not
 /// here).
 fn response_status_and_message(app: &AppResponse) -> (InvokeStatus, InvokeResponse) {
-    let content_type = app
-        .headers
-        .get(&http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = match &app.content_type {
+        Some(content_type) => content_type.clone(),
+        None => app
+            .headers
+            .get(&http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
     let status = InvokeStatus {
         code: i32::from(app.status),
         message: app.message.clone(),
@@ -478,6 +481,7 @@ mod tests {
             status: 200,
             message: String::new(),
             type_url: String::new(),
+            content_type: None,
             from_http_app,
             headers: wire::AppHeaders::Map(headers),
             body: app_channel::once(Bytes::new()),
@@ -506,6 +510,29 @@ mod tests {
             head.message.expect("message").content_type,
             "application/json"
         );
+    }
+
+    /// A gRPC app's content type is its `InvokeResponse`'s: the transport's `content-type`
+    /// header neither replaces it nor travels.
+    #[test]
+    fn a_grpc_apps_content_type_is_its_messages_not_its_transports() {
+        use prost::Message;
+        let mut app = answer(false);
+        let wire::AppHeaders::Map(headers) = &mut app.headers else {
+            unreachable!("answer() builds a map");
+        };
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        app.content_type = Some("text/plain; charset=utf-8".into());
+        let sent = sent_head(&mut app, Some(b"hi".to_vec()));
+        let mut buf = bytes::BytesMut::new();
+        wire::Sent::encode(&sent, &mut buf);
+        let decoded = InternalInvokeResponse::decode(buf.freeze()).expect("decodes");
+        let message = decoded.message.expect("a message");
+        assert_eq!(message.content_type, "text/plain; charset=utf-8");
+        assert_eq!(message.data.expect("data").value, b"hi");
+        let mut names: Vec<&str> = decoded.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-custom-header"]);
     }
 
     /// An answer with headers that travel, repeat, do not travel, or are not visible ASCII.

@@ -527,6 +527,7 @@ mod tests {
         let ok = AppResponse {
             message: String::new(),
             type_url: String::new(),
+            content_type: None,
             from_http_app: true,
             status: 404,
             headers: crate::wire::AppHeaders::default(),
