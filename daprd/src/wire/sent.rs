@@ -113,6 +113,9 @@ pub struct SentResponse {
     headers: HeaderEntries,
     spelling: Spelling,
     message: InvokeResponse,
+    /// The encoded length, counted once: a streamed answer's head needs it twice (for the
+    /// frame's length and for the head's own), and each count walks every header.
+    body_len: usize,
 }
 
 /// `InternalInvokeResponse`'s field numbers.
@@ -130,23 +133,25 @@ impl SentResponse {
         spelling: Spelling,
         message: InvokeResponse,
     ) -> Self {
+        let headers = headers.travelling(|name| name == http::header::CONTENT_TYPE);
+        let header_len: usize = headers
+            .iter()
+            .map(|(name, values)| entry_len(HEADERS, name.as_str(), values))
+            .sum();
+        let body_len = message::encoded_len(STATUS, &status)
+            + header_len
+            + message::encoded_len(MESSAGE, &message);
         SentResponse {
             status,
-            headers: headers.travelling(|name| name == http::header::CONTENT_TYPE),
+            headers,
             spelling,
             message,
+            body_len,
         }
     }
 
     fn body_len(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, values)| entry_len(HEADERS, name.as_str(), values))
-            .sum();
-        message::encoded_len(STATUS, &self.status)
-            + headers
-            + message::encoded_len(MESSAGE, &self.message)
+        self.body_len
     }
 }
 
