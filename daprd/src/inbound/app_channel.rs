@@ -672,29 +672,15 @@ pub async fn collect<S>(mut body: S, limit: usize) -> Result<Bytes, Error>
 where
     S: Stream<Item = Result<Bytes, BoxError>> + Unpin,
 {
-    let mut first = Bytes::new();
-    let mut joined: Option<bytes::BytesMut> = None;
+    let mut gathered = wire::Gathered::default();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(AppChannelError::Body)?;
-        if chunk.is_empty() {
-            continue;
-        }
-        let held = joined.as_ref().map_or(first.len(), bytes::BytesMut::len);
-        if held + chunk.len() > limit {
+        if gathered.size() + chunk.len() > limit {
             return Err(Error::BodyTooLarge { limit });
         }
-        match &mut joined {
-            Some(joined) => joined.extend_from_slice(&chunk),
-            None if first.is_empty() => first = chunk,
-            None => {
-                let mut both = bytes::BytesMut::with_capacity(first.len() + chunk.len());
-                both.extend_from_slice(&first);
-                both.extend_from_slice(&chunk);
-                joined = Some(both);
-            }
-        }
+        gathered.push(chunk, 0);
     }
-    Ok(joined.map_or(first, bytes::BytesMut::freeze))
+    Ok(gathered.into_bytes())
 }
 
 #[cfg(test)]

@@ -59,32 +59,57 @@ pub async fn read_small(
         return Ok(Box::pin(idle));
     };
     let read = async move {
-        let mut first: Option<Bytes> = None;
-        let mut more: Option<bytes::BytesMut> = None;
+        let mut gathered = Gathered::default();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            match (&mut first, &mut more) {
-                (None, _) => first = Some(chunk),
-                (Some(first), None) => {
-                    let mut joined = bytes::BytesMut::with_capacity(len as usize);
-                    joined.extend_from_slice(first);
-                    joined.extend_from_slice(&chunk);
-                    more = Some(joined);
-                }
-                (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
-            }
+            gathered.push(chunk?, len as usize);
         }
-        Ok::<_, BoxError>(
-            more.map(bytes::BytesMut::freeze)
-                .or(first)
-                .unwrap_or_default(),
-        )
+        Ok::<_, BoxError>(gathered.into_bytes())
     };
     match tokio::time::timeout(within, read).await {
         Ok(data) => Ok(Box::pin(futures::stream::iter([Ok(data?)]))),
         Err(_) => Err(BoxError::from(format!(
             "the body of {len} bytes did not arrive within {within:?}"
         ))),
+    }
+}
+
+/// A body gathered whole from its chunks. A body of one chunk (nearly every small one) is that
+/// chunk, not a copy of it; a second chunk starts a buffer that takes the rest.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    first: Bytes,
+    joined: Option<bytes::BytesMut>,
+}
+
+impl Gathered {
+    /// The bytes gathered so far.
+    pub fn size(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or(self.first.len(), bytes::BytesMut::len)
+    }
+
+    /// Adds `chunk`. `capacity`: what the buffer is sized for when one is needed (the body's
+    /// declared length, or 0 to size it for the two chunks at hand).
+    pub fn push(&mut self, chunk: Bytes, capacity: usize) {
+        if chunk.is_empty() {
+            return;
+        }
+        match &mut self.joined {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if self.first.is_empty() => self.first = chunk,
+            None => {
+                let needed = self.first.len() + chunk.len();
+                let mut joined = bytes::BytesMut::with_capacity(capacity.max(needed));
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&chunk);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.joined.map_or(self.first, bytes::BytesMut::freeze)
     }
 }
 
