@@ -314,7 +314,7 @@ async fn start_api_servers(
             sockets.grpc.display()
         );
         let listener = bind_unix(&sockets.http).await?;
-        servers.spawn(serve_http("http-api", listener, http_api, stop.clone()));
+        servers.spawn(serve_http_api(listener, http_api, stop.clone()));
         tracing::info!(
             "HTTP server listening on UNIX socket: {}",
             sockets.http.display()
@@ -335,12 +335,7 @@ async fn start_api_servers(
     for ip in &config.api_listen_addresses {
         let addr = SocketAddr::new(*ip, config.http_port);
         let (listener, addr) = bind(addr).await?;
-        servers.spawn(serve_http(
-            "http-api",
-            listener,
-            http_api.clone(),
-            stop.clone(),
-        ));
+        servers.spawn(serve_http_api(listener, http_api.clone(), stop.clone()));
         tracing::info!("HTTP server listening on {addr}");
     }
     Ok(())
@@ -520,6 +515,25 @@ where
     B: dapr_serve::ResponseBody,
 {
     dapr_serve::serve_plain_http(server, listener, router, LIMITS, stop).await;
+    Ok(())
+}
+
+/// The app-facing HTTP API: plain HTTP/1.1 requests (nearly every invocation) by
+/// `dapr_serve`'s own small server, the rest by hyper's. A small body is read whole within the
+/// deadline `wire::read_small` gives it (`docs/limits.md`).
+async fn serve_http_api<L>(
+    listener: L,
+    api: metrics::HttpService<outbound::http::Api>,
+    stop: CancellationToken,
+) -> Result<(), String>
+where
+    L: Listener<Io: AsyncRead + AsyncWrite + Unpin>,
+{
+    let settings = dapr_serve::Http1Settings {
+        max_body: wire::MAX_CHUNK,
+        body_read: outbound::invoker::RESPONSE_TIMEOUT,
+    };
+    dapr_serve::serve_plain_http1_first("http-api", listener, api, LIMITS, settings, stop).await;
     Ok(())
 }
 

@@ -71,16 +71,7 @@ pub async fn serve_http<T, S, R, B>(
     R: HttpHandler<B>,
     B: ResponseBody,
 {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout);
+    let builder = hyper_builder(limits);
     accept_until_stopped(server, connections, &stop, |io| {
         let (builder, router, stop) = (builder.clone(), router.clone(), stop.clone());
         async move {
@@ -92,9 +83,26 @@ pub async fn serve_http<T, S, R, B>(
     .await;
 }
 
+/// hyper's server for HTTP/1 and HTTP/2 within `limits`.
+pub(crate) fn hyper_builder(
+    limits: Limits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    builder
+}
+
 /// Serves each connection `connections` yields on a task of its own (`serve`) until `stop` is
 /// cancelled, then waits for every open one to close.
-async fn accept_until_stopped<T, S, F, Fut>(
+pub(crate) async fn accept_until_stopped<T, S, F, Fut>(
     server: &'static str,
     mut connections: S,
     stop: &CancellationToken,
@@ -129,7 +137,7 @@ async fn accept_until_stopped<T, S, F, Fut>(
 /// The stop token is polled only after its own wake-up ([`StopWake`]), not on every wake-up
 /// of the connection: a `select!` over both polled it each time, about 160 instructions per
 /// wake-up and several wake-ups per request (bench/notes.md, "per-wake-up costs").
-async fn until_stopped<C, E>(
+pub(crate) async fn until_stopped<C, E>(
     server: &'static str,
     connection: C,
     stop: &CancellationToken,

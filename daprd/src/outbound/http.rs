@@ -52,7 +52,11 @@ pub struct Api {
     routes: Router,
 }
 
-impl tower::Service<http::Request<hyper::body::Incoming>> for Api {
+/// Any body: hyper's, or one the plain HTTP/1 server read whole (`dapr_serve::Http1Settings`).
+impl<B> tower::Service<http::Request<B>> for Api
+where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+{
     type Response = Response;
     type Error = std::convert::Infallible;
     type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
@@ -64,7 +68,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Api {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut request = request.map(Body::new);
         if let Err(refused) = check_api_token(&self.shared, &mut request) {
             return Box::pin(std::future::ready(Ok(refused.into_response())));
