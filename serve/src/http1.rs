@@ -214,9 +214,23 @@ enum Framing {
     Chunked,
 }
 
-/// Writes the answer's head into `out`: the status line, the router's headers, `date` unless
-/// it set one, and the framing in place of any it set.
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, framing: Framing) {
+/// What an answer's head is made of.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    status: StatusCode,
+    headers: &'a HeaderMap,
+    /// [`PlainAnswer::lines`].
+    lines: &'a [u8],
+}
+
+/// Writes the answer's head into `out`: the status line, the router's headers and lines,
+/// `date` unless it set one, and the framing in place of any it set.
+fn encode_head(out: &mut Vec<u8>, head: &Head<'_>, framing: Framing) {
+    let Head {
+        status,
+        headers,
+        lines,
+    } = *head;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -233,7 +247,8 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, frami
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(http::header::DATE) {
+    out.extend_from_slice(lines);
+    if !headers.contains_key(http::header::DATE) && !has_line(lines, b"date") {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(&http_date());
         out.extend_from_slice(b"\r\n");
@@ -285,6 +300,14 @@ fn http_date() -> [u8; 29] {
         formatted[..len].copy_from_slice(&text.as_bytes()[..len]);
         cached.set((second, formatted));
         formatted
+    })
+}
+
+/// Whether the header lines `lines` (names lower-case) have one named `name`.
+fn has_line(lines: &[u8], name: &[u8]) -> bool {
+    lines.split(|&b| b == b'\n').any(|line| {
+        line.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(b":"))
     })
 }
 
@@ -442,13 +465,8 @@ where
                 Body::from(body)
             }
         });
-        poll_fn(|cx| <R as Service<Request<Body>>>::poll_ready(&mut service, cx))
-            .await
-            .unwrap_or_else(|never| match never {});
-        let response = <R as Service<Request<Body>>>::call(&mut service, request)
-            .await
-            .unwrap_or_else(|never| match never {});
-        let keep = answer(&mut io, response, &mut out).await?;
+        let answered = service.call_plain(request).await;
+        let keep = answer(&mut io, answered, &mut out).await?;
         if !keep || timed_out || stopping.load(Ordering::Acquire) {
             io.shutdown().await?;
             return Ok(());
@@ -456,48 +474,75 @@ where
     }
 }
 
-/// What the fast path needs of a router beyond [`HttpHandler`]: to take a request whose body
-/// was read here.
-pub trait PlainHandler<B>:
-    HttpHandler<B>
-    + Service<Request<Body>, Response = Response<B>, Error = std::convert::Infallible, Future: Send>
-{
+/// A router's answer to a plain request: its response, and header lines already encoded
+/// (`name: value\r\n` each, valid names and values, names lower-case) that go after the
+/// response's own headers. A router that has its headers as something other than a
+/// `HeaderMap` (daprd's answer metadata) writes them here and skips building a map only to
+/// have it written out again.
+pub struct PlainAnswer<B> {
+    pub response: Response<B>,
+    pub lines: Vec<u8>,
 }
 
-impl<S, B> PlainHandler<B> for S where
-    S: HttpHandler<B>
-        + Service<
-            Request<Body>,
-            Response = Response<B>,
-            Error = std::convert::Infallible,
-            Future: Send,
-        >
-{
+/// An answer whose headers are all in its response.
+impl<B> From<Response<B>> for PlainAnswer<B> {
+    fn from(response: Response<B>) -> Self {
+        PlainAnswer {
+            response,
+            lines: Vec::new(),
+        }
+    }
 }
 
-/// Writes `response` to `io`: one write when its body is ready with its head (then framed by
+/// What the plain server needs of a router beyond [`HttpHandler`]: to take a request whose
+/// body was read here, and answer it as a [`PlainAnswer`].
+pub trait PlainHandler<B>: HttpHandler<B> {
+    type Plain: Future<Output = PlainAnswer<B>> + Send + 'static;
+
+    fn call_plain(&mut self, request: Request<Body>) -> Self::Plain;
+}
+
+/// An axum router answers a plain request as any other, without lines.
+impl PlainHandler<Body> for axum::Router {
+    type Plain = Pin<Box<dyn Future<Output = PlainAnswer<Body>> + Send>>;
+
+    fn call_plain(&mut self, request: Request<Body>) -> Self::Plain {
+        let answer = Service::<Request<Body>>::call(self, request);
+        Box::pin(async move {
+            let response = answer.await.unwrap_or_else(|never| match never {});
+            response.into()
+        })
+    }
+}
+
+/// Writes `answered` to `io`: one write when its body is ready with its head (then framed by
 /// its length), else the head at once and the body chunked as it comes. Whether the connection
 /// may serve another request after it.
 async fn answer<T, B>(
     io: &mut T,
-    response: Response<B>,
+    answered: PlainAnswer<B>,
     out: &mut Vec<u8>,
 ) -> Result<bool, BoxError>
 where
     T: AsyncWrite + Unpin,
     B: ResponseBody,
 {
-    let (head, body) = response.into_parts();
-    let keep = !closes(&head.headers);
+    let (parts, body) = answered.response.into_parts();
+    let head = Head {
+        status: parts.status,
+        headers: &parts.headers,
+        lines: &answered.lines,
+    };
+    let keep = !closes(&parts.headers);
     let mut body = pin!(body);
     out.clear();
     if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
-        encode_head(out, head.status, &head.headers, Framing::None);
+        encode_head(out, &head, Framing::None);
         io.write_all(out).await?;
         return Ok(keep);
     }
     if let Some(len) = body.size_hint().exact() {
-        encode_head(out, head.status, &head.headers, Framing::Length(len));
+        encode_head(out, &head, Framing::Length(len));
         let mut left = len;
         while let Some(data) = poll_fn(|cx| poll_data(body.as_mut(), cx)).await? {
             let Some(rest) = left.checked_sub(data.remaining() as u64) else {
@@ -530,19 +575,14 @@ where
     }
     let ready = first.into_iter().chain(more);
     if ended {
-        encode_head(
-            out,
-            head.status,
-            &head.headers,
-            Framing::Length(gathered as u64),
-        );
+        encode_head(out, &head, Framing::Length(gathered as u64));
         for data in ready {
             put(io, out, data).await?;
         }
         io.write_all(out).await?;
         return Ok(keep);
     }
-    encode_head(out, head.status, &head.headers, Framing::Chunked);
+    encode_head(out, &head, Framing::Chunked);
     for data in ready {
         put_chunk(io, out, data).await?;
     }
@@ -779,15 +819,24 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_head_has_the_routers_headers_a_date_and_its_own_framing() {
+    fn an_answer_head_has_the_routers_headers_and_lines_a_date_and_its_own_framing() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.insert("content-length", HeaderValue::from_static("999"));
-        let mut out = Vec::new();
-        encode_head(&mut out, StatusCode::OK, &headers, Framing::Length(5));
-        let head = String::from_utf8(out).expect("ascii");
+        let encoded = |status, headers: &HeaderMap, lines: &[u8], framing| {
+            let mut out = Vec::new();
+            let head = Head {
+                status,
+                headers,
+                lines,
+            };
+            encode_head(&mut out, &head, framing);
+            String::from_utf8(out).expect("ascii")
+        };
+        let head = encoded(StatusCode::OK, &headers, b"x-a: 1\r\n", Framing::Length(5));
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("content-type: text/plain\r\n"), "{head}");
+        assert!(head.contains("\r\nx-a: 1\r\n"), "{head}");
         assert!(head.contains("content-length: 5\r\n"), "{head}");
         assert!(!head.contains("999"), "{head}");
         assert!(
@@ -795,19 +844,26 @@ mod tests {
             "{head}"
         );
         assert!(head.ends_with("\r\n\r\n"), "{head}");
-        let mut out = Vec::new();
-        encode_head(
-            &mut out,
+        // A date among the lines is the answer's only one.
+        let dated = b"x-a: 1\r\ndate: Sun, 06 Dec 2026 00:00:00 GMT\r\n";
+        let head = encoded(StatusCode::OK, &headers, dated, Framing::Length(5));
+        assert_eq!(head.matches("date: ").count(), 1, "{head}");
+        assert!(
+            head.contains("date: Sun, 06 Dec 2026 00:00:00 GMT\r\n"),
+            "{head}"
+        );
+        let undated = b"x-date: 1\r\nx-a: date:\r\n";
+        let head = encoded(StatusCode::OK, &headers, undated, Framing::Length(5));
+        assert_eq!(head.matches("\ndate: ").count(), 1, "{head}");
+        let head = encoded(
             StatusCode::NO_CONTENT,
             &HeaderMap::new(),
+            b"",
             Framing::None,
         );
-        let head = String::from_utf8(out).expect("ascii");
         assert!(!head.contains("content-length") && !head.contains("transfer-encoding"));
-        let mut out = Vec::new();
         let teapot = StatusCode::from_u16(599).expect("status");
-        encode_head(&mut out, teapot, &headers, Framing::Chunked);
-        let head = String::from_utf8(out).expect("ascii");
+        let head = encoded(teapot, &headers, b"", Framing::Chunked);
         assert!(head.starts_with("HTTP/1.1 599 \r\n"), "{head}");
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
         assert!(!head.contains("content-length"), "{head}");

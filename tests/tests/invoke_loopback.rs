@@ -179,6 +179,8 @@ async fn http_invoke_forwards_every_verb_with_query_headers_and_bodies_both_ways
         assert_eq!(reply.headers["x-echo-callee"], "orders");
         assert_eq!(reply.headers["x-echo-custom"], "yes");
         assert_eq!(reply.headers["content-type"], "application/json");
+        // The app's own `date` comes back, and no second one from the sidecar's server.
+        assert_eq!(reply.headers.get_all("date").iter().count(), 1, "{method}");
         assert_eq!(reply.body, body, "{method}");
     }
 

@@ -116,3 +116,35 @@ where
         }))
     }
 }
+
+pin_project! {
+    /// [`MeteredFuture`] for an answer of `dapr-serve`'s plain HTTP/1 server, whose head may
+    /// be partly encoded already ([`dapr_serve::PlainAnswer::lines`]): the status is what
+    /// the recorder reads of a head.
+    pub struct MeteredPlain<F, R> {
+        #[pin]
+        pub(super) inner: F,
+        pub(super) recorder: Option<R>,
+    }
+}
+
+impl<F, B, R> Future for MeteredPlain<F, R>
+where
+    F: Future<Output = dapr_serve::PlainAnswer<B>>,
+    R: Recorder,
+{
+    type Output = dapr_serve::PlainAnswer<Metered<B, R>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.inner.poll(cx));
+        let mut recorder = this.recorder.take();
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.head(answer.response.status(), answer.response.headers());
+        }
+        Poll::Ready(dapr_serve::PlainAnswer {
+            response: answer.response.map(|body| Metered::new(body, recorder)),
+            lines: answer.lines,
+        })
+    }
+}

@@ -8,7 +8,7 @@ use http::{HeaderMap, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use super::Metrics;
-use super::body::{Metered, MeteredFuture, Recorder};
+use super::body::{Metered, MeteredFuture, MeteredPlain, Recorder};
 use super::labels::verb_label;
 use super::registry::{Families, inc, millis_since, observe};
 
@@ -55,15 +55,40 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let recorder = self.families.as_ref().map(|f| HttpCall {
+        let recorder = self.recorder(&request);
+        MeteredFuture {
+            inner: self.inner.call(request),
+            recorder,
+        }
+    }
+}
+
+impl<S> HttpService<S> {
+    /// What a request is recorded by, once metrics are on.
+    fn recorder<B>(&self, request: &Request<B>) -> Option<HttpCall> {
+        self.families.as_ref().map(|f| HttpCall {
             families: Arc::clone(f),
             method: verb_label(request.method()),
             request_bytes: content_length(request.headers()),
             status: StatusCode::OK,
             start: Instant::now(),
-        });
-        MeteredFuture {
-            inner: self.inner.call(request),
+        })
+    }
+}
+
+/// Requests of `dapr-serve`'s plain HTTP/1 server, metered as any other.
+impl<S, B> dapr_serve::PlainHandler<Metered<B, HttpCall>> for HttpService<S>
+where
+    S: dapr_serve::PlainHandler<B>,
+    HttpService<S>: dapr_serve::HttpHandler<Metered<B, HttpCall>>,
+    B: Send + 'static,
+{
+    type Plain = MeteredPlain<S::Plain, HttpCall>;
+
+    fn call_plain(&mut self, request: Request<axum::body::Body>) -> Self::Plain {
+        let recorder = self.recorder(&request);
+        MeteredPlain {
+            inner: self.inner.call_plain(request),
             recorder,
         }
     }

@@ -75,10 +75,45 @@ where
         }
         if request.uri().path().starts_with(INVOKE_PREFIX) {
             let shared = Arc::clone(&self.shared);
-            return Box::pin(async move { Ok(invoke_by_path(State(shared), request).await) });
+            return Box::pin(async move {
+                Ok(invoke_by_path(shared, request, AnswerHead::Map)
+                    .await
+                    .response)
+            });
         }
         Box::pin(tower::ServiceExt::oneshot(self.routes.clone(), request))
     }
+}
+
+/// Requests of `dapr-serve`'s plain HTTP/1 server: as [`Api`]'s `call`, but an invocation's
+/// answer headers are written as header lines straight from the peer's metadata
+/// ([`AnswerHead::Lines`]), without the header map the hyper path builds for them.
+impl dapr_serve::PlainHandler<Body> for Api {
+    type Plain = futures::future::BoxFuture<'static, dapr_serve::PlainAnswer<Body>>;
+
+    fn call_plain(&mut self, mut request: Request) -> Self::Plain {
+        if let Err(refused) = check_api_token(&self.shared, &mut request) {
+            return Box::pin(std::future::ready(refused.into_response().into()));
+        }
+        if request.uri().path().starts_with(INVOKE_PREFIX) {
+            let shared = Arc::clone(&self.shared);
+            return Box::pin(invoke_by_path(shared, request, AnswerHead::Lines));
+        }
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let response = tower::ServiceExt::oneshot(routes, request).await;
+            response.unwrap_or_else(|never| match never {}).into()
+        })
+    }
+}
+
+/// How an invocation's answer headers (the peer's metadata) are given to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerHead {
+    /// In the response's header map (hyper's server).
+    Map,
+    /// As header lines beside the response ([`dapr_serve::PlainAnswer::lines`]).
+    Lines,
 }
 
 /// Routes of the public port: health and metadata only, without the token check.
@@ -199,19 +234,23 @@ async fn shutdown(State(shared): AppState, headers: HeaderMap) -> Response {
 }
 
 /// `/v1.0/invoke/<id>/method/<method>`; the `dapr-app-id` header wins when present.
-async fn invoke_by_path(State(shared): AppState, request: Request) -> Response {
+async fn invoke_by_path(
+    shared: Arc<Shared>,
+    request: Request,
+    head: AnswerHead,
+) -> dapr_serve::PlainAnswer<Body> {
     if request.headers().contains_key(&names::header::DAPR_APP_ID) {
-        return invoke_by_header(State(shared), request).await;
+        return invoke_by_header(State(shared), request).await.into();
     }
     let path = request.uri().path();
     let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
     let Some((id, method)) = split_method(rest) else {
-        return Error::NoAppId.into_response();
+        return Error::NoAppId.into_response().into();
     };
     let (id, method) = (id.to_owned(), method.to_owned());
-    invoke(shared, id, method, request)
+    invoke(shared, id, method, request, head)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(|e| e.into_response().into())
 }
 
 /// `<id>/method/<method>` split at the first `/method/`, as `split_once` would: each `/` is a
@@ -230,9 +269,10 @@ async fn invoke_by_header(State(shared): AppState, request: Request) -> Response
         return Error::NoAppId.into_response();
     };
     let method = request.uri().path().trim_start_matches('/').to_owned();
-    invoke(shared, id, method, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    match invoke(shared, id, method, request, AnswerHead::Map).await {
+        Ok(answer) => answer.response,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn app_id_from_headers(headers: &HeaderMap) -> Option<String> {
@@ -302,7 +342,8 @@ async fn invoke(
     id: String,
     method: String,
     request: Request,
-) -> Result<Response, Error> {
+    head: AnswerHead,
+) -> Result<dapr_serve::PlainAnswer<Body>, Error> {
     if let Some(destination) = shared.endpoints.destination(&id) {
         check_method(&method)?;
         let (parts, body) = request.into_parts();
@@ -334,7 +375,7 @@ async fn invoke(
             span.http_status(response.status().as_u16());
             span.end();
         }
-        return Ok(response);
+        return Ok(response.into());
     }
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;
@@ -412,11 +453,25 @@ async fn invoke(
     }
     let mut response = Response::new(Body::from_stream(peer.body));
     *response.status_mut() = status;
-    peer.head.headers.into_headers(response.headers_mut());
-    if let Some(value) = peer.head.message.as_ref().and_then(answer_content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    let content_type = peer.head.message.as_ref().and_then(answer_content_type);
+    let mut lines = Vec::new();
+    match head {
+        AnswerHead::Map => {
+            peer.head.headers.into_headers(response.headers_mut());
+            if let Some(value) = content_type {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+        }
+        AnswerHead::Lines => {
+            wire::http1::push_metadata_headers(&peer.head.headers, &mut lines);
+            if let Some(value) = content_type {
+                lines.extend_from_slice(b"content-type: ");
+                lines.extend_from_slice(value.as_bytes());
+                lines.extend_from_slice(b"\r\n");
+            }
+        }
     }
-    Ok(response)
+    Ok(dapr_serve::PlainAnswer { response, lines })
 }
 
 /// The caller's span of an HTTP API invocation of `method` on `id`, when tracing is on.

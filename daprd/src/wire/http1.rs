@@ -62,6 +62,42 @@ pub enum RequestFraming {
     Chunked,
 }
 
+/// `metadata` as header lines (`name: value\r\n`) at the end of `out`, by the rules of
+/// [`RequestHead::metadata`]: the app's request head, and the answer head of an HTTP API
+/// invocation served by `dapr-serve`'s plain server (`dapr_serve::PlainAnswer`), which would
+/// otherwise build a header map only to have it written out again.
+pub fn push_metadata_headers(metadata: &ReceivedMetadata, out: &mut Vec<u8>) {
+    for (name, values) in metadata.iter() {
+        let start = out.len();
+        if !push_app_header_name(name, out) {
+            continue;
+        }
+        let end = out.len();
+        let header = &out[start..end];
+        if header == b"content-length" || header == names::API_TOKEN.as_bytes() {
+            out.truncate(start);
+            continue;
+        }
+        // The name is written once; a second valid value writes it again.
+        let mut named = true;
+        for value in values.iter().map(|v| v.as_bytes()) {
+            if !is_header_value(value) {
+                continue;
+            }
+            if !named {
+                out.extend_from_within(start..end);
+            }
+            named = false;
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if named {
+            out.truncate(start);
+        }
+    }
+}
+
 /// A request head for the app, written as it is built.
 pub struct RequestHead {
     buf: Vec<u8>,
@@ -102,35 +138,7 @@ impl RequestHead {
     /// values that are not valid header values left out. Left out as well, because the request
     /// sets them itself: `content-type`, `content-length` and `dapr-api-token`.
     pub fn metadata(&mut self, metadata: &ReceivedMetadata) {
-        for (name, values) in metadata.iter() {
-            let start = self.buf.len();
-            if !push_app_header_name(name, &mut self.buf) {
-                continue;
-            }
-            let end = self.buf.len();
-            let header = &self.buf[start..end];
-            if header == b"content-length" || header == names::API_TOKEN.as_bytes() {
-                self.buf.truncate(start);
-                continue;
-            }
-            // The name is written once; a second valid value writes it again.
-            let mut named = true;
-            for value in values.iter().map(|v| v.as_bytes()) {
-                if !is_header_value(value) {
-                    continue;
-                }
-                if !named {
-                    self.buf.extend_from_within(start..end);
-                }
-                named = false;
-                self.buf.extend_from_slice(b": ");
-                self.buf.extend_from_slice(value);
-                self.buf.extend_from_slice(b"\r\n");
-            }
-            if named {
-                self.buf.truncate(start);
-            }
-        }
+        push_metadata_headers(metadata, &mut self.buf);
     }
 
     /// The head's end: `host`, the framing header and the blank line.
