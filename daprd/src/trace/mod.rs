@@ -519,6 +519,12 @@ mod tests {
         assert_eq!(inside, mine);
         let outside = next_hop(Some(incoming));
         assert!(outside.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && outside != mine);
+        // A call traced without a span makes up its hop on the incoming trace, as outside.
+        let call = async { Ok::<_, String>(next_hop(Some(incoming))) };
+        let untraced = traced(&mut None, call).await.expect("the call");
+        assert!(untraced.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(untraced, mine);
+        assert_ne!(untraced, outside);
     }
 
     #[test]
