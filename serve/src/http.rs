@@ -227,6 +227,18 @@ impl Wake for StopWake {
     }
 }
 
+/// The connections `listener` accepts within `limits`, without TLS.
+pub(crate) fn plain_connections<L: Listener>(
+    server: &'static str,
+    listener: L,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Guarded<L::Io>>> {
+    incoming(server, listener, limits, stop.clone(), |io, _| async {
+        Ok(io)
+    })
+}
+
 /// [`serve_http`] on plaintext connections accepted from `listener` (TCP or Unix-domain)
 /// within `limits`.
 pub async fn serve_plain_http<L, R, B>(
@@ -240,9 +252,7 @@ pub async fn serve_plain_http<L, R, B>(
     R: HttpHandler<B>,
     B: ResponseBody,
 {
-    let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
-        Ok(io)
-    });
+    let connections = plain_connections(server, listener, limits, &stop);
     serve_http(server, connections, router, limits, stop).await;
 }
 

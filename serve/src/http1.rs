@@ -35,8 +35,11 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::http::{HttpHandler, ResponseBody, accept_until_stopped, hyper_builder, until_stopped};
-use crate::{Limits, Listener, incoming, preface::H2_PREFACE};
+use crate::http::{
+    HttpHandler, ResponseBody, accept_until_stopped, hyper_builder, plain_connections,
+    until_stopped,
+};
+use crate::{Limits, Listener, preface::H2_PREFACE};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -376,9 +379,7 @@ pub async fn serve_plain_http1_first<L, R, B>(
     R: PlainHandler<B>,
     B: ResponseBody,
 {
-    let connections = incoming(server, listener, limits, stop.clone(), |io, _| async {
-        Ok(io)
-    });
+    let connections = plain_connections(server, listener, limits, &stop);
     let builder = hyper_builder(limits);
     accept_until_stopped(server, connections, &stop, |io| {
         let (builder, router, stop) = (builder.clone(), router.clone(), stop.clone());
