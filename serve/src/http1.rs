@@ -322,7 +322,9 @@ fn closes(headers: &HeaderMap) -> bool {
         .any(|value| has_token(value.as_bytes(), b"close"))
 }
 
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// Whether a comma-separated header value holds `token` (any case). daprd's HTTP/1 client to
+/// the app reads `connection` with it too.
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
@@ -602,7 +604,7 @@ where
             None => break,
         }
     }
-    out.extend_from_slice(b"0\r\n\r\n");
+    out.extend_from_slice(LAST_CHUNK);
     io.write_all(out).await?;
     Ok(keep)
 }
@@ -651,6 +653,16 @@ async fn put<T: AsyncWrite + Unpin, D: Buf>(
     Ok(())
 }
 
+/// A chunk's size line (RFC 9112 §7.1): its length in hex, then CRLF. daprd's HTTP/1 client
+/// frames a streamed request body to the app with it too.
+pub fn push_chunk_head(out: &mut Vec<u8>, len: usize) {
+    push_number(out, len as u64, 16);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// [`put`] as one chunk of a chunked body (RFC 9112 §7.1).
 async fn put_chunk<T: AsyncWrite + Unpin, D: Buf>(
     io: &mut T,
@@ -660,8 +672,7 @@ async fn put_chunk<T: AsyncWrite + Unpin, D: Buf>(
     if !data.has_remaining() {
         return Ok(());
     }
-    push_number(out, data.remaining() as u64, 16);
-    out.extend_from_slice(b"\r\n");
+    push_chunk_head(out, data.remaining());
     put(io, out, data).await?;
     out.extend_from_slice(b"\r\n");
     Ok(())

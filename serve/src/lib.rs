@@ -57,7 +57,10 @@ use std::time::Duration;
 
 pub use accept::{Guarded, Listener, bind_unix, incoming};
 pub use http::{H2Settings, HttpHandler, ResponseBody, serve_h2, serve_http, serve_plain_http};
-pub use http1::{BodyTimedOut, Http1Settings, PlainAnswer, PlainHandler, serve_plain_http1_first};
+pub use http1::{
+    BodyTimedOut, Http1Settings, LAST_CHUNK, PlainAnswer, PlainHandler, has_token, push_chunk_head,
+    serve_plain_http1_first,
+};
 pub use peer::WithPeer;
 pub use preface::Preface;
 

@@ -52,14 +52,44 @@ pub struct Api {
     routes: Router,
 }
 
+impl Api {
+    /// Checks the API token, then sends invocations by path straight to their handler and the
+    /// rest through the router. `head` says how an invocation's answer headers are given.
+    fn dispatch(
+        &self,
+        mut request: Request,
+        head: AnswerHead,
+    ) -> futures::future::BoxFuture<'static, dapr_serve::PlainAnswer<Body>> {
+        if let Err(refused) = check_api_token(&self.shared, &mut request) {
+            return Box::pin(std::future::ready(refused.into_response().into()));
+        }
+        if request.uri().path().starts_with(INVOKE_PREFIX) {
+            let shared = Arc::clone(&self.shared);
+            return Box::pin(invoke_by_path(shared, request, head));
+        }
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let response = tower::ServiceExt::oneshot(routes, request).await;
+            response.unwrap_or_else(|never| match never {}).into()
+        })
+    }
+}
+
+/// The answer of [`Api::dispatch`] as a service's.
+type Dispatched = futures::future::Map<
+    futures::future::BoxFuture<'static, dapr_serve::PlainAnswer<Body>>,
+    fn(dapr_serve::PlainAnswer<Body>) -> Result<Response, std::convert::Infallible>,
+>;
+
 /// Any body: hyper's, or one the plain HTTP/1 server read whole (`dapr_serve::Http1Settings`).
+/// An invocation's answer headers go in the response's map ([`AnswerHead::Map`]).
 impl<B> tower::Service<http::Request<B>> for Api
 where
     B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+    type Future = Dispatched;
 
     fn poll_ready(
         &mut self,
@@ -69,19 +99,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut request = request.map(Body::new);
-        if let Err(refused) = check_api_token(&self.shared, &mut request) {
-            return Box::pin(std::future::ready(Ok(refused.into_response())));
-        }
-        if request.uri().path().starts_with(INVOKE_PREFIX) {
-            let shared = Arc::clone(&self.shared);
-            return Box::pin(async move {
-                Ok(invoke_by_path(shared, request, AnswerHead::Map)
-                    .await
-                    .response)
-            });
-        }
-        Box::pin(tower::ServiceExt::oneshot(self.routes.clone(), request))
+        use futures::FutureExt;
+        let answered = self.dispatch(request.map(Body::new), AnswerHead::Map);
+        answered.map(|answer| Ok(answer.response))
     }
 }
 
@@ -91,19 +111,8 @@ where
 impl dapr_serve::PlainHandler<Body> for Api {
     type Plain = futures::future::BoxFuture<'static, dapr_serve::PlainAnswer<Body>>;
 
-    fn call_plain(&mut self, mut request: Request) -> Self::Plain {
-        if let Err(refused) = check_api_token(&self.shared, &mut request) {
-            return Box::pin(std::future::ready(refused.into_response().into()));
-        }
-        if request.uri().path().starts_with(INVOKE_PREFIX) {
-            let shared = Arc::clone(&self.shared);
-            return Box::pin(invoke_by_path(shared, request, AnswerHead::Lines));
-        }
-        let routes = self.routes.clone();
-        Box::pin(async move {
-            let response = tower::ServiceExt::oneshot(routes, request).await;
-            response.unwrap_or_else(|never| match never {}).into()
-        })
+    fn call_plain(&mut self, request: Request) -> Self::Plain {
+        self.dispatch(request, AnswerHead::Lines)
     }
 }
 
@@ -465,9 +474,7 @@ async fn invoke(
         AnswerHead::Lines => {
             wire::http1::push_metadata_headers(&peer.head.headers, &mut lines);
             if let Some(value) = content_type {
-                lines.extend_from_slice(b"content-type: ");
-                lines.extend_from_slice(value.as_bytes());
-                lines.extend_from_slice(b"\r\n");
+                wire::http1::push_header_line(&mut lines, "content-type", value.as_bytes());
             }
         }
     }

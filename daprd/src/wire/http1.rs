@@ -10,6 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use smallvec::SmallVec;
 
+use dapr_serve::has_token;
+
 use super::metadata::push_app_header_name;
 use super::names;
 use super::{HeaderEntries, ReceivedMetadata};
@@ -60,6 +62,14 @@ pub enum RequestFraming {
     Length(u64),
     /// `transfer-encoding: chunked`: a streamed body of unknown length.
     Chunked,
+}
+
+/// `name: value` and CRLF at the end of `out`; the name and value are known to be valid.
+pub fn push_header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `metadata` as header lines (`name: value\r\n`) at the end of `out`, by the rules of
@@ -138,10 +148,7 @@ impl RequestHead {
 
     /// A header whose name and value are known to be valid.
     pub fn header(&mut self, name: &str, value: &[u8]) {
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.extend_from_slice(b": ");
-        self.buf.extend_from_slice(value);
-        self.buf.extend_from_slice(b"\r\n");
+        push_header_line(&mut self.buf, name, value);
     }
 
     /// The invocation's metadata as headers, as `entries_into_headers` turns it into a map:
@@ -349,13 +356,6 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Whether a comma-separated header value holds `token` (any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// Reads a chunked body (RFC 9112 §7.1) out of a buffer as its bytes arrive: each call takes
 /// what it can and hands back data as slices of the buffer. Chunk extensions and trailers are
 /// read and dropped.
@@ -494,13 +494,16 @@ fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
     Ok(size)
 }
 
-/// A chunk of a streamed request body, framed: size line, data, CRLF.
+/// The size line of a chunk of a streamed request body ([`dapr_serve::push_chunk_head`], the
+/// server's own framing).
 pub fn chunk_head(len: usize) -> Vec<u8> {
-    format!("{len:x}\r\n").into_bytes()
+    let mut head = Vec::with_capacity(18);
+    dapr_serve::push_chunk_head(&mut head, len);
+    head
 }
 
 /// The last chunk of a streamed request body, with no trailers.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+pub use dapr_serve::LAST_CHUNK;
 
 #[cfg(test)]
 mod tests {
