@@ -342,7 +342,7 @@ async fn start_api_servers(
 }
 
 /// The internal API other sidecars call: mTLS with an identity, else plaintext. Served by
-/// hyper's HTTP/2 server with [`inbound::Routes`] per connection, which carry the peer's
+/// `dapr_serve::serve_h2` with [`inbound::Routes`] per connection, which carry the peer's
 /// verified identity.
 async fn start_internal_server(
     sidecar: &Sidecar,
@@ -389,13 +389,11 @@ fn internal_routes(
 type InternalService = hyper_util::service::TowerToHyperService<
     tower::util::MapRequest<
         metrics::GrpcService<inbound::Routes>,
-        fn(http::Request<hyper::body::Incoming>) -> http::Request<tonic::body::Body>,
+        fn(http::Request<dapr_serve::H2Body>) -> http::Request<tonic::body::Body>,
     >,
 >;
 
-fn to_tonic_body(
-    request: http::Request<hyper::body::Incoming>,
-) -> http::Request<tonic::body::Body> {
+fn to_tonic_body(request: http::Request<dapr_serve::H2Body>) -> http::Request<tonic::body::Body> {
     request.map(tonic::body::Body::new)
 }
 
@@ -578,7 +576,7 @@ fn grpc_api(shared: &Arc<Shared>) -> GrpcApi {
 }
 
 /// Serves the gRPC API on `incoming` (TCP or Unix-domain connections) until `stop`, with
-/// [`GRPC_API_H2`]: hyper's HTTP/2 server directly, as the internal port is served
+/// [`GRPC_API_H2`]: `h2`'s server directly, as the internal port is served
 /// (`dapr_serve::serve_h2`), each call bounded by its `grpc-timeout`
 /// ([`outbound::grpc::InvokeFirst`]).
 fn serve_grpc_api<IO>(

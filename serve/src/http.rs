@@ -256,60 +256,6 @@ pub async fn serve_plain_http<L, R, B>(
     serve_http(server, connections, router, limits, stop).await;
 }
 
-/// The HTTP/2 settings of a [`serve_h2`] server beyond its [`Limits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct H2Settings {
-    /// The receive window per stream and per connection.
-    pub receive_window: u32,
-    /// Concurrent streams a client may open on one connection; `None`: no bound.
-    pub max_concurrent_streams: Option<u32>,
-}
-
-/// Serves HTTP/2 only (a gRPC server) on each connection `connections` yields until `stop` is
-/// cancelled, then shuts every open connection down gracefully as [`serve_http`] does.
-/// `service` makes each connection's service from what its handshake learned about the peer
-/// (its `ConnectInfo`), so a request needs no extension to say who sent it.
-///
-/// hyper's HTTP/2 server directly, without a router or tower stack around it: keepalive pings
-/// within `limits`, no `date` header (gRPC has no use for it), hyper's other defaults
-/// (`docs/limits.md`).
-pub async fn serve_h2<T, S, M, Svc, B>(
-    server: &'static str,
-    connections: S,
-    limits: Limits,
-    settings: H2Settings,
-    stop: CancellationToken,
-    service: M,
-) where
-    T: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Send + Unpin + 'static,
-    S: tokio_stream::Stream<Item = io::Result<Guarded<T>>> + Unpin,
-    M: Fn(T::ConnectInfo) -> Svc,
-    Svc: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    Svc::Future: Send + 'static,
-    B: ResponseBody,
-{
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout)
-        .initial_stream_window_size(settings.receive_window)
-        .initial_connection_window_size(settings.receive_window)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .auto_date_header(false);
-    accept_until_stopped(server, connections, &stop, |io| {
-        let peer = tonic::transport::server::Connected::connect_info(&io);
-        let connection = builder.serve_connection(TokioIo::new(io), service(peer));
-        let stop = stop.clone();
-        async move {
-            until_stopped(server, connection, &stop, |c| c.graceful_shutdown()).await;
-        }
-    })
-    .await;
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -47,6 +47,7 @@ macro_rules! write_through_io {
 }
 
 mod accept;
+mod h2;
 mod http;
 mod http1;
 mod peer;
@@ -56,7 +57,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use accept::{Guarded, Listener, bind_unix, incoming};
-pub use http::{H2Settings, HttpHandler, ResponseBody, serve_h2, serve_http, serve_plain_http};
+pub use h2::{H2Body, H2Service, H2Settings, serve_h2};
+pub use http::{HttpHandler, ResponseBody, serve_http, serve_plain_http};
 pub use http1::{
     BodyTimedOut, Http1Settings, LAST_CHUNK, PlainAnswer, PlainHandler, has_token, push_chunk_head,
     serve_plain_http1_first,

@@ -3,7 +3,7 @@
 //! message) and whose answers are written by its own encoder (`wire::SentResponse`: headers
 //! straight from the app's), and every other gRPC path proxied to the app.
 //!
-//! Routed by a `match` on the path, served by hyper's HTTP/2 server directly
+//! Routed by a `match` on the path, served by `h2`'s server directly
 //! (`dapr_serve::serve_h2`), the messages framed by `wire::Messages` and `wire::Answer`: no
 //! router, no tonic transport or codec stack (bench/notes.md).
 
