@@ -376,26 +376,13 @@ fn internal_routes(
     internal: &Arc<inbound::Internal>,
     metrics: &Arc<metrics::Metrics>,
 ) -> impl Fn(Option<identity::transport::PeerIdentity>) -> InternalService + Send + 'static {
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
     let (internal, layer) = (Arc::clone(internal), metrics::GrpcLayer::new(metrics));
-    move |peer| {
-        let routes = layer.layer(inbound::Routes::new(Arc::clone(&internal), peer));
-        let routes = routes.map_request(to_tonic_body as fn(_) -> _);
-        hyper_util::service::TowerToHyperService::new(routes)
-    }
+    move |peer| layer.layer(inbound::Routes::new(Arc::clone(&internal), peer))
 }
 
 /// A connection's service on the internal port.
-type InternalService = hyper_util::service::TowerToHyperService<
-    tower::util::MapRequest<
-        metrics::GrpcService<inbound::Routes>,
-        fn(http::Request<dapr_serve::H2Body>) -> http::Request<tonic::body::Body>,
-    >,
->;
-
-fn to_tonic_body(request: http::Request<dapr_serve::H2Body>) -> http::Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
+type InternalService = metrics::GrpcService<inbound::Routes>;
 
 /// The internal server's HTTP/2 settings: [`INTERNAL_RECEIVE_WINDOW`], and a peer's streams not
 /// bounded per connection, as grpc-go's server (upstream's callee) by default.
@@ -588,12 +575,9 @@ fn serve_grpc_api<IO>(
 where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
-    use tower::{Layer, ServiceExt};
+    use tower::Layer;
     let layer = metrics::GrpcLayer::api(metrics);
-    let service = move |_| {
-        let api = layer.layer(api.invoke_first.layer(api.routes.clone()));
-        hyper_util::service::TowerToHyperService::new(api.map_request(to_tonic_body as fn(_) -> _))
-    };
+    let service = move |_| layer.layer(api.invoke_first.layer(api.routes.clone()));
     async move {
         dapr_serve::serve_h2("grpc-api", incoming, LIMITS, GRPC_API_H2, stop, service).await;
         Ok(())
@@ -678,7 +662,7 @@ mod tests {
             LIMITS,
             INTERNAL_H2,
             stop,
-            move |_| hyper_util::service::TowerToHyperService::new(router.clone()),
+            move |_| router.clone(),
         ));
 
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -158,9 +158,11 @@ impl std::fmt::Display for H2ConnectionError {
     }
 }
 
-/// The service a [`crate::serve_h2`] server calls for each request.
+/// The service a [`serve_h2`] server calls for each request: a tower service, called on the
+/// connection's task. One that is not ready when a request arrives has the stream refused
+/// (`REFUSED_STREAM`, which a client may retry); daprd's are always ready.
 pub trait H2Service:
-    hyper::service::Service<
+    tower::Service<
         Request<H2Body>,
         Response = Response<Self::Body>,
         Error = Infallible,
@@ -176,7 +178,7 @@ pub trait H2Service:
 
 impl<S, B> H2Service for S
 where
-    S: hyper::service::Service<
+    S: tower::Service<
             Request<H2Body>,
             Response = Response<B>,
             Error = Infallible,
@@ -320,7 +322,11 @@ where
             // The streams first: what they queue goes out with this poll of the connection.
             while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
             match ready!(connection.poll_accept(cx)) {
-                Some(Ok((request, respond))) => {
+                Some(Ok((request, mut respond))) => {
+                    if this.service.poll_ready(cx).is_pending() {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
                     let (head, recv) = request.into_parts();
                     let body = H2Body::new(recv, &head.headers);
                     let call = this.service.call(Request::from_parts(head, body));
@@ -639,7 +645,7 @@ mod tests {
             limits,
             SETTINGS,
             stop.clone(),
-            move |_| hyper::service::service_fn(handle.clone()),
+            move |_| tower::service_fn(handle.clone()),
         ));
         (addr, stop, served)
     }

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
@@ -36,7 +37,13 @@ impl Routes {
     }
 }
 
-impl tower::Service<http::Request<Body>> for Routes {
+/// Any request body the server hands over: the internal port's own (`dapr_serve::H2Body`,
+/// counted by the metrics layer), read in place; boxed only for a call proxied to the app.
+impl<B> tower::Service<http::Request<B>> for Routes
+where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<wire::BoxError>,
+{
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
@@ -45,7 +52,7 @@ impl tower::Service<http::Request<Body>> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         use futures::FutureExt;
         // The route's future is the call's future, boxed as it is: an async block around it
         // cost about 280 instructions per call to poll (bench/notes.md, "timers, futures and
@@ -65,7 +72,11 @@ impl tower::Service<http::Request<Body>> for Routes {
 impl Routes {
     /// The answer to `request`, by its path; never an error (as the service's), so that this
     /// future is the service's own, without a wrapper around it.
-    async fn route(self, request: http::Request<Body>) -> Result<http::Response<Body>, Infallible> {
+    async fn route<B>(self, request: http::Request<B>) -> Result<http::Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wire::BoxError>,
+    {
         let Routes { internal, peer } = self;
         let limit = internal.message_limit;
         Ok(match request.uri().path() {
@@ -94,7 +105,7 @@ impl Routes {
                 }
             }
             path if path.starts_with(SERVICE_PREFIX) => Status::unimplemented("").into_http(),
-            _ => match internal.proxy(peer.as_ref(), request).await {
+            _ => match internal.proxy(peer.as_ref(), request.map(Body::new)).await {
                 Ok(response) => response,
                 Err(e) => Status::from(e).into_http(),
             },

@@ -61,19 +61,17 @@ pub struct GrpcService<S> {
 
 impl<S> GrpcService<S> {
     /// A proxied call's method label: the request names a target app (`dapr-app-id`).
-    fn proxied_method(
-        &self,
-        families: &Families,
-        request: &Request<tonic::body::Body>,
-    ) -> Option<Arc<str>> {
+    fn proxied_method<B>(&self, families: &Families, request: &Request<B>) -> Option<Arc<str>> {
         let proxied = self.proxied && request.headers().contains_key(names::DAPR_APP_ID);
         proxied.then(|| families.proxied_methods.label(request.uri().path()))
     }
 }
 
-impl<S, ResBody> Service<Request<tonic::body::Body>> for GrpcService<S>
+/// The request's body goes on counted (`Metered`, without a recorder when nothing is counted),
+/// whatever its type: the server's own, not boxed.
+impl<S, B, ResBody> Service<Request<B>> for GrpcService<S>
 where
-    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
+    S: Service<Request<Metered<B, GrpcReceived>>, Response = Response<ResBody>>,
 {
     type Response = Response<Metered<ResBody, GrpcCall>>;
     type Error = S::Error;
@@ -83,10 +81,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let unmetered = |request: Request<B>| request.map(|body| Metered::new(body, None));
         let Some(families) = self.families.clone() else {
             return MeteredFuture {
-                inner: self.inner.call(request),
+                inner: self.inner.call(unmetered(request)),
                 recorder: None,
             };
         };
@@ -100,17 +99,15 @@ where
                     start: Instant::now(),
                 });
             return MeteredFuture {
-                inner: self.inner.call(request),
+                inner: self.inner.call(unmetered(request)),
                 recorder,
             };
         };
-        // tonic hands the router a boxed body; counting the request means boxing once more.
         let received = GrpcReceived {
             families: Arc::clone(&families),
             method,
         };
-        let request =
-            request.map(|body| tonic::body::Body::new(Metered::new(body, Some(received))));
+        let request = request.map(|body| Metered::new(body, Some(received)));
         MeteredFuture {
             inner: self.inner.call(request),
             recorder: Some(GrpcCall {
@@ -196,7 +193,8 @@ mod tests {
     #[tokio::test]
     async fn the_grpc_layer_reads_the_status_from_trailers_or_the_head() {
         let m = Arc::new(metrics());
-        let service = tower::service_fn(|req: Request<tonic::body::Body>| async move {
+        let service = tower::service_fn(|req: Request<Metered<_, GrpcReceived>>| async move {
+            let _: &Metered<tonic::body::Body, _> = req.body();
             let ok = req.uri().path().ends_with("CallLocal");
             let response = if ok {
                 let mut trailers = HeaderMap::new();
@@ -266,11 +264,13 @@ mod tests {
     #[tokio::test]
     async fn the_api_layer_records_proxied_calls_by_method_up_to_the_cap() {
         let m = Arc::new(metrics());
-        let service = tower::service_fn(|_: Request<tonic::body::Body>| async move {
-            Ok::<_, std::convert::Infallible>(
-                tonic::Status::unavailable("down").into_http::<tonic::body::Body>(),
-            )
-        });
+        let service = tower::service_fn(
+            |_: Request<Metered<tonic::body::Body, GrpcReceived>>| async move {
+                Ok::<_, std::convert::Infallible>(
+                    tonic::Status::unavailable("down").into_http::<tonic::body::Body>(),
+                )
+            },
+        );
         let request = |path: &str, app: Option<&str>| {
             let mut builder = Request::builder().uri(path);
             if let Some(app) = app {

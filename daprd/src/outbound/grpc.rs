@@ -55,10 +55,11 @@ impl DaprApi {
     /// in place"). An HTTPEndpoint, a URL, or a call under policies is decoded and goes through
     /// [`Dapr::invoke_service`], as tonic called it. Either way the answer is what tonic's
     /// unary service wrote, with [`headers_before_status`].
-    async fn serve_invoke(
-        &self,
-        request: http::Request<tonic::body::Body>,
-    ) -> http::Response<tonic::body::Body> {
+    async fn serve_invoke<B>(&self, request: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+        B::Error: Into<wire::BoxError>,
+    {
         let (parts, body) = request.into_parts();
         let answer = async {
             self.authorize_token(parts.headers.get(names::API_TOKEN).map(|v| v.as_bytes()))?;
@@ -271,8 +272,12 @@ pub struct InvokeFirst<S> {
     dapr: Arc<DaprApi>,
 }
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for InvokeFirst<S>
+/// `InvokeService` reads the server's own body in place; any other method goes to tonic's
+/// routes with the body boxed as tonic takes it.
+impl<S, B> tower::Service<http::Request<B>> for InvokeFirst<S>
 where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<wire::BoxError>,
     S: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
@@ -295,7 +300,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         use futures::future::Either;
         let deadline = wire::grpc_timeout(request.headers());
         if request.uri().path() == INVOKE_SERVICE_PATH {
@@ -304,7 +309,7 @@ where
                 Ok(wire::within_deadline(deadline, dapr.serve_invoke(request)).await)
             }));
         }
-        let answer = self.inner.call(request);
+        let answer = self.inner.call(request.map(tonic::body::Body::new));
         match deadline {
             None => Either::Right(answer),
             Some(_) => {
