@@ -669,6 +669,16 @@ mod tests {
     /// 64 KiB window goes out as the client opens it, trailers last, with no length.
     #[tokio::test]
     async fn a_body_and_trailers_go_both_ways_within_flow_control() {
+        body_and_trailers_both_ways().await;
+    }
+
+    /// The same on a thread pool, where each stream is a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_thread_pool_a_body_and_trailers_go_both_ways() {
+        body_and_trailers_both_ways().await;
+    }
+
+    async fn body_and_trailers_both_ways() {
         let (addr, _stop, _served) = serve(Limits::DEFAULT, |request: Request<H2Body>| {
             Box::pin(async move {
                 let got = request.into_body().collect().await.expect("request body");
@@ -753,6 +763,16 @@ mod tests {
     /// how what it waits for (the app) learns of it.
     #[tokio::test]
     async fn a_reset_stream_drops_its_call() {
+        reset_drops_the_call().await;
+    }
+
+    /// The same on a thread pool, where each stream is a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_thread_pool_a_reset_stream_drops_its_call() {
+        reset_drops_the_call().await;
+    }
+
+    async fn reset_drops_the_call() {
         let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
         let guard = Arc::new(Mutex::new(Some(dropped_tx)));
         let (addr, _stop, _served) = serve(Limits::DEFAULT, move |_| {
