@@ -29,7 +29,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{accept_until_stopped, until_stopped};
+use crate::http::{ResponseBody, accept_until_stopped, until_stopped};
 use crate::{Guarded, Limits};
 
 /// The HTTP/2 settings of a [`serve_h2`] server beyond its [`Limits`].
@@ -171,9 +171,7 @@ pub trait H2Service:
     + Unpin
     + 'static
 {
-    type Body: Body<Data: Buf + Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Send
-        + 'static;
+    type Body: ResponseBody;
 }
 
 impl<S, B> H2Service for S
@@ -186,9 +184,7 @@ where
         > + Send
         + Unpin
         + 'static,
-    B: Body<Data: Buf + Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Send
-        + 'static,
+    B: ResponseBody,
 {
     type Body = B;
 }
