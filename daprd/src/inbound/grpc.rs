@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
@@ -39,11 +38,7 @@ impl Routes {
 
 /// Any request body the server hands over: the internal port's own (`dapr_serve::H2Body`,
 /// counted by the metrics layer), read in place; boxed only for a call proxied to the app.
-impl<B> tower::Service<http::Request<B>> for Routes
-where
-    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<wire::BoxError>,
-{
+impl<B: wire::RequestBody> tower::Service<http::Request<B>> for Routes {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
@@ -72,11 +67,10 @@ where
 impl Routes {
     /// The answer to `request`, by its path; never an error (as the service's), so that this
     /// future is the service's own, without a wrapper around it.
-    async fn route<B>(self, request: http::Request<B>) -> Result<http::Response<Body>, Infallible>
-    where
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<wire::BoxError>,
-    {
+    async fn route<B: wire::RequestBody>(
+        self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<Body>, Infallible> {
         let Routes { internal, peer } = self;
         let limit = internal.message_limit;
         Ok(match request.uri().path() {

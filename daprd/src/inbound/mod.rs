@@ -318,8 +318,7 @@ impl Internal {
         mut incoming: wire::Messages<B, ReceivedStreamMessage>,
     ) -> Result<BoxStream<Result<SentResponseStream, Status>>, Status>
     where
-        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-        B::Error: Into<BoxError>,
+        B: wire::RequestBody,
     {
         let first = incoming
             .message()

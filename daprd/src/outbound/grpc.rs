@@ -55,11 +55,10 @@ impl DaprApi {
     /// in place"). An HTTPEndpoint, a URL, or a call under policies is decoded and goes through
     /// [`Dapr::invoke_service`], as tonic called it. Either way the answer is what tonic's
     /// unary service wrote, with [`headers_before_status`].
-    async fn serve_invoke<B>(&self, request: http::Request<B>) -> http::Response<tonic::body::Body>
-    where
-        B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-        B::Error: Into<wire::BoxError>,
-    {
+    async fn serve_invoke<B: wire::RequestBody>(
+        &self,
+        request: http::Request<B>,
+    ) -> http::Response<tonic::body::Body> {
         let (parts, body) = request.into_parts();
         let answer = async {
             self.authorize_token(parts.headers.get(names::API_TOKEN).map(|v| v.as_bytes()))?;
@@ -276,8 +275,7 @@ pub struct InvokeFirst<S> {
 /// routes with the body boxed as tonic takes it.
 impl<S, B> tower::Service<http::Request<B>> for InvokeFirst<S>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: Into<wire::BoxError>,
+    B: wire::RequestBody,
     S: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,

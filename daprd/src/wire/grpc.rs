@@ -98,6 +98,21 @@ impl<M: Send + 'static> MessageStream<M> for tonic::Streaming<M> {
     }
 }
 
+/// A request body a gRPC server hands its routes, read by [`Messages`] where it is: the
+/// server's own (`dapr_serve::H2Body`, counted by the metrics layer) or tonic's.
+pub trait RequestBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// The messages of a request or response body, each decoded by [`Received`] from a slice of
 /// what arrived: a message that came in one DATA frame is not copied.
 pub struct Messages<B, M> {
@@ -245,8 +260,7 @@ where
 
 impl<B, M> MessageStream<M> for Messages<B, M>
 where
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
     M: Received + Send + 'static,
 {
     fn message(&mut self) -> impl Future<Output = Result<Option<M>, Status>> + Send {

@@ -24,7 +24,8 @@ use http::Method;
 pub use encode::Spelling;
 pub use frame::{CallStamps, Stamps, frame_head, grpc_status};
 pub use grpc::{
-    Answer, MessageStream, Messages, answer, grpc_timeout, message_limit, within_deadline,
+    Answer, MessageStream, Messages, RequestBody, answer, grpc_timeout, message_limit,
+    within_deadline,
 };
 pub use metadata::{
     AppHeaders, CONTENT_LENGTH, ClientHeaders, HeaderEntries, app_response_headers_to_metadata,
