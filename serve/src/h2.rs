@@ -792,6 +792,47 @@ mod tests {
         assert!(ended.is_err(), "the call was dropped, not answered");
     }
 
+    /// A request head over the 16 KiB header list bound never reaches the service; one just
+    /// under it does.
+    #[tokio::test]
+    async fn a_head_over_16_kib_of_headers_is_refused() {
+        let (addr, _stop, _served) = serve(Limits::DEFAULT, |_| {
+            Box::pin(async {
+                Ok(Response::new(Answer {
+                    data: Some(Bytes::from_static(b"ok")),
+                    trailers: None,
+                }))
+            }) as Call
+        })
+        .await;
+        let (client, _connection) = client(addr).await;
+        let mut client = client.ready().await.expect("ready");
+        let with_header = |len: usize| {
+            let mut request = request();
+            let value = HeaderValue::from_str(&"v".repeat(len)).expect("value");
+            request.headers_mut().insert("x-large", value);
+            request
+        };
+        // RFC 9113 §6.5.2 counts each field as name + value + 32 octets.
+        let (under, _stream) = client
+            .send_request(with_header(15 * 1024), true)
+            .expect("send");
+        let under = tokio::time::timeout(BOUND, under).await.expect("in time");
+        assert_eq!(under.expect("answered").status(), http::StatusCode::OK);
+        let mut client = client.ready().await.expect("ready");
+        let (over, _stream) = client
+            .send_request(with_header(17 * 1024), true)
+            .expect("send");
+        let over = tokio::time::timeout(BOUND, over).await.expect("in time");
+        match over {
+            Ok(response) => assert_eq!(
+                response.status(),
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
+            Err(e) => assert!(e.is_reset() || e.is_go_away(), "refused: {e}"),
+        }
+    }
+
     /// A client that never answers PINGs is disconnected after one interval and one timeout.
     #[tokio::test]
     async fn a_client_that_does_not_answer_pings_is_disconnected() {
