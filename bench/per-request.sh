@@ -24,6 +24,11 @@
 #   bash bench/per-request.sh [BIN_DIR] [N]     (BIN_DIR defaults to target/release, N to 2000)
 #   PER_REQUEST_CHAIN=nginx bash bench/per-request.sh [BIN_DIR] [N]   (echo-app from BIN_DIR)
 #
+# PER_REQUEST_CHAIN=nginx-h2 is nginx's HTTP chain with HTTP/2 between the hops, as between two
+# sidecars: nginx A passes the HTTP/1.1 requests on with `grpc_pass` (any request as an HTTP/2
+# stream) over the same TLS to nginx B's HTTP/2 server, which passes them to the app over
+# HTTP/1.1 (bench/src/nginx.rs's `a_h2`/`b_h2`).
+#
 # PER_REQUEST_CHAIN=floor measures the floor of our chains instead: `BIN_DIR/floor-relay`
 # (bench/src/floor.rs), the same two hops built from daprd's libraries (hyper's HTTP/1 server,
 # h2 over rustls with client certificates, hyper's HTTP/2 server, hyper's HTTP/1 client to the
@@ -57,7 +62,8 @@ n=${2:-2000}
 chain=${PER_REQUEST_CHAIN:-daprd}
 pace_ms=${PER_REQUEST_PACE_MS:-1}
 api=${PER_REQUEST_API:-http}
-case $chain in daprd | nginx | floor) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd, nginx or floor" >&2; exit 1 ;; esac
+case $chain in daprd | nginx | nginx-h2 | floor) ;; *) echo "per-request.sh: PER_REQUEST_CHAIN is daprd, nginx, nginx-h2 or floor" >&2; exit 1 ;; esac
+[ "$chain" != nginx-h2 ] || [ "$api" = http ] || { echo "per-request.sh: PER_REQUEST_CHAIN=nginx-h2 is an HTTP chain" >&2; exit 1; }
 [ "$chain" != floor ] || [ -x "$bin/floor-relay" ] || { echo "per-request.sh: PER_REQUEST_CHAIN=floor needs $bin/floor-relay" >&2; exit 1; }
 case $api in http | grpc) ;; *) echo "per-request.sh: PER_REQUEST_API is http or grpc" >&2; exit 1 ;; esac
 [ "$api" = http ] || [ -x "$bin/bench" ] || { echo "per-request.sh: PER_REQUEST_API=grpc needs $bin/bench" >&2; exit 1; }
@@ -170,6 +176,23 @@ else
     printf '    ssl_protocols TLSv1.3;\n    ssl_certificate %s/server.crt;\n    ssl_certificate_key %s/server.key;\n' "$d" "$d"
     printf '    ssl_client_certificate %s/ca.crt;\n    ssl_verify_client on;\n' "$d"
   }
+  # nginx-h2: A passes the HTTP/1.1 requests on over HTTP/2 (`grpc_pass` sends any request as
+  # an HTTP/2 stream) to B's HTTP/2 server, which passes them to the app over HTTP/1.1: the
+  # HTTP chain's protocols with HTTP/2 between the hops, as between two sidecars
+  a_http_location() {
+    if [ "$chain" = nginx-h2 ]; then
+      printf '      grpc_pass grpcs://b_grpc;\n'; client_tls grpc
+    else
+      printf '      proxy_pass https://b_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n'; client_tls proxy
+    fi
+  }
+  b_h2_location() {
+    if [ "$chain" = nginx-h2 ]; then
+      printf '      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection "";\n'
+    else
+      printf '      grpc_pass grpc://app_grpc;\n'
+    fi
+  }
   { nginx_head nginx-a; cat <<EOF
   upstream b_http { server 127.0.0.1:$b_http; keepalive 64; keepalive_requests 1000000; }
   upstream b_grpc { server 127.0.0.1:$b_grpc; keepalive 64; keepalive_requests 1000000; }
@@ -183,10 +206,7 @@ $(client_tls grpc)
   server {
     listen 127.0.0.1:$a_http;
     location / {
-      proxy_pass https://b_http;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-$(client_tls proxy)
+$(a_http_location)
     }
   }
 }
@@ -199,7 +219,7 @@ EOF
     listen 127.0.0.1:$b_grpc ssl http2;
 $(server_tls)
     location / {
-      grpc_pass grpc://app_grpc;
+$(b_h2_location)
     }
   }
   server {

@@ -743,6 +743,8 @@ async fn main() -> anyhow::Result<()> {
         a_grpc: free_port()?,
         b_http: free_port()?,
         b_grpc: free_port()?,
+        a_h2: free_port()?,
+        b_h2: free_port()?,
     };
     nginx::write_certs(&dir)?;
     let nginx_b = nginx::Nginx::start(
@@ -750,7 +752,7 @@ async fn main() -> anyhow::Result<()> {
         &dir,
         "nginx-b",
         &nginx::config_b(&dir, ports, app_http.addr.port(), app_grpc.addr.port()),
-        &[ports.b_http, ports.b_grpc],
+        &[ports.b_http, ports.b_grpc, ports.b_h2],
     )
     .await?;
     let nginx_a = nginx::Nginx::start(
@@ -758,7 +760,7 @@ async fn main() -> anyhow::Result<()> {
         &dir,
         "nginx-a",
         &nginx::config_a(&dir, ports),
-        &[ports.a_http, ports.a_grpc],
+        &[ports.a_http, ports.a_grpc, ports.a_h2],
     )
     .await?;
     let nginx_idle_rss = json!({
@@ -784,6 +786,15 @@ async fn main() -> anyhow::Result<()> {
             protocol: "http",
             name: "nginx",
             target: http(loopback(ports.a_http), "/echo"),
+            proxies: vec![
+                ("nginx-a".into(), nginx_a.pid()?),
+                ("nginx-b".into(), nginx_b.pid()?),
+            ],
+        },
+        Chain {
+            protocol: "http",
+            name: "nginx-h2",
+            target: http(loopback(ports.a_h2), "/echo"),
             proxies: vec![
                 ("nginx-a".into(), nginx_a.pid()?),
                 ("nginx-b".into(), nginx_b.pid()?),

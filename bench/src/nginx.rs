@@ -1,5 +1,6 @@
 //! The comparison chain: client → nginx A → TLS 1.3 with client certificates → nginx B → app,
-//! for HTTP/1.1 (`proxy_pass`) and gRPC (`grpc_pass`), from Debian's `nginx`.
+//! for HTTP/1.1 (`proxy_pass`) and gRPC (`grpc_pass`), from Debian's `nginx`; and the HTTP
+//! chain again with HTTP/2 between the hops (`nginx-h2`), the protocol between two sidecars.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -95,10 +96,15 @@ pub struct Ports {
     pub a_grpc: u16,
     pub b_http: u16,
     pub b_grpc: u16,
+    /// The HTTP chain with HTTP/2 between the hops: A's HTTP/1.1 port, B's HTTP/2 port.
+    pub a_h2: u16,
+    pub b_h2: u16,
 }
 
 /// nginx A: plain HTTP/1.1 and h2c in from the client, TLS 1.3 with a client certificate out
-/// to B, keep-alive upstreams.
+/// to B, keep-alive upstreams. On `a_h2`, HTTP/1.1 requests go on to B over HTTP/2:
+/// `grpc_pass` sends any request as an HTTP/2 stream, as a sidecar sends an invocation to
+/// another (Dapr's internal API is gRPC).
 pub fn config_a(dir: &Path, ports: Ports) -> String {
     let d = dir.display();
     let tls = |p: &str| {
@@ -107,28 +113,32 @@ pub fn config_a(dir: &Path, ports: Ports) -> String {
         )
     };
     format!(
-        "{head}  upstream b_http {{ server 127.0.0.1:{b_http}; keepalive 64; keepalive_requests 1000000; }}\n  upstream b_grpc {{ server 127.0.0.1:{b_grpc}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{a_http};\n    location / {{\n      proxy_pass https://b_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n  {proxy_tls}    }}\n  }}\n  server {{\n    listen 127.0.0.1:{a_grpc} http2;\n    location / {{\n      grpc_pass grpcs://b_grpc;\n  {grpc_tls}    }}\n  }}\n}}\n",
+        "{head}  upstream b_http {{ server 127.0.0.1:{b_http}; keepalive 64; keepalive_requests 1000000; }}\n  upstream b_grpc {{ server 127.0.0.1:{b_grpc}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{a_http};\n    location / {{\n      proxy_pass https://b_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n  {proxy_tls}    }}\n  }}\n  server {{\n    listen 127.0.0.1:{a_grpc} http2;\n    location / {{\n      grpc_pass grpcs://b_grpc;\n  {grpc_tls}    }}\n  }}\n  upstream b_h2 {{ server 127.0.0.1:{b_h2}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{a_h2};\n    location / {{\n      grpc_pass grpcs://b_h2;\n  {grpc_tls}    }}\n  }}\n}}\n",
         head = head(dir, "nginx-a"),
         b_http = ports.b_http,
         b_grpc = ports.b_grpc,
         a_http = ports.a_http,
         a_grpc = ports.a_grpc,
+        a_h2 = ports.a_h2,
+        b_h2 = ports.b_h2,
         proxy_tls = tls("proxy"),
         grpc_tls = tls("grpc"),
     )
 }
 
-/// nginx B: TLS 1.3 requiring a client certificate from the bench CA, plain to the apps.
+/// nginx B: TLS 1.3 requiring a client certificate from the bench CA, plain to the apps; on
+/// `b_h2`, HTTP/2 in and HTTP/1.1 to the app.
 pub fn config_b(dir: &Path, ports: Ports, app_http: u16, app_grpc: u16) -> String {
     let d = dir.display();
     let tls = format!(
         "    ssl_protocols TLSv1.3;\n    ssl_certificate {d}/server.crt;\n    ssl_certificate_key {d}/server.key;\n    ssl_client_certificate {d}/ca.crt;\n    ssl_verify_client on;\n"
     );
     format!(
-        "{head}  upstream app_http {{ server 127.0.0.1:{app_http}; keepalive 64; keepalive_requests 1000000; }}\n  upstream app_grpc {{ server 127.0.0.1:{app_grpc}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{b_http} ssl;\n{tls}    location / {{\n      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n  server {{\n    listen 127.0.0.1:{b_grpc} ssl http2;\n{tls}    location / {{\n      grpc_pass grpc://app_grpc;\n    }}\n  }}\n}}\n",
+        "{head}  upstream app_http {{ server 127.0.0.1:{app_http}; keepalive 64; keepalive_requests 1000000; }}\n  upstream app_grpc {{ server 127.0.0.1:{app_grpc}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{b_http} ssl;\n{tls}    location / {{\n      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n  server {{\n    listen 127.0.0.1:{b_grpc} ssl http2;\n{tls}    location / {{\n      grpc_pass grpc://app_grpc;\n    }}\n  }}\n  server {{\n    listen 127.0.0.1:{b_h2} ssl http2;\n{tls}    location / {{\n      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
         head = head(dir, "nginx-b"),
         b_http = ports.b_http,
         b_grpc = ports.b_grpc,
+        b_h2 = ports.b_h2,
     )
 }
 

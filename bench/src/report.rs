@@ -488,6 +488,7 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     if let Some(version) = upstream {
         upstream_section(&mut m, r, version)?;
     }
+    h2_reference_section(&mut m, r)?;
 
     // Goals.
     writeln!(
@@ -501,6 +502,47 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
         writeln!(m, "\n{}", notes.trim_end())?;
     }
     Ok(m)
+}
+
+/// Section 8: the HTTP chain beside nginx's with HTTP/2 between its hops, the protocol the two
+/// sidecars must speak (Dapr's internal API is gRPC), from the same run.
+fn h2_reference_section(m: &mut String, r: &Value) -> anyhow::Result<()> {
+    let latency = |chain| find(&r["latency"], "http", chain);
+    let (Some(direct), Some(h1), Some(h2), Some(ours)) = (
+        latency("direct"),
+        latency("nginx"),
+        latency("nginx-h2"),
+        latency("daprd"),
+    ) else {
+        return Ok(());
+    };
+    writeln!(
+        m,
+        "\n## 8. The HTTP chain beside nginx with HTTP/2 between its hops (same run)\n\nBetween two sidecars Dapr's internal API is gRPC, so HTTP/2; nginx's HTTP chain above speaks HTTP/1.1 between its hops. `nginx-h2` is the same two nginx processes passing the HTTP/1.1 requests on over HTTP/2 (`grpc_pass`, TLS 1.3 with client certificates) to nginx B, which passes them to echo-app over HTTP/1.1.\n\n| measure | daprd | nginx, HTTP/1.1 between hops | nginx, HTTP/2 between hops | daprd / nginx-h2 |\n|---|---:|---:|---:|---:|"
+    )?;
+    let mut row = |measure: &str, [ours, h1, h2]: [f64; 3], digits: usize| {
+        writeln!(
+            m,
+            "| {measure} | {ours:.digits$} | {h1:.digits$} | {h2:.digits$} | {:.2} |",
+            ours / h2
+        )
+    };
+    for (label, key) in [("added p50 (ms)", "p50_us"), ("added p99 (ms)", "p99_us")] {
+        let added = |e: &Value| (f(&e["summary"][key]) - f(&direct["summary"][key])) / 1000.0;
+        row(label, [added(ours), added(h1), added(h2)], 3)?;
+    }
+    for (label, i) in [
+        ("CPU s per 1000 requests, first hop", 0),
+        ("CPU s per 1000 requests, second hop", 1),
+    ] {
+        let cpu = |e: &Value| f(&e["proxies"][i]["cpu_seconds_per_1000_requests"]);
+        row(label, [cpu(ours), cpu(h1), cpu(h2)], 4)?;
+    }
+    let max = |chain| find(&r["max_throughput"], "http", chain).map(|e| f(&e["summary"]["rate"]));
+    if let (Some(ours), Some(h1), Some(h2)) = (max("daprd"), max("nginx"), max("nginx-h2")) {
+        row("max throughput (req/s)", [ours, h1, h2], 0)?;
+    }
+    Ok(())
 }
 
 /// Section 7: upstream's daprd beside ours, from the same run.
