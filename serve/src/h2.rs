@@ -833,6 +833,88 @@ mod tests {
         }
     }
 
+    /// Each request that breaks HTTP/2's rules is reset by the server and counted: 1,024 such
+    /// resets leave the connection open, the next one gets the client GOAWAY
+    /// (`ENHANCE_YOUR_CALM`) and the connection closes, so a client cannot make the server
+    /// reset streams for ever. None reaches the service.
+    #[tokio::test]
+    async fn a_client_whose_streams_are_reset_1024_times_is_sent_goaway() {
+        let called = Arc::new(AtomicBool::new(false));
+        let seen = called.clone();
+        let (addr, _stop, _served) = serve(Limits::DEFAULT, move |_| {
+            seen.store(true, Ordering::SeqCst);
+            Box::pin(std::future::pending::<Result<Response<Answer>, Infallible>>()) as Call
+        })
+        .await;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        // A request with a connection-specific field (RFC 9113 §8.2.2): POST, http, / and
+        // `connection: x`, as static-table indexes and an HPACK literal.
+        let block = b"\x83\x86\x84\x00\x0aconnection\x01x";
+        let bad_requests = |ids: std::ops::Range<u32>| {
+            let mut frames = Vec::new();
+            for i in ids {
+                frames.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5]);
+                frames.extend_from_slice(&(2 * i + 1).to_be_bytes());
+                frames.extend_from_slice(block);
+            }
+            frames
+        };
+        // The preface, an empty SETTINGS frame, 1,024 bad requests, then a PING: its ACK comes
+        // after the server has read them all.
+        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+        sent.extend(bad_requests(0..1024));
+        sent.extend_from_slice(b"\0\0\x08\x06\0\0\0\0\0pingpong");
+        tcp.write_all(&sent).await.expect("requests");
+        loop {
+            let (kind, flags, payload) = read_frame(&mut tcp).await.expect("a frame");
+            assert_ne!(kind, 0x7, "no GOAWAY after 1,024 resets: {payload:02x?}");
+            if kind == 0x6 && flags & 0x1 == 1 {
+                break;
+            }
+        }
+        tcp.write_all(&bad_requests(1024..1025))
+            .await
+            .expect("request");
+        let goaway = loop {
+            match read_frame(&mut tcp).await {
+                // GOAWAY: the last stream id, then the error code.
+                Some((0x7, _, payload)) => break payload,
+                Some(_) => {}
+                None => panic!("the connection closed without a GOAWAY"),
+            }
+        };
+        assert_eq!(
+            goaway.get(4..8),
+            Some(&[0, 0, 0, 0xb][..]),
+            "ENHANCE_YOUR_CALM"
+        );
+        assert!(
+            read_frame(&mut tcp).await.is_none(),
+            "then the connection closes"
+        );
+        assert!(
+            !called.load(Ordering::SeqCst),
+            "no request reached the service"
+        );
+    }
+
+    /// The next frame from `tcp` (its type, flags and payload), or `None` at the connection's
+    /// end, within [`BOUND`].
+    async fn read_frame(tcp: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(BOUND, tcp.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0; len];
+        tokio::time::timeout(BOUND, tcp.read_exact(&mut payload))
+            .await
+            .expect("a frame in time")
+            .ok()?;
+        Some((head[3], head[4], payload))
+    }
+
     /// A client that never answers PINGs is disconnected after one interval and one timeout.
     #[tokio::test]
     async fn a_client_that_does_not_answer_pings_is_disconnected() {
