@@ -453,6 +453,9 @@ struct Chain {
 struct ChainResult {
     recorded: Option<Recorded>,
     cpu: Vec<f64>,
+    /// Each round's CPU seconds per 1000 requests, per proxy: how far one round's figure
+    /// strays from another's on a shared machine.
+    cpu_by_round: Vec<Vec<f64>>,
     peak_rss: Vec<u64>,
 }
 
@@ -476,7 +479,12 @@ async fn measure_open(chain: &Chain, s: &Settings, result: &mut ChainResult) -> 
         .collect::<anyhow::Result<_>>()?;
     if result.cpu.is_empty() {
         result.cpu = vec![0.0; pids.len()];
+        result.cpu_by_round = vec![Vec::new(); pids.len()];
         result.peak_rss = vec![0; pids.len()];
+    }
+    let requests = rec.summary(true).requests.max(1) as f64;
+    for ((round, a), b) in result.cpu_by_round.iter_mut().zip(&after).zip(&before) {
+        round.push((a - b) / requests * 1000.0);
     }
     for i in 0..pids.len() {
         if let (Some(c), Some(a), Some(b)) = (result.cpu.get_mut(i), after.get(i), before.get(i)) {
@@ -626,26 +634,29 @@ async fn start_injector(dir: &Path) -> anyhow::Result<Injector> {
 }
 
 /// Warns when the daprd being measured places under 90% of `daprd/symbol-order.txt` (built with
-/// other features than the images, or a stale file): its idle RSS is then not the images'. The
-/// count is `bench/symbol-order.sh --check`'s.
-fn warn_if_unordered(repo: &Path, daprd: &Path) {
+/// other features than the images, or a stale file): its idle RSS and CPU are then not the
+/// images'. The count is `bench/symbol-order.sh --check`'s; the warning also goes into the
+/// report, so such a run cannot pass for one of the images' build.
+fn warn_if_unordered(repo: &Path, daprd: &Path) -> Option<String> {
     let dir = daprd.parent().unwrap_or(Path::new("."));
-    match std::process::Command::new("bash")
+    let warning = match std::process::Command::new("bash")
         .arg(repo.join("bench/symbol-order.sh"))
         .arg("--check")
         .arg(dir)
         .output()
     {
-        Ok(check) if check.status.success() => {}
-        Ok(check) => eprintln!(
-            "bench: WARNING: {}build daprd with `cargo build --release -p daprd -p sentry -p \
-             injector --bins` (bench/notes.md)",
+        Ok(check) if check.status.success() => return None,
+        Ok(check) => format!(
+            "{}build daprd with `cargo build --release -p daprd -p sentry -p injector --bins`, \
+             and the bench on its own (bench/notes.md)",
             String::from_utf8_lossy(&[check.stdout, check.stderr].concat())
                 .trim_start_matches("symbol-order.sh: ")
                 .replace('\n', "; "),
         ),
-        Err(e) => eprintln!("bench: cannot check daprd's function placement: {e}"),
-    }
+        Err(e) => format!("cannot check daprd's function placement: {e}"),
+    };
+    eprintln!("bench: WARNING: {warning}");
+    Some(warning)
 }
 
 fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
@@ -689,7 +700,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    warn_if_unordered(&repo, &binary("daprd"));
+    let placement_warning = warn_if_unordered(&repo, &binary("daprd"));
     let nginx_bin = nginx::ensure_installed()?;
     let began = Instant::now();
     let machine = machine();
@@ -918,6 +929,7 @@ async fn main() -> anyhow::Result<()> {
                     "process": label,
                     "cpu_seconds": cpu,
                     "cpu_seconds_per_1000_requests": cpu / requests * 1000.0,
+                    "cpu_seconds_per_1000_requests_by_round": result.cpu_by_round.get(i),
                     "vcpu_at_rate": cpu / summary.seconds.max(1e-9),
                     "peak_rss_bytes": result.peak_rss.get(i).copied().unwrap_or(0),
                 })
@@ -1087,6 +1099,7 @@ async fn main() -> anyhow::Result<()> {
         "settings": s,
         "load_generator": "e2e bench (this repository): Rust, hyper 1 HTTP/1.1 and tonic 0.14 clients, one connection per worker, open loop paced by a dedicated thread (std::thread::sleep), latency from the scheduled send time (coordinated-omission corrected), hdrhistogram 7 (ns, 3 significant digits)",
         "nginx_version": nginx::version(&nginx_bin),
+        "daprd_placement_warning": placement_warning,
         "upstream_version": upstream_present.then(|| upstream_version(&repo)),
         "latency": latency,
         "rss": {"idle": idle_rss, "nginx_idle": nginx_idle_rss, "hwm_after_load": hwm},
