@@ -511,10 +511,91 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     for (goal, measured, ok) in &goals {
         writeln!(m, "| {goal} | {measured} | {} |", verdict(*ok))?;
     }
+    issue_18_goals(&mut m, r)?;
     if !notes.trim().is_empty() {
         writeln!(m, "\n{}", notes.trim_end())?;
     }
     Ok(m)
+}
+
+/// Issue 18's goals, each sidecar against nginx's process at the same place in the chain
+/// (caller against nginx A, callee against nginx B), with the CPU ratio of each round beside
+/// the run's: how far the verdict of one run could move.
+fn issue_18_goals(m: &mut String, r: &Value) -> anyhow::Result<()> {
+    writeln!(
+        m,
+        "\n## Goals of issue 18\n\n| goal | measured | by round | |\n|---|---|---|---|"
+    )?;
+    for proto in ["http", "grpc"] {
+        let latency = |chain| find(&r["latency"], proto, chain);
+        let (Some(direct), Some(nginx), Some(ours)) =
+            (latency("direct"), latency("nginx"), latency("daprd"))
+        else {
+            continue;
+        };
+        for (label, key, limit) in [("p50", "p50_us", 1.0_f64), ("p99", "p99_us", 1.25)] {
+            let added = |e: &Value| f(&e["summary"][key]) - f(&direct["summary"][key]);
+            let ratio = added(ours) / added(nginx);
+            let ok = added(ours) <= 0.0 || (added(nginx) > 0.0 && ratio <= limit);
+            writeln!(
+                m,
+                "| {proto}: added {label}, daprd / nginx ≤ {limit:.2} | {ratio:.2} ({} / {} ms) | | {} |",
+                ms(added(ours)),
+                ms(added(nginx)),
+                verdict(ok)
+            )?;
+        }
+        for (i, (sidecar, proxy)) in [("caller", "nginx A"), ("callee", "nginx B")]
+            .into_iter()
+            .enumerate()
+        {
+            let cpu = |e: &Value| f(&e["proxies"][i]["cpu_seconds_per_1000_requests"]);
+            let rounds = |e: &Value| -> Vec<f64> {
+                e["proxies"][i]["cpu_seconds_per_1000_requests_by_round"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(f)
+                    .collect()
+            };
+            let by_round: Vec<String> = rounds(ours)
+                .iter()
+                .zip(rounds(nginx))
+                .map(|(o, n)| format!("{:.2}", o / n))
+                .collect();
+            let ratio = cpu(ours) / cpu(nginx);
+            writeln!(
+                m,
+                "| {proto}: CPU per 1000 requests, {sidecar} / {proxy} ≤ 1.00 | {ratio:.2} ({:.4} / {:.4} s) | {} | {} |",
+                cpu(ours),
+                cpu(nginx),
+                by_round.join(" / "),
+                verdict(ratio <= 1.0)
+            )?;
+        }
+        let max =
+            |chain| find(&r["max_throughput"], proto, chain).map(|e| f(&e["summary"]["rate"]));
+        if let (Some(ours), Some(nginx)) = (max("daprd"), max("nginx")) {
+            writeln!(
+                m,
+                "| {proto}: max throughput, daprd / nginx ≥ 0.90 | {:.2} ({ours:.0} / {nginx:.0} req/s) | | {} |",
+                ours / nginx,
+                verdict(ours / nginx >= 0.9)
+            )?;
+        }
+    }
+    let idle = &r["rss"]["idle"];
+    let worst_idle = ["caller", "callee_http", "callee_grpc"]
+        .iter()
+        .map(|k| f(&idle[k]))
+        .fold(0.0, f64::max);
+    writeln!(
+        m,
+        "| idle RSS, largest sidecar ≤ 10 MiB | {} MiB | | {} |",
+        mib(&Value::from(worst_idle)),
+        verdict(worst_idle <= 10.0 * 1048576.0)
+    )?;
+    Ok(())
 }
 
 /// Section 8: the HTTP chain beside nginx's with HTTP/2 between its hops, the protocol the two
