@@ -320,10 +320,7 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
         worst_cpu <= 0.08,
     ));
     let idle = &r["rss"]["idle"];
-    let worst_idle = ["caller", "callee_http", "callee_grpc"]
-        .iter()
-        .map(|k| f(&idle[k]))
-        .fold(0.0, f64::max);
+    let worst_idle = largest_idle_rss(r);
     writeln!(
         m,
         "\n## 2. Sidecar memory (MiB)\n\n| process | idle VmRSS (mTLS certificate loaded, before traffic) | VmHWM after all latency runs |\n|---|---:|---:|"
@@ -518,6 +515,14 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     Ok(m)
 }
 
+/// The largest idle RSS of our three sidecars, in bytes.
+fn largest_idle_rss(r: &Value) -> f64 {
+    ["caller", "callee_http", "callee_grpc"]
+        .iter()
+        .map(|k| f(&r["rss"]["idle"][k]))
+        .fold(0.0, f64::max)
+}
+
 /// Issue 18's goals, each sidecar against nginx's process at the same place in the chain
 /// (caller against nginx A, callee against nginx B), with the CPU ratio of each round beside
 /// the run's: how far the verdict of one run could move.
@@ -584,11 +589,7 @@ fn issue_18_goals(m: &mut String, r: &Value) -> anyhow::Result<()> {
             )?;
         }
     }
-    let idle = &r["rss"]["idle"];
-    let worst_idle = ["caller", "callee_http", "callee_grpc"]
-        .iter()
-        .map(|k| f(&idle[k]))
-        .fold(0.0, f64::max);
+    let worst_idle = largest_idle_rss(r);
     writeln!(
         m,
         "| idle RSS, largest sidecar ≤ 10 MiB | {} MiB | | {} |",
