@@ -661,6 +661,22 @@ mod tests {
         Request::post("http://test/echo").body(()).expect("request")
     }
 
+    /// A whole answer of `data`, with no trailers: its size is known.
+    fn whole(data: &'static [u8]) -> Response<Answer> {
+        Response::new(Answer {
+            data: Some(Bytes::from_static(data)),
+            trailers: None,
+        })
+    }
+
+    /// A call that is never answered.
+    fn never() -> Call {
+        Box::pin(std::future::pending())
+    }
+
+    /// What a raw client sends first: the preface and an empty SETTINGS frame.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
     /// The request's body and trailers reach the service; an answer larger than the client's
     /// 64 KiB window goes out as the client opens it, trailers last, with no length.
     #[tokio::test]
@@ -727,10 +743,7 @@ mod tests {
     async fn a_sized_answer_has_its_length_and_no_connection_fields() {
         let (addr, _stop, _served) = serve(Limits::DEFAULT, |_| {
             Box::pin(async {
-                let mut response = Response::new(Answer {
-                    data: Some(Bytes::from_static(b"hello")),
-                    trailers: None,
-                });
+                let mut response = whole(b"hello");
                 let headers = response.headers_mut();
                 headers.insert("connection", HeaderValue::from_static("close"));
                 headers.insert("te", HeaderValue::from_static("gzip"));
@@ -797,12 +810,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_over_16_kib_of_headers_is_refused() {
         let (addr, _stop, _served) = serve(Limits::DEFAULT, |_| {
-            Box::pin(async {
-                Ok(Response::new(Answer {
-                    data: Some(Bytes::from_static(b"ok")),
-                    trailers: None,
-                }))
-            }) as Call
+            Box::pin(async { Ok(whole(b"ok")) }) as Call
         })
         .await;
         let (client, _connection) = client(addr).await;
@@ -843,7 +851,7 @@ mod tests {
         let seen = called.clone();
         let (addr, _stop, _served) = serve(Limits::DEFAULT, move |_| {
             seen.store(true, Ordering::SeqCst);
-            Box::pin(std::future::pending::<Result<Response<Answer>, Infallible>>()) as Call
+            never()
         })
         .await;
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
@@ -861,7 +869,7 @@ mod tests {
         };
         // The preface, an empty SETTINGS frame, 1,024 bad requests, then a PING: its ACK comes
         // after the server has read them all.
-        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+        let mut sent = PREFACE.to_vec();
         sent.extend(bad_requests(0..1024));
         sent.extend_from_slice(b"\0\0\x08\x06\0\0\0\0\0pingpong");
         tcp.write_all(&sent).await.expect("requests");
@@ -923,29 +931,15 @@ mod tests {
             keepalive_timeout: Duration::from_millis(100),
             ..Limits::DEFAULT
         };
-        let (addr, _stop, _served) = serve(limits, |_| {
-            Box::pin(std::future::pending::<Result<Response<Answer>, Infallible>>()) as Call
-        })
-        .await;
+        let (addr, _stop, _served) = serve(limits, |_| never()).await;
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        // The preface and an empty SETTINGS frame; then only reading, never a PING's ACK.
-        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-            .await
-            .expect("preface");
-        let mut received = Vec::new();
-        tokio::time::timeout(BOUND, tcp.read_to_end(&mut received))
-            .await
-            .expect("the server closes the connection in time")
-            .expect("read");
-        let mut frames = &received[..];
+        // Then only reading, never a PING's ACK, until the server closes the connection.
+        tcp.write_all(PREFACE).await.expect("preface");
         let mut pings = 0;
-        while frames.len() >= 9 {
-            let len =
-                usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
-            if frames[3] == 0x6 && frames[4] & 0x1 == 0 {
+        while let Some((kind, flags, _)) = read_frame(&mut tcp).await {
+            if kind == 0x6 && flags & 0x1 == 0 {
                 pings += 1;
             }
-            frames = &frames[(9 + len).min(frames.len())..];
         }
         assert_eq!(pings, 1, "one PING, unanswered, then the connection closed");
     }
@@ -961,10 +955,7 @@ mod tests {
             Box::pin(async move {
                 let _ = started.send(());
                 held.notified().await;
-                Ok(Response::new(Answer {
-                    data: Some(Bytes::from_static(b"done")),
-                    trailers: None,
-                }))
+                Ok(whole(b"done"))
             }) as Call
         })
         .await;
