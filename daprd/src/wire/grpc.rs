@@ -18,7 +18,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame};
 use tonic::Status;
 
-use super::{Received, Sent, frame_head};
+use super::{BoxError, Received, Sent, frame_head};
 
 /// The message prefix: the compressed flag and the length.
 const PREFIX: usize = 5;
@@ -100,18 +100,10 @@ impl<M: Send + 'static> MessageStream<M> for tonic::Streaming<M> {
 
 /// A request body a gRPC server hands its routes, read by [`Messages`] where it is: the
 /// server's own (`dapr_serve::H2Body`, counted by the metrics layer) or tonic's.
-pub trait RequestBody:
-    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin + Send + 'static
-{
-}
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static {}
 
-impl<B> RequestBody for B where
-    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Unpin
-        + Send
-        + 'static
-{
-}
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static
+{}
 
 /// The messages of a request or response body, each decoded by [`Received`] from a slice of
 /// what arrived: a message that came in one DATA frame is not copied.
@@ -137,7 +129,7 @@ pub struct Messages<B, M> {
 impl<B, M> Messages<B, M>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
     M: Received,
 {
     /// A request's messages (the callee's side), each at most `limit` bytes: the body's end
