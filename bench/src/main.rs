@@ -483,12 +483,15 @@ async fn measure_open(chain: &Chain, s: &Settings, result: &mut ChainResult) -> 
         result.peak_rss = vec![0; pids.len()];
     }
     let requests = rec.summary(true).requests.max(1) as f64;
-    for ((round, a), b) in result.cpu_by_round.iter_mut().zip(&after).zip(&before) {
-        round.push((a - b) / requests * 1000.0);
-    }
     for i in 0..pids.len() {
-        if let (Some(c), Some(a), Some(b)) = (result.cpu.get_mut(i), after.get(i), before.get(i)) {
+        if let (Some(c), Some(round), Some(a), Some(b)) = (
+            result.cpu.get_mut(i),
+            result.cpu_by_round.get_mut(i),
+            after.get(i),
+            before.get(i),
+        ) {
             *c += a - b;
+            round.push((a - b) / requests * 1000.0);
         }
         if let (Some(r), Some(p)) = (result.peak_rss.get_mut(i), peaks.get(i)) {
             *r = (*r).max(*p);
@@ -779,6 +782,11 @@ async fn main() -> anyhow::Result<()> {
         "nginx_b": procfs::rss(nginx_b.pid()?)?,
     });
 
+    // Every nginx chain runs through the same two processes.
+    let nginx_proxies: Vec<(String, u32)> = vec![
+        ("nginx-a".into(), nginx_a.pid()?),
+        ("nginx-b".into(), nginx_b.pid()?),
+    ];
     let http = |addr: SocketAddr, path: &str| Target::Http {
         addr,
         path: path.to_owned(),
@@ -797,19 +805,13 @@ async fn main() -> anyhow::Result<()> {
             protocol: "http",
             name: "nginx",
             target: http(loopback(ports.a_http), "/echo"),
-            proxies: vec![
-                ("nginx-a".into(), nginx_a.pid()?),
-                ("nginx-b".into(), nginx_b.pid()?),
-            ],
+            proxies: nginx_proxies.clone(),
         },
         Chain {
             protocol: "http",
             name: "nginx-h2",
             target: http(loopback(ports.a_h2), "/echo"),
-            proxies: vec![
-                ("nginx-a".into(), nginx_a.pid()?),
-                ("nginx-b".into(), nginx_b.pid()?),
-            ],
+            proxies: nginx_proxies.clone(),
         },
         Chain {
             protocol: "http",
@@ -855,10 +857,7 @@ async fn main() -> anyhow::Result<()> {
                 addr: loopback(ports.a_grpc),
                 body: body.clone(),
             },
-            proxies: vec![
-                ("nginx-a".into(), nginx_a.pid()?),
-                ("nginx-b".into(), nginx_b.pid()?),
-            ],
+            proxies: nginx_proxies.clone(),
         },
         Chain {
             protocol: "grpc",

@@ -291,11 +291,9 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     let mut worst_rss: f64 = 0.0;
     for e in r["latency"].as_array().into_iter().flatten() {
         for p in e["proxies"].as_array().into_iter().flatten() {
-            let rounds: Vec<String> = p["cpu_seconds_per_1000_requests_by_round"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| format!("{:.4}", f(v)))
+            let rounds: Vec<String> = proxy_cpu_by_round(p)
+                .iter()
+                .map(|cpu| format!("{cpu:.4}"))
                 .collect();
             writeln!(
                 m,
@@ -515,6 +513,31 @@ pub fn markdown(r: &Value, chart: Option<&str>, notes: &str) -> anyhow::Result<S
     Ok(m)
 }
 
+/// How much a chain added over the direct one at percentile `key` (`p50_us`, ...), in µs.
+fn added_us(chain: &Value, direct: &Value, key: &str) -> f64 {
+    f(&chain["summary"][key]) - f(&direct["summary"][key])
+}
+
+/// The CPU seconds per 1000 requests of a chain's `proxy`-th process (0: the first hop).
+fn proxy_cpu(chain: &Value, proxy: usize) -> f64 {
+    f(&chain["proxies"][proxy]["cpu_seconds_per_1000_requests"])
+}
+
+/// The same for each round, in order, of one process.
+fn proxy_cpu_by_round(process: &Value) -> Vec<f64> {
+    process["cpu_seconds_per_1000_requests_by_round"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(f)
+        .collect()
+}
+
+/// A chain's closed-loop maximum, requests per second.
+fn max_rate(r: &Value, protocol: &str, chain: &str) -> Option<f64> {
+    find(&r["max_throughput"], protocol, chain).map(|e| f(&e["summary"]["rate"]))
+}
+
 /// The largest idle RSS of our three sidecars, in bytes.
 fn largest_idle_rss(r: &Value) -> f64 {
     ["caller", "callee_http", "callee_grpc"]
@@ -539,7 +562,7 @@ fn issue_18_goals(m: &mut String, r: &Value) -> anyhow::Result<()> {
             continue;
         };
         for (label, key, limit) in [("p50", "p50_us", 1.0_f64), ("p99", "p99_us", 1.25)] {
-            let added = |e: &Value| f(&e["summary"][key]) - f(&direct["summary"][key]);
+            let added = |e: &Value| added_us(e, direct, key);
             let ratio = added(ours) / added(nginx);
             let ok = added(ours) <= 0.0 || (added(nginx) > 0.0 && ratio <= limit);
             writeln!(
@@ -554,15 +577,8 @@ fn issue_18_goals(m: &mut String, r: &Value) -> anyhow::Result<()> {
             .into_iter()
             .enumerate()
         {
-            let cpu = |e: &Value| f(&e["proxies"][i]["cpu_seconds_per_1000_requests"]);
-            let rounds = |e: &Value| -> Vec<f64> {
-                e["proxies"][i]["cpu_seconds_per_1000_requests_by_round"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(f)
-                    .collect()
-            };
+            let cpu = |e: &Value| proxy_cpu(e, i);
+            let rounds = |e: &Value| proxy_cpu_by_round(&e["proxies"][i]);
             let by_round: Vec<String> = rounds(ours)
                 .iter()
                 .zip(rounds(nginx))
@@ -578,8 +594,7 @@ fn issue_18_goals(m: &mut String, r: &Value) -> anyhow::Result<()> {
                 verdict(ratio <= 1.0)
             )?;
         }
-        let max =
-            |chain| find(&r["max_throughput"], proto, chain).map(|e| f(&e["summary"]["rate"]));
+        let max = |chain| max_rate(r, proto, chain);
         if let (Some(ours), Some(nginx)) = (max("daprd"), max("nginx")) {
             writeln!(
                 m,
@@ -623,17 +638,16 @@ fn h2_reference_section(m: &mut String, r: &Value) -> anyhow::Result<()> {
         )
     };
     for (label, key) in [("added p50 (ms)", "p50_us"), ("added p99 (ms)", "p99_us")] {
-        let added = |e: &Value| (f(&e["summary"][key]) - f(&direct["summary"][key])) / 1000.0;
+        let added = |e: &Value| added_us(e, direct, key) / 1000.0;
         row(label, [added(ours), added(h1), added(h2)], 3)?;
     }
     for (label, i) in [
         ("CPU s per 1000 requests, first hop", 0),
         ("CPU s per 1000 requests, second hop", 1),
     ] {
-        let cpu = |e: &Value| f(&e["proxies"][i]["cpu_seconds_per_1000_requests"]);
-        row(label, [cpu(ours), cpu(h1), cpu(h2)], 4)?;
+        row(label, [ours, h1, h2].map(|e| proxy_cpu(e, i)), 4)?;
     }
-    let max = |chain| find(&r["max_throughput"], "http", chain).map(|e| f(&e["summary"]["rate"]));
+    let max = |chain| max_rate(r, "http", chain);
     if let (Some(ours), Some(h1), Some(h2)) = (max("daprd"), max("nginx"), max("nginx-h2")) {
         row("max throughput (req/s)", [ours, h1, h2], 0)?;
     }
@@ -662,12 +676,11 @@ fn upstream_section(m: &mut String, r: &Value, version: &str) -> anyhow::Result<
             continue;
         };
         for (label, key) in [("p50", "p50_us"), ("p99", "p99_us")] {
-            let direct = f(&a["summary"][key]);
             row(
                 proto,
                 &format!("added {label} over direct (ms)"),
-                (f(&c["summary"][key]) - direct) / 1000.0,
-                (f(&d["summary"][key]) - direct) / 1000.0,
+                added_us(c, a, key) / 1000.0,
+                added_us(d, a, key) / 1000.0,
                 3,
             )?;
         }
@@ -686,17 +699,8 @@ fn upstream_section(m: &mut String, r: &Value, version: &str) -> anyhow::Result<
             cpu(d),
             4,
         )?;
-        if let (Some(c), Some(d)) = (
-            find(&r["max_throughput"], proto, "daprd"),
-            find(&r["max_throughput"], proto, "upstream"),
-        ) {
-            row(
-                proto,
-                "max req/s (closed loop)",
-                f(&c["summary"]["rate"]),
-                f(&d["summary"]["rate"]),
-                0,
-            )?;
+        if let (Some(c), Some(d)) = (max_rate(r, proto, "daprd"), max_rate(r, proto, "upstream")) {
+            row(proto, "max req/s (closed loop)", c, d, 0)?;
         }
     }
     let worst = |group: &Value, keys: [&str; 3]| {
