@@ -106,33 +106,161 @@ struct Plain {
     /// Name and value of each header.
     headers: Vec<((usize, usize), (usize, usize))>,
     head_len: usize,
-    body_len: usize,
+    /// The `content-length`, when the request has one.
+    declared: Option<usize>,
 }
 
 impl Plain {
-    /// The whole request's length: head and body.
-    fn len(&self) -> usize {
-        self.head_len + self.body_len
+    /// The body's length: the declared one, else none.
+    fn body_len(&self) -> usize {
+        self.declared.unwrap_or(0)
     }
 
-    /// The request, its parts slices of `message` (the head, then as much of the body as
-    /// arrived). `None` if the `http` crate refuses the target or a header that httparse took:
+    /// The whole request's length: head and body.
+    fn len(&self) -> usize {
+        self.head_len + self.body_len()
+    }
+
+    /// The request as the router takes it, its parts slices of `message` (the head, then as
+    /// much of the body as arrived). `message` back if the `http` crate refuses the target:
     /// hyper's to answer then.
-    fn request(&self, message: &Bytes) -> Option<Request<Bytes>> {
-        let span = |(start, end): (usize, usize)| message.slice(start..end);
-        let uri = Uri::from_maybe_shared(span(self.target)).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
-        for &(name, value) in &self.headers {
-            let name = HeaderName::from_bytes(&message[name.0..name.1]).ok()?;
-            let value = HeaderValue::from_maybe_shared(span(value)).ok()?;
+    fn request(
+        self,
+        message: Bytes,
+        timed_out: Option<BodyTimedOut>,
+    ) -> Result<PlainRequest, Bytes> {
+        let Ok(uri) = Uri::from_maybe_shared(message.slice(self.target.0..self.target.1)) else {
+            return Err(message);
+        };
+        Ok(PlainRequest {
+            message,
+            plain: self,
+            uri,
+            timed_out,
+        })
+    }
+}
+
+/// A plain request as it was read: its method and target parsed, its headers still where they
+/// are in the bytes read, so that a router that needs only a few of them (daprd's invocations)
+/// reads those without building a header map, and any other turns it into an `http::Request`
+/// ([`PlainRequest::into_http`]).
+#[derive(Debug)]
+pub struct PlainRequest {
+    message: Bytes,
+    plain: Plain,
+    uri: Uri,
+    /// Set when the body did not arrive within its bound: its end is this error.
+    timed_out: Option<BodyTimedOut>,
+}
+
+/// A header of a plain request that the `http` crate refuses. httparse checks names and values
+/// as the `http` crate does (token characters; visible ASCII, tab, space and obs-text), so this
+/// is not expected; it is an error rather than a header left out.
+#[derive(Debug)]
+pub struct InvalidHeader(http::Error);
+
+impl std::fmt::Display for InvalidHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid request header: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidHeader {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl PlainRequest {
+    pub fn method(&self) -> &Method {
+        &self.plain.method
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The `content-length`, when the request has one (checked: digits, within
+    /// [`Http1Settings::max_body`]).
+    pub fn declared_len(&self) -> Option<usize> {
+        self.plain.declared
+    }
+
+    /// The value of the first header named `name` (lower-case; the request's names are matched
+    /// without regard to case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let [value] = self.headers_named([name]);
+        value
+    }
+
+    /// The value of the first header of each of `names` (lower-case, matched without regard to
+    /// case), in one pass over the headers: a name is compared only where the lengths match.
+    pub fn headers_named<const N: usize>(&self, names: [&str; N]) -> [Option<&[u8]>; N] {
+        let mut found = [None; N];
+        for (held, value) in self.raw_headers() {
+            for (name, found) in names.iter().zip(found.iter_mut()) {
+                if found.is_none()
+                    && held.len() == name.len()
+                    && held.eq_ignore_ascii_case(name.as_bytes())
+                {
+                    *found = Some(value);
+                }
+            }
+        }
+        found
+    }
+
+    /// Each header's name and value as they were read.
+    fn raw_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let message = &self.message[..];
+        self.plain
+            .headers
+            .iter()
+            .map(|&(name, value)| (&message[name.0..name.1], &message[value.0..value.1]))
+    }
+
+    /// Each header in order as the `http` crate's types, its value a slice of the bytes read.
+    pub fn fields(
+        &self,
+    ) -> impl Iterator<Item = Result<(HeaderName, HeaderValue), InvalidHeader>> + '_ {
+        self.plain.headers.iter().map(|&(name, value)| {
+            let name = HeaderName::from_bytes(&self.message[name.0..name.1])
+                .map_err(|e| InvalidHeader(e.into()))?;
+            let value = HeaderValue::from_maybe_shared(self.message.slice(value.0..value.1))
+                .map_err(|e| InvalidHeader(e.into()))?;
+            Ok((name, value))
+        })
+    }
+
+    /// The body: what arrived of it, then the time-out's error if it did not arrive whole.
+    pub fn into_body(self) -> Body {
+        let body = self
+            .message
+            .slice(self.plain.head_len.min(self.message.len())..);
+        match self.timed_out {
+            Some(failed) => {
+                let chunks = [Ok(body), Err(BoxError::from(failed))];
+                Body::from_stream(tokio_stream::iter(chunks))
+            }
+            None => Body::from(body),
+        }
+    }
+
+    /// The request as an `http::Request`, its headers in a map.
+    pub fn into_http(self) -> Result<Request<Body>, InvalidHeader> {
+        let mut headers = HeaderMap::with_capacity(self.plain.headers.len());
+        for field in self.fields() {
+            let (name, value) = field?;
             headers.append(name, value);
         }
-        let body = message.slice(self.head_len.min(message.len())..);
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
+        let method = self.plain.method.clone();
+        let uri = self.uri.clone();
+        let mut request = Request::new(self.into_body());
+        *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        Some(request)
+        Ok(request)
     }
 }
 
@@ -195,7 +323,7 @@ fn parse(read: &[u8], max_body: usize) -> Parsed {
         target: at(target.as_bytes()),
         headers,
         head_len,
-        body_len: body_len.unwrap_or(0),
+        declared: body_len,
     })
 }
 
@@ -451,26 +579,22 @@ where
             }
         }
         let message = buf.split_to(plain.len().min(buf.len())).freeze();
-        let Some(request) = plain.request(&message) else {
-            let mut read = BytesMut::from(message);
-            read.extend_from_slice(&buf);
-            return hand_over(io, read.freeze(), router, hyper, &stopping).await;
-        };
-        let request = request.map(|body| {
-            if timed_out {
-                let failed = BodyTimedOut {
-                    len: plain.body_len,
-                    within: settings.body_read,
-                };
-                let chunks = [Ok(body), Err(BoxError::from(failed))];
-                Body::from_stream(tokio_stream::iter(chunks))
-            } else {
-                Body::from(body)
-            }
+        let timed_out = timed_out.then(|| BodyTimedOut {
+            len: plain.body_len(),
+            within: settings.body_read,
         });
+        let closes = timed_out.is_some();
+        let request = match plain.request(message, timed_out) {
+            Ok(request) => request,
+            Err(message) => {
+                let mut read = BytesMut::from(message);
+                read.extend_from_slice(&buf);
+                return hand_over(io, read.freeze(), router, hyper, &stopping).await;
+            }
+        };
         let answered = service.call_plain(request).await;
         let keep = answer(&mut io, answered, &mut out).await?;
-        if !keep || timed_out || stopping.load(Ordering::Acquire) {
+        if !keep || closes || stopping.load(Ordering::Acquire) {
             io.shutdown().await?;
             return Ok(());
         }
@@ -498,24 +622,35 @@ impl<B> From<Response<B>> for PlainAnswer<B> {
 }
 
 /// What the plain server needs of a router beyond [`HttpHandler`]: to take a request whose
-/// body was read here, and answer it as a [`PlainAnswer`].
+/// body was read here ([`PlainRequest`]), and answer it as a [`PlainAnswer`].
 pub trait PlainHandler<B>: HttpHandler<B> {
     type Plain: Future<Output = PlainAnswer<B>> + Send + 'static;
 
-    fn call_plain(&mut self, request: Request<Body>) -> Self::Plain;
+    fn call_plain(&mut self, request: PlainRequest) -> Self::Plain;
 }
 
 /// An axum router answers a plain request as any other, without lines.
 impl PlainHandler<Body> for axum::Router {
     type Plain = Pin<Box<dyn Future<Output = PlainAnswer<Body>> + Send>>;
 
-    fn call_plain(&mut self, request: Request<Body>) -> Self::Plain {
+    fn call_plain(&mut self, request: PlainRequest) -> Self::Plain {
+        let request = match request.into_http() {
+            Ok(request) => request,
+            Err(invalid) => return Box::pin(std::future::ready(bad_request(&invalid).into())),
+        };
         let answer = Service::<Request<Body>>::call(self, request);
         Box::pin(async move {
             let response = answer.await.unwrap_or_else(|never| match never {});
             response.into()
         })
     }
+}
+
+/// `400 Bad Request` for a request the `http` crate refuses, saying why.
+pub fn bad_request(invalid: &InvalidHeader) -> Response<Body> {
+    let mut response = Response::new(Body::from(invalid.to_string()));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
 }
 
 /// Writes `answered` to `io`: one write when its body is ready with its head (then framed by
@@ -742,6 +877,8 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
+    use http_body_util::BodyExt;
+
     use super::*;
 
     const MAX_BODY: usize = 64 * 1024;
@@ -760,27 +897,66 @@ mod tests {
             b"POST /v1.0/invoke/b/method/m?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhelloGET /next",
         );
         let plain = plain(&read);
-        assert_eq!(plain.body_len, 5);
-        assert_eq!(plain.len(), read.len() - "GET /next".len());
-        let request = plain
-            .request(&read.slice(..plain.len()))
-            .expect("a request");
+        assert_eq!(plain.declared, Some(5));
+        let len = plain.len();
+        assert_eq!(len, read.len() - "GET /next".len());
+        // A body still on its way: the request waits for it, its length known.
+        let head_only = &read[..plain.head_len + 2];
+        assert_eq!(self::plain(head_only).len(), len);
+        let request = plain.request(read.slice(..len), None).expect("a request");
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri().path(), "/v1.0/invoke/b/method/m");
         assert_eq!(request.uri().query(), Some("x=1"));
+        assert_eq!(request.declared_len(), Some(5));
+        // Read in place: names without regard to case, the first of several values.
+        assert_eq!(request.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(request.header("content-length"), Some(&b"5"[..]));
+        assert_eq!(request.header("x-b"), None);
+        assert_eq!(
+            request.headers_named(["x-b", "host", "x-a"]),
+            [None, Some(&b"a"[..]), Some(&b"1"[..])]
+        );
+        let fields: Vec<_> = request.fields().map(Result::unwrap).collect();
+        assert_eq!(fields.len(), 4);
+        assert_eq!(
+            (fields[2].0.as_str(), fields[2].1.as_bytes()),
+            ("x-a", &b"1"[..])
+        );
+        // As an `http::Request`: every header in the map, in order, and the body.
+        let request = request.into_http().expect("valid headers");
         assert_eq!(request.headers()["host"], "a");
         let both: Vec<_> = request.headers().get_all("x-a").iter().collect();
         assert_eq!(both, ["1", "2"]);
-        assert_eq!(request.body(), "hello");
-        // A body still on its way: the request waits for it, its length known.
-        let head_only = &read[..plain.head_len + 2];
-        assert_eq!(self::plain(head_only).len(), plain.len());
+        let body = futures::executor::block_on(request.into_body().collect()).unwrap();
+        assert_eq!(body.to_bytes(), "hello");
+    }
+
+    #[test]
+    fn a_body_that_did_not_arrive_ends_in_its_time_out() {
+        let read = Bytes::from_static(b"POST /a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhe");
+        let plain = plain(&read);
+        let failed = BodyTimedOut {
+            len: 5,
+            within: Duration::from_secs(1),
+        };
+        let request = plain.request(read, Some(failed)).expect("a request");
+        let body = futures::executor::block_on(request.into_body().collect());
+        let error = body.expect_err("a body cut short fails");
+        assert!(error.to_string().contains("did not arrive"), "{error}");
+    }
+
+    #[test]
+    fn a_target_the_http_crate_refuses_is_handed_back() {
+        let read = Bytes::from_static(b"GET /a HTTP/1.1\r\n\r\n");
+        let mut plain = plain(&read);
+        plain.target = (0, 0);
+        assert_eq!(plain.request(read.clone(), None).unwrap_err(), read);
     }
 
     #[test]
     fn a_request_without_a_length_has_no_body() {
         let plain = plain(b"GET /v1.0/healthz HTTP/1.1\r\nconnection: keep-alive\r\n\r\n");
-        assert_eq!(plain.body_len, 0);
+        assert_eq!((plain.declared, plain.body_len()), (None, 0));
     }
 
     #[test]

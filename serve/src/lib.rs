@@ -60,8 +60,8 @@ pub use accept::{Guarded, Listener, bind_unix, incoming};
 pub use h2::{H2Body, H2Service, H2Settings, serve_h2};
 pub use http::{HttpHandler, ResponseBody, serve_http, serve_plain_http};
 pub use http1::{
-    BodyTimedOut, Http1Settings, LAST_CHUNK, PlainAnswer, PlainHandler, has_token, push_chunk_head,
-    serve_plain_http1_first,
+    BodyTimedOut, Http1Settings, InvalidHeader, LAST_CHUNK, PlainAnswer, PlainHandler,
+    PlainRequest, bad_request, has_token, push_chunk_head, serve_plain_http1_first,
 };
 pub use peer::WithPeer;
 pub use preface::Preface;

@@ -184,6 +184,26 @@ async fn http_invoke_forwards_every_verb_with_query_headers_and_bodies_both_ways
         assert_eq!(reply.body, body, "{method}");
     }
 
+    // Header names in any case, one name twice apart, as a client may write them: the plain
+    // server reads them where they are, and the app gets each value once, in order.
+    let answer = raw_exchange(
+        p.caller.http_port,
+        "POST /v1.0/invoke/orders/method/items HTTP/1.1\r\nHost: caller\r\n\
+         X-Custom: one\r\nContent-Type: text/plain\r\nx-CUSTOM: two\r\n\
+         DAPR-CALLER-APP-ID: admin\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    let head = answer.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{answer}");
+    for line in [
+        "x-echo-custom: one,two\r\n",
+        "content-type: text/plain\r\n",
+        "x-echo-caller: checkout\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} in {answer}");
+    }
+    assert!(answer.ends_with("\r\n\r\nhi"), "{answer}");
+
     // The header form, the namespace-qualified form, and app status codes passed through.
     let reply = p
         .client
@@ -251,6 +271,23 @@ async fn http_invoke_forwards_every_verb_with_query_headers_and_bodies_both_ways
         reply.body.len()
     );
     drop(p.callee);
+}
+
+/// Writes `request` as it is to `port` and reads the answer until the connection closes (the
+/// request asks for that) or 10 s pass.
+async fn raw_exchange(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 impl Pair {

@@ -53,13 +53,13 @@ impl<B: wire::RequestBody> tower::Service<http::Request<B>> for Routes {
         // cost about 280 instructions per call to poll (bench/notes.md, "timers, futures and
         // copies per call").
         let deadline = wire::grpc_timeout(request.headers());
-        let route = self.clone().route(request);
+        let routes = self.clone();
         match deadline {
-            None => Box::pin(route),
-            Some(_) => {
-                let answer = route.map(|Ok(answer)| answer);
-                Box::pin(wire::within_deadline(deadline, answer).map(Ok))
-            }
+            None => wire::boxed_in_place(|| routes.route(request)),
+            Some(_) => wire::boxed_in_place(|| {
+                let answer = routes.route(request).map(|Ok(answer)| answer);
+                wire::within_deadline(deadline, answer).map(Ok)
+            }),
         }
     }
 }

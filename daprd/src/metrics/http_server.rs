@@ -66,10 +66,15 @@ where
 impl<S> HttpService<S> {
     /// What a request is recorded by, once metrics are on.
     fn recorder<B>(&self, request: &Request<B>) -> Option<HttpCall> {
+        self.recorder_of(request.method(), content_length(request.headers()))
+    }
+
+    /// What a request of `method` declaring `request_bytes` is recorded by.
+    fn recorder_of(&self, method: &http::Method, request_bytes: u64) -> Option<HttpCall> {
         self.families.as_ref().map(|f| HttpCall {
             families: Arc::clone(f),
-            method: verb_label(request.method()),
-            request_bytes: content_length(request.headers()),
+            method: verb_label(method),
+            request_bytes,
             status: StatusCode::OK,
             start: Instant::now(),
         })
@@ -85,8 +90,9 @@ where
 {
     type Plain = MeteredPlain<S::Plain, HttpCall>;
 
-    fn call_plain(&mut self, request: Request<axum::body::Body>) -> Self::Plain {
-        let recorder = self.recorder(&request);
+    fn call_plain(&mut self, request: dapr_serve::PlainRequest) -> Self::Plain {
+        let declared = request.declared_len().unwrap_or(0) as u64;
+        let recorder = self.recorder_of(request.method(), declared);
         MeteredPlain {
             inner: self.inner.call_plain(request),
             recorder,

@@ -65,7 +65,7 @@ impl Api {
         }
         if request.uri().path().starts_with(INVOKE_PREFIX) {
             let shared = Arc::clone(&self.shared);
-            return Box::pin(invoke_by_path(shared, request, head));
+            return wire::boxed_in_place(|| invoke_by_path(shared, request, head));
         }
         let routes = self.routes.clone();
         Box::pin(async move {
@@ -105,14 +105,36 @@ where
     }
 }
 
-/// Requests of `dapr-serve`'s plain HTTP/1 server: as [`Api`]'s `call`, but an invocation's
-/// answer headers are written as header lines straight from the peer's metadata
+/// Requests of `dapr-serve`'s plain HTTP/1 server: an invocation by path that needs no span
+/// and names no app by header is served from the request's head as it was read
+/// ([`invoke_plain`]); any other request becomes an `http::Request` for [`Api::dispatch`]. An
+/// invocation's answer headers are written as header lines straight from the peer's metadata
 /// ([`AnswerHead::Lines`]), without the header map the hyper path builds for them.
 impl dapr_serve::PlainHandler<Body> for Api {
     type Plain = futures::future::BoxFuture<'static, dapr_serve::PlainAnswer<Body>>;
 
-    fn call_plain(&mut self, request: Request) -> Self::Plain {
-        self.dispatch(request, AnswerHead::Lines)
+    fn call_plain(&mut self, request: dapr_serve::PlainRequest) -> Self::Plain {
+        let path = request.uri().path();
+        if path.starts_with(INVOKE_PREFIX) && self.shared.tracer.active().is_none() {
+            let [app_id, token, content_type] =
+                request.headers_named([names::DAPR_APP_ID, names::API_TOKEN, "content-type"]);
+            if app_id.is_none() {
+                if let Err(refused) = check_token(&self.shared, request.method(), path, token) {
+                    return Box::pin(std::future::ready(refused.into_response().into()));
+                }
+                let content_type = content_type.and_then(header_text).unwrap_or_default();
+                let content_type = content_type.to_owned();
+                let shared = Arc::clone(&self.shared);
+                return wire::boxed_in_place(|| invoke_plain(shared, request, content_type));
+            }
+        }
+        match request.into_http() {
+            Ok(request) => self.dispatch(request, AnswerHead::Lines),
+            Err(invalid) => {
+                let refused = Error::Malformed(invalid.to_string()).into_response();
+                Box::pin(std::future::ready(refused.into()))
+            }
+        }
     }
 }
 
@@ -138,19 +160,32 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
 /// Requires `dapr-api-token` when `DAPR_API_TOKEN` is set (GET health checks are exempt) and
 /// strips it so it never reaches another app.
 fn check_api_token(shared: &Shared, request: &mut Request) -> Result<(), Error> {
-    if let Some(expected) = shared.config.api_token.as_deref() {
-        let path = request.uri().path();
-        let exempt = request.method() == http::Method::GET
-            && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
+    if shared.config.api_token.is_some() {
         let given = request
             .headers()
             .get(names::API_TOKEN)
             .map(HeaderValue::as_bytes);
-        if !exempt && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
-            tracing::debug!(path, "request rejected: invalid api token");
-            return Err(Error::Unauthorized);
-        }
+        check_token(shared, request.method(), request.uri().path(), given)?;
         request.headers_mut().remove(names::API_TOKEN);
+    }
+    Ok(())
+}
+
+/// Whether `given` is the API token a request of `method` on `path` needs, if it needs one.
+fn check_token(
+    shared: &Shared,
+    method: &http::Method,
+    path: &str,
+    given: Option<&[u8]>,
+) -> Result<(), Error> {
+    let Some(expected) = shared.config.api_token.as_deref() else {
+        return Ok(());
+    };
+    let exempt = method == http::Method::GET
+        && (path == "/v1.0/healthz" || path == "/v1.0/healthz/outbound");
+    if !exempt && !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+        tracing::debug!(path, "request rejected: invalid api token");
+        return Err(Error::Unauthorized);
     }
     Ok(())
 }
@@ -388,7 +423,6 @@ async fn invoke(
     }
     let target = parse_target(&id, &shared.config.namespace)?;
     check_method(&method)?;
-    let limit = shared.config.max_body_size;
     let (mut parts, body) = request.into_parts();
     let declared = wire::declared_len(
         parts
@@ -396,15 +430,127 @@ async fn invoke(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()),
     );
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(Error::BodyTooLarge { limit });
-    }
+    check_declared(&shared, declared)?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let span = client_span(&shared, &parts, &id, &method);
+    // The headers are read: they travel on as they are.
+    let client = wire::ClientHeaders::new(std::mem::take(&mut parts.headers), &TRAVEL_SKIP);
+    let call = AppCall {
+        verb: wire::verb_of(&parts.method),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        content_type,
+        declared,
+        client,
+        body,
+    };
+    invoke_app(shared, target, id, method, call, span, head).await
+}
+
+/// Headers of the client's that stay with the caller: read here, never passed on.
+const TRAVEL_SKIP: [&str; 2] = [names::DAPR_APP_ID, names::API_TOKEN];
+
+/// An invocation by path from a plain request's head as it was read (`dapr_serve`'s plain
+/// HTTP/1 server): the few headers it needs are looked up where they are and the rest travel
+/// as they came, without the header map and `http::Request` the router takes (bench/notes.md,
+/// "invocations from the request's head as it was read"). Untraced only: a span records the
+/// request's headers from a map ([`client_span`]).
+async fn invoke_plain(
+    shared: Arc<Shared>,
+    request: dapr_serve::PlainRequest,
+    content_type: String,
+) -> dapr_serve::PlainAnswer<Body> {
+    let path = request.uri().path();
+    let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
+    let Some((id, method)) = split_method(rest) else {
+        return Error::NoAppId.into_response().into();
+    };
+    let (id, method) = (id.to_owned(), method.to_owned());
+    let answered = if shared.endpoints.destination(&id).is_some() {
+        // An HTTPEndpoint's call takes the request with its headers in a map. Boxed: rare next
+        // to app ids, and its future would add to every invocation's.
+        match request.into_http() {
+            Ok(mut request) => {
+                request.headers_mut().remove(names::API_TOKEN);
+                Box::pin(invoke(shared, id, method, request, AnswerHead::Lines)).await
+            }
+            Err(invalid) => Err(Error::Malformed(invalid.to_string())),
+        }
+    } else {
+        invoke_app_plain(shared, id, method, request, content_type).await
+    };
+    answered.unwrap_or_else(|e| e.into_response().into())
+}
+
+/// [`invoke`]'s call of an app id, from a plain request (`content_type` its header's text).
+async fn invoke_app_plain(
+    shared: Arc<Shared>,
+    id: String,
+    method: String,
+    request: dapr_serve::PlainRequest,
+    content_type: String,
+) -> Result<dapr_serve::PlainAnswer<Body>, Error> {
+    let target = parse_target(&id, &shared.config.namespace)?;
+    check_method(&method)?;
+    let declared = request.declared_len().map(|len| len as u64);
+    check_declared(&shared, declared)?;
+    let client = wire::ClientHeaders::from_fields(request.fields(), &TRAVEL_SKIP)
+        .map_err(|invalid| Error::Malformed(invalid.to_string()))?;
+    let call = AppCall {
+        verb: wire::verb_of(request.method()),
+        query: request.uri().query().unwrap_or_default().to_owned(),
+        content_type,
+        declared,
+        client,
+        body: request.into_body(),
+    };
+    invoke_app(shared, target, id, method, call, None, AnswerHead::Lines).await
+}
+
+/// A header value as text, as `HeaderValue::to_str` reads it: visible ASCII, space and tab.
+fn header_text(value: &[u8]) -> Option<&str> {
+    let text = value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    text.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
+/// Refuses a request whose declared body is over `--max-body-size` before reading it.
+fn check_declared(shared: &Shared, declared: Option<u64>) -> Result<(), Error> {
+    let limit = shared.config.max_body_size;
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// What an invocation of an app id takes from the client's request, however it was read.
+struct AppCall {
+    verb: dapr_proto::common::v1::http_extension::Verb,
+    query: String,
+    content_type: String,
+    /// The body's declared length (`content-length`).
+    declared: Option<u64>,
+    client: wire::ClientHeaders,
+    body: Body,
+}
+
+/// Calls `method` of the app `id` (at `target`) with `call`, and answers with what the app
+/// answered: its status, its headers as `head` says, its body as it streams.
+async fn invoke_app(
+    shared: Arc<Shared>,
+    target: crate::resolve::Target,
+    id: String,
+    method: String,
+    call: AppCall,
+    mut span: Option<trace::Span>,
+    head: AnswerHead,
+) -> Result<dapr_serve::PlainAnswer<Body>, Error> {
+    let limit = shared.config.max_body_size;
     let internal = InternalInvokeRequest {
         ver: ApiVersion::V1 as i32,
         // The client's headers travel beside it (`client`).
@@ -412,30 +558,21 @@ async fn invoke(
         message: Some(InvokeRequest {
             method,
             data: None,
-            content_type,
+            content_type: call.content_type,
             http_extension: Some(HttpExtension {
-                verb: wire::verb_of(&parts.method) as i32,
-                querystring: parts.uri.query().unwrap_or_default().to_owned(),
+                verb: call.verb as i32,
+                querystring: call.query,
             }),
         }),
         actor: None,
     };
-    let mut span = client_span(
-        &shared,
-        &parts,
-        &id,
-        internal.message.as_ref().map_or("", |m| m.method.as_str()),
-    );
-    // The headers are read: they travel on as they are.
-    let skip = [names::DAPR_APP_ID, names::API_TOKEN];
-    let client = wire::ClientHeaders::new(std::mem::take(&mut parts.headers), &skip);
-    let body = limited(body, limit);
-    let body = wire::read_small(body, declared, super::invoker::RESPONSE_TIMEOUT)
+    let body = limited(call.body, limit);
+    let body = wire::read_small(body, call.declared, super::invoker::RESPONSE_TIMEOUT)
         .await
         .map_err(|e| Error::Malformed(format!("request body: {e}")))?;
     let call = shared
         .invoker
-        .invoke_stream(&target, internal, client, body);
+        .invoke_stream(&target, internal, call.client, body);
     let peer = match trace::traced(&mut span, call).await {
         Ok(peer) => peer,
         Err(Error::Malformed(reason)) if reason.contains("larger than the limit") => {

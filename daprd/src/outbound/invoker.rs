@@ -337,7 +337,9 @@ impl Invoker {
         body: BoxStream<Result<Bytes, BoxError>>,
     ) -> futures::future::BoxFuture<'a, Result<PeerResponse, Error>> {
         match &self.resiliency {
-            None => Box::pin(self.invoke_stream_inner(target, request, client, body, None)),
+            None => wire::boxed_in_place(|| {
+                self.invoke_stream_inner(target, request, client, body, None)
+            }),
             Some(policies) => {
                 // Attempts after the first send the request again: its map holds everything.
                 client.insert_into(&mut request.metadata);
@@ -431,7 +433,7 @@ impl Invoker {
                 // Boxed: its state (tonic's client, the pump) would otherwise grow the future of
                 // every call, which is moved whole into its box per call.
                 match Box::pin(self.stream_to(target, addr, request, &stamps, body, retry)).await? {
-                    Streamed::Stream(incoming) => Incoming::Channel(incoming),
+                    Streamed::Stream(incoming) => Incoming::Channel(Box::new(incoming)),
                     Streamed::Unary(answer) => return Ok(answer),
                 }
             }
@@ -804,10 +806,13 @@ impl<F: Future> Future for Before<'_, F> {
 }
 
 /// A peer's `CallLocalStream` answer: read from h2 by [`wire::Messages`] when the request went
-/// out whole (`crate::peer`), or by tonic when it streamed through the channel.
+/// out whole (`crate::peer`), or by tonic when it streamed through the channel. tonic's
+/// stream is boxed: twice the size of ours, it would grow every answer's body stream, which is
+/// moved whole at each of its steps (bench/notes.md, "invocations from the request's head as
+/// it was read").
 enum Incoming {
     Direct(crate::peer::PeerMessages),
-    Channel(tonic::Streaming<wire::ReceivedResponseStream>),
+    Channel(Box<tonic::Streaming<wire::ReceivedResponseStream>>),
 }
 
 impl wire::MessageStream<wire::ReceivedResponseStream> for Incoming {

@@ -258,6 +258,32 @@ impl ClientHeaders {
         }
     }
 
+    /// As [`ClientHeaders::new`], from a request's header fields in the order they came (a
+    /// plain HTTP/1.1 request's, read in place: `dapr_serve::PlainRequest::fields`), without a
+    /// header map in between. The first field that is not a header ends it with its error.
+    pub fn from_fields<E>(
+        fields: impl Iterator<Item = Result<(HeaderName, HeaderValue), E>>,
+        skip: &[&str],
+    ) -> Result<Self, E> {
+        let mut entries: HeaderEntries = Vec::with_capacity(fields.size_hint().0);
+        let skipped = |name: &HeaderName| skip.contains(&name.as_str());
+        for field in fields {
+            let (name, value) = field?;
+            if !value_travels(&value) || !name_travels(&name, skipped) {
+                continue;
+            }
+            // Grouped by name as a map groups them; a request has a handful of names.
+            match entries.iter_mut().find(|(held, _)| *held == name) {
+                Some((_, values)) => values.push(value),
+                None => entries.push((name, SmallVec::from_buf([value]))),
+            }
+        }
+        Ok(ClientHeaders {
+            entries,
+            names: ClientNames::Http,
+        })
+    }
+
     /// A gRPC API request's metadata: every entry but the API token and the transport's own
     /// (`grpc-*`, `te`, `content-type`), with its text values, named as it came.
     pub fn grpc(headers: HeaderMap) -> Self {
@@ -725,6 +751,58 @@ mod tests {
             ]
         );
         assert_eq!(md["X-Multi"].values, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn fields_read_in_place_travel_as_the_same_headers_in_a_map_would() {
+        // Names in any case, a name repeated apart, hop-by-hop and skipped headers, a value
+        // that is not visible ASCII, a name whose only value does not travel.
+        let fields = [
+            ("Content-Type", &b"text/plain"[..]),
+            ("X-Multi", b"a"),
+            ("traceparent", b"00-t-s-01"),
+            ("x-multi", b"b"),
+            ("Connection", b"keep-alive"),
+            ("dapr-app-id", b"b"),
+            ("x-latin", b"caf\xe9"),
+            ("X-Latin", b"plain"),
+            ("X-Only-Latin", b"\xe9"),
+            ("dapr-caller-app-id", b"spoof"),
+        ];
+        let field = |(name, value): (&str, &[u8])| {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            (name, HeaderValue::from_bytes(value).unwrap())
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields.iter().copied().map(field) {
+            headers.append(name, value);
+        }
+        let skip = [names::DAPR_APP_ID];
+        let from_map = ClientHeaders::new(headers, &skip);
+        let read = fields.iter().copied().map(field).map(Ok::<_, ()>);
+        let from_fields = ClientHeaders::from_fields(read, &skip).unwrap();
+        assert_eq!(from_fields, from_map);
+        let mut md = Metadata::new();
+        from_fields.insert_into(&mut md);
+        let names: Vec<&str> = md.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "X-Latin",
+                "X-Multi",
+                "dapr-caller-app-id",
+                "traceparent"
+            ]
+        );
+        assert_eq!(md["X-Multi"].values, vec!["a", "b"]);
+        assert_eq!(md["X-Latin"].values, vec!["plain"]);
+        // A field that is not a header ends the headers with its error.
+        let broken = [Ok(field(fields[0])), Err("not a header")];
+        assert_eq!(
+            ClientHeaders::from_fields(broken.into_iter(), &skip),
+            Err("not a header")
+        );
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub use received::{
 };
 pub use sent::{Sent, SentInvocation, SentResponse, SentResponseStream};
 pub use stream::{
-    BoxError, BoxStream, Chunked, Gathered, Ready, SeqCheck, declared_len, into_payloads,
-    payload_body, read_small, ready_part,
+    BoxError, BoxStream, Chunked, Gathered, Ready, SeqCheck, boxed_in_place, declared_len,
+    into_payloads, payload_body, read_small, ready_part,
 };
 
 /// Header and metadata names, as upstream.
