@@ -51,6 +51,8 @@
 # so a DSO's samples × 200 us / N is its CPU time per request (bench/notes.md).
 # With PER_REQUEST_RESOURCES=DIR the caller daprd loads that --resources-path (e.g. a Resiliency
 # with a timeout and a retry policy for `orders`, to measure what applying policies costs).
+# The sidecars run with `--enable-metrics=false` unless PER_REQUEST_METRICS=1, which leaves
+# metrics on (each on a port of its own), as the full bench and upstream's defaults run them.
 # nginx is $NGINX, else the one on PATH or in /usr/sbin, else Debian's package (the one the
 # bench installs) unpacked into .cache/nginx with `apt-get download` + `dpkg -x` (no root).
 # Needs valgrind, strace and openssl (Debian); perf (linux-perf) is optional. Not a test and not part of the bench command: it is how
@@ -110,14 +112,20 @@ if [ "$chain" = daprd ]; then
   wait_http "http://127.0.0.1:$healthz/healthz"
   printf 'apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: bench}\nspec:\n  nameResolution:\n    component: sqlite\n    configuration: {connectionString: %s}\n' "$d/nr.db" > "$d/config.yaml"
   common=(--enable-mtls --sentry-address "127.0.0.1:$sentry_port" --control-plane-trust-domain localhost
-    --dapr-listen-addresses 127.0.0.1 --config "$d/config.yaml" --enable-metrics=false)
+    --dapr-listen-addresses 127.0.0.1 --config "$d/config.yaml")
+  # metrics PORT: the metrics flags of one sidecar (split into words where they are used).
+  metrics() {
+    if [ "${PER_REQUEST_METRICS:-0}" = 1 ]; then echo "--metrics-port $1"; else echo "--enable-metrics=false"; fi
+  }
   # start_pair PREFIX...: a callee and a caller daprd, each run under PREFIX (may be empty).
   start_pair() {
-    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id orders --app-port "$app" \
+    # shellcheck disable=SC2046
+    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id orders $(metrics "$(port)") --app-port "$app" \
       --app-protocol "$api" --dapr-http-port "$callee_http" --dapr-grpc-port "$(port)" --dapr-internal-grpc-port "$(port)" \
       "${common[@]}" > "$d/callee.log" 2>&1 &
     callee=$!
-    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout \
+    # shellcheck disable=SC2046
+    DAPR_TRUST_ANCHORS_FILE="$d/creds/ca.crt" "$@" "$bin/daprd" --app-id checkout $(metrics "$(port)") \
       --dapr-http-port "$caller_http" --dapr-grpc-port "$caller_grpc" --dapr-internal-grpc-port "$(port)" \
       "${common[@]}" ${PER_REQUEST_RESOURCES:+--resources-path "$PER_REQUEST_RESOURCES"} \
       > "$d/caller.log" 2>&1 &
