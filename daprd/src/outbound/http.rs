@@ -286,15 +286,19 @@ async fn invoke_by_path(
     if request.headers().contains_key(&names::header::DAPR_APP_ID) {
         return invoke_by_header(State(shared), request).await.into();
     }
-    let path = request.uri().path();
-    let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
-    let Some((id, method)) = split_method(rest) else {
+    let Some((id, method)) = id_and_method(request.uri().path()) else {
         return Error::NoAppId.into_response().into();
     };
-    let (id, method) = (id.to_owned(), method.to_owned());
     invoke(shared, id, method, request, head)
         .await
         .unwrap_or_else(|e| e.into_response().into())
+}
+
+/// The app id and method of an invocation by path (`/v1.0/invoke/<id>/method/<method>`).
+fn id_and_method(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
+    let (id, method) = split_method(rest)?;
+    Some((id.to_owned(), method.to_owned()))
 }
 
 /// `<id>/method/<method>` split at the first `/method/`, as `split_once` would: each `/` is a
@@ -464,12 +468,9 @@ async fn invoke_plain(
     request: dapr_serve::PlainRequest,
     content_type: String,
 ) -> dapr_serve::PlainAnswer<Body> {
-    let path = request.uri().path();
-    let rest = path.strip_prefix(INVOKE_PREFIX).unwrap_or_default();
-    let Some((id, method)) = split_method(rest) else {
+    let Some((id, method)) = id_and_method(request.uri().path()) else {
         return Error::NoAppId.into_response().into();
     };
-    let (id, method) = (id.to_owned(), method.to_owned());
     let answered = if shared.endpoints.destination(&id).is_some() {
         // An HTTPEndpoint's call takes the request with its headers in a map. Boxed: rare next
         // to app ids, and its future would add to every invocation's.

@@ -292,11 +292,7 @@ pub fn parse_response(
             // httparse has checked the value's bytes, as `HeaderValue` would.
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| Http1Error::MalformedHead(httparse::Error::HeaderValue))?;
-            // Grouped by name as a map groups them; a head has a handful of names.
-            match entries.iter_mut().find(|(held, _)| *held == name) {
-                Some((_, values)) => values.push(value),
-                None => entries.push((name, SmallVec::from_buf([value]))),
-            }
+            super::push_grouped(&mut entries, name, value);
         }
         let framing = if *request == Method::HEAD
             || status == StatusCode::NO_CONTENT

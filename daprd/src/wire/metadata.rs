@@ -124,6 +124,15 @@ fn collect_headers(headers: &HeaderMap, skip: &[&str], key: impl Fn(&str) -> Str
 /// Header names, each once, with their values: a header map's entries as they travel.
 pub type HeaderEntries = Vec<(HeaderName, SmallVec<[HeaderValue; 1]>)>;
 
+/// Adds `value` under `name` as a map groups them: after the name's other values, or as a new
+/// entry at the end. A head has a handful of names, so they are compared in turn.
+pub fn push_grouped(entries: &mut HeaderEntries, name: HeaderName, value: HeaderValue) {
+    match entries.iter_mut().find(|(held, _)| *held == name) {
+        Some((_, values)) => values.push(value),
+        None => entries.push((name, SmallVec::from_buf([value]))),
+    }
+}
+
 /// An app's response headers: a map (a gRPC app's metadata, an `https` or `h2c` app's
 /// headers), or a plaintext HTTP/1.1 app's as its head was parsed (`super::http1`), each name
 /// once with its values in the order they came, which is the order a map gives them in.
@@ -260,7 +269,9 @@ impl ClientHeaders {
 
     /// As [`ClientHeaders::new`], from a request's header fields in the order they came (a
     /// plain HTTP/1.1 request's, read in place: `dapr_serve::PlainRequest::fields`), without a
-    /// header map in between. The first field that is not a header ends it with its error.
+    /// header map in between: the same entries, each name where its first travelling value
+    /// came (a map puts it where its first value came; the peer reads a map either way). The
+    /// first field that is not a header ends it with its error.
     pub fn from_fields<E>(
         fields: impl Iterator<Item = Result<(HeaderName, HeaderValue), E>>,
         skip: &[&str],
@@ -269,13 +280,8 @@ impl ClientHeaders {
         let skipped = |name: &HeaderName| skip.contains(&name.as_str());
         for field in fields {
             let (name, value) = field?;
-            if !value_travels(&value) || !name_travels(&name, skipped) {
-                continue;
-            }
-            // Grouped by name as a map groups them; a request has a handful of names.
-            match entries.iter_mut().find(|(held, _)| *held == name) {
-                Some((_, values)) => values.push(value),
-                None => entries.push((name, SmallVec::from_buf([value]))),
+            if value_travels(&value) && name_travels(&name, skipped) {
+                push_grouped(&mut entries, name, value);
             }
         }
         Ok(ClientHeaders {

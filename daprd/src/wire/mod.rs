@@ -31,7 +31,7 @@ pub use metadata::{
     AppHeaders, CONTENT_LENGTH, ClientHeaders, HeaderEntries, app_response_headers_to_metadata,
     append_all, canonical_name, entries_into_headers, first, grpc_metadata_name,
     headers_to_metadata, is_canonical, is_permanent_http_header, metadata_to_grpc_headers,
-    metadata_to_headers, set, traceparent_value,
+    metadata_to_headers, push_grouped, set, traceparent_value,
 };
 pub use received::{
     DecodeError, Decoded, Received, ReceivedDecoder, ReceivedInvocation, ReceivedInvokeService,
