@@ -22,15 +22,28 @@ use tonic::codec::{DecodeBuf, Decoder};
 /// The values of one metadata entry: nearly always one, kept inline.
 pub type Values = SmallVec<[ByteString; 1]>;
 
-/// Invocation metadata as received: names as the caller spelt them, in name order (as
-/// [`super::Metadata`]), values in the caller's order.
+/// Invocation metadata as received: names as the caller spelt them, one entry per name, values
+/// in the caller's order.
 ///
-/// A `Vec` sorted by name, one entry per name, not a `BTreeMap`: entries arrive in name order
-/// or nearly (a map's entries, then the caller's stamps), so they are pushed and sorted once
-/// per message ([`ReceivedMetadata::seal`]) instead of inserted one by one
-/// (bench/notes.md, "the received metadata in a sorted Vec").
-#[derive(Debug, Default, Clone, PartialEq)]
+/// A `Vec`, not a `BTreeMap`. A usual map (up to [`SCANNED_ENTRIES`] names) keeps its entries
+/// in the order they came: a name that comes again replaces its entry where it is, and a lookup
+/// scans. A larger one is sorted by name once per message ([`ReceivedMetadata::seal`]) and
+/// searched, so a peer's thousands of entries cost O(n log n). A call's entries do not come in
+/// name order (the client's headers, then the caller's stamps), and sorting them cost the callee
+/// about 1k instructions per call (bench/notes.md, "the received metadata in the order it came").
+#[derive(Debug, Default, Clone)]
 pub struct ReceivedMetadata(Vec<(ByteString, Values)>);
+
+/// As maps: the same names with the same values, in any order.
+impl PartialEq for ReceivedMetadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .all(|(name, values)| other.get(name) == Some(values))
+    }
+}
 
 /// Room made for a message's metadata at its first entry: a call's client headers and stamps.
 const USUAL_ENTRIES: usize = 16;
@@ -39,23 +52,32 @@ const USUAL_ENTRIES: usize = 16;
 const SCANNED_ENTRIES: usize = 32;
 
 impl ReceivedMetadata {
-    /// Where `name`'s entry is, or would go.
+    /// Where `name`'s entry is, or would go. A usual call's map is a dozen entries, where
+    /// comparing lengths first and then the bytes of the one name that matches is cheaper than
+    /// a binary search's ordered compares (`memcmp` calls, about 190 instructions a lookup); a
+    /// larger map is sorted, and searched.
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
-    }
-
-    /// A usual call's map is a dozen entries, where comparing lengths first and then the bytes
-    /// of the one name that matches is cheaper than a binary search's ordered compares
-    /// (`memcmp` calls, about 190 instructions a lookup); a larger map is searched.
-    fn get(&self, name: &str) -> Option<&Values> {
         if self.0.len() <= SCANNED_ENTRIES {
             return self
                 .0
                 .iter()
-                .find(|(held, _)| held.len() == name.len() && **held == *name)
-                .map(|(_, values)| values);
+                .position(|(held, _)| held.len() == name.len() && **held == *name)
+                .ok_or(self.0.len());
         }
+        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Values> {
         self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Adds an entry for a name the map does not hold, at `at` (from [`Self::find`]). A map that
+    /// grows past [`SCANNED_ENTRIES`] is sorted, to be searched from then on.
+    fn insert(&mut self, at: usize, entry: (ByteString, Values)) {
+        self.0.insert(at, entry);
+        if self.0.len() == SCANNED_ENTRIES + 1 {
+            self.0.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
     }
 
     /// The first value under `name`.
@@ -82,7 +104,7 @@ impl ReceivedMetadata {
         let value = Values::from_buf([ByteString::from(value)]);
         match self.find(name) {
             Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (ByteString::from_static(name), value)),
+            Err(i) => self.insert(i, (ByteString::from_static(name), value)),
         }
     }
 
@@ -111,7 +133,8 @@ impl ReceivedMetadata {
         }
     }
 
-    /// Each name with its values, in name order.
+    /// Each name with its values: in the order they came in a usual map, by name in a larger
+    /// one.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[ByteString])> {
         self.0
             .iter()
@@ -476,7 +499,8 @@ impl<D: Received + Send + 'static> Decoder for ReceivedDecoder<D> {
 
 impl ReceivedMetadata {
     /// One map entry (`key` = 1, `value` = 2, a `ListStringValue` of `values` = 1), a slice of
-    /// `message`; it replaces an entry of the same name, as a protobuf map keeps the last.
+    /// `message`; it replaces an entry of the same name, as a protobuf map keeps the last: here
+    /// in a usual map, at [`Self::seal`] in a larger one.
     fn merge_entry(&mut self, message: &Bytes, mut entry: &[u8]) -> Result<(), DecodeError> {
         let mut name = ByteString::new();
         let mut values = Values::new();
@@ -498,6 +522,17 @@ impl ReceivedMetadata {
                 _ => {}
             }
         }
+        if self.0.len() < SCANNED_ENTRIES {
+            // Scanned while the map is usual: a later push makes it larger, and sorted.
+            let held = self
+                .0
+                .iter_mut()
+                .find(|(held, _)| held.len() == name.len() && held.as_bytes() == name.as_bytes());
+            if let Some((_, held)) = held {
+                *held = values;
+                return Ok(());
+            }
+        }
         if self.0.capacity() == 0 {
             // One allocation for a usual call's entries (about a dozen), not one per doubling.
             self.0.reserve(USUAL_ENTRIES);
@@ -506,12 +541,13 @@ impl ReceivedMetadata {
         Ok(())
     }
 
-    /// Restores the order and uniqueness after [`Self::merge_entry`]'s pushes: sorted by name,
-    /// the last entry of a name kept, as a protobuf map keeps the last. The sort is stable (a
-    /// name's entries stay in arrival order) and takes linear time on input already in order;
-    /// a hostile peer's unordered map costs O(n log n), as the B-tree did.
+    /// Restores a larger map's order and uniqueness after [`Self::merge_entry`]'s pushes: sorted
+    /// by name, the last entry of a name kept, as a protobuf map keeps the last. The sort is
+    /// stable (a name's entries stay in arrival order) and takes linear time on input already
+    /// in order; a hostile peer's unordered map costs O(n log n), as the B-tree did. A usual
+    /// map's names are unique already, and their order is free.
     fn seal(&mut self) {
-        if self.0.is_sorted_by(|a, b| a.0 < b.0) {
+        if self.0.len() <= SCANNED_ENTRIES || self.0.is_sorted_by(|a, b| a.0 < b.0) {
             return;
         }
         self.0.sort_by(|a, b| a.0.cmp(&b.0));
@@ -829,12 +865,55 @@ mod tests {
         let by_prost = InternalInvokeRequest::decode(&bytes[..]).expect("prost decodes");
         let read = ReceivedRequest::decode(bytes.into()).expect("decodes");
         assert_eq!(read, expected(&by_prost));
+        // A usual map keeps the order its names first came in.
         let order: Vec<&str> = read.metadata.iter().map(|(name, _)| name).collect();
-        assert_eq!(order, ["a", "b", "c", "m", "q", "z"]);
+        assert_eq!(order, ["m", "b", "z", "a", "q", "c"]);
         // The last of a repeated name wins.
         assert_eq!(read.metadata.first("a"), Some("6"));
         assert_eq!(read.metadata.first("b"), Some("4"));
         assert_eq!(read.metadata.first("m"), Some("8"));
+    }
+
+    #[test]
+    fn a_larger_map_out_of_order_and_repeated_reads_as_prost_decodes_it_and_is_searched() {
+        // Names repeated on both sides of the point where a map stops being scanned, and past
+        // it: the last value of each wins, as prost keeps it.
+        let names: Vec<String> = (0..3 * SCANNED_ENTRIES)
+            .map(|i| format!("x-{:03}", (i * 7) % (SCANNED_ENTRIES + 5)))
+            .collect();
+        let mut bytes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut one = InternalInvokeRequest::default();
+            one.metadata.insert(name.clone(), list(&[&i.to_string()]));
+            bytes.extend(one.encode_to_vec());
+        }
+        let by_prost = InternalInvokeRequest::decode(&bytes[..]).expect("prost decodes");
+        let read = ReceivedRequest::decode(bytes.into()).expect("decodes");
+        assert_eq!(read, expected(&by_prost));
+        assert_eq!(read.metadata.len(), SCANNED_ENTRIES + 5);
+        for (name, list) in &by_prost.metadata {
+            assert_eq!(
+                read.metadata.first(name),
+                Some(list.values[0].as_str()),
+                "{name}"
+            );
+        }
+        let order: Vec<&str> = read.metadata.iter().map(|(name, _)| name).collect();
+        assert!(order.is_sorted(), "a larger map is kept in name order");
+
+        // A usual map that a set makes larger is sorted then, and found either way.
+        let mut usual: ReceivedMetadata = (0..SCANNED_ENTRIES)
+            .map(|i| (format!("y-{i:03}"), list(&["v"])))
+            .rev()
+            .collect::<crate::wire::Metadata>()
+            .into();
+        usual.0.reverse();
+        usual.set("a-first", "1");
+        assert_eq!(usual.len(), SCANNED_ENTRIES + 1);
+        let order: Vec<&str> = usual.iter().map(|(name, _)| name).collect();
+        assert!(order.is_sorted());
+        assert_eq!(usual.first("a-first"), Some("1"));
+        assert_eq!(usual.first("y-000"), Some("v"));
     }
 
     #[test]
