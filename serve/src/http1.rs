@@ -128,8 +128,9 @@ impl Plain {
         self,
         message: Bytes,
         timed_out: Option<BodyTimedOut>,
+        kept: &mut KeptTarget,
     ) -> Result<PlainRequest, Bytes> {
-        let Ok(uri) = Uri::from_maybe_shared(message.slice(self.target.0..self.target.1)) else {
+        let Some(uri) = kept.parse(&message, self.target) else {
             return Err(message);
         };
         Ok(PlainRequest {
@@ -138,6 +139,37 @@ impl Plain {
             uri,
             timed_out,
         })
+    }
+}
+
+/// The longest request target a connection keeps parsed ([`KeptTarget`]).
+const LONGEST_KEPT_TARGET: usize = 256;
+
+/// The last request target a connection sent, with the `Uri` it parsed to. A client sends the
+/// same target again and again (one method invoked on one app), and parsing one checks each of
+/// its bytes: about 440 instructions per request for `/v1.0/invoke/<id>/method/<m>`. The kept
+/// target is a copy, so no request's buffer is held; one over [`LONGEST_KEPT_TARGET`] bytes, or
+/// one that does not parse, is not kept.
+#[derive(Default)]
+struct KeptTarget(Option<(Bytes, Uri)>);
+
+impl KeptTarget {
+    /// The `Uri` of the target at `start..end` of `message`, kept or parsed now; none if the
+    /// `http` crate refuses it.
+    fn parse(&mut self, message: &Bytes, (start, end): (usize, usize)) -> Option<Uri> {
+        let text = &message[start..end];
+        if let Some((kept, uri)) = &self.0
+            && kept[..] == *text
+        {
+            return Some(uri.clone());
+        }
+        if text.len() > LONGEST_KEPT_TARGET {
+            return Uri::from_maybe_shared(message.slice(start..end)).ok();
+        }
+        let own = Bytes::copy_from_slice(text);
+        let uri = Uri::from_maybe_shared(own.clone()).ok()?;
+        self.0 = Some((own, uri.clone()));
+        Some(uri)
     }
 }
 
@@ -545,6 +577,7 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(1024);
     let mut deadline = pin!(tokio::time::sleep(limits.header_read));
+    let mut kept = KeptTarget::default();
     loop {
         deadline.as_mut().reset(Instant::now() + limits.header_read);
         let plain = loop {
@@ -582,7 +615,7 @@ where
             within: settings.body_read,
         });
         let closes = timed_out.is_some();
-        let request = match plain.request(message, timed_out) {
+        let request = match plain.request(message, timed_out, &mut kept) {
             Ok(request) => request,
             Err(message) => {
                 let mut read = BytesMut::from(message);
@@ -901,7 +934,9 @@ mod tests {
         // A body still on its way: the request waits for it, its length known.
         let head_only = &read[..plain.head_len + 2];
         assert_eq!(self::plain(head_only).len(), len);
-        let request = plain.request(read.slice(..len), None).expect("a request");
+        let request = plain
+            .request(read.slice(..len), None, &mut KeptTarget::default())
+            .expect("a request");
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri().path(), "/v1.0/invoke/b/method/m");
         assert_eq!(request.uri().query(), Some("x=1"));
@@ -938,7 +973,9 @@ mod tests {
             len: 5,
             within: Duration::from_secs(1),
         };
-        let request = plain.request(read, Some(failed)).expect("a request");
+        let request = plain
+            .request(read, Some(failed), &mut KeptTarget::default())
+            .expect("a request");
         let body = futures::executor::block_on(request.into_body().collect());
         let error = body.expect_err("a body cut short fails");
         assert!(error.to_string().contains("did not arrive"), "{error}");
@@ -949,7 +986,12 @@ mod tests {
         let read = Bytes::from_static(b"GET /a HTTP/1.1\r\n\r\n");
         let mut plain = plain(&read);
         plain.target = (0, 0);
-        assert_eq!(plain.request(read.clone(), None).unwrap_err(), read);
+        assert_eq!(
+            plain
+                .request(read.clone(), None, &mut KeptTarget::default())
+                .unwrap_err(),
+            read
+        );
     }
 
     #[test]
@@ -1054,6 +1096,48 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 599 \r\n"), "{head}");
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
         assert!(!head.contains("content-length"), "{head}");
+    }
+
+    #[test]
+    fn a_kept_target_parses_as_a_new_one_would() {
+        let long = format!("/{}", "x".repeat(LONGEST_KEPT_TARGET));
+        let targets = [
+            "/v1.0/invoke/a/method/m1",
+            "/v1.0/invoke/a/method/m1",
+            "/v1.0/invoke/a/method/m2",
+            "/v1.0/invoke/b/method/m2",
+            "/v1.0/invoke/b/method/m2?x=1",
+            "/v1.0/invoke/b/method/m2?x=2",
+            "/v1.0/invoke/b/method/m2?x=2",
+            long.as_str(),
+            long.as_str(),
+            "/v1.0/invoke/a/method/m1",
+            "http://host:80/v1.0/healthz",
+            "/v1.0/invoke/a/method/m1",
+        ];
+        let mut kept = KeptTarget::default();
+        for target in targets {
+            // The target inside a larger message, as a request's head holds it.
+            let message = Bytes::from(format!("GET {target} HTTP/1.1\r\n\r\n"));
+            let at = (4, 4 + target.len());
+            let uri = kept.parse(&message, at).expect("parses");
+            assert_eq!(uri, Uri::try_from(target).expect("parses"), "{target}");
+            assert_eq!(uri.to_string(), target);
+        }
+        assert!(
+            kept.0
+                .as_ref()
+                .is_some_and(|(text, _)| text.len() <= LONGEST_KEPT_TARGET)
+        );
+        // A target the `http` crate refuses is refused every time, and not kept.
+        for _ in 0..2 {
+            let message = Bytes::from_static(b"/a b");
+            assert_eq!(kept.parse(&message, (0, 4)), None);
+        }
+        assert_eq!(
+            kept.0.as_ref().map(|(text, _)| &text[..]),
+            Some(&b"/v1.0/invoke/a/method/m1"[..])
+        );
     }
 
     #[test]

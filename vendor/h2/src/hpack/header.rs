@@ -354,9 +354,6 @@ impl BytesStr {
         unsafe { std::str::from_utf8_unchecked(self.0.as_ref()) }
     }
 
-    pub(crate) fn into_inner(self) -> Bytes {
-        self.0
-    }
 }
 
 impl std::ops::Deref for BytesStr {
