@@ -228,8 +228,11 @@ impl Peers {
             failed(e, self)
         })?;
         let (parts, body) = response.into_parts();
-        // A trailers-only answer: the status is in the head.
-        if let Some(status) = tonic::Status::from_header_map(&parts.headers)
+        // A trailers-only answer: the status is in the head. Looked for before it is parsed:
+        // an answer's head has none ([`dapr_serve::field`] compares a few names, where tonic's
+        // parse hashes the name first).
+        if dapr_serve::field(&parts.headers, &crate::wire::names::header::GRPC_STATUS).is_some()
+            && let Some(status) = tonic::Status::from_header_map(&parts.headers)
             && status.code() != tonic::Code::Ok
         {
             return Err(status);

@@ -86,8 +86,7 @@ pub struct H2Body {
 
 impl H2Body {
     fn new(recv: RecvStream, headers: &HeaderMap) -> Self {
-        let remaining = headers
-            .get(CONTENT_LENGTH)
+        let remaining = crate::field(headers, &CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok());
         H2Body {
@@ -419,7 +418,7 @@ where
                     let end = body.is_end_stream();
                     if !end
                         && let Some(len) = body.size_hint().exact()
-                        && !head.headers.contains_key(CONTENT_LENGTH)
+                        && crate::field(&head.headers, &CONTENT_LENGTH).is_none()
                     {
                         head.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                     }

@@ -250,7 +250,7 @@ impl PlainRequest {
         &self,
     ) -> impl Iterator<Item = Result<(HeaderName, HeaderValue), InvalidHeader>> + '_ {
         self.plain.headers.iter().map(|&(name, value)| {
-            let name = HeaderName::from_bytes(&self.message[name.0..name.1])
+            let name = crate::header_name(&self.message[name.0..name.1])
                 .map_err(|e| InvalidHeader(e.into()))?;
             let value = HeaderValue::from_maybe_shared(self.message.slice(value.0..value.1))
                 .map_err(|e| InvalidHeader(e.into()))?;

@@ -66,6 +66,76 @@ pub use http1::{
 pub use peer::WithPeer;
 pub use preface::Preface;
 
+/// Up to this many fields, [`field`] compares names instead of hashing.
+const SCANNED_FIELDS: usize = 8;
+
+/// The first value of `name` in `headers`, as `HeaderMap::get` finds it. An HTTP/2 head or
+/// trailers block between sidecars has a handful of fields, where comparing each name is
+/// cheaper than hashing the one looked for (about 150 instructions a lookup; bench/notes.md,
+/// "peer ids, statuses and app headers looked up without hashing"); a larger map is looked up
+/// by its hash.
+pub fn field<'a>(
+    headers: &'a ::http::HeaderMap,
+    name: &::http::HeaderName,
+) -> Option<&'a ::http::HeaderValue> {
+    if headers.len() <= SCANNED_FIELDS {
+        return headers
+            .iter()
+            .find(|(held, _)| *held == name)
+            .map(|(_, value)| value);
+    }
+    headers.get(name)
+}
+
+/// How many header names [`header_name`] keeps read on a thread.
+const KEPT_NAMES: usize = 16;
+/// The longest header name kept read.
+const LONGEST_KEPT_NAME: usize = 64;
+
+/// Header names read last on this thread, as they were spelt, each with its `HeaderName`, the
+/// oldest replaced first.
+struct KeptNames {
+    names: Vec<(Box<[u8]>, ::http::HeaderName)>,
+    next: usize,
+}
+
+thread_local! {
+    static KEPT: std::cell::RefCell<KeptNames> = const {
+        std::cell::RefCell::new(KeptNames { names: Vec::new(), next: 0 })
+    };
+}
+
+/// A header name read from an HTTP/1 head, as `HeaderName::from_bytes` reads it. A client and
+/// an app send the same few names again and again, and reading one lower-cases and checks each
+/// of its bytes and, for a name outside `http`'s standard set, copies it into an allocation of
+/// its own: about 130-180 instructions a name (bench/notes.md, "peer ids, statuses and app
+/// headers looked up without hashing"). The same bytes again get a clone of the name read
+/// before. A name that is not valid is never kept, and is refused as `from_bytes` refuses it.
+pub fn header_name(raw: &[u8]) -> Result<::http::HeaderName, ::http::header::InvalidHeaderName> {
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some((_, name)) = kept
+            .names
+            .iter()
+            .find(|(spelt, _)| spelt.len() == raw.len() && **spelt == *raw)
+        {
+            return Ok(name.clone());
+        }
+        let name = ::http::HeaderName::from_bytes(raw)?;
+        if raw.len() <= LONGEST_KEPT_NAME {
+            let entry = (Box::from(raw), name.clone());
+            if kept.names.len() < KEPT_NAMES {
+                kept.names.push(entry);
+            } else {
+                let next = kept.next;
+                kept.names[next] = entry;
+                kept.next = (next + 1) % KEPT_NAMES;
+            }
+        }
+        Ok(name)
+    })
+}
+
 /// How many connections the kernel may queue for `accept` (capped by
 /// `net.core.somaxconn`). The standard library's 128 overflows under a burst of connects, and
 /// each dropped SYN costs its client a one-second retransmit; Go's listeners use somaxconn.
@@ -116,5 +186,72 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ::http::{HeaderMap, HeaderName, HeaderValue};
+
+    #[test]
+    fn a_header_name_reads_as_from_bytes_reads_it_kept_or_not() {
+        use super::{KEPT, KEPT_NAMES, LONGEST_KEPT_NAME, header_name};
+        let long = format!("x-{}", "l".repeat(LONGEST_KEPT_NAME));
+        let mut spellings: Vec<String> = (0..KEPT_NAMES + 4)
+            .map(|i| format!("X-Name-{i:02}"))
+            .collect();
+        spellings.extend(["x-name-00", "Content-Type", "content-type", "date"].map(String::from));
+        spellings.push(long);
+        for _ in 0..3 {
+            for spelt in &spellings {
+                let read = header_name(spelt.as_bytes()).expect("valid");
+                let fresh = HeaderName::from_bytes(spelt.as_bytes()).expect("valid");
+                assert_eq!(read, fresh, "{spelt}");
+            }
+        }
+        for invalid in [&b""[..], b"a b", b"x:y", b"\xff"] {
+            assert!(header_name(invalid).is_err(), "{invalid:?}");
+            assert!(header_name(invalid).is_err(), "{invalid:?} again");
+        }
+        KEPT.with(|kept| {
+            let kept = kept.borrow();
+            assert_eq!(kept.names.len(), KEPT_NAMES);
+            assert!(
+                kept.names
+                    .iter()
+                    .all(|(spelt, _)| spelt.len() <= LONGEST_KEPT_NAME)
+            );
+        });
+    }
+
+    #[test]
+    fn a_field_is_found_as_a_map_lookup_finds_it_in_small_and_large_maps() {
+        let names: Vec<HeaderName> = [
+            "content-length",
+            "te",
+            "grpc-status",
+            "grpc-timeout",
+            "grpc-statux",
+            "x-a",
+        ]
+        .iter()
+        .map(|n| HeaderName::from_static(n))
+        .collect();
+        for size in 0..3 * super::SCANNED_FIELDS {
+            let mut headers = HeaderMap::new();
+            for i in 0..size {
+                // Repeated names, so a name can have several values; the first one counts.
+                let name = names[(i * 5) % names.len()].clone();
+                let value = HeaderValue::from_str(&i.to_string()).expect("value");
+                headers.append(name, value);
+            }
+            for name in &names {
+                assert_eq!(
+                    super::field(&headers, name),
+                    headers.get(name),
+                    "{size} {name}"
+                );
+            }
+        }
     }
 }

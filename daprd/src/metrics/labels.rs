@@ -21,15 +21,46 @@ pub(super) const GRPC_METHODS: [&str; 6] = [
 /// Label values (peer app ids, proxied method names) seen so far, capped: the interned value is
 /// handed out without allocating.
 pub(super) struct PeerIds {
-    seen: RwLock<HashSet<Arc<str>>>,
+    seen: RwLock<Seen>,
     other: Arc<str>,
     cap: usize,
+}
+
+/// How many values are kept in a list, compared by value, before the rest go to a hashed set:
+/// a sidecar calls and is called by a handful of apps, and hashing an id with SipHash cost
+/// about 270 instructions per call on each sidecar (bench/notes.md, "peer ids, statuses and
+/// app headers looked up without hashing").
+const AT_HAND: usize = 8;
+
+#[derive(Default)]
+struct Seen {
+    first: Vec<Arc<str>>,
+    rest: HashSet<Arc<str>>,
+}
+
+impl Seen {
+    fn get(&self, id: &str) -> Option<&Arc<str>> {
+        let at_hand = self.first.iter().find(|known| ***known == *id);
+        at_hand.or_else(|| self.rest.get(id))
+    }
+
+    fn len(&self) -> usize {
+        self.first.len() + self.rest.len()
+    }
+
+    fn insert(&mut self, id: Arc<str>) {
+        if self.first.len() < AT_HAND {
+            self.first.push(id);
+        } else {
+            self.rest.insert(id);
+        }
+    }
 }
 
 impl PeerIds {
     pub(super) fn new(cap: usize) -> PeerIds {
         PeerIds {
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(Seen::default()),
             other: Arc::from(OTHER_PEERS),
             cap,
         }
@@ -150,6 +181,27 @@ mod tests {
         assert_eq!(&*peers.label("b"), "b");
         assert_eq!(&*peers.label("c"), OTHER_PEERS);
         assert_eq!(&*peers.label("a"), "a");
+    }
+
+    #[test]
+    fn peer_ids_kept_at_hand_and_hashed_are_one_interned_set() {
+        let cap = 3 * AT_HAND;
+        let peers = PeerIds::new(cap);
+        let ids: Vec<String> = (0..cap + 5).map(|i| format!("app-{i}")).collect();
+        let first: Vec<Arc<str>> = ids.iter().map(|id| peers.label(id)).collect();
+        for (i, (id, label)) in ids.iter().zip(&first).enumerate() {
+            let again = peers.label(id);
+            if i < cap {
+                assert_eq!(&*again, id.as_str());
+                // Interned: the same value is handed out, not a new one.
+                assert!(Arc::ptr_eq(&again, label), "{id}");
+            } else {
+                assert_eq!(&*again, OTHER_PEERS, "{id}");
+            }
+        }
+        assert_eq!(peers.seen.read().expect("lock").len(), cap);
+        // Same length, other bytes: not mistaken for a kept one.
+        assert_eq!(&*peers.label("app-x"), OTHER_PEERS);
     }
 
     #[test]

@@ -265,8 +265,7 @@ pub fn frame_head(len: usize) -> BytesMut {
 
 /// The `grpc-status` of a response head (a trailers-only answer) or of its trailers.
 pub fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
-    headers
-        .get(&super::names::header::GRPC_STATUS)
+    dapr_serve::field(headers, &super::names::header::GRPC_STATUS)
         .map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }
 

@@ -43,7 +43,7 @@ pub fn message_limit(max_body_size: usize) -> usize {
 /// deadline. A value that does not parse is ignored, as tonic's server ignores it.
 /// See [`within_deadline`].
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(&super::names::header::GRPC_TIMEOUT)?.as_bytes();
+    let value = dapr_serve::field(headers, &super::names::header::GRPC_TIMEOUT)?.as_bytes();
     let (digits, unit) = value.split_last().map(|(unit, digits)| (digits, *unit))?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -237,7 +237,7 @@ where
         let Some(http_status) = self.response else {
             return Ok(None);
         };
-        match trailers.and_then(|t| t.get(&super::names::header::GRPC_STATUS)) {
+        match trailers.and_then(|t| dapr_serve::field(t, &super::names::header::GRPC_STATUS)) {
             // The usual end, without parsing the rest of the trailers.
             Some(code) if code == "0" => Ok(None),
             Some(_) => match trailers.and_then(Status::from_header_map) {

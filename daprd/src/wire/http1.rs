@@ -7,7 +7,7 @@
 //! without hyper's client"). The IO is `inbound::app_pool`'s; this module does no IO.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use smallvec::SmallVec;
 
 use dapr_serve::has_token;
@@ -275,7 +275,7 @@ pub fn parse_response(
         let mut close = !http11;
         let head = buf.split_to(len).freeze();
         for (name_at, name_len, value_at, value_len) in spans {
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            let name = dapr_serve::header_name(&head[name_at..name_at + name_len])
                 .map_err(|_| Http1Error::MalformedHead(httparse::Error::HeaderName))?;
             let value = head.slice(value_at..value_at + value_len);
             if name == http::header::CONTENT_LENGTH {
