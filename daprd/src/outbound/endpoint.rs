@@ -162,14 +162,18 @@ impl Endpoints {
     /// Where `id` goes if it is not a Dapr app: a named endpoint first, then a URL (also
     /// percent-encoded, as `http%3A%2F%2Fhost%3A80`).
     pub fn destination(&self, id: &str) -> Option<Destination<'_>> {
-        if let Some((name, endpoint)) = self.named.get_key_value(id) {
+        // Asked on every invocation, so without an allocation or a hash when there is none to
+        // find (two allocations per call before; bench/notes.md, "peer ids, statuses and app
+        // headers looked up without hashing").
+        if !self.named.is_empty()
+            && let Some((name, endpoint)) = self.named.get_key_value(id)
+        {
             return Some(Destination::Named { name, endpoint });
         }
         if has_scheme(id) {
             return Some(Destination::Url(id.trim_end_matches('/').to_owned()));
         }
-        let lower = id.get(..8).unwrap_or(id).to_ascii_lowercase();
-        if lower.starts_with("http%3a") || lower.starts_with("https%3a") {
+        if starts_with_ignoring_case(id, "http%3a") || starts_with_ignoring_case(id, "https%3a") {
             let decoded = percent_decode(id)?;
             return has_scheme(&decoded)
                 .then(|| Destination::Url(decoded.trim_end_matches('/').to_owned()));
@@ -354,8 +358,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn has_scheme(url: &str) -> bool {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    lower.starts_with("http://") || lower.starts_with("https://")
+    starts_with_ignoring_case(url, "http://") || starts_with_ignoring_case(url, "https://")
+}
+
+/// Whether `text` starts with `prefix` (ASCII) in any case.
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// `%XX` escapes decoded; `None` when one is malformed or the result is not UTF-8.
@@ -526,6 +536,18 @@ mod tests {
         assert!(e.destination("orders").is_none());
         assert!(e.destination("orders.prod").is_none());
         assert!(e.destination("http%3A%2F%2Fbad%zz").is_none());
+        // Without any HTTPEndpoint: URLs in any case, and nothing else, whatever its length or
+        // characters.
+        let none = Endpoints::default();
+        assert!(
+            matches!(none.destination("HtTp://a:1/"), Some(Destination::Url(u)) if u == "HtTp://a:1")
+        );
+        assert!(
+            matches!(none.destination("hTTpS%3a%2f%2fb"), Some(Destination::Url(u)) if u == "hTTpS://b")
+        );
+        for id in ["", "h", "http:/", "https:", "ftp://a", "http%3", "éééééééé", "http\u{e9}://"] {
+            assert!(none.destination(id).is_none(), "{id:?}");
+        }
     }
 
     #[test]
