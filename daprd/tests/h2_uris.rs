@@ -1,6 +1,7 @@
 //! Our copy of h2 (vendor/README.md) keeps the `:path` and `:authority` values its server
-//! parsed last on a thread and reuses what they parsed to when the same bytes come again. This
-//! holds every request to the URI it was sent with: more distinct paths and authorities than
+//! parsed last on a thread and reuses what they parsed to when the same bytes come again, and
+//! its client keeps the values it sent last and reuses their copies. This holds every request
+//! to the URI it was sent with: more distinct paths and authorities than
 //! are kept, repeated and interleaved, with queries, and one too long to be kept, on one
 //! connection of h2's real client and server over an in-memory pipe.
 

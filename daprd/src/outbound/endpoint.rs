@@ -545,7 +545,16 @@ mod tests {
         assert!(
             matches!(none.destination("hTTpS%3a%2f%2fb"), Some(Destination::Url(u)) if u == "hTTpS://b")
         );
-        for id in ["", "h", "http:/", "https:", "ftp://a", "http%3", "éééééééé", "http\u{e9}://"] {
+        for id in [
+            "",
+            "h",
+            "http:/",
+            "https:",
+            "ftp://a",
+            "http%3",
+            "éééééééé",
+            "http\u{e9}://",
+        ] {
             assert!(none.destination(id).is_none(), "{id:?}");
         }
     }
