@@ -203,6 +203,21 @@ enum Implementation {
     Upstream,
 }
 
+/// How many times [`Daprd::start_with`] starts a daprd that exits while starting.
+const START_ATTEMPTS: u32 = 3;
+
+/// A daprd that exited before it was ready, with its log.
+#[derive(Debug)]
+struct ExitedAtStart(String);
+
+impl std::fmt::Display for ExitedAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ExitedAtStart {}
+
 /// One `daprd` process started by the bench (info logs, metrics on, mTLS through sentry).
 struct Daprd {
     child: tokio::process::Child,
@@ -228,6 +243,11 @@ impl Daprd {
 
     /// `implementation`'s daprd with the Configuration file `config`. Both take the same flags;
     /// upstream's takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`.
+    ///
+    /// A port found free can be taken before the child binds it (by any other process on the
+    /// machine; a run once lost its report to upstream's "could not listen on any
+    /// endpoint", bench/notes.md): a child that exits while starting is started again on other
+    /// ports, at most [`START_ATTEMPTS`] times. Its start time is its last attempt's.
     async fn start_with(
         implementation: Implementation,
         app_id: &str,
@@ -236,8 +256,38 @@ impl Daprd {
         app: Option<(u16, &str)>,
         config: &Path,
     ) -> anyhow::Result<Daprd> {
-        let (http_port, grpc_port, internal_port, metrics_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(implementation, app_id, dir, sentry, app, config).await {
+                Err(e) if attempt < START_ATTEMPTS && e.is::<ExitedAtStart>() => {
+                    eprintln!("bench: {e:#}; starting it again on other ports");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(
+        implementation: Implementation,
+        app_id: &str,
+        dir: &Path,
+        sentry: &Sentry,
+        app: Option<(u16, &str)>,
+        config: &Path,
+    ) -> anyhow::Result<Daprd> {
+        // Held together until all four are chosen, so no two are the same port.
+        let held = [(); 4].map(|()| std::net::TcpListener::bind("127.0.0.1:0"));
+        let mut ports = [0u16; 4];
+        for (port, listener) in ports.iter_mut().zip(&held) {
+            *port = listener
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .local_addr()?
+                .port();
+        }
+        drop(held);
+        let [http_port, grpc_port, internal_port, metrics_port] = ports;
         let log = dir.join(format!("daprd-{app_id}.log"));
         let out = std::fs::File::create(&log)?;
         let (args, mut env) = sentry.sidecar_options();
@@ -281,10 +331,11 @@ impl Daprd {
                 break started.elapsed();
             }
             if let Ok(Some(status)) = child.try_wait() {
-                bail!(
+                return Err(ExitedAtStart(format!(
                     "daprd {app_id} exited with {status}: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                ))
+                .into());
             }
             if started.elapsed() > Duration::from_secs(20) {
                 bail!("daprd {app_id} not ready within 20s; see {}", log.display());
