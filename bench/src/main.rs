@@ -36,7 +36,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use e2e::sentry::Sentry;
-use e2e::sidecar::{HttpClient, binary, free_port, scratch_dir, sqlite_config};
+use e2e::sidecar::{HttpClient, binary, free_ports, scratch_dir, sqlite_config};
 use e2e::spawn_echo_app;
 use load::{Recorded, Target};
 use serde_json::{Value, json};
@@ -244,10 +244,11 @@ impl Daprd {
     /// `implementation`'s daprd with the Configuration file `config`. Both take the same flags;
     /// upstream's takes the trust anchors as PEM in `DAPR_TRUST_ANCHORS`.
     ///
-    /// A port found free can be taken before the child binds it (by any other process on the
-    /// machine; a run once lost its report to upstream's "could not listen on any
-    /// endpoint", bench/notes.md): a child that exits while starting is started again on other
-    /// ports, at most [`START_ATTEMPTS`] times. Its start time is its last attempt's.
+    /// Its four ports are all different ([`free_ports`]), but a port found free can be taken
+    /// before the child binds it (by any other process on the machine; a run once lost its
+    /// report to upstream's "could not listen on any endpoint", bench/notes.md): a child that
+    /// exits while starting is started again on other ports, at most [`START_ATTEMPTS`] times.
+    /// Its start time is its last attempt's.
     async fn start_with(
         implementation: Implementation,
         app_id: &str,
@@ -268,6 +269,7 @@ impl Daprd {
         }
     }
 
+    /// One attempt of [`Self::start_with`].
     async fn start_once(
         implementation: Implementation,
         app_id: &str,
@@ -276,18 +278,7 @@ impl Daprd {
         app: Option<(u16, &str)>,
         config: &Path,
     ) -> anyhow::Result<Daprd> {
-        // Held together until all four are chosen, so no two are the same port.
-        let held = [(); 4].map(|()| std::net::TcpListener::bind("127.0.0.1:0"));
-        let mut ports = [0u16; 4];
-        for (port, listener) in ports.iter_mut().zip(&held) {
-            *port = listener
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .local_addr()?
-                .port();
-        }
-        drop(held);
-        let [http_port, grpc_port, internal_port, metrics_port] = ports;
+        let [http_port, grpc_port, internal_port, metrics_port] = free_ports()?;
         let log = dir.join(format!("daprd-{app_id}.log"));
         let out = std::fs::File::create(&log)?;
         let (args, mut env) = sentry.sidecar_options();
@@ -803,13 +794,14 @@ async fn main() -> anyhow::Result<()> {
         idle_rss["upstream_callee_grpc"] = json!(procfs::rss(up.callee_grpc.pid()?)?);
     }
 
+    let [a_http, a_grpc, b_http, b_grpc, a_h2, b_h2] = free_ports()?;
     let ports = nginx::Ports {
-        a_http: free_port()?,
-        a_grpc: free_port()?,
-        b_http: free_port()?,
-        b_grpc: free_port()?,
-        a_h2: free_port()?,
-        b_h2: free_port()?,
+        a_http,
+        a_grpc,
+        b_http,
+        b_grpc,
+        a_h2,
+        b_h2,
     };
     nginx::write_certs(&dir)?;
     let nginx_b = nginx::Nginx::start(

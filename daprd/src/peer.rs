@@ -229,11 +229,10 @@ impl Peers {
         })?;
         let (parts, body) = response.into_parts();
         // A trailers-only answer: the status is in the head. Looked for before it is parsed:
-        // an answer's head has none ([`dapr_serve::field`] compares a few names, where tonic's
-        // parse hashes the name first).
-        if dapr_serve::field(&parts.headers, &crate::wire::names::header::GRPC_STATUS).is_some()
+        // an answer's head has none ([`crate::wire::grpc_status`] compares a few names, where
+        // tonic's parse hashes the name first).
+        if crate::wire::grpc_status(&parts.headers).is_some_and(|code| code != tonic::Code::Ok)
             && let Some(status) = tonic::Status::from_header_map(&parts.headers)
-            && status.code() != tonic::Code::Ok
         {
             return Err(status);
         }

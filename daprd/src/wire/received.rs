@@ -522,16 +522,13 @@ impl ReceivedMetadata {
                 _ => {}
             }
         }
-        if self.0.len() < SCANNED_ENTRIES {
-            // Scanned while the map is usual: a later push makes it larger, and sorted.
-            let held = self
-                .0
-                .iter_mut()
-                .find(|(held, _)| held.len() == name.len() && held.as_bytes() == name.as_bytes());
-            if let Some((_, held)) = held {
-                *held = values;
-                return Ok(());
-            }
+        // Looked for while the map is usual (scanned); a later push makes it larger, and
+        // [`Self::seal`] sorts it.
+        if self.0.len() < SCANNED_ENTRIES
+            && let Ok(i) = self.find(&name)
+        {
+            self.0[i].1 = values;
+            return Ok(());
         }
         if self.0.capacity() == 0 {
             // One allocation for a usual call's entries (about a dozen), not one per doubling.

@@ -111,6 +111,8 @@ macro_rules! ready {
 mod codec;
 mod error;
 mod hpack;
+// PATCHED (see vendor/README.md)
+mod kept;
 
 #[cfg(not(feature = "unstable"))]
 mod proto;

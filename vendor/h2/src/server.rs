@@ -1711,9 +1711,9 @@ impl proto::Peer for Peer {
             // dropped, as grpc-go's server ignores it, instead of resetting the stream. gRPC
             // C-core (Python, C++, Ruby, PHP) and grpc-java send the percent-encoded socket
             // path there over a Unix-domain socket (grpc/grpc#38142, hyperium/h2#487).
-            match parsed::AUTHORITIES.with(|kept| {
+            match AUTHORITIES.with(|kept| {
                 kept.borrow_mut()
-                    .parse(authority.as_str().as_bytes(), uri::Authority::from_maybe_shared)
+                    .get(authority.as_str().as_bytes(), uri::Authority::from_maybe_shared)
             }) {
                 Ok(authority) => parts.authority = Some(authority),
                 Err(why) => tracing::debug!(
@@ -1759,9 +1759,9 @@ impl proto::Peer for Peer {
                 malformed!("malformed headers: missing path");
             }
 
-            let maybe_path = parsed::PATHS.with(|kept| {
+            let maybe_path = PATHS.with(|kept| {
                 kept.borrow_mut()
-                    .parse(path.as_str().as_bytes(), uri::PathAndQuery::from_maybe_shared)
+                    .get(path.as_str().as_bytes(), uri::PathAndQuery::from_maybe_shared)
             });
             parts.path_and_query = Some(maybe_path.or_else(|why| {
                 malformed!("malformed headers: malformed path ({:?}): {}", path, why,)
@@ -1788,66 +1788,15 @@ impl proto::Peer for Peer {
     }
 }
 
-/// PATCHED (see vendor/README.md): the `:path` and `:authority` values parsed last on this
-/// thread, each with what it parsed to. A connection sends the same few again and again (a
-/// gRPC method's path, the server's address), and parsing one checks each of its bytes: about
-/// 650 and 220 instructions per request for a sidecar's `CallLocalStream` path and address.
-/// The same bytes again get a clone of what they parsed to. The kept values are copies, so no
-/// received frame's buffer is held; a value over `LONGEST` bytes is parsed and not kept.
-mod parsed {
-    use bytes::Bytes;
-    use http::uri;
-    use std::cell::RefCell;
-
-    /// How many values are kept, the oldest replaced first.
-    const KEPT: usize = 4;
-    /// The longest value kept.
-    const LONGEST: usize = 256;
-
-    pub(super) struct Kept<T> {
-        values: Vec<(Bytes, T)>,
-        next: usize,
-    }
-
-    impl<T: Clone> Kept<T> {
-        const fn new() -> Self {
-            Kept {
-                values: Vec::new(),
-                next: 0,
-            }
-        }
-
-        /// What `text` parses to by `parse`, kept or parsed now.
-        pub(super) fn parse<E>(
-            &mut self,
-            text: &[u8],
-            parse: impl FnOnce(Bytes) -> Result<T, E>,
-        ) -> Result<T, E> {
-            if let Some((_, value)) = self
-                .values
-                .iter()
-                .find(|(kept, _)| kept.len() == text.len() && kept[..] == *text)
-            {
-                return Ok(value.clone());
-            }
-            let own = Bytes::copy_from_slice(text);
-            let value = parse(own.clone())?;
-            if text.len() <= LONGEST {
-                if self.values.len() < KEPT {
-                    self.values.push((own, value.clone()));
-                } else {
-                    self.values[self.next] = (own, value.clone());
-                    self.next = (self.next + 1) % KEPT;
-                }
-            }
-            Ok(value)
-        }
-    }
-
-    thread_local! {
-        pub(super) static PATHS: RefCell<Kept<uri::PathAndQuery>> = const { RefCell::new(Kept::new()) };
-        pub(super) static AUTHORITIES: RefCell<Kept<uri::Authority>> = const { RefCell::new(Kept::new()) };
-    }
+// PATCHED (see vendor/README.md): the `:path` and `:authority` values parsed last on this
+// thread, with what each parsed to (`crate::kept`): parsing one checks each of its bytes,
+// about 650 and 220 instructions per request for a sidecar's `CallLocalStream` path and
+// address.
+thread_local! {
+    static PATHS: std::cell::RefCell<crate::kept::Kept<http::uri::PathAndQuery>> =
+        const { std::cell::RefCell::new(crate::kept::Kept::new()) };
+    static AUTHORITIES: std::cell::RefCell<crate::kept::Kept<http::uri::Authority>> =
+        const { std::cell::RefCell::new(crate::kept::Kept::new()) };
 }
 
 // ===== impl Handshaking =====

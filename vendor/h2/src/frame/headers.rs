@@ -548,52 +548,23 @@ impl Continuation {
 
 // ===== impl Pseudo =====
 
-/// PATCHED (see vendor/README.md): the last four `:path` and four `:authority` values a client
-/// sent on this thread, as the strings they were copied into. A connection sends the same few
-/// again and again (a gRPC method's path, the peer's address), and each was copied into an
-/// allocation of its own per request. The same text again gets a clone of the kept string (a
-/// reference count); a value over `LONGEST` bytes is copied and not kept.
-mod sent {
-    use crate::hpack::BytesStr;
-    use std::cell::RefCell;
-    use std::thread::LocalKey;
+// PATCHED (see vendor/README.md): the `:path` and `:authority` values a client sent last on
+// this thread, as the strings they were copied into (`crate::kept`): each was copied into an
+// allocation of its own per request.
+thread_local! {
+    static SENT_PATHS: std::cell::RefCell<crate::kept::Kept<BytesStr>> =
+        const { std::cell::RefCell::new(crate::kept::Kept::new()) };
+    static SENT_AUTHORITIES: std::cell::RefCell<crate::kept::Kept<BytesStr>> =
+        const { std::cell::RefCell::new(crate::kept::Kept::new()) };
+}
 
-    const KEPT: usize = 4;
-    const LONGEST: usize = 256;
-
-    pub(super) struct Kept {
-        values: Vec<BytesStr>,
-        next: usize,
-    }
-
-    thread_local! {
-        pub(super) static PATHS: RefCell<Kept> = const { RefCell::new(Kept { values: Vec::new(), next: 0 }) };
-        pub(super) static AUTHORITIES: RefCell<Kept> = const { RefCell::new(Kept { values: Vec::new(), next: 0 }) };
-    }
-
-    pub(super) fn kept(kept: &'static LocalKey<RefCell<Kept>>, text: &str) -> BytesStr {
-        kept.with(|kept| {
-            let mut kept = kept.borrow_mut();
-            if let Some(value) = kept
-                .values
-                .iter()
-                .find(|value| value.len() == text.len() && value.as_str() == text)
-            {
-                return value.clone();
-            }
-            let value = BytesStr::from(text);
-            if text.len() <= LONGEST {
-                if kept.values.len() < KEPT {
-                    kept.values.push(value.clone());
-                } else {
-                    let next = kept.next;
-                    kept.values[next] = value.clone();
-                    kept.next = (next + 1) % KEPT;
-                }
-            }
-            value
-        })
-    }
+/// `text` as a `BytesStr`, a clone of the one it was copied into last time when `kept` has it.
+fn sent(
+    kept: &'static std::thread::LocalKey<std::cell::RefCell<crate::kept::Kept<BytesStr>>>,
+    text: &str,
+) -> BytesStr {
+    kept.with(|kept| kept.borrow_mut().get(text.as_bytes(), BytesStr::try_from))
+        .unwrap_or_else(|_| BytesStr::from(text))
 }
 
 impl Pseudo {
@@ -605,7 +576,7 @@ impl Pseudo {
         } else {
             let path = parts
                 .path_and_query
-                .map(|v| sent::kept(&sent::PATHS, v.as_str()))
+                .map(|v| sent(&SENT_PATHS, v.as_str()))
                 .unwrap_or(BytesStr::from_static(""));
 
             let path = if !path.is_empty() {
@@ -636,7 +607,7 @@ impl Pseudo {
         // If the URI includes an authority component, add it to the pseudo
         // headers
         if let Some(authority) = parts.authority {
-            pseudo.set_authority(sent::kept(&sent::AUTHORITIES, authority.as_str()));
+            pseudo.set_authority(sent(&SENT_AUTHORITIES, authority.as_str()));
         }
 
         pseudo
