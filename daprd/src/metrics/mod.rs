@@ -34,12 +34,14 @@
 //! label on every family.
 //!
 //! Here: the names, label keys, buckets and caps, and [`Metrics`], the recording API the rest of
-//! the sidecar calls. `registry` registers the families; `labels` bounds label values;
-//! `calls` holds the per-call recorders [`Metrics`] hands out; `body` the metered body the
-//! server layers in `http_server` and `grpc_server` wrap responses in.
+//! the sidecar calls. `registry` registers the families; `family` is a labelled family that
+//! finds each child by its label values; `labels` bounds label values; `calls` holds the
+//! per-call recorders [`Metrics`] hands out; `body` the metered body the server layers in
+//! `http_server` and `grpc_server` wrap responses in.
 
 mod body;
 mod calls;
+mod family;
 mod grpc_server;
 mod http_server;
 mod labels;
@@ -277,15 +279,9 @@ impl Metrics {
             return;
         };
         let target = format!("app_{}", f.peers.label(app));
-        if let Ok(gauge) = f.resiliency_cb_state.get_metric_with_label_values(&[
-            name,
-            namespace,
-            CIRCUIT_BREAKER,
-            OUTBOUND,
-            &target,
-        ]) {
-            gauge.set(state);
-        }
+        let labels = [name, namespace, CIRCUIT_BREAKER, OUTBOUND, &target];
+        f.resiliency_cb_state
+            .with(&labels, |gauge| gauge.set(state));
     }
 
     /// A counter of another part of the sidecar (the tracing exporters' drops), registered with

@@ -1,45 +1,44 @@
 //! The registry: every family registered under its upstream name, labels and buckets, and the
 //! helpers that record into a family without failing on a label mismatch.
 
-use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use prometheus::core::{MetricVec, MetricVecBuilder};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
+use super::family::Labelled;
 use super::labels::PeerIds;
 use super::{LATENCY_MS_BUCKETS, MAX_PEER_IDS, MAX_PROXIED_METHODS, SIZE_BUCKETS, label, name};
 
 /// The registered families of one sidecar, shared by [`super::Metrics`] and the layers.
 pub(super) struct Families {
     pub(super) registry: Registry,
-    pub(super) http_server_request_count: Labelled<IntCounterVec>,
-    pub(super) http_server_latency: Labelled<HistogramVec>,
+    pub(super) http_server_request_count: Labelled<IntCounter>,
+    pub(super) http_server_latency: Labelled<Histogram>,
     pub(super) http_server_request_bytes: Histogram,
     pub(super) http_server_response_bytes: Histogram,
-    pub(super) http_client_sent_bytes: Labelled<HistogramVec>,
+    pub(super) http_client_sent_bytes: Labelled<Histogram>,
     pub(super) http_client_received_bytes: Histogram,
-    pub(super) http_client_roundtrip_latency: Labelled<HistogramVec>,
-    pub(super) http_client_completed_count: Labelled<IntCounterVec>,
-    pub(super) grpc_server_completed_rpcs: Labelled<IntCounterVec>,
-    pub(super) grpc_server_latency: Labelled<HistogramVec>,
-    pub(super) grpc_server_received_bytes: Labelled<HistogramVec>,
-    pub(super) grpc_server_sent_bytes: Labelled<HistogramVec>,
-    pub(super) grpc_client_completed_rpcs: Labelled<IntCounterVec>,
-    pub(super) grpc_client_latency: Labelled<HistogramVec>,
-    pub(super) grpc_client_sent_bytes: Labelled<HistogramVec>,
-    pub(super) grpc_client_received_bytes: Labelled<HistogramVec>,
-    pub(super) health_probes_completed: Labelled<IntCounterVec>,
-    pub(super) health_probes_latency: Labelled<HistogramVec>,
-    pub(super) invocation_req_sent: Labelled<IntCounterVec>,
-    pub(super) invocation_req_recv: Labelled<IntCounterVec>,
-    pub(super) invocation_res_sent: Labelled<IntCounterVec>,
-    pub(super) invocation_res_recv: Labelled<IntCounterVec>,
-    pub(super) invocation_res_recv_latency: Labelled<HistogramVec>,
-    pub(super) resiliency_loaded: Labelled<IntCounterVec>,
-    pub(super) resiliency_count: Labelled<IntCounterVec>,
-    pub(super) resiliency_activations: Labelled<IntCounterVec>,
-    pub(super) resiliency_cb_state: prometheus::IntGaugeVec,
+    pub(super) http_client_roundtrip_latency: Labelled<Histogram>,
+    pub(super) http_client_completed_count: Labelled<IntCounter>,
+    pub(super) grpc_server_completed_rpcs: Labelled<IntCounter>,
+    pub(super) grpc_server_latency: Labelled<Histogram>,
+    pub(super) grpc_server_received_bytes: Labelled<Histogram>,
+    pub(super) grpc_server_sent_bytes: Labelled<Histogram>,
+    pub(super) grpc_client_completed_rpcs: Labelled<IntCounter>,
+    pub(super) grpc_client_latency: Labelled<Histogram>,
+    pub(super) grpc_client_sent_bytes: Labelled<Histogram>,
+    pub(super) grpc_client_received_bytes: Labelled<Histogram>,
+    pub(super) health_probes_completed: Labelled<IntCounter>,
+    pub(super) health_probes_latency: Labelled<Histogram>,
+    pub(super) invocation_req_sent: Labelled<IntCounter>,
+    pub(super) invocation_req_recv: Labelled<IntCounter>,
+    pub(super) invocation_res_sent: Labelled<IntCounter>,
+    pub(super) invocation_res_recv: Labelled<IntCounter>,
+    pub(super) invocation_res_recv_latency: Labelled<Histogram>,
+    pub(super) resiliency_loaded: Labelled<IntCounter>,
+    pub(super) resiliency_count: Labelled<IntCounter>,
+    pub(super) resiliency_activations: Labelled<IntCounter>,
+    pub(super) resiliency_cb_state: Labelled<IntGauge>,
     pub(super) peers: PeerIds,
     pub(super) proxied_methods: PeerIds,
 }
@@ -49,20 +48,18 @@ impl Families {
         let registry = Registry::new();
         let http = [label::METHOD, label::PATH, label::STATUS];
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let vec = IntCounterVec::new(
-                Opts::new(name, help).const_label(label::APP_ID, app_id),
-                labels,
-            )?;
-            registry.register(Box::new(vec.clone()))?;
-            Ok::<_, prometheus::Error>(Labelled::new(vec))
+            let opts = Opts::new(name, help).const_label(label::APP_ID, app_id);
+            let family = Labelled::<IntCounter>::new(opts, labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
         };
         let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
             let opts = HistogramOpts::new(name, help)
                 .const_label(label::APP_ID, app_id)
                 .buckets(buckets.to_vec());
-            let vec = HistogramVec::new(opts, labels)?;
-            registry.register(Box::new(vec.clone()))?;
-            Ok::<_, prometheus::Error>(Labelled::new(vec))
+            let family = Labelled::<Histogram>::new(opts, labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
         };
         let no_labels: &[&str] = &[];
         let resiliency = [
@@ -188,16 +185,14 @@ impl Families {
                 &resiliency,
             )?,
             resiliency_cb_state: {
-                let vec = prometheus::IntGaugeVec::new(
-                    Opts::new(
-                        name::RESILIENCY_CB_STATE,
-                        "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is half-open, 2 is open, and -1 is unknown.",
-                    )
-                    .const_label(label::APP_ID, app_id),
-                    &resiliency[..5],
-                )?;
-                registry.register(Box::new(vec.clone()))?;
-                vec
+                let opts = Opts::new(
+                    name::RESILIENCY_CB_STATE,
+                    "A resiliency policy's current CircuitBreakerState state. 0 is closed, 1 is half-open, 2 is open, and -1 is unknown.",
+                )
+                .const_label(label::APP_ID, app_id);
+                let family = Labelled::<IntGauge>::new(opts, &resiliency[..5])?;
+                registry.register(Box::new(family.clone()))?;
+                family
             },
             grpc_client_completed_rpcs: counter(
                 name::GRPC_CLIENT_COMPLETED_RPCS,
@@ -240,128 +235,14 @@ impl Families {
     }
 }
 
-pub(super) fn inc(family: &Labelled<IntCounterVec>, values: &[&str]) {
+pub(super) fn inc(family: &Labelled<IntCounter>, values: &[&str]) {
     family.with(values, |counter| counter.inc());
 }
 
-pub(super) fn observe(family: &Labelled<HistogramVec>, values: &[&str], value: f64) {
+pub(super) fn observe(family: &Labelled<Histogram>, values: &[&str], value: f64) {
     family.with(values, |histogram| histogram.observe(value));
-}
-
-/// How many label sets of a family [`Labelled`] keeps at hand: a sidecar records the same few
-/// (its peers, its verbs, status 200) nearly every time.
-const AT_HAND: usize = 8;
-
-/// A labelled family, with the children of the first [`AT_HAND`] label sets it recorded kept
-/// at hand. A record of one of those finds its child by comparing the values; `prometheus`
-/// hashes every value's bytes (FNV), hashes that again (SipHash) under a lock and clones the
-/// child, about 250 instructions a record and nine records a call on the called sidecar
-/// (bench/notes.md, "metrics recorded without hashing their labels, and smaller HTTP/2
-/// frames"). Any other label set is looked up as before, so a family with more still records
-/// them all.
-pub(super) struct Labelled<V: Children> {
-    vec: V,
-    at_hand: Mutex<Vec<(LabelValues, V::Child)>>,
-}
-
-/// A label set kept at hand, as it was recorded.
-type LabelValues = Box<[Box<str>]>;
-
-/// What a family hands out for a set of label values.
-pub(super) trait Children {
-    type Child;
-
-    fn child(&self, values: &[&str]) -> prometheus::Result<Self::Child>;
-}
-
-impl<T: MetricVecBuilder> Children for MetricVec<T> {
-    type Child = T::M;
-
-    fn child(&self, values: &[&str]) -> prometheus::Result<T::M> {
-        self.get_metric_with_label_values(values)
-    }
-}
-
-impl<V: Children> Labelled<V> {
-    fn new(vec: V) -> Self {
-        Labelled {
-            vec,
-            at_hand: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The child for `values`, looked up in the family (not kept at hand).
-    pub(super) fn child(&self, values: &[&str]) -> prometheus::Result<V::Child> {
-        self.vec.child(values)
-    }
-
-    /// Records into the child for `values` with `record`; a label set the family does not
-    /// have (a wrong count of values) records nothing.
-    fn with(&self, values: &[&str], record: impl FnOnce(&V::Child)) {
-        let mut at_hand = self.at_hand.lock().unwrap_or_else(PoisonError::into_inner);
-        let same = |held: &[Box<str>]| {
-            held.len() == values.len() && held.iter().zip(values).all(|(h, v)| **h == **v)
-        };
-        if let Some((_, child)) = at_hand.iter().find(|(held, _)| same(held)) {
-            record(child);
-            return;
-        }
-        let Ok(child) = self.vec.child(values) else {
-            return;
-        };
-        record(&child);
-        if at_hand.len() < AT_HAND {
-            at_hand.push((values.iter().map(|&v| Box::from(v)).collect(), child));
-        }
-    }
 }
 
 pub(super) fn millis_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn counters() -> Labelled<IntCounterVec> {
-        let vec = IntCounterVec::new(Opts::new("calls", "calls"), &["peer", "status"]);
-        Labelled::new(vec.expect("a family"))
-    }
-
-    fn count(family: &Labelled<IntCounterVec>, values: &[&str]) -> u64 {
-        family.child(values).expect("a child").get()
-    }
-
-    #[test]
-    fn records_reach_the_child_of_their_labels_however_many_label_sets_there_are() {
-        let family = counters();
-        // Twice the label sets kept at hand, each recorded a different number of times, in
-        // turn, so that sets kept at hand and sets looked up alternate.
-        let peers: Vec<String> = (0..2 * AT_HAND).map(|i| format!("app-{i}")).collect();
-        for round in 0..2 * AT_HAND {
-            for (i, peer) in peers.iter().enumerate() {
-                if round <= i {
-                    inc(&family, &[peer, "200"]);
-                }
-            }
-        }
-        inc(&family, &["app-0", "500"]);
-        for (i, peer) in peers.iter().enumerate() {
-            assert_eq!(count(&family, &[peer, "200"]), i as u64 + 1, "{peer}");
-        }
-        assert_eq!(count(&family, &["app-0", "500"]), 1);
-        assert_eq!(count(&family, &["app-1", "500"]), 0);
-        assert_eq!(family.at_hand.lock().unwrap().len(), AT_HAND);
-    }
-
-    #[test]
-    fn a_record_with_the_wrong_count_of_labels_records_nothing() {
-        let family = counters();
-        inc(&family, &["app-0"]);
-        inc(&family, &["app-0", "200", "extra"]);
-        assert!(family.at_hand.lock().unwrap().is_empty());
-        inc(&family, &["app-0", "200"]);
-        assert_eq!(count(&family, &["app-0", "200"]), 1);
-    }
 }
