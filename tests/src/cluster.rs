@@ -19,7 +19,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::sidecar::{HttpClient, free_port};
+use crate::sidecar::{HttpClient, free_port, free_ports};
 
 /// Bound on one `kubectl`/`helm` run.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -293,8 +293,7 @@ impl Cluster {
         let sa_private = write(&dir.join("sa.key"), &sa_key.serialize_pem())?;
         let sa_public = write(&dir.join("sa.pub"), &sa_key.public_key_pem())?;
 
-        let etcd_port = free_port()?;
-        let etcd_peer_port = free_port()?;
+        let [etcd_port, etcd_peer_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
         let etcd_log = dir.join("etcd.log");

@@ -195,11 +195,14 @@ impl Sidecar {
                 daprd.display()
             );
         }
-        let internal_port = match options.internal_port {
-            Some(port) => port,
-            None => free_port()?,
-        };
-        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+        let [
+            http_port,
+            grpc_port,
+            metrics_port,
+            own_internal,
+            public_port,
+        ] = free_ports()?;
+        let internal_port = options.internal_port.unwrap_or(own_internal);
         let mut health_port = http_port;
         let log = dir.join(format!("daprd-{app_id}.log"));
         let log_file = std::fs::File::create(&log)?;
@@ -220,7 +223,7 @@ impl Sidecar {
         };
         cmd.arg("--config").arg(config);
         if let Some(dir) = &options.unix_domain_socket {
-            health_port = free_port()?;
+            health_port = public_port;
             cmd.arg("--unix-domain-socket")
                 .arg(dir)
                 .args(["--dapr-public-port", &health_port.to_string()])

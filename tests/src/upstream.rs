@@ -16,8 +16,8 @@ use anyhow::Context;
 
 use crate::sentry::Sentry;
 use crate::sidecar::{
-    HttpClient, Sidecar, SidecarOptions, free_port, loopback, scratch_dir, sqlite_config,
-    wait_ready, with_fresh_ports,
+    HttpClient, Sidecar, SidecarOptions, free_port, free_ports, loopback, scratch_dir,
+    sqlite_config, wait_ready, with_fresh_ports,
 };
 use crate::{EchoApp, echo_app};
 
@@ -91,7 +91,7 @@ impl Upstream {
         app_id: &str,
         options: &UpstreamOptions<'_>,
     ) -> anyhow::Result<Self> {
-        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+        let [http_port, grpc_port, metrics_port] = free_ports()?;
         let log = dir.join(format!("upstream-{app_id}.log"));
         let log_file = std::fs::File::create(&log)?;
         let mut cmd = tokio::process::Command::new(options.binary);
@@ -328,7 +328,7 @@ async fn fleet_once(name: &str, options: FleetOptions) -> anyhow::Result<Option<
     let their_identity = (args.clone(), upstream_env.clone());
     args.extend(["--app-protocol".to_owned(), protocol.to_owned()]);
     args.extend(options.extra_args.iter().cloned());
-    let (our_internal, their_internal) = (free_port()?, free_port()?);
+    let [our_internal, their_internal] = free_ports()?;
     let (our_config, their_config, upstream_first) = match options.naming {
         Naming::Template => (
             template_config(&dir, "ours", loopback(their_internal), &options.our_spec)?,
