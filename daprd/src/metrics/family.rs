@@ -10,7 +10,7 @@
 //! (docs/dependencies.md).
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::core::{Collector, Desc, Describer, Metric};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -94,7 +94,9 @@ struct Family<M: Child> {
     desc: Desc,
     opts: M::Opts,
     label_names: Box<[String]>,
-    children: RwLock<Children<M>>,
+    /// A mutex, not a read-write lock: held for a lookup of a few compares, where taking a
+    /// read lock cost more (bench/notes.md, "metrics' label sets told apart").
+    children: Mutex<Children<M>>,
 }
 
 /// A label set, as it was recorded.
@@ -154,7 +156,7 @@ impl<M: Child> Labelled<M> {
             desc,
             opts,
             label_names,
-            children: RwLock::new(Children {
+            children: Mutex::new(Children {
                 at_hand: Vec::new(),
                 rest: HashMap::new(),
             }),
@@ -179,19 +181,9 @@ impl<M: Child> Labelled<M> {
         if values.len() != family.label_names.len() {
             return;
         }
-        {
-            let children = family
-                .children
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(child) = children.get(values) {
-                record(child);
-                return;
-            }
-        }
         let mut children = family
             .children
-            .write()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(child) = children.get(values) {
             record(child);
@@ -223,7 +215,7 @@ impl<M: Child> Collector for Labelled<M> {
         let children = self
             .0
             .children
-            .read()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut family = MetricFamily::default();
         family.set_name(self.0.desc.fq_name.clone());
@@ -250,7 +242,7 @@ mod tests {
     }
 
     fn held(family: &Labelled<IntCounter>) -> (usize, usize) {
-        let children = family.0.children.read().expect("not poisoned");
+        let children = family.0.children.lock().expect("not poisoned");
         (children.at_hand.len(), children.rest.len())
     }
 
