@@ -35,50 +35,29 @@ pub(super) trait Child: Metric + Clone + Send + Sync + 'static {
     fn new(opts: Self::Opts) -> prometheus::Result<Self>;
 }
 
-impl Child for IntCounter {
-    type Opts = Opts;
-    const TYPE: MetricType = MetricType::COUNTER;
+/// `Child` for a metric made from its options (`with_opts`), which take labels alike.
+macro_rules! child {
+    ($metric:ty, $opts:ty, $type:expr) => {
+        impl Child for $metric {
+            type Opts = $opts;
+            const TYPE: MetricType = $type;
 
-    fn label(opts: Opts, name: &str, value: &str) -> Opts {
-        opts.const_label(name, value)
-    }
-    fn with_label_names(opts: Opts, names: Vec<String>) -> Opts {
-        opts.variable_labels(names)
-    }
-    fn new(opts: Opts) -> prometheus::Result<Self> {
-        IntCounter::with_opts(opts)
-    }
+            fn label(opts: $opts, name: &str, value: &str) -> $opts {
+                opts.const_label(name, value)
+            }
+            fn with_label_names(opts: $opts, names: Vec<String>) -> $opts {
+                opts.variable_labels(names)
+            }
+            fn new(opts: $opts) -> prometheus::Result<Self> {
+                <$metric>::with_opts(opts)
+            }
+        }
+    };
 }
 
-impl Child for IntGauge {
-    type Opts = Opts;
-    const TYPE: MetricType = MetricType::GAUGE;
-
-    fn label(opts: Opts, name: &str, value: &str) -> Opts {
-        opts.const_label(name, value)
-    }
-    fn with_label_names(opts: Opts, names: Vec<String>) -> Opts {
-        opts.variable_labels(names)
-    }
-    fn new(opts: Opts) -> prometheus::Result<Self> {
-        IntGauge::with_opts(opts)
-    }
-}
-
-impl Child for Histogram {
-    type Opts = HistogramOpts;
-    const TYPE: MetricType = MetricType::HISTOGRAM;
-
-    fn label(opts: HistogramOpts, name: &str, value: &str) -> HistogramOpts {
-        opts.const_label(name, value)
-    }
-    fn with_label_names(opts: HistogramOpts, names: Vec<String>) -> HistogramOpts {
-        opts.variable_labels(names)
-    }
-    fn new(opts: HistogramOpts) -> prometheus::Result<Self> {
-        Histogram::with_opts(opts)
-    }
-}
+child!(IntCounter, Opts, MetricType::COUNTER);
+child!(IntGauge, Opts, MetricType::GAUGE);
+child!(Histogram, HistogramOpts, MetricType::HISTOGRAM);
 
 /// A family: registered once with the registry (a clone shares the children), recorded into
 /// through [`Labelled::with`].
