@@ -143,30 +143,38 @@ impl<M: Child> Labelled<M> {
     }
 
     /// The child for `values`, made if the family has none yet; an error for a wrong count of
-    /// values or a value prometheus refuses.
+    /// values or a child prometheus cannot make.
     pub(super) fn child(&self, values: &[&str]) -> prometheus::Result<M> {
-        let mut child = None;
-        self.with(values, |c| child = Some(c.clone()));
-        child.ok_or_else(|| prometheus::Error::InconsistentCardinality {
-            expect: self.0.label_names.len(),
-            got: values.len(),
-        })
+        self.with_child(values, M::clone)
     }
 
     /// Records into the child for `values` with `record`; a wrong count of values records
     /// nothing.
     pub(super) fn with(&self, values: &[&str], record: impl FnOnce(&M)) {
+        // Nothing to record into is not the caller's failure: a call records what it can.
+        let _ = self.with_child(values, record);
+    }
+
+    /// `use_child` on the child for `values`, under the lock, the child made and kept first if
+    /// the family has none yet.
+    fn with_child<T>(
+        &self,
+        values: &[&str],
+        use_child: impl FnOnce(&M) -> T,
+    ) -> prometheus::Result<T> {
         let family = &self.0;
         if values.len() != family.label_names.len() {
-            return;
+            return Err(prometheus::Error::InconsistentCardinality {
+                expect: family.label_names.len(),
+                got: values.len(),
+            });
         }
         let mut children = family
             .children
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(child) = children.get(values) {
-            record(child);
-            return;
+            return Ok(use_child(child));
         }
         let opts = family
             .label_names
@@ -175,11 +183,10 @@ impl<M: Child> Labelled<M> {
             .fold(family.opts.clone(), |opts, (name, value)| {
                 M::label(opts, name, value)
             });
-        let Ok(child) = M::new(opts) else {
-            return;
-        };
-        record(&child);
+        let child = M::new(opts)?;
+        let used = use_child(&child);
         children.insert(values, child);
+        Ok(used)
     }
 }
 
