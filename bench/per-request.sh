@@ -173,16 +173,20 @@ else
     for t in client_body proxy fastcgi uwsgi scgi; do printf '  %s_temp_path %s/%s-%s;\n' "$t" "$d" "$1" "$t"; done
     printf '  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  client_body_buffer_size 64k;\n  proxy_buffering off;\n  proxy_request_buffering off;\n'
   }
+  # TLS 1.3's suites in daprd's order (bench/src/nginx.rs, SUITES)
+  suites=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
   # client_tls grpc|proxy: A's TLS 1.3 to B with its client certificate; server_tls: B's side
   client_tls() {
     for directive in "protocols TLSv1.3" "certificate $d/client.crt" "certificate_key $d/client.key" \
-      "trusted_certificate $d/ca.crt" "verify on" "name localhost" "session_reuse on"; do
+      "trusted_certificate $d/ca.crt" "verify on" "name localhost" "session_reuse on" \
+      "conf_command Ciphersuites $suites"; do
       printf '      %s_ssl_%s;\n' "$1" "$directive"
     done
   }
   server_tls() {
     printf '    ssl_protocols TLSv1.3;\n    ssl_certificate %s/server.crt;\n    ssl_certificate_key %s/server.key;\n' "$d" "$d"
     printf '    ssl_client_certificate %s/ca.crt;\n    ssl_verify_client on;\n' "$d"
+    printf '    ssl_conf_command Ciphersuites %s;\n' "$suites"
   }
   # nginx-h2: A passes the HTTP/1.1 requests on over HTTP/2 (`grpc_pass` sends any request as
   # an HTTP/2 stream) to B's HTTP/2 server, which passes them to the app over HTTP/1.1: the

@@ -101,6 +101,11 @@ pub struct Ports {
     pub b_h2: u16,
 }
 
+/// TLS 1.3's suites in the order daprd offers them (`dapr_identity::tls::crypto_provider`):
+/// OpenSSL, as rustls, would otherwise put AES-256-GCM first, and the chains are compared
+/// doing the same work.
+const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 /// nginx A: plain HTTP/1.1 and h2c in from the client, TLS 1.3 with a client certificate out
 /// to B, keep-alive upstreams. On `a_h2`, HTTP/1.1 requests go on to B over HTTP/2:
 /// `grpc_pass` sends any request as an HTTP/2 stream, as a sidecar sends an invocation to
@@ -109,7 +114,7 @@ pub fn config_a(dir: &Path, ports: Ports) -> String {
     let d = dir.display();
     let tls = |p: &str| {
         format!(
-            "    {p}_ssl_protocols TLSv1.3;\n    {p}_ssl_certificate {d}/client.crt;\n    {p}_ssl_certificate_key {d}/client.key;\n    {p}_ssl_trusted_certificate {d}/ca.crt;\n    {p}_ssl_verify on;\n    {p}_ssl_name localhost;\n    {p}_ssl_session_reuse on;\n"
+            "    {p}_ssl_protocols TLSv1.3;\n    {p}_ssl_certificate {d}/client.crt;\n    {p}_ssl_certificate_key {d}/client.key;\n    {p}_ssl_trusted_certificate {d}/ca.crt;\n    {p}_ssl_verify on;\n    {p}_ssl_name localhost;\n    {p}_ssl_session_reuse on;\n    {p}_ssl_conf_command Ciphersuites {SUITES};\n"
         )
     };
     format!(
@@ -131,7 +136,7 @@ pub fn config_a(dir: &Path, ports: Ports) -> String {
 pub fn config_b(dir: &Path, ports: Ports, app_http: u16, app_grpc: u16) -> String {
     let d = dir.display();
     let tls = format!(
-        "    ssl_protocols TLSv1.3;\n    ssl_certificate {d}/server.crt;\n    ssl_certificate_key {d}/server.key;\n    ssl_client_certificate {d}/ca.crt;\n    ssl_verify_client on;\n"
+        "    ssl_protocols TLSv1.3;\n    ssl_certificate {d}/server.crt;\n    ssl_certificate_key {d}/server.key;\n    ssl_client_certificate {d}/ca.crt;\n    ssl_verify_client on;\n    ssl_conf_command Ciphersuites {SUITES};\n"
     );
     format!(
         "{head}  upstream app_http {{ server 127.0.0.1:{app_http}; keepalive 64; keepalive_requests 1000000; }}\n  upstream app_grpc {{ server 127.0.0.1:{app_grpc}; keepalive 64; keepalive_requests 1000000; }}\n  server {{\n    listen 127.0.0.1:{b_http} ssl;\n{tls}    location / {{\n      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n  server {{\n    listen 127.0.0.1:{b_grpc} ssl http2;\n{tls}    location / {{\n      grpc_pass grpc://app_grpc;\n    }}\n  }}\n  server {{\n    listen 127.0.0.1:{b_h2} ssl http2;\n{tls}    location / {{\n      proxy_pass http://app_http;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
