@@ -332,7 +332,7 @@ mod tests {
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         SanType,
     };
-    use rustls::{CipherSuite, ClientConnection, ServerConnection};
+    use rustls::{CipherSuite, ClientConnection, ConnectionCommon, ServerConnection};
 
     /// A root and two workload chains under it, as sentry issues them (ECDSA P-256).
     struct Ca {
@@ -378,24 +378,21 @@ mod tests {
             if !client.is_handshaking() && !server.is_handshaking() {
                 return;
             }
-            let mut flight = Vec::new();
-            while client.wants_write() {
-                client.write_tls(&mut flight).expect("client writes");
-            }
-            server
-                .read_tls(&mut flight.as_slice())
-                .expect("server reads");
-            server.process_new_packets().expect("server accepts");
-            let mut flight = Vec::new();
-            while server.wants_write() {
-                server.write_tls(&mut flight).expect("server writes");
-            }
-            client
-                .read_tls(&mut flight.as_slice())
-                .expect("client reads");
-            client.process_new_packets().expect("client accepts");
+            fly(&mut **client, &mut **server);
+            fly(&mut **server, &mut **client);
         }
         panic!("the handshake did not finish in 8 flights each way");
+    }
+
+    /// Everything `from` has to send, read and processed by `to`.
+    fn fly<A, B>(from: &mut ConnectionCommon<A>, to: &mut ConnectionCommon<B>) {
+        let mut flight = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut flight).expect("one end writes");
+        }
+        to.read_tls(&mut flight.as_slice())
+            .expect("the other reads");
+        to.process_new_packets().expect("the other accepts");
     }
 
     /// Two sidecars agree on AES-128-GCM (as Go's crypto/tls does), not rustls's first choice,
