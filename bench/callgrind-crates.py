@@ -6,7 +6,11 @@ so a daprd profile can be set beside an nginx one (bench/notes.md, issue 18).
     python3 bench/callgrind-crates.py PROFILE N [TOP]
 
 PROFILE is a file kept by `PER_REQUEST_KEEP=DIR bash bench/per-request.sh` (with either chain),
-N the number of measured requests. A generic function is counted in the crate its symbol names
+N the number of measured requests. A profile made with `PER_REQUEST_INSTR=1` (callgrind's
+`--dump-instr=yes`) also gives the code a request runs: the 64-byte lines and 4 KiB pages of
+code whose instructions ran at least N times, by crate. What does not fit in the L1
+instruction cache (32 KiB) is read again from farther away on every request once other
+processes have run in between, as they do at the bench's 1000 requests per second. A generic function is counted in the crate its symbol names
 first (`core::ptr::drop_in_place<...>` is "core"), and fat LTO inlines across crates, so the
 crate split is approximate; the totals are exact.
 """
@@ -19,6 +23,10 @@ top = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 obs, fns, cost = {}, {}, collections.Counter()
 ob = fn = None
 after_calls = False
+# Cost lines start with one column per position ("positions: instr line" with --dump-instr=yes)
+positions = ["line"]
+runs = collections.Counter()  # (function, instruction address) -> times run
+addr = 0
 
 
 def name(table, rest):
@@ -32,7 +40,9 @@ def name(table, rest):
 
 
 for line in open(path, errors="replace"):
-    if line.startswith("ob="):
+    if line.startswith("positions:"):
+        positions = line.split()[1:]
+    elif line.startswith("ob="):
         ob = name(obs, line[3:].strip())
     elif line.startswith("cob="):
         name(obs, line[4:].strip())
@@ -44,10 +54,16 @@ for line in open(path, errors="replace"):
         after_calls = True  # the next cost line is the call's inclusive cost
     elif line[:1].isdigit() or line[:1] in "+-*":
         parts = line.split()
+        if positions[0] == "instr":
+            # An address is absolute (0x...), relative to the last one (+n, -n) or the same (*)
+            a = parts[0]
+            addr = int(a, 16) if a.startswith("0x") else addr + int(a) if a[0] in "+-" else addr
         if after_calls:
             after_calls = False
-        elif len(parts) >= 2 and fn:
-            cost[fn] += int(parts[1])
+        elif len(parts) > len(positions) and fn:
+            cost[fn] += int(parts[len(positions)])
+            if positions[0] == "instr":
+                runs[(fn, addr)] += int(parts[len(positions)])
 
 
 def crate(ob, f):
@@ -100,3 +116,15 @@ for label, members in GROUPS:
     if v:
         print(f"  {v / n:8.0f}  {100 * v / total:5.1f}%  {label}")
 print(f"  {rest / n:8.0f}  {100 * rest / total:5.1f}%  other (core, alloc, bytes, futures, tower, axum, libc, ...)")
+if runs:
+    # A line two crates' functions share counts for each crate, once in the total
+    lines, every, pages = collections.defaultdict(set), set(), set()
+    for ((o, f), a), c in runs.items():
+        if c >= n:
+            lines[crate(o, f)].add(a >> 6)
+            every.add((o, a >> 6))
+            pages.add((o, a >> 12))
+    count = len(every)
+    print(f"code run per request: {count} lines of 64 bytes ({count * 64 / 1024:.0f} KiB), {len(pages)} pages of 4 KiB")
+    for k, v in sorted(lines.items(), key=lambda kv: -len(kv[1]))[:top]:
+        print(f"  {len(v):8d}  {k}")

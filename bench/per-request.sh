@@ -43,7 +43,9 @@
 # Every hop of both then speaks HTTP/2. The calls come from `BIN_DIR/bench --calls` (Rust, tonic,
 # 4 connections) instead of Python's http.client.
 #
-# With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them).
+# With PER_REQUEST_KEEP=DIR the callgrind profiles are kept there (callgrind_annotate reads them);
+# with PER_REQUEST_INSTR=1 they have each instruction's cost (--dump-instr=yes), from which
+# bench/callgrind-crates.py also counts the code a request runs.
 # With PER_REQUEST_PROFILE=DIR the two processes are also sampled by perf (cpu-clock, 4999 Hz,
 # call graphs; linux-perf needed) under the same load, unperturbed by the other instruments, into
 # DIR/<name>.<regime>.data, and each one's time is split by where it ran (the kernel, the
@@ -368,7 +370,9 @@ for regime in "${regimes[@]}"; do
 done
 stop_pair
 # 3. instructions, under callgrind, counted from after a warm-up
-start_pair valgrind --tool=callgrind "--callgrind-out-file=$d/callgrind.%p"
+instr=()
+[ "${PER_REQUEST_INSTR:-0}" != 1 ] || instr=(--dump-instr=yes)
+start_pair valgrind --tool=callgrind "${instr[@]}" "--callgrind-out-file=$d/callgrind.%p"
 load 400
 callgrind_control -z "$caller" >/dev/null; callgrind_control -z "$callee" >/dev/null
 load "$n"
