@@ -27,9 +27,10 @@ FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and the target directory across builds (BuildKit).
+# scripts/build-release.sh: the three packages together, with daprd/pgo.profdata's profile.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p daprd -p sentry -p injector --bins \
+    bash scripts/build-release.sh \
  && mkdir -p /out \
  && for bin in daprd sentry injector; do \
       if [ -f "target/release/$bin" ]; then cp "target/release/$bin" /out/; \

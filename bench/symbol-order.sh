@@ -15,8 +15,9 @@
 # names, as the linker knows them. Functions that a later build no longer has are skipped by lld,
 # so a stale file only places less; regenerate it when the data path or start-up changes:
 #
-#   cargo build --release --locked -p daprd -p sentry -p injector --bins   (as the images: a
-#     --workspace build gives daprd's dependencies other features, hence other symbol names)
+#   bash scripts/build-release.sh   (as the images: a --workspace build gives daprd's
+#     dependencies other features, hence other symbol names; and with daprd/pgo.profdata,
+#     which changes what is inlined, so regenerate this file after bench/pgo.sh)
 #   cargo build --locked -p e2e --bins
 #   TOOLS=target/debug bash bench/symbol-order.sh [BIN_DIR] [N]   (BIN_DIR: target/release, N: 200)
 #

@@ -400,3 +400,53 @@ fn every_image_runs_non_root_from_distroless_and_the_chart_starts_it_at_its_path
     }
     Ok(())
 }
+
+/// The build stage builds with scripts/build-release.sh, and the profile that script hands rustc
+/// (`daprd/pgo.profdata`, written by bench/pgo.sh) is one this toolchain's LLVM reads. rustc
+/// only warns about a profile it cannot read (one written by a newer llvm-profdata than its
+/// LLVM, or a file cut short) and builds without it, so the images would lose the profile
+/// unnoticed.
+#[test]
+fn the_build_stage_uses_a_profile_this_toolchain_reads() -> anyhow::Result<()> {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile"))?;
+    ensure!(
+        instructions(&dockerfile)
+            .iter()
+            .any(|i| i.starts_with("RUN ") && i.contains("bash scripts/build-release.sh")),
+        "the Dockerfile does not build with scripts/build-release.sh"
+    );
+    let script = std::fs::read_to_string(repo().join("scripts/build-release.sh"))?;
+    ensure!(
+        script.contains("daprd/pgo.profdata") && script.contains("-Cprofile-use="),
+        "scripts/build-release.sh does not use daprd/pgo.profdata"
+    );
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("lib.rs");
+    std::fs::write(&source, "pub fn add(a: u64, b: u64) -> u64 { a ^ b }\n")?;
+    let compile = |profile: &Path| {
+        std::process::Command::new("rustc")
+            .args(["--crate-type=lib", "-Copt-level=3", "--emit=obj", "-o"])
+            .arg(dir.path().join("lib.o"))
+            .arg(format!("-Cprofile-use={}", profile.display()))
+            .arg(&source)
+            .output()
+            .context("running rustc")
+    };
+    let read = compile(&repo().join("daprd/pgo.profdata"))?;
+    ensure!(
+        read.status.success() && read.stderr.is_empty(),
+        "rustc does not read daprd/pgo.profdata cleanly (regenerate it with bench/pgo.sh): {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    // The same compile warns about a profile cut short, so the check above can fail.
+    let profile = std::fs::read(repo().join("daprd/pgo.profdata"))?;
+    let cut = dir.path().join("cut.profdata");
+    std::fs::write(&cut, &profile[..profile.len() / 2])?;
+    let warned = compile(&cut)?;
+    ensure!(
+        String::from_utf8_lossy(&warned.stderr).contains("profile data"),
+        "rustc read a profile cut in half without a warning: {}",
+        String::from_utf8_lossy(&warned.stderr)
+    );
+    Ok(())
+}
