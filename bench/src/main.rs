@@ -1,15 +1,16 @@
 //! `bench`: the numbers of issue 8, measured side by side in one run on this machine.
 //!
 //! ```text
-//! cargo build --release --locked -p daprd -p sentry -p injector --bins
+//! bash scripts/build-release.sh
 //! cargo build --release --locked -p e2e --bins
 //! cargo run --release --locked -p bench -- [--quick]
 //! ```
 //!
-//! The sidecars are built as the images build them (`Dockerfile`): a `--workspace` build
-//! unifies other features into daprd's dependencies, which changes their symbol names, and
-//! `daprd/symbol-order.txt` then places few of daprd's functions (idle RSS reads about 4 MiB
-//! high). The bench warns when that happens.
+//! The sidecars are built as the images build them (`Dockerfile`, `scripts/build-release.sh`):
+//! a `--workspace` build unifies other features into daprd's dependencies, which changes their
+//! symbol names, and `daprd/symbol-order.txt` then places few of daprd's functions (idle RSS
+//! reads about 4 MiB high) while `daprd/pgo.profdata` matches few of them. The bench warns when
+//! that happens.
 //!
 //! ```text
 //! ```
@@ -692,7 +693,7 @@ fn warn_if_unordered(repo: &Path, daprd: &Path) -> Option<String> {
     {
         Ok(check) if check.status.success() => return None,
         Ok(check) => format!(
-            "{}build daprd with `cargo build --release -p daprd -p sentry -p injector --bins`, \
+            "{}build daprd with `bash scripts/build-release.sh`, \
              and the bench on its own (bench/notes.md)",
             String::from_utf8_lossy(&[check.stdout, check.stderr].concat())
                 .trim_start_matches("symbol-order.sh: ")
