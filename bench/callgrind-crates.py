@@ -10,9 +10,11 @@ N the number of measured requests. A profile made with `PER_REQUEST_INSTR=1` (ca
 `--dump-instr=yes`) also gives the code a request runs: the 64-byte lines and 4 KiB pages of
 code whose instructions ran at least N times, by crate. What does not fit in the L1
 instruction cache (32 KiB) is read again from farther away on every request once other
-processes have run in between, as they do at the bench's 1000 requests per second. A generic function is counted in the crate its symbol names
-first (`core::ptr::drop_in_place<...>` is "core"), and fat LTO inlines across crates, so the
-crate split is approximate; the totals are exact.
+processes have run in between, as they do at the bench's 1000 requests per second.
+
+A generic function is counted in the crate its symbol names first
+(`core::ptr::drop_in_place<...>` is "core"), and fat LTO inlines across crates, so the crate
+split is approximate; the totals are exact.
 """
 import collections
 import re

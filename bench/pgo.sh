@@ -32,11 +32,10 @@ done
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 target=$repo/target/pgo-generate
-# The package set and target are the images' (a build with --target or with other packages gives
-# the crates other symbol names, which the profile would not match). Build scripts and proc
-# macros are instrumented too and write counts as they run; only the sidecars' are merged.
-RUSTFLAGS="-Cprofile-generate=$d/raw" CARGO_TARGET_DIR=$target \
-  cargo build --release --locked -p daprd -p sentry -p injector --bins
+# The images' build, instrumented (a build with --target or with other packages gives the crates
+# other symbol names, which the profile would not match). Build scripts and proc macros are
+# instrumented too and write counts as they run; only the sidecars' are merged.
+PGO_GENERATE="$d/raw" CARGO_TARGET_DIR=$target bash "$repo/scripts/build-release.sh"
 mkdir -p "$d/bin"
 cp "$target/release/daprd" "$target/release/sentry" "$tools/echo-app" "$tools/bench" "$d/bin/"
 for api in http grpc; do
